@@ -1,1 +1,26 @@
-//! holdfast-config
+//! Holdfast module configuration.
+//!
+//! A *module* is the unit of high availability for one application: its
+//! [`ModuleConfig`] says which two nodes run it, how they watch each other
+//! (heartbeats) and how its scripts are run. This crate produces it from:
+//!
+//! - the native TOML format, with [`parse_module`] / [`load_module`], and
+//!   back with [`to_toml`];
+//! - a SafeKit `userconfig.xml` (plus the cluster's `cluster.xml` for node
+//!   addresses), with [`import_userconfig`], which reports everything it could
+//!   not carry over as [`ImportWarning`]s.
+//!
+//! Both paths end in the same [`ModuleConfig::validate`], and every problem is
+//! a [`ConfigError`] naming the file, line, column and field. The format is
+//! documented for users in `docs/configuration.md`.
+
+mod error;
+mod import;
+pub mod model;
+mod native;
+mod validate;
+
+pub use error::{ConfigError, ValidationError};
+pub use import::{import_userconfig, ImportWarning, Imported};
+pub use model::*;
+pub use native::{load_module, parse_module, to_toml};

@@ -1,0 +1,131 @@
+//! The module configuration model: what every parser (native TOML, SafeKit
+//! `userconfig.xml` import) produces and what the daemon consumes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// One module: the unit of high availability for one application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleConfig {
+    /// Module name (`[a-zA-Z0-9_-]{1,32}`), unique per node.
+    pub name: String,
+    pub mode: Mode,
+    /// When the primary fails or stops, does the secondary take over by itself?
+    pub failover: bool,
+    /// Which node is primary when both start (SafeKit `defaultprim`).
+    pub default_primary: DefaultPrimary,
+    /// With `DefaultPrimary::Node`, swap back to it automatically once it is
+    /// SECOND again after a failover.
+    pub swap_back: bool,
+    /// Start at daemon start (boot): on, off, or auto (if it was running before).
+    pub boot: Boot,
+    /// Local recovery limit (used by checkers): actions within `loop_interval`.
+    pub maxloop: u32,
+    pub loop_interval: Duration,
+    pub heartbeat: HeartbeatConfig,
+    /// The nodes of the module, in configuration order (2 for a mirror).
+    pub nodes: Vec<NodeConfig>,
+    pub scripts: ScriptsConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Mirror,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DefaultPrimary {
+    /// No preference: the node already primary stays primary.
+    Alone,
+    /// This node is preferred as primary.
+    Node(String),
+    /// The node that was primary before its last stop becomes primary.
+    LastPrim,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boot {
+    On,
+    Off,
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatConfig {
+    /// UDP port of this module's heartbeats, the same on every node.
+    pub port: u16,
+    /// Interval between two heartbeats (default 700 ms).
+    pub pulse: Duration,
+    /// The peer is lost when no heartbeat arrived on any network for this long (default 30 s).
+    pub timeout: Duration,
+    /// Names of the heartbeat networks; every node has one address on each.
+    pub networks: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub name: String,
+    /// Address of this node on each heartbeat network, keyed by network name.
+    pub addresses: BTreeMap<String, IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptsConfig {
+    /// Where the module's scripts (prestart, start_prim, ...) are read from at
+    /// install time; relative paths are relative to the configuration file.
+    pub directory: Option<PathBuf>,
+    /// Limit for start scripts (prestart, start_prim, start_both).
+    pub start_timeout: Duration,
+    /// Graceful phase of stop scripts (SafeKit `nicestoptimeout`).
+    pub stop_timeout: Duration,
+    /// Forced phase of stop scripts (SafeKit `forcestoptimeout`).
+    pub force_stop_timeout: Duration,
+    /// Send scripts' stdout/stderr to the module's application log.
+    pub logging: bool,
+    /// Extra environment variables for scripts (SafeKit `<user><var>`).
+    pub env: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_PULSE: Duration = Duration::from_millis(700);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_PORT: u16 = 4800;
+pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default of `module.maxloop`.
+pub const DEFAULT_MAXLOOP: u32 = 3;
+/// Default of `module.loop_interval`.
+pub const DEFAULT_LOOP_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Default of `heartbeat.networks`: this single network name.
+pub const DEFAULT_NETWORK: &str = "default";
+
+impl ModuleConfig {
+    /// The node called `name`, if it belongs to this module.
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The other node of a mirror module, seen from node `name`; `None` if
+    /// `name` is not a node of this module.
+    pub fn peer_of(&self, name: &str) -> Option<&NodeConfig> {
+        self.node(name)?;
+        self.nodes.iter().find(|n| n.name != name)
+    }
+
+    /// SHA-256 of the canonical rendering ([`to_toml`](crate::to_toml)) of
+    /// everything both nodes must agree on. `scripts.directory` is left out:
+    /// it only says where the scripts were installed from, and may differ
+    /// between nodes without changing behaviour.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut canonical = self.clone();
+        canonical.scripts.directory = None;
+        Sha256::digest(crate::to_toml(&canonical).as_bytes()).into()
+    }
+
+    /// [`fingerprint`](Self::fingerprint) in lowercase hex, for logs and status output.
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint())
+    }
+}

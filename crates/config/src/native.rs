@@ -1,0 +1,623 @@
+//! The native format: one TOML file per module (see `docs/configuration.md`).
+//!
+//! The document is walked by hand with `toml_edit` rather than deserialised
+//! with serde: every value keeps its byte span, so each error — type, unknown
+//! key, missing key, or a rule of [`ModuleConfig::validate`] found later —
+//! points at the exact line and column, and the messages say what was expected
+//! in the operator's terms.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml_edit::{
+    value, Array, ArrayOfTables, DocumentMut, ImDocument, InlineTable, Item, Table, TableLike,
+    Value,
+};
+
+use crate::error::{ConfigError, ValidationError};
+use crate::model::{
+    Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, ScriptsConfig,
+    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_PULSE,
+    DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
+};
+use crate::validate::format_duration;
+
+const ROOT_KEYS: &[&str] = &["module", "heartbeat", "node", "scripts"];
+const MODULE_KEYS: &[&str] = &[
+    "name",
+    "mode",
+    "failover",
+    "default_primary",
+    "swap_back",
+    "boot",
+    "maxloop",
+    "loop_interval",
+];
+const HEARTBEAT_KEYS: &[&str] = &["port", "pulse", "timeout", "networks"];
+const NODE_KEYS: &[&str] = &["name", "address"];
+const SCRIPTS_KEYS: &[&str] = &[
+    "directory",
+    "start_timeout",
+    "stop_timeout",
+    "force_stop_timeout",
+    "logging",
+    "env",
+];
+
+/// Reads and parses the module configuration file at `path`.
+///
+/// A file that cannot be read gives a [`ConfigError`] with line and column 0.
+pub fn load_module(path: &Path) -> Result<ModuleConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse_module(&text, path)
+}
+
+/// Parses and validates a module configuration in the native TOML format.
+///
+/// `source` is only used in error messages (and is where the text came from).
+pub fn parse_module(text: &str, source: &Path) -> Result<ModuleConfig, ConfigError> {
+    let doc = ImDocument::parse(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let message = e.message().trim().replace('\n', "; ");
+        ConfigError::at_offset(source, text, offset, "", message)
+    })?;
+    let mut reader = Reader {
+        text,
+        file: source,
+        spans: HashMap::new(),
+    };
+    let config = reader.module_config(doc.as_table())?;
+    config
+        .validate()
+        .map_err(|ValidationError { field, message }| reader.error(&field, message))?;
+    Ok(config)
+}
+
+/// Renders `config` in the native format. Parsing the result gives back an
+/// equal config, provided it passes [`ModuleConfig::validate`] and — since the
+/// key is only allowed then — `swap_back` is left at its default `true` unless
+/// `default_primary` names a node.
+pub fn to_toml(config: &ModuleConfig) -> String {
+    let mut doc = DocumentMut::new();
+
+    let mut module = Table::new();
+    module.insert("name", value(config.name.as_str()));
+    module.insert("mode", value(mode_name(config.mode)));
+    module.insert("failover", value(config.failover));
+    match &config.default_primary {
+        DefaultPrimary::Alone => {
+            module.insert("default_primary", value("alone"));
+        }
+        DefaultPrimary::LastPrim => {
+            module.insert("default_primary", value("lastprim"));
+        }
+        DefaultPrimary::Node(node) => {
+            module.insert("default_primary", value(node.as_str()));
+            module.insert("swap_back", value(config.swap_back));
+        }
+    }
+    module.insert("boot", value(boot_name(config.boot)));
+    module.insert("maxloop", value(i64::from(config.maxloop)));
+    module.insert(
+        "loop_interval",
+        value(format_duration(config.loop_interval)),
+    );
+    doc.insert("module", Item::Table(module));
+
+    let hb = &config.heartbeat;
+    let mut heartbeat = Table::new();
+    heartbeat.insert("port", value(i64::from(hb.port)));
+    heartbeat.insert("pulse", value(format_duration(hb.pulse)));
+    heartbeat.insert("timeout", value(format_duration(hb.timeout)));
+    heartbeat.insert("networks", value(hb.networks.iter().collect::<Array>()));
+    doc.insert("heartbeat", Item::Table(heartbeat));
+
+    let mut nodes = ArrayOfTables::new();
+    for node in &config.nodes {
+        let mut table = Table::new();
+        table.insert("name", value(node.name.as_str()));
+        let address: InlineTable = node
+            .addresses
+            .iter()
+            .map(|(network, ip)| (network.as_str(), Value::from(ip.to_string())))
+            .collect();
+        table.insert("address", value(address));
+        nodes.push(table);
+    }
+    doc.insert("node", Item::ArrayOfTables(nodes));
+
+    let sc = &config.scripts;
+    let mut scripts = Table::new();
+    if let Some(directory) = &sc.directory {
+        scripts.insert("directory", value(directory.to_string_lossy().as_ref()));
+    }
+    scripts.insert("start_timeout", value(format_duration(sc.start_timeout)));
+    scripts.insert("stop_timeout", value(format_duration(sc.stop_timeout)));
+    scripts.insert(
+        "force_stop_timeout",
+        value(format_duration(sc.force_stop_timeout)),
+    );
+    scripts.insert("logging", value(sc.logging));
+    if !sc.env.is_empty() {
+        let mut env = Table::new();
+        for (name, val) in &sc.env {
+            env.insert(name, value(val.as_str()));
+        }
+        scripts.insert("env", Item::Table(env));
+    }
+    doc.insert("scripts", Item::Table(scripts));
+
+    doc.to_string()
+}
+
+pub(crate) fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Mirror => "mirror",
+    }
+}
+
+pub(crate) fn boot_name(boot: Boot) -> &'static str {
+    match boot {
+        Boot::On => "on",
+        Boot::Off => "off",
+        Boot::Auto => "auto",
+    }
+}
+
+/// A table of the document being read, with its dotted path.
+struct Section<'t> {
+    items: &'t dyn TableLike,
+    path: String,
+}
+
+/// Walks the document, remembering the span of every setting it reads so that
+/// errors found afterwards (by validation) can still point into the file.
+struct Reader<'a> {
+    text: &'a str,
+    file: &'a Path,
+    spans: HashMap<String, Range<usize>>,
+}
+
+type Converted<T> = Result<T, ConfigError>;
+
+impl<'a> Reader<'a> {
+    fn module_config(&mut self, root: &Table) -> Converted<ModuleConfig> {
+        let root = Section {
+            items: root,
+            path: String::new(),
+        };
+        self.check_keys(&root, ROOT_KEYS)?;
+
+        let module = self.req(&root, "module", Self::table)?;
+        self.check_keys(&module, MODULE_KEYS)?;
+        let name = self.req(&module, "name", Self::string)?;
+        let mode = self.req(&module, "mode", |r, path, item| {
+            match r.string(path, item)?.as_str() {
+                "mirror" => Ok(Mode::Mirror),
+                m @ ("farm" | "light") => Err(r.error(
+                    path,
+                    format!("mode {m:?} is not supported yet; only \"mirror\" is"),
+                )),
+                m => Err(r.error(path, format!("unknown mode {m:?}; expected \"mirror\""))),
+            }
+        })?;
+        let failover = self
+            .opt(&module, "failover", Self::boolean)?
+            .unwrap_or(true);
+        let default_primary = self
+            .opt(&module, "default_primary", |r, path, item| {
+                Ok(match r.string(path, item)?.as_str() {
+                    "alone" => DefaultPrimary::Alone,
+                    "lastprim" => DefaultPrimary::LastPrim,
+                    node => DefaultPrimary::Node(node.to_string()),
+                })
+            })?
+            .unwrap_or(DefaultPrimary::Alone);
+        let swap_back = match self.opt(&module, "swap_back", Self::boolean)? {
+            None => true,
+            Some(swap_back) => {
+                // Explicitly set next to a mode that ignores it is a mistake
+                // worth knowing about, not a setting to drop silently.
+                if !matches!(default_primary, DefaultPrimary::Node(_)) {
+                    return Err(self.error(
+                        "module.swap_back",
+                        "swap_back only applies when module.default_primary names a node",
+                    ));
+                }
+                swap_back
+            }
+        };
+        let boot = self
+            .opt(&module, "boot", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "on" => Ok(Boot::On),
+                    "off" => Ok(Boot::Off),
+                    "auto" => Ok(Boot::Auto),
+                    b => Err(r.error(
+                        path,
+                        format!("unknown boot setting {b:?}; expected \"on\", \"off\" or \"auto\""),
+                    )),
+                }
+            })?
+            .unwrap_or(Boot::Auto);
+        let maxloop = self
+            .opt(&module, "maxloop", |r, path, item| {
+                let n = r.integer(path, item)?;
+                u32::try_from(n).map_err(|_| {
+                    r.error(
+                        path,
+                        format!("expected a count between 0 and {}, found {n}", u32::MAX),
+                    )
+                })
+            })?
+            .unwrap_or(DEFAULT_MAXLOOP);
+        let loop_interval = self
+            .opt(&module, "loop_interval", Self::duration)?
+            .unwrap_or(DEFAULT_LOOP_INTERVAL);
+
+        let heartbeat = match self.opt(&root, "heartbeat", Self::table)? {
+            Some(section) => self.heartbeat(&section)?,
+            None => HeartbeatConfig {
+                port: DEFAULT_PORT,
+                pulse: DEFAULT_PULSE,
+                timeout: DEFAULT_TIMEOUT,
+                networks: vec![DEFAULT_NETWORK.to_string()],
+            },
+        };
+        let nodes = self.req(&root, "node", Self::nodes)?;
+        let scripts = match self.opt(&root, "scripts", Self::table)? {
+            Some(section) => self.scripts(&section)?,
+            None => ScriptsConfig {
+                directory: None,
+                start_timeout: DEFAULT_SCRIPT_TIMEOUT,
+                stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
+                force_stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
+                logging: true,
+                env: BTreeMap::new(),
+            },
+        };
+
+        Ok(ModuleConfig {
+            name,
+            mode,
+            failover,
+            default_primary,
+            swap_back,
+            boot,
+            maxloop,
+            loop_interval,
+            heartbeat,
+            nodes,
+            scripts,
+        })
+    }
+
+    fn heartbeat(&mut self, hb: &Section<'_>) -> Converted<HeartbeatConfig> {
+        self.check_keys(hb, HEARTBEAT_KEYS)?;
+        let port = self
+            .opt(hb, "port", |r, path, item| {
+                let n = r.integer(path, item)?;
+                match u16::try_from(n) {
+                    Ok(port) if port > 0 => Ok(port),
+                    _ => Err(r.error(
+                        path,
+                        format!("expected a port number between 1 and 65535, found {n}"),
+                    )),
+                }
+            })?
+            .unwrap_or(DEFAULT_PORT);
+        let pulse = self
+            .opt(hb, "pulse", Self::duration)?
+            .unwrap_or(DEFAULT_PULSE);
+        let timeout = self
+            .opt(hb, "timeout", Self::duration)?
+            .unwrap_or(DEFAULT_TIMEOUT);
+        let networks = self
+            .opt(hb, "networks", Self::strings)?
+            .unwrap_or_else(|| vec![DEFAULT_NETWORK.to_string()]);
+        Ok(HeartbeatConfig {
+            port,
+            pulse,
+            timeout,
+            networks,
+        })
+    }
+
+    /// `[[node]]` tables, or an inline array of inline tables.
+    fn nodes(&mut self, path: &str, item: &Item) -> Converted<Vec<NodeConfig>> {
+        let tables: Vec<(&dyn TableLike, Option<Range<usize>>)> = match item {
+            Item::ArrayOfTables(array) => array
+                .iter()
+                .map(|t| (t as &dyn TableLike, t.span()))
+                .collect(),
+            Item::Value(Value::Array(array)) => {
+                let mut tables = Vec::new();
+                for (i, v) in array.iter().enumerate() {
+                    match v {
+                        Value::InlineTable(t) => tables.push((t as &dyn TableLike, t.span())),
+                        other => {
+                            let field = format!("{path}[{i}]");
+                            self.note(&field, other.span());
+                            return Err(self.error(
+                                &field,
+                                format!("expected a node table, found {}", self.found_value(other)),
+                            ));
+                        }
+                    }
+                }
+                tables
+            }
+            other => {
+                return Err(self.error(
+                    path,
+                    format!("expected [[node]] tables, found {}", self.found(other)),
+                ))
+            }
+        };
+        let mut nodes = Vec::with_capacity(tables.len());
+        for (i, (items, span)) in tables.into_iter().enumerate() {
+            let node = Section {
+                items,
+                path: format!("{path}[{i}]"),
+            };
+            self.note(&node.path, span);
+            self.check_keys(&node, NODE_KEYS)?;
+            let name = self.req(&node, "name", Self::string)?;
+            let addresses = self.req(&node, "address", Self::addresses)?;
+            nodes.push(NodeConfig { name, addresses });
+        }
+        Ok(nodes)
+    }
+
+    fn addresses(&mut self, path: &str, item: &Item) -> Converted<BTreeMap<String, IpAddr>> {
+        let table = self.table(path, item)?;
+        let mut addresses = BTreeMap::new();
+        for (network, _) in table.items.iter() {
+            let ip = self.req(&table, network, |r, path, item| {
+                let text = r.string(path, item)?;
+                text.parse::<IpAddr>()
+                    .map_err(|_| r.error(path, format!("expected an IP address, found {text:?}")))
+            })?;
+            addresses.insert(network.to_string(), ip);
+        }
+        Ok(addresses)
+    }
+
+    fn scripts(&mut self, scripts: &Section<'_>) -> Converted<ScriptsConfig> {
+        self.check_keys(scripts, SCRIPTS_KEYS)?;
+        let directory = self
+            .opt(scripts, "directory", Self::string)?
+            .map(PathBuf::from);
+        let timeout = |r: &mut Self, key| {
+            r.opt(scripts, key, Self::duration)
+                .map(|d| d.unwrap_or(DEFAULT_SCRIPT_TIMEOUT))
+        };
+        let start_timeout = timeout(self, "start_timeout")?;
+        let stop_timeout = timeout(self, "stop_timeout")?;
+        let force_stop_timeout = timeout(self, "force_stop_timeout")?;
+        let logging = self.opt(scripts, "logging", Self::boolean)?.unwrap_or(true);
+        let env = self
+            .opt(scripts, "env", |r, path, item| {
+                let table = r.table(path, item)?;
+                let mut env = BTreeMap::new();
+                for (name, _) in table.items.iter() {
+                    let val = r.req(&table, name, Self::string)?;
+                    env.insert(name.to_string(), val);
+                }
+                Ok(env)
+            })?
+            .unwrap_or_default();
+        Ok(ScriptsConfig {
+            directory,
+            start_timeout,
+            stop_timeout,
+            force_stop_timeout,
+            logging,
+            env,
+        })
+    }
+
+    // ---- generic access -------------------------------------------------
+
+    /// Rejects keys not in `allowed`, pointing at the key itself.
+    fn check_keys(&mut self, section: &Section<'_>, allowed: &[&str]) -> Converted<()> {
+        for (key, item) in section.items.iter() {
+            if !allowed.contains(&key) {
+                let field = join(&section.path, key);
+                let span = section
+                    .items
+                    .get_key_value(key)
+                    .and_then(|(k, _)| k.span())
+                    .or_else(|| item.span());
+                self.note(&field, span);
+                return Err(self.error(
+                    &field,
+                    format!(
+                        "unknown key {key:?}; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads an optional key with `convert`, recording its span.
+    fn opt<'t, T>(
+        &mut self,
+        section: &Section<'t>,
+        key: &str,
+        convert: impl FnOnce(&mut Self, &str, &'t Item) -> Converted<T>,
+    ) -> Converted<Option<T>> {
+        let Some((k, item)) = section.items.get_key_value(key) else {
+            return Ok(None);
+        };
+        let field = join(&section.path, key);
+        self.note(&field, item.span().or_else(|| k.span()));
+        convert(self, &field, item).map(Some)
+    }
+
+    /// Reads a required key; a missing one is reported at its table.
+    fn req<'t, T>(
+        &mut self,
+        section: &Section<'t>,
+        key: &str,
+        convert: impl FnOnce(&mut Self, &str, &'t Item) -> Converted<T>,
+    ) -> Converted<T> {
+        match self.opt(section, key, convert)? {
+            Some(v) => Ok(v),
+            None => {
+                let field = join(&section.path, key);
+                let what = if matches!(key, "module" | "node") {
+                    "this table is required"
+                } else {
+                    "this key is required"
+                };
+                Err(self.error(&field, what))
+            }
+        }
+    }
+
+    fn table<'t>(&mut self, path: &str, item: &'t Item) -> Converted<Section<'t>> {
+        let items = item.as_table_like().ok_or_else(|| {
+            self.error(
+                path,
+                format!("expected a table, found {}", self.found(item)),
+            )
+        })?;
+        Ok(Section {
+            items,
+            path: path.to_string(),
+        })
+    }
+
+    fn string(&mut self, path: &str, item: &Item) -> Converted<String> {
+        item.as_str().map(str::to_string).ok_or_else(|| {
+            self.error(
+                path,
+                format!("expected a string, found {}", self.found(item)),
+            )
+        })
+    }
+
+    fn boolean(&mut self, path: &str, item: &Item) -> Converted<bool> {
+        item.as_bool().ok_or_else(|| {
+            self.error(
+                path,
+                format!("expected true or false, found {}", self.found(item)),
+            )
+        })
+    }
+
+    fn integer(&mut self, path: &str, item: &Item) -> Converted<i64> {
+        item.as_integer().ok_or_else(|| {
+            self.error(
+                path,
+                format!("expected an integer, found {}", self.found(item)),
+            )
+        })
+    }
+
+    fn duration(&mut self, path: &str, item: &Item) -> Converted<Duration> {
+        let expected = "expected a duration with a unit, like \"700ms\"";
+        let Some(text) = item.as_str() else {
+            return Err(self.error(path, format!("{expected}, found {}", self.found(item))));
+        };
+        humantime::parse_duration(text).map_err(|e| {
+            let found = self.found(item);
+            // humantime's reason helps with a bad unit ("7 parsecs"); for a
+            // bare number the expectation above already says it all.
+            if text.chars().any(char::is_alphabetic) {
+                self.error(path, format!("{expected}, found {found}: {e}"))
+            } else {
+                self.error(path, format!("{expected}, found {found}"))
+            }
+        })
+    }
+
+    fn strings(&mut self, path: &str, item: &Item) -> Converted<Vec<String>> {
+        let Some(array) = item.as_array() else {
+            return Err(self.error(
+                path,
+                format!("expected an array of strings, found {}", self.found(item)),
+            ));
+        };
+        let mut strings = Vec::with_capacity(array.len());
+        for (i, v) in array.iter().enumerate() {
+            let field = format!("{path}[{i}]");
+            self.note(&field, v.span());
+            match v.as_str() {
+                Some(s) => strings.push(s.to_string()),
+                None => {
+                    return Err(self.error(
+                        &field,
+                        format!("expected a string, found {}", self.found_value(v)),
+                    ))
+                }
+            }
+        }
+        Ok(strings)
+    }
+
+    // ---- positions ------------------------------------------------------
+
+    fn note(&mut self, field: &str, span: Option<Range<usize>>) {
+        if let Some(span) = span {
+            self.spans.insert(field.to_string(), span);
+        }
+    }
+
+    /// An error about `field`, placed at its recorded span, or else at its
+    /// nearest recorded parent (a missing key is reported at its table).
+    fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        let mut path = field;
+        let offset = loop {
+            if let Some(span) = self.spans.get(path) {
+                break span.start;
+            }
+            match path.rfind(['.', '[']) {
+                Some(i) => path = &path[..i],
+                None => break 0,
+            }
+        };
+        ConfigError::at_offset(self.file, self.text, offset, field, message)
+    }
+
+    /// How a wrong value is shown in messages: its text as written.
+    fn found(&self, item: &Item) -> String {
+        match item {
+            Item::None => "nothing".to_string(),
+            Item::Table(_) => "a table".to_string(),
+            Item::ArrayOfTables(_) => "an array of tables".to_string(),
+            Item::Value(v) => self.found_value(v),
+        }
+    }
+
+    fn found_value(&self, v: &Value) -> String {
+        match v {
+            Value::InlineTable(_) => "a table".to_string(),
+            Value::Array(_) => "an array".to_string(),
+            _ => v
+                .span()
+                .and_then(|s| self.text.get(s))
+                .map_or_else(|| v.to_string().trim().to_string(), str::to_string),
+        }
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}

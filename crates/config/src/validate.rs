@@ -1,0 +1,294 @@
+//! The rules every module configuration must follow, whatever file it came
+//! from. Both parsers run them after building a [`ModuleConfig`], so a config
+//! imported from SafeKit is held to exactly the same standard as a native one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::error::ValidationError;
+use crate::model::{DefaultPrimary, Mode, ModuleConfig};
+
+impl ModuleConfig {
+    /// Checks the rules that types alone do not enforce. Problems are found
+    /// in file order (module, heartbeat, nodes, scripts); the first is returned.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_module()?;
+        self.validate_heartbeat()?;
+        self.validate_nodes()?;
+        self.validate_scripts()
+    }
+
+    fn validate_module(&self) -> Result<(), ValidationError> {
+        if !is_module_name(&self.name) {
+            return invalid(
+                "module.name",
+                format!(
+                    "invalid module name {:?}: use 1 to 32 characters among A-Z a-z 0-9 _ -",
+                    self.name
+                ),
+            );
+        }
+        if let DefaultPrimary::Node(primary) = &self.default_primary {
+            // In the file, these words mean the other two policies.
+            if matches!(primary.as_str(), "alone" | "lastprim") {
+                return invalid(
+                    "module.default_primary",
+                    format!("a node called {primary:?} cannot be the default primary: the name means a policy"),
+                );
+            }
+            if self.node(primary).is_none() {
+                return invalid(
+                    "module.default_primary",
+                    format!(
+                        "{primary:?} is not a node of this module (nodes: {}); use \"alone\", \"lastprim\" or a node name",
+                        self.node_names()
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_heartbeat(&self) -> Result<(), ValidationError> {
+        let hb = &self.heartbeat;
+        if hb.port == 0 {
+            return invalid("heartbeat.port", "the port must be between 1 and 65535");
+        }
+        if hb.pulse.is_zero() {
+            return invalid("heartbeat.pulse", "the pulse must be greater than zero");
+        }
+        // Below two pulses a single delayed packet would be taken for a dead peer.
+        if hb.timeout < hb.pulse * 2 {
+            return invalid(
+                "heartbeat.timeout",
+                format!(
+                    "the timeout ({}) must be at least twice the pulse ({})",
+                    format_duration(hb.timeout),
+                    format_duration(hb.pulse)
+                ),
+            );
+        }
+        if hb.networks.is_empty() {
+            return invalid(
+                "heartbeat.networks",
+                "at least one heartbeat network is needed",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (i, network) in hb.networks.iter().enumerate() {
+            let field = format!("heartbeat.networks[{i}]");
+            if network.trim().is_empty() {
+                return invalid(field, "a network name cannot be empty");
+            }
+            if !seen.insert(network) {
+                return invalid(field, format!("network {network:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_nodes(&self) -> Result<(), ValidationError> {
+        let expected = match self.mode {
+            Mode::Mirror => 2,
+        };
+        if self.nodes.len() != expected {
+            // Point at the first extra node, or at the node list when short.
+            let field = if self.nodes.len() > expected {
+                format!("node[{expected}]")
+            } else {
+                "node".to_string()
+            };
+            return invalid(
+                field,
+                format!(
+                    "a mirror module needs exactly {expected} nodes, found {}",
+                    self.nodes.len()
+                ),
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut owners: BTreeMap<IpAddr, String> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if !is_node_name(&node.name) {
+                return invalid(
+                    format!("node[{i}].name"),
+                    format!(
+                        "invalid node name {:?}: use 1 to 64 characters among A-Z a-z 0-9 _ . -",
+                        node.name
+                    ),
+                );
+            }
+            if !names.insert(&node.name) {
+                return invalid(
+                    format!("node[{i}].name"),
+                    format!("node name {:?} is used twice", node.name),
+                );
+            }
+            for network in node.addresses.keys() {
+                if !self.heartbeat.networks.contains(network) {
+                    return invalid(
+                        format!("node[{i}].address.{network}"),
+                        format!(
+                            "{network:?} is not a heartbeat network (heartbeat networks: {})",
+                            self.heartbeat.networks.join(", ")
+                        ),
+                    );
+                }
+            }
+            for network in &self.heartbeat.networks {
+                let Some(address) = node.addresses.get(network) else {
+                    return invalid(
+                        format!("node[{i}].address"),
+                        format!(
+                            "missing the address of node {:?} on heartbeat network {network:?}",
+                            node.name
+                        ),
+                    );
+                };
+                let field = format!("node[{i}].address.{network}");
+                if address.is_unspecified() || address.is_multicast() {
+                    return invalid(field, format!("{address} cannot be a node address"));
+                }
+                if let Some(owner) = owners.insert(*address, field.clone()) {
+                    return invalid(
+                        field,
+                        format!("address {address} is already used by {owner}"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_scripts(&self) -> Result<(), ValidationError> {
+        let scripts = &self.scripts;
+        if scripts
+            .directory
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            return invalid("scripts.directory", "the directory cannot be empty");
+        }
+        for (key, timeout) in [
+            ("start_timeout", scripts.start_timeout),
+            ("stop_timeout", scripts.stop_timeout),
+            ("force_stop_timeout", scripts.force_stop_timeout),
+        ] {
+            if timeout.is_zero() {
+                return invalid(
+                    format!("scripts.{key}"),
+                    "the timeout must be greater than zero",
+                );
+            }
+        }
+        for name in scripts.env.keys() {
+            if !is_shell_identifier(name) {
+                return invalid(
+                    format!("scripts.env.{name}"),
+                    format!(
+                        "{name:?} is not a valid environment variable name: use A-Z a-z 0-9 _, not starting with a digit"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn node_names(&self) -> String {
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(", ")
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Result<(), ValidationError> {
+    Err(ValidationError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+fn is_module_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn is_node_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+fn is_shell_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Renders a duration in the largest unit that represents it exactly
+/// (`24h`, `90s`, `700ms`), which `humantime` parses back to the same value.
+pub(crate) fn format_duration(d: std::time::Duration) -> String {
+    const UNITS: [(&str, u128); 6] = [
+        ("h", 3_600_000_000_000),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ];
+    let nanos = d.as_nanos();
+    if nanos == 0 {
+        return "0s".to_string();
+    }
+    let (unit, size) = UNITS
+        .iter()
+        .find(|(_, size)| nanos % size == 0)
+        .copied()
+        .unwrap_or(("ns", 1));
+    format!("{}{unit}", nanos / size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_render_in_the_largest_exact_unit() {
+        for (d, text) in [
+            (Duration::from_secs(86_400), "24h"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_millis(700), "700ms"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_micros(50), "50us"),
+            (Duration::from_nanos(7), "7ns"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(humantime::parse_duration(text).ok(), Some(d));
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_module_name("web-1_a"));
+        assert!(!is_module_name(""));
+        assert!(!is_module_name(&"a".repeat(33)));
+        assert!(!is_module_name("web.1"));
+        assert!(is_node_name("node1.example.com"));
+        assert!(!is_node_name("node 1"));
+        assert!(is_shell_identifier("_APP_PORT2"));
+        assert!(!is_shell_identifier("2APP"));
+        assert!(!is_shell_identifier("APP-PORT"));
+        assert!(!is_shell_identifier(""));
+    }
+}

@@ -1,0 +1,607 @@
+//! Import of SafeKit's userconfig.xml + cluster.xml.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use holdfast_config::*;
+
+const USERCONFIG: &str = "/var/safekit/modules/web/conf/userconfig.xml";
+const CLUSTER: &str = "/var/safekit/cluster/cluster.xml";
+
+/// The Linux userconfig.xml of the "mirror cluster in the cloud" sample, as
+/// published — including the typographic quotes on the `<heartbeat>` line.
+const SAMPLE: &str = r#"<!DOCTYPE safe>
+<safe>
+<service mode="mirror" defaultprim="alone" maxloop="3" loop_interval="24" failover="on">
+<!-- Server Configuration -->
+<!-- Names or IP addresses on the default network are set during initialization in the console -->
+<heart pulse="700" timeout="30000">
+<heartbeat name=”default” ident=”flow”/>
+</heart>
+<!-- Software Error Detection Configuration -->
+<!-- Replace
+* PROCESS_NAME by the name of the process to monitor
+-->
+<errd polltimer="10">
+<proc name="PROCESS_NAME" atleast="1" action="restart" class="prim" />
+</errd>
+<!-- File Replication Configuration -->
+<rfs mountover="off" async="second" acl="off" nbrei="3" >
+<replicated dir="/test1replicated" mode="read_only"/>
+<replicated dir="/test2replicated" mode="read_only"/>
+</rfs>
+<!-- User scripts activation -->
+<user nicestoptimeout="300" forcestoptimeout="300" logging="userlog"/>
+</service>
+</safe>
+"#;
+
+const CLUSTER_XML: &str = r#"<cluster>
+<lans>
+ <lan name="default">
+  <node name="node1" addr="192.168.1.67"/>
+  <node name="node2" addr="192.168.1.68"/>
+ </lan>
+ <lan name="repli">
+  <node name="node1" addr="10.0.0.1"/>
+  <node name="node2" addr="10.0.0.2"/>
+ </lan>
+</lans>
+</cluster>
+"#;
+
+fn import(userconfig: &str, cluster: &str) -> Result<Imported, ConfigError> {
+    import_userconfig(
+        userconfig,
+        Path::new(USERCONFIG),
+        Some((cluster, Path::new(CLUSTER))),
+        "web",
+    )
+}
+
+fn imported(userconfig: &str, cluster: &str) -> Imported {
+    import(userconfig, cluster).unwrap_or_else(|e| panic!("import failed: {e}"))
+}
+
+#[track_caller]
+fn assert_error(
+    result: Result<Imported, ConfigError>,
+    file: &str,
+    line: usize,
+    field: &str,
+    message: &str,
+) -> ConfigError {
+    let e = match result {
+        Ok(i) => panic!("expected an error, imported {i:?}"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        (e.file.as_path(), e.line, e.field.as_str()),
+        (Path::new(file), line, field),
+        "error was: {e}"
+    );
+    assert!(
+        e.message.contains(message),
+        "message {:?} lacks {message:?}",
+        e.message
+    );
+    e
+}
+
+/// A minimal userconfig.xml around `service` attributes and `body`.
+fn userconfig(service: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE safe>\n<safe>\n<service mode=\"mirror\" boot=\"auto\"{service}>\n<heart>\n<heartbeat name=\"default\"/>\n</heart>\n<user/>\n{body}</service>\n</safe>\n"
+    )
+}
+
+#[test]
+fn the_safekit_sample_imports() {
+    let Imported { config, warnings } = imported(SAMPLE, CLUSTER_XML);
+    let expected = ModuleConfig {
+        name: "web".into(),
+        mode: Mode::Mirror,
+        failover: true,
+        default_primary: DefaultPrimary::Alone,
+        swap_back: true,
+        boot: Boot::Off,
+        maxloop: 3,
+        loop_interval: Duration::from_secs(24 * 3600),
+        heartbeat: HeartbeatConfig {
+            port: DEFAULT_PORT,
+            pulse: Duration::from_millis(700),
+            timeout: Duration::from_secs(30),
+            networks: vec!["default".into()],
+        },
+        nodes: vec![
+            NodeConfig {
+                name: "node1".into(),
+                addresses: BTreeMap::from([(
+                    "default".into(),
+                    "192.168.1.67".parse().expect("ip"),
+                )]),
+            },
+            NodeConfig {
+                name: "node2".into(),
+                addresses: BTreeMap::from([(
+                    "default".into(),
+                    "192.168.1.68".parse().expect("ip"),
+                )]),
+            },
+        ],
+        scripts: ScriptsConfig {
+            directory: None,
+            start_timeout: Duration::from_secs(300),
+            stop_timeout: Duration::from_secs(300),
+            force_stop_timeout: Duration::from_secs(300),
+            logging: true,
+            env: BTreeMap::new(),
+        },
+    };
+    assert_eq!(config, expected);
+
+    let seen: Vec<(usize, &str)> = warnings
+        .iter()
+        .map(|w| (w.line, w.element.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (3, "<service>"),
+            (7, "<heartbeat>"),
+            (7, "<heartbeat ident>"),
+            (13, "<errd>"),
+            (17, "<rfs>"),
+        ],
+        "{warnings:#?}"
+    );
+    assert!(warnings[0].message.contains("boot"));
+    assert!(warnings[1].message.contains("typographic quotes"));
+    assert!(warnings[2].message.contains("replication"));
+    assert_eq!(
+        warnings[3].to_string(),
+        "line 13: <errd>: process monitoring is not supported yet; ignored"
+    );
+    assert_eq!(
+        warnings[4].to_string(),
+        "line 17: <rfs>: file replication is not supported yet; ignored"
+    );
+
+    // The import is a native configuration like any other.
+    let back = parse_module(&to_toml(&config), Path::new("web.toml")).expect("valid");
+    assert_eq!(back, config);
+}
+
+#[test]
+fn typographic_quotes_are_only_fixed_around_values() {
+    let text = userconfig("", "<!-- “quoted” in a comment -->\n<user2 a=“x”/>\n").replace(
+        "<heartbeat name=\"default\"/>",
+        "<heartbeat name=“default\"/>",
+    );
+    let Imported { config, warnings } = imported(&text, CLUSTER_XML);
+    assert_eq!(config.heartbeat.networks, ["default"]);
+    let quotes: Vec<(usize, &str)> = warnings
+        .iter()
+        .filter(|w| w.message.contains("typographic"))
+        .map(|w| (w.line, w.element.as_str()))
+        .collect();
+    assert_eq!(
+        quotes,
+        [(5, "<heartbeat>"), (9, "<user2>")],
+        "{warnings:#?}"
+    );
+}
+
+#[test]
+fn farm_and_light_modules_are_rejected() {
+    let farm = SAMPLE.replace("mode=\"mirror\"", "mode=\"farm\"");
+    let e = assert_error(
+        import(&farm, CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service mode>",
+        "\"farm\" is not supported yet",
+    );
+    assert_eq!(e.column, 16);
+    let light = SAMPLE.replace("mode=\"mirror\"", "mode=\"light\"");
+    assert_error(
+        import(&light, CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service mode>",
+        "not supported yet",
+    );
+}
+
+#[test]
+fn cluster_xml_is_required() {
+    let result = import_userconfig(SAMPLE, Path::new(USERCONFIG), None, "web");
+    let e = assert_error(result, USERCONFIG, 7, "<heartbeat name>", "cluster.xml");
+    assert_eq!(e.column, 18);
+}
+
+#[test]
+fn malformed_xml_has_a_position() {
+    let broken = SAMPLE.replace("</heart>", "</hart>");
+    let e = assert_error(import(&broken, CLUSTER_XML), USERCONFIG, 8, "", "");
+    assert_eq!(e.column, 1);
+    assert!(!e.message.contains(" at 8:"), "{}", e.message);
+    let e = assert_error(import(SAMPLE, "<cluster><lans>"), CLUSTER, 1, "", "");
+    assert!(e.to_string().starts_with(&format!("{CLUSTER}:1:")), "{e}");
+}
+
+#[test]
+fn service_attributes() {
+    let text = userconfig(
+        " failover=\"off\" defaultprim=\"node2\" maxloop=\"7\" loop_interval=\"1d\" boot_delay=\"10s\" automatic_reboot=\"on\" colour=\"blue\"",
+        "",
+    );
+    let Imported { config, warnings } = imported(&text, CLUSTER_XML);
+    assert!(!config.failover);
+    assert_eq!(config.default_primary, DefaultPrimary::Node("node2".into()));
+    assert!(config.swap_back);
+    assert_eq!(config.boot, Boot::Auto);
+    assert_eq!(config.maxloop, 7);
+    assert_eq!(config.loop_interval, Duration::from_secs(24 * 3600));
+    let elements: Vec<&str> = warnings.iter().map(|w| w.element.as_str()).collect();
+    assert_eq!(
+        elements,
+        [
+            "<service colour>",
+            "<service boot_delay>",
+            "<service automatic_reboot>"
+        ],
+        "{warnings:#?}"
+    );
+    assert!(warnings.iter().all(|w| w.line == 3));
+
+    let ignore = userconfig("", "").replace("boot=\"auto\"", "boot=\"ignore\"");
+    let Imported { config, warnings } = imported(&ignore, CLUSTER_XML);
+    assert_eq!(config.boot, Boot::Off);
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].element, "<service boot>");
+
+    assert_error(
+        import(&userconfig(" defaultprim=\"node9\"", ""), CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service defaultprim>",
+        "\"node9\" is not a node of this module",
+    );
+    assert_error(
+        import(&userconfig(" failover=\"yes\"", ""), CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service failover>",
+        "expected \"on\" or \"off\"",
+    );
+    assert_error(
+        import(&userconfig(" maxloop=\"many\"", ""), CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service maxloop>",
+        "expected a count",
+    );
+    assert_error(
+        import(&userconfig(" loop_interval=\"soon\"", ""), CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service loop_interval>",
+        "number of hours",
+    );
+    let bad_boot = userconfig("", "").replace("boot=\"auto\"", "boot=\"maybe\"");
+    assert_error(
+        import(&bad_boot, CLUSTER_XML),
+        USERCONFIG,
+        3,
+        "<service boot>",
+        "unknown value",
+    );
+    // An invalid module name is a validation error placed on <service>.
+    let result = import_userconfig(
+        &userconfig("", ""),
+        Path::new(USERCONFIG),
+        Some((CLUSTER_XML, Path::new(CLUSTER))),
+        "web site",
+    );
+    assert_error(result, USERCONFIG, 3, "<service>", "invalid module name");
+}
+
+#[test]
+fn heartbeats() {
+    let text = "<safe>\n<service mode=\"mirror\" boot=\"on\">\n<heart port=\"4900\" pulse=\"1s\" timeout=\"10000\" permanent_arp=\"off\">\n<heartbeat name=\"default\" pulse=\"500\"/>\n<heartbeat name=\"repli\" ident=\"private\" timeout=\"10s\"/>\n</heart>\n<user/>\n</service>\n</safe>\n";
+    let Imported { config, warnings } = imported(text, CLUSTER_XML);
+    assert_eq!(config.heartbeat.port, 4900);
+    assert_eq!(config.heartbeat.pulse, Duration::from_secs(1));
+    assert_eq!(config.heartbeat.timeout, Duration::from_secs(10));
+    assert_eq!(config.heartbeat.networks, ["default", "repli"]);
+    assert_eq!(
+        config.nodes[1].addresses["repli"],
+        "10.0.0.2".parse::<std::net::IpAddr>().expect("ip")
+    );
+    let seen: Vec<(usize, &str)> = warnings
+        .iter()
+        .map(|w| (w.line, w.element.as_str()))
+        .collect();
+    // The equal per-network timeout is not worth a warning.
+    assert_eq!(
+        seen,
+        [
+            (3, "<heart permanent_arp>"),
+            (4, "<heartbeat pulse>"),
+            (5, "<heartbeat ident>")
+        ],
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].message.contains("1s"),
+        "{}",
+        warnings[1].message
+    );
+
+    // The port comes from <lans> when <heart> has none.
+    let lans_port = CLUSTER_XML.replace("<lans>", "<lans port=\"5000\">");
+    assert_eq!(
+        imported(&userconfig("", ""), &lans_port)
+            .config
+            .heartbeat
+            .port,
+        5000
+    );
+    // ... but <heart port> wins.
+    assert_eq!(imported(text, &lans_port).config.heartbeat.port, 4900);
+
+    let no_heart = "<safe>\n<service mode=\"mirror\">\n</service>\n</safe>\n";
+    assert_error(
+        import(no_heart, CLUSTER_XML),
+        USERCONFIG,
+        2,
+        "<service>",
+        "needs a <heart>",
+    );
+    let empty_heart = userconfig("", "").replace("<heartbeat name=\"default\"/>", "");
+    assert_error(
+        import(&empty_heart, CLUSTER_XML),
+        USERCONFIG,
+        4,
+        "<heart>",
+        "at least one <heartbeat",
+    );
+    let legacy = userconfig("", "").replace(
+        "<heartbeat name=\"default\"/>",
+        "<heartbeat><server addr=\"1.2.3.4\"/></heartbeat>",
+    );
+    assert_error(
+        import(&legacy, CLUSTER_XML),
+        USERCONFIG,
+        5,
+        "<heartbeat>",
+        "<server> syntax is not supported",
+    );
+    let fast = userconfig("", "").replace("<heart>", "<heart pulse=\"1s\" timeout=\"1500ms\">");
+    assert_error(
+        import(&fast, CLUSTER_XML),
+        USERCONFIG,
+        4,
+        "<heart timeout>",
+        "at least twice the pulse",
+    );
+    let bad = userconfig("", "").replace("<heart>", "<heart pulse=\"fast\">");
+    assert_error(
+        import(&bad, CLUSTER_XML),
+        USERCONFIG,
+        4,
+        "<heart pulse>",
+        "number of milliseconds",
+    );
+    let unknown_lan = userconfig("", "").replace("name=\"default\"", "name=\"backup\"");
+    assert_error(
+        import(&unknown_lan, CLUSTER_XML),
+        USERCONFIG,
+        5,
+        "<heartbeat name>",
+        "\"backup\" is not defined in cluster.xml",
+    );
+}
+
+#[test]
+fn user_scripts_and_variables() {
+    let text = userconfig("", "")
+        .replace(
+            "<user/>",
+            "<user nicestoptimeout=\"2m\" forcestoptimeout=\"20\" logging=\"none\" userlogsize=\"4096\">\n<var name=\"APP_PORT\" value=\"8080\"/>\n<var name=\"APP_HOME\" value=\"%HOME%/app\"/>\n</user>",
+        )
+        .replace("<safe>\n", "<safe>\n<macro name=\"HOME\" value=\"/opt\"/>\n");
+    let Imported { config, warnings } = imported(&text, CLUSTER_XML);
+    assert_eq!(config.scripts.stop_timeout, Duration::from_secs(120));
+    assert_eq!(config.scripts.force_stop_timeout, Duration::from_secs(20));
+    assert!(!config.scripts.logging);
+    assert_eq!(config.scripts.env["APP_PORT"], "8080");
+    assert_eq!(config.scripts.env["APP_HOME"], "%HOME%/app");
+    let seen: Vec<(usize, &str)> = warnings
+        .iter()
+        .map(|w| (w.line, w.element.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (3, "<macro>"),
+            (8, "<user userlogsize>"),
+            (10, "<var value>")
+        ],
+        "{warnings:#?}"
+    );
+    assert!(warnings[2].message.contains("%HOME%"));
+
+    let bad_name = userconfig("", "").replace(
+        "<user/>",
+        "<user>\n<var name=\"APP-PORT\" value=\"1\"/>\n</user>",
+    );
+    assert_error(
+        import(&bad_name, CLUSTER_XML),
+        USERCONFIG,
+        8,
+        "<var name>",
+        "not a valid environment variable name",
+    );
+    let twice = userconfig("", "").replace(
+        "<user/>",
+        "<user>\n<var name=\"A\" value=\"1\"/>\n<var name=\"A\" value=\"2\"/>\n</user>",
+    );
+    assert_error(
+        import(&twice, CLUSTER_XML),
+        USERCONFIG,
+        9,
+        "<var name>",
+        "defined twice",
+    );
+    let logging = userconfig("", "").replace("<user/>", "<user logging=\"syslog\"/>");
+    assert_error(
+        import(&logging, CLUSTER_XML),
+        USERCONFIG,
+        7,
+        "<user logging>",
+        "expected \"userlog\" or \"none\"",
+    );
+
+    // Without <user>, SafeKit would not run scripts: worth a warning.
+    let no_user = userconfig("", "").replace("<user/>\n", "");
+    let Imported { warnings, .. } = imported(&no_user, CLUSTER_XML);
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(
+        (warnings[0].line, warnings[0].element.as_str()),
+        (3, "<service>")
+    );
+}
+
+#[test]
+fn unsupported_elements_are_all_reported() {
+    let body = "<vip>\n<interface_list/>\n</vip>\n<check/>\n<failover/>\n<vhost/>\n<splitbrain/>\n";
+    let Imported { warnings, .. } = imported(&userconfig("", body), CLUSTER_XML);
+    let seen: Vec<(usize, &str)> = warnings
+        .iter()
+        .map(|w| (w.line, w.element.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (8, "<vip>"),
+            (11, "<check>"),
+            (12, "<failover>"),
+            (13, "<vhost>"),
+            (14, "<splitbrain>")
+        ],
+        "{warnings:#?}"
+    );
+    assert!(warnings[4].message.contains("unknown"));
+}
+
+#[test]
+fn cluster_xml_nodes() {
+    let nat = CLUSTER_XML.replace(
+        "addr=\"192.168.1.67\"",
+        "addr=\"192.168.1.67\" laddr=\"10.1.0.1\"",
+    );
+    let Imported { warnings, .. } = imported(&userconfig("", ""), &nat);
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(
+        (warnings[0].line, warnings[0].element.as_str()),
+        (4, "<node laddr>")
+    );
+    assert!(
+        warnings[0]
+            .message
+            .starts_with("cluster.xml: NAT addresses are not supported"),
+        "{}",
+        warnings[0]
+    );
+
+    let ipv6 = CLUSTER_XML.replace("addr=\"192.168.1.67\"", "addr=\"[fd00::67]\"");
+    let Imported { config, .. } = imported(&userconfig("", ""), &ipv6);
+    assert_eq!(
+        config.nodes[0].addresses["default"],
+        "fd00::67".parse::<std::net::IpAddr>().expect("ip")
+    );
+
+    let dns = CLUSTER_XML.replace("addr=\"192.168.1.68\"", "addr=\"node2.example.com\"");
+    let e = assert_error(
+        import(&userconfig("", ""), &dns),
+        CLUSTER,
+        5,
+        "<node addr>",
+        "does not resolve host names",
+    );
+    assert_eq!(e.column, 28);
+
+    let three = CLUSTER_XML.replace(
+        "  <node name=\"node2\" addr=\"192.168.1.68\"/>\n",
+        "  <node name=\"node2\" addr=\"192.168.1.68\"/>\n  <node name=\"node3\" addr=\"192.168.1.69\"/>\n",
+    );
+    assert_error(
+        import(&userconfig("", ""), &three),
+        CLUSTER,
+        6,
+        "<node>",
+        "exactly 2 nodes, found 3",
+    );
+
+    let same = CLUSTER_XML.replace("192.168.1.68", "192.168.1.67");
+    assert_error(
+        import(&userconfig("", ""), &same),
+        CLUSTER,
+        5,
+        "<node addr>",
+        "already used",
+    );
+
+    // A node missing on one of the module's networks.
+    let text = userconfig("", "").replace(
+        "<heartbeat name=\"default\"/>",
+        "<heartbeat name=\"default\"/>\n<heartbeat name=\"repli\"/>",
+    );
+    let partial = CLUSTER_XML.replace("  <node name=\"node2\" addr=\"10.0.0.2\"/>\n", "");
+    assert_error(
+        import(&text, &partial),
+        CLUSTER,
+        5,
+        "<node>",
+        "missing the address of node \"node2\" on heartbeat network \"repli\"",
+    );
+
+    assert_error(
+        import(&userconfig("", ""), "<lans/>"),
+        CLUSTER,
+        1,
+        "<lans>",
+        "expected <cluster>",
+    );
+}
+
+#[test]
+fn root_must_be_safe() {
+    assert_error(
+        import("<config/>", CLUSTER_XML),
+        USERCONFIG,
+        1,
+        "<config>",
+        "expected <safe>",
+    );
+    assert_error(
+        import("<safe/>", CLUSTER_XML),
+        USERCONFIG,
+        1,
+        "<safe>",
+        "missing <service>",
+    );
+}
+
+#[test]
+fn warnings_display() {
+    let w = ImportWarning {
+        line: 12,
+        element: "<errd>".into(),
+        message: "not supported".into(),
+    };
+    assert_eq!(w.to_string(), "line 12: <errd>: not supported");
+}

@@ -1,0 +1,662 @@
+//! The native TOML format: parsing, defaults, every error's position, round trip.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use holdfast_config::*;
+
+const FILE: &str = "/etc/holdfast/web.toml";
+
+const FULL: &str = r#"[module]
+name = "web"
+mode = "mirror"
+failover = false
+default_primary = "node1"
+swap_back = false
+boot = "on"
+maxloop = 5
+loop_interval = "12h"
+
+[heartbeat]
+port = 4900
+pulse = "500ms"
+timeout = "10s"
+networks = ["default", "repli"]
+
+[[node]]
+name = "node1"
+address = { default = "198.18.0.11", repli = "10.0.0.1" }
+
+[[node]]
+name = "node2"
+address = { default = "198.18.0.12", repli = "10.0.0.2" }
+
+[scripts]
+directory = "bin"
+start_timeout = "2m"
+stop_timeout = "30s"
+force_stop_timeout = "10s"
+logging = false
+[scripts.env]
+APP_PORT = "8080"
+"#;
+
+const MINIMAL: &str = r#"[module]
+name = "web"
+mode = "mirror"
+
+[[node]]
+name = "node1"
+address = { default = "198.18.0.11" }
+
+[[node]]
+name = "node2"
+address = { default = "198.18.0.12" }
+"#;
+
+fn parse(text: &str) -> Result<ModuleConfig, ConfigError> {
+    parse_module(text, Path::new(FILE))
+}
+
+/// Parses `text`, which must fail, and returns the error.
+fn error(text: &str) -> ConfigError {
+    match parse(text) {
+        Ok(config) => panic!("expected an error, parsed {config:?}"),
+        Err(e) => {
+            assert_eq!(e.file, PathBuf::from(FILE));
+            e
+        }
+    }
+}
+
+/// Asserts the error of `text` is at `line`:`column` on `field`, and that its
+/// message contains `message`.
+#[track_caller]
+fn assert_error(text: &str, line: usize, column: usize, field: &str, message: &str) {
+    let e = error(text);
+    assert_eq!(
+        (e.line, e.column, e.field.as_str()),
+        (line, column, field),
+        "error was: {e}"
+    );
+    assert!(
+        e.message.contains(message),
+        "message {:?} lacks {message:?}",
+        e.message
+    );
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("test address")
+}
+
+#[test]
+fn full_example_parses() {
+    let c = parse(FULL).expect("valid");
+    assert_eq!(c.name, "web");
+    assert_eq!(c.mode, Mode::Mirror);
+    assert!(!c.failover);
+    assert_eq!(c.default_primary, DefaultPrimary::Node("node1".into()));
+    assert!(!c.swap_back);
+    assert_eq!(c.boot, Boot::On);
+    assert_eq!(c.maxloop, 5);
+    assert_eq!(c.loop_interval, Duration::from_secs(12 * 3600));
+    assert_eq!(c.heartbeat.port, 4900);
+    assert_eq!(c.heartbeat.pulse, Duration::from_millis(500));
+    assert_eq!(c.heartbeat.timeout, Duration::from_secs(10));
+    assert_eq!(c.heartbeat.networks, ["default", "repli"]);
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.nodes[1].name, "node2");
+    assert_eq!(c.nodes[1].addresses["repli"], ip("10.0.0.2"));
+    assert_eq!(c.scripts.directory, Some(PathBuf::from("bin")));
+    assert_eq!(c.scripts.start_timeout, Duration::from_secs(120));
+    assert_eq!(c.scripts.stop_timeout, Duration::from_secs(30));
+    assert_eq!(c.scripts.force_stop_timeout, Duration::from_secs(10));
+    assert!(!c.scripts.logging);
+    assert_eq!(
+        c.scripts.env,
+        BTreeMap::from([("APP_PORT".to_string(), "8080".to_string())])
+    );
+    assert_eq!(c.node("node1").map(|n| n.name.as_str()), Some("node1"));
+    assert_eq!(c.peer_of("node1").map(|n| n.name.as_str()), Some("node2"));
+    assert_eq!(c.peer_of("node2").map(|n| n.name.as_str()), Some("node1"));
+    assert!(c.peer_of("node3").is_none());
+    assert!(c.node("node3").is_none());
+}
+
+#[test]
+fn defaults() {
+    let c = parse(MINIMAL).expect("valid");
+    assert!(c.failover);
+    assert_eq!(c.default_primary, DefaultPrimary::Alone);
+    assert!(c.swap_back);
+    assert_eq!(c.boot, Boot::Auto);
+    assert_eq!(c.maxloop, DEFAULT_MAXLOOP);
+    assert_eq!(c.maxloop, 3);
+    assert_eq!(c.loop_interval, Duration::from_secs(24 * 3600));
+    assert_eq!(
+        c.heartbeat,
+        HeartbeatConfig {
+            port: DEFAULT_PORT,
+            pulse: Duration::from_millis(700),
+            timeout: Duration::from_secs(30),
+            networks: vec!["default".into()],
+        }
+    );
+    assert_eq!(
+        c.scripts,
+        ScriptsConfig {
+            directory: None,
+            start_timeout: Duration::from_secs(300),
+            stop_timeout: Duration::from_secs(300),
+            force_stop_timeout: Duration::from_secs(300),
+            logging: true,
+            env: BTreeMap::new(),
+        }
+    );
+}
+
+#[test]
+fn round_trip() {
+    for text in [FULL, MINIMAL] {
+        let c = parse(text).expect("valid");
+        let rendered = to_toml(&c);
+        let back = parse(&rendered).unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+        assert_eq!(back, c, "{rendered}");
+        assert_eq!(to_toml(&back), rendered);
+    }
+    println!("{}", to_toml(&parse(FULL).unwrap()));
+}
+
+/// `MINIMAL` with `from` replaced by `to` (which must occur).
+fn minimal_with(from: &str, to: &str) -> String {
+    assert!(MINIMAL.contains(from), "{from:?} not in MINIMAL");
+    MINIMAL.replacen(from, to, 1)
+}
+
+/// `MINIMAL` with `extra` inserted after line 3 (the end of `[module]`).
+fn minimal_plus_module(extra: &str) -> String {
+    minimal_with(
+        "mode = \"mirror\"\n",
+        &format!("mode = \"mirror\"\n{extra}\n"),
+    )
+}
+
+/// `MINIMAL` with a `[heartbeat]` table starting at line 12.
+fn minimal_plus(table: &str) -> String {
+    format!("{MINIMAL}{table}")
+}
+
+#[test]
+fn bare_integer_duration_is_rejected_with_the_promised_message() {
+    let text = minimal_plus("[heartbeat]\npulse = 700\n");
+    let e = error(&text);
+    assert_eq!((e.line, e.column), (13, 9));
+    assert_eq!(e.field, "heartbeat.pulse");
+    assert_eq!(
+        e.to_string(),
+        "/etc/holdfast/web.toml:13:9: heartbeat.pulse: expected a duration with a unit, like \"700ms\", found 700"
+    );
+}
+
+#[test]
+fn duration_errors() {
+    let text = minimal_plus("[heartbeat]\ntimeout = \"30\"\n");
+    assert_error(&text, 13, 11, "heartbeat.timeout", "found \"30\"");
+    let text = minimal_plus("[heartbeat]\ntimeout = \"30 parsecs\"\n");
+    assert_error(&text, 13, 11, "heartbeat.timeout", "unknown time unit");
+    let text = minimal_plus_module("loop_interval = 24");
+    assert_error(&text, 4, 17, "module.loop_interval", "found 24");
+    let text = minimal_plus("[scripts]\nstop_timeout = true\n");
+    assert_error(&text, 13, 16, "scripts.stop_timeout", "found true");
+}
+
+#[test]
+fn syntax_errors_carry_a_position() {
+    let e = error("[module]\nname = \"web\nmode = \"mirror\"\n");
+    assert_eq!(e.line, 2);
+    assert!(e.column > 1);
+    assert_eq!(e.field, "");
+    assert!(e.to_string().starts_with(&format!("{FILE}:2:")), "{e}");
+    // A key given twice is a TOML error too.
+    let e = error(&minimal_plus_module("mode = \"mirror\""));
+    assert_eq!((e.line, e.field.as_str()), (4, ""));
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    assert_error(
+        &minimal_plus_module("nmae = \"x\""),
+        4,
+        1,
+        "module.nmae",
+        "unknown key \"nmae\"",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\npulses = \"1s\"\n"),
+        13,
+        1,
+        "heartbeat.pulses",
+        "unknown key",
+    );
+    assert_error(
+        &minimal_plus("[scripts]\nenv_vars = {}\n"),
+        13,
+        1,
+        "scripts.env_vars",
+        "unknown key",
+    );
+    assert_error(
+        &minimal_plus("[services]\n"),
+        12,
+        2,
+        "services",
+        "unknown key \"services\"",
+    );
+    assert_error(
+        &minimal_with("name = \"node2\"", "name = \"node2\"\nip = \"1.2.3.4\""),
+        11,
+        1,
+        "node[1].ip",
+        "unknown key \"ip\"",
+    );
+}
+
+#[test]
+fn missing_keys_point_at_their_table() {
+    assert_error(
+        &minimal_with("name = \"web\"\n", ""),
+        1,
+        1,
+        "module.name",
+        "required",
+    );
+    assert_error(
+        &minimal_with("mode = \"mirror\"\n", ""),
+        1,
+        1,
+        "module.mode",
+        "required",
+    );
+    assert_error(
+        &minimal_with("[module]\nname = \"web\"\nmode = \"mirror\"\n", ""),
+        1,
+        1,
+        "module",
+        "required",
+    );
+    assert_error(
+        &minimal_with("name = \"node2\"\n", ""),
+        9,
+        1,
+        "node[1].name",
+        "required",
+    );
+    assert_error(
+        &minimal_with("address = { default = \"198.18.0.11\" }\n", ""),
+        5,
+        1,
+        "node[0].address",
+        "required",
+    );
+    assert_error(
+        "[module]\nname = \"web\"\nmode = \"mirror\"\n",
+        1,
+        1,
+        "node",
+        "required",
+    );
+}
+
+#[test]
+fn wrong_types() {
+    assert_error(
+        &minimal_plus_module("failover = \"yes\""),
+        4,
+        12,
+        "module.failover",
+        "expected true or false, found \"yes\"",
+    );
+    assert_error(
+        &minimal_with("name = \"web\"", "name = 7"),
+        2,
+        8,
+        "module.name",
+        "expected a string, found 7",
+    );
+    assert_error(
+        &minimal_plus_module("maxloop = -1"),
+        4,
+        11,
+        "module.maxloop",
+        "found -1",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\nnetworks = \"default\"\n"),
+        13,
+        12,
+        "heartbeat.networks",
+        "expected an array of strings",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\nnetworks = [\"default\", 2]\n"),
+        13,
+        24,
+        "heartbeat.networks[1]",
+        "expected a string, found 2",
+    );
+    assert_error(
+        &format!("heartbeat = 3\n{MINIMAL}"),
+        1,
+        13,
+        "heartbeat",
+        "expected a table, found 3",
+    );
+    assert_error(
+        "node = 3\n[module]\nname = \"web\"\nmode = \"mirror\"\n",
+        1,
+        8,
+        "node",
+        "expected [[node]] tables",
+    );
+    assert_error(
+        &minimal_plus("[scripts.env]\nCOUNT = 3\n"),
+        13,
+        9,
+        "scripts.env.COUNT",
+        "expected a string, found 3",
+    );
+}
+
+#[test]
+fn module_values() {
+    assert_error(
+        &minimal_with("\"mirror\"", "\"farm\""),
+        3,
+        8,
+        "module.mode",
+        "not supported yet",
+    );
+    assert_error(
+        &minimal_with("\"mirror\"", "\"mirrror\""),
+        3,
+        8,
+        "module.mode",
+        "unknown mode",
+    );
+    assert_error(
+        &minimal_with("\"web\"", "\"web site\""),
+        2,
+        8,
+        "module.name",
+        "invalid module name",
+    );
+    assert_error(
+        &minimal_plus_module("boot = \"sometimes\""),
+        4,
+        8,
+        "module.boot",
+        "expected \"on\", \"off\" or \"auto\"",
+    );
+    assert_error(
+        &minimal_plus_module("default_primary = \"node3\""),
+        4,
+        19,
+        "module.default_primary",
+        "\"node3\" is not a node of this module (nodes: node1, node2)",
+    );
+    // swap_back only goes with a preferred node.
+    assert_error(
+        &minimal_plus_module("swap_back = false"),
+        4,
+        13,
+        "module.swap_back",
+        "only applies",
+    );
+    assert_error(
+        &minimal_plus_module("default_primary = \"lastprim\"\nswap_back = true"),
+        5,
+        13,
+        "module.swap_back",
+        "only applies",
+    );
+    let c = parse(&minimal_plus_module("default_primary = \"lastprim\"")).expect("valid");
+    assert_eq!(c.default_primary, DefaultPrimary::LastPrim);
+    let c = parse(&minimal_plus_module("default_primary = \"node2\"")).expect("valid");
+    assert_eq!(c.default_primary, DefaultPrimary::Node("node2".into()));
+    assert!(c.swap_back, "swap_back defaults to true");
+}
+
+#[test]
+fn heartbeat_values() {
+    assert_error(
+        &minimal_plus("[heartbeat]\nport = 0\n"),
+        13,
+        8,
+        "heartbeat.port",
+        "between 1 and 65535, found 0",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\nport = 70000\n"),
+        13,
+        8,
+        "heartbeat.port",
+        "found 70000",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\npulse = \"1s\"\ntimeout = \"1500ms\"\n"),
+        14,
+        11,
+        "heartbeat.timeout",
+        "the timeout (1500ms) must be at least twice the pulse (1s)",
+    );
+    // With the timeout left at its default, the table is pointed at.
+    assert_error(
+        &minimal_plus("[heartbeat]\npulse = \"20s\"\n"),
+        12,
+        1,
+        "heartbeat.timeout",
+        "at least twice",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\npulse = \"0s\"\n"),
+        13,
+        9,
+        "heartbeat.pulse",
+        "greater than zero",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\nnetworks = []\n"),
+        13,
+        12,
+        "heartbeat.networks",
+        "at least one",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\nnetworks = [\"default\", \"default\"]\n"),
+        13,
+        24,
+        "heartbeat.networks[1]",
+        "listed twice",
+    );
+    assert_error(
+        &minimal_plus("[heartbeat]\nnetworks = [\"default\", \"\"]\n"),
+        13,
+        24,
+        "heartbeat.networks[1]",
+        "cannot be empty",
+    );
+}
+
+const NODE3: &str = "\n[[node]]\nname = \"node3\"\naddress = { default = \"198.18.0.13\" }\n";
+
+#[test]
+fn node_rules() {
+    assert_error(
+        &format!("{MINIMAL}{NODE3}"),
+        13,
+        1,
+        "node[2]",
+        "exactly 2 nodes, found 3",
+    );
+    let one = minimal_with(
+        "\n[[node]]\nname = \"node2\"\naddress = { default = \"198.18.0.12\" }\n",
+        "",
+    );
+    assert_error(&one, 5, 1, "node", "exactly 2 nodes, found 1");
+    assert_error(
+        &minimal_with("\"node2\"", "\"node1\""),
+        10,
+        8,
+        "node[1].name",
+        "used twice",
+    );
+    assert_error(
+        &minimal_with("\"node1\"", "\"node 1\""),
+        6,
+        8,
+        "node[0].name",
+        "invalid node name",
+    );
+    assert_error(
+        &minimal_with("\"198.18.0.12\"", "\"198.18.0.11\""),
+        11,
+        23,
+        "node[1].address.default",
+        "address 198.18.0.11 is already used by node[0].address.default",
+    );
+    assert_error(
+        &minimal_with("\"198.18.0.11\"", "\"198.18.0.300\""),
+        7,
+        23,
+        "node[0].address.default",
+        "expected an IP address, found \"198.18.0.300\"",
+    );
+    assert_error(
+        &minimal_with("\"198.18.0.11\"", "\"0.0.0.0\""),
+        7,
+        23,
+        "node[0].address.default",
+        "cannot be a node address",
+    );
+    // An address on a network that is not a heartbeat network.
+    assert_error(
+        &minimal_with(
+            "default = \"198.18.0.11\"",
+            "default = \"198.18.0.11\", repli = \"10.0.0.1\"",
+        ),
+        7,
+        46,
+        "node[0].address.repli",
+        "\"repli\" is not a heartbeat network",
+    );
+    // A heartbeat network without an address: reported at the address table.
+    let text = minimal_plus("[heartbeat]\nnetworks = [\"default\", \"repli\"]\n");
+    assert_error(
+        &text,
+        7,
+        11,
+        "node[0].address",
+        "missing the address of node \"node1\" on heartbeat network \"repli\"",
+    );
+    // [node.address] sub-tables and IPv6 work as well.
+    let text = MINIMAL.replacen(
+        "address = { default = \"198.18.0.11\" }",
+        "[node.address]\ndefault = \"fd00::11\"",
+        1,
+    );
+    let c = parse(&text).expect("valid");
+    assert_eq!(c.nodes[0].addresses["default"], ip("fd00::11"));
+}
+
+#[test]
+fn scripts_rules() {
+    assert_error(
+        &minimal_plus("[scripts.env]\n2BAD = \"x\"\n"),
+        13,
+        8,
+        "scripts.env.2BAD",
+        "not a valid environment variable name",
+    );
+    assert_error(
+        &minimal_plus("[scripts.env]\n\"A-B\" = \"x\"\n"),
+        13,
+        9,
+        "scripts.env.A-B",
+        "not a valid environment variable name",
+    );
+    assert_error(
+        &minimal_plus("[scripts]\nstart_timeout = \"0s\"\n"),
+        13,
+        17,
+        "scripts.start_timeout",
+        "greater than zero",
+    );
+    assert_error(
+        &minimal_plus("[scripts]\ndirectory = \"\"\n"),
+        13,
+        13,
+        "scripts.directory",
+        "cannot be empty",
+    );
+}
+
+#[test]
+fn load_module_reads_files_and_reports_unreadable_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("web.toml");
+    std::fs::write(&path, FULL).expect("write");
+    assert_eq!(
+        load_module(&path).expect("valid"),
+        parse(FULL).expect("valid")
+    );
+
+    std::fs::write(&path, minimal_plus("[heartbeat]\npulse = 700\n")).expect("write");
+    let e = load_module(&path).expect_err("invalid");
+    assert_eq!(
+        (e.file.as_path(), e.line, e.column),
+        (path.as_path(), 13, 9)
+    );
+
+    let missing = dir.path().join("missing.toml");
+    let e = load_module(&missing).expect_err("missing");
+    assert_eq!(
+        (e.file.as_path(), e.line, e.column),
+        (missing.as_path(), 0, 0)
+    );
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: cannot read the file", missing.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn fingerprint_ignores_only_the_scripts_directory() {
+    let c = parse(FULL).expect("valid");
+    let mut moved = c.clone();
+    moved.scripts.directory = Some(PathBuf::from("/opt/web/bin"));
+    assert_eq!(c.fingerprint(), moved.fingerprint());
+    let mut changed = c.clone();
+    changed.heartbeat.pulse = Duration::from_millis(600);
+    assert_ne!(c.fingerprint(), changed.fingerprint());
+    let mut env = c.clone();
+    env.scripts.env.insert("X".into(), "1".into());
+    assert_ne!(c.fingerprint(), env.fingerprint());
+    assert_eq!(c.fingerprint_hex().len(), 64);
+    assert_eq!(
+        c.fingerprint_hex(),
+        parse(&to_toml(&c)).expect("valid").fingerprint_hex()
+    );
+}
+
+#[test]
+fn validate_rejects_keyword_node_as_default_primary() {
+    let mut c = parse(MINIMAL).expect("valid");
+    c.nodes[0].name = "alone".into();
+    c.default_primary = DefaultPrimary::Node("alone".into());
+    let e = c.validate().expect_err("ambiguous");
+    assert_eq!(e.field, "module.default_primary");
+}
