@@ -1,1 +1,122 @@
-//! holdfast-daemon
+//! The node daemon: one process per server, running every module installed
+//! on it.
+//!
+//! - [`shell`]: the I/O shell of one module (heartbeat socket, timers,
+//!   scripts) around its sans-IO state machine;
+//! - [`scripts`]: running user scripts with SafeKit's arguments/environment;
+//! - [`api`]: the HTTP API on a Unix socket (the CLI's and console's way in),
+//!   and [`client`] to call it;
+//! - [`registry`]: installed modules, persisted under the state directory;
+//! - [`modlog`]: the module log.
+
+pub mod api;
+pub mod client;
+pub mod modlog;
+pub mod paths;
+pub mod registry;
+pub mod scripts;
+pub mod shell;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use holdfast_membership::ClusterKey;
+
+pub use paths::Paths;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("no usable cluster key at {path}: {reason}. Create one with `holdfast cluster keygen --out {path}` on one node and copy it to every node")]
+    ClusterKey { path: String, reason: String },
+    #[error("{0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("{0} is corrupt: {1}")]
+    Corrupt(String, String),
+    #[error("this node ({node}) is not one of the nodes of module {module} ({nodes}); check the node names, or start the daemon with --node")]
+    NotAMember { module: String, node: String, nodes: String },
+    #[error("module {module}: cannot use heartbeat port {port}: {source}")]
+    HeartbeatPort {
+        module: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve the API on {path}: {source}")]
+    Api {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the daemon was started.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// This node's name, as in the modules' `[[node]]` entries.
+    pub node: String,
+    pub paths: Paths,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, then stops the modules (their
+/// applications hand over to the peers) and returns.
+pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    let paths = options.paths;
+    let key_path = paths.cluster_key();
+    let key = ClusterKey::load(&key_path).map_err(|e| DaemonError::ClusterKey {
+        path: key_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    for dir in [paths.modules(), paths.safe_dir().join("private/bin"), paths.state_dir.join("var")] {
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
+    }
+    let exe = std::env::current_exe().map_err(|e| DaemonError::Io("current executable".into(), e))?;
+    install_safekit_command(&paths, &exe)?;
+    let incarnation = next_incarnation(&paths)?;
+    let ctx = Arc::new(shell::NodeContext { node: options.node, key, incarnation, paths: paths.clone(), exe });
+    let registry = Arc::new(registry::Registry::new(ctx.clone()));
+    registry.load_installed().await;
+
+    let socket = paths.api_socket();
+    let listener = api::bind(&socket)?;
+    tracing::info!("node {} serving the API on {}", ctx.node, socket.display());
+    let server = axum::serve(listener, api::router(registry.clone())).with_graceful_shutdown(shutdown_signal());
+    server.await.map_err(|e| DaemonError::Api { path: socket.display().to_string(), source: e })?;
+    tracing::info!("shutting down: stopping modules");
+    registry.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the daemon can still be killed; run on.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// `$SAFE/safekit` for SafeKit scripts: a link to this executable, which
+/// answers to that name with SafeKit's command syntax.
+fn install_safekit_command(paths: &Paths, exe: &std::path::Path) -> Result<(), DaemonError> {
+    let link = paths.safe_dir().join("safekit");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(exe, &link).map_err(|e| DaemonError::Io(link.display().to_string(), e))
+}
+
+/// Grows at every start: a restarted daemon's heartbeats are never taken for
+/// replays of its previous life's, and old ones never for new ones.
+fn next_incarnation(paths: &Paths) -> Result<u64, DaemonError> {
+    let path: PathBuf = paths.incarnation();
+    let previous = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let incarnation = (previous + 1).max(clock);
+    paths::write_atomic(&path, incarnation.to_string().as_bytes())
+        .map_err(|e| DaemonError::Io(path.display().to_string(), e))?;
+    Ok(incarnation)
+}

@@ -1,1 +1,18 @@
-//! holdfast-membership
+//! Membership and the module state machines, sans-IO.
+//!
+//! - [`heartbeat`]: the authenticated UDP heartbeat message (encode, verify,
+//!   replay protection). Pure functions over bytes.
+//! - [`mirror`]: the mirror module state machine — **where failover is
+//!   decided**. Events in (heartbeat, command, script exit, tick), actions out
+//!   (run script, log, persist). No clocks, sockets or processes here: the
+//!   daemon's I/O shell feeds it and carries out what it asks, and the
+//!   simulation tests drive it with virtual time.
+
+pub mod heartbeat;
+pub mod mirror;
+
+pub use heartbeat::{ClusterKey, Heartbeat, HeartbeatError, ReplayGuard};
+pub use mirror::{
+    Action, Command, CommandError, Handover, LogLevel, MirrorModule, MirrorSettings, ModuleView, Persistent,
+    PeerStatus, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
+};

@@ -1,0 +1,142 @@
+//! The daemon's HTTP API, served on a Unix socket in the state directory.
+//! The CLI is a client of it (and a web console will be).
+//!
+//! | method | path | body / answer |
+//! |---|---|---|
+//! | GET | `/v1/node` | `{node, version}` |
+//! | GET | `/v1/modules` | `[ModuleSummary]` |
+//! | POST | `/v1/modules` | `InstallRequest` → `ModuleSummary` |
+//! | GET | `/v1/modules/{name}` | `ModuleSummary` |
+//! | DELETE | `/v1/modules/{name}` | — |
+//! | POST | `/v1/modules/{name}/command` | `{command}` → `ModuleSummary` |
+//! | GET | `/v1/modules/{name}/log?count=N` | `[LogEntry]` |
+//! | POST | `/v1/modules/{name}/log` | `{level: "I"/"E", message}` |
+//!
+//! Errors answer `{"error": "..."}` with a 4xx status; nothing is changed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use holdfast_membership::{Command, LogLevel};
+use serde::{Deserialize, Serialize};
+
+use crate::registry::{InstallRequest, Registry, RegistryError};
+use crate::DaemonError;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub node: String,
+    pub version: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CommandRequest {
+    pub command: Command,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PrintRequest {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    count: Option<usize>,
+}
+
+impl IntoResponse for RegistryError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            RegistryError::UnknownModule { .. } => StatusCode::NOT_FOUND,
+            RegistryError::Invalid(_) | RegistryError::UnknownScript(..) => StatusCode::BAD_REQUEST,
+            RegistryError::Running { .. } | RegistryError::PortInUse { .. } | RegistryError::Refused(..) => {
+                StatusCode::CONFLICT
+            }
+            RegistryError::Daemon(DaemonError::NotAMember { .. }) => StatusCode::BAD_REQUEST,
+            RegistryError::Daemon(_) | RegistryError::Gone(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+    }
+}
+
+type Shared = State<Arc<Registry>>;
+
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v1/node", get(node))
+        .route("/v1/modules", get(list).post(install))
+        .route("/v1/modules/{name}", get(module).delete(remove))
+        .route("/v1/modules/{name}/command", post(command))
+        .route("/v1/modules/{name}/log", get(log).post(print))
+        .with_state(registry)
+}
+
+/// Binds the socket, replacing a stale one left by a killed daemon.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    let err = |source| DaemonError::Api { path: path.display().to_string(), source };
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "another daemon is already serving this socket",
+        )));
+    }
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path).map_err(err)
+}
+
+async fn node(State(registry): Shared) -> Json<NodeInfo> {
+    Json(NodeInfo { node: registry.node().to_string(), version: env!("CARGO_PKG_VERSION").to_string() })
+}
+
+async fn list(State(registry): Shared) -> impl IntoResponse {
+    Json(registry.list().await)
+}
+
+async fn module(State(registry): Shared, UrlPath(name): UrlPath<String>) -> Result<impl IntoResponse, RegistryError> {
+    Ok(Json(registry.get(&name).await?))
+}
+
+async fn install(State(registry): Shared, Json(request): Json<InstallRequest>) -> Result<impl IntoResponse, RegistryError> {
+    Ok((StatusCode::CREATED, Json(registry.install(request).await?)))
+}
+
+async fn remove(State(registry): Shared, UrlPath(name): UrlPath<String>) -> Result<impl IntoResponse, RegistryError> {
+    registry.remove(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn command(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+    Json(request): Json<CommandRequest>,
+) -> Result<impl IntoResponse, RegistryError> {
+    Ok(Json(registry.command(&name, request.command).await?))
+}
+
+async fn log(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+    Query(query): Query<LogQuery>,
+) -> Result<impl IntoResponse, RegistryError> {
+    Ok(Json(registry.log(&name, query.count.unwrap_or(300)).await?))
+}
+
+async fn print(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+    Json(request): Json<PrintRequest>,
+) -> Result<impl IntoResponse, RegistryError> {
+    registry.print(&name, request.level, request.message).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

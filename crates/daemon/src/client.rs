@@ -1,0 +1,102 @@
+//! A client of the daemon's API over its Unix socket (used by the CLI, the
+//! lab and the tests).
+
+use std::path::{Path, PathBuf};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::ErrorBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the holdfast daemon at {socket}: {source} (is `holdfast daemon` running on this node?)")]
+    Connect {
+        socket: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon refused the request; the message says why.
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    #[error("talking to the daemon: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    socket: PathBuf,
+}
+
+impl ApiClient {
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(Method::GET, path, None::<&()>).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, path, None).await.map(|_| ())
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|source| {
+            ClientError::Connect { socket: self.socket.display().to_string(), source }
+        })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| protocol(&e))?;
+        let driver = tokio::spawn(connection);
+        let bytes = match body {
+            Some(body) => serde_json::to_vec(body).map_err(|e| protocol(&e))?,
+            None => Vec::new(),
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "holdfast")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| protocol(&e))?;
+        let response = sender.send_request(request).await.map_err(|e| protocol(&e))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| protocol(&e))?.to_bytes();
+        driver.abort();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(ClientError::Refused { status: status.as_u16(), message });
+        }
+        let body = if status == StatusCode::NO_CONTENT || body.is_empty() { Bytes::from_static(b"null") } else { body };
+        serde_json::from_slice(&body).map_err(|e| protocol(&e))
+    }
+}

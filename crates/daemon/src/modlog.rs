@@ -1,0 +1,79 @@
+//! The module log: one line per event that matters to an administrator
+//! (transitions with their reason, script failures, rejected heartbeats,
+//! messages from scripts), like SafeKit's module log.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use holdfast_membership::LogLevel;
+use serde::{Deserialize, Serialize};
+
+/// A log line as the API returns it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub time: String,
+    /// `I` (information) or `E` (error), as in SafeKit.
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModuleLog {
+    path: PathBuf,
+}
+
+impl ModuleLog {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub fn write(&self, level: LogLevel, message: &str) {
+        let letter = match level {
+            LogLevel::Info => "I",
+            LogLevel::Error => "E",
+        };
+        let time = humantime::format_rfc3339_millis(SystemTime::now());
+        // One line per entry: newlines inside a message would forge entries.
+        let message = message.replace('\n', " ");
+        let line = format!("{time} | {letter} | {message}\n");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            tracing::error!("cannot write module log {}: {e}", self.path.display());
+        }
+        match level {
+            LogLevel::Info => tracing::info!("{}: {message}", self.path.display()),
+            LogLevel::Error => tracing::error!("{}: {message}", self.path.display()),
+        }
+    }
+
+    /// The last `count` entries.
+    pub fn tail(&self, count: usize) -> std::io::Result<Vec<LogEntry>> {
+        read_tail(&self.path, count)
+    }
+}
+
+fn read_tail(path: &Path, count: usize) -> std::io::Result<Vec<LogEntry>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(count);
+    Ok(lines[start..]
+        .iter()
+        .map(|line| {
+            let mut parts = line.splitn(3, " | ");
+            LogEntry {
+                time: parts.next().unwrap_or_default().to_string(),
+                level: parts.next().unwrap_or_default().to_string(),
+                message: parts.next().unwrap_or_default().to_string(),
+            }
+        })
+        .collect())
+}

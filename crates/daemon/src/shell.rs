@@ -1,0 +1,386 @@
+//! The I/O shell around one mirror module's state machine: a tokio task that
+//! owns the [`MirrorModule`], its UDP heartbeat socket and its timers, feeds
+//! the machine, and carries out its actions (scripts, log, persistence,
+//! heartbeats). Kept thin on purpose: every decision is in
+//! `holdfast_membership::mirror`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use holdfast_config::{Boot, ModuleConfig};
+use holdfast_membership::heartbeat::MAX_DATAGRAM;
+use holdfast_membership::{
+    Action, ClusterKey, Command, CommandError, Heartbeat, LogLevel, MirrorModule, MirrorSettings,
+    ModuleView, Persistent, ReplayGuard, Script, ScriptOutcome, ScriptRun,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::modlog::ModuleLog;
+use crate::paths::{write_atomic, ModulePaths, Paths};
+use crate::scripts::{self, ScriptJob};
+use crate::DaemonError;
+
+/// What every module of this node shares.
+#[derive(Debug)]
+pub struct NodeContext {
+    pub node: String,
+    pub key: ClusterKey,
+    pub incarnation: u64,
+    pub paths: Paths,
+    /// The `holdfast` executable, for scripts (`$SAFE/safekit`, PATH).
+    pub exe: PathBuf,
+}
+
+/// Messages to a module's task.
+#[derive(Debug)]
+pub enum ModuleMsg {
+    Command(Command, oneshot::Sender<Result<(), CommandError>>),
+    /// A `printi`/`printe` line from a script or an administrator.
+    Print(LogLevel, String),
+    ScriptDone(u64, ScriptOutcome),
+    /// Daemon shutdown: stop the module (keeping whether it should run at
+    /// the next start), then end the task.
+    Shutdown,
+}
+
+/// The daemon's handle on a running module task.
+#[derive(Debug)]
+pub struct ModuleHandle {
+    pub config: Arc<ModuleConfig>,
+    pub tx: mpsc::Sender<ModuleMsg>,
+    pub view: watch::Receiver<ModuleView>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the task of a module; `at_boot` applies the module's `boot` policy.
+pub async fn spawn(ctx: Arc<NodeContext>, config: ModuleConfig, at_boot: bool) -> Result<ModuleHandle, DaemonError> {
+    let settings = MirrorSettings::from_config(&config, &ctx.node).ok_or_else(|| DaemonError::NotAMember {
+        module: config.name.clone(),
+        node: ctx.node.clone(),
+        nodes: config.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>().join(", "),
+    })?;
+    let paths = ctx.paths.module(&config.name);
+    for dir in [paths.bin(), paths.var()] {
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
+    }
+    let persistent = load_persistent(&paths)?;
+    let port = config.heartbeat.port;
+    let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
+        .await
+        .map_err(|e| DaemonError::HeartbeatPort { module: config.name.clone(), port, source: e })?;
+    let peer_addresses = config
+        .peer_of(&ctx.node)
+        .map(|peer| {
+            config.heartbeat.networks.iter().filter_map(|net| peer.addresses.get(net).copied()).collect()
+        })
+        .unwrap_or_default();
+    let start = match config.boot {
+        Boot::On => at_boot,
+        Boot::Auto => at_boot && persistent.running,
+        Boot::Off => false,
+    };
+    let mut core = MirrorModule::new(settings, persistent, Instant::now());
+    let fingerprint = config.fingerprint();
+    let (tx, rx) = mpsc::channel(64);
+    let (view_tx, view) = watch::channel(core.view());
+    let log = ModuleLog::new(paths.log());
+    if start {
+        log.write(LogLevel::Info, "starting at daemon start (boot policy)");
+        // A freshly built machine is stopped, so Start cannot be refused.
+        let _ = core.command(Instant::now(), Command::Start);
+    }
+    let config = Arc::new(config);
+    let shell = Shell {
+        ctx,
+        config: config.clone(),
+        paths,
+        log,
+        core,
+        socket,
+        peer_addresses,
+        fingerprint: fingerprint[..8].try_into().expect("8 bytes of a 32-byte hash"),
+        seq: 0,
+        replay: ReplayGuard::default(),
+        tx: tx.clone(),
+        view_tx,
+        rejected: Rejections::default(),
+        fingerprint_warned: false,
+        shutdown: None,
+    };
+    let task = tokio::spawn(shell.run(rx));
+    Ok(ModuleHandle { config, tx, view, task })
+}
+
+fn load_persistent(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
+    let path = paths.persistent();
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| DaemonError::Corrupt(path.display().to_string(), e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persistent::default()),
+        Err(e) => Err(DaemonError::Io(path.display().to_string(), e)),
+    }
+}
+
+/// Rejected datagrams are logged, but at most once per interval, so a flood
+/// of forgeries cannot fill the disk.
+#[derive(Debug, Default)]
+struct Rejections {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+struct Shell {
+    ctx: Arc<NodeContext>,
+    config: Arc<ModuleConfig>,
+    paths: ModulePaths,
+    log: ModuleLog,
+    core: MirrorModule,
+    socket: UdpSocket,
+    /// The peer's address on each heartbeat network, in network order.
+    peer_addresses: Vec<IpAddr>,
+    fingerprint: [u8; 8],
+    seq: u64,
+    replay: ReplayGuard,
+    tx: mpsc::Sender<ModuleMsg>,
+    view_tx: watch::Sender<ModuleView>,
+    rejected: Rejections,
+    fingerprint_warned: bool,
+    /// During daemon shutdown: whether the module should run at next start.
+    shutdown: Option<bool>,
+}
+
+impl Shell {
+    async fn run(mut self, mut rx: mpsc::Receiver<ModuleMsg>) {
+        let pulse = self.config.heartbeat.pulse;
+        let mut next_pulse = Instant::now();
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            let wake = self.core.next_deadline().map_or(next_pulse, |d| d.min(next_pulse));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if now >= next_pulse {
+                        self.send_heartbeat().await;
+                        next_pulse = now + pulse;
+                    }
+                    self.core.tick(now);
+                }
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.config.name),
+                },
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.on_message(msg),
+                    None => return,
+                },
+            }
+            self.execute().await;
+            self.view_tx.send_replace(self.core.view());
+            if let Some(running) = self.shutdown {
+                if self.core.state() == holdfast_membership::State::Stop && !self.core.transient() {
+                    let mut persistent = self.core.persistent().clone();
+                    persistent.running = running;
+                    self.persist(&persistent);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, msg: ModuleMsg) {
+        let now = Instant::now();
+        match msg {
+            ModuleMsg::Command(command, reply) => {
+                let result = self.core.command(now, command);
+                if let Err(e) = &result {
+                    self.log.write(LogLevel::Error, &format!("action {} refused: {e}", command.as_str()));
+                }
+                let _ = reply.send(result);
+            }
+            ModuleMsg::Print(level, message) => self.log.write(level, &message),
+            ModuleMsg::ScriptDone(id, outcome) => self.core.script_finished(now, id, outcome),
+            ModuleMsg::Shutdown => {
+                self.shutdown = Some(self.core.persistent().running);
+                let _ = self.core.command(now, Command::Stop);
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        match self.accept(datagram, from) {
+            Ok((network, heartbeat)) => {
+                if heartbeat.config_fingerprint != self.fingerprint && !self.fingerprint_warned {
+                    self.fingerprint_warned = true;
+                    self.log.write(
+                        LogLevel::Error,
+                        &format!("the configuration of module {} differs on {}: install the same configuration on both nodes", self.config.name, heartbeat.sender),
+                    );
+                }
+                let stamp = (heartbeat.incarnation, heartbeat.seq);
+                self.core.heartbeat(Instant::now(), network, stamp, heartbeat.status);
+            }
+            Err(reason) => self.reject(from, reason),
+        }
+    }
+
+    /// Authenticates a datagram and places it on a heartbeat network.
+    fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(usize, Heartbeat), String> {
+        let heartbeat = Heartbeat::decode(datagram, &self.ctx.key).map_err(|e| e.to_string())?;
+        let peer = &self.core.settings().peer;
+        if heartbeat.module != self.config.name || &heartbeat.sender != peer {
+            return Err(format!(
+                "heartbeat of module {} from node {}, expected module {} from {peer}",
+                heartbeat.module, heartbeat.sender, self.config.name
+            ));
+        }
+        let network = self
+            .peer_addresses
+            .iter()
+            .position(|a| *a == from.ip())
+            .ok_or_else(|| format!("{} is not an address of {peer}", from.ip()))?;
+        if usize::from(heartbeat.network) != network {
+            return Err(format!(
+                "heartbeat signed for network {} arrived on network {network}",
+                heartbeat.network
+            ));
+        }
+        self.replay.check(&heartbeat).map_err(|e| e.to_string())?;
+        Ok((network, heartbeat))
+    }
+
+    fn reject(&mut self, from: SocketAddr, reason: String) {
+        let now = Instant::now();
+        let due = self
+            .rejected
+            .last_logged
+            .is_none_or(|t| now.duration_since(t) >= REJECTION_LOG_INTERVAL);
+        if !due {
+            self.rejected.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.rejected.suppressed);
+        let more = if suppressed > 0 { format!(" ({suppressed} more rejected since the last report)") } else { String::new() };
+        self.log.write(LogLevel::Error, &format!("rejected heartbeat from {from}: {reason}{more}"));
+        self.rejected.last_logged = Some(now);
+    }
+
+    async fn send_heartbeat(&mut self) {
+        self.seq += 1;
+        let mut heartbeat = Heartbeat {
+            module: self.config.name.clone(),
+            sender: self.ctx.node.clone(),
+            incarnation: self.ctx.incarnation,
+            seq: self.seq,
+            network: 0,
+            config_fingerprint: self.fingerprint,
+            status: self.core.status(),
+        };
+        let port = self.config.heartbeat.port;
+        for (network, address) in self.peer_addresses.iter().enumerate() {
+            heartbeat.network = network as u8;
+            let bytes = heartbeat.encode(&self.ctx.key);
+            // A network that is down fails here; the others carry on.
+            if let Err(e) = self.socket.send_to(&bytes, SocketAddr::new(*address, port)).await {
+                tracing::debug!("module {}: heartbeat to {address}: {e}", self.config.name);
+            }
+        }
+    }
+
+    async fn execute(&mut self) {
+        for action in self.core.take_actions() {
+            match action {
+                Action::RunScript(run) => self.run_script(run),
+                Action::Log { level, message } => self.log.write(level, &message),
+                Action::Transition { .. } => {}
+                Action::SendHeartbeat => self.send_heartbeat().await,
+                Action::Persist(persistent) => {
+                    if self.shutdown.is_none() {
+                        self.persist(&persistent);
+                    }
+                }
+            }
+        }
+    }
+
+    fn persist(&self, persistent: &Persistent) {
+        let path = self.paths.persistent();
+        let bytes = serde_json::to_vec_pretty(persistent).expect("plain data serialises");
+        if let Err(e) = write_atomic(&path, &bytes) {
+            self.log.write(LogLevel::Error, &format!("cannot persist module state to {}: {e}", path.display()));
+        }
+    }
+
+    fn run_script(&self, run: ScriptRun) {
+        let scripts = &self.config.scripts;
+        let timeout = match (run.script.is_stop(), run.force) {
+            (false, _) => scripts.start_timeout,
+            (true, false) => scripts.stop_timeout,
+            (true, true) => scripts.force_stop_timeout,
+        };
+        let job = ScriptJob {
+            path: self.paths.script(run.script.name()),
+            env: self.script_env(&run),
+            timeout,
+            output: scripts.logging.then(|| self.paths.application_log()),
+            run,
+        };
+        let tx = self.tx.clone();
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let id = job.run.id;
+            let announce = job.path.exists();
+            if announce {
+                log.write(LogLevel::Info, &format!("script {} {}", job.run.script.name(), job.args().join(" ")));
+            }
+            let outcome = scripts::run(job).await;
+            // The module task may be gone (module removed): nothing to tell.
+            let _ = tx.send(ModuleMsg::ScriptDone(id, outcome)).await;
+        });
+    }
+
+    fn script_env(&self, run: &ScriptRun) -> std::collections::BTreeMap<String, String> {
+        let paths = &self.ctx.paths;
+        let safe = paths.safe_dir();
+        let path_var = match (self.ctx.exe.parent(), std::env::var("PATH")) {
+            (Some(dir), Ok(path)) => format!("{}:{path}", dir.display()),
+            (_, Ok(path)) => path,
+            _ => "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        };
+        let mut env: std::collections::BTreeMap<String, String> = [
+            ("SAFE", safe.display().to_string()),
+            ("SAFEBIN", safe.join("private/bin").display().to_string()),
+            ("SAFEMODULE", self.config.name.clone()),
+            ("SAFEUSERBIN", self.paths.bin().display().to_string()),
+            ("SAFEUSERCONF", self.paths.dir.display().to_string()),
+            ("SAFEVAR", paths.state_dir.join("var").display().to_string()),
+            ("SAFEUSERVAR", self.paths.var().display().to_string()),
+            ("HOLDFAST_MODULE", self.config.name.clone()),
+            ("HOLDFAST_NODE", self.ctx.node.clone()),
+            ("HOLDFAST_PEER", self.core.settings().peer.clone()),
+            ("HOLDFAST_STATE", run.current.to_string()),
+            ("HOLDFAST_NEXT_STATE", run.next.to_string()),
+            ("HOLDFAST_ACTION", run.action.as_str().to_string()),
+            ("HOLDFAST_REASON", run.reason.clone()),
+            ("HOLDFAST_FORCE", if run.force { "1" } else { "0" }.to_string()),
+            ("HOLDFAST_API", paths.api_socket().display().to_string()),
+            ("PATH", path_var),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(self.config.scripts.env.clone());
+        env
+    }
+}
+
+/// Names of the scripts a module may ship.
+pub fn script_names() -> impl Iterator<Item = &'static str> {
+    [Script::Prestart, Script::StartPrim, Script::StopPrim, Script::StartBoth, Script::StopBoth, Script::Poststop]
+        .into_iter()
+        .map(Script::name)
+}

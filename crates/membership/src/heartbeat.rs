@@ -1,0 +1,252 @@
+//! The heartbeat: one UDP datagram per pulse and per network, carrying the
+//! sender's view of the module ([`PeerStatus`]).
+//!
+//! Wire format: `b"HFHB"`, a version byte, the postcard-encoded [`Heartbeat`],
+//! then an HMAC-SHA256 tag over everything before it, keyed with the
+//! cluster key. A datagram whose tag does not verify is *forged*; one whose
+//! `(incarnation, seq)` is not newer than what we already accepted from that
+//! sender is *replayed*. Both are rejected before anything looks at them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::mirror::PeerStatus;
+
+const MAGIC: &[u8; 4] = b"HFHB";
+const VERSION: u8 = 1;
+const TAG_LEN: usize = 32;
+/// Largest datagram we produce or accept; a heartbeat is far smaller.
+pub const MAX_DATAGRAM: usize = 1400;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a datagram was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeartbeatError {
+    #[error("datagram of {0} bytes is too short to be a heartbeat")]
+    TooShort(usize),
+    #[error("datagram of {0} bytes is larger than any heartbeat")]
+    TooLong(usize),
+    #[error("not a heartbeat (bad magic)")]
+    BadMagic,
+    #[error("heartbeat protocol version {0} is not supported (this node speaks {VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("authentication failed: forged heartbeat or a different cluster key")]
+    Forged,
+    #[error("authenticated heartbeat could not be decoded: {0}")]
+    Malformed(String),
+    #[error("replayed heartbeat from {sender}: incarnation {incarnation} seq {seq} is not newer than incarnation {last_incarnation} seq {last_seq}")]
+    Replayed {
+        sender: String,
+        incarnation: u64,
+        seq: u64,
+        last_incarnation: u64,
+        last_seq: u64,
+    },
+    #[error("cluster key: {0}")]
+    Key(String),
+}
+
+/// The secret shared by all nodes of a cluster (32 bytes, stored as hex).
+#[derive(Clone)]
+pub struct ClusterKey([u8; 32]);
+
+impl std::fmt::Debug for ClusterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterKey(<secret>)")
+    }
+}
+
+impl ClusterKey {
+    pub fn generate() -> Self {
+        let mut key = [0u8; 32];
+        rand::Rng::fill(&mut rand::thread_rng(), &mut key);
+        Self(key)
+    }
+
+    pub fn from_hex(text: &str) -> Result<Self, HeartbeatError> {
+        let bytes = hex::decode(text.trim())
+            .map_err(|e| HeartbeatError::Key(format!("not hexadecimal: {e}")))?;
+        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+            HeartbeatError::Key(format!("expected 32 bytes (64 hex digits), found {}", b.len()))
+        })?;
+        Ok(Self(key))
+    }
+
+    pub fn load(path: &Path) -> Result<Self, HeartbeatError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| HeartbeatError::Key(format!("{}: {e}", path.display())))?;
+        Self::from_hex(&text).map_err(|e| HeartbeatError::Key(format!("{}: {e}", path.display())))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // An HMAC key may have any length, so this cannot fail.
+        <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
+    }
+}
+
+/// One heartbeat as sent by a node for one module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub module: String,
+    pub sender: String,
+    /// Grows at every daemon start, so a restarted sender's seq may restart at 0.
+    pub incarnation: u64,
+    /// Grows at every pulse of this incarnation (the same on every network).
+    pub seq: u64,
+    /// Index of the heartbeat network this datagram was sent on; signed, so
+    /// a datagram captured on one network cannot be replayed on another.
+    pub network: u8,
+    /// Fingerprint of the sender's module configuration, to warn on mismatch.
+    pub config_fingerprint: [u8; 8],
+    pub status: PeerStatus,
+}
+
+impl Heartbeat {
+    pub fn encode(&self, key: &ClusterKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        // Serialising plain data into a Vec cannot fail.
+        out.extend_from_slice(&postcard::to_allocvec(self).expect("heartbeat serialises"));
+        let mut mac = key.mac();
+        mac.update(&out);
+        out.extend_from_slice(&mac.finalize().into_bytes());
+        out
+    }
+
+    /// Verifies the tag, then decodes. Replay is checked separately
+    /// ([`ReplayGuard`]) because it needs the receiver's memory.
+    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
+        if datagram.len() < MAGIC.len() + 1 + TAG_LEN {
+            return Err(HeartbeatError::TooShort(datagram.len()));
+        }
+        if datagram.len() > MAX_DATAGRAM {
+            return Err(HeartbeatError::TooLong(datagram.len()));
+        }
+        if &datagram[..4] != MAGIC {
+            return Err(HeartbeatError::BadMagic);
+        }
+        let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+        let mut mac = key.mac();
+        mac.update(signed);
+        mac.verify_slice(tag).map_err(|_| HeartbeatError::Forged)?;
+        if signed[4] != VERSION {
+            return Err(HeartbeatError::UnsupportedVersion(signed[4]));
+        }
+        postcard::from_bytes(&signed[5..]).map_err(|e| HeartbeatError::Malformed(e.to_string()))
+    }
+}
+
+/// Remembers the newest `(incarnation, seq)` accepted per sender and network.
+#[derive(Debug, Default)]
+pub struct ReplayGuard {
+    newest: HashMap<(String, u8), (u64, u64)>,
+}
+
+impl ReplayGuard {
+    pub fn check(&mut self, hb: &Heartbeat) -> Result<(), HeartbeatError> {
+        let current = (hb.incarnation, hb.seq);
+        let key = (hb.sender.clone(), hb.network);
+        match self.newest.get(&key) {
+            Some(&last) if current <= last => Err(HeartbeatError::Replayed {
+                sender: hb.sender.clone(),
+                incarnation: hb.incarnation,
+                seq: hb.seq,
+                last_incarnation: last.0,
+                last_seq: last.1,
+            }),
+            _ => {
+                self.newest.insert(key, current);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Heartbeat {
+        Heartbeat {
+            module: "web".into(),
+            sender: "node1".into(),
+            incarnation: 7,
+            seq: 1,
+            network: 0,
+            config_fingerprint: [1; 8],
+            status: PeerStatus::stopped(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let key = ClusterKey::generate();
+        let hb = sample();
+        assert_eq!(Heartbeat::decode(&hb.encode(&key), &key).unwrap(), hb);
+    }
+
+    #[test]
+    fn other_key_or_flipped_bit_is_forged() {
+        let key = ClusterKey::generate();
+        let bytes = sample().encode(&key);
+        assert_eq!(
+            Heartbeat::decode(&bytes, &ClusterKey::generate()),
+            Err(HeartbeatError::Forged)
+        );
+        for i in 4..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x01;
+            assert_eq!(Heartbeat::decode(&bad, &key), Err(HeartbeatError::Forged), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panic() {
+        let key = ClusterKey::generate();
+        assert_eq!(Heartbeat::decode(b"hi", &key), Err(HeartbeatError::TooShort(2)));
+        assert_eq!(Heartbeat::decode(&[0u8; 64], &key), Err(HeartbeatError::BadMagic));
+        assert_eq!(
+            Heartbeat::decode(&[0u8; MAX_DATAGRAM + 1], &key),
+            Err(HeartbeatError::TooLong(MAX_DATAGRAM + 1))
+        );
+    }
+
+    #[test]
+    fn replay_is_rejected_new_incarnation_accepted() {
+        let mut guard = ReplayGuard::default();
+        let mut hb = sample();
+        guard.check(&hb).unwrap();
+        assert!(matches!(guard.check(&hb), Err(HeartbeatError::Replayed { .. })));
+        hb.seq = 2;
+        guard.check(&hb).unwrap();
+        hb.seq = 0;
+        hb.incarnation = 8;
+        guard.check(&hb).unwrap();
+        hb.incarnation = 7;
+        hb.seq = 100;
+        assert!(matches!(guard.check(&hb), Err(HeartbeatError::Replayed { .. })));
+        // The same pulse on another network is not a replay.
+        hb.incarnation = 8;
+        hb.seq = 0;
+        hb.network = 1;
+        guard.check(&hb).unwrap();
+    }
+
+    #[test]
+    fn key_parsing_errors_are_clear() {
+        assert!(ClusterKey::from_hex("zz").unwrap_err().to_string().contains("not hexadecimal"));
+        assert!(ClusterKey::from_hex("abcd").unwrap_err().to_string().contains("32 bytes"));
+        let key = ClusterKey::generate();
+        assert_eq!(ClusterKey::from_hex(&key.to_hex()).unwrap().0, key.0);
+    }
+}

@@ -1,0 +1,1014 @@
+//! The mirror module state machine: **where failover is decided**.
+//!
+//! One [`MirrorModule`] per node and per mirror module. It is pure: the I/O
+//! shell (the daemon) or the simulator feeds it inputs with the current time —
+//! [`MirrorModule::command`], [`MirrorModule::heartbeat`],
+//! [`MirrorModule::script_finished`], [`MirrorModule::tick`] — and carries out
+//! the [`Action`]s it queues (run a script, log, persist, send a heartbeat now).
+//!
+//! ## How two nodes agree
+//! Each heartbeat carries the sender's [`PeerStatus`]. The rules, applied
+//! whenever the node is idle (no script running or queued):
+//! - A starting node waits (WAIT) until it hears its peer. A primary peer
+//!   makes it SECOND; a stopped peer, or silence for the heartbeat timeout,
+//!   makes it primary. Two waiting nodes elect one (preferred primary, then
+//!   the last primary, then the smaller name); the loser *yields*, and the
+//!   winner starts only once it has seen that yield, so two waiting nodes in
+//!   contact never both run `start_prim`.
+//! - A SECOND takes over when its peer is silent for the timeout, stopped,
+//!   hands over (stop, swap) after its application is down, or came back
+//!   without its primary role (a restart). With `failover` off it waits
+//!   instead, except for a swap.
+//! - Two primaries that hear each other (a healed partition) keep the one with
+//!   the higher *epoch* (every takeover raises it), so the node that took over
+//!   last keeps the service; the other stops its application and says why.
+//!
+//! Every change of the displayed state produces [`Action::Transition`] with a
+//! reason.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use holdfast_config::{DefaultPrimary, ModuleConfig};
+use serde::{Deserialize, Serialize};
+
+/// The states users see (SafeKit's names and colours).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum State {
+    Stop,
+    Wait,
+    Alone,
+    Prim,
+    Second,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Stop => "STOP",
+            State::Wait => "WAIT",
+            State::Alone => "ALONE",
+            State::Prim => "PRIM",
+            State::Second => "SECOND",
+        }
+    }
+
+    /// Exit code of `state -lq`, as in SafeKit: STOP 0, WAIT 1, ALONE 2, PRIM 3, SECOND 4.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            State::Stop => 0,
+            State::Wait => 1,
+            State::Alone => 2,
+            State::Prim => 3,
+            State::Second => 4,
+        }
+    }
+
+    /// ALONE or PRIM: this node holds the primary role.
+    pub fn is_primary(self) -> bool {
+        matches!(self, State::Alone | State::Prim)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a node released the primary role on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handover {
+    None,
+    /// `swap`: the peer takes over even with failover off.
+    Swap,
+    /// `stop` of the primary: the peer takes over if failover is on.
+    Stop,
+}
+
+/// What a node tells its peer in every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub state: State,
+    /// Scripts are running or queued (SafeKit's "Transient").
+    pub transient: bool,
+    /// The application may be running here: from the start of `start_prim`
+    /// to the end of the forced `stop_prim`.
+    pub app_active: bool,
+    /// Highest primary epoch this node knows; raised at every takeover.
+    pub epoch: u64,
+    /// This node was primary last (persisted; for election and `lastprim`).
+    pub last_primary: bool,
+    /// This node will not become primary while the receiver is alive.
+    pub yields: bool,
+    pub handover: Handover,
+    /// A SECOND asks its primary to swap (the `swap` command was run there).
+    pub wants_swap: bool,
+    /// The receiver's state as this node last heard it: lets a waiting node
+    /// know that a stopped peer has already seen it waiting, so the two
+    /// cannot both start on each other's stale STOP.
+    pub seen: Option<State>,
+}
+
+impl PeerStatus {
+    pub fn stopped() -> Self {
+        Self {
+            state: State::Stop,
+            transient: false,
+            app_active: false,
+            epoch: 0,
+            last_primary: false,
+            yields: false,
+            handover: Handover::None,
+            wants_swap: false,
+            seen: None,
+        }
+    }
+}
+
+/// The user scripts, run by the shell from the module's script directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Script {
+    Prestart,
+    StartPrim,
+    StopPrim,
+    StartBoth,
+    StopBoth,
+    Poststop,
+}
+
+impl Script {
+    pub fn name(self) -> &'static str {
+        match self {
+            Script::Prestart => "prestart",
+            Script::StartPrim => "start_prim",
+            Script::StopPrim => "stop_prim",
+            Script::StartBoth => "start_both",
+            Script::StopBoth => "stop_both",
+            Script::Poststop => "poststop",
+        }
+    }
+
+    /// Start scripts run under the start timeout, stop scripts under the stop ones.
+    pub fn is_stop(self) -> bool {
+        matches!(self, Script::StopPrim | Script::StopBoth | Script::Poststop)
+    }
+}
+
+/// SafeKit's third script argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScriptAction {
+    Start,
+    Stop,
+    StopStart,
+}
+
+impl ScriptAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScriptAction::Start => "start",
+            ScriptAction::Stop => "stop",
+            ScriptAction::StopStart => "stopstart",
+        }
+    }
+}
+
+/// A script the shell must run, then report with [`MirrorModule::script_finished`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptRun {
+    pub id: u64,
+    pub script: Script,
+    /// Second, forced call of a stop script (`force` as first argument).
+    pub force: bool,
+    pub current: State,
+    pub next: State,
+    pub action: ScriptAction,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptOutcome {
+    Success,
+    /// The module has no such script: nothing to run.
+    Missing,
+    Failed(String),
+    TimedOut(Duration),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Info,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    RunScript(ScriptRun),
+    Log { level: LogLevel, message: String },
+    Transition { from: State, to: State, reason: String },
+    /// The status changed: send a heartbeat now rather than at the next pulse.
+    SendHeartbeat,
+    /// Write this to disk before acting further (survives a crash).
+    Persist(Persistent),
+}
+
+/// What a node remembers across daemon restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Persistent {
+    /// The module was started and not stopped (for `boot = "auto"`).
+    pub running: bool,
+    pub epoch: u64,
+    pub last_primary: bool,
+}
+
+/// Administrator commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    Start,
+    Stop,
+    Restart,
+    Swap,
+    Prim,
+    Second,
+}
+
+impl Command {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Start => "start",
+            Command::Stop => "stop",
+            Command::Restart => "restart",
+            Command::Swap => "swap",
+            Command::Prim => "prim",
+            Command::Second => "second",
+        }
+    }
+}
+
+/// A refused command; the module is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("the module is already started here (state {0}); stop it first")]
+    AlreadyStarted(State),
+    #[error("the module is already stopped here")]
+    AlreadyStopped,
+    #[error("swap needs a PRIM and a SECOND in contact; here the module is {local}, the peer {peer}")]
+    CannotSwap { local: State, peer: String },
+    #[error("{peer} is already primary ({state}); use swap to move the primary here")]
+    PeerIsPrimary { peer: String, state: State },
+    #[error("this node is already primary ({0})")]
+    AlreadyPrimary(State),
+    #[error("the module is in transition ({state}, running {script}); retry once it is stable, or stop it")]
+    Busy { state: State, script: String },
+}
+
+/// The static part of the state machine, from the module configuration.
+#[derive(Debug, Clone)]
+pub struct MirrorSettings {
+    pub local: String,
+    pub peer: String,
+    pub failover: bool,
+    pub default_primary: DefaultPrimary,
+    pub swap_back: bool,
+    pub timeout: Duration,
+    pub networks: usize,
+}
+
+impl MirrorSettings {
+    /// `None` when `local` is not one of the module's two nodes.
+    pub fn from_config(config: &ModuleConfig, local: &str) -> Option<Self> {
+        config.nodes.iter().find(|n| n.name == local)?;
+        let peer = config.nodes.iter().find(|n| n.name != local)?;
+        Some(Self {
+            local: local.to_string(),
+            peer: peer.name.clone(),
+            failover: config.failover,
+            default_primary: config.default_primary.clone(),
+            swap_back: config.swap_back,
+            timeout: config.heartbeat.timeout,
+            networks: config.heartbeat.networks.len(),
+        })
+    }
+}
+
+/// What `holdfast state` shows for one module on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleView {
+    pub state: State,
+    pub transient: bool,
+    pub app_active: bool,
+    /// Why the module is in this state (last transition, or what it waits for).
+    pub reason: String,
+    pub peer: String,
+    /// The peer's state, when its heartbeat is fresh.
+    pub peer_state: Option<State>,
+    /// Per heartbeat network: a heartbeat arrived within the timeout.
+    pub networks_up: Vec<bool>,
+    pub epoch: u64,
+    pub running_script: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitReason {
+    /// `prestart` is running.
+    Starting,
+    /// Listening for the peer's heartbeat.
+    PeerUnknown,
+    /// The peer was elected; waiting for it to start as primary.
+    PeerElected,
+    /// Elected here; waiting for the peer to agree (yield).
+    PeerToAgree,
+    /// The primary was lost and failover is off.
+    FailoverOff,
+    /// Started with `second`: waits for a primary.
+    AwaitPrimary,
+}
+
+impl WaitReason {
+    fn describe(self, peer: &str) -> String {
+        match self {
+            WaitReason::Starting => "running prestart".into(),
+            WaitReason::PeerUnknown => format!("waiting for the heartbeat of {peer}"),
+            WaitReason::PeerElected => format!("{peer} is elected primary; waiting for it to start"),
+            WaitReason::PeerToAgree => format!("elected primary; waiting for {peer} to agree"),
+            WaitReason::FailoverOff => {
+                "failover is off: waiting; run `holdfast prim` here to force this node primary"
+                    .into()
+            }
+            WaitReason::AwaitPrimary => format!("started with `second`: waiting for {peer} to be primary"),
+        }
+    }
+
+    /// Reasons under which this node never makes itself primary.
+    fn passive(self) -> bool {
+        matches!(self, WaitReason::FailoverOff | WaitReason::AwaitPrimary)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Stopped,
+    Waiting(WaitReason),
+    Secondary,
+    Primary,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Run { script: Script, force: bool, next: State, action: ScriptAction },
+    /// The forced stop of the application finished.
+    AppStopped(Handover),
+    /// `start_prim` of a local restart begins.
+    AppRestarted,
+    BothStopped,
+    Enter(Role, String),
+    BecomePrimary(String),
+}
+
+#[derive(Debug, Clone)]
+struct PeerSeen {
+    status: PeerStatus,
+    stamp: (u64, u64),
+    last_heard: Instant,
+    per_network: Vec<Option<Instant>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Winner {
+    Local,
+    Peer,
+}
+
+/// The state machine of one mirror module on one node.
+#[derive(Debug)]
+pub struct MirrorModule {
+    settings: MirrorSettings,
+    persistent: Persistent,
+    role: Role,
+    app_active: bool,
+    /// start_both ran and stop_both did not.
+    both_active: bool,
+    yields: bool,
+    handover: Handover,
+    wants_swap: bool,
+    /// `swap` was run on this primary.
+    swap_requested: bool,
+    peer: Option<PeerSeen>,
+    waiting_since: Instant,
+    steps: VecDeque<Step>,
+    running: Option<(u64, Script)>,
+    next_script_id: u64,
+    now: Instant,
+    /// Reason to attach to the next state change.
+    why: Option<String>,
+    reason: String,
+    shown: State,
+    split_brain_noted: bool,
+    outbox: Vec<Action>,
+}
+
+impl MirrorModule {
+    pub fn new(settings: MirrorSettings, persistent: Persistent, now: Instant) -> Self {
+        Self {
+            settings,
+            persistent,
+            role: Role::Stopped,
+            app_active: false,
+            both_active: false,
+            yields: false,
+            handover: Handover::None,
+            wants_swap: false,
+            swap_requested: false,
+            peer: None,
+            waiting_since: now,
+            steps: VecDeque::new(),
+            running: None,
+            next_script_id: 1,
+            now,
+            why: None,
+            reason: "module not started".into(),
+            shown: State::Stop,
+            split_brain_noted: false,
+            outbox: Vec::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &MirrorSettings {
+        &self.settings
+    }
+
+    pub fn persistent(&self) -> &Persistent {
+        &self.persistent
+    }
+
+    /// Actions queued since the last call, in order.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    /// The state shown to users and sent to the peer.
+    pub fn state(&self) -> State {
+        match self.role {
+            Role::Stopped => State::Stop,
+            Role::Waiting(_) => State::Wait,
+            Role::Secondary => State::Second,
+            Role::Primary => match self.live_peer() {
+                Some(p) if p.state == State::Second => State::Prim,
+                _ => State::Alone,
+            },
+        }
+    }
+
+    pub fn transient(&self) -> bool {
+        self.running.is_some() || !self.steps.is_empty()
+    }
+
+    pub fn app_active(&self) -> bool {
+        self.app_active
+    }
+
+    pub fn status(&self) -> PeerStatus {
+        PeerStatus {
+            state: self.state(),
+            transient: self.transient(),
+            app_active: self.app_active,
+            epoch: self.persistent.epoch,
+            last_primary: self.persistent.last_primary,
+            yields: self.yields,
+            handover: self.handover,
+            wants_swap: self.wants_swap,
+            seen: self.live_peer().map(|p| p.state),
+        }
+    }
+
+    pub fn view(&self) -> ModuleView {
+        let timeout = self.settings.timeout;
+        let networks_up = (0..self.settings.networks)
+            .map(|i| {
+                self.peer
+                    .as_ref()
+                    .and_then(|p| p.per_network.get(i).copied().flatten())
+                    .is_some_and(|t| self.now.saturating_duration_since(t) < timeout)
+            })
+            .collect();
+        ModuleView {
+            state: self.state(),
+            transient: self.transient(),
+            app_active: self.app_active,
+            reason: match self.role {
+                Role::Waiting(r) => r.describe(&self.settings.peer),
+                _ => self.reason.clone(),
+            },
+            peer: self.settings.peer.clone(),
+            peer_state: self.live_peer().map(|p| p.state),
+            networks_up,
+            epoch: self.persistent.epoch,
+            running_script: self.running.map(|(_, s)| s.name().to_string()),
+        }
+    }
+
+    /// When the state machine must be ticked even if nothing arrives: the
+    /// moment the peer's heartbeat (or the wait for it) times out.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.role == Role::Stopped {
+            return None;
+        }
+        let timeout = self.settings.timeout;
+        let peer_lost = self.peer.as_ref().map(|p| p.last_heard + timeout);
+        let wait_over = matches!(self.role, Role::Waiting(_)).then(|| self.waiting_since + timeout);
+        [peer_lost, wait_over]
+            .into_iter()
+            .flatten()
+            .filter(|deadline| *deadline > self.now)
+            .min()
+    }
+
+    /// An administrator command. Refused commands change nothing.
+    pub fn command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
+        self.input(now, |m| m.apply_command(command))
+    }
+
+    /// An authenticated heartbeat from the peer, received on `network`.
+    /// `stamp` is the sender's `(incarnation, seq)`: datagrams may arrive out
+    /// of order across networks, and an older status must not overwrite a
+    /// newer one (it still proves that its network works).
+    pub fn heartbeat(&mut self, now: Instant, network: usize, stamp: (u64, u64), status: PeerStatus) {
+        self.input(now, |m| {
+            let networks = m.settings.networks;
+            let seen = m.peer.get_or_insert_with(|| PeerSeen {
+                status: status.clone(),
+                stamp,
+                last_heard: now,
+                per_network: vec![None; networks],
+            });
+            if stamp >= seen.stamp {
+                seen.status = status;
+                seen.stamp = stamp;
+            }
+            seen.last_heard = now;
+            if let Some(slot) = seen.per_network.get_mut(network) {
+                *slot = Some(now);
+            }
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
+    pub fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
+        self.input(now, |m| {
+            let Some((running, script)) = m.running else {
+                return Ok(());
+            };
+            if running != id {
+                return Ok(());
+            }
+            m.running = None;
+            match outcome {
+                ScriptOutcome::Success | ScriptOutcome::Missing => {}
+                ScriptOutcome::Failed(why) => m.log(LogLevel::Error, format!("{} failed: {why}", script.name())),
+                ScriptOutcome::TimedOut(after) => m.log(
+                    LogLevel::Error,
+                    format!("{} did not finish within {after:?}: killed", script.name()),
+                ),
+            }
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
+    /// Time passed: heartbeat timeouts are noticed here.
+    pub fn tick(&mut self, now: Instant) {
+        self.input(now, |_| Ok(())).unwrap_or(())
+    }
+
+    /// Every input goes through here: apply it, let the machine progress, then
+    /// publish what changed (transition, heartbeat).
+    fn input(
+        &mut self,
+        now: Instant,
+        apply: impl FnOnce(&mut Self) -> Result<(), CommandError>,
+    ) -> Result<(), CommandError> {
+        self.now = self.now.max(now);
+        let before = self.status();
+        apply(self)?;
+        self.advance();
+        let after = self.status();
+        if after.state != self.shown {
+            let reason = self.why.take().unwrap_or_else(|| self.describe_peer());
+            self.log(
+                LogLevel::Info,
+                format!("transition {} -> {}: {reason}", self.shown, after.state),
+            );
+            self.outbox.push(Action::Transition { from: self.shown, to: after.state, reason: reason.clone() });
+            self.reason = reason;
+            self.shown = after.state;
+        }
+        if after != before {
+            self.outbox.push(Action::SendHeartbeat);
+        }
+        Ok(())
+    }
+
+    fn describe_peer(&self) -> String {
+        match self.live_peer() {
+            Some(p) => format!("{} is {}", self.settings.peer, p.state),
+            None => format!(
+                "no heartbeat from {} for {:?}",
+                self.settings.peer, self.settings.timeout
+            ),
+        }
+    }
+
+    fn live_peer(&self) -> Option<&PeerStatus> {
+        self.peer
+            .as_ref()
+            .filter(|p| self.now.saturating_duration_since(p.last_heard) < self.settings.timeout)
+            .map(|p| &p.status)
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        self.outbox.push(Action::Log { level, message });
+    }
+
+    fn persist(&mut self) {
+        self.outbox.push(Action::Persist(self.persistent.clone()));
+    }
+
+    fn apply_command(&mut self, command: Command) -> Result<(), CommandError> {
+        let state = self.state();
+        // Only stop may interrupt a transition: any other command would be
+        // judged against a role that the queued steps are about to change.
+        if command != Command::Stop && self.transient() {
+            return Err(CommandError::Busy {
+                state,
+                script: self.running.map_or("nothing yet".into(), |(_, s)| s.name().to_string()),
+            });
+        }
+        match command {
+            Command::Start | Command::Second => {
+                if self.role != Role::Stopped {
+                    return Err(CommandError::AlreadyStarted(state));
+                }
+                let wait = if command == Command::Second {
+                    WaitReason::AwaitPrimary
+                } else {
+                    WaitReason::PeerUnknown
+                };
+                self.persistent.running = true;
+                self.persist();
+                self.why = Some(format!("{} command", command.as_str()));
+                self.role = Role::Waiting(WaitReason::Starting);
+                self.yields = command == Command::Second;
+                self.run(Script::Prestart, false, State::Wait, ScriptAction::Start);
+                self.steps.push_back(Step::Enter(Role::Waiting(wait), format!("{} command", command.as_str())));
+            }
+            Command::Prim => {
+                if self.role == Role::Primary {
+                    return Err(CommandError::AlreadyPrimary(state));
+                }
+                if let Some(p) = self.live_peer().filter(|p| p.state.is_primary()) {
+                    return Err(CommandError::PeerIsPrimary { peer: self.settings.peer.clone(), state: p.state });
+                }
+                if !matches!(self.role, Role::Stopped | Role::Waiting(_)) {
+                    return Err(CommandError::AlreadyStarted(state));
+                }
+                self.persistent.running = true;
+                self.persist();
+                if self.role == Role::Stopped {
+                    self.role = Role::Waiting(WaitReason::Starting);
+                    self.run(Script::Prestart, false, State::Wait, ScriptAction::Start);
+                }
+                self.steps.push_back(Step::BecomePrimary("forced by the prim command".into()));
+            }
+            Command::Stop => {
+                if self.role == Role::Stopped {
+                    return Err(CommandError::AlreadyStopped);
+                }
+                self.persistent.running = false;
+                self.persist();
+                self.steps.clear();
+                self.stop_application(Handover::Stop, ScriptAction::Stop, State::Stop);
+                self.stop_both(State::Stop, ScriptAction::Stop);
+                self.run(Script::Poststop, false, State::Stop, ScriptAction::Stop);
+                self.steps.push_back(Step::Enter(Role::Stopped, "stop command".into()));
+            }
+            Command::Restart => match self.role {
+                Role::Stopped => return Err(CommandError::AlreadyStopped),
+                Role::Primary => {
+                    self.stop_application(Handover::None, ScriptAction::StopStart, state);
+                    self.steps.push_back(Step::AppRestarted);
+                    self.run(Script::StartPrim, false, state, ScriptAction::StopStart);
+                }
+                _ => {
+                    self.steps.clear();
+                    self.stop_both(State::Wait, ScriptAction::StopStart);
+                    self.run(Script::Poststop, false, State::Wait, ScriptAction::StopStart);
+                    self.run(Script::Prestart, false, State::Wait, ScriptAction::StopStart);
+                    self.steps.push_back(Step::Enter(Role::Waiting(WaitReason::PeerUnknown), "restart command".into()));
+                }
+            },
+            Command::Swap => {
+                let peer = self.live_peer().map(|p| p.state);
+                match (self.role, peer) {
+                    (Role::Primary, Some(State::Second)) => self.swap_requested = true,
+                    (Role::Secondary, Some(p)) if p.is_primary() => self.wants_swap = true,
+                    _ => {
+                        return Err(CommandError::CannotSwap {
+                            local: state,
+                            peer: peer.map_or("unreachable".into(), |p| p.to_string()),
+                        })
+                    }
+                }
+                self.log(LogLevel::Info, "swap requested by the administrator".into());
+            }
+        }
+        self.log(LogLevel::Info, format!("action {} called by the administrator", command.as_str()));
+        Ok(())
+    }
+
+    fn run(&mut self, script: Script, force: bool, next: State, action: ScriptAction) {
+        self.steps.push_back(Step::Run { script, force, next, action });
+    }
+
+    /// Queue the graceful then forced stop of the application, if it may run.
+    fn stop_application(&mut self, handover: Handover, action: ScriptAction, next: State) {
+        if self.app_active || self.role == Role::Primary {
+            self.run(Script::StopPrim, false, next, action);
+            self.run(Script::StopPrim, true, next, action);
+            self.steps.push_back(Step::AppStopped(handover));
+        }
+    }
+
+    fn stop_both(&mut self, next: State, action: ScriptAction) {
+        if self.both_active {
+            self.run(Script::StopBoth, false, next, action);
+            self.run(Script::StopBoth, true, next, action);
+            self.steps.push_back(Step::BothStopped);
+        }
+    }
+
+    /// Run queued steps; when none is left, decide what to do next.
+    fn advance(&mut self) {
+        // Each round either starts a script (and returns), or consumes a step,
+        // or decides; a decision that queues nothing ends the loop. The bound
+        // is a safety net against a rule oscillating within one input.
+        for _ in 0..64 {
+            if self.running.is_some() {
+                return;
+            }
+            match self.steps.pop_front() {
+                Some(Step::Run { script, force, next, action }) => {
+                    let id = self.next_script_id;
+                    self.next_script_id += 1;
+                    self.running = Some((id, script));
+                    let reason = self.why.clone().unwrap_or_else(|| self.reason.clone());
+                    self.outbox.push(Action::RunScript(ScriptRun {
+                        id,
+                        script,
+                        force,
+                        current: self.state(),
+                        next,
+                        action,
+                        reason,
+                    }));
+                }
+                Some(Step::AppStopped(handover)) => {
+                    self.app_active = false;
+                    self.handover = handover;
+                }
+                Some(Step::AppRestarted) => self.app_active = true,
+                Some(Step::BothStopped) => self.both_active = false,
+                Some(Step::Enter(role, reason)) => self.enter(role, reason),
+                Some(Step::BecomePrimary(reason)) => self.become_primary(reason),
+                None => {
+                    if !self.decide() {
+                        return;
+                    }
+                }
+            }
+        }
+        self.log(LogLevel::Error, "state machine did not settle within one input".into());
+    }
+
+    fn enter(&mut self, role: Role, reason: String) {
+        if let Role::Waiting(wait) = role {
+            self.waiting_since = self.now;
+            self.yields = matches!(wait, WaitReason::PeerElected | WaitReason::AwaitPrimary | WaitReason::FailoverOff);
+            if self.role != role {
+                self.log(LogLevel::Info, wait.describe(&self.settings.peer));
+            }
+        }
+        if role == Role::Secondary {
+            self.yields = false;
+            if self.persistent.last_primary {
+                self.persistent.last_primary = false;
+                self.persist();
+            }
+            if !self.both_active {
+                self.both_active = true;
+                self.run(Script::StartBoth, false, State::Second, ScriptAction::Start);
+            }
+        }
+        if role == Role::Stopped {
+            self.yields = false;
+            self.handover = Handover::None;
+            self.wants_swap = false;
+            self.swap_requested = false;
+        }
+        self.role = role;
+        self.why = Some(reason);
+    }
+
+    fn become_primary(&mut self, reason: String) {
+        let peer_epoch = self.peer.as_ref().map_or(0, |p| p.status.epoch);
+        self.persistent.epoch = self.persistent.epoch.max(peer_epoch) + 1;
+        self.persistent.last_primary = true;
+        self.persist();
+        self.log(LogLevel::Info, format!("becoming primary (epoch {}): {reason}", self.persistent.epoch));
+        self.role = Role::Primary;
+        self.app_active = true;
+        self.yields = false;
+        self.wants_swap = false;
+        self.swap_requested = false;
+        self.handover = Handover::None;
+        self.split_brain_noted = false;
+        self.why = Some(reason);
+        let next = State::Alone;
+        if !self.both_active {
+            self.both_active = true;
+            self.run(Script::StartBoth, false, next, ScriptAction::Start);
+        }
+        self.run(Script::StartPrim, false, next, ScriptAction::Start);
+    }
+
+    /// Whom both nodes pick when neither is primary yet.
+    fn election(&self, peer: &PeerStatus) -> Winner {
+        let local = &self.settings.local;
+        let remote = &self.settings.peer;
+        if let DefaultPrimary::Node(preferred) = &self.settings.default_primary {
+            if preferred == local {
+                return Winner::Local;
+            }
+            if preferred == remote {
+                return Winner::Peer;
+            }
+        }
+        match (self.persistent.last_primary, peer.last_primary) {
+            (true, false) => Winner::Local,
+            (false, true) => Winner::Peer,
+            _ if local < remote => Winner::Local,
+            _ => Winner::Peer,
+        }
+    }
+
+    /// Applies the rules for the current role; true when something changed.
+    fn decide(&mut self) -> bool {
+        let peer = self.live_peer().cloned();
+        match self.role {
+            Role::Stopped => false,
+            Role::Waiting(reason) => self.decide_waiting(reason, peer),
+            Role::Secondary => self.decide_secondary(peer),
+            Role::Primary => self.decide_primary(peer),
+        }
+    }
+
+    fn decide_waiting(&mut self, reason: WaitReason, peer: Option<PeerStatus>) -> bool {
+        let name = self.settings.peer.clone();
+        let Some(p) = peer else {
+            if reason.passive() || self.now < self.waiting_since + self.settings.timeout {
+                return false;
+            }
+            self.become_primary(format!(
+                "no heartbeat from {name} for {:?}",
+                self.settings.timeout
+            ));
+            return true;
+        };
+        if p.state.is_primary() {
+            self.enter(Role::Secondary, format!("{name} is {}: joining as SECOND", p.state));
+            return true;
+        }
+        if reason.passive() {
+            return false;
+        }
+        if p.state == State::Stop {
+            // Only once the peer has seen us waiting: had it started at the
+            // same moment, it would see WAIT here, never our old STOP.
+            if p.seen != Some(State::Wait) {
+                return false;
+            }
+            self.become_primary(format!("{name} is stopped"));
+            return true;
+        }
+        let winner = self.election(&p);
+        if p.yields && (!self.yields || winner == Winner::Local) {
+            self.become_primary(format!("{name} agrees that this node is primary"));
+            return true;
+        }
+        let next = match winner {
+            Winner::Local => WaitReason::PeerToAgree,
+            Winner::Peer => WaitReason::PeerElected,
+        };
+        if reason == next {
+            return false;
+        }
+        self.enter(Role::Waiting(next), next.describe(&name));
+        true
+    }
+
+    /// Failover if configured, else wait for the administrator.
+    fn take_over(&mut self, reason: String) -> bool {
+        if self.settings.failover {
+            self.become_primary(reason);
+        } else {
+            self.log(LogLevel::Error, format!("{reason}; failover is off"));
+            self.enter(Role::Waiting(WaitReason::FailoverOff), format!("{reason}; failover is off"));
+        }
+        true
+    }
+
+    fn decide_secondary(&mut self, peer: Option<PeerStatus>) -> bool {
+        let name = self.settings.peer.clone();
+        if self.handover == Handover::Swap {
+            match &peer {
+                Some(p) if p.app_active && p.state.is_primary() => self.handover = Handover::None,
+                Some(_) => return false,
+                None => self.handover = Handover::None,
+            }
+        }
+        if self.wants_swap && !peer.as_ref().is_some_and(|p| p.state.is_primary()) {
+            self.wants_swap = false;
+        }
+        let Some(p) = peer else {
+            return self.take_over(format!("no heartbeat from {name} for {:?}", self.settings.timeout));
+        };
+        if p.app_active {
+            return false;
+        }
+        match (p.state, p.handover) {
+            (State::Stop, _) => self.take_over(format!("{name} is stopped")),
+            (_, Handover::Swap) => {
+                self.become_primary(format!("swap: {name} handed the primary role over"));
+                true
+            }
+            (_, Handover::Stop) => self.take_over(format!("{name} is stopping")),
+            (State::Wait, _) => self.take_over(format!("{name} restarted without its primary role")),
+            (State::Second, _) if self.election(&p) == Winner::Local => {
+                self.become_primary(format!("both nodes SECOND: elected against {name}"));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn decide_primary(&mut self, peer: Option<PeerStatus>) -> bool {
+        let name = self.settings.peer.clone();
+        let Some(p) = peer else { return false };
+        if p.state.is_primary() {
+            let mine = self.persistent.epoch;
+            let local_wins = match mine.cmp(&p.epoch) {
+                std::cmp::Ordering::Greater => true,
+                std::cmp::Ordering::Less => false,
+                std::cmp::Ordering::Equal => self.election(&p) == Winner::Local,
+            };
+            if local_wins {
+                if !self.split_brain_noted {
+                    self.split_brain_noted = true;
+                    self.log(LogLevel::Error, format!(
+                        "split brain: {name} is also primary (its epoch {}, ours {mine}); this node keeps the primary role",
+                        p.epoch
+                    ));
+                }
+                return false;
+            }
+            let reason = format!(
+                "split brain: {name} is also primary with a newer or preferred epoch ({} vs ours {mine}); stopping the application here",
+                p.epoch
+            );
+            self.log(LogLevel::Error, reason.clone());
+            self.why = Some(reason.clone());
+            self.stop_application(Handover::None, ScriptAction::StopStart, State::Second);
+            self.steps.push_back(Step::Enter(Role::Secondary, reason));
+            return true;
+        }
+        if p.state != State::Second || p.transient {
+            return false;
+        }
+        let preferred_peer =
+            matches!(&self.settings.default_primary, DefaultPrimary::Node(n) if *n == name);
+        let reason = if self.swap_requested || p.wants_swap {
+            "swap requested by the administrator".to_string()
+        } else if preferred_peer && self.settings.swap_back {
+            format!("swap back to the preferred primary {name}")
+        } else {
+            return false;
+        };
+        self.log(LogLevel::Info, format!("begin of swap: {reason}"));
+        self.swap_requested = false;
+        self.why = Some(reason.clone());
+        self.stop_application(Handover::Swap, ScriptAction::StopStart, State::Second);
+        self.steps.push_back(Step::Enter(Role::Secondary, reason));
+        true
+    }
+}

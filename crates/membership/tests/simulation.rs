@@ -1,0 +1,394 @@
+//! Deterministic simulation of a 2-node mirror module over random fault
+//! schedules: crashes, restarts, partitions (symmetric and one-way), packet
+//! loss, per-network link cuts and administrator commands, in virtual time.
+//!
+//! Invariants checked on every event:
+//! - while the nodes are connected (some heartbeat network works both ways)
+//!   and have been for the settle window, never two applications running
+//!   (start_prim started, forced stop_prim not finished);
+//! - every change of the displayed state comes with a Transition action that
+//!   has a reason.
+//!
+//! And at the end of every schedule, once faults are healed and both modules
+//! started: exactly one PRIM running the application and one SECOND.
+//!
+//! Reproduce a failure: `HOLDFAST_SIM_SEED=<seed> cargo test -p holdfast-membership --test simulation`.
+//! More schedules: `HOLDFAST_SIM_SCHEDULES=20000`.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+use holdfast_config::DefaultPrimary;
+use holdfast_membership::mirror::{
+    Action, Command, MirrorModule, MirrorSettings, PeerStatus, Persistent, Script, ScriptOutcome, State,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const NODES: [&str; 2] = ["node1", "node2"];
+const NETWORKS: usize = 2;
+const PULSE_MS: u64 = 100;
+const TIMEOUT_MS: u64 = 1000;
+const SCRIPT_MAX_MS: u64 = 300;
+const DELAY_MAX_MS: u64 = 5;
+const FAULT_HORIZON_MS: u64 = 60_000;
+/// After connectivity returns, the time a split brain may take to resolve:
+/// heartbeats cross, a script in progress ends, and the loser's stop_prim
+/// (graceful and forced) runs.
+const SETTLE_MS: u64 = 3 * PULSE_MS + 4 * SCRIPT_MAX_MS + 2 * DELAY_MAX_MS;
+
+#[derive(Debug)]
+enum Ev {
+    Pulse { node: usize, life: u64 },
+    Tick { node: usize, life: u64 },
+    Deliver { to: usize, network: usize, stamp: (u64, u64), status: PeerStatus },
+    ScriptDone { node: usize, life: u64, id: u64, script: Script, force: bool },
+    Crash(usize),
+    Restart(usize),
+    Admin { node: usize, command: Command },
+    SetLink { network: usize, from: usize, up: bool },
+    SetLoss { network: usize, percent: u32 },
+}
+
+struct Node {
+    module: Option<MirrorModule>,
+    persistent: Persistent,
+    /// Bumped at each crash, so events of a dead incarnation are ignored.
+    life: u64,
+    app_running: bool,
+}
+
+struct Sim {
+    rng: StdRng,
+    t0: Instant,
+    now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    nodes: Vec<Node>,
+    /// link_up[network][from]: datagrams from `from` to the other node pass.
+    link_up: [[bool; 2]; NETWORKS],
+    loss: [u32; NETWORKS],
+    last_disconnected: u64,
+    settings: MirrorSettings,
+    seed: u64,
+    /// A `second` command was issued: both nodes may end up waiting for an
+    /// administrator's `prim`, so liveness is only checked for safety.
+    passive_start: bool,
+    /// HOLDFAST_SIM_TRACE=1 prints every log line of the nodes.
+    trace: bool,
+}
+
+impl Sim {
+    fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let default_primary = match rng.gen_range(0..3) {
+            0 => DefaultPrimary::Alone,
+            1 => DefaultPrimary::LastPrim,
+            _ => DefaultPrimary::Node(NODES[rng.gen_range(0..2)].into()),
+        };
+        let settings = MirrorSettings {
+            local: String::new(),
+            peer: String::new(),
+            failover: true,
+            default_primary,
+            swap_back: rng.gen_bool(0.5),
+            timeout: Duration::from_millis(TIMEOUT_MS),
+            networks: NETWORKS,
+        };
+        let mut sim = Self {
+            rng,
+            t0: Instant::now(),
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            nodes: Vec::new(),
+            link_up: [[true; 2]; NETWORKS],
+            loss: [0; NETWORKS],
+            last_disconnected: 0,
+            settings,
+            seed,
+            passive_start: false,
+            trace: std::env::var_os("HOLDFAST_SIM_TRACE").is_some(),
+        };
+        for i in 0..2 {
+            sim.nodes.push(Node { module: None, persistent: Persistent::default(), life: 0, app_running: false });
+            sim.boot(i);
+            let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
+            sim.schedule(at, Ev::Admin { node: i, command: Command::Start });
+        }
+        sim
+    }
+
+    fn schedule(&mut self, delay: u64, ev: Ev) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue.push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
+    }
+
+    fn instant(&self) -> Instant {
+        self.t0 + Duration::from_millis(self.now)
+    }
+
+    fn boot(&mut self, i: usize) {
+        let mut settings = self.settings.clone();
+        settings.local = NODES[i].into();
+        settings.peer = NODES[1 - i].into();
+        let node = &mut self.nodes[i];
+        node.module = Some(MirrorModule::new(settings, node.persistent.clone(), self.t0 + Duration::from_millis(self.now)));
+        let life = node.life;
+        self.schedule(0, Ev::Pulse { node: i, life });
+    }
+
+    fn connected(&self) -> bool {
+        (0..NETWORKS).any(|n| self.link_up[n][0] && self.link_up[n][1] && self.loss[n] == 0)
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!(
+            "seed {}: at {} ms: {what}\n  node1: {:?} app={}\n  node2: {:?} app={}\n  reproduce with HOLDFAST_SIM_SEED={}",
+            self.seed,
+            self.now,
+            self.nodes[0].module.as_ref().map(|m| m.view()),
+            self.nodes[0].app_running,
+            self.nodes[1].module.as_ref().map(|m| m.view()),
+            self.nodes[1].app_running,
+            self.seed
+        )
+    }
+
+    /// Feed one input to node `i` and carry out its actions.
+    fn input(&mut self, i: usize, f: impl FnOnce(&mut MirrorModule, Instant)) {
+        let now = self.instant();
+        let Some(module) = self.nodes[i].module.as_mut() else { return };
+        let before = module.state();
+        f(module, now);
+        let after = module.state();
+        let actions = module.take_actions();
+        let status = module.status();
+        let deadline = module.next_deadline();
+        if before != after
+            && !actions.iter().any(|a| matches!(a, Action::Transition { from, to, reason } if *from == before && *to == after && !reason.is_empty()))
+        {
+            self.fail(&format!("{} changed {before} -> {after} without a Transition with a reason", NODES[i]));
+        }
+        let life = self.nodes[i].life;
+        for action in actions {
+            match action {
+                Action::RunScript(run) => {
+                    if run.script == Script::StartPrim {
+                        self.nodes[i].app_running = true;
+                    }
+                    let missing = self.rng.gen_bool(0.1);
+                    let took = if missing { 0 } else { self.rng.gen_range(0..=SCRIPT_MAX_MS) };
+                    self.schedule(took, Ev::ScriptDone { node: i, life, id: run.id, script: run.script, force: run.force });
+                }
+                Action::Persist(p) => self.nodes[i].persistent = p,
+                Action::SendHeartbeat => self.send(i, status.clone()),
+                Action::Log { message, .. } => {
+                    if self.trace {
+                        eprintln!("{:>6} {} {message}", self.now, NODES[i]);
+                    }
+                }
+                Action::Transition { .. } => {}
+            }
+        }
+        if let Some(deadline) = deadline {
+            let delay = deadline.saturating_duration_since(now).as_millis() as u64;
+            self.schedule(delay, Ev::Tick { node: i, life });
+        }
+    }
+
+    fn send(&mut self, from: usize, status: PeerStatus) {
+        for network in 0..NETWORKS {
+            if !self.link_up[network][from] || self.rng.gen_range(0..100) < self.loss[network] {
+                continue;
+            }
+            let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
+            let stamp = (self.nodes[from].life, self.seq);
+            self.schedule(delay, Ev::Deliver { to: 1 - from, network, stamp, status: status.clone() });
+        }
+    }
+
+    fn random_fault(&mut self) {
+        let at = self.rng.gen_range(0..FAULT_HORIZON_MS);
+        let node = self.rng.gen_range(0..2);
+        let network = self.rng.gen_range(0..NETWORKS);
+        let ev = match self.rng.gen_range(0..9) {
+            0 => Ev::Crash(node),
+            1 => Ev::Restart(node),
+            2 | 3 => Ev::SetLink { network, from: node, up: false },
+            4 => Ev::SetLink { network, from: node, up: true },
+            5 => Ev::SetLoss { network, percent: self.rng.gen_range(0..80) },
+            _ => {
+                let command = [Command::Start, Command::Stop, Command::Swap, Command::Restart, Command::Second]
+                    [self.rng.gen_range(0..5)];
+                // `second` on both nodes legitimately waits for an administrator.
+                self.passive_start |= command == Command::Second;
+                Ev::Admin { node, command }
+            }
+        };
+        self.schedule(at, ev);
+    }
+
+    fn run_until(&mut self, end: u64) {
+        let mut budget = 2_000_000u32;
+        while let Some(Reverse((at, _, idx))) = self.queue.peek().copied() {
+            if at > end {
+                break;
+            }
+            budget = budget.checked_sub(1).unwrap_or_else(|| self.fail("event budget exhausted"));
+            self.queue.pop();
+            let was_connected = self.connected();
+            self.now = at;
+            let ev = self.events[idx].take().expect("each event runs once");
+            self.handle(ev);
+            if !self.connected() || !was_connected {
+                self.last_disconnected = self.now;
+            }
+            self.check_safety();
+        }
+        self.now = end;
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Pulse { node, life } if life == self.nodes[node].life => {
+                if let Some(m) = &self.nodes[node].module {
+                    let status = m.status();
+                    self.send(node, status);
+                    self.schedule(PULSE_MS, Ev::Pulse { node, life });
+                }
+                self.input(node, |m, now| m.tick(now));
+            }
+            Ev::Tick { node, life } if life == self.nodes[node].life => self.input(node, |m, now| m.tick(now)),
+            Ev::Deliver { to, network, stamp, status } => self.input(to, |m, now| m.heartbeat(now, network, stamp, status)),
+            Ev::ScriptDone { node, life, id, script, force } if life == self.nodes[node].life => {
+                if script == Script::StopPrim && force {
+                    self.nodes[node].app_running = false;
+                }
+                self.input(node, |m, now| m.script_finished(now, id, ScriptOutcome::Success));
+            }
+            Ev::Crash(node) => {
+                let n = &mut self.nodes[node];
+                if n.module.take().is_some() {
+                    n.life += 1;
+                    n.app_running = false;
+                }
+            }
+            Ev::Restart(node) => {
+                if self.nodes[node].module.is_none() {
+                    self.boot(node);
+                    if self.nodes[node].persistent.running {
+                        self.input(node, |m, now| m.command(now, Command::Start).expect("boot start"));
+                    }
+                }
+            }
+            Ev::Admin { node, command } => self.input(node, |m, now| {
+                // Refusals are part of the behaviour under test: they must change nothing.
+                m.tick(now);
+                let before = m.status();
+                if m.command(now, command).is_err() {
+                    assert_eq!(m.status(), before, "a refused {command:?} changed the module");
+                }
+            }),
+            Ev::SetLink { network, from, up } => self.link_up[network][from] = up,
+            Ev::SetLoss { network, percent } => self.loss[network] = percent,
+            _ => {}
+        }
+    }
+
+    fn check_safety(&self) {
+        if self.nodes.iter().all(|n| n.app_running)
+            && self.connected()
+            && self.now > self.last_disconnected + SETTLE_MS
+        {
+            self.fail("two nodes run the application while connected");
+        }
+    }
+
+    fn heal_and_settle(&mut self) {
+        self.link_up = [[true; 2]; NETWORKS];
+        self.loss = [0; NETWORKS];
+        self.last_disconnected = self.now;
+        for i in 0..2 {
+            if self.nodes[i].module.is_none() {
+                self.schedule(0, Ev::Restart(i));
+            }
+        }
+        // Let commands in progress (a stop, say) finish before starting.
+        self.run_until(self.now + 20 * SCRIPT_MAX_MS);
+        for i in 0..2 {
+            self.input(i, |m, now| {
+                if m.state() == State::Stop {
+                    m.command(now, Command::Start).expect("start a stopped module");
+                }
+            });
+        }
+        let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
+        self.run_until(end);
+        let waiting = |s: &Self, i: usize| s.nodes[i].module.as_ref().is_some_and(|m| m.state() == State::Wait);
+        if self.passive_start && waiting(self, 0) && waiting(self, 1) {
+            // What the administrator does then: force one node primary.
+            self.input(0, |m, now| m.command(now, Command::Prim).expect("prim on a waiting pair"));
+            let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
+            self.run_until(end);
+        }
+        let states: Vec<State> = self.nodes.iter().map(|n| n.module.as_ref().unwrap().state()).collect();
+        let running = self.nodes.iter().filter(|n| n.app_running).count();
+        let mut sorted = states.clone();
+        sorted.sort_by_key(|s| s.as_str());
+        if sorted != [State::Prim, State::Second] || running != 1 {
+            self.fail(&format!("did not settle into PRIM/SECOND with one application: {states:?}, {running} running"));
+        }
+        let prim = states.iter().position(|s| *s == State::Prim).unwrap();
+        if !self.nodes[prim].app_running {
+            self.fail("the PRIM does not run the application");
+        }
+    }
+}
+
+fn run_schedule(seed: u64) {
+    let mut sim = Sim::new(seed);
+    let faults = sim.rng.gen_range(0..40);
+    for _ in 0..faults {
+        sim.random_fault();
+    }
+    sim.run_until(FAULT_HORIZON_MS);
+    sim.heal_and_settle();
+}
+
+#[test]
+fn random_fault_schedules_keep_the_invariants() {
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(seed) = env("HOLDFAST_SIM_SEED") {
+        eprintln!("simulating seed {seed}");
+        run_schedule(seed);
+        return;
+    }
+    let schedules = env("HOLDFAST_SIM_SCHEDULES").unwrap_or(2000);
+    let base = env("HOLDFAST_SIM_BASE").unwrap_or_else(|| rand::thread_rng().gen_range(0..u64::MAX / 2));
+    eprintln!("simulating {schedules} schedules from seed {base} (HOLDFAST_SIM_BASE={base})");
+    for i in 0..schedules {
+        run_schedule(base + i);
+    }
+}
+
+#[test]
+fn first_start_gives_one_prim_and_one_second() {
+    for seed in 0..200 {
+        let mut sim = Sim::new(seed);
+        sim.run_until(6 * TIMEOUT_MS);
+        let states: Vec<State> = sim.nodes.iter().map(|n| n.module.as_ref().unwrap().state()).collect();
+        assert!(
+            states.contains(&State::Prim) && states.contains(&State::Second),
+            "seed {seed}: {states:?}"
+        );
+        if let (DefaultPrimary::Node(n), true) = (&sim.settings.default_primary, sim.settings.swap_back) {
+            let prim = states.iter().position(|s| *s == State::Prim).unwrap();
+            assert_eq!(NODES[prim], n, "seed {seed}: the preferred node is primary");
+        }
+    }
+}
