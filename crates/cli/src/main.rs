@@ -1,1 +1,330 @@
-fn main() {}
+//! `holdfast`: the daemon and the command line in one executable.
+//!
+//! Every administration command is a client of the local daemon's API (Unix
+//! socket, `--api`). Called as `safekit` (the `$SAFE/safekit` link given to
+//! scripts), it accepts the same commands, so SafeKit scripts calling
+//! `"$SAFE/safekit" printi "msg"` work unchanged.
+
+mod lab;
+mod state;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use holdfast_daemon::api::{CommandRequest, PrintRequest};
+use holdfast_daemon::client::ApiClient;
+use holdfast_daemon::modlog::LogEntry;
+use holdfast_daemon::registry::{InstallRequest, ModuleSummary};
+use holdfast_daemon::{DaemonOptions, Paths};
+use holdfast_membership::{ClusterKey, Command, LogLevel};
+
+#[derive(Parser, Debug)]
+#[command(name = "holdfast", version, about = "Software-only high availability: mirror modules with failover")]
+struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "HOLDFAST_API", default_value = "/var/lib/holdfast/api.sock")]
+    api: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct ModuleArg {
+    /// Module name (defaults to $SAFEMODULE inside scripts).
+    #[arg(short, long, env = "SAFEMODULE")]
+    module: String,
+    /// Who asks (SafeKit's `-i identity`), written to the module log.
+    #[arg(short = 'i', long, hide = true)]
+    identity: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the node daemon (usually from systemd).
+    Daemon {
+        /// This node's name, as in the modules' [[node]] entries.
+        #[arg(long, env = "HOLDFAST_NODE")]
+        node: Option<String>,
+        #[arg(long, default_value = holdfast_daemon::paths::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = holdfast_daemon::paths::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
+    },
+    /// Cluster-wide settings.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// Install, list, import and remove modules.
+    #[command(subcommand)]
+    Module(ModuleCmd),
+    /// Start the module on this node.
+    Start(ModuleArg),
+    /// Stop the module on this node (a primary hands over to its peer).
+    Stop(ModuleArg),
+    /// Restart the application locally (no failover).
+    Restart(ModuleArg),
+    /// Move the primary role to the other node.
+    Swap(ModuleArg),
+    /// Force this node primary (first start, or failover off).
+    Prim(ModuleArg),
+    /// Start this node as secondary.
+    Second(ModuleArg),
+    /// State of the modules on this node.
+    State {
+        #[arg(short, long, env = "SAFEMODULE")]
+        module: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Local state only (with -q: SafeKit's `state -lq`).
+        #[arg(short = 'l')]
+        local: bool,
+        /// Print only the state and exit with its code: STOP 0, WAIT 1, ALONE 2, PRIM 3, SECOND 4.
+        #[arg(short = 'q')]
+        quiet: bool,
+    },
+    /// The module log: transitions with their reasons, script results.
+    Log {
+        #[command(flatten)]
+        module: ModuleArg,
+        /// Number of last entries.
+        #[arg(short = 's', long, default_value_t = 300)]
+        count: usize,
+    },
+    /// Write an information message to the module log (from scripts).
+    Printi {
+        #[arg(short, long, env = "SAFEMODULE")]
+        module: String,
+        message: Vec<String>,
+    },
+    /// Write an error message to the module log (from scripts).
+    Printe {
+        #[arg(short, long, env = "SAFEMODULE")]
+        module: String,
+        message: Vec<String>,
+    },
+    /// Test hosts on this machine: demo, faults, benchmarks.
+    #[command(subcommand)]
+    Lab(lab::LabCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCmd {
+    /// Generate a cluster key (copy the same file to /etc/holdfast/cluster.key on every node).
+    Keygen {
+        /// Write to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ModuleCmd {
+    /// Install (or replace) a module from its TOML file and scripts directory.
+    Install { config: PathBuf },
+    /// Check a module configuration file without installing it.
+    Check { config: PathBuf },
+    /// Convert a SafeKit userconfig.xml (+ cluster.xml) to the native format.
+    Import {
+        userconfig: PathBuf,
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        #[arg(long)]
+        name: String,
+        /// Write the TOML here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Modules installed on this node.
+    List,
+    /// Remove a stopped module from this node.
+    Remove(ModuleArg),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("holdfast: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let client = ApiClient::new(&cli.api);
+    match cli.command {
+        Cmd::Daemon { node, state_dir, conf_dir } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let node = match node {
+                Some(node) => node,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .context("no --node given and the host name is unreadable")?
+                    .trim()
+                    .to_string(),
+            };
+            let options = DaemonOptions { node, paths: Paths::new(state_dir, conf_dir) };
+            runtime()?.block_on(holdfast_daemon::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cluster(ClusterCmd::Keygen { out }) => {
+            let key = format!("{}\n", ClusterKey::generate().to_hex());
+            match out {
+                Some(path) => write_private(&path, &key)?,
+                None => print!("{key}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Module(cmd) => module(&client, cmd),
+        Cmd::Start(m) => command(&client, m, Command::Start),
+        Cmd::Stop(m) => command(&client, m, Command::Stop),
+        Cmd::Restart(m) => command(&client, m, Command::Restart),
+        Cmd::Swap(m) => command(&client, m, Command::Swap),
+        Cmd::Prim(m) => command(&client, m, Command::Prim),
+        Cmd::Second(m) => command(&client, m, Command::Second),
+        Cmd::State { module, json, local: _, quiet } => {
+            let list: Vec<ModuleSummary> = match &module {
+                Some(name) => vec![block(client.get(&format!("/v1/modules/{name}")))?],
+                None => block(client.get("/v1/modules"))?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if quiet {
+                let Some(first) = list.first() else { bail!("no module installed on this node") };
+                println!("{}", first.view.state);
+                return Ok(ExitCode::from(first.view.state.exit_code() as u8));
+            }
+            state::print(&list);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Log { module, count } => {
+            let entries: Vec<LogEntry> =
+                block(client.get(&format!("/v1/modules/{}/log?count={count}", module.module)))?;
+            for entry in entries {
+                println!("{} | {} | {}", entry.time, entry.level, entry.message);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Printi { module, message } => print(&client, &module, LogLevel::Info, message),
+        Cmd::Printe { module, message } => print(&client, &module, LogLevel::Error, message),
+        Cmd::Lab(cmd) => lab::run(cmd),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")
+}
+
+/// Runs one API call on a small runtime.
+fn block<T>(future: impl std::future::Future<Output = Result<T, holdfast_daemon::client::ClientError>>) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(runtime.block_on(future)?)
+}
+
+fn command(client: &ApiClient, arg: ModuleArg, command: Command) -> Result<ExitCode> {
+    if let Some(who) = &arg.identity {
+        let note = format!("action {} requested by {who}", command.as_str());
+        let _: () = block(client.post(&format!("/v1/modules/{}/log", arg.module), &PrintRequest { level: LogLevel::Info, message: note }))?;
+    }
+    let summary: ModuleSummary =
+        block(client.post(&format!("/v1/modules/{}/command", arg.module), &CommandRequest { command }))?;
+    state::print(&[summary]);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print(client: &ApiClient, module: &str, level: LogLevel, message: Vec<String>) -> Result<ExitCode> {
+    let message = message.join(" ");
+    let _: () = block(client.post(&format!("/v1/modules/{module}/log"), &PrintRequest { level, message }))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
+    match cmd {
+        ModuleCmd::Check { config } => {
+            let parsed = holdfast_config::load_module(&config)?;
+            println!("{}: module {} is valid", config.display(), parsed.name);
+        }
+        ModuleCmd::Install { config } => {
+            let request = install_request(&config)?;
+            let summary: ModuleSummary = block(client.post("/v1/modules", &request))?;
+            println!("module {} installed on node {}", summary.module, summary.node);
+        }
+        ModuleCmd::Import { userconfig, cluster, name, out } => {
+            let text = read(&userconfig)?;
+            let cluster_text = cluster.as_ref().map(|p| read(p)).transpose()?;
+            let imported = holdfast_config::import_userconfig(
+                &text,
+                &userconfig,
+                cluster_text.as_deref().zip(cluster.as_deref()),
+                &name,
+            )?;
+            for warning in &imported.warnings {
+                eprintln!("warning: {}: {warning}", userconfig.display());
+            }
+            let toml = holdfast_config::to_toml(&imported.config);
+            match out {
+                Some(path) => std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?,
+                None => print!("{toml}"),
+            }
+        }
+        ModuleCmd::List => {
+            let list: Vec<ModuleSummary> = block(client.get("/v1/modules"))?;
+            for m in list {
+                println!("{}\t{}", m.module, m.view.state);
+            }
+        }
+        ModuleCmd::Remove(arg) => {
+            block(client.delete(&format!("/v1/modules/{}", arg.module)))?;
+            println!("module {} removed", arg.module);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads and validates the configuration, and collects the scripts.
+fn install_request(config: &Path) -> Result<InstallRequest> {
+    let text = read(config)?;
+    let parsed = holdfast_config::parse_module(&text, config)?;
+    let mut scripts = BTreeMap::new();
+    if let Some(dir) = &parsed.scripts.directory {
+        let dir = config.parent().unwrap_or(Path::new(".")).join(dir);
+        let entries = std::fs::read_dir(&dir).with_context(|| format!("scripts directory {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_file() {
+                let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                scripts.insert(name, read(&path)?);
+            }
+        }
+    }
+    let source = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+    Ok(InstallRequest { config: text, source: source.display().to_string(), scripts })
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    Ok(())
+}

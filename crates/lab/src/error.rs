@@ -52,6 +52,10 @@ pub enum LabError {
     /// a host from itself, loss above 100%).
     #[error("invalid fault: {0}")]
     InvalidFault(String),
+    /// The Holdfast cluster on the lab did not do what was asked in time
+    /// (a daemon not answering, a CLI command failing, states not settling).
+    #[error("{0}")]
+    Cluster(String),
     /// No lab with that id is registered.
     #[error("no lab with id {0:?} (see list_labs)")]
     NotFound(String),

@@ -24,6 +24,7 @@
 //! Needs root, `ip` (iproute2), `nsenter`/`unshare` (util-linux) and `nft`.
 
 mod cleanup;
+pub mod cluster;
 mod error;
 mod exec;
 mod handle;

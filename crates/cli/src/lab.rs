@@ -1,0 +1,336 @@
+//! `holdfast lab ...`: test hosts on this machine (network and mount
+//! namespaces), for the demo, fault injection by hand, and benchmarks.
+
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use holdfast_lab::cluster::{MirrorLab, MirrorOptions, NodeState};
+use holdfast_lab::{attach, clean_stale, list_labs, LabHandle};
+
+#[derive(Subcommand, Debug)]
+pub enum LabCmd {
+    /// Start a 2-node demo cluster running a sample application; Ctrl-C removes it.
+    Demo {
+        /// Stop by itself after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Running labs.
+    List,
+    /// Remove labs whose owner died (or all labs with --all).
+    Clean {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Run a command on a lab host, e.g. `holdfast lab exec node1 -- holdfast state`.
+    Exec {
+        #[arg(long)]
+        lab: Option<String>,
+        host: String,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// `kill -9` everything on a host (daemon and application): a server crash.
+    Kill {
+        #[arg(long)]
+        lab: Option<String>,
+        host: String,
+    },
+    /// Start the daemon again on a host after `kill`.
+    StartDaemon {
+        #[arg(long)]
+        lab: Option<String>,
+        host: String,
+    },
+    /// `holdfast state` on every node of a lab.
+    State {
+        #[arg(long)]
+        lab: Option<String>,
+    },
+    /// Benchmark: failover time over repeated primary crashes.
+    BenchFailover {
+        /// Crashes per timing setting.
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+        /// Length of the false-failover check under CPU load (seconds).
+        #[arg(long, default_value_t = 60)]
+        load_seconds: u64,
+        /// Skip the default (700 ms / 30 s) timing, which takes ~40 s a trial.
+        #[arg(long)]
+        skip_default: bool,
+    },
+}
+
+pub fn run(cmd: LabCmd) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the holdfast executable")?;
+    match cmd {
+        LabCmd::Demo { seconds } => demo(&exe, seconds)?,
+        LabCmd::List => {
+            for info in list_labs() {
+                let hosts: Vec<&str> = info.hosts.iter().map(|h| h.name.as_str()).collect();
+                println!("{}\towner pid {}\thosts {}", info.id, info.owner_pid, hosts.join(","));
+            }
+        }
+        LabCmd::Clean { all } => {
+            for removed in clean_stale(all)? {
+                println!("removed lab {removed}");
+            }
+        }
+        LabCmd::Exec { lab, host, command } => {
+            let handle = find(lab)?;
+            let status = handle.command(&host, &command[0])?.args(&command[1..]).status()?;
+            return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
+        }
+        LabCmd::Kill { lab, host } => {
+            find(lab)?.kill_host(&host)?;
+            println!("{host}: every process killed (daemon and application)");
+        }
+        LabCmd::StartDaemon { lab, host } => {
+            let handle = find(lab)?;
+            let log = handle.host_dir(&host)?.join("daemon.log");
+            let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+            handle
+                .command(&host, &exe)?
+                .args(["daemon", "--node", &host])
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()?;
+            println!("{host}: daemon started (log {})", log.display());
+        }
+        LabCmd::State { lab } => {
+            let handle = find(lab)?;
+            for host in handle.nodes() {
+                handle.command(&host, &exe)?.arg("state").status()?;
+            }
+        }
+        LabCmd::BenchFailover { trials, load_seconds, skip_default } => {
+            bench_failover(&exe, trials, load_seconds, skip_default)?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The lab named, or the only one running.
+fn find(id: Option<String>) -> Result<LabHandle> {
+    if let Some(id) = id {
+        return Ok(attach(&id)?);
+    }
+    let labs = list_labs();
+    match labs.as_slice() {
+        [one] => Ok(attach(&one.id)?),
+        [] => bail!("no lab is running (start one with `holdfast lab demo`)"),
+        _ => bail!(
+            "several labs are running ({}): name one with --lab",
+            labs.iter().map(|l| l.id.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+fn interrupted() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let set = flag.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            let _ = tokio::signal::ctrl_c().await;
+        });
+        set.store(true, Ordering::SeqCst);
+    });
+    Ok(flag)
+}
+
+fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
+    let stop = interrupted()?;
+    println!("building the lab: 2 nodes and a client in network namespaces...");
+    let options = MirrorOptions {
+        pulse: Duration::from_millis(200),
+        timeout: Duration::from_secs(3),
+        ..MirrorOptions::default()
+    };
+    let cluster = MirrorLab::create(exe, options)?;
+    for host in ["node1", "node2"] {
+        cluster.run_cli_checked(host, &["start", "-m", "demo"])?;
+    }
+    let id = cluster.lab.id().to_string();
+    println!(
+        "\nlab {id} is running module `demo` on node1 and node2 (heartbeat 200 ms, timeout 3 s).\n\
+         The sample application appends a line per second, on the primary, to its /srv/demo/app.log.\n\n\
+         In another terminal, as root:\n\
+         \x20 holdfast lab state                          # state of both nodes\n\
+         \x20 holdfast lab kill node1                     # crash node1: node2 takes over in ~3 s\n\
+         \x20 holdfast lab start-daemon node1             # node1 comes back as SECOND\n\
+         \x20 holdfast lab exec node1 -- holdfast swap -m demo\n\
+         \x20 holdfast lab exec node2 -- holdfast log -m demo\n\n\
+         Ctrl-C here removes the lab.\n"
+    );
+    let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+    // Bounded by Ctrl-C, --seconds, or a day at most.
+    for _ in 0..86_400 {
+        if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let line: Vec<String> = ["node1", "node2"]
+            .iter()
+            .map(|h| match cluster.state(h) {
+                Some(s) => format!("{h}: {:<6} ({})", s.state, s.reason),
+                None => format!("{h}: daemon down"),
+            })
+            .collect();
+        println!("{}", line.join("   "));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("removing lab {id}...");
+    Ok(())
+}
+
+fn is(state: &Option<NodeState>, name: &str) -> bool {
+    state.as_ref().is_some_and(|s| s.state == name && !s.transient)
+}
+
+fn unix_ns() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+struct Trials {
+    takeover_ms: Vec<f64>,
+}
+
+/// Crashes the primary `trials` times; each time measures from the crash to
+/// the survivor's start_prim, then restarts the crashed node as SECOND.
+fn measure(exe: &std::path::Path, pulse: Duration, timeout: Duration, trials: usize) -> Result<(Trials, MirrorLab)> {
+    let options = MirrorOptions { pulse, timeout, ..MirrorOptions::default() };
+    let mut cluster = MirrorLab::create(exe, options)?;
+    for host in ["node1", "node2"] {
+        cluster.run_cli_checked(host, &["start", "-m", "demo"])?;
+    }
+    let settle = timeout * 3 + Duration::from_secs(20);
+    let mut takeover_ms = Vec::new();
+    for trial in 0..trials {
+        let (a, _) = cluster.wait_states(settle, |a, b| {
+            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
+        })?;
+        let (prim, survivor) = if is(&a, "PRIM") { ("node1", "node2") } else { ("node2", "node1") };
+        let before = cluster.events(survivor).len();
+        let crash = unix_ns();
+        cluster.kill(prim)?;
+        let mut started = None;
+        holdfast_lab::wait_until(settle, Duration::from_millis(5), || {
+            started = cluster
+                .events(survivor)
+                .iter()
+                .skip(before)
+                .find(|(_, script, _)| script == "start_prim")
+                .map(|(t, _, _)| *t);
+            started.is_some()
+        });
+        let Some(started) = started else {
+            bail!("trial {trial}: {survivor} did not run start_prim within {settle:?}");
+        };
+        takeover_ms.push(started.saturating_sub(crash) as f64 / 1e6);
+        cluster.start_daemon(prim)?;
+        eprintln!("  trial {}: takeover {:.0} ms", trial + 1, takeover_ms.last().copied().unwrap_or(0.0));
+    }
+    Ok((Trials { takeover_ms }, cluster))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::NAN, f64::max)
+}
+
+/// Counts takeovers in both nodes' module logs.
+fn takeovers(cluster: &MirrorLab) -> usize {
+    ["node1", "node2"]
+        .iter()
+        .filter_map(|h| cluster.lab.host_dir(h).ok())
+        .map(|d| {
+            let log = d.join("var-lib-holdfast/modules/demo/module.log");
+            std::fs::read_to_string(log).unwrap_or_default().matches("becoming primary").count()
+        })
+        .sum()
+}
+
+fn bench_failover(exe: &std::path::Path, trials: usize, load_seconds: u64, skip_default: bool) -> Result<()> {
+    let mut settings = vec![("aggressive", Duration::from_millis(100), Duration::from_millis(500))];
+    if !skip_default {
+        settings.insert(0, ("default", Duration::from_millis(700), Duration::from_secs(30)));
+    }
+    let mut rows = Vec::new();
+    let mut false_failovers = None;
+    for (name, pulse, timeout) in settings {
+        eprintln!("{name}: pulse {pulse:?}, timeout {timeout:?}, {trials} crashes of the primary");
+        let (result, cluster) = measure(exe, pulse, timeout, trials)?;
+        let timeout_ms = timeout.as_secs_f64() * 1e3;
+        let beyond: Vec<f64> = result.takeover_ms.iter().map(|t| t - timeout_ms).collect();
+        rows.push(format!(
+            "| {name} | {} ms | {} ms | {} | {:.0} ms | {:.0} ms | {:+.0} ms | {:+.0} ms | {:.3} |",
+            pulse.as_millis(),
+            timeout.as_millis(),
+            result.takeover_ms.len(),
+            median(&result.takeover_ms),
+            max(&result.takeover_ms),
+            median(&beyond),
+            max(&beyond),
+            median(&result.takeover_ms) / timeout_ms,
+        ));
+        if name == "aggressive" && load_seconds > 0 {
+            false_failovers = Some(load_check(&cluster, load_seconds, timeout)?);
+        }
+    }
+    println!("\nFailover: time from kill -9 of the primary host to start_prim beginning on the survivor.");
+    println!("Baseline: the configured heartbeat timeout (the detection floor); ratio = median takeover / timeout.\n");
+    println!("| setting | pulse | timeout | trials | median takeover | max takeover | median beyond timeout | max beyond timeout | ratio to timeout |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    if let Some((seconds, count)) = false_failovers {
+        println!("\nFalse failovers at the aggressive setting, {seconds} s with both cores busy: {count}");
+    }
+    Ok(())
+}
+
+/// Runs the cluster with every core spinning, and counts takeovers.
+fn load_check(cluster: &MirrorLab, seconds: u64, timeout: Duration) -> Result<(u64, usize)> {
+    cluster.wait_states(timeout * 3 + Duration::from_secs(20), |a, b| {
+        (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
+    })?;
+    let before = takeovers(cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let spinners: Vec<_> = (0..cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    eprintln!("load check: {seconds} s with {cores} busy threads");
+    let end = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in spinners {
+        let _ = s.join();
+    }
+    Ok((seconds, takeovers(cluster) - before))
+}

@@ -1,0 +1,264 @@
+//! A Holdfast mirror module running on lab hosts: a daemon per host with its
+//! own state directory, the cluster key, the module installed through the
+//! real CLI, and the sample application's scripts. Used by the integration
+//! tests, the demo (`holdfast lab demo`) and the failover benchmark.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{wait_until, Lab, LabError, LabSpec, Result};
+
+/// The sample application's scripts (also the demo's).
+pub const DEMO_SCRIPTS: [(&str, &str); 3] = [
+    ("prestart", include_str!("../demo/prestart")),
+    ("start_prim", include_str!("../demo/start_prim")),
+    ("stop_prim", include_str!("../demo/stop_prim")),
+];
+
+/// How to build the module.
+#[derive(Debug, Clone)]
+pub struct MirrorOptions {
+    pub module: String,
+    /// Heartbeat networks (1 or 2).
+    pub networks: usize,
+    pub pulse: Duration,
+    pub timeout: Duration,
+    /// Extra lines for the `[module]` table, e.g. `default_primary = "node1"`.
+    pub module_extra: String,
+}
+
+impl Default for MirrorOptions {
+    fn default() -> Self {
+        Self {
+            module: "demo".into(),
+            networks: 1,
+            pulse: Duration::from_millis(100),
+            timeout: Duration::from_millis(1500),
+            module_extra: String::new(),
+        }
+    }
+}
+
+/// One line of the state of the module on a node (the CLI's `--json`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NodeState {
+    pub state: String,
+    pub transient: bool,
+    pub app_active: bool,
+    pub reason: String,
+    pub peer_state: Option<String>,
+    #[serde(default)]
+    pub networks_up: Vec<bool>,
+}
+
+/// Two hosts (node1, node2) and a client running a mirror module.
+#[derive(Debug)]
+pub struct MirrorLab {
+    pub lab: Lab,
+    pub options: MirrorOptions,
+    exe: PathBuf,
+    daemons: Vec<(String, Child)>,
+}
+
+impl MirrorLab {
+    /// Builds the lab, installs the module on both nodes and starts the
+    /// daemons (the module itself is not started).
+    pub fn create(exe: &Path, options: MirrorOptions) -> Result<Self> {
+        let lab = Lab::create(LabSpec { hosts: 2, networks: options.networks, client: true })?;
+        let mut this = Self { lab, options, exe: exe.to_path_buf(), daemons: Vec::new() };
+        let key = this.run_cli_checked("node1", &["cluster", "keygen"])?.stdout;
+        let config = this.module_toml()?;
+        for host in this.lab.nodes() {
+            let etc = this.lab.host_dir(&host)?.join("etc-holdfast");
+            let scripts = etc.join(&this.options.module).join("scripts");
+            std::fs::create_dir_all(&scripts).map_err(|e| LabError::io(format!("creating {}", scripts.display()), e))?;
+            write(&etc.join("cluster.key"), &key)?;
+            write(&etc.join(&this.options.module).join("module.toml"), config.as_bytes())?;
+            for (name, body) in DEMO_SCRIPTS {
+                let path = scripts.join(name);
+                write(&path, body.as_bytes())?;
+                set_executable(&path)?;
+            }
+            this.start_daemon(&host)?;
+            let module_file = format!("/etc/holdfast/{}/module.toml", this.options.module);
+            this.run_cli_checked(&host, &["module", "install", &module_file])?;
+        }
+        Ok(this)
+    }
+
+    fn module_toml(&self) -> Result<String> {
+        let o = &self.options;
+        let networks: Vec<String> = (0..o.networks).map(|k| format!("\"net{k}\"")).collect();
+        let mut text = format!(
+            "[module]\nname = \"{}\"\nmode = \"mirror\"\n{}\n\n[heartbeat]\nport = 4800\npulse = \"{}ms\"\ntimeout = \"{}ms\"\nnetworks = [{}]\n",
+            o.module,
+            o.module_extra,
+            o.pulse.as_millis(),
+            o.timeout.as_millis(),
+            networks.join(", ")
+        );
+        for host in self.lab.nodes() {
+            let addresses: Vec<String> = (0..o.networks)
+                .map(|k| Ok(format!("net{k} = \"{}\"", self.lab.address(&host, k)?)))
+                .collect::<Result<_>>()?;
+            text.push_str(&format!("\n[[node]]\nname = \"{host}\"\naddress = {{ {} }}\n", addresses.join(", ")));
+        }
+        text.push_str("\n[scripts]\ndirectory = \"scripts\"\nstart_timeout = \"20s\"\nstop_timeout = \"10s\"\nforce_stop_timeout = \"10s\"\n");
+        Ok(text)
+    }
+
+    /// Starts `host`'s daemon and waits until its API answers.
+    pub fn start_daemon(&mut self, host: &str) -> Result<()> {
+        let log_path = self.lab.host_dir(host)?.join("daemon.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| LabError::io(format!("opening {}", log_path.display()), e))?;
+        let err = log.try_clone().map_err(|e| LabError::io("daemon log", e))?;
+        let child = self
+            .lab
+            .command(host, &self.exe)?
+            .args(["daemon", "--node", host])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| LabError::io(format!("starting the daemon on {host}"), e))?;
+        self.daemons.push((host.to_string(), child));
+        let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
+            self.cli(host, &["module", "list"]).is_ok_and(|o| o.status.success())
+        });
+        if !up {
+            return Err(LabError::Cluster(format!(
+                "the daemon on {host} did not answer within 15 s; see {}",
+                log_path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `kill -9` of everything on `host`: daemon, scripts, application.
+    pub fn kill(&mut self, host: &str) -> Result<()> {
+        self.lab.kill_host(host)?;
+        self.reap(host);
+        Ok(())
+    }
+
+    /// Collects exited daemons of `host` so no zombie is left.
+    fn reap(&mut self, host: &str) {
+        self.daemons.retain_mut(|(h, child)| h != host || child.try_wait().map_or(true, |s| s.is_none()));
+    }
+
+    /// Runs the CLI on `host`.
+    pub fn cli(&self, host: &str, args: &[&str]) -> Result<Output> {
+        self.lab
+            .command(host, &self.exe)?
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LabError::io(format!("running holdfast {} on {host}", args.join(" ")), e))
+    }
+
+    /// Runs the CLI on `host` and fails unless it succeeds.
+    pub fn run_cli_checked(&self, host: &str, args: &[&str]) -> Result<Output> {
+        let out = self.cli(host, args)?;
+        if !out.status.success() {
+            return Err(LabError::Cluster(format!(
+                "holdfast {} on {host} failed: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(out)
+    }
+
+    /// The module's state on `host`, or `None` when its daemon does not answer.
+    pub fn state(&self, host: &str) -> Option<NodeState> {
+        let out = self.cli(host, &["state", "-m", &self.options.module, "--json"]).ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let mut states: Vec<NodeState> = serde_json::from_slice(&out.stdout).ok()?;
+        states.pop()
+    }
+
+    /// Waits until `cond` holds on the states of node1 and node2.
+    pub fn wait_states(
+        &self,
+        timeout: Duration,
+        mut cond: impl FnMut(&Option<NodeState>, &Option<NodeState>) -> bool,
+    ) -> Result<(Option<NodeState>, Option<NodeState>)> {
+        let mut last = (None, None);
+        let ok = wait_until(timeout, Duration::from_millis(50), || {
+            last = (self.state("node1"), self.state("node2"));
+            cond(&last.0, &last.1)
+        });
+        if ok {
+            Ok(last)
+        } else {
+            Err(LabError::Cluster(format!("states did not settle within {timeout:?}: node1 {:?}, node2 {:?}", last.0, last.1)))
+        }
+    }
+
+    /// The pid of the sample application on `host`, if it runs there.
+    pub fn app_pid(&self, host: &str) -> Option<i32> {
+        let path = self.srv(host).ok()?.join("app.pid");
+        let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+        let alive = Path::new(&format!("/proc/{pid}")).exists()
+            && self.lab.host_pids(host).is_ok_and(|pids| pids.contains(&pid));
+        alive.then_some(pid)
+    }
+
+    /// The module's directory under the host's `/srv` (events.log, app.log).
+    pub fn srv(&self, host: &str) -> Result<PathBuf> {
+        Ok(self.lab.host_dir(host)?.join("srv").join(&self.options.module))
+    }
+
+    /// Script events recorded by the sample scripts on `host`:
+    /// `(unix time in ns, script, arguments)`.
+    pub fn events(&self, host: &str) -> Vec<(u128, String, String)> {
+        let Ok(path) = self.srv(host).map(|d| d.join("events.log")) else { return Vec::new() };
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(4, ' ');
+                let time = parts.next()?.parse().ok()?;
+                let _node = parts.next()?;
+                let script = parts.next()?.to_string();
+                Some((time, script, parts.next().unwrap_or_default().to_string()))
+            })
+            .collect()
+    }
+
+    /// Waits for `host`'s application to run (bounded).
+    pub fn wait_app(&self, host: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        wait_until(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(50), || {
+            self.app_pid(host).is_some()
+        })
+    }
+}
+
+impl Drop for MirrorLab {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.daemons {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+}
+
+fn set_executable(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| LabError::io(format!("chmod {}", path.display()), e))
+}
