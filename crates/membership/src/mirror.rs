@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 /// The states users see (SafeKit's names and colours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub enum State {
     Stop,
     Wait,
@@ -902,7 +903,9 @@ impl MirrorModule {
             return true;
         }
         let winner = self.election(&p);
-        if p.yields && (!self.yields || winner == Winner::Local) {
+        // A SECOND that handed the primary role over waits for us to take it.
+        let peer_yields = p.yields || (p.state == State::Second && p.handover != Handover::None);
+        if peer_yields && (!self.yields || winner == Winner::Local) {
             self.become_primary(format!("{name} agrees that this node is primary"));
             return true;
         }
