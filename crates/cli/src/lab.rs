@@ -72,7 +72,12 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::List => {
             for info in list_labs() {
                 let hosts: Vec<&str> = info.hosts.iter().map(|h| h.name.as_str()).collect();
-                println!("{}\towner pid {}\thosts {}", info.id, info.owner_pid, hosts.join(","));
+                println!(
+                    "{}\towner pid {}\thosts {}",
+                    info.id,
+                    info.owner_pid,
+                    hosts.join(",")
+                );
             }
         }
         LabCmd::Clean { all } => {
@@ -82,7 +87,10 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         }
         LabCmd::Exec { lab, host, command } => {
             let handle = find(lab)?;
-            let status = handle.command(&host, &command[0])?.args(&command[1..]).status()?;
+            let status = handle
+                .command(&host, &command[0])?
+                .args(&command[1..])
+                .status()?;
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
         }
         LabCmd::Kill { lab, host } => {
@@ -92,7 +100,10 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::StartDaemon { lab, host } => {
             let handle = find(lab)?;
             let log = handle.host_dir(&host)?.join("daemon.log");
-            let out = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)?;
             handle
                 .command(&host, &exe)?
                 .args(["daemon", "--node", &host])
@@ -108,9 +119,11 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
                 handle.command(&host, &exe)?.arg("state").status()?;
             }
         }
-        LabCmd::BenchFailover { trials, load_seconds, skip_default } => {
-            bench_failover(&exe, trials, load_seconds, skip_default)?
-        }
+        LabCmd::BenchFailover {
+            trials,
+            load_seconds,
+            skip_default,
+        } => bench_failover(&exe, trials, load_seconds, skip_default)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -126,7 +139,10 @@ fn find(id: Option<String>) -> Result<LabHandle> {
         [] => bail!("no lab is running (start one with `holdfast lab demo`)"),
         _ => bail!(
             "several labs are running ({}): name one with --lab",
-            labs.iter().map(|l| l.id.as_str()).collect::<Vec<_>>().join(", ")
+            labs.iter()
+                .map(|l| l.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }
@@ -134,7 +150,9 @@ fn find(id: Option<String>) -> Result<LabHandle> {
 fn interrupted() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     let set = flag.clone();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     std::thread::spawn(move || {
         runtime.block_on(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -189,11 +207,15 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
 }
 
 fn is(state: &Option<NodeState>, name: &str) -> bool {
-    state.as_ref().is_some_and(|s| s.state == name && !s.transient)
+    state
+        .as_ref()
+        .is_some_and(|s| s.state == name && !s.transient)
 }
 
 fn unix_ns() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 struct Trials {
@@ -202,8 +224,17 @@ struct Trials {
 
 /// Crashes the primary `trials` times; each time measures from the crash to
 /// the survivor's start_prim, then restarts the crashed node as SECOND.
-fn measure(exe: &std::path::Path, pulse: Duration, timeout: Duration, trials: usize) -> Result<(Trials, MirrorLab)> {
-    let options = MirrorOptions { pulse, timeout, ..MirrorOptions::default() };
+fn measure(
+    exe: &std::path::Path,
+    pulse: Duration,
+    timeout: Duration,
+    trials: usize,
+) -> Result<(Trials, MirrorLab)> {
+    let options = MirrorOptions {
+        pulse,
+        timeout,
+        ..MirrorOptions::default()
+    };
     let mut cluster = MirrorLab::create(exe, options)?;
     for host in ["node1", "node2"] {
         cluster.run_cli_checked(host, &["start", "-m", "demo"])?;
@@ -214,7 +245,11 @@ fn measure(exe: &std::path::Path, pulse: Duration, timeout: Duration, trials: us
         let (a, _) = cluster.wait_states(settle, |a, b| {
             (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
         })?;
-        let (prim, survivor) = if is(&a, "PRIM") { ("node1", "node2") } else { ("node2", "node1") };
+        let (prim, survivor) = if is(&a, "PRIM") {
+            ("node1", "node2")
+        } else {
+            ("node2", "node1")
+        };
         let before = cluster.events(survivor).len();
         let crash = unix_ns();
         cluster.kill(prim)?;
@@ -233,7 +268,11 @@ fn measure(exe: &std::path::Path, pulse: Duration, timeout: Duration, trials: us
         };
         takeover_ms.push(started.saturating_sub(crash) as f64 / 1e6);
         cluster.start_daemon(prim)?;
-        eprintln!("  trial {}: takeover {:.0} ms", trial + 1, takeover_ms.last().copied().unwrap_or(0.0));
+        eprintln!(
+            "  trial {}: takeover {:.0} ms",
+            trial + 1,
+            takeover_ms.last().copied().unwrap_or(0.0)
+        );
     }
     Ok((Trials { takeover_ms }, cluster))
 }
@@ -259,15 +298,34 @@ fn takeovers(cluster: &MirrorLab) -> usize {
         .filter_map(|h| cluster.lab.host_dir(h).ok())
         .map(|d| {
             let log = d.join("var-lib-holdfast/modules/demo/module.log");
-            std::fs::read_to_string(log).unwrap_or_default().matches("becoming primary").count()
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .matches("becoming primary")
+                .count()
         })
         .sum()
 }
 
-fn bench_failover(exe: &std::path::Path, trials: usize, load_seconds: u64, skip_default: bool) -> Result<()> {
-    let mut settings = vec![("aggressive", Duration::from_millis(100), Duration::from_millis(500))];
+fn bench_failover(
+    exe: &std::path::Path,
+    trials: usize,
+    load_seconds: u64,
+    skip_default: bool,
+) -> Result<()> {
+    let mut settings = vec![(
+        "aggressive",
+        Duration::from_millis(100),
+        Duration::from_millis(500),
+    )];
     if !skip_default {
-        settings.insert(0, ("default", Duration::from_millis(700), Duration::from_secs(30)));
+        settings.insert(
+            0,
+            (
+                "default",
+                Duration::from_millis(700),
+                Duration::from_secs(30),
+            ),
+        );
     }
     let mut rows = Vec::new();
     let mut false_failovers = None;

@@ -22,10 +22,19 @@ use holdfast_daemon::{DaemonOptions, Paths};
 use holdfast_membership::{ClusterKey, Command, LogLevel};
 
 #[derive(Parser, Debug)]
-#[command(name = "holdfast", version, about = "Software-only high availability: mirror modules with failover")]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Software-only high availability: mirror modules with failover"
+)]
 struct Cli {
     /// The daemon's API socket.
-    #[arg(long, global = true, env = "HOLDFAST_API", default_value = "/var/lib/holdfast/api.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "HOLDFAST_API",
+        default_value = "/var/lib/holdfast/api.sock"
+    )]
     api: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -157,7 +166,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     let client = ApiClient::new(&cli.api);
     match cli.command {
-        Cmd::Daemon { node, state_dir, conf_dir } => {
+        Cmd::Daemon {
+            node,
+            state_dir,
+            conf_dir,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -171,7 +184,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .trim()
                     .to_string(),
             };
-            let options = DaemonOptions { node, paths: Paths::new(state_dir, conf_dir) };
+            let options = DaemonOptions {
+                node,
+                paths: Paths::new(state_dir, conf_dir),
+            };
             runtime()?.block_on(holdfast_daemon::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
@@ -190,7 +206,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Swap(m) => command(&client, m, Command::Swap),
         Cmd::Prim(m) => command(&client, m, Command::Prim),
         Cmd::Second(m) => command(&client, m, Command::Second),
-        Cmd::State { module, json, local: _, quiet } => {
+        Cmd::State {
+            module,
+            json,
+            local: _,
+            quiet,
+        } => {
             let list: Vec<ModuleSummary> = match &module {
                 Some(name) => vec![block(client.get(&format!("/v1/modules/{name}")))?],
                 None => block(client.get("/v1/modules"))?,
@@ -200,7 +221,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if quiet {
-                let Some(first) = list.first() else { bail!("no module installed on this node") };
+                let Some(first) = list.first() else {
+                    bail!("no module installed on this node")
+                };
                 println!("{}", first.view.state);
                 return Ok(ExitCode::from(first.view.state.exit_code() as u8));
             }
@@ -222,29 +245,53 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting tokio")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting tokio")
 }
 
 /// Runs one API call on a small runtime.
-fn block<T>(future: impl std::future::Future<Output = Result<T, holdfast_daemon::client::ClientError>>) -> Result<T> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn block<T>(
+    future: impl std::future::Future<Output = Result<T, holdfast_daemon::client::ClientError>>,
+) -> Result<T> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     Ok(runtime.block_on(future)?)
 }
 
 fn command(client: &ApiClient, arg: ModuleArg, command: Command) -> Result<ExitCode> {
     if let Some(who) = &arg.identity {
         let note = format!("action {} requested by {who}", command.as_str());
-        let _: () = block(client.post(&format!("/v1/modules/{}/log", arg.module), &PrintRequest { level: LogLevel::Info, message: note }))?;
+        let _: () = block(client.post(
+            &format!("/v1/modules/{}/log", arg.module),
+            &PrintRequest {
+                level: LogLevel::Info,
+                message: note,
+            },
+        ))?;
     }
-    let summary: ModuleSummary =
-        block(client.post(&format!("/v1/modules/{}/command", arg.module), &CommandRequest { command }))?;
+    let summary: ModuleSummary = block(client.post(
+        &format!("/v1/modules/{}/command", arg.module),
+        &CommandRequest { command },
+    ))?;
     state::print(&[summary]);
     Ok(ExitCode::SUCCESS)
 }
 
-fn print(client: &ApiClient, module: &str, level: LogLevel, message: Vec<String>) -> Result<ExitCode> {
+fn print(
+    client: &ApiClient,
+    module: &str,
+    level: LogLevel,
+    message: Vec<String>,
+) -> Result<ExitCode> {
     let message = message.join(" ");
-    let _: () = block(client.post(&format!("/v1/modules/{module}/log"), &PrintRequest { level, message }))?;
+    let _: () = block(client.post(
+        &format!("/v1/modules/{module}/log"),
+        &PrintRequest { level, message },
+    ))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -257,9 +304,17 @@ fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
         ModuleCmd::Install { config } => {
             let request = install_request(&config)?;
             let summary: ModuleSummary = block(client.post("/v1/modules", &request))?;
-            println!("module {} installed on node {}", summary.module, summary.node);
+            println!(
+                "module {} installed on node {}",
+                summary.module, summary.node
+            );
         }
-        ModuleCmd::Import { userconfig, cluster, name, out } => {
+        ModuleCmd::Import {
+            userconfig,
+            cluster,
+            name,
+            out,
+        } => {
             let text = read(&userconfig)?;
             let cluster_text = cluster.as_ref().map(|p| read(p)).transpose()?;
             let imported = holdfast_config::import_userconfig(
@@ -273,7 +328,8 @@ fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
             }
             let toml = holdfast_config::to_toml(&imported.config);
             match out {
-                Some(path) => std::fs::write(&path, toml).with_context(|| format!("writing {}", path.display()))?,
+                Some(path) => std::fs::write(&path, toml)
+                    .with_context(|| format!("writing {}", path.display()))?,
                 None => print!("{toml}"),
             }
         }
@@ -298,17 +354,26 @@ fn install_request(config: &Path) -> Result<InstallRequest> {
     let mut scripts = BTreeMap::new();
     if let Some(dir) = &parsed.scripts.directory {
         let dir = config.parent().unwrap_or(Path::new(".")).join(dir);
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("scripts directory {}", dir.display()))?;
+        let entries = std::fs::read_dir(&dir)
+            .with_context(|| format!("scripts directory {}", dir.display()))?;
         for entry in entries {
             let path = entry?.path();
             if path.is_file() {
-                let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let name = path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 scripts.insert(name, read(&path)?);
             }
         }
     }
     let source = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
-    Ok(InstallRequest { config: text, source: source.display().to_string(), scripts })
+    Ok(InstallRequest {
+        config: text,
+        source: source.display().to_string(),
+        scripts,
+    })
 }
 
 fn read(path: &Path) -> Result<String> {

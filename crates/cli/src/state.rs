@@ -8,11 +8,17 @@ use owo_colors::{OwoColorize, Stream};
 fn coloured(state: State) -> String {
     let text = format!("{:<6}", state.as_str());
     match state {
-        State::Prim | State::Second => text.if_supports_color(Stream::Stdout, |t| t.green()).to_string(),
+        State::Prim | State::Second => text
+            .if_supports_color(Stream::Stdout, |t| t.green())
+            .to_string(),
         // Orange where the terminal has 256 colours would be nicer; yellow is
         // what every terminal shows.
-        State::Alone => text.if_supports_color(Stream::Stdout, |t| t.yellow()).to_string(),
-        State::Stop | State::Wait => text.if_supports_color(Stream::Stdout, |t| t.red()).to_string(),
+        State::Alone => text
+            .if_supports_color(Stream::Stdout, |t| t.yellow())
+            .to_string(),
+        State::Stop | State::Wait => text
+            .if_supports_color(Stream::Stdout, |t| t.red())
+            .to_string(),
     }
 }
 
@@ -21,7 +27,10 @@ pub fn print(list: &[ModuleSummary]) {
         println!("no module installed on this node");
         return;
     }
-    println!("{:<12} {:<10} {:<6} {:<18} {}", "MODULE", "NODE", "STATE", "PEER", "REASON");
+    println!(
+        "{:<12} {:<10} {:<6} {:<18} {}",
+        "MODULE", "NODE", "STATE", "PEER", "REASON"
+    );
     for m in list {
         let v = &m.view;
         let peer = match v.peer_state {
@@ -33,7 +42,11 @@ pub fn print(list: &[ModuleSummary]) {
             None if v.transient => " [transient]".to_string(),
             None => String::new(),
         };
-        let networks: Vec<&str> = v.networks_up.iter().map(|up| if *up { "up" } else { "down" }).collect();
+        let networks: Vec<&str> = v
+            .networks_up
+            .iter()
+            .map(|up| if *up { "up" } else { "down" })
+            .collect();
         println!(
             "{:<12} {:<10} {} {:<18} {}{} (heartbeat networks: {})",
             m.module,

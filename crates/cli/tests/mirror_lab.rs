@@ -11,7 +11,9 @@ const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn is(state: &Option<NodeState>, name: &str) -> bool {
-    state.as_ref().is_some_and(|s| s.state == name && !s.transient)
+    state
+        .as_ref()
+        .is_some_and(|s| s.state == name && !s.transient)
 }
 
 fn lab(options: MirrorOptions) -> MirrorLab {
@@ -20,14 +22,18 @@ fn lab(options: MirrorOptions) -> MirrorLab {
 
 fn start_both(cluster: &MirrorLab) {
     for host in ["node1", "node2"] {
-        cluster.run_cli_checked(host, &["start", "-m", "demo"]).expect("start");
+        cluster
+            .run_cli_checked(host, &["start", "-m", "demo"])
+            .expect("start");
     }
 }
 
 /// Waits for a settled PRIM/SECOND pair; returns (primary, secondary).
 fn pair(cluster: &MirrorLab) -> (&'static str, &'static str) {
     let (a, _) = cluster
-        .wait_states(SETTLE, |a, b| (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM")))
+        .wait_states(SETTLE, |a, b| {
+            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
+        })
         .expect("a PRIM and a SECOND");
     if is(&a, "PRIM") {
         ("node1", "node2")
@@ -37,7 +43,11 @@ fn pair(cluster: &MirrorLab) -> (&'static str, &'static str) {
 }
 
 fn count(cluster: &MirrorLab, host: &str, script: &str) -> usize {
-    cluster.events(host).iter().filter(|(_, s, args)| s == script && !args.starts_with("force")).count()
+    cluster
+        .events(host)
+        .iter()
+        .filter(|(_, s, args)| s == script && !args.starts_with("force"))
+        .count()
 }
 
 fn module_log(cluster: &MirrorLab, host: &str) -> String {
@@ -50,9 +60,16 @@ fn start_failover_and_rejoin() {
     let mut cluster = lab(MirrorOptions::default());
     start_both(&cluster);
     let (prim, second) = pair(&cluster);
-    assert!(cluster.wait_app(prim, SETTLE), "the application runs on the PRIM");
+    assert!(
+        cluster.wait_app(prim, SETTLE),
+        "the application runs on the PRIM"
+    );
     assert_eq!(count(&cluster, prim, "start_prim"), 1);
-    assert_eq!(count(&cluster, second, "start_prim"), 0, "start_prim never ran on the SECOND");
+    assert_eq!(
+        count(&cluster, second, "start_prim"),
+        0,
+        "start_prim never ran on the SECOND"
+    );
     assert!(cluster.app_pid(second).is_none());
 
     // The primary's host crashes: daemon and application killed.
@@ -64,16 +81,33 @@ fn start_failover_and_rejoin() {
         })
         .unwrap();
     let crashed_state = if prim == "node1" { a } else { b };
-    assert!(crashed_state.is_none(), "the crashed daemon does not answer");
-    assert!(cluster.wait_app(second, SETTLE), "the survivor runs the application");
+    assert!(
+        crashed_state.is_none(),
+        "the crashed daemon does not answer"
+    );
+    assert!(
+        cluster.wait_app(second, SETTLE),
+        "the survivor runs the application"
+    );
     assert_eq!(count(&cluster, second, "start_prim"), 1);
-    assert!(module_log(&cluster, second).contains("becoming primary"), "the takeover is logged with its reason");
+    assert!(
+        module_log(&cluster, second).contains("becoming primary"),
+        "the takeover is logged with its reason"
+    );
 
     // The failed host comes back and rejoins as SECOND; nothing starts twice.
     cluster.start_daemon(prim).unwrap();
     let (new_prim, new_second) = pair(&cluster);
-    assert_eq!((new_prim, new_second), (second, prim), "the survivor stays primary");
-    assert_eq!(count(&cluster, prim, "start_prim"), 1, "no new start_prim on the returning node");
+    assert_eq!(
+        (new_prim, new_second),
+        (second, prim),
+        "the survivor stays primary"
+    );
+    assert_eq!(
+        count(&cluster, prim, "start_prim"),
+        1,
+        "no new start_prim on the returning node"
+    );
     assert_eq!(count(&cluster, second, "start_prim"), 1);
     assert!(cluster.app_pid(prim).is_none());
     assert!(cluster.app_pid(second).is_some());
@@ -85,7 +119,9 @@ fn swap_and_clean_stop_hand_over() {
     start_both(&cluster);
     let (prim, second) = pair(&cluster);
 
-    cluster.run_cli_checked(second, &["swap", "-m", "demo"]).expect("swap from the SECOND");
+    cluster
+        .run_cli_checked(second, &["swap", "-m", "demo"])
+        .expect("swap from the SECOND");
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
@@ -93,12 +129,22 @@ fn swap_and_clean_stop_hand_over() {
         })
         .expect("the primary moved");
     assert!(cluster.wait_app(second, SETTLE));
-    assert!(cluster.app_pid(prim).is_none(), "the old primary stopped its application");
+    assert!(
+        cluster.app_pid(prim).is_none(),
+        "the old primary stopped its application"
+    );
     let stops = cluster.events(prim);
-    assert!(stops.iter().any(|(_, s, a)| s == "stop_prim" && a.starts_with("force")), "forced stop phase ran: {stops:?}");
+    assert!(
+        stops
+            .iter()
+            .any(|(_, s, a)| s == "stop_prim" && a.starts_with("force")),
+        "forced stop phase ran: {stops:?}"
+    );
 
     // A clean stop of the primary hands over at once (well before the timeout).
-    cluster.run_cli_checked(second, &["stop", "-m", "demo"]).expect("stop");
+    cluster
+        .run_cli_checked(second, &["stop", "-m", "demo"])
+        .expect("stop");
     let (a, b) = cluster
         .wait_states(SETTLE, |a, b| {
             let (stopped, other) = if second == "node1" { (a, b) } else { (b, a) };
@@ -106,7 +152,10 @@ fn swap_and_clean_stop_hand_over() {
         })
         .expect("stop hands over");
     let other = if second == "node1" { b } else { a };
-    assert!(other.unwrap().reason.contains("stop"), "the reason says the peer stopped");
+    assert!(
+        other.unwrap().reason.contains("stop"),
+        "the reason says the peer stopped"
+    );
     assert!(cluster.wait_app(prim, SETTLE));
     assert!(cluster.app_pid(second).is_none());
 
@@ -131,8 +180,14 @@ fn link_cut_fails_over_and_heal_keeps_one_primary() {
 
     cluster.lab.link_up(prim, 0).unwrap();
     let (new_prim, _) = pair(&cluster);
-    assert_eq!(new_prim, second, "the node that took over last keeps the primary role");
-    assert!(cluster.app_pid(prim).is_none(), "the loser stopped its application");
+    assert_eq!(
+        new_prim, second,
+        "the node that took over last keeps the primary role"
+    );
+    assert!(
+        cluster.app_pid(prim).is_none(),
+        "the loser stopped its application"
+    );
     assert!(cluster.app_pid(second).is_some());
     let log = module_log(&cluster, prim);
     assert!(log.contains("split brain"), "the loser says why: {log}");
@@ -140,7 +195,10 @@ fn link_cut_fails_over_and_heal_keeps_one_primary() {
 
 #[test]
 fn one_heartbeat_network_down_keeps_the_pair() {
-    let cluster = lab(MirrorOptions { networks: 2, ..MirrorOptions::default() });
+    let cluster = lab(MirrorOptions {
+        networks: 2,
+        ..MirrorOptions::default()
+    });
     start_both(&cluster);
     let (prim, second) = pair(&cluster);
     cluster.lab.link_down(prim, 0).unwrap();
@@ -152,7 +210,11 @@ fn one_heartbeat_network_down_keeps_the_pair() {
         })
         .expect("network 0 seen down");
     std::thread::sleep(cluster.options.timeout * 2);
-    assert_eq!(pair(&cluster), (prim, second), "no failover while one network works");
+    assert_eq!(
+        pair(&cluster),
+        (prim, second),
+        "no failover while one network works"
+    );
     assert_eq!(count(&cluster, second, "start_prim"), 0);
 }
 
@@ -164,15 +226,31 @@ fn bad_input_is_refused_and_changes_nothing() {
     let before = cluster.state(prim).unwrap();
 
     // A malformed configuration names file, line and field.
-    let dir = cluster.lab.host_dir(prim).unwrap().join("etc-holdfast/demo");
+    let dir = cluster
+        .lab
+        .host_dir(prim)
+        .unwrap()
+        .join("etc-holdfast/demo");
     let good = std::fs::read_to_string(dir.join("module.toml")).unwrap();
-    std::fs::write(dir.join("bad.toml"), good.replace("pulse = \"100ms\"", "pulse = 100")).unwrap();
-    let out = cluster.cli(prim, &["module", "install", "/etc/holdfast/demo/bad.toml"]).unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        good.replace("pulse = \"100ms\"", "pulse = 100"),
+    )
+    .unwrap();
+    let out = cluster
+        .cli(prim, &["module", "install", "/etc/holdfast/demo/bad.toml"])
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("bad.toml:") && err.contains("heartbeat.pulse"), "{err}");
+    assert!(
+        err.contains("bad.toml:") && err.contains("heartbeat.pulse"),
+        "{err}"
+    );
     let line = good.lines().position(|l| l.starts_with("pulse")).unwrap() + 1;
-    assert!(err.contains(&format!("bad.toml:{line}:")), "line {line} named: {err}");
+    assert!(
+        err.contains(&format!("bad.toml:{line}:")),
+        "line {line} named: {err}"
+    );
 
     // An unknown module.
     let out = cluster.cli(prim, &["start", "-m", "nosuch"]).unwrap();
@@ -198,13 +276,17 @@ fn bad_input_is_refused_and_changes_nothing() {
             socket.send_to(&forged, (target, 4800)).unwrap();
         })
         .unwrap();
-    let logged = holdfast_lab::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        module_log(&cluster, prim).contains("rejected heartbeat")
-    });
+    let logged =
+        holdfast_lab::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            module_log(&cluster, prim).contains("rejected heartbeat")
+        });
     assert!(logged, "the forged heartbeat is logged");
     assert!(module_log(&cluster, prim).contains("authentication failed"));
 
     let after = cluster.state(prim).unwrap();
-    assert_eq!((after.state.as_str(), after.app_active), (before.state.as_str(), before.app_active));
+    assert_eq!(
+        (after.state.as_str(), after.app_active),
+        (before.state.as_str(), before.app_active)
+    );
     assert_eq!(State::Prim.as_str(), after.state);
 }

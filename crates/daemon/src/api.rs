@@ -60,13 +60,19 @@ impl IntoResponse for RegistryError {
         let status = match &self {
             RegistryError::UnknownModule { .. } => StatusCode::NOT_FOUND,
             RegistryError::Invalid(_) | RegistryError::UnknownScript(..) => StatusCode::BAD_REQUEST,
-            RegistryError::Running { .. } | RegistryError::PortInUse { .. } | RegistryError::Refused(..) => {
-                StatusCode::CONFLICT
-            }
+            RegistryError::Running { .. }
+            | RegistryError::PortInUse { .. }
+            | RegistryError::Refused(..) => StatusCode::CONFLICT,
             RegistryError::Daemon(DaemonError::NotAMember { .. }) => StatusCode::BAD_REQUEST,
             RegistryError::Daemon(_) | RegistryError::Gone(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(ErrorBody { error: self.to_string() })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -84,7 +90,10 @@ pub fn router(registry: Arc<Registry>) -> Router {
 
 /// Binds the socket, replacing a stale one left by a killed daemon.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
-    let err = |source| DaemonError::Api { path: path.display().to_string(), source };
+    let err = |source| DaemonError::Api {
+        path: path.display().to_string(),
+        source,
+    };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         return Err(err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
@@ -96,22 +105,34 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
 }
 
 async fn node(State(registry): Shared) -> Json<NodeInfo> {
-    Json(NodeInfo { node: registry.node().to_string(), version: env!("CARGO_PKG_VERSION").to_string() })
+    Json(NodeInfo {
+        node: registry.node().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
 }
 
 async fn list(State(registry): Shared) -> impl IntoResponse {
     Json(registry.list().await)
 }
 
-async fn module(State(registry): Shared, UrlPath(name): UrlPath<String>) -> Result<impl IntoResponse, RegistryError> {
+async fn module(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+) -> Result<impl IntoResponse, RegistryError> {
     Ok(Json(registry.get(&name).await?))
 }
 
-async fn install(State(registry): Shared, Json(request): Json<InstallRequest>) -> Result<impl IntoResponse, RegistryError> {
+async fn install(
+    State(registry): Shared,
+    Json(request): Json<InstallRequest>,
+) -> Result<impl IntoResponse, RegistryError> {
     Ok((StatusCode::CREATED, Json(registry.install(request).await?)))
 }
 
-async fn remove(State(registry): Shared, UrlPath(name): UrlPath<String>) -> Result<impl IntoResponse, RegistryError> {
+async fn remove(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+) -> Result<impl IntoResponse, RegistryError> {
     registry.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -137,6 +158,8 @@ async fn print(
     UrlPath(name): UrlPath<String>,
     Json(request): Json<PrintRequest>,
 ) -> Result<impl IntoResponse, RegistryError> {
-    registry.print(&name, request.level, request.message).await?;
+    registry
+        .print(&name, request.level, request.message)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

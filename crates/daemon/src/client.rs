@@ -43,7 +43,9 @@ pub struct ApiClient {
 
 impl ApiClient {
     pub fn new(socket: impl Into<PathBuf>) -> Self {
-        Self { socket: socket.into() }
+        Self {
+            socket: socket.into(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -54,12 +56,18 @@ impl ApiClient {
         self.call(Method::GET, path, None::<&()>).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         self.call(Method::POST, path, Some(body)).await
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, path, None).await.map(|_| ())
+        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, path, None)
+            .await
+            .map(|_| ())
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -69,11 +77,15 @@ impl ApiClient {
         body: Option<&B>,
     ) -> Result<T, ClientError> {
         let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
-        let stream = tokio::net::UnixStream::connect(&self.socket).await.map_err(|source| {
-            ClientError::Connect { socket: self.socket.display().to_string(), source }
-        })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| protocol(&e))?;
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect {
+                socket: self.socket.display().to_string(),
+                source,
+            })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| protocol(&e))?;
         let driver = tokio::spawn(connection);
         let bytes = match body {
             Some(body) => serde_json::to_vec(body).map_err(|e| protocol(&e))?,
@@ -86,17 +98,32 @@ impl ApiClient {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| protocol(&e))?;
-        let response = sender.send_request(request).await.map_err(|e| protocol(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| protocol(&e))?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(|e| protocol(&e))?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(&e))?
+            .to_bytes();
         driver.abort();
         if !status.is_success() {
             let message = serde_json::from_slice::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Refused { status: status.as_u16(), message });
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                message,
+            });
         }
-        let body = if status == StatusCode::NO_CONTENT || body.is_empty() { Bytes::from_static(b"null") } else { body };
+        let body = if status == StatusCode::NO_CONTENT || body.is_empty() {
+            Bytes::from_static(b"null")
+        } else {
+            body
+        };
         serde_json::from_slice(&body).map_err(|e| protocol(&e))
     }
 }

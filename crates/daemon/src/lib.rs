@@ -33,7 +33,11 @@ pub enum DaemonError {
     #[error("{0} is corrupt: {1}")]
     Corrupt(String, String),
     #[error("this node ({node}) is not one of the nodes of module {module} ({nodes}); check the node names, or start the daemon with --node")]
-    NotAMember { module: String, node: String, nodes: String },
+    NotAMember {
+        module: String,
+        node: String,
+        nodes: String,
+    },
     #[error("module {module}: cannot use heartbeat port {port}: {source}")]
     HeartbeatPort {
         module: String,
@@ -66,21 +70,36 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         path: key_path.display().to_string(),
         reason: e.to_string(),
     })?;
-    for dir in [paths.modules(), paths.safe_dir().join("private/bin"), paths.state_dir.join("var")] {
+    for dir in [
+        paths.modules(),
+        paths.safe_dir().join("private/bin"),
+        paths.state_dir.join("var"),
+    ] {
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
     }
-    let exe = std::env::current_exe().map_err(|e| DaemonError::Io("current executable".into(), e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| DaemonError::Io("current executable".into(), e))?;
     install_safekit_command(&paths, &exe)?;
     let incarnation = next_incarnation(&paths)?;
-    let ctx = Arc::new(shell::NodeContext { node: options.node, key, incarnation, paths: paths.clone(), exe });
+    let ctx = Arc::new(shell::NodeContext {
+        node: options.node,
+        key,
+        incarnation,
+        paths: paths.clone(),
+        exe,
+    });
     let registry = Arc::new(registry::Registry::new(ctx.clone()));
     registry.load_installed().await;
 
     let socket = paths.api_socket();
     let listener = api::bind(&socket)?;
     tracing::info!("node {} serving the API on {}", ctx.node, socket.display());
-    let server = axum::serve(listener, api::router(registry.clone())).with_graceful_shutdown(shutdown_signal());
-    server.await.map_err(|e| DaemonError::Api { path: socket.display().to_string(), source: e })?;
+    let server = axum::serve(listener, api::router(registry.clone()))
+        .with_graceful_shutdown(shutdown_signal());
+    server.await.map_err(|e| DaemonError::Api {
+        path: socket.display().to_string(),
+        source: e,
+    })?;
     tracing::info!("shutting down: stopping modules");
     registry.shutdown().await;
     let _ = std::fs::remove_file(&socket);
@@ -89,7 +108,10 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the daemon can still be killed; run on.
         return std::future::pending().await;
     };
@@ -104,14 +126,18 @@ async fn shutdown_signal() {
 fn install_safekit_command(paths: &Paths, exe: &std::path::Path) -> Result<(), DaemonError> {
     let link = paths.safe_dir().join("safekit");
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(exe, &link).map_err(|e| DaemonError::Io(link.display().to_string(), e))
+    std::os::unix::fs::symlink(exe, &link)
+        .map_err(|e| DaemonError::Io(link.display().to_string(), e))
 }
 
 /// Grows at every start: a restarted daemon's heartbeats are never taken for
 /// replays of its previous life's, and old ones never for new ones.
 fn next_incarnation(paths: &Paths) -> Result<u64, DaemonError> {
     let path: PathBuf = paths.incarnation();
-    let previous = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+    let previous = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
     let clock = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

@@ -15,7 +15,10 @@ pub struct Paths {
 
 impl Paths {
     pub fn new(state_dir: impl Into<PathBuf>, conf_dir: impl Into<PathBuf>) -> Self {
-        Self { state_dir: state_dir.into(), conf_dir: conf_dir.into() }
+        Self {
+            state_dir: state_dir.into(),
+            conf_dir: conf_dir.into(),
+        }
     }
 
     /// The HTTP API's Unix socket (the CLI's way in).
@@ -37,7 +40,9 @@ impl Paths {
     }
 
     pub fn module(&self, name: &str) -> ModulePaths {
-        ModulePaths { dir: self.modules().join(name) }
+        ModulePaths {
+            dir: self.modules().join(name),
+        }
     }
 
     /// SafeKit's `$SAFE`: holds a `safekit` command for scripts.

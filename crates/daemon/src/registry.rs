@@ -46,7 +46,11 @@ pub enum RegistryError {
     #[error("module {name} is {state} here; stop it before replacing or removing it")]
     Running { name: String, state: State },
     #[error("heartbeat port {port} of module {name} is already used by module {other}")]
-    PortInUse { name: String, port: u16, other: String },
+    PortInUse {
+        name: String,
+        port: u16,
+        other: String,
+    },
     #[error("unknown script name {0:?}; a module's scripts are: {1}")]
     UnknownScript(String, String),
     #[error("module {0}: {1}")]
@@ -65,7 +69,10 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(ctx: Arc<NodeContext>) -> Self {
-        Self { ctx, modules: Mutex::new(BTreeMap::new()) }
+        Self {
+            ctx,
+            modules: Mutex::new(BTreeMap::new()),
+        }
     }
 
     pub fn node(&self) -> &str {
@@ -76,13 +83,17 @@ impl Registry {
     /// that cannot load is reported in the daemon log and skipped.
     pub async fn load_installed(&self) {
         let dir = self.ctx.paths.modules();
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         let mut modules = self.modules.lock().await;
         for entry in entries.flatten() {
             let config_path = entry.path().join("module.toml");
             let loaded = holdfast_config::load_module(&config_path).map_err(|e| e.to_string());
             let spawned = match loaded {
-                Ok(config) => shell::spawn(self.ctx.clone(), config, true).await.map_err(|e| e.to_string()),
+                Ok(config) => shell::spawn(self.ctx.clone(), config, true)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
             };
             match spawned {
@@ -98,22 +109,30 @@ impl Registry {
         let config = holdfast_config::parse_module(&request.config, Path::new(&request.source))
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let known: Vec<&str> = shell::script_names().collect();
-        if let Some(bad) = request.scripts.keys().find(|name| !known.contains(&name.as_str())) {
+        if let Some(bad) = request
+            .scripts
+            .keys()
+            .find(|name| !known.contains(&name.as_str()))
+        {
             return Err(RegistryError::UnknownScript(bad.clone(), known.join(", ")));
         }
         if config.node(&self.ctx.node).is_none() {
             return Err(DaemonError::NotAMember {
                 module: config.name.clone(),
                 node: self.ctx.node.clone(),
-                nodes: config.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>().join(", "),
+                nodes: config
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.clone())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }
             .into());
         }
         let mut modules = self.modules.lock().await;
-        if let Some(other) = modules
-            .values()
-            .find(|m| m.config.name != config.name && m.config.heartbeat.port == config.heartbeat.port)
-        {
+        if let Some(other) = modules.values().find(|m| {
+            m.config.name != config.name && m.config.heartbeat.port == config.heartbeat.port
+        }) {
             return Err(RegistryError::PortInUse {
                 name: config.name.clone(),
                 port: config.heartbeat.port,
@@ -123,7 +142,10 @@ impl Registry {
         if let Some(existing) = modules.get(&config.name) {
             let state = existing.view.borrow().state;
             if state != State::Stop {
-                return Err(RegistryError::Running { name: config.name.clone(), state });
+                return Err(RegistryError::Running {
+                    name: config.name.clone(),
+                    state,
+                });
             }
         }
         // Validated: now change things. The old task goes first (it holds the port).
@@ -132,9 +154,11 @@ impl Registry {
             let _ = old.task.await;
         }
         let paths = self.ctx.paths.module(&config.name);
-        let io = |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
+        let io =
+            |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
         std::fs::create_dir_all(paths.bin()).map_err(|e| io(&paths.bin(), e))?;
-        write_atomic(&paths.config(), request.config.as_bytes()).map_err(|e| io(&paths.config(), e))?;
+        write_atomic(&paths.config(), request.config.as_bytes())
+            .map_err(|e| io(&paths.config(), e))?;
         for name in known {
             let path = paths.script(name);
             match request.scripts.get(name) {
@@ -148,7 +172,10 @@ impl Registry {
                 }
             }
         }
-        ModuleLog::new(paths.log()).write(LogLevel::Info, &format!("module {} installed from {}", config.name, request.source));
+        ModuleLog::new(paths.log()).write(
+            LogLevel::Info,
+            &format!("module {} installed from {}", config.name, request.source),
+        );
         let handle = shell::spawn(self.ctx.clone(), config, false).await?;
         let summary = self.summary(&handle);
         modules.insert(summary.module.clone(), handle);
@@ -160,7 +187,10 @@ impl Registry {
         let handle = lookup(&modules, name)?;
         let state = handle.view.borrow().state;
         if state != State::Stop {
-            return Err(RegistryError::Running { name: name.into(), state });
+            return Err(RegistryError::Running {
+                name: name.into(),
+                state,
+            });
         }
         let handle = modules.remove(name).expect("looked up above");
         handle.task.abort();
@@ -170,7 +200,11 @@ impl Registry {
         Ok(())
     }
 
-    pub async fn command(&self, name: &str, command: Command) -> Result<ModuleSummary, RegistryError> {
+    pub async fn command(
+        &self,
+        name: &str,
+        command: Command,
+    ) -> Result<ModuleSummary, RegistryError> {
         let (reply, answer) = oneshot::channel();
         let mut view = {
             let modules = self.modules.lock().await;
@@ -193,17 +227,35 @@ impl Registry {
         // The answer is sent before the view is published: wait for it.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), view.changed()).await;
         let view = view.borrow().clone();
-        Ok(ModuleSummary { module: name.into(), node: self.ctx.node.clone(), view })
+        Ok(ModuleSummary {
+            module: name.into(),
+            node: self.ctx.node.clone(),
+            view,
+        })
     }
 
-    pub async fn print(&self, name: &str, level: LogLevel, message: String) -> Result<(), RegistryError> {
+    pub async fn print(
+        &self,
+        name: &str,
+        level: LogLevel,
+        message: String,
+    ) -> Result<(), RegistryError> {
         let modules = self.modules.lock().await;
         let handle = lookup(&modules, name)?;
-        handle.tx.send(ModuleMsg::Print(level, message)).await.map_err(|_| RegistryError::Gone(name.into()))
+        handle
+            .tx
+            .send(ModuleMsg::Print(level, message))
+            .await
+            .map_err(|_| RegistryError::Gone(name.into()))
     }
 
     pub async fn list(&self) -> Vec<ModuleSummary> {
-        self.modules.lock().await.values().map(|h| self.summary(h)).collect()
+        self.modules
+            .lock()
+            .await
+            .values()
+            .map(|h| self.summary(h))
+            .collect()
     }
 
     pub async fn get(&self, name: &str) -> Result<ModuleSummary, RegistryError> {
@@ -240,13 +292,18 @@ impl Registry {
     }
 }
 
-fn lookup<'a>(modules: &'a BTreeMap<String, ModuleHandle>, name: &str) -> Result<&'a ModuleHandle, RegistryError> {
-    modules.get(name).ok_or_else(|| RegistryError::UnknownModule {
-        name: name.into(),
-        known: if modules.is_empty() {
-            "none".into()
-        } else {
-            modules.keys().cloned().collect::<Vec<_>>().join(", ")
-        },
-    })
+fn lookup<'a>(
+    modules: &'a BTreeMap<String, ModuleHandle>,
+    name: &str,
+) -> Result<&'a ModuleHandle, RegistryError> {
+    modules
+        .get(name)
+        .ok_or_else(|| RegistryError::UnknownModule {
+            name: name.into(),
+            known: if modules.is_empty() {
+                "none".into()
+            } else {
+                modules.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
 }

@@ -61,7 +61,9 @@ pub async fn run(job: ScriptJob) -> ScriptOutcome {
                 Ok(copy) => (Stdio::from(file), Stdio::from(copy)),
                 Err(e) => return ScriptOutcome::Failed(format!("application log: {e}")),
             },
-            Err(e) => return ScriptOutcome::Failed(format!("application log {}: {e}", path.display())),
+            Err(e) => {
+                return ScriptOutcome::Failed(format!("application log {}: {e}", path.display()))
+            }
         },
         None => (Stdio::null(), Stdio::null()),
     };
@@ -104,7 +106,11 @@ pub async fn run(job: ScriptJob) -> ScriptOutcome {
 
 /// Opens the application log in append mode and writes a header naming the run.
 async fn open_output(path: &PathBuf, job: &ScriptJob) -> std::io::Result<std::fs::File> {
-    let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(path).await?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
     let header = format!(
         "==== {} {} {}\n",
         humantime::format_rfc3339_millis(SystemTime::now()),
@@ -144,10 +150,18 @@ mod tests {
     #[tokio::test]
     async fn passes_safekit_arguments_and_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let j = job(dir.path(), "echo \"args=$* module=$SAFEMODULE\"", Duration::from_secs(10), true);
+        let j = job(
+            dir.path(),
+            "echo \"args=$* module=$SAFEMODULE\"",
+            Duration::from_secs(10),
+            true,
+        );
         assert_eq!(run(j).await, ScriptOutcome::Success);
         let log = std::fs::read_to_string(dir.path().join("app.log")).unwrap();
-        assert!(log.contains("args=force WAIT ALONE start module=web"), "{log}");
+        assert!(
+            log.contains("args=force WAIT ALONE start module=web"),
+            "{log}"
+        );
     }
 
     #[tokio::test]
@@ -156,7 +170,10 @@ mod tests {
         let j = job(dir.path(), "exit 3", Duration::from_secs(10), false);
         assert_eq!(run(j).await, ScriptOutcome::Failed("exit code 3".into()));
         let j = job(dir.path(), "sleep 30", Duration::from_millis(200), false);
-        assert_eq!(run(j).await, ScriptOutcome::TimedOut(Duration::from_millis(200)));
+        assert_eq!(
+            run(j).await,
+            ScriptOutcome::TimedOut(Duration::from_millis(200))
+        );
         let mut j = job(dir.path(), "true", Duration::from_secs(1), false);
         j.path = dir.path().join("absent");
         assert_eq!(run(j).await, ScriptOutcome::Missing);

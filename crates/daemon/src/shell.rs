@@ -56,12 +56,22 @@ pub struct ModuleHandle {
 }
 
 /// Starts the task of a module; `at_boot` applies the module's `boot` policy.
-pub async fn spawn(ctx: Arc<NodeContext>, config: ModuleConfig, at_boot: bool) -> Result<ModuleHandle, DaemonError> {
-    let settings = MirrorSettings::from_config(&config, &ctx.node).ok_or_else(|| DaemonError::NotAMember {
-        module: config.name.clone(),
-        node: ctx.node.clone(),
-        nodes: config.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>().join(", "),
-    })?;
+pub async fn spawn(
+    ctx: Arc<NodeContext>,
+    config: ModuleConfig,
+    at_boot: bool,
+) -> Result<ModuleHandle, DaemonError> {
+    let settings =
+        MirrorSettings::from_config(&config, &ctx.node).ok_or_else(|| DaemonError::NotAMember {
+            module: config.name.clone(),
+            node: ctx.node.clone(),
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
     let paths = ctx.paths.module(&config.name);
     for dir in [paths.bin(), paths.var()] {
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
@@ -70,11 +80,20 @@ pub async fn spawn(ctx: Arc<NodeContext>, config: ModuleConfig, at_boot: bool) -
     let port = config.heartbeat.port;
     let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
         .await
-        .map_err(|e| DaemonError::HeartbeatPort { module: config.name.clone(), port, source: e })?;
+        .map_err(|e| DaemonError::HeartbeatPort {
+            module: config.name.clone(),
+            port,
+            source: e,
+        })?;
     let peer_addresses = config
         .peer_of(&ctx.node)
         .map(|peer| {
-            config.heartbeat.networks.iter().filter_map(|net| peer.addresses.get(net).copied()).collect()
+            config
+                .heartbeat
+                .networks
+                .iter()
+                .filter_map(|net| peer.addresses.get(net).copied())
+                .collect()
         })
         .unwrap_or_default();
     let start = match config.boot {
@@ -101,7 +120,9 @@ pub async fn spawn(ctx: Arc<NodeContext>, config: ModuleConfig, at_boot: bool) -
         core,
         socket,
         peer_addresses,
-        fingerprint: fingerprint[..8].try_into().expect("8 bytes of a 32-byte hash"),
+        fingerprint: fingerprint[..8]
+            .try_into()
+            .expect("8 bytes of a 32-byte hash"),
         seq: 0,
         replay: ReplayGuard::default(),
         tx: tx.clone(),
@@ -111,7 +132,12 @@ pub async fn spawn(ctx: Arc<NodeContext>, config: ModuleConfig, at_boot: bool) -
         shutdown: None,
     };
     let task = tokio::spawn(shell.run(rx));
-    Ok(ModuleHandle { config, tx, view, task })
+    Ok(ModuleHandle {
+        config,
+        tx,
+        view,
+        task,
+    })
 }
 
 fn load_persistent(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
@@ -160,7 +186,10 @@ impl Shell {
         let mut next_pulse = Instant::now();
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
-            let wake = self.core.next_deadline().map_or(next_pulse, |d| d.min(next_pulse));
+            let wake = self
+                .core
+                .next_deadline()
+                .map_or(next_pulse, |d| d.min(next_pulse));
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -198,7 +227,10 @@ impl Shell {
             ModuleMsg::Command(command, reply) => {
                 let result = self.core.command(now, command);
                 if let Err(e) = &result {
-                    self.log.write(LogLevel::Error, &format!("action {} refused: {e}", command.as_str()));
+                    self.log.write(
+                        LogLevel::Error,
+                        &format!("action {} refused: {e}", command.as_str()),
+                    );
                 }
                 let _ = reply.send(result);
             }
@@ -222,7 +254,8 @@ impl Shell {
                     );
                 }
                 let stamp = (heartbeat.incarnation, heartbeat.seq);
-                self.core.heartbeat(Instant::now(), network, stamp, heartbeat.status);
+                self.core
+                    .heartbeat(Instant::now(), network, stamp, heartbeat.status);
             }
             Err(reason) => self.reject(from, reason),
         }
@@ -264,8 +297,15 @@ impl Shell {
             return;
         }
         let suppressed = std::mem::take(&mut self.rejected.suppressed);
-        let more = if suppressed > 0 { format!(" ({suppressed} more rejected since the last report)") } else { String::new() };
-        self.log.write(LogLevel::Error, &format!("rejected heartbeat from {from}: {reason}{more}"));
+        let more = if suppressed > 0 {
+            format!(" ({suppressed} more rejected since the last report)")
+        } else {
+            String::new()
+        };
+        self.log.write(
+            LogLevel::Error,
+            &format!("rejected heartbeat from {from}: {reason}{more}"),
+        );
         self.rejected.last_logged = Some(now);
     }
 
@@ -285,7 +325,11 @@ impl Shell {
             heartbeat.network = network as u8;
             let bytes = heartbeat.encode(&self.ctx.key);
             // A network that is down fails here; the others carry on.
-            if let Err(e) = self.socket.send_to(&bytes, SocketAddr::new(*address, port)).await {
+            if let Err(e) = self
+                .socket
+                .send_to(&bytes, SocketAddr::new(*address, port))
+                .await
+            {
                 tracing::debug!("module {}: heartbeat to {address}: {e}", self.config.name);
             }
         }
@@ -311,7 +355,10 @@ impl Shell {
         let path = self.paths.persistent();
         let bytes = serde_json::to_vec_pretty(persistent).expect("plain data serialises");
         if let Err(e) = write_atomic(&path, &bytes) {
-            self.log.write(LogLevel::Error, &format!("cannot persist module state to {}: {e}", path.display()));
+            self.log.write(
+                LogLevel::Error,
+                &format!("cannot persist module state to {}: {e}", path.display()),
+            );
         }
     }
 
@@ -335,7 +382,10 @@ impl Shell {
             let id = job.run.id;
             let announce = job.path.exists();
             if announce {
-                log.write(LogLevel::Info, &format!("script {} {}", job.run.script.name(), job.args().join(" ")));
+                log.write(
+                    LogLevel::Info,
+                    &format!("script {} {}", job.run.script.name(), job.args().join(" ")),
+                );
             }
             let outcome = scripts::run(job).await;
             // The module task may be gone (module removed): nothing to tell.
@@ -366,7 +416,10 @@ impl Shell {
             ("HOLDFAST_NEXT_STATE", run.next.to_string()),
             ("HOLDFAST_ACTION", run.action.as_str().to_string()),
             ("HOLDFAST_REASON", run.reason.clone()),
-            ("HOLDFAST_FORCE", if run.force { "1" } else { "0" }.to_string()),
+            (
+                "HOLDFAST_FORCE",
+                if run.force { "1" } else { "0" }.to_string(),
+            ),
             ("HOLDFAST_API", paths.api_socket().display().to_string()),
             ("PATH", path_var),
         ]
@@ -380,7 +433,14 @@ impl Shell {
 
 /// Names of the scripts a module may ship.
 pub fn script_names() -> impl Iterator<Item = &'static str> {
-    [Script::Prestart, Script::StartPrim, Script::StopPrim, Script::StartBoth, Script::StopBoth, Script::Poststop]
-        .into_iter()
-        .map(Script::name)
+    [
+        Script::Prestart,
+        Script::StartPrim,
+        Script::StopPrim,
+        Script::StartBoth,
+        Script::StopBoth,
+        Script::Poststop,
+    ]
+    .into_iter()
+    .map(Script::name)
 }

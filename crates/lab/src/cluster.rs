@@ -65,16 +65,31 @@ impl MirrorLab {
     /// Builds the lab, installs the module on both nodes and starts the
     /// daemons (the module itself is not started).
     pub fn create(exe: &Path, options: MirrorOptions) -> Result<Self> {
-        let lab = Lab::create(LabSpec { hosts: 2, networks: options.networks, client: true })?;
-        let mut this = Self { lab, options, exe: exe.to_path_buf(), daemons: Vec::new() };
-        let key = this.run_cli_checked("node1", &["cluster", "keygen"])?.stdout;
+        let lab = Lab::create(LabSpec {
+            hosts: 2,
+            networks: options.networks,
+            client: true,
+        })?;
+        let mut this = Self {
+            lab,
+            options,
+            exe: exe.to_path_buf(),
+            daemons: Vec::new(),
+        };
+        let key = this
+            .run_cli_checked("node1", &["cluster", "keygen"])?
+            .stdout;
         let config = this.module_toml()?;
         for host in this.lab.nodes() {
             let etc = this.lab.host_dir(&host)?.join("etc-holdfast");
             let scripts = etc.join(&this.options.module).join("scripts");
-            std::fs::create_dir_all(&scripts).map_err(|e| LabError::io(format!("creating {}", scripts.display()), e))?;
+            std::fs::create_dir_all(&scripts)
+                .map_err(|e| LabError::io(format!("creating {}", scripts.display()), e))?;
             write(&etc.join("cluster.key"), &key)?;
-            write(&etc.join(&this.options.module).join("module.toml"), config.as_bytes())?;
+            write(
+                &etc.join(&this.options.module).join("module.toml"),
+                config.as_bytes(),
+            )?;
             for (name, body) in DEMO_SCRIPTS {
                 let path = scripts.join(name);
                 write(&path, body.as_bytes())?;
@@ -102,7 +117,10 @@ impl MirrorLab {
             let addresses: Vec<String> = (0..o.networks)
                 .map(|k| Ok(format!("net{k} = \"{}\"", self.lab.address(&host, k)?)))
                 .collect::<Result<_>>()?;
-            text.push_str(&format!("\n[[node]]\nname = \"{host}\"\naddress = {{ {} }}\n", addresses.join(", ")));
+            text.push_str(&format!(
+                "\n[[node]]\nname = \"{host}\"\naddress = {{ {} }}\n",
+                addresses.join(", ")
+            ));
         }
         text.push_str("\n[scripts]\ndirectory = \"scripts\"\nstart_timeout = \"20s\"\nstop_timeout = \"10s\"\nforce_stop_timeout = \"10s\"\n");
         Ok(text)
@@ -129,7 +147,8 @@ impl MirrorLab {
             .map_err(|e| LabError::io(format!("starting the daemon on {host}"), e))?;
         self.daemons.push((host.to_string(), child));
         let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
-            self.cli(host, &["module", "list"]).is_ok_and(|o| o.status.success())
+            self.cli(host, &["module", "list"])
+                .is_ok_and(|o| o.status.success())
         });
         if !up {
             return Err(LabError::Cluster(format!(
@@ -149,7 +168,8 @@ impl MirrorLab {
 
     /// Collects exited daemons of `host` so no zombie is left.
     fn reap(&mut self, host: &str) {
-        self.daemons.retain_mut(|(h, child)| h != host || child.try_wait().map_or(true, |s| s.is_none()));
+        self.daemons
+            .retain_mut(|(h, child)| h != host || child.try_wait().map_or(true, |s| s.is_none()));
     }
 
     /// Runs the CLI on `host`.
@@ -178,7 +198,9 @@ impl MirrorLab {
 
     /// The module's state on `host`, or `None` when its daemon does not answer.
     pub fn state(&self, host: &str) -> Option<NodeState> {
-        let out = self.cli(host, &["state", "-m", &self.options.module, "--json"]).ok()?;
+        let out = self
+            .cli(host, &["state", "-m", &self.options.module, "--json"])
+            .ok()?;
         if !out.status.success() {
             return None;
         }
@@ -200,7 +222,10 @@ impl MirrorLab {
         if ok {
             Ok(last)
         } else {
-            Err(LabError::Cluster(format!("states did not settle within {timeout:?}: node1 {:?}, node2 {:?}", last.0, last.1)))
+            Err(LabError::Cluster(format!(
+                "states did not settle within {timeout:?}: node1 {:?}, node2 {:?}",
+                last.0, last.1
+            )))
         }
     }
 
@@ -209,19 +234,28 @@ impl MirrorLab {
         let path = self.srv(host).ok()?.join("app.pid");
         let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
         let alive = Path::new(&format!("/proc/{pid}")).exists()
-            && self.lab.host_pids(host).is_ok_and(|pids| pids.contains(&pid));
+            && self
+                .lab
+                .host_pids(host)
+                .is_ok_and(|pids| pids.contains(&pid));
         alive.then_some(pid)
     }
 
     /// The module's directory under the host's `/srv` (events.log, app.log).
     pub fn srv(&self, host: &str) -> Result<PathBuf> {
-        Ok(self.lab.host_dir(host)?.join("srv").join(&self.options.module))
+        Ok(self
+            .lab
+            .host_dir(host)?
+            .join("srv")
+            .join(&self.options.module))
     }
 
     /// Script events recorded by the sample scripts on `host`:
     /// `(unix time in ns, script, arguments)`.
     pub fn events(&self, host: &str) -> Vec<(u128, String, String)> {
-        let Ok(path) = self.srv(host).map(|d| d.join("events.log")) else { return Vec::new() };
+        let Ok(path) = self.srv(host).map(|d| d.join("events.log")) else {
+            return Vec::new();
+        };
         std::fs::read_to_string(path)
             .unwrap_or_default()
             .lines()
@@ -238,9 +272,11 @@ impl MirrorLab {
     /// Waits for `host`'s application to run (bounded).
     pub fn wait_app(&self, host: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        wait_until(deadline.saturating_duration_since(Instant::now()), Duration::from_millis(50), || {
-            self.app_pid(host).is_some()
-        })
+        wait_until(
+            deadline.saturating_duration_since(Instant::now()),
+            Duration::from_millis(50),
+            || self.app_pid(host).is_some(),
+        )
     }
 }
 

@@ -72,7 +72,10 @@ impl ClusterKey {
         let bytes = hex::decode(text.trim())
             .map_err(|e| HeartbeatError::Key(format!("not hexadecimal: {e}")))?;
         let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            HeartbeatError::Key(format!("expected 32 bytes (64 hex digits), found {}", b.len()))
+            HeartbeatError::Key(format!(
+                "expected 32 bytes (64 hex digits), found {}",
+                b.len()
+            ))
         })?;
         Ok(Self(key))
     }
@@ -206,15 +209,25 @@ mod tests {
         for i in 4..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
-            assert_eq!(Heartbeat::decode(&bad, &key), Err(HeartbeatError::Forged), "byte {i}");
+            assert_eq!(
+                Heartbeat::decode(&bad, &key),
+                Err(HeartbeatError::Forged),
+                "byte {i}"
+            );
         }
     }
 
     #[test]
     fn garbage_is_rejected_without_panic() {
         let key = ClusterKey::generate();
-        assert_eq!(Heartbeat::decode(b"hi", &key), Err(HeartbeatError::TooShort(2)));
-        assert_eq!(Heartbeat::decode(&[0u8; 64], &key), Err(HeartbeatError::BadMagic));
+        assert_eq!(
+            Heartbeat::decode(b"hi", &key),
+            Err(HeartbeatError::TooShort(2))
+        );
+        assert_eq!(
+            Heartbeat::decode(&[0u8; 64], &key),
+            Err(HeartbeatError::BadMagic)
+        );
         assert_eq!(
             Heartbeat::decode(&[0u8; MAX_DATAGRAM + 1], &key),
             Err(HeartbeatError::TooLong(MAX_DATAGRAM + 1))
@@ -226,7 +239,10 @@ mod tests {
         let mut guard = ReplayGuard::default();
         let mut hb = sample();
         guard.check(&hb).unwrap();
-        assert!(matches!(guard.check(&hb), Err(HeartbeatError::Replayed { .. })));
+        assert!(matches!(
+            guard.check(&hb),
+            Err(HeartbeatError::Replayed { .. })
+        ));
         hb.seq = 2;
         guard.check(&hb).unwrap();
         hb.seq = 0;
@@ -234,7 +250,10 @@ mod tests {
         guard.check(&hb).unwrap();
         hb.incarnation = 7;
         hb.seq = 100;
-        assert!(matches!(guard.check(&hb), Err(HeartbeatError::Replayed { .. })));
+        assert!(matches!(
+            guard.check(&hb),
+            Err(HeartbeatError::Replayed { .. })
+        ));
         // The same pulse on another network is not a replay.
         hb.incarnation = 8;
         hb.seq = 0;
@@ -244,8 +263,14 @@ mod tests {
 
     #[test]
     fn key_parsing_errors_are_clear() {
-        assert!(ClusterKey::from_hex("zz").unwrap_err().to_string().contains("not hexadecimal"));
-        assert!(ClusterKey::from_hex("abcd").unwrap_err().to_string().contains("32 bytes"));
+        assert!(ClusterKey::from_hex("zz")
+            .unwrap_err()
+            .to_string()
+            .contains("not hexadecimal"));
+        assert!(ClusterKey::from_hex("abcd")
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes"));
         let key = ClusterKey::generate();
         assert_eq!(ClusterKey::from_hex(&key.to_hex()).unwrap().0, key.0);
     }

@@ -13,6 +13,6 @@ pub mod mirror;
 
 pub use heartbeat::{ClusterKey, Heartbeat, HeartbeatError, ReplayGuard};
 pub use mirror::{
-    Action, Command, CommandError, Handover, LogLevel, MirrorModule, MirrorSettings, ModuleView, Persistent,
-    PeerStatus, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
+    Action, Command, CommandError, Handover, LogLevel, MirrorModule, MirrorSettings, ModuleView,
+    PeerStatus, Persistent, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
 };

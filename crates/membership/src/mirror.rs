@@ -206,8 +206,15 @@ pub enum LogLevel {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     RunScript(ScriptRun),
-    Log { level: LogLevel, message: String },
-    Transition { from: State, to: State, reason: String },
+    Log {
+        level: LogLevel,
+        message: String,
+    },
+    Transition {
+        from: State,
+        to: State,
+        reason: String,
+    },
     /// The status changed: send a heartbeat now rather than at the next pulse.
     SendHeartbeat,
     /// Write this to disk before acting further (survives a crash).
@@ -254,7 +261,9 @@ pub enum CommandError {
     AlreadyStarted(State),
     #[error("the module is already stopped here")]
     AlreadyStopped,
-    #[error("swap needs a PRIM and a SECOND in contact; here the module is {local}, the peer {peer}")]
+    #[error(
+        "swap needs a PRIM and a SECOND in contact; here the module is {local}, the peer {peer}"
+    )]
     CannotSwap { local: State, peer: String },
     #[error("{peer} is already primary ({state}); use swap to move the primary here")]
     PeerIsPrimary { peer: String, state: State },
@@ -331,13 +340,17 @@ impl WaitReason {
         match self {
             WaitReason::Starting => "running prestart".into(),
             WaitReason::PeerUnknown => format!("waiting for the heartbeat of {peer}"),
-            WaitReason::PeerElected => format!("{peer} is elected primary; waiting for it to start"),
+            WaitReason::PeerElected => {
+                format!("{peer} is elected primary; waiting for it to start")
+            }
             WaitReason::PeerToAgree => format!("elected primary; waiting for {peer} to agree"),
             WaitReason::FailoverOff => {
                 "failover is off: waiting; run `holdfast prim` here to force this node primary"
                     .into()
             }
-            WaitReason::AwaitPrimary => format!("started with `second`: waiting for {peer} to be primary"),
+            WaitReason::AwaitPrimary => {
+                format!("started with `second`: waiting for {peer} to be primary")
+            }
         }
     }
 
@@ -357,7 +370,12 @@ enum Role {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Step {
-    Run { script: Script, force: bool, next: State, action: ScriptAction },
+    Run {
+        script: Script,
+        force: bool,
+        next: State,
+        action: ScriptAction,
+    },
     /// The forced stop of the application finished.
     AppStopped(Handover),
     /// `start_prim` of a local restart begins.
@@ -534,7 +552,13 @@ impl MirrorModule {
     /// `stamp` is the sender's `(incarnation, seq)`: datagrams may arrive out
     /// of order across networks, and an older status must not overwrite a
     /// newer one (it still proves that its network works).
-    pub fn heartbeat(&mut self, now: Instant, network: usize, stamp: (u64, u64), status: PeerStatus) {
+    pub fn heartbeat(
+        &mut self,
+        now: Instant,
+        network: usize,
+        stamp: (u64, u64),
+        status: PeerStatus,
+    ) {
         self.input(now, |m| {
             let networks = m.settings.networks;
             let seen = m.peer.get_or_insert_with(|| PeerSeen {
@@ -567,7 +591,9 @@ impl MirrorModule {
             m.running = None;
             match outcome {
                 ScriptOutcome::Success | ScriptOutcome::Missing => {}
-                ScriptOutcome::Failed(why) => m.log(LogLevel::Error, format!("{} failed: {why}", script.name())),
+                ScriptOutcome::Failed(why) => {
+                    m.log(LogLevel::Error, format!("{} failed: {why}", script.name()))
+                }
                 ScriptOutcome::TimedOut(after) => m.log(
                     LogLevel::Error,
                     format!("{} did not finish within {after:?}: killed", script.name()),
@@ -601,7 +627,11 @@ impl MirrorModule {
                 LogLevel::Info,
                 format!("transition {} -> {}: {reason}", self.shown, after.state),
             );
-            self.outbox.push(Action::Transition { from: self.shown, to: after.state, reason: reason.clone() });
+            self.outbox.push(Action::Transition {
+                from: self.shown,
+                to: after.state,
+                reason: reason.clone(),
+            });
             self.reason = reason;
             self.shown = after.state;
         }
@@ -643,7 +673,9 @@ impl MirrorModule {
         if command != Command::Stop && self.transient() {
             return Err(CommandError::Busy {
                 state,
-                script: self.running.map_or("nothing yet".into(), |(_, s)| s.name().to_string()),
+                script: self
+                    .running
+                    .map_or("nothing yet".into(), |(_, s)| s.name().to_string()),
             });
         }
         match command {
@@ -662,14 +694,20 @@ impl MirrorModule {
                 self.role = Role::Waiting(WaitReason::Starting);
                 self.yields = command == Command::Second;
                 self.run(Script::Prestart, false, State::Wait, ScriptAction::Start);
-                self.steps.push_back(Step::Enter(Role::Waiting(wait), format!("{} command", command.as_str())));
+                self.steps.push_back(Step::Enter(
+                    Role::Waiting(wait),
+                    format!("{} command", command.as_str()),
+                ));
             }
             Command::Prim => {
                 if self.role == Role::Primary {
                     return Err(CommandError::AlreadyPrimary(state));
                 }
                 if let Some(p) = self.live_peer().filter(|p| p.state.is_primary()) {
-                    return Err(CommandError::PeerIsPrimary { peer: self.settings.peer.clone(), state: p.state });
+                    return Err(CommandError::PeerIsPrimary {
+                        peer: self.settings.peer.clone(),
+                        state: p.state,
+                    });
                 }
                 if !matches!(self.role, Role::Stopped | Role::Waiting(_)) {
                     return Err(CommandError::AlreadyStarted(state));
@@ -680,7 +718,8 @@ impl MirrorModule {
                     self.role = Role::Waiting(WaitReason::Starting);
                     self.run(Script::Prestart, false, State::Wait, ScriptAction::Start);
                 }
-                self.steps.push_back(Step::BecomePrimary("forced by the prim command".into()));
+                self.steps
+                    .push_back(Step::BecomePrimary("forced by the prim command".into()));
             }
             Command::Stop => {
                 if self.role == Role::Stopped {
@@ -692,7 +731,8 @@ impl MirrorModule {
                 self.stop_application(Handover::Stop, ScriptAction::Stop, State::Stop);
                 self.stop_both(State::Stop, ScriptAction::Stop);
                 self.run(Script::Poststop, false, State::Stop, ScriptAction::Stop);
-                self.steps.push_back(Step::Enter(Role::Stopped, "stop command".into()));
+                self.steps
+                    .push_back(Step::Enter(Role::Stopped, "stop command".into()));
             }
             Command::Restart => match self.role {
                 Role::Stopped => return Err(CommandError::AlreadyStopped),
@@ -704,9 +744,22 @@ impl MirrorModule {
                 _ => {
                     self.steps.clear();
                     self.stop_both(State::Wait, ScriptAction::StopStart);
-                    self.run(Script::Poststop, false, State::Wait, ScriptAction::StopStart);
-                    self.run(Script::Prestart, false, State::Wait, ScriptAction::StopStart);
-                    self.steps.push_back(Step::Enter(Role::Waiting(WaitReason::PeerUnknown), "restart command".into()));
+                    self.run(
+                        Script::Poststop,
+                        false,
+                        State::Wait,
+                        ScriptAction::StopStart,
+                    );
+                    self.run(
+                        Script::Prestart,
+                        false,
+                        State::Wait,
+                        ScriptAction::StopStart,
+                    );
+                    self.steps.push_back(Step::Enter(
+                        Role::Waiting(WaitReason::PeerUnknown),
+                        "restart command".into(),
+                    ));
                 }
             },
             Command::Swap => {
@@ -724,12 +777,20 @@ impl MirrorModule {
                 self.log(LogLevel::Info, "swap requested by the administrator".into());
             }
         }
-        self.log(LogLevel::Info, format!("action {} called by the administrator", command.as_str()));
+        self.log(
+            LogLevel::Info,
+            format!("action {} called by the administrator", command.as_str()),
+        );
         Ok(())
     }
 
     fn run(&mut self, script: Script, force: bool, next: State, action: ScriptAction) {
-        self.steps.push_back(Step::Run { script, force, next, action });
+        self.steps.push_back(Step::Run {
+            script,
+            force,
+            next,
+            action,
+        });
     }
 
     /// Queue the graceful then forced stop of the application, if it may run.
@@ -759,7 +820,12 @@ impl MirrorModule {
                 return;
             }
             match self.steps.pop_front() {
-                Some(Step::Run { script, force, next, action }) => {
+                Some(Step::Run {
+                    script,
+                    force,
+                    next,
+                    action,
+                }) => {
                     let id = self.next_script_id;
                     self.next_script_id += 1;
                     self.running = Some((id, script));
@@ -789,13 +855,19 @@ impl MirrorModule {
                 }
             }
         }
-        self.log(LogLevel::Error, "state machine did not settle within one input".into());
+        self.log(
+            LogLevel::Error,
+            "state machine did not settle within one input".into(),
+        );
     }
 
     fn enter(&mut self, role: Role, reason: String) {
         if let Role::Waiting(wait) = role {
             self.waiting_since = self.now;
-            self.yields = matches!(wait, WaitReason::PeerElected | WaitReason::AwaitPrimary | WaitReason::FailoverOff);
+            self.yields = matches!(
+                wait,
+                WaitReason::PeerElected | WaitReason::AwaitPrimary | WaitReason::FailoverOff
+            );
             if self.role != role {
                 self.log(LogLevel::Info, wait.describe(&self.settings.peer));
             }
@@ -826,7 +898,13 @@ impl MirrorModule {
         self.persistent.epoch = self.persistent.epoch.max(peer_epoch) + 1;
         self.persistent.last_primary = true;
         self.persist();
-        self.log(LogLevel::Info, format!("becoming primary (epoch {}): {reason}", self.persistent.epoch));
+        self.log(
+            LogLevel::Info,
+            format!(
+                "becoming primary (epoch {}): {reason}",
+                self.persistent.epoch
+            ),
+        );
         self.role = Role::Primary;
         self.app_active = true;
         self.yields = false;
@@ -887,7 +965,10 @@ impl MirrorModule {
             return true;
         };
         if p.state.is_primary() {
-            self.enter(Role::Secondary, format!("{name} is {}: joining as SECOND", p.state));
+            self.enter(
+                Role::Secondary,
+                format!("{name} is {}: joining as SECOND", p.state),
+            );
             return true;
         }
         if reason.passive() {
@@ -926,7 +1007,10 @@ impl MirrorModule {
             self.become_primary(reason);
         } else {
             self.log(LogLevel::Error, format!("{reason}; failover is off"));
-            self.enter(Role::Waiting(WaitReason::FailoverOff), format!("{reason}; failover is off"));
+            self.enter(
+                Role::Waiting(WaitReason::FailoverOff),
+                format!("{reason}; failover is off"),
+            );
         }
         true
     }
@@ -935,7 +1019,11 @@ impl MirrorModule {
         let name = self.settings.peer.clone();
         if self.handover == Handover::Swap {
             match &peer {
-                Some(p) if p.app_active && p.state.is_primary() => self.handover = Handover::None,
+                Some(p) if p.state.is_primary() => self.handover = Handover::None,
+                // Both handed over (a swap back crossed ours): the elected one takes it.
+                Some(p) if p.handover == Handover::Swap && self.election(p) == Winner::Local => {
+                    self.handover = Handover::None
+                }
                 Some(_) => return false,
                 None => self.handover = Handover::None,
             }
@@ -944,7 +1032,10 @@ impl MirrorModule {
             self.wants_swap = false;
         }
         let Some(p) = peer else {
-            return self.take_over(format!("no heartbeat from {name} for {:?}", self.settings.timeout));
+            return self.take_over(format!(
+                "no heartbeat from {name} for {:?}",
+                self.settings.timeout
+            ));
         };
         if p.app_active {
             return false;
@@ -956,7 +1047,9 @@ impl MirrorModule {
                 true
             }
             (_, Handover::Stop) => self.take_over(format!("{name} is stopping")),
-            (State::Wait, _) => self.take_over(format!("{name} restarted without its primary role")),
+            (State::Wait, _) => {
+                self.take_over(format!("{name} restarted without its primary role"))
+            }
             (State::Second, _) if self.election(&p) == Winner::Local => {
                 self.become_primary(format!("both nodes SECOND: elected against {name}"));
                 true

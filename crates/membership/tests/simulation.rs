@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
 use holdfast_membership::mirror::{
-    Action, Command, MirrorModule, MirrorSettings, PeerStatus, Persistent, Script, ScriptOutcome, State,
+    Action, Command, MirrorModule, MirrorSettings, PeerStatus, Persistent, Script, ScriptOutcome,
+    State,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,15 +41,42 @@ const SETTLE_MS: u64 = 3 * PULSE_MS + 4 * SCRIPT_MAX_MS + 2 * DELAY_MAX_MS;
 
 #[derive(Debug)]
 enum Ev {
-    Pulse { node: usize, life: u64 },
-    Tick { node: usize, life: u64 },
-    Deliver { to: usize, network: usize, stamp: (u64, u64), status: PeerStatus },
-    ScriptDone { node: usize, life: u64, id: u64, script: Script, force: bool },
+    Pulse {
+        node: usize,
+        life: u64,
+    },
+    Tick {
+        node: usize,
+        life: u64,
+    },
+    Deliver {
+        to: usize,
+        network: usize,
+        stamp: (u64, u64),
+        status: PeerStatus,
+    },
+    ScriptDone {
+        node: usize,
+        life: u64,
+        id: u64,
+        script: Script,
+        force: bool,
+    },
     Crash(usize),
     Restart(usize),
-    Admin { node: usize, command: Command },
-    SetLink { network: usize, from: usize, up: bool },
-    SetLoss { network: usize, percent: u32 },
+    Admin {
+        node: usize,
+        command: Command,
+    },
+    SetLink {
+        network: usize,
+        from: usize,
+        up: bool,
+    },
+    SetLoss {
+        network: usize,
+        percent: u32,
+    },
 }
 
 struct Node {
@@ -114,10 +142,21 @@ impl Sim {
             trace: std::env::var_os("HOLDFAST_SIM_TRACE").is_some(),
         };
         for i in 0..2 {
-            sim.nodes.push(Node { module: None, persistent: Persistent::default(), life: 0, app_running: false });
+            sim.nodes.push(Node {
+                module: None,
+                persistent: Persistent::default(),
+                life: 0,
+                app_running: false,
+            });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
-            sim.schedule(at, Ev::Admin { node: i, command: Command::Start });
+            sim.schedule(
+                at,
+                Ev::Admin {
+                    node: i,
+                    command: Command::Start,
+                },
+            );
         }
         sim
     }
@@ -125,7 +164,8 @@ impl Sim {
     fn schedule(&mut self, delay: u64, ev: Ev) {
         self.seq += 1;
         self.events.push(Some(ev));
-        self.queue.push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
+        self.queue
+            .push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
     }
 
     fn instant(&self) -> Instant {
@@ -137,7 +177,11 @@ impl Sim {
         settings.local = NODES[i].into();
         settings.peer = NODES[1 - i].into();
         let node = &mut self.nodes[i];
-        node.module = Some(MirrorModule::new(settings, node.persistent.clone(), self.t0 + Duration::from_millis(self.now)));
+        node.module = Some(MirrorModule::new(
+            settings,
+            node.persistent.clone(),
+            self.t0 + Duration::from_millis(self.now),
+        ));
         let life = node.life;
         self.schedule(0, Ev::Pulse { node: i, life });
     }
@@ -162,7 +206,9 @@ impl Sim {
     /// Feed one input to node `i` and carry out its actions.
     fn input(&mut self, i: usize, f: impl FnOnce(&mut MirrorModule, Instant)) {
         let now = self.instant();
-        let Some(module) = self.nodes[i].module.as_mut() else { return };
+        let Some(module) = self.nodes[i].module.as_mut() else {
+            return;
+        };
         let before = module.state();
         f(module, now);
         let after = module.state();
@@ -182,8 +228,21 @@ impl Sim {
                         self.nodes[i].app_running = true;
                     }
                     let missing = self.rng.gen_bool(0.1);
-                    let took = if missing { 0 } else { self.rng.gen_range(0..=SCRIPT_MAX_MS) };
-                    self.schedule(took, Ev::ScriptDone { node: i, life, id: run.id, script: run.script, force: run.force });
+                    let took = if missing {
+                        0
+                    } else {
+                        self.rng.gen_range(0..=SCRIPT_MAX_MS)
+                    };
+                    self.schedule(
+                        took,
+                        Ev::ScriptDone {
+                            node: i,
+                            life,
+                            id: run.id,
+                            script: run.script,
+                            force: run.force,
+                        },
+                    );
                 }
                 Action::Persist(p) => self.nodes[i].persistent = p,
                 Action::SendHeartbeat => self.send(i, status.clone()),
@@ -208,7 +267,15 @@ impl Sim {
             }
             let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
             let stamp = (self.nodes[from].life, self.seq);
-            self.schedule(delay, Ev::Deliver { to: 1 - from, network, stamp, status: status.clone() });
+            self.schedule(
+                delay,
+                Ev::Deliver {
+                    to: 1 - from,
+                    network,
+                    stamp,
+                    status: status.clone(),
+                },
+            );
         }
     }
 
@@ -219,12 +286,28 @@ impl Sim {
         let ev = match self.rng.gen_range(0..9) {
             0 => Ev::Crash(node),
             1 => Ev::Restart(node),
-            2 | 3 => Ev::SetLink { network, from: node, up: false },
-            4 => Ev::SetLink { network, from: node, up: true },
-            5 => Ev::SetLoss { network, percent: self.rng.gen_range(0..80) },
+            2 | 3 => Ev::SetLink {
+                network,
+                from: node,
+                up: false,
+            },
+            4 => Ev::SetLink {
+                network,
+                from: node,
+                up: true,
+            },
+            5 => Ev::SetLoss {
+                network,
+                percent: self.rng.gen_range(0..80),
+            },
             _ => {
-                let command = [Command::Start, Command::Stop, Command::Swap, Command::Restart, Command::Second]
-                    [self.rng.gen_range(0..5)];
+                let command = [
+                    Command::Start,
+                    Command::Stop,
+                    Command::Swap,
+                    Command::Restart,
+                    Command::Second,
+                ][self.rng.gen_range(0..5)];
                 // `second` on both nodes legitimately waits for an administrator.
                 self.passive_start |= command == Command::Second;
                 Ev::Admin { node, command }
@@ -239,7 +322,9 @@ impl Sim {
             if at > end {
                 break;
             }
-            budget = budget.checked_sub(1).unwrap_or_else(|| self.fail("event budget exhausted"));
+            budget = budget
+                .checked_sub(1)
+                .unwrap_or_else(|| self.fail("event budget exhausted"));
             self.queue.pop();
             let was_connected = self.connected();
             self.now = at;
@@ -263,13 +348,28 @@ impl Sim {
                 }
                 self.input(node, |m, now| m.tick(now));
             }
-            Ev::Tick { node, life } if life == self.nodes[node].life => self.input(node, |m, now| m.tick(now)),
-            Ev::Deliver { to, network, stamp, status } => self.input(to, |m, now| m.heartbeat(now, network, stamp, status)),
-            Ev::ScriptDone { node, life, id, script, force } if life == self.nodes[node].life => {
+            Ev::Tick { node, life } if life == self.nodes[node].life => {
+                self.input(node, |m, now| m.tick(now))
+            }
+            Ev::Deliver {
+                to,
+                network,
+                stamp,
+                status,
+            } => self.input(to, |m, now| m.heartbeat(now, network, stamp, status)),
+            Ev::ScriptDone {
+                node,
+                life,
+                id,
+                script,
+                force,
+            } if life == self.nodes[node].life => {
                 if script == Script::StopPrim && force {
                     self.nodes[node].app_running = false;
                 }
-                self.input(node, |m, now| m.script_finished(now, id, ScriptOutcome::Success));
+                self.input(node, |m, now| {
+                    m.script_finished(now, id, ScriptOutcome::Success)
+                });
             }
             Ev::Crash(node) => {
                 let n = &mut self.nodes[node];
@@ -282,7 +382,9 @@ impl Sim {
                 if self.nodes[node].module.is_none() {
                     self.boot(node);
                     if self.nodes[node].persistent.running {
-                        self.input(node, |m, now| m.command(now, Command::Start).expect("boot start"));
+                        self.input(node, |m, now| {
+                            m.command(now, Command::Start).expect("boot start")
+                        });
                     }
                 }
             }
@@ -291,7 +393,11 @@ impl Sim {
                 m.tick(now);
                 let before = m.status();
                 if m.command(now, command).is_err() {
-                    assert_eq!(m.status(), before, "a refused {command:?} changed the module");
+                    assert_eq!(
+                        m.status(),
+                        before,
+                        "a refused {command:?} changed the module"
+                    );
                 }
             }),
             Ev::SetLink { network, from, up } => self.link_up[network][from] = up,
@@ -323,20 +429,33 @@ impl Sim {
         for i in 0..2 {
             self.input(i, |m, now| {
                 if m.state() == State::Stop {
-                    m.command(now, Command::Start).expect("start a stopped module");
+                    m.command(now, Command::Start)
+                        .expect("start a stopped module");
                 }
             });
         }
         let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
         self.run_until(end);
-        let waiting = |s: &Self, i: usize| s.nodes[i].module.as_ref().is_some_and(|m| m.state() == State::Wait);
+        let waiting = |s: &Self, i: usize| {
+            s.nodes[i]
+                .module
+                .as_ref()
+                .is_some_and(|m| m.state() == State::Wait)
+        };
         if self.passive_start && waiting(self, 0) && waiting(self, 1) {
             // What the administrator does then: force one node primary.
-            self.input(0, |m, now| m.command(now, Command::Prim).expect("prim on a waiting pair"));
+            self.input(0, |m, now| {
+                m.command(now, Command::Prim)
+                    .expect("prim on a waiting pair")
+            });
             let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
             self.run_until(end);
         }
-        let states: Vec<State> = self.nodes.iter().map(|n| n.module.as_ref().unwrap().state()).collect();
+        let states: Vec<State> = self
+            .nodes
+            .iter()
+            .map(|n| n.module.as_ref().unwrap().state())
+            .collect();
         let running = self.nodes.iter().filter(|n| n.app_running).count();
         let mut sorted = states.clone();
         sorted.sort_by_key(|s| s.as_str());
@@ -369,7 +488,8 @@ fn random_fault_schedules_keep_the_invariants() {
         return;
     }
     let schedules = env("HOLDFAST_SIM_SCHEDULES").unwrap_or(2000);
-    let base = env("HOLDFAST_SIM_BASE").unwrap_or_else(|| rand::thread_rng().gen_range(0..u64::MAX / 2));
+    let base =
+        env("HOLDFAST_SIM_BASE").unwrap_or_else(|| rand::thread_rng().gen_range(0..u64::MAX / 2));
     eprintln!("simulating {schedules} schedules from seed {base} (HOLDFAST_SIM_BASE={base})");
     for i in 0..schedules {
         run_schedule(base + i);
@@ -381,12 +501,18 @@ fn first_start_gives_one_prim_and_one_second() {
     for seed in 0..200 {
         let mut sim = Sim::new(seed);
         sim.run_until(6 * TIMEOUT_MS);
-        let states: Vec<State> = sim.nodes.iter().map(|n| n.module.as_ref().unwrap().state()).collect();
+        let states: Vec<State> = sim
+            .nodes
+            .iter()
+            .map(|n| n.module.as_ref().unwrap().state())
+            .collect();
         assert!(
             states.contains(&State::Prim) && states.contains(&State::Second),
             "seed {seed}: {states:?}"
         );
-        if let (DefaultPrimary::Node(n), true) = (&sim.settings.default_primary, sim.settings.swap_back) {
+        if let (DefaultPrimary::Node(n), true) =
+            (&sim.settings.default_primary, sim.settings.swap_back)
+        {
             let prim = states.iter().position(|s| *s == State::Prim).unwrap();
             assert_eq!(NODES[prim], n, "seed {seed}: the preferred node is primary");
         }
