@@ -28,8 +28,8 @@ pub fn print(list: &[ModuleSummary]) {
         return;
     }
     println!(
-        "{:<12} {:<10} {:<6} {:<18} {}",
-        "MODULE", "NODE", "STATE", "PEER", "REASON"
+        "{:<12} {:<10} {:<6} {:<18} REASON",
+        "MODULE", "NODE", "STATE", "PEER"
     );
     for m in list {
         let v = &m.view;

@@ -378,14 +378,12 @@ impl Sim {
                     n.app_running = false;
                 }
             }
-            Ev::Restart(node) => {
-                if self.nodes[node].module.is_none() {
-                    self.boot(node);
-                    if self.nodes[node].persistent.running {
-                        self.input(node, |m, now| {
-                            m.command(now, Command::Start).expect("boot start")
-                        });
-                    }
+            Ev::Restart(node) if self.nodes[node].module.is_none() => {
+                self.boot(node);
+                if self.nodes[node].persistent.running {
+                    self.input(node, |m, now| {
+                        m.command(now, Command::Start).expect("boot start")
+                    });
                 }
             }
             Ev::Admin { node, command } => self.input(node, |m, now| {
