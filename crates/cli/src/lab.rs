@@ -250,6 +250,10 @@ fn measure(
         } else {
             ("node2", "node1")
         };
+        // The pair settles right after a status change, which sends a
+        // heartbeat at once: crash at a random phase of the pulse instead,
+        // as a real crash would.
+        std::thread::sleep(pulse + pulse.mul_f64(rand::random::<f64>()));
         let before = cluster.events(survivor).len();
         let crash = unix_ns();
         cluster.kill(prim)?;

@@ -19,8 +19,7 @@ use roxmltree::{Document, Node, ParsingOptions};
 use crate::error::{line_column, ConfigError, ValidationError};
 use crate::model::{
     Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, ScriptsConfig,
-    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_TIMEOUT,
 };
 use crate::validate::format_duration;
 
@@ -83,14 +82,7 @@ pub fn import_userconfig(
             networks: Vec::new(),
         },
         nodes: Vec::new(),
-        scripts: ScriptsConfig {
-            directory: None,
-            start_timeout: DEFAULT_SCRIPT_TIMEOUT,
-            stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
-            force_stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
-            logging: true,
-            env: BTreeMap::new(),
-        },
+        scripts: ScriptsConfig::default(),
     };
 
     let safe = user.doc.root_element();

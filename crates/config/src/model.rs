@@ -90,6 +90,20 @@ pub struct ScriptsConfig {
     pub env: BTreeMap<String, String>,
 }
 
+impl Default for ScriptsConfig {
+    /// SafeKit's defaults: 300 s for every phase, output logged.
+    fn default() -> Self {
+        Self {
+            directory: None,
+            start_timeout: DEFAULT_SCRIPT_TIMEOUT,
+            stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
+            force_stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
+            logging: true,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
 pub const DEFAULT_PULSE: Duration = Duration::from_millis(700);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PORT: u16 = 4800;

@@ -276,14 +276,7 @@ impl<'a> Reader<'a> {
         let nodes = self.req(&root, "node", Self::nodes)?;
         let scripts = match self.opt(&root, "scripts", Self::table)? {
             Some(section) => self.scripts(&section)?,
-            None => ScriptsConfig {
-                directory: None,
-                start_timeout: DEFAULT_SCRIPT_TIMEOUT,
-                stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
-                force_stop_timeout: DEFAULT_SCRIPT_TIMEOUT,
-                logging: true,
-                env: BTreeMap::new(),
-            },
+            None => ScriptsConfig::default(),
         };
 
         Ok(ModuleConfig {

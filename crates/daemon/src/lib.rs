@@ -53,6 +53,21 @@ pub enum DaemonError {
     },
 }
 
+impl DaemonError {
+    pub fn not_a_member(config: &holdfast_config::ModuleConfig, node: &str) -> Self {
+        DaemonError::NotAMember {
+            module: config.name.clone(),
+            node: node.to_string(),
+            nodes: config
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
+    }
+}
+
 /// How the daemon was started.
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {

@@ -117,17 +117,7 @@ impl Registry {
             return Err(RegistryError::UnknownScript(bad.clone(), known.join(", ")));
         }
         if config.node(&self.ctx.node).is_none() {
-            return Err(DaemonError::NotAMember {
-                module: config.name.clone(),
-                node: self.ctx.node.clone(),
-                nodes: config
-                    .nodes
-                    .iter()
-                    .map(|n| n.name.clone())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }
-            .into());
+            return Err(DaemonError::not_a_member(&config, &self.ctx.node).into());
         }
         let mut modules = self.modules.lock().await;
         if let Some(other) = modules.values().find(|m| {

@@ -61,17 +61,8 @@ pub async fn spawn(
     config: ModuleConfig,
     at_boot: bool,
 ) -> Result<ModuleHandle, DaemonError> {
-    let settings =
-        MirrorSettings::from_config(&config, &ctx.node).ok_or_else(|| DaemonError::NotAMember {
-            module: config.name.clone(),
-            node: ctx.node.clone(),
-            nodes: config
-                .nodes
-                .iter()
-                .map(|n| n.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+    let settings = MirrorSettings::from_config(&config, &ctx.node)
+        .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
     let paths = ctx.paths.module(&config.name);
     for dir in [paths.bin(), paths.var()] {
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;

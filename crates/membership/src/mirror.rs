@@ -1020,6 +1020,15 @@ impl MirrorModule {
         if self.handover == Handover::Swap {
             match &peer {
                 Some(p) if p.state.is_primary() => self.handover = Handover::None,
+                // The swap target waits instead of taking over (failover off,
+                // or it restarted): it yields, so take the role back.
+                Some(p) if p.state == State::Wait && p.yields => {
+                    self.handover = Handover::None;
+                    self.become_primary(format!(
+                        "{name} did not take the primary role over: taking it back"
+                    ));
+                    return true;
+                }
                 // Both handed over (a swap back crossed ours): the elected one takes it.
                 Some(p) if p.handover == Handover::Swap && self.election(p) == Winner::Local => {
                     self.handover = Handover::None

@@ -101,8 +101,8 @@ struct Sim {
     last_disconnected: u64,
     settings: MirrorSettings,
     seed: u64,
-    /// A `second` command was issued: both nodes may end up waiting for an
-    /// administrator's `prim`, so liveness is only checked for safety.
+    /// Failover is off, or a `second` command was issued: both nodes may end
+    /// up waiting for an administrator's `prim`, which the settle phase gives.
     passive_start: bool,
     /// HOLDFAST_SIM_TRACE=1 prints every log line of the nodes.
     trace: bool,
@@ -116,10 +116,11 @@ impl Sim {
             1 => DefaultPrimary::LastPrim,
             _ => DefaultPrimary::Node(NODES[rng.gen_range(0..2)].into()),
         };
+        let failover = rng.gen_bool(0.8);
         let settings = MirrorSettings {
             local: String::new(),
             peer: String::new(),
-            failover: true,
+            failover,
             default_primary,
             swap_back: rng.gen_bool(0.5),
             timeout: Duration::from_millis(TIMEOUT_MS),
@@ -138,7 +139,7 @@ impl Sim {
             last_disconnected: 0,
             settings,
             seed,
-            passive_start: false,
+            passive_start: !failover,
             trace: std::env::var_os("HOLDFAST_SIM_TRACE").is_some(),
         };
         for i in 0..2 {

@@ -1,0 +1,219 @@
+//! Named scenarios of the mirror state machine, one behaviour each, on a
+//! lossless instant network (the random faults are in `simulation.rs`).
+
+use std::time::{Duration, Instant};
+
+use holdfast_config::DefaultPrimary;
+use holdfast_membership::mirror::{
+    Action, Command, CommandError, MirrorModule, MirrorSettings, Persistent, Script, ScriptOutcome,
+    State,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(1);
+const STEP: Duration = Duration::from_millis(10);
+
+struct Pair {
+    nodes: [Option<MirrorModule>; 2],
+    persistent: [Persistent; 2],
+    settings: MirrorSettings,
+    now: Instant,
+    linked: bool,
+    seq: u64,
+    /// start_prim runs per node.
+    start_prims: [usize; 2],
+}
+
+impl Pair {
+    fn new(failover: bool, default_primary: DefaultPrimary) -> Self {
+        let settings = MirrorSettings {
+            local: String::new(),
+            peer: String::new(),
+            failover,
+            default_primary,
+            swap_back: true,
+            timeout: TIMEOUT,
+            networks: 1,
+        };
+        let mut pair = Self {
+            nodes: [None, None],
+            persistent: Default::default(),
+            settings,
+            now: Instant::now(),
+            linked: true,
+            seq: 0,
+            start_prims: [0, 0],
+        };
+        pair.boot(0);
+        pair.boot(1);
+        pair
+    }
+
+    fn boot(&mut self, i: usize) {
+        let mut settings = self.settings.clone();
+        settings.local = format!("node{}", i + 1);
+        settings.peer = format!("node{}", 2 - i);
+        self.nodes[i] = Some(MirrorModule::new(
+            settings,
+            self.persistent[i].clone(),
+            self.now,
+        ));
+    }
+
+    fn node(&mut self, i: usize) -> &mut MirrorModule {
+        self.nodes[i].as_mut().expect("node is up")
+    }
+
+    fn command(&mut self, i: usize, command: Command) -> Result<(), CommandError> {
+        let now = self.now;
+        let result = self.node(i).command(now, command);
+        self.settle_actions();
+        result
+    }
+
+    fn state(&self, i: usize) -> State {
+        self.nodes[i].as_ref().expect("node is up").state()
+    }
+
+    /// Scripts finish at once; persisted state is kept for crashes.
+    fn settle_actions(&mut self) {
+        for _ in 0..100 {
+            let mut progressed = false;
+            for i in 0..2 {
+                let Some(node) = self.nodes[i].as_mut() else {
+                    continue;
+                };
+                for action in node.take_actions() {
+                    match action {
+                        Action::RunScript(run) => {
+                            if run.script == Script::StartPrim {
+                                self.start_prims[i] += 1;
+                            }
+                            let now = self.now;
+                            self.nodes[i].as_mut().unwrap().script_finished(
+                                now,
+                                run.id,
+                                ScriptOutcome::Success,
+                            );
+                            progressed = true;
+                        }
+                        Action::Persist(p) => self.persistent[i] = p,
+                        _ => {}
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Advances time, exchanging heartbeats every step while linked.
+    fn run(&mut self, duration: Duration) {
+        let steps = duration.as_millis() / STEP.as_millis();
+        for _ in 0..steps {
+            self.now += STEP;
+            self.seq += 1;
+            let statuses: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|n| n.as_ref().map(|m| m.status()))
+                .collect();
+            for i in 0..2 {
+                let now = self.now;
+                let seq = self.seq;
+                let Some(node) = self.nodes[i].as_mut() else {
+                    continue;
+                };
+                match (&statuses[1 - i], self.linked) {
+                    (Some(status), true) => node.heartbeat(now, 0, (0, seq), status.clone()),
+                    _ => node.tick(now),
+                }
+            }
+            self.settle_actions();
+        }
+    }
+}
+
+#[test]
+fn first_start_elects_the_preferred_primary() {
+    let mut pair = Pair::new(true, DefaultPrimary::Node("node2".into()));
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Second, State::Prim));
+    assert_eq!(pair.start_prims, [0, 1]);
+}
+
+#[test]
+fn failover_off_waits_until_prim_is_forced() {
+    let mut pair = Pair::new(false, DefaultPrimary::Alone);
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+    pair.nodes[0] = None; // crash of the primary
+    pair.run(TIMEOUT * 2);
+    assert_eq!(pair.state(1), State::Wait, "failover off: no takeover");
+    assert!(pair.node(1).view().reason.contains("failover is off"));
+    assert_eq!(pair.start_prims[1], 0);
+    pair.command(1, Command::Prim).unwrap();
+    assert_eq!(pair.state(1), State::Alone);
+    assert_eq!(pair.start_prims[1], 1);
+}
+
+#[test]
+fn a_node_that_returns_after_failover_swaps_back_when_preferred() {
+    let mut pair = Pair::new(true, DefaultPrimary::Node("node1".into()));
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT * 2);
+    assert_eq!(pair.state(1), State::Alone, "alone after the timeout");
+    pair.command(0, Command::Start).unwrap();
+    pair.run(TIMEOUT);
+    assert_eq!(
+        (pair.state(0), pair.state(1)),
+        (State::Prim, State::Second),
+        "swapped back to node1"
+    );
+    assert_eq!(pair.start_prims, [1, 1]);
+}
+
+#[test]
+fn refused_commands_say_why_and_change_nothing() {
+    let mut pair = Pair::new(true, DefaultPrimary::Alone);
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    let before = pair.node(1).status();
+    assert_eq!(
+        pair.command(1, Command::Start),
+        Err(CommandError::AlreadyStarted(State::Second))
+    );
+    assert_eq!(
+        pair.command(1, Command::Prim),
+        Err(CommandError::PeerIsPrimary {
+            peer: "node1".into(),
+            state: State::Prim
+        })
+    );
+    assert_eq!(pair.node(1).status(), before);
+    pair.linked = false;
+    pair.run(TIMEOUT * 2);
+    let err = pair.command(0, Command::Swap).unwrap_err();
+    assert!(
+        err.to_string().contains("swap needs a PRIM and a SECOND"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stopped_peer_lets_a_starting_node_start_without_waiting_for_the_timeout() {
+    let mut pair = Pair::new(true, DefaultPrimary::Node("node2".into()));
+    pair.command(0, Command::Start).unwrap();
+    pair.run(TIMEOUT / 4);
+    assert_eq!(
+        pair.state(0),
+        State::Alone,
+        "peer STOP: no need to wait the timeout"
+    );
+    assert_eq!(pair.state(1), State::Stop);
+}
