@@ -71,6 +71,14 @@ fn start_failover_and_rejoin() {
         "start_prim never ran on the SECOND"
     );
     assert!(cluster.app_pid(second).is_none());
+    // SafeKit's `state -lq`: the state word and its exit code.
+    for (host, word, code) in [(prim, "PRIM", 3), (second, "SECOND", 4)] {
+        let out = cluster.cli(host, &["state", "-m", "demo", "-lq"]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), word);
+        assert_eq!(out.status.code(), Some(code));
+    }
+    // start_prim wrote to the module log with `"$SAFE/safekit" printi`.
+    assert!(module_log(&cluster, prim).contains("sample application started"));
 
     // The primary's host crashes: daemon and application killed.
     cluster.kill(prim).unwrap();
@@ -289,4 +297,33 @@ fn bad_input_is_refused_and_changes_nothing() {
         (before.state.as_str(), before.app_active)
     );
     assert_eq!(State::Prim.as_str(), after.state);
+}
+
+#[test]
+fn orderly_daemon_shutdown_hands_over_and_restart_rejoins() {
+    let mut cluster = lab(MirrorOptions {
+        timeout: Duration::from_secs(20),
+        ..MirrorOptions::default()
+    });
+    start_both(&cluster);
+    let (prim, second) = pair(&cluster);
+    let started = std::time::Instant::now();
+    cluster.terminate(prim).unwrap();
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            is(if prim == "node1" { b } else { a }, "ALONE")
+        })
+        .expect("the secondary takes over");
+    assert!(
+        started.elapsed() < cluster.options.timeout,
+        "a stopping primary hands over at once, without waiting for the heartbeat timeout"
+    );
+    assert!(cluster.wait_app(second, SETTLE));
+    assert!(
+        cluster.app_pid(prim).is_none(),
+        "SIGTERM stopped the application with the module"
+    );
+    // boot = "auto": the module was running, so it starts again with the daemon.
+    cluster.start_daemon(prim).unwrap();
+    assert_eq!(pair(&cluster), (second, prim));
 }

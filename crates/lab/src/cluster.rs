@@ -166,6 +166,31 @@ impl MirrorLab {
         Ok(())
     }
 
+    /// SIGTERM to `host`'s daemon (an orderly shutdown, as systemd does),
+    /// then waits (bounded by the stop scripts' limits) for it to exit.
+    pub fn terminate(&mut self, host: &str) -> Result<()> {
+        let Some(child) = self
+            .daemons
+            .iter_mut()
+            .find_map(|(h, c)| (h == host && matches!(c.try_wait(), Ok(None))).then_some(c))
+        else {
+            return Err(LabError::Cluster(format!("no running daemon on {host}")));
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
+            .map_err(|e| LabError::Cluster(format!("SIGTERM to the daemon on {host}: {e}")))?;
+        let exited = wait_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            return Err(LabError::Cluster(format!(
+                "the daemon on {host} did not exit within 30 s of SIGTERM"
+            )));
+        }
+        self.reap(host);
+        Ok(())
+    }
+
     /// Collects exited daemons of `host` so no zombie is left.
     fn reap(&mut self, host: &str) {
         self.daemons

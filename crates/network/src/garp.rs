@@ -1,0 +1,197 @@
+//! Gratuitous ARP: after a virtual IP moves to this node, tell the segment
+//! so neighbours replace the old owner's MAC in their ARP cache at once
+//! instead of after their entry goes stale (tens of seconds on Linux).
+//!
+//! Each round sends two broadcast frames, because equipment differs in which
+//! it honours: an ARP request (RFC 5227 announcement: sender and target IP
+//! both the VIP) and an ARP reply (target hardware address = sender's, which
+//! Linux requires to treat a reply as gratuitous). Linux neighbours update an
+//! existing entry from either, overriding its lock time.
+//!
+//! Frames go out of an `AF_PACKET` raw socket opened in the calling thread's
+//! network namespace; the Ethernet source is always the interface's own MAC,
+//! so a learning switch never learns a farm's virtual MAC (which must stay
+//! unknown to it for frames to it to be flooded to every node).
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::error::{NetworkError, Result};
+use crate::netlink::Route;
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IP: u16 = 0x0800;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+const BROADCAST: Mac = [0xff; 6];
+/// Ethernet minimum frame length without the FCS: shorter ARP frames are
+/// padded, as a NIC would, so no receiver discards them as runts.
+const MIN_FRAME: usize = 60;
+
+/// How to announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcement {
+    /// Rounds (each one request and one reply); at least one is sent.
+    pub rounds: u32,
+    /// Pause between rounds, so a frame lost to a busy switch or a
+    /// neighbour's lock time is followed by another one later.
+    pub interval: Duration,
+    /// Hardware address announced for the VIP: `None` for the interface's
+    /// own (mirror module), a farm's virtual MAC otherwise.
+    pub hardware_address: Option<Mac>,
+}
+
+impl Default for Announcement {
+    fn default() -> Self {
+        Announcement {
+            rounds: 3,
+            interval: Duration::from_millis(100),
+            hardware_address: None,
+        }
+    }
+}
+
+/// Announces that `addr` is now at `interface` (or at
+/// `how.hardware_address`): `how.rounds` rounds of gratuitous ARP, the first
+/// immediately. Returns once every frame has been handed to the kernel.
+pub fn announce(interface: &str, addr: Ipv4Addr, how: &Announcement) -> Result<()> {
+    let link = Route::open(&format!("announcing {addr} on {interface}"))?.link_by_name(interface)?;
+    let mac = link.ethernet_mac.ok_or_else(|| NetworkError::NotEthernet {
+        interface: interface.to_string(),
+        addr,
+    })?;
+    let packet_error = |operation, source| NetworkError::Packet {
+        interface: interface.to_string(),
+        addr,
+        operation,
+        source,
+    };
+    let socket = packet_socket().map_err(|e| packet_error("opening a packet socket", e))?;
+    let sender = how.hardware_address.unwrap_or(mac);
+    let frames = [
+        arp_frame(mac, sender, addr, ARP_REQUEST),
+        arp_frame(mac, sender, addr, ARP_REPLY),
+    ];
+    for round in 0..how.rounds.max(1) {
+        if round > 0 {
+            // Pacing between announcements, not a wait for anything.
+            std::thread::sleep(how.interval);
+        }
+        for frame in &frames {
+            send(&socket, link.index, frame).map_err(|e| packet_error("sending", e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A broadcast gratuitous ARP frame from `source` (Ethernet) announcing
+/// `addr` at `sender` (ARP sender hardware address).
+pub(crate) fn arp_frame(source: Mac, sender: Mac, addr: Ipv4Addr, operation: u16) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(MIN_FRAME);
+    frame.extend_from_slice(&BROADCAST);
+    frame.extend_from_slice(&source);
+    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame.extend_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.push(6); // hardware address length
+    frame.push(4); // protocol address length
+    frame.extend_from_slice(&operation.to_be_bytes());
+    frame.extend_from_slice(&sender);
+    frame.extend_from_slice(&addr.octets());
+    // A request asks about nobody's MAC (zeros); a reply must name the
+    // sender's again for Linux to take it as gratuitous.
+    let target = if operation == ARP_REPLY { sender } else { [0; 6] };
+    frame.extend_from_slice(&target);
+    frame.extend_from_slice(&addr.octets());
+    frame.resize(MIN_FRAME, 0);
+    frame
+}
+
+/// A raw packet socket that receives nothing (protocol 0): it only sends.
+fn packet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments has no memory effects; the
+    // result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2), is open, and nothing else
+    // owns it; OwnedFd closes it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn send(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+    let mut sll_addr = [0u8; 8];
+    sll_addr[..6].copy_from_slice(&BROADCAST);
+    let address = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as libc::c_ushort,
+        sll_protocol: ETH_P_ARP.to_be(),
+        sll_ifindex: ifindex as libc::c_int,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 6,
+        sll_addr,
+    };
+    // SAFETY: the descriptor is open for the duration of the borrow; the
+    // buffer and the address point to live memory of the lengths passed.
+    let sent = unsafe {
+        libc::sendto(
+            socket.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else if sent as usize != frame.len() {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("sent {sent} of {} bytes", frame.len()),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OWN: Mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    const VMAC: Mac = [0x02, 0x48, 0x46, 0x00, 0x00, 0x01];
+    const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
+
+    #[test]
+    fn request_announces_the_vip_at_the_interface_mac() {
+        let frame = arp_frame(OWN, OWN, VIP, ARP_REQUEST);
+        assert_eq!(frame.len(), MIN_FRAME);
+        assert_eq!(&frame[0..6], &BROADCAST);
+        assert_eq!(&frame[6..12], &OWN);
+        assert_eq!(&frame[12..14], &[0x08, 0x06]);
+        assert_eq!(&frame[14..22], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        assert_eq!(&frame[22..28], &OWN);
+        assert_eq!(&frame[28..32], &[198, 18, 0, 50]);
+        assert_eq!(&frame[32..38], &[0; 6]);
+        assert_eq!(&frame[38..42], &[198, 18, 0, 50]);
+        assert!(frame[42..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn reply_repeats_the_sender_as_target_and_keeps_the_real_source() {
+        let frame = arp_frame(OWN, VMAC, VIP, ARP_REPLY);
+        // Ethernet source stays the real MAC, so no switch learns the VMAC.
+        assert_eq!(&frame[6..12], &OWN);
+        assert_eq!(&frame[20..22], &[0, 2]);
+        assert_eq!(&frame[22..28], &VMAC);
+        assert_eq!(&frame[32..38], &VMAC);
+        assert_eq!(&frame[38..42], &[198, 18, 0, 50]);
+    }
+}
