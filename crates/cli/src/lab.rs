@@ -40,6 +40,37 @@ pub enum LabCmd {
         lab: Option<String>,
         host: String,
     },
+    /// Cut a host's link on a heartbeat network (0-based), or bring it back.
+    Link {
+        #[arg(long)]
+        lab: Option<String>,
+        host: String,
+        #[arg(value_parser = ["up", "down"])]
+        state: String,
+        #[arg(long, default_value_t = 0)]
+        network: usize,
+    },
+    /// Drop all traffic between two hosts (nftables in the lab's switch).
+    Partition {
+        #[arg(long)]
+        lab: Option<String>,
+        a: String,
+        b: String,
+    },
+    /// Undo `partition`.
+    Heal {
+        #[arg(long)]
+        lab: Option<String>,
+        a: String,
+        b: String,
+    },
+    /// Drop this percentage of a host's packets at random (0 clears).
+    Loss {
+        #[arg(long)]
+        lab: Option<String>,
+        host: String,
+        percent: u8,
+    },
     /// Start the daemon again on a host after `kill`.
     StartDaemon {
         #[arg(long)]
@@ -96,6 +127,37 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::Kill { lab, host } => {
             find(lab)?.kill_host(&host)?;
             println!("{host}: every process killed (daemon and application)");
+        }
+        LabCmd::Link {
+            lab,
+            host,
+            state,
+            network,
+        } => {
+            let handle = find(lab)?;
+            if state == "down" {
+                handle.link_down(&host, network)?;
+            } else {
+                handle.link_up(&host, network)?;
+            }
+            println!("{host}: link on network {network} {state}");
+        }
+        LabCmd::Partition { lab, a, b } => {
+            find(lab)?.partition(&a, &b)?;
+            println!("{a} and {b} partitioned");
+        }
+        LabCmd::Heal { lab, a, b } => {
+            find(lab)?.heal(&a, &b)?;
+            println!("{a} and {b} reconnected");
+        }
+        LabCmd::Loss { lab, host, percent } => {
+            let handle = find(lab)?;
+            if percent == 0 {
+                handle.clear_loss(&host)?;
+            } else {
+                handle.set_loss(&host, percent)?;
+            }
+            println!("{host}: {percent}% packet loss");
         }
         LabCmd::StartDaemon { lab, host } => {
             let handle = find(lab)?;
@@ -182,6 +244,8 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
          \x20 holdfast lab state                          # state of both nodes\n\
          \x20 holdfast lab kill node1                     # crash node1: node2 takes over in ~3 s\n\
          \x20 holdfast lab start-daemon node1             # node1 comes back as SECOND\n\
+         \x20 holdfast lab partition node1 node2          # split brain without a witness; `heal` ends it\n\
+         \x20 holdfast lab exec node1 -- tail -3 /srv/demo/app.log\n\
          \x20 holdfast lab exec node1 -- holdfast swap -m demo\n\
          \x20 holdfast lab exec node2 -- holdfast log -m demo\n\n\
          Ctrl-C here removes the lab.\n"
@@ -199,7 +263,15 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
                 None => format!("{h}: daemon down"),
             })
             .collect();
-        println!("{}", line.join("   "));
+        let running: Vec<&str> = ["node1", "node2"]
+            .into_iter()
+            .filter(|h| cluster.app_pid(h).is_some())
+            .collect();
+        println!(
+            "{}   application on: {}",
+            line.join("   "),
+            running.join(", ")
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     println!("removing lab {id}...");

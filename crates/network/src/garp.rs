@@ -60,7 +60,8 @@ impl Default for Announcement {
 /// `how.hardware_address`): `how.rounds` rounds of gratuitous ARP, the first
 /// immediately. Returns once every frame has been handed to the kernel.
 pub fn announce(interface: &str, addr: Ipv4Addr, how: &Announcement) -> Result<()> {
-    let link = Route::open(&format!("announcing {addr} on {interface}"))?.link_by_name(interface)?;
+    let link =
+        Route::open(&format!("announcing {addr} on {interface}"))?.link_by_name(interface)?;
     let mac = link.ethernet_mac.ok_or_else(|| NetworkError::NotEthernet {
         interface: interface.to_string(),
         addr,
@@ -105,7 +106,11 @@ pub(crate) fn arp_frame(source: Mac, sender: Mac, addr: Ipv4Addr, operation: u16
     frame.extend_from_slice(&addr.octets());
     // A request asks about nobody's MAC (zeros); a reply must name the
     // sender's again for Linux to take it as gratuitous.
-    let target = if operation == ARP_REPLY { sender } else { [0; 6] };
+    let target = if operation == ARP_REPLY {
+        sender
+    } else {
+        [0; 6]
+    };
     frame.extend_from_slice(&target);
     frame.extend_from_slice(&addr.octets());
     frame.resize(MIN_FRAME, 0);

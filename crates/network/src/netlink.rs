@@ -56,7 +56,9 @@ pub(crate) fn check_interface_name(name: &str) -> Result<()> {
         && name.len() <= MAX_IFNAME
         && name != "."
         && name != ".."
-        && !name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if valid {
         Ok(())
     } else {
@@ -93,10 +95,25 @@ impl Route {
         })
     }
 
-    /// Sends `message` with `flags` (plus `NLM_F_REQUEST`, and `NLM_F_ACK`
-    /// unless it is a dump) and collects the answers up to the
-    /// acknowledgement or the end of the dump.
+    /// Sends a request (`flags`: e.g. `NLM_F_CREATE`) asking for an
+    /// acknowledgement, and collects the answers up to it.
     pub fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        operation: &str,
+    ) -> Result<Answer> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_ACK | flags, operation)
+    }
+
+    /// Sends a dump request and collects the answers up to the end of the
+    /// dump. Kept apart from [`request`](Self::request) because the flag
+    /// bits overlap (`NLM_F_DUMP` shares a bit with `NLM_F_EXCL`).
+    pub fn dump(&mut self, message: RouteNetlinkMessage, operation: &str) -> Result<Answer> {
+        self.exchange(message, NLM_F_REQUEST | NLM_F_DUMP, operation)
+    }
+
+    fn exchange(
         &mut self,
         message: RouteNetlinkMessage,
         flags: u16,
@@ -108,7 +125,13 @@ impl Route {
         };
         self.sequence = self.sequence.wrapping_add(1);
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags | if flags & NLM_F_DUMP == 0 { NLM_F_ACK } else { 0 };
+        header.flags = NLM_F_REQUEST
+            | flags
+            | if flags & NLM_F_DUMP == 0 {
+                NLM_F_ACK
+            } else {
+                0
+            };
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(message));
         packet.finalize();
@@ -123,7 +146,10 @@ impl Route {
             buffer.clear();
             // MSG_TRUNC makes recv return the real datagram size, so a
             // truncated answer is detected instead of misparsed.
-            let size = self.socket.recv(&mut buffer, libc::MSG_TRUNC).map_err(fail)?;
+            let size = self
+                .socket
+                .recv(&mut buffer, libc::MSG_TRUNC)
+                .map_err(fail)?;
             if size > buffer.len() {
                 return Err(NetworkError::Decode {
                     operation: operation.to_string(),
@@ -166,7 +192,9 @@ impl Route {
     pub fn link_by_name(&mut self, name: &str) -> Result<Link> {
         check_interface_name(name)?;
         let mut message = LinkMessage::default();
-        message.attributes.push(LinkAttribute::IfName(name.to_string()));
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_string()));
         let operation = format!("looking up interface {name}");
         self.link(message, &operation, name)
     }
@@ -211,7 +239,7 @@ impl Route {
     pub fn ipv4_addresses(&mut self, operation: &str) -> Result<Vec<Ipv4Entry>> {
         let mut message = AddressMessage::default();
         message.header.family = AddressFamily::Inet;
-        let answer = self.request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP, operation)?;
+        let answer = self.dump(RouteNetlinkMessage::GetAddress(message), operation)?;
         let messages = answer.map_err(|source| NetworkError::Netlink {
             operation: operation.to_string(),
             source,

@@ -113,7 +113,9 @@ fn check_prefix(addr: Ipv4Addr, prefix_len: u8) -> Result<()> {
 /// Whether `addr` lies in the subnet `network/prefix_len`. A /0 contains
 /// everything; `checked_shl` covers it (a shift by 32 overflows).
 pub(crate) fn in_subnet(addr: Ipv4Addr, network: Ipv4Addr, prefix_len: u8) -> bool {
-    let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len.min(32))).unwrap_or(0);
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
     u32::from(addr) & mask == u32::from(network) & mask
 }
 
@@ -160,7 +162,15 @@ mod tests {
     fn interface_names() {
         assert!(valid_interface_name("eth0"));
         assert!(valid_interface_name("a23456789012345"));
-        for bad in ["", ".", "..", "a234567890123456", "eth/0", "eth0:1", "eth 0"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a234567890123456",
+            "eth/0",
+            "eth0:1",
+            "eth 0",
+        ] {
             assert!(!valid_interface_name(bad), "{bad:?} accepted");
         }
     }
@@ -168,6 +178,9 @@ mod tests {
     #[test]
     fn prefix_above_32_is_refused_before_any_request() {
         let err = Vip::add("eth0", Ipv4Addr::new(198, 18, 0, 50), 33).unwrap_err();
-        assert!(matches!(err, NetworkError::InvalidPrefix { prefix_len: 33, .. }), "{err}");
+        assert!(
+            matches!(err, NetworkError::InvalidPrefix { prefix_len: 33, .. }),
+            "{err}"
+        );
     }
 }
