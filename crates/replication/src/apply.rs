@@ -1,0 +1,357 @@
+//! The real directory, reached through a file descriptor held open, and the
+//! operations on it shared by the primary (local apply) and the secondary.
+//!
+//! Every path is resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS
+//! | RESOLVE_NO_XDEV)` from the held descriptor: never through the FUSE mount
+//! on top of the same path, never out of the directory, never through a
+//! symbolic link or into another mount.
+
+use std::ffi::{CString, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{
+    self as rfs, AtFlags, FallocateFlags, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Stat,
+    Timespec, Timestamps, Uid, XattrFlags,
+};
+use rustix::io::Errno;
+
+use crate::op::{Change, Op, Time};
+
+/// The replicated directory, opened before anything is mounted on it.
+#[derive(Debug)]
+pub(crate) struct Root {
+    fd: OwnedFd,
+}
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// A directory and a name in it: how `*at()` calls address an object.
+pub(crate) struct Entry {
+    pub dir: OwnedFd,
+    pub name: CString,
+}
+
+impl Root {
+    pub fn new(dir: &Path) -> std::io::Result<Self> {
+        let fd = rfs::open(
+            dir,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Root { fd })
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+
+    /// Opens `rel` beneath the directory (`""` is the directory itself)
+    /// without following a symbolic link, even the last component.
+    pub fn open(&self, rel: &Path, flags: OFlags) -> Result<OwnedFd, Errno> {
+        rfs::openat2(
+            &self.fd,
+            dot_if_empty(rel),
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+    }
+
+    /// Opens the directory `rel`; a symbolic link there is ELOOP (refused
+    /// like any on the way), not a link to open.
+    fn open_dir(&self, rel: &Path) -> Result<OwnedFd, Errno> {
+        rfs::openat2(
+            &self.fd,
+            dot_if_empty(rel),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+    }
+
+    /// The parent directory of `rel` and its last name; for `""`, the
+    /// directory itself and `"."`.
+    pub fn entry(&self, rel: &Path) -> Result<Entry, Errno> {
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let name = match rel.file_name() {
+            Some(name) => name,
+            None => OsStr::new("."),
+        };
+        let dir = self.open_dir(parent)?;
+        let name = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
+        Ok(Entry { dir, name })
+    }
+
+    pub fn stat(&self, rel: &Path) -> Result<Stat, Errno> {
+        let e = self.entry(rel)?;
+        rfs::statat(&e.dir, &e.name, AtFlags::SYMLINK_NOFOLLOW)
+    }
+
+    /// Sets owner then mode: chown clears set-user-ID bits, so the mode
+    /// must come last to stick. Symbolic links have no mode of their own.
+    pub fn set_owner_mode(
+        &self,
+        rel: &Path,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mode: Option<u32>,
+    ) -> Result<(), Errno> {
+        let obj = self.open(rel, OFlags::PATH)?;
+        if uid.is_some() || gid.is_some() {
+            rfs::chownat(
+                &obj,
+                "",
+                uid.map(Uid::from_raw),
+                gid.map(Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )?;
+        }
+        if let Some(mode) = mode {
+            let st = rfs::fstat(&obj)?;
+            if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::Symlink {
+                // An O_PATH descriptor accepts no fchmod; its /proc link does.
+                rfs::chmod(proc_path(&obj), Mode::from_raw_mode(mode & 0o7777))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets access and/or modification time, never following a symbolic link.
+    pub fn set_times(
+        &self,
+        rel: &Path,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+    ) -> Result<(), Errno> {
+        let e = self.entry(rel)?;
+        let times = Timestamps {
+            last_access: timespec(atime),
+            last_modification: timespec(mtime),
+        };
+        rfs::utimensat(&e.dir, &e.name, &times, AtFlags::SYMLINK_NOFOLLOW)
+    }
+
+    pub fn truncate(&self, rel: &Path, size: u64) -> Result<(), Errno> {
+        rfs::ftruncate(self.open(rel, OFlags::WRONLY)?, size)
+    }
+
+    /// Applies a change received from the primary. The order of steps for
+    /// each operation is the one the primary used.
+    pub fn apply(&self, change: &Change) -> Result<(), Errno> {
+        match &change.op {
+            Op::Write { path, offset, data } => {
+                let fd = self.open(path, OFlags::WRONLY)?;
+                write_all_at(&fd, data, *offset)?;
+            }
+            Op::Create {
+                path,
+                mode,
+                uid,
+                gid,
+            } => {
+                let e = self.entry(path)?;
+                rfs::openat(
+                    &e.dir,
+                    &e.name,
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(mode & 0o777),
+                )?;
+                self.set_owner_mode(path, Some(*uid), Some(*gid), Some(*mode))?;
+            }
+            Op::Mknod {
+                path,
+                mode,
+                rdev,
+                uid,
+                gid,
+            } => {
+                let e = self.entry(path)?;
+                rfs::mknodat(
+                    &e.dir,
+                    &e.name,
+                    rfs::FileType::from_raw_mode(*mode),
+                    Mode::from_raw_mode(mode & 0o777),
+                    *rdev,
+                )?;
+                self.set_owner_mode(path, Some(*uid), Some(*gid), Some(*mode))?;
+            }
+            Op::Mkdir {
+                path,
+                mode,
+                uid,
+                gid,
+            } => {
+                let e = self.entry(path)?;
+                rfs::mkdirat(&e.dir, &e.name, Mode::from_raw_mode(mode & 0o777))?;
+                self.set_owner_mode(path, Some(*uid), Some(*gid), Some(*mode))?;
+            }
+            Op::Unlink { path } => {
+                let e = self.entry(path)?;
+                rfs::unlinkat(&e.dir, &e.name, AtFlags::empty())?;
+            }
+            Op::Rmdir { path } => {
+                let e = self.entry(path)?;
+                rfs::unlinkat(&e.dir, &e.name, AtFlags::REMOVEDIR)?;
+            }
+            Op::Rename { from, to, flags } => {
+                let (a, b) = (self.entry(from)?, self.entry(to)?);
+                let flags = RenameFlags::from_bits(*flags).ok_or(Errno::INVAL)?;
+                rfs::renameat_with(&a.dir, &a.name, &b.dir, &b.name, flags)?;
+            }
+            Op::Link { from, to } => {
+                let (a, b) = (self.entry(from)?, self.entry(to)?);
+                rfs::linkat(&a.dir, &a.name, &b.dir, &b.name, AtFlags::empty())?;
+            }
+            Op::Symlink {
+                path,
+                target,
+                uid,
+                gid,
+            } => {
+                let e = self.entry(path)?;
+                rfs::symlinkat(target.as_path(), &e.dir, &e.name)?;
+                self.set_owner_mode(path, Some(*uid), Some(*gid), None)?;
+            }
+            Op::SetAttr {
+                path,
+                mode,
+                uid,
+                gid,
+                size,
+                atime,
+                mtime,
+            } => {
+                if let Some(size) = size {
+                    self.truncate(path, *size)?;
+                }
+                self.set_owner_mode(path, *uid, *gid, *mode)?;
+                if atime.is_some() || mtime.is_some() {
+                    self.set_times(path, *atime, *mtime)?;
+                }
+            }
+            Op::Fallocate {
+                path,
+                offset,
+                length,
+                mode,
+            } => {
+                let fd = self.open(path, OFlags::WRONLY)?;
+                rfs::fallocate(
+                    fd,
+                    FallocateFlags::from_bits_retain(*mode as u32),
+                    *offset,
+                    *length,
+                )?;
+            }
+            Op::SetXattr {
+                path,
+                name,
+                value,
+                flags,
+            } => {
+                let obj = self.open(path, OFlags::PATH)?;
+                rfs::setxattr(
+                    proc_path(&obj),
+                    OsStr::from_bytes(name),
+                    value,
+                    XattrFlags::from_bits_retain(*flags as u32),
+                )?;
+            }
+            Op::RemoveXattr { path, name } => {
+                let obj = self.open(path, OFlags::PATH)?;
+                rfs::removexattr(proc_path(&obj), OsStr::from_bytes(name))?;
+            }
+            Op::Fsync { path } => self.fsync(path)?,
+        }
+        for stamp in &change.stamps {
+            self.set_times(&stamp.path, None, Some(stamp.mtime))?;
+        }
+        Ok(())
+    }
+
+    /// Makes `rel` and the directory naming it durable. Only regular files
+    /// and directories are opened (opening a device or a fifo has effects);
+    /// for other nodes and for a path gone (unlinked), only the directory
+    /// naming it is synced.
+    pub fn fsync(&self, rel: &Path) -> Result<(), Errno> {
+        let kind = match self.stat(rel) {
+            Ok(st) => Some(rfs::FileType::from_raw_mode(st.st_mode)),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(rfs::FileType::RegularFile | rfs::FileType::Directory) = kind {
+            rfs::fsync(self.open(rel, OFlags::RDONLY)?)?;
+        }
+        if let Some(parent) = rel.parent() {
+            rfs::fsync(self.open(parent, OFlags::RDONLY | OFlags::DIRECTORY)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `/proc/self/fd/N`: lets path-based calls (xattrs, chmod) act on the very
+/// object an `O_PATH` descriptor holds, symbolic links included.
+pub(crate) fn proc_path(fd: &impl AsFd) -> String {
+    use std::os::fd::AsRawFd;
+    format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())
+}
+
+fn dot_if_empty(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
+}
+
+fn timespec(time: Option<Time>) -> Timespec {
+    match time {
+        Some(t) => Timespec {
+            tv_sec: t.sec,
+            tv_nsec: t.nsec.into(),
+        },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+    }
+}
+
+pub(crate) fn mtime_of(st: &Stat) -> Time {
+    Time {
+        sec: st.st_mtime,
+        nsec: st.st_mtime_nsec as u32,
+    }
+}
+
+pub(crate) fn atime_of(st: &Stat) -> Time {
+    Time {
+        sec: st.st_atime,
+        nsec: st.st_atime_nsec as u32,
+    }
+}
+
+/// `pwrite` until every byte is written (a short write is not an error).
+pub(crate) fn write_all_at(fd: &impl AsFd, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
+    while !data.is_empty() {
+        match rustix::io::pwrite(fd, data, offset) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1382 @@
+//! The FUSE file system mounted over the replicated directory itself.
+//!
+//! The real directory is opened before mounting; every operation reaches the
+//! real files through that descriptor (see [`crate::apply`]). Mutations are
+//! applied locally, turned into a [`Change`] and submitted to the
+//! [`Replicator`] under one ordering lock, so the secondary applies them in
+//! the order they happened here; the reply to the application waits for the
+//! secondary's acknowledgement, outside the lock.
+//!
+//! Inode numbers are the real files' own (the directory itself is FUSE's
+//! root, 1), so hard links share one inode and `st_ino` stays meaningful to
+//! applications. Attributes and entries are never cached by the kernel (TTL
+//! zero): correctness first.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackgroundSession, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::apply::{atime_of, mtime_of, proc_path, write_all_at, Root};
+use crate::op::{Ack, Change, Op, Replicator, Stamp, Time};
+
+/// Kernel caches of attributes and names: none, so nothing is ever stale.
+const TTL: Duration = Duration::ZERO;
+/// Requests served at once; most of them wait on the network, not the CPU.
+const THREADS: usize = 8;
+/// Largest write the kernel sends in one request (and so one change).
+const MAX_WRITE: u32 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot mount the mirror file system on {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot unmount {path}: {source}")]
+    Unmount {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Entry point: mounts the mirror file system over a directory.
+#[derive(Debug)]
+pub struct Mirror;
+
+impl Mirror {
+    /// Opens `dir`, then mounts the mirror file system on the same path:
+    /// from then on every operation on `dir` passes through `replicator`.
+    pub fn mount(dir: &Path, replicator: Arc<dyn Replicator>) -> Result<MountGuard, MountError> {
+        let open_err = |source| MountError::Open {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let root = Root::new(dir).map_err(open_err)?;
+        let st = rfs::fstat(root.fd()).map_err(|e| open_err(e.into()))?;
+        let fs = MirrorFs {
+            root,
+            root_ino: st.st_ino as u64,
+            replicator,
+            order: Mutex::new(()),
+            nodes: Mutex::new(Nodes::new()),
+            handles: RwLock::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        };
+        let mut config = Config::default();
+        config.mount_options = vec![
+            MountOption::FSName("holdfast".into()),
+            MountOption::Subtype("holdfast".into()),
+            // The daemon runs as root: let the kernel check permissions
+            // against the attributes we return, as the real file system would.
+            MountOption::DefaultPermissions,
+        ];
+        config.acl = SessionACL::All;
+        config.n_threads = Some(THREADS);
+        config.clone_fd = true;
+        let mount_err = |source| MountError::Mount {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let session = fuser::Session::new(fs, dir, &config)
+            .and_then(fuser::Session::spawn)
+            .map_err(mount_err)?;
+        Ok(MountGuard {
+            dir: dir.to_path_buf(),
+            session: Some(session),
+        })
+    }
+}
+
+/// The mounted mirror; dropping it unmounts (lazily if busy).
+#[derive(Debug)]
+pub struct MountGuard {
+    dir: PathBuf,
+    session: Option<BackgroundSession>,
+}
+
+impl MountGuard {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unmounts now, reporting failure; a busy mount is detached (lazy
+    /// unmount) and ends when its last open file is closed.
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        self.teardown().map_err(|source| MountError::Unmount {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+
+    fn teardown(&mut self) -> std::io::Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        // A file closed by another thread a moment ago may keep it busy briefly.
+        for _ in 0..20 {
+            match rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::empty()) {
+                Ok(()) => {
+                    let _ = session.join();
+                    return Ok(());
+                }
+                Err(Errno::BUSY) => std::thread::sleep(Duration::from_millis(25)),
+                Err(e) => {
+                    tracing::warn!("unmount {}: {e}", self.dir.display());
+                    break;
+                }
+            }
+        }
+        tracing::warn!("{} busy: detaching (lazy unmount)", self.dir.display());
+        rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH)?;
+        // Served until its last open file is closed; joined off this thread.
+        std::thread::spawn(move || {
+            let _ = session.join();
+        });
+        Ok(())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            tracing::error!("cannot unmount {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// What the kernel knows by inode number, and where each one is.
+#[derive(Debug)]
+struct Nodes {
+    by_ino: HashMap<u64, Node>,
+    by_path: HashMap<PathBuf, u64>,
+}
+
+#[derive(Debug)]
+struct Node {
+    /// Known names (several for hard links); empty once all are unlinked
+    /// while the file is still open.
+    paths: Vec<PathBuf>,
+    lookups: u64,
+}
+
+impl Nodes {
+    fn new() -> Self {
+        let mut nodes = Nodes {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+        };
+        nodes.by_ino.insert(
+            INodeNo::ROOT.0,
+            Node {
+                paths: vec![PathBuf::new()],
+                lookups: 1,
+            },
+        );
+        nodes.by_path.insert(PathBuf::new(), INodeNo::ROOT.0);
+        nodes
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        self.by_ino
+            .get(&ino.0)
+            .and_then(|n| n.paths.last())
+            .cloned()
+            .ok_or(Errno::NOENT)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+            return Err(Errno::INVAL);
+        }
+        Ok(self.path(parent)?.join(name))
+    }
+
+    /// The kernel got one more reference to `ino`, found at `path`.
+    fn remember(&mut self, ino: u64, path: &Path) {
+        if let Some(old) = self.by_path.insert(path.to_path_buf(), ino) {
+            if old != ino {
+                if let Some(n) = self.by_ino.get_mut(&old) {
+                    n.paths.retain(|p| p != path);
+                }
+            }
+        }
+        let node = self.by_ino.entry(ino).or_insert(Node {
+            paths: Vec::new(),
+            lookups: 0,
+        });
+        node.lookups += 1;
+        if !node.paths.iter().any(|p| p == path) {
+            node.paths.push(path.to_path_buf());
+        }
+    }
+
+    fn forget(&mut self, ino: u64, count: u64) {
+        if ino == INodeNo::ROOT.0 {
+            return;
+        }
+        let Some(node) = self.by_ino.get_mut(&ino) else {
+            return;
+        };
+        node.lookups = node.lookups.saturating_sub(count);
+        if node.lookups == 0 {
+            let node = self.by_ino.remove(&ino).expect("just found");
+            for p in node.paths {
+                if self.by_path.get(&p) == Some(&ino) {
+                    self.by_path.remove(&p);
+                }
+            }
+        }
+    }
+
+    /// A name found without the kernel asking (no new reference).
+    fn add_path(&mut self, ino: u64, path: &Path) {
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.paths.push(path.to_path_buf());
+            self.by_path.insert(path.to_path_buf(), ino);
+        }
+    }
+
+    fn unlinked(&mut self, path: &Path) {
+        if let Some(ino) = self.by_path.remove(path) {
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                n.paths.retain(|p| p != path);
+            }
+        }
+    }
+
+    /// Moves every known name at or under `from` to `to` (and the other way
+    /// for an exchange); a replaced target loses its name.
+    fn renamed(&mut self, from: &Path, to: &Path, exchange: bool) {
+        if !exchange {
+            self.unlinked(to);
+        }
+        let moved: Vec<(PathBuf, PathBuf, u64)> = self
+            .by_path
+            .iter()
+            .filter_map(|(p, &ino)| {
+                let new = if let Ok(rest) = p.strip_prefix(from) {
+                    join_rest(to, rest)
+                } else if exchange {
+                    join_rest(from, p.strip_prefix(to).ok()?)
+                } else {
+                    return None;
+                };
+                Some((p.clone(), new, ino))
+            })
+            .collect();
+        for (old, _, _) in &moved {
+            self.by_path.remove(old);
+        }
+        for (old, new, ino) in moved {
+            self.by_path.insert(new.clone(), ino);
+            if let Some(n) = self.by_ino.get_mut(&ino) {
+                for p in n.paths.iter_mut().filter(|p| **p == old) {
+                    *p = new.clone();
+                }
+            }
+        }
+    }
+}
+
+fn join_rest(base: &Path, rest: &Path) -> PathBuf {
+    if rest.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rest)
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
+}
+
+#[derive(Debug)]
+enum Handle {
+    File(OwnedFd),
+    /// A snapshot of the entries, taken when reading from offset 0.
+    Dir(Mutex<Vec<DirItem>>),
+}
+
+#[derive(Debug)]
+struct DirItem {
+    ino: u64,
+    kind: FileType,
+    name: OsString,
+}
+
+struct MirrorFs {
+    root: Root,
+    root_ino: u64,
+    replicator: Arc<dyn Replicator>,
+    /// Held while applying a change locally and submitting it, so changes
+    /// reach the secondary in the order they were applied here, and while
+    /// turning an inode into a path, so no rename slips in between.
+    order: Mutex<()>,
+    nodes: Mutex<Nodes>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Holders only do table updates: the data stays consistent after a panic.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fuse_err(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.raw_os_error())
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match rfs::FileType::from_raw_mode(mode) {
+        rfs::FileType::Directory => FileType::Directory,
+        rfs::FileType::Symlink => FileType::Symlink,
+        rfs::FileType::Fifo => FileType::NamedPipe,
+        rfs::FileType::Socket => FileType::Socket,
+        rfs::FileType::CharacterDevice => FileType::CharDevice,
+        rfs::FileType::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn system_time(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec.into())
+    }
+}
+
+fn to_time(t: TimeOrNow) -> Time {
+    let t = match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    };
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => Time {
+            sec: d.as_secs() as i64,
+            nsec: d.subsec_nanos(),
+        },
+        Err(e) => {
+            let d = e.duration();
+            let (sec, nsec) = if d.subsec_nanos() == 0 {
+                (-(d.as_secs() as i64), 0)
+            } else {
+                (-(d.as_secs() as i64) - 1, 1_000_000_000 - d.subsec_nanos())
+            };
+            Time { sec, nsec }
+        }
+    }
+}
+
+/// Permission bits a new node gets, and its group: like the kernel, honour
+/// the creator's umask and a set-group-ID parent directory.
+struct NewNode {
+    perm: u32,
+    uid: u32,
+    gid: u32,
+}
+
+impl MirrorFs {
+    /// The root directory is FUSE's inode 1; a real inode 1 elsewhere (if
+    /// any) takes the root's real number, so the mapping stays one-to-one.
+    fn ino(&self, real: u64) -> u64 {
+        if real == self.root_ino {
+            INodeNo::ROOT.0
+        } else if real == INodeNo::ROOT.0 {
+            self.root_ino
+        } else {
+            real
+        }
+    }
+
+    fn attr(&self, st: &Stat) -> FileAttr {
+        let time = |sec: i64, nsec: u64| {
+            system_time(Time {
+                sec,
+                nsec: nsec as u32,
+            })
+        };
+        FileAttr {
+            ino: INodeNo(self.ino(st.st_ino)),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: kind_of(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        lock(&self.nodes).path(ino)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        lock(&self.nodes).child(parent, name)
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+        handles.get(&fh.0).cloned().ok_or(Errno::BADF)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        let h = self.handle(fh)?;
+        match *h {
+            Handle::File(_) => Ok(h),
+            Handle::Dir(_) => Err(Errno::ISDIR),
+        }
+    }
+
+    fn add_handle(&self, handle: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        handles.insert(fh, Arc::new(handle));
+        FileHandle(fh)
+    }
+
+    /// Current modification times of `paths` (each once), for the secondary.
+    fn stamps(&self, paths: &[&Path]) -> Vec<Stamp> {
+        let mut out: Vec<Stamp> = Vec::new();
+        for path in paths {
+            if out.iter().any(|s| s.path == *path) {
+                continue;
+            }
+            if let Ok(st) = self.root.stat(path) {
+                out.push(Stamp {
+                    path: path.to_path_buf(),
+                    mtime: mtime_of(&st),
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs `apply` (the local change) under the ordering lock, submits the
+    /// change it describes, and returns once the secondary acknowledged.
+    /// A failed replication is EIO for the application.
+    fn mutate<T>(
+        &self,
+        apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
+    ) -> Result<T, fuser::Errno> {
+        let (value, ack) = {
+            let _order = lock(&self.order);
+            let (value, change) = apply().map_err(fuse_err)?;
+            (value, change.map(|c| (self.replicator.submit(&c), c)))
+        };
+        if let Some((ack, change)) = ack {
+            if let Err(e) = ack.and_then(Ack::wait) {
+                tracing::error!("replication of {:?} failed: {e}", change.op.paths());
+                return Err(fuser::Errno::EIO);
+            }
+        }
+        Ok(value)
+    }
+
+    /// Reads under the ordering lock, so the inode's path cannot change midway.
+    fn inspect<T>(&self, f: impl FnOnce() -> Result<T, Errno>) -> Result<T, fuser::Errno> {
+        let _order = lock(&self.order);
+        f().map_err(fuse_err)
+    }
+
+    fn new_node(
+        &self,
+        req: &Request,
+        parent: &Path,
+        mode: u32,
+        umask: u32,
+        dir: bool,
+    ) -> Result<NewNode, Errno> {
+        let pst = self.root.stat(parent)?;
+        let setgid = pst.st_mode & 0o2000 != 0;
+        let mut perm = mode & !umask & 0o7777;
+        if dir && setgid {
+            perm |= 0o2000;
+        }
+        Ok(NewNode {
+            perm,
+            uid: req.uid(),
+            gid: if setgid { pst.st_gid } else { req.gid() },
+        })
+    }
+
+    fn entry_reply(&self, path: &Path, reply: ReplyEntry) {
+        match self.root.stat(path) {
+            Ok(st) => {
+                let attr = self.attr(&st);
+                lock(&self.nodes).remember(attr.ino.0, path);
+                reply.entry(&TTL, &attr, Generation(0));
+            }
+            Err(e) => reply.error(fuse_err(e)),
+        }
+    }
+
+    /// Creates a node of any kind but regular file opened (mkdir, mknod,
+    /// symlink): `make` creates it, then owner and mode are set exactly.
+    fn make_node(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        (mode, umask): (u32, u32),
+        make: impl FnOnce(&crate::apply::Entry, &NewNode, PathBuf) -> Result<Op, Errno>,
+        reply: ReplyEntry,
+    ) {
+        let is_dir = rfs::FileType::from_raw_mode(mode) == rfs::FileType::Directory;
+        let is_link = rfs::FileType::from_raw_mode(mode) == rfs::FileType::Symlink;
+        let result = self.mutate(|| {
+            let path = self.child(parent, name)?;
+            let node = self.new_node(req, parent_of(&path), mode, umask, is_dir)?;
+            let entry = self.root.entry(&path)?;
+            let op = make(&entry, &node, path.clone())?;
+            let perm = (!is_link).then_some(node.perm);
+            self.root
+                .set_owner_mode(&path, Some(node.uid), Some(node.gid), perm)?;
+            let stamps = self.stamps(&[&path, parent_of(&path)]);
+            Ok((path, Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(path) => self.entry_reply(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let result = self.mutate(|| {
+            let path = self.child(parent, name)?;
+            let entry = self.root.entry(&path)?;
+            let flags = if dir {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            rfs::unlinkat(&entry.dir, &entry.name, flags)?;
+            lock(&self.nodes).unlinked(&path);
+            let stamps = self.stamps(&[parent_of(&path)]);
+            let op = if dir {
+                Op::Rmdir { path }
+            } else {
+                Op::Unlink { path }
+            };
+            Ok(((), Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read_dir(&self, path: &Path) -> Result<Vec<DirItem>, Errno> {
+        let fd = self.root.open(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let mut items = Vec::new();
+        for entry in rfs::Dir::new(fd)? {
+            let entry = entry?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+            let kind = match entry.file_type() {
+                rfs::FileType::Unknown if name != "." && name != ".." => {
+                    kind_of(self.root.stat(&path.join(&name))?.st_mode)
+                }
+                rfs::FileType::Unknown => FileType::Directory,
+                t => kind_of(t.as_raw_mode()),
+            };
+            items.push(DirItem {
+                ino: self.ino(entry.ino()),
+                kind,
+                name,
+            });
+        }
+        Ok(items)
+    }
+
+    /// An open file's name for the secondary; `None` for a file whose names
+    /// are all unlinked: its data is unreachable, nothing to replicate.
+    fn open_file_path(&self, ino: INodeNo, fd: &OwnedFd) -> Result<Option<PathBuf>, Errno> {
+        if let Ok(path) = self.path(ino) {
+            return Ok(Some(path));
+        }
+        if rfs::fstat(fd)?.st_nlink == 0 {
+            return Ok(None);
+        }
+        // Still linked under a name the kernel never looked up (a hard link
+        // made before mounting): find it, or fail rather than diverge.
+        let path = self.find(ino, Path::new(""))?.ok_or(Errno::IO)?;
+        lock(&self.nodes).add_path(ino.0, &path);
+        Ok(Some(path))
+    }
+
+    fn find(&self, ino: INodeNo, dir: &Path) -> Result<Option<PathBuf>, Errno> {
+        for item in self.read_dir(dir)? {
+            if item.name == "." || item.name == ".." {
+                continue;
+            }
+            let path = dir.join(&item.name);
+            if item.ino == ino.0 {
+                return Ok(Some(path));
+            }
+            if item.kind == FileType::Directory {
+                if let Some(found) = self.find(ino, &path)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn file_fd(h: &Handle) -> &OwnedFd {
+    match h {
+        Handle::File(fd) => fd,
+        Handle::Dir(_) => unreachable!("checked by MirrorFs::file"),
+    }
+}
+
+impl Filesystem for MirrorFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Keeps frames (one write = one change) at a predictable size.
+        let _ = config.set_max_write(MAX_WRITE);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let result = self.inspect(|| {
+            let path = self.child(parent, name)?;
+            let st = self.root.stat(&path)?;
+            let attr = self.attr(&st);
+            lock(&self.nodes).remember(attr.ino.0, &path);
+            Ok(attr)
+        });
+        match result {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        lock(&self.nodes).forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let result = self.inspect(|| match fh.map(|fh| self.handle(fh)) {
+            Some(Ok(h)) if matches!(*h, Handle::File(_)) => rfs::fstat(file_fd(&h)),
+            _ => self.root.stat(&self.path(ino)?),
+        });
+        match result {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mode = mode.map(|m| m & 0o7777);
+        let result = self.mutate(|| {
+            // The kernel passes the handle of an open directory too (fchmod).
+            let handle = fh
+                .and_then(|fh| self.handle(fh).ok())
+                .filter(|h| matches!(**h, Handle::File(_)));
+            let fd = handle.as_deref().map(file_fd);
+            let path = match fd {
+                Some(fd) => self.open_file_path(ino, fd)?,
+                None => Some(self.path(ino)?),
+            };
+            let (Some(path), fd) = (path, fd) else {
+                // Unlinked but open: change the open file, nothing to send.
+                let fd = fd.ok_or(Errno::NOENT)?;
+                if let Some(size) = size {
+                    rfs::ftruncate(fd, size)?;
+                }
+                if uid.is_some() || gid.is_some() {
+                    rfs::fchown(fd, uid.map(rfs::Uid::from_raw), gid.map(rfs::Gid::from_raw))?;
+                }
+                if let Some(mode) = mode {
+                    rfs::fchmod(fd, Mode::from_raw_mode(mode))?;
+                }
+                return Ok((rfs::fstat(fd)?, None));
+            };
+            if let Some(size) = size {
+                match fd {
+                    Some(fd) => rfs::ftruncate(fd, size)?,
+                    None => self.root.truncate(&path, size)?,
+                }
+            }
+            self.root.set_owner_mode(&path, uid, gid, mode)?;
+            if atime.is_some() || mtime.is_some() {
+                self.root
+                    .set_times(&path, atime.map(to_time), mtime.map(to_time))?;
+            }
+            let st = self.root.stat(&path)?;
+            let op = Op::SetAttr {
+                path: path.clone(),
+                mode,
+                uid,
+                gid,
+                size,
+                // What was stored, so "now" is the same instant on both sides.
+                atime: atime.map(|_| atime_of(&st)),
+                mtime: mtime.map(|_| mtime_of(&st)),
+            };
+            let stamps = self.stamps(&[&path]);
+            Ok((st, Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let result = self.inspect(|| {
+            let entry = self.root.entry(&self.path(ino)?)?;
+            rfs::readlinkat(&entry.dir, &entry.name, Vec::new())
+        });
+        match result {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = rfs::FileType::from_raw_mode(mode);
+        self.make_node(
+            req,
+            parent,
+            name,
+            (mode, umask),
+            |e, node, path| {
+                rfs::mknodat(
+                    &e.dir,
+                    &e.name,
+                    kind,
+                    Mode::from_raw_mode(node.perm & 0o777),
+                    rdev.into(),
+                )?;
+                Ok(Op::Mknod {
+                    path,
+                    mode: kind.as_raw_mode() | node.perm,
+                    rdev: rdev.into(),
+                    uid: node.uid,
+                    gid: node.gid,
+                })
+            },
+            reply,
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.make_node(
+            req,
+            parent,
+            name,
+            (
+                (mode & 0o7777) | rfs::FileType::Directory.as_raw_mode(),
+                umask,
+            ),
+            |e, node, path| {
+                rfs::mkdirat(&e.dir, &e.name, Mode::from_raw_mode(node.perm & 0o777))?;
+                Ok(Op::Mkdir {
+                    path,
+                    mode: node.perm,
+                    uid: node.uid,
+                    gid: node.gid,
+                })
+            },
+            reply,
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, false, reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.remove(parent, name, true, reply);
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.make_node(
+            req,
+            parent,
+            link_name,
+            (rfs::FileType::Symlink.as_raw_mode() | 0o777, 0),
+            |e, node, path| {
+                rfs::symlinkat(target, &e.dir, &e.name)?;
+                Ok(Op::Symlink {
+                    path,
+                    target: target.to_path_buf(),
+                    uid: node.uid,
+                    gid: node.gid,
+                })
+            },
+            reply,
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.mutate(|| {
+            if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+                return Err(Errno::INVAL);
+            }
+            let from = self.child(parent, name)?;
+            let to = self.child(newparent, newname)?;
+            let (a, b) = (self.root.entry(&from)?, self.root.entry(&to)?);
+            let rflags = rfs::RenameFlags::from_bits(flags.bits()).ok_or(Errno::INVAL)?;
+            rfs::renameat_with(&a.dir, &a.name, &b.dir, &b.name, rflags)?;
+            let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
+            lock(&self.nodes).renamed(&from, &to, exchange);
+            let mut touched = vec![parent_of(&from), parent_of(&to), to.as_path()];
+            if exchange {
+                touched.push(&from);
+            }
+            let stamps = self.stamps(&touched);
+            let op = Op::Rename {
+                from: from.clone(),
+                to: to.clone(),
+                flags: flags.bits(),
+            };
+            Ok(((), Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let result = self.mutate(|| {
+            let from = self.path(ino)?;
+            let to = self.child(newparent, newname)?;
+            let (a, b) = (self.root.entry(&from)?, self.root.entry(&to)?);
+            rfs::linkat(&a.dir, &a.name, &b.dir, &b.name, AtFlags::empty())?;
+            let stamps = self.stamps(&[parent_of(&to)]);
+            let op = Op::Link {
+                from,
+                to: to.clone(),
+            };
+            Ok((to, Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(path) => self.entry_reply(&path, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.inspect(|| {
+            let path = self.path(ino)?;
+            // Only the access mode: appending, truncating and creating are
+            // done by the kernel through explicit offsets and setattr.
+            let access = OFlags::from_bits_retain((flags.0 & libc_accmode()) as u32);
+            self.root.open(&path, access)
+        });
+        match result {
+            Ok(fd) => reply.opened(self.add_handle(Handle::File(fd)), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let result = self.file(fh).and_then(|h| {
+            let fd = file_fd(&h);
+            let mut buf = vec![0u8; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            buf.truncate(done);
+            Ok(buf)
+        });
+        match result {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fuse_err(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let result = self.mutate(|| {
+            let h = self.file(fh)?;
+            let fd = file_fd(&h);
+            write_all_at(fd, data, offset)?;
+            let Some(path) = self.open_file_path(ino, fd)? else {
+                return Ok(((), None));
+            };
+            let stamps = vec![Stamp {
+                path: path.clone(),
+                mtime: mtime_of(&rfs::fstat(fd)?),
+            }];
+            let op = Op::Write {
+                path,
+                offset,
+                data: data.to_vec(),
+            };
+            Ok(((), Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Every write was already applied and acknowledged: nothing pending.
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.mutate(|| {
+            let h = self.file(fh)?;
+            if datasync {
+                rfs::fdatasync(file_fd(&h))?;
+            } else {
+                rfs::fsync(file_fd(&h))?;
+            }
+            let change = self.open_file_path(ino, file_fd(&h))?.map(|path| Change {
+                op: Op::Fsync { path },
+                stamps: vec![],
+            });
+            Ok(((), change))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let result = self.inspect(|| {
+            // Fails now (ENOTDIR, EACCES...) rather than at the first read.
+            self.root
+                .open(&self.path(ino)?, OFlags::RDONLY | OFlags::DIRECTORY)
+                .map(drop)
+        });
+        match result {
+            Ok(()) => reply.opened(
+                self.add_handle(Handle::Dir(Mutex::new(Vec::new()))),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let handle = match self.handle(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(fuse_err(e)),
+        };
+        let Handle::Dir(items) = &*handle else {
+            return reply.error(fuser::Errno::ENOTDIR);
+        };
+        let mut items = lock(items);
+        if offset == 0 {
+            match self.inspect(|| self.read_dir(&self.path(ino)?)) {
+                Ok(fresh) => *items = fresh,
+                Err(e) => return reply.error(e),
+            }
+        }
+        for (i, item) in items.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(item.ino), i as u64 + 1, item.kind, &item.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.mutate(|| {
+            let path = self.path(ino)?;
+            self.root.fsync(&path)?;
+            Ok((
+                (),
+                Some(Change {
+                    op: Op::Fsync { path },
+                    stamps: vec![],
+                }),
+            ))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match rfs::fstatvfs(self.root.fd()) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(fuse_err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.mutate(|| {
+            let path = self.path(ino)?;
+            let obj = self.root.open(&path, OFlags::PATH)?;
+            rfs::setxattr(
+                proc_path(&obj),
+                name,
+                value,
+                rfs::XattrFlags::from_bits_retain(flags as u32),
+            )?;
+            let op = Op::SetXattr {
+                path,
+                name: name.as_bytes().to_vec(),
+                value: value.to_vec(),
+                flags,
+            };
+            Ok(((), Some(Change { op, stamps: vec![] })))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let result = self.inspect(|| {
+            let obj = self.root.open(&self.path(ino)?, OFlags::PATH)?;
+            if size == 0 {
+                return rfs::getxattr_query(proc_path(&obj), name).map(XattrAnswer::Size);
+            }
+            let mut buf = vec![0u8; size as usize];
+            let n = rfs::getxattr(proc_path(&obj), name, &mut buf[..])?;
+            buf.truncate(n);
+            Ok(XattrAnswer::Data(buf))
+        });
+        answer_xattr(result, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let result = self.inspect(|| {
+            let obj = self.root.open(&self.path(ino)?, OFlags::PATH)?;
+            if size == 0 {
+                return rfs::listxattr_query(proc_path(&obj)).map(XattrAnswer::Size);
+            }
+            let mut buf = vec![0u8; size as usize];
+            let n = rfs::listxattr(proc_path(&obj), &mut buf[..])?;
+            buf.truncate(n);
+            Ok(XattrAnswer::Data(buf))
+        });
+        answer_xattr(result, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let result = self.mutate(|| {
+            let path = self.path(ino)?;
+            let obj = self.root.open(&path, OFlags::PATH)?;
+            rfs::removexattr(proc_path(&obj), name)?;
+            let op = Op::RemoveXattr {
+                path,
+                name: name.as_bytes().to_vec(),
+            };
+            Ok(((), Some(Change { op, stamps: vec![] })))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        // Only called without default_permissions; kept exact regardless.
+        let result = self.inspect(|| {
+            let entry = self.root.entry(&self.path(ino)?)?;
+            rfs::accessat(
+                &entry.dir,
+                &entry.name,
+                rfs::Access::from_bits_retain(mask.bits() as u32),
+                AtFlags::empty(),
+            )
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let result = self.mutate(|| {
+            let path = self.child(parent, name)?;
+            let node = self.new_node(req, parent_of(&path), mode, umask, false)?;
+            let entry = self.root.entry(&path)?;
+            let access = OFlags::from_bits_retain((flags & libc_accmode()) as u32);
+            let fd = rfs::openat(
+                &entry.dir,
+                &entry.name,
+                access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(node.perm & 0o777),
+            )?;
+            self.root
+                .set_owner_mode(&path, Some(node.uid), Some(node.gid), Some(node.perm))?;
+            let st = rfs::fstat(&fd)?;
+            let stamps = self.stamps(&[&path, parent_of(&path)]);
+            let op = Op::Create {
+                path: path.clone(),
+                mode: node.perm,
+                uid: node.uid,
+                gid: node.gid,
+            };
+            Ok(((fd, st, path), Some(Change { op, stamps })))
+        });
+        match result {
+            Ok((fd, st, path)) => {
+                let attr = self.attr(&st);
+                lock(&self.nodes).remember(attr.ino.0, &path);
+                let fh = self.add_handle(Handle::File(fd));
+                reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty());
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let result = self.mutate(|| {
+            let h = self.file(fh)?;
+            let fd = file_fd(&h);
+            rfs::fallocate(
+                fd,
+                rfs::FallocateFlags::from_bits_retain(mode as u32),
+                offset,
+                length,
+            )?;
+            let Some(path) = self.open_file_path(ino, fd)? else {
+                return Ok(((), None));
+            };
+            let stamps = vec![Stamp {
+                path: path.clone(),
+                mtime: mtime_of(&rfs::fstat(fd)?),
+            }];
+            let op = Op::Fallocate {
+                path,
+                offset,
+                length,
+                mode,
+            };
+            Ok(((), Some(Change { op, stamps })))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+}
+
+fn libc_accmode() -> i32 {
+    OFlags::ACCMODE.bits() as i32
+}
+
+enum XattrAnswer {
+    Size(usize),
+    Data(Vec<u8>),
+}
+
+fn answer_xattr(result: Result<XattrAnswer, fuser::Errno>, reply: ReplyXattr) {
+    match result {
+        Ok(XattrAnswer::Size(n)) => reply.size(n as u32),
+        Ok(XattrAnswer::Data(d)) => reply.data(&d),
+        Err(e) => reply.error(e),
+    }
+}

@@ -1,0 +1,324 @@
+//! What is replicated: one [`Change`] per mutating operation, and the
+//! [`Replicator`] that carries it to the secondary.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::mpsc;
+
+use serde::{Deserialize, Serialize};
+
+/// A point in time as the file system stores it (seconds since the epoch and
+/// nanoseconds), so both sides set bit-identical timestamps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// One mutating operation, applied on the primary, then on the secondary.
+/// Paths are relative to the replicated directory (`""` is the directory
+/// itself) and never contain `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Write {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        offset: u64,
+        /// Only the bytes written, not the whole file.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A regular file; `mode` is the permission bits after creation.
+    Create {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    /// A node of any type; `mode` includes the file type bits.
+    Mknod {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        mode: u32,
+        rdev: u64,
+        uid: u32,
+        gid: u32,
+    },
+    Mkdir {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Unlink {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+    },
+    Rmdir {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+    },
+    /// `flags` are `renameat2` flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    Rename {
+        #[serde(with = "path_bytes")]
+        from: PathBuf,
+        #[serde(with = "path_bytes")]
+        to: PathBuf,
+        flags: u32,
+    },
+    /// A hard link `to` naming the same file as `from`.
+    Link {
+        #[serde(with = "path_bytes")]
+        from: PathBuf,
+        #[serde(with = "path_bytes")]
+        to: PathBuf,
+    },
+    Symlink {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        /// Stored as is: a symbolic link's content is data, never followed here.
+        #[serde(with = "path_bytes")]
+        target: PathBuf,
+        uid: u32,
+        gid: u32,
+    },
+    /// Applied in this order: size, owner, mode, times (chown clears the
+    /// set-user-ID bit, so the order must be the same on both sides).
+    SetAttr {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+    },
+    Fallocate {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    },
+    SetXattr {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: i32,
+    },
+    RemoveXattr {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    /// The application asked for durability: the secondary acknowledges
+    /// this one only after its own fsync, whatever the acknowledgement mode.
+    Fsync {
+        #[serde(with = "path_bytes")]
+        path: PathBuf,
+    },
+}
+
+impl Op {
+    /// Every path the operation names.
+    pub fn paths(&self) -> Vec<&Path> {
+        match self {
+            Op::Write { path, .. }
+            | Op::Create { path, .. }
+            | Op::Mknod { path, .. }
+            | Op::Mkdir { path, .. }
+            | Op::Unlink { path }
+            | Op::Rmdir { path }
+            | Op::Symlink { path, .. }
+            | Op::SetAttr { path, .. }
+            | Op::Fallocate { path, .. }
+            | Op::SetXattr { path, .. }
+            | Op::RemoveXattr { path, .. }
+            | Op::Fsync { path } => vec![path],
+            Op::Rename { from, to, .. } | Op::Link { from, to } => vec![from, to],
+        }
+    }
+
+    /// Operations that create or remove a name need one: the directory
+    /// itself cannot be created, removed, renamed or linked.
+    fn needs_name(&self) -> bool {
+        !matches!(
+            self,
+            Op::SetAttr { .. } | Op::SetXattr { .. } | Op::RemoveXattr { .. } | Op::Fsync { .. }
+        )
+    }
+}
+
+/// The modification time a path has on the primary after the operation:
+/// applying an operation changes timestamps (of the file, of its parent
+/// directories), and the secondary sets the same ones so the trees are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    #[serde(with = "path_bytes")]
+    pub path: PathBuf,
+    pub mtime: Time,
+}
+
+/// What travels to the secondary for one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub op: Op,
+    pub stamps: Vec<Stamp>,
+}
+
+impl Change {
+    /// The first path that would leave the replicated directory (absolute,
+    /// `..`, `.`), if any. Symbolic links on the way are refused when
+    /// applying (the path walk never follows them).
+    pub fn escaping_path(&self) -> Option<&Path> {
+        let named = self.op.needs_name();
+        self.op
+            .paths()
+            .into_iter()
+            .map(|p| (p, named))
+            .chain(self.stamps.iter().map(|s| (s.path.as_path(), false)))
+            .find(|(p, needs_name)| {
+                !is_relative_inside(p) || (*needs_name && p.as_os_str().is_empty())
+            })
+            .map(|(p, _)| p)
+    }
+}
+
+/// True for `""` and for paths made only of normal components.
+pub(crate) fn is_relative_inside(path: &Path) -> bool {
+    !path.as_os_str().as_bytes().contains(&0)
+        && path.components().all(|c| matches!(c, Component::Normal(_)))
+        && !path.as_os_str().as_bytes().ends_with(b"/")
+}
+
+/// Why the secondary did not acknowledge an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("replication connection lost: {0}")]
+    Disconnected(String),
+    #[error("secondary refused operation {seq}: {reason}")]
+    Refused { seq: u64, reason: String },
+    #[error("cannot connect to the secondary: {0}")]
+    Connect(String),
+}
+
+/// The secondary's acknowledgement of one submitted change, to wait for.
+#[derive(Debug)]
+pub struct Ack(AckState);
+
+#[derive(Debug)]
+enum AckState {
+    Done(Result<(), ReplicationError>),
+    Waiting(mpsc::Receiver<Result<(), ReplicationError>>),
+}
+
+impl Ack {
+    /// An acknowledgement already known (a replicator that works synchronously).
+    pub fn done(result: Result<(), ReplicationError>) -> Self {
+        Ack(AckState::Done(result))
+    }
+
+    /// An acknowledgement that arrives later through `receiver`; if its
+    /// sender is dropped unanswered, the connection is considered lost.
+    pub fn waiting(receiver: mpsc::Receiver<Result<(), ReplicationError>>) -> Self {
+        Ack(AckState::Waiting(receiver))
+    }
+
+    /// Blocks until the secondary acknowledged (or the replication failed).
+    pub fn wait(self) -> Result<(), ReplicationError> {
+        match self.0 {
+            AckState::Done(result) => result,
+            AckState::Waiting(rx) => rx.recv().unwrap_or_else(|_| {
+                Err(ReplicationError::Disconnected(
+                    "acknowledgement abandoned".into(),
+                ))
+            }),
+        }
+    }
+}
+
+/// Carries changes to the secondary, in submission order.
+///
+/// Submitting and waiting are separate so the file system can submit under
+/// its ordering lock (the secondary applies changes in the order they were
+/// applied locally) and wait for the acknowledgement outside it (many
+/// operations in flight at once).
+pub trait Replicator: Send + Sync {
+    /// Queues `change` after every change submitted before it.
+    fn submit(&self, change: &Change) -> Result<Ack, ReplicationError>;
+
+    /// Submits and returns only once the secondary acknowledged.
+    fn replicate(&self, change: &Change) -> Result<(), ReplicationError> {
+        self.submit(change)?.wait()
+    }
+}
+
+/// Paths (and raw byte strings) on the wire: bytes, since file names need
+/// not be UTF-8.
+mod path_bytes {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &Path, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(path.as_os_str().as_bytes())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<PathBuf, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes.into_vec())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(op: Op) -> Change {
+        Change { op, stamps: vec![] }
+    }
+
+    #[test]
+    fn escaping_paths_are_found() {
+        for bad in ["../escape", "/etc/passwd", "a/../../b", "./a", "a/", ""] {
+            let c = change(Op::Unlink { path: bad.into() });
+            assert!(c.escaping_path().is_some(), "{bad:?} accepted");
+        }
+        let ok = change(Op::Rename {
+            from: "a/b".into(),
+            to: "c".into(),
+            flags: 0,
+        });
+        assert_eq!(ok.escaping_path(), None);
+        // The directory itself may change attributes, not be removed.
+        let root_attr = change(Op::Fsync { path: "".into() });
+        assert_eq!(root_attr.escaping_path(), None);
+        let stamp = Change {
+            op: Op::Fsync { path: "a".into() },
+            stamps: vec![Stamp {
+                path: "../x".into(),
+                mtime: Time { sec: 0, nsec: 0 },
+            }],
+        };
+        assert!(stamp.escaping_path().is_some());
+    }
+
+    #[test]
+    fn non_utf8_paths_round_trip() {
+        let name = OsString::from_vec(vec![b'f', 0xff, b'g']);
+        let c = change(Op::Write {
+            path: PathBuf::from(name),
+            offset: 7,
+            data: vec![1, 2, 3],
+        });
+        let bytes = postcard::to_allocvec(&c).unwrap();
+        assert_eq!(postcard::from_bytes::<Change>(&bytes).unwrap(), c);
+    }
+}

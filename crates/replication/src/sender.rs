@@ -1,0 +1,171 @@
+//! The primary's end of the replication connection.
+//!
+//! Many threads submit concurrently; each change gets the next sequence
+//! number and is written in that order (under one lock), then its caller
+//! waits for its own acknowledgement while others submit. One reader thread
+//! matches the secondary's replies to waiters by sequence number. When the
+//! connection fails, every waiter and every later submission gets the error:
+//! nothing is reported acknowledged that was not.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use holdfast_membership::ClusterKey;
+
+use crate::op::{Ack, Change, ReplicationError, Replicator};
+use crate::protocol::{primary_handshake, Direction, Opener, Reply, Sealer};
+
+type Waiter = mpsc::Sender<Result<(), ReplicationError>>;
+
+#[derive(Debug)]
+struct Writer {
+    stream: TcpStream,
+    sealer: Sealer,
+}
+
+#[derive(Debug, Default)]
+struct Waiters {
+    pending: HashMap<u64, Waiter>,
+    /// Set once: the connection is unusable from then on.
+    broken: Option<ReplicationError>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    writer: Mutex<Writer>,
+    waiters: Mutex<Waiters>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder leaves consistent data here (plain inserts/removes).
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Fails every waiting caller and every later submission with `error`.
+    fn break_with(&self, error: ReplicationError) {
+        let mut w = lock(&self.waiters);
+        if w.broken.is_none() {
+            tracing::warn!("replication stopped: {error}");
+            w.broken = Some(error.clone());
+        }
+        for (_, waiter) in w.pending.drain() {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+}
+
+/// [`Replicator`] over an authenticated TCP connection to a [`crate::Receiver`].
+#[derive(Debug)]
+pub struct TcpReplicator {
+    shared: Arc<Shared>,
+    /// To unblock the reader thread on drop.
+    control: TcpStream,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl TcpReplicator {
+    /// Connects to the secondary at `addr` and authenticates both sides.
+    pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<Self, ReplicationError> {
+        let connect_err =
+            |e: &dyn std::fmt::Display| ReplicationError::Connect(format!("{addr}: {e}"));
+        let mut stream = TcpStream::connect(addr).map_err(|e| connect_err(&e))?;
+        // Each change is one write; waiting to coalesce only adds latency.
+        stream.set_nodelay(true).map_err(|e| connect_err(&e))?;
+        let session = primary_handshake(&mut stream, key).map_err(|e| connect_err(&e))?;
+        let mut read_half = stream.try_clone().map_err(|e| connect_err(&e))?;
+        let control = stream.try_clone().map_err(|e| connect_err(&e))?;
+        let shared = Arc::new(Shared {
+            writer: Mutex::new(Writer {
+                stream,
+                sealer: Sealer::new(session.clone(), Direction::ToSecondary),
+            }),
+            waiters: Mutex::new(Waiters::default()),
+        });
+        let mut opener = Opener::new(session, Direction::ToPrimary);
+        let reader_shared = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("repl-acks".into())
+            .spawn(move || {
+                let error = loop {
+                    let (seq, payload) = match opener.read(&mut read_half) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => {
+                            break ReplicationError::Disconnected(
+                                "secondary closed the connection".into(),
+                            )
+                        }
+                        Err(e) => break ReplicationError::Disconnected(e.to_string()),
+                    };
+                    let reply: Reply = match postcard::from_bytes(&payload) {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            break ReplicationError::Disconnected(format!(
+                                "reply {seq} undecodable: {e}"
+                            ))
+                        }
+                    };
+                    match reply {
+                        Reply::Ack { seq } => {
+                            if let Some(waiter) = lock(&reader_shared.waiters).pending.remove(&seq)
+                            {
+                                let _ = waiter.send(Ok(()));
+                            }
+                        }
+                        Reply::Refused { seq, reason } => {
+                            // The copies may differ from here on: stop.
+                            let error = ReplicationError::Refused { seq, reason };
+                            if let Some(waiter) = lock(&reader_shared.waiters).pending.remove(&seq)
+                            {
+                                let _ = waiter.send(Err(error.clone()));
+                            }
+                            break error;
+                        }
+                    }
+                };
+                reader_shared.break_with(error);
+            })
+            .map_err(|e| connect_err(&e))?;
+        Ok(TcpReplicator {
+            shared,
+            control,
+            reader: Some(reader),
+        })
+    }
+}
+
+impl Replicator for TcpReplicator {
+    fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
+        let payload = postcard::to_allocvec(change)
+            .map_err(|e| ReplicationError::Disconnected(format!("cannot encode change: {e}")))?;
+        let (tx, rx) = mpsc::channel();
+        let mut writer = lock(&self.shared.writer);
+        {
+            let mut waiters = lock(&self.shared.waiters);
+            if let Some(error) = &waiters.broken {
+                return Err(error.clone());
+            }
+            // Registered before writing, so the reply cannot arrive first.
+            waiters.pending.insert(writer.sealer.next_seq(), tx);
+        }
+        let frame = writer.sealer.seal(&payload);
+        if let Err(e) = writer.stream.write_all(&frame) {
+            drop(writer);
+            self.shared
+                .break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
+        }
+        Ok(Ack::waiting(rx))
+    }
+}
+
+impl Drop for TcpReplicator {
+    fn drop(&mut self) {
+        let _ = self.control.shutdown(Shutdown::Both);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}

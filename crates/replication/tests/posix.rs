@@ -1,0 +1,812 @@
+//! The same syscalls on a plain directory and on a mirrored one must give
+//! the same results, and the secondary's tree must equal the primary's.
+//! Runs real FUSE mounts (root, /dev/fuse).
+
+mod common;
+
+use std::fmt::Debug;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use common::Fixture;
+use holdfast_replication::{Ack, AckMode, Change, Mirror, ReplicationError, Replicator};
+use rustix::fs::{
+    self as rfs, FallocateFlags, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags, CWD,
+};
+
+/// One line of a case's log: what a call returned (errno on failure).
+fn log<T: Debug>(out: &mut Vec<String>, what: &str, result: std::io::Result<T>) {
+    out.push(match result {
+        Ok(v) => format!("{what}: Ok({v:?})"),
+        Err(e) => format!(
+            "{what}: Err({:?})",
+            e.raw_os_error().map(rustix::io::Errno::from_raw_os_error)
+        ),
+    });
+}
+
+/// What a stat shows that does not depend on when or where the case ran.
+fn stat(path: &Path) -> std::io::Result<String> {
+    let md = fs::symlink_metadata(path)?;
+    let size = if md.is_dir() { 0 } else { md.size() };
+    Ok(format!(
+        "mode={:o} uid={} gid={} nlink={} size={size} rdev={}",
+        md.mode(),
+        md.uid(),
+        md.gid(),
+        md.nlink(),
+        md.rdev()
+    ))
+}
+
+fn list(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+fn errno<T>(r: rustix::io::Result<T>) -> std::io::Result<T> {
+    r.map_err(Into::into)
+}
+
+type Case = fn(&Path, &mut Vec<String>);
+
+const CASES: &[(&str, Case)] = &[
+    ("create_write_read", |d, o| {
+        let p = d.join("f");
+        log(o, "write", fs::write(&p, b"hello world"));
+        log(o, "read", fs::read(&p));
+        log(o, "stat", stat(&p));
+        log(
+            o,
+            "create_new existing",
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .map(drop),
+        );
+        log(o, "open missing", File::open(d.join("missing")).map(drop));
+        log(
+            o,
+            "create in missing dir",
+            File::create(d.join("no/such")).map(drop),
+        );
+    }),
+    ("pwrite_sparse_and_overwrite", |d, o| {
+        let p = d.join("f");
+        let f = File::create(&p).unwrap();
+        log(o, "write_at 1M", f.write_at(b"tail", 1 << 20));
+        log(o, "write_at 0", f.write_at(b"head", 0));
+        log(o, "overwrite", f.write_at(b"HE", 0));
+        drop(f);
+        log(o, "stat", stat(&p));
+        let data = fs::read(&p).unwrap();
+        log(o, "head", Ok(data[..8].to_vec()));
+        log(o, "tail", Ok(data[data.len() - 4..].to_vec()));
+    }),
+    ("append", |d, o| {
+        let p = d.join("f");
+        fs::write(&p, b"one\n").unwrap();
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        log(o, "append", f.write_all(b"two\n"));
+        log(o, "append", f.write_all(b"three\n"));
+        drop(f);
+        log(o, "read", fs::read_to_string(&p));
+    }),
+    ("read_write_seek", |d, o| {
+        let p = d.join("f");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        log(o, "write", f.write_all(&[7u8; 300_000]));
+        log(o, "seek", f.seek(SeekFrom::Start(1000)));
+        let mut buf = vec![0u8; 10];
+        log(o, "read", f.read_exact(&mut buf).map(|()| buf.clone()));
+        log(o, "sync", f.sync_all());
+        log(o, "stat", stat(&p));
+    }),
+    ("truncate", |d, o| {
+        let p = d.join("f");
+        fs::write(&p, vec![1u8; 10_000]).unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        log(o, "shrink", f.set_len(100));
+        log(o, "grow", f.set_len(50_000));
+        drop(f);
+        log(o, "stat", stat(&p));
+        log(
+            o,
+            "O_TRUNC",
+            OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(&p)
+                .map(drop),
+        );
+        log(o, "stat", stat(&p));
+        log(
+            o,
+            "truncate by path",
+            errno(
+                rfs::open(&p, rfs::OFlags::WRONLY, Mode::empty())
+                    .and_then(|f| rfs::ftruncate(f, 7)),
+            ),
+        );
+        log(o, "stat", stat(&p));
+    }),
+    ("chmod", |d, o| {
+        let p = d.join("f");
+        fs::write(&p, b"x").unwrap();
+        for mode in [0o640, 0o4755, 0o2711, 0o1777, 0o000] {
+            log(
+                o,
+                "chmod",
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
+            );
+            log(o, "stat", stat(&p));
+        }
+        fs::create_dir(d.join("dir")).unwrap();
+        log(
+            o,
+            "chmod dir",
+            fs::set_permissions(d.join("dir"), fs::Permissions::from_mode(0o700)),
+        );
+        log(o, "stat", stat(&d.join("dir")));
+        log(
+            o,
+            "fchmod dir fd",
+            File::open(d.join("dir"))
+                .and_then(|f| f.set_permissions(fs::Permissions::from_mode(0o711))),
+        );
+        log(o, "stat", stat(&d.join("dir")));
+    }),
+    ("chown", |d, o| {
+        let p = d.join("f");
+        fs::write(&p, b"x").unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6755)).unwrap();
+        log(
+            o,
+            "chown",
+            std::os::unix::fs::chown(&p, Some(1234), Some(5678)),
+        );
+        // chown clears set-user-ID and set-group-ID bits.
+        log(o, "stat", stat(&p));
+        log(
+            o,
+            "chgrp only",
+            std::os::unix::fs::chown(&p, None, Some(42)),
+        );
+        log(o, "stat", stat(&p));
+        std::os::unix::fs::symlink("f", d.join("l")).unwrap();
+        log(
+            o,
+            "lchown",
+            std::os::unix::fs::lchown(d.join("l"), Some(7), Some(8)),
+        );
+        log(o, "stat link", stat(&d.join("l")));
+        log(o, "stat target", stat(&p));
+    }),
+    ("utimens", |d, o| {
+        let p = d.join("f");
+        fs::write(&p, b"x").unwrap();
+        let t = SystemTime::UNIX_EPOCH + Duration::new(1_000_000, 123_456_789);
+        let f = File::options().write(true).open(&p).unwrap();
+        log(o, "set mtime", f.set_modified(t));
+        log(
+            o,
+            "mtime",
+            fs::metadata(&p).map(|m| (m.mtime(), m.mtime_nsec())),
+        );
+        let times = Timestamps {
+            last_access: Timespec {
+                tv_sec: 5,
+                tv_nsec: 6,
+            },
+            last_modification: Timespec {
+                tv_sec: 0,
+                tv_nsec: rfs::UTIME_NOW,
+            },
+        };
+        log(
+            o,
+            "utimensat now",
+            errno(rfs::utimensat(CWD, &p, &times, rfs::AtFlags::empty())),
+        );
+        log(
+            o,
+            "atime",
+            fs::metadata(&p).map(|m| (m.atime(), m.atime_nsec())),
+        );
+        std::os::unix::fs::symlink("f", d.join("l")).unwrap();
+        let old = Timestamps {
+            last_access: Timespec {
+                tv_sec: 9,
+                tv_nsec: 0,
+            },
+            last_modification: Timespec {
+                tv_sec: 10,
+                tv_nsec: 11,
+            },
+        };
+        log(
+            o,
+            "lutimes",
+            errno(rfs::utimensat(
+                CWD,
+                d.join("l"),
+                &old,
+                rfs::AtFlags::SYMLINK_NOFOLLOW,
+            )),
+        );
+        log(
+            o,
+            "link mtime",
+            fs::symlink_metadata(d.join("l")).map(|m| (m.mtime(), m.mtime_nsec())),
+        );
+    }),
+    ("mkdir_rmdir", |d, o| {
+        log(o, "mkdir", fs::create_dir(d.join("a")));
+        log(o, "mkdir existing", fs::create_dir(d.join("a")));
+        log(o, "mkdir -p", fs::create_dir_all(d.join("a/b/c")));
+        log(o, "rmdir non-empty", fs::remove_dir(d.join("a")));
+        log(o, "rmdir missing", fs::remove_dir(d.join("zz")));
+        log(o, "rmdir leaf", fs::remove_dir(d.join("a/b/c")));
+        log(
+            o,
+            "mkdir mode",
+            fs::DirBuilder::new().mode(0o750).create(d.join("m")),
+        );
+        log(o, "stat", stat(&d.join("m")));
+        fs::set_permissions(d.join("m"), fs::Permissions::from_mode(0o2775)).unwrap();
+        std::os::unix::fs::chown(d.join("m"), None, Some(99)).unwrap();
+        fs::set_permissions(d.join("m"), fs::Permissions::from_mode(0o2775)).unwrap();
+        // A set-group-ID directory passes its group (and the bit, to directories).
+        log(o, "mkdir in setgid", fs::create_dir(d.join("m/sub")));
+        log(o, "stat", stat(&d.join("m/sub")));
+        log(o, "file in setgid", fs::write(d.join("m/file"), b""));
+        log(o, "stat", stat(&d.join("m/file")));
+        log(o, "list", list(d));
+    }),
+    ("unlink", |d, o| {
+        fs::write(d.join("f"), b"x").unwrap();
+        fs::create_dir(d.join("dir")).unwrap();
+        log(o, "unlink", fs::remove_file(d.join("f")));
+        log(o, "unlink again", fs::remove_file(d.join("f")));
+        log(o, "unlink dir", fs::remove_file(d.join("dir")));
+        log(o, "list", list(d));
+    }),
+    ("rename", |d, o| {
+        fs::write(d.join("a"), b"a").unwrap();
+        fs::write(d.join("b"), b"b").unwrap();
+        log(o, "over file", fs::rename(d.join("a"), d.join("b")));
+        log(o, "read", fs::read(d.join("b")));
+        fs::create_dir_all(d.join("d1/sub")).unwrap();
+        fs::write(d.join("d1/sub/f"), b"deep").unwrap();
+        log(o, "dir", fs::rename(d.join("d1"), d.join("d2")));
+        log(o, "old child", fs::read(d.join("d1/sub/f")));
+        log(o, "new child", fs::read(d.join("d2/sub/f")));
+        // The moved child is still known at its new path: writes follow it.
+        log(o, "write moved", fs::write(d.join("d2/sub/f"), b"moved"));
+        log(
+            o,
+            "into subdir",
+            fs::rename(d.join("b"), d.join("d2/sub/b")),
+        );
+        log(
+            o,
+            "dir over non-empty",
+            fs::rename(d.join("d2/sub"), d.join("d2")),
+        );
+        fs::create_dir(d.join("empty")).unwrap();
+        log(
+            o,
+            "dir over empty dir",
+            fs::rename(d.join("d2"), d.join("empty")),
+        );
+        log(
+            o,
+            "file over dir",
+            fs::rename(d.join("empty/sub/f"), d.join("empty/sub")),
+        );
+        log(o, "missing", fs::rename(d.join("nope"), d.join("x")));
+        log(o, "list", list(d));
+        log(o, "list", list(&d.join("empty/sub")));
+    }),
+    ("rename_noreplace", |d, o| {
+        fs::write(d.join("a"), b"a").unwrap();
+        fs::write(d.join("b"), b"b").unwrap();
+        log(
+            o,
+            "existing",
+            errno(rfs::renameat_with(
+                CWD,
+                d.join("a"),
+                CWD,
+                d.join("b"),
+                RenameFlags::NOREPLACE,
+            )),
+        );
+        log(
+            o,
+            "absent",
+            errno(rfs::renameat_with(
+                CWD,
+                d.join("a"),
+                CWD,
+                d.join("c"),
+                RenameFlags::NOREPLACE,
+            )),
+        );
+        log(o, "list", list(d));
+    }),
+    ("rename_exchange", |d, o| {
+        fs::write(d.join("a"), b"a").unwrap();
+        fs::write(d.join("b"), b"b").unwrap();
+        fs::create_dir(d.join("dir")).unwrap();
+        fs::write(d.join("dir/inner"), b"i").unwrap();
+        log(
+            o,
+            "files",
+            errno(rfs::renameat_with(
+                CWD,
+                d.join("a"),
+                CWD,
+                d.join("b"),
+                RenameFlags::EXCHANGE,
+            )),
+        );
+        log(o, "a", fs::read(d.join("a")));
+        log(o, "b", fs::read(d.join("b")));
+        log(
+            o,
+            "file<->dir",
+            errno(rfs::renameat_with(
+                CWD,
+                d.join("a"),
+                CWD,
+                d.join("dir"),
+                RenameFlags::EXCHANGE,
+            )),
+        );
+        log(o, "inner via a", fs::read(d.join("a/inner")));
+        log(o, "write inner", fs::write(d.join("a/inner"), b"j"));
+        log(o, "dir is file", fs::read(d.join("dir")));
+        log(
+            o,
+            "missing",
+            errno(rfs::renameat_with(
+                CWD,
+                d.join("a"),
+                CWD,
+                d.join("zz"),
+                RenameFlags::EXCHANGE,
+            )),
+        );
+    }),
+    ("hard_links", |d, o| {
+        fs::write(d.join("f"), b"one").unwrap();
+        log(o, "link", fs::hard_link(d.join("f"), d.join("g")));
+        log(o, "stat", stat(&d.join("g")));
+        log(o, "write via g", fs::write(d.join("g"), b"two"));
+        log(o, "read via f", fs::read(d.join("f")));
+        log(
+            o,
+            "same inode",
+            Ok(fs::metadata(d.join("f")).unwrap().ino()
+                == fs::metadata(d.join("g")).unwrap().ino()),
+        );
+        log(o, "unlink f", fs::remove_file(d.join("f")));
+        log(o, "write via g", fs::write(d.join("g"), b"three"));
+        log(o, "stat", stat(&d.join("g")));
+        log(o, "link existing", fs::hard_link(d.join("g"), d.join("g")));
+        fs::create_dir(d.join("dir")).unwrap();
+        log(o, "link dir", fs::hard_link(d.join("dir"), d.join("dir2")));
+    }),
+    ("symlinks", |d, o| {
+        log(
+            o,
+            "relative",
+            std::os::unix::fs::symlink("target", d.join("rel")),
+        );
+        log(
+            o,
+            "absolute",
+            std::os::unix::fs::symlink("/etc/hostname", d.join("abs")),
+        );
+        log(o, "readlink", fs::read_link(d.join("rel")));
+        log(o, "readlink abs", fs::read_link(d.join("abs")));
+        log(o, "dangling read", fs::read(d.join("rel")));
+        log(o, "write through", fs::write(d.join("rel"), b"via link"));
+        log(o, "target", fs::read(d.join("target")));
+        log(o, "stat", stat(&d.join("rel")));
+        log(
+            o,
+            "existing",
+            std::os::unix::fs::symlink("x", d.join("rel")),
+        );
+        log(o, "readlink on file", fs::read_link(d.join("target")));
+    }),
+    ("mknod", |d, o| {
+        log(
+            o,
+            "fifo",
+            errno(rfs::mknodat(
+                CWD,
+                d.join("fifo"),
+                FileType::Fifo,
+                Mode::from_raw_mode(0o640),
+                0,
+            )),
+        );
+        log(
+            o,
+            "char",
+            errno(rfs::mknodat(
+                CWD,
+                d.join("null"),
+                FileType::CharacterDevice,
+                Mode::from_raw_mode(0o666),
+                rfs::makedev(1, 3),
+            )),
+        );
+        log(
+            o,
+            "socket",
+            errno(rfs::mknodat(
+                CWD,
+                d.join("sock"),
+                FileType::Socket,
+                Mode::from_raw_mode(0o600),
+                0,
+            )),
+        );
+        log(
+            o,
+            "regular",
+            errno(rfs::mknodat(
+                CWD,
+                d.join("reg"),
+                FileType::RegularFile,
+                Mode::from_raw_mode(0o644),
+                0,
+            )),
+        );
+        for n in ["fifo", "null", "sock", "reg"] {
+            log(o, n, stat(&d.join(n)));
+        }
+    }),
+    ("fallocate", |d, o| {
+        let p = d.join("f");
+        let f = File::create(&p).unwrap();
+        log(
+            o,
+            "allocate",
+            errno(rfs::fallocate(&f, FallocateFlags::empty(), 0, 1 << 16)),
+        );
+        log(o, "stat", stat(&p));
+        log(
+            o,
+            "keep size",
+            errno(rfs::fallocate(&f, FallocateFlags::KEEP_SIZE, 0, 1 << 20)),
+        );
+        log(o, "stat", stat(&p));
+        f.write_at(&[9u8; 8192], 0).unwrap();
+        log(
+            o,
+            "punch",
+            errno(rfs::fallocate(
+                &f,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                0,
+                4096,
+            )),
+        );
+        drop(f);
+        let data = fs::read(&p).unwrap();
+        log(o, "punched", Ok((data[0], data[4095], data[4096])));
+    }),
+    ("xattrs", |d, o| {
+        let p = d.join("f");
+        fs::write(&p, b"x").unwrap();
+        log(
+            o,
+            "set",
+            errno(rfs::setxattr(&p, "user.a", b"1", XattrFlags::CREATE)),
+        );
+        log(
+            o,
+            "create existing",
+            errno(rfs::setxattr(&p, "user.a", b"2", XattrFlags::CREATE)),
+        );
+        log(
+            o,
+            "replace missing",
+            errno(rfs::setxattr(&p, "user.b", b"2", XattrFlags::REPLACE)),
+        );
+        log(
+            o,
+            "set b",
+            errno(rfs::setxattr(&p, "user.b", b"", XattrFlags::empty())),
+        );
+        log(
+            o,
+            "replace",
+            errno(rfs::setxattr(&p, "user.a", b"one", XattrFlags::REPLACE)),
+        );
+        let mut buf = [0u8; 16];
+        log(
+            o,
+            "get",
+            errno(rfs::getxattr(&p, "user.a", &mut buf[..])).map(|n| buf[..n].to_vec()),
+        );
+        log(o, "size query", errno(rfs::getxattr_query(&p, "user.a")));
+        log(
+            o,
+            "too small",
+            errno(rfs::getxattr(&p, "user.a", &mut [0u8; 1][..])),
+        );
+        log(
+            o,
+            "get missing",
+            errno(rfs::getxattr(&p, "user.zz", &mut buf[..])),
+        );
+        let mut names = [0u8; 64];
+        log(
+            o,
+            "list",
+            errno(rfs::listxattr(&p, &mut names[..])).map(|n| {
+                let mut v: Vec<_> = names[..n]
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.to_vec())
+                    .collect();
+                v.sort();
+                v
+            }),
+        );
+        log(o, "remove", errno(rfs::removexattr(&p, "user.b")));
+        log(o, "remove missing", errno(rfs::removexattr(&p, "user.b")));
+        fs::create_dir(d.join("dir")).unwrap();
+        log(
+            o,
+            "on dir",
+            errno(rfs::setxattr(
+                d.join("dir"),
+                "user.d",
+                b"dir",
+                XattrFlags::empty(),
+            )),
+        );
+        std::os::unix::fs::symlink("f", d.join("l")).unwrap();
+        log(
+            o,
+            "on symlink",
+            errno(rfs::lsetxattr(
+                d.join("l"),
+                "user.l",
+                b"l",
+                XattrFlags::empty(),
+            )),
+        );
+    }),
+    ("statfs_access", |d, o| {
+        fs::write(d.join("f"), b"x").unwrap();
+        log(o, "statvfs", errno(rfs::statvfs(d)).map(|s| s.f_namemax));
+        log(
+            o,
+            "access rw",
+            errno(rfs::access(
+                d.join("f"),
+                rfs::Access::READ_OK | rfs::Access::WRITE_OK,
+            )),
+        );
+        log(
+            o,
+            "access missing",
+            errno(rfs::access(d.join("zz"), rfs::Access::EXISTS)),
+        );
+    }),
+    ("readdir_many", |d, o| {
+        for i in 0..300 {
+            fs::write(d.join(format!("file-{i:03}-with-a-longer-name")), [i as u8]).unwrap();
+        }
+        log(o, "count", list(d).map(|l| l.len()));
+        log(o, "first", list(d).map(|l| l[0].clone()));
+        for i in (0..300).step_by(2) {
+            fs::remove_file(d.join(format!("file-{i:03}-with-a-longer-name"))).unwrap();
+        }
+        log(o, "after removal", list(d).map(|l| l.len()));
+    }),
+    ("open_unlink_write", |d, o| {
+        let p = d.join("tmp");
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        log(o, "unlink open file", fs::remove_file(&p));
+        log(o, "write orphan", f.write_all(b"gone"));
+        log(o, "truncate orphan", f.set_len(2));
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let mut s = String::new();
+        log(
+            o,
+            "read orphan",
+            f.read_to_string(&mut s).map(|_| s.clone()),
+        );
+        log(o, "list", list(d));
+    }),
+    ("fsync", |d, o| {
+        let mut f = File::create(d.join("f")).unwrap();
+        log(o, "write", f.write_all(b"durable"));
+        log(o, "fsync", f.sync_all());
+        log(o, "fdatasync", f.sync_data());
+        log(o, "fsync dir", File::open(d).and_then(|d| d.sync_all()));
+    }),
+];
+
+#[test]
+fn posix_suite_matches_plain_directory_and_replicates() {
+    for (name, case) in CASES {
+        let plain = tempfile::tempdir().unwrap();
+        let mut expected = Vec::new();
+        case(plain.path(), &mut expected);
+
+        let mut fixture = Fixture::new(AckMode::Durable);
+        let mut got = Vec::new();
+        case(&fixture.primary, &mut got);
+        assert_eq!(
+            expected, got,
+            "case {name}: results differ from a plain directory"
+        );
+        // Durable: every change was applied on the secondary before its ack.
+        fixture.assert_replicated();
+        fixture
+            .finish()
+            .unwrap_or_else(|e| panic!("case {name}: receiver: {e}"));
+        eprintln!("case {name}: ok");
+    }
+}
+
+#[test]
+fn concurrent_appending_writers_are_all_replicated() {
+    const THREADS: usize = 8;
+    const LINES: usize = 40;
+    let mut fixture = Fixture::new(AckMode::Receipt);
+    let path = fixture.primary.join("log");
+    File::create(&path).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let path = &path;
+            s.spawn(move || {
+                let mut f = OpenOptions::new().append(true).open(path).unwrap();
+                for i in 0..LINES {
+                    f.write_all(format!("thread {t} line {i}\n").as_bytes())
+                        .unwrap();
+                    f.sync_data().unwrap();
+                }
+            });
+        }
+    });
+    let check = |text: String, side: &str| {
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        let mut want: Vec<String> = (0..THREADS)
+            .flat_map(|t| (0..LINES).map(move |i| format!("thread {t} line {i}")))
+            .collect();
+        want.sort();
+        assert_eq!(lines, want, "{side}: every acknowledged line, once");
+    };
+    check(fs::read_to_string(&path).unwrap(), "mount");
+    let secondary = fixture.secondary.join("log");
+    let backing = fixture.backing().join("log");
+    check(fs::read_to_string(&backing).unwrap(), "primary");
+    // Receipt mode acknowledges before applying: wait for the session end.
+    let primary = fs::read(&backing).unwrap();
+    fixture.finish().unwrap();
+    assert_eq!(
+        fs::read(&secondary).unwrap(),
+        primary,
+        "byte-identical on the secondary"
+    );
+}
+
+#[test]
+fn writes_after_unlink_reach_a_link_never_looked_up() {
+    let mut fixture = Fixture::new(AckMode::Durable);
+    fs::write(fixture.primary.join("f"), b"before").unwrap();
+    // A hard link both copies had before the mirror was mounted.
+    fs::hard_link(fixture.backing().join("f"), fixture.backing().join("g")).unwrap();
+    fs::hard_link(fixture.secondary.join("f"), fixture.secondary.join("g")).unwrap();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(fixture.primary.join("f"))
+        .unwrap();
+    fs::remove_file(fixture.primary.join("f")).unwrap();
+    f.write_all(b"AFTER").unwrap();
+    drop(f);
+    assert_eq!(fs::read(fixture.primary.join("g")).unwrap(), b"AFTERe");
+    fixture.assert_replicated();
+    fixture.finish().unwrap();
+}
+
+#[test]
+fn failed_replication_is_an_io_error_for_the_application() {
+    #[derive(Debug)]
+    struct Failing;
+    impl Replicator for Failing {
+        fn submit(&self, _: &Change) -> Result<Ack, ReplicationError> {
+            Ok(Ack::done(Err(ReplicationError::Disconnected(
+                "test".into(),
+            ))))
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let guard = Mirror::mount(tmp.path(), Arc::new(Failing)).unwrap();
+    let err = fs::create_dir(tmp.path().join("d")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::IO.raw_os_error())
+    );
+    // Reads do not need the secondary.
+    assert!(list(tmp.path()).is_ok());
+    guard.unmount().unwrap();
+    let mounted = fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounted.contains(tmp.path().to_str().unwrap()));
+}
+
+/// `cargo test --release --test posix -- --ignored --nocapture throughput`
+#[test]
+#[ignore]
+fn throughput() {
+    fn dd(dir: &Path) -> String {
+        let out = std::process::Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", dir.join("big").display()))
+            .args(["bs=1M", "count=512", "conv=fsync"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    }
+    let plain = tempfile::tempdir().unwrap();
+    eprintln!("plain directory:  {}", dd(plain.path()));
+    for mode in [AckMode::Receipt, AckMode::Durable] {
+        let mut fixture = Fixture::new(mode);
+        eprintln!("mirror ({mode:?}): {}", dd(&fixture.primary));
+        fixture.finish().unwrap();
+    }
+}
+
+#[test]
+fn a_panicking_test_leaves_no_mount_behind() {
+    let mut mount_point = None;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Declared first, dropped last: the mount is still busy when the
+        // fixture goes, so it is detached (lazy unmount).
+        let _still_open: File;
+        let fixture = Fixture::new(AckMode::Receipt);
+        mount_point = Some(fixture.primary.clone());
+        _still_open = File::create(fixture.primary.join("busy")).unwrap();
+        panic!("test failure with a file still open");
+    }));
+    assert!(result.is_err());
+    let mounts = fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(mount_point.unwrap().to_str().unwrap()));
+}

@@ -1,0 +1,204 @@
+//! The replication connection: authentication, forged frames, paths
+//! escaping the directory, connection loss. Loopback TCP only, no FUSE.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use holdfast_membership::ClusterKey;
+use holdfast_replication::protocol::{
+    primary_handshake, secondary_handshake, Direction, Opener, ProtocolError, Reply, Sealer,
+};
+use holdfast_replication::{
+    AckMode, Change, Op, Receiver, ReceiverError, ReplicationError, Replicator, TcpReplicator,
+};
+
+/// A receiver serving one connection on 127.0.0.1 into `dir`.
+fn receiver(dir: &Path, key: &ClusterKey) -> (SocketAddr, JoinHandle<Result<(), ReceiverError>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = Receiver::new(dir, key.clone(), AckMode::Durable).unwrap();
+    let handle = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        receiver.serve_connection(stream)
+    });
+    (addr, handle)
+}
+
+fn mkdir(path: &str) -> Change {
+    Change {
+        op: Op::Mkdir {
+            path: path.into(),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+        stamps: vec![],
+    }
+}
+
+fn create(path: &str) -> Change {
+    Change {
+        op: Op::Create {
+            path: path.into(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        stamps: vec![],
+    }
+}
+
+fn dirs() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let secondary = tmp.path().join("secondary");
+    std::fs::create_dir(&secondary).unwrap();
+    (tmp, secondary)
+}
+
+#[test]
+fn replicated_changes_are_applied_in_order() {
+    let (_tmp, dir) = dirs();
+    let key = ClusterKey::generate();
+    let (addr, rx) = receiver(&dir, &key);
+    let tx = TcpReplicator::connect(addr, &key).unwrap();
+    tx.replicate(&mkdir("a")).unwrap();
+    // Submitted together, waited for afterwards: pipelined, applied in order.
+    let acks: Vec<_> = ["a/f", "a/g"]
+        .into_iter()
+        .map(|p| tx.submit(&create(p)).unwrap())
+        .collect();
+    for ack in acks {
+        ack.wait().unwrap();
+    }
+    assert!(dir.join("a/f").is_file() && dir.join("a/g").is_file());
+    drop(tx);
+    rx.join().unwrap().unwrap();
+}
+
+#[test]
+fn wrong_key_is_refused_at_connection() {
+    let (_tmp, dir) = dirs();
+    let (addr, rx) = receiver(&dir, &ClusterKey::generate());
+    let err = TcpReplicator::connect(addr, &ClusterKey::generate()).unwrap_err();
+    assert!(matches!(err, ReplicationError::Connect(_)), "{err}");
+    assert!(matches!(
+        rx.join().unwrap(),
+        Err(ReceiverError::Protocol(
+            ProtocolError::Unauthenticated | ProtocolError::Io(_)
+        ))
+    ));
+}
+
+#[test]
+fn forged_and_replayed_frames_are_rejected() {
+    for tamper in ["forge", "replay"] {
+        let (_tmp, dir) = dirs();
+        let key = ClusterKey::generate();
+        let (addr, rx) = receiver(&dir, &key);
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let session = primary_handshake(&mut stream, &key).unwrap();
+        let mut sealer = Sealer::new(session.clone(), Direction::ToSecondary);
+        let mut opener = Opener::new(session, Direction::ToPrimary);
+
+        let genuine = sealer.seal(&postcard::to_allocvec(&mkdir("genuine")).unwrap());
+        stream.write_all(&genuine).unwrap();
+        let (_, reply) = opener.read(&mut stream).unwrap().unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Reply>(&reply).unwrap(),
+            Reply::Ack { seq: 0 }
+        );
+
+        let bad = match tamper {
+            "forge" => {
+                let mut frame = sealer.seal(&postcard::to_allocvec(&mkdir("forged")).unwrap());
+                let last = frame.len() - 40;
+                frame[last] ^= 0x55; // inside the payload
+                frame
+            }
+            _ => genuine,
+        };
+        stream.write_all(&bad).unwrap();
+        let result = rx.join().unwrap();
+        match tamper {
+            "forge" => assert!(
+                matches!(
+                    result,
+                    Err(ReceiverError::Protocol(ProtocolError::BadTag { seq: 1 }))
+                ),
+                "{result:?}"
+            ),
+            _ => assert!(
+                matches!(
+                    result,
+                    Err(ReceiverError::Protocol(ProtocolError::OutOfSequence {
+                        expected: 1,
+                        got: 0
+                    }))
+                ),
+                "{result:?}"
+            ),
+        }
+        assert!(dir.join("genuine").is_dir());
+        assert!(!dir.join("forged").exists());
+    }
+}
+
+#[test]
+fn paths_escaping_the_directory_are_refused() {
+    let (tmp, dir) = dirs();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    for path in [
+        "../escape",
+        "sub/../../escape",
+        "/tmp/holdfast-escape",
+        "link/escape",
+    ] {
+        let key = ClusterKey::generate();
+        let (addr, rx) = receiver(&dir, &key);
+        let tx = TcpReplicator::connect(addr, &key).unwrap();
+        let err = tx.replicate(&create(path)).unwrap_err();
+        assert!(
+            matches!(err, ReplicationError::Refused { seq: 0, .. }),
+            "{path}: {err}"
+        );
+        // The connection is unusable after a refusal: the copies may differ.
+        assert!(tx.replicate(&mkdir("after")).is_err());
+        let result = rx.join().unwrap();
+        assert!(
+            matches!(result, Err(ReceiverError::Escape { seq: 0, .. })),
+            "{path}: {result:?}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(!tmp.path().join("escape").exists());
+    assert!(!Path::new("/tmp/holdfast-escape").exists());
+    assert!(!dir.join("after").exists());
+}
+
+#[test]
+fn connection_loss_fails_every_waiter() {
+    let key = ClusterKey::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_key = key.clone();
+    // A secondary that authenticates, reads two frames, never acknowledges, dies.
+    let fake = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let session = secondary_handshake(&mut stream, &server_key).unwrap();
+        let mut opener = Opener::new(session, Direction::ToSecondary);
+        opener.read(&mut stream).unwrap().unwrap();
+        opener.read(&mut stream).unwrap().unwrap();
+    });
+    let tx = TcpReplicator::connect(addr, &key).unwrap();
+    let a = tx.submit(&mkdir("a")).unwrap();
+    let b = tx.submit(&mkdir("b")).unwrap();
+    fake.join().unwrap();
+    assert!(matches!(a.wait(), Err(ReplicationError::Disconnected(_))));
+    assert!(matches!(b.wait(), Err(ReplicationError::Disconnected(_))));
+    assert!(tx.replicate(&mkdir("c")).is_err());
+}
