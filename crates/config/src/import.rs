@@ -19,7 +19,8 @@ use roxmltree::{Document, Node, ParsingOptions};
 use crate::error::{line_column, ConfigError, ValidationError};
 use crate::model::{
     Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, ScriptsConfig,
-    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_TIMEOUT,
+    VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE,
+    DEFAULT_TIMEOUT,
 };
 use crate::validate::format_duration;
 
@@ -83,6 +84,8 @@ pub fn import_userconfig(
         },
         nodes: Vec::new(),
         scripts: ScriptsConfig::default(),
+        vip: None,
+        health: None,
     };
 
     let safe = user.doc.root_element();
@@ -402,10 +405,12 @@ impl Importer {
 
         let mut heart = None;
         let mut user = None;
+        let mut vip = None;
         for child in service.children().filter(Node::is_element) {
             let slot = match child.tag_name().name() {
                 "heart" => &mut heart,
                 "user" => &mut user,
+                "vip" => &mut vip,
                 _ => {
                     self.unsupported_element(f, child);
                     continue;
@@ -428,6 +433,9 @@ impl Importer {
             ));
         };
         let heart_port = self.heart(f, heart, &mut config.heartbeat)?;
+        if let Some(vip) = vip {
+            config.vip = self.vip(f, vip)?;
+        }
         match user {
             Some(user) => self.user(f, user, &mut config.scripts)?,
             None => {
@@ -811,6 +819,72 @@ impl Importer {
         Some(attr)
     }
 
+    /// `<vip>`: the first `<virtual_addr addr>` of its interface list
+    /// (SafeKit §13.6); what a mirror module's VIP does not use is reported.
+    fn vip(
+        &mut self,
+        f: &XmlFile<'_>,
+        vip: Node<'_, '_>,
+    ) -> Result<Option<VipConfig>, ConfigError> {
+        self.note("vip", f, vip.range().start, "<vip>");
+        self.check_attributes(f, vip, &[]);
+        let mut found: Option<VipConfig> = None;
+        for el in vip.descendants().filter(Node::is_element).skip(1) {
+            match el.tag_name().name() {
+                "interface_list" | "real_interface" => self.check_attributes(f, el, &[]),
+                "interface" => self.check_attributes(f, el, &["check", "arpreroute"]),
+                "virtual_addr" => {
+                    self.check_attributes(f, el, &["addr", "where"]);
+                    let Some(addr) = self.attr(f, el, "addr") else {
+                        return Err(f.error(
+                            el.range().start,
+                            "<virtual_addr>",
+                            "the addr attribute is required",
+                        ));
+                    };
+                    if found.is_some() {
+                        self.warn(
+                            f,
+                            el.range().start,
+                            &element_name(el),
+                            "only one virtual IP per module is supported; ignored",
+                        );
+                        continue;
+                    }
+                    if let Some(place) = self.attr(f, el, "where") {
+                        if !matches!(place.value, "one_side_alias" | "alias") {
+                            self.warn(
+                                f,
+                                place.offset,
+                                &place.field,
+                                format!("where={:?} is imported as an address on the primary only (one_side_alias)", place.value),
+                            );
+                        }
+                    }
+                    self.note_attr("vip.address", f, &addr);
+                    let address = addr.value.parse().map_err(|_| {
+                        f.attr_error(&addr, format!("expected an IPv4 address, found {:?} (host names are not supported)", addr.value))
+                    })?;
+                    found = Some(VipConfig {
+                        address,
+                        prefix: 32,
+                        interface: None,
+                    });
+                }
+                _ => self.unsupported_element(f, el),
+            }
+        }
+        if found.is_none() {
+            self.warn(
+                f,
+                vip.range().start,
+                "<vip>",
+                "no <virtual_addr addr> found; no virtual IP imported",
+            );
+        }
+        Ok(found)
+    }
+
     /// Warns about every attribute of `el` not in `known`.
     fn check_attributes(&mut self, f: &XmlFile<'_>, el: Node<'_, '_>, known: &[&str]) {
         for a in el.attributes() {
@@ -829,7 +903,9 @@ impl Importer {
     fn unsupported_element(&mut self, f: &XmlFile<'_>, el: Node<'_, '_>) {
         let message = match el.tag_name().name() {
             "rfs" => "file replication is not supported yet; ignored",
-            "vip" => "virtual IP addresses are not supported yet; ignored",
+            "loadbalancing_list" | "virtual_interface" => {
+                "farm load balancing is not supported yet; ignored"
+            }
             "errd" => "process monitoring is not supported yet; ignored",
             "check" => "checkers are not supported yet; ignored",
             "failover" => "failover rules are not supported yet; ignored",

@@ -2,7 +2,7 @@
 //! `userconfig.xml` import) produces and what the daemon consumes.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,6 +30,28 @@ pub struct ModuleConfig {
     /// The nodes of the module, in configuration order (2 for a mirror).
     pub nodes: Vec<NodeConfig>,
     pub scripts: ScriptsConfig,
+    /// Virtual IP held by the primary (none in cloud deployments).
+    pub vip: Option<VipConfig>,
+    /// Cloud mode: an HTTP health endpoint for a cloud load balancer's probe.
+    pub health: Option<HealthConfig>,
+}
+
+/// The virtual IP of a mirror module: added on the primary only, and
+/// announced with gratuitous ARP when it moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipConfig {
+    pub address: Ipv4Addr,
+    /// Prefix length given to the address (default 32: no subnet route added).
+    pub prefix: u8,
+    /// Interface to hold it; by default the one with an address in the same subnet.
+    pub interface: Option<String>,
+}
+
+/// Cloud mode: `GET /` on this TCP port answers 200 only on the node that
+/// should receive traffic (the primary), 503 elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,13 +19,15 @@ use toml_edit::{
 
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
-    Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, ScriptsConfig,
-    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_PULSE,
-    DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
+    Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mode, ModuleConfig, NodeConfig,
+    ScriptsConfig, VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK,
+    DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
 };
 use crate::validate::format_duration;
 
-const ROOT_KEYS: &[&str] = &["module", "heartbeat", "node", "scripts"];
+const ROOT_KEYS: &[&str] = &["module", "heartbeat", "node", "scripts", "vip", "health"];
+const VIP_KEYS: &[&str] = &["address", "prefix", "interface"];
+const HEALTH_KEYS: &[&str] = &["port"];
 const MODULE_KEYS: &[&str] = &[
     "name",
     "mode",
@@ -156,6 +158,21 @@ pub fn to_toml(config: &ModuleConfig) -> String {
     }
     doc.insert("scripts", Item::Table(scripts));
 
+    if let Some(vip) = &config.vip {
+        let mut table = Table::new();
+        table.insert("address", value(vip.address.to_string()));
+        table.insert("prefix", value(i64::from(vip.prefix)));
+        if let Some(interface) = &vip.interface {
+            table.insert("interface", value(interface.as_str()));
+        }
+        doc.insert("vip", Item::Table(table));
+    }
+    if let Some(health) = &config.health {
+        let mut table = Table::new();
+        table.insert("port", value(i64::from(health.port)));
+        doc.insert("health", Item::Table(table));
+    }
+
     doc.to_string()
 }
 
@@ -278,6 +295,19 @@ impl<'a> Reader<'a> {
             Some(section) => self.scripts(&section)?,
             None => ScriptsConfig::default(),
         };
+        let vip = match self.opt(&root, "vip", Self::table)? {
+            Some(section) => Some(self.vip(&section)?),
+            None => None,
+        };
+        let health = match self.opt(&root, "health", Self::table)? {
+            Some(section) => {
+                self.check_keys(&section, HEALTH_KEYS)?;
+                Some(HealthConfig {
+                    port: self.req(&section, "port", Self::port)?,
+                })
+            }
+            None => None,
+        };
 
         Ok(ModuleConfig {
             name,
@@ -291,23 +321,52 @@ impl<'a> Reader<'a> {
             heartbeat,
             nodes,
             scripts,
+            vip,
+            health,
         })
+    }
+
+    fn vip(&mut self, vip: &Section<'_>) -> Converted<VipConfig> {
+        self.check_keys(vip, VIP_KEYS)?;
+        let address = self.req(vip, "address", |r, path, item| {
+            let text = r.string(path, item)?;
+            text.parse::<std::net::Ipv4Addr>()
+                .map_err(|_| r.error(path, format!("expected an IPv4 address, found {text:?}")))
+        })?;
+        let prefix = self
+            .opt(vip, "prefix", |r, path, item| {
+                let n = r.integer(path, item)?;
+                match u8::try_from(n) {
+                    Ok(p) if (1..=32).contains(&p) => Ok(p),
+                    _ => Err(r.error(
+                        path,
+                        format!("expected a prefix length between 1 and 32, found {n}"),
+                    )),
+                }
+            })?
+            .unwrap_or(32);
+        let interface = self.opt(vip, "interface", Self::string)?;
+        Ok(VipConfig {
+            address,
+            prefix,
+            interface,
+        })
+    }
+
+    fn port(&mut self, path: &str, item: &Item) -> Converted<u16> {
+        let n = self.integer(path, item)?;
+        match u16::try_from(n) {
+            Ok(port) if port > 0 => Ok(port),
+            _ => Err(self.error(
+                path,
+                format!("expected a port number between 1 and 65535, found {n}"),
+            )),
+        }
     }
 
     fn heartbeat(&mut self, hb: &Section<'_>) -> Converted<HeartbeatConfig> {
         self.check_keys(hb, HEARTBEAT_KEYS)?;
-        let port = self
-            .opt(hb, "port", |r, path, item| {
-                let n = r.integer(path, item)?;
-                match u16::try_from(n) {
-                    Ok(port) if port > 0 => Ok(port),
-                    _ => Err(r.error(
-                        path,
-                        format!("expected a port number between 1 and 65535, found {n}"),
-                    )),
-                }
-            })?
-            .unwrap_or(DEFAULT_PORT);
+        let port = self.opt(hb, "port", Self::port)?.unwrap_or(DEFAULT_PORT);
         let pulse = self
             .opt(hb, "pulse", Self::duration)?
             .unwrap_or(DEFAULT_PULSE);

@@ -15,7 +15,67 @@ impl ModuleConfig {
         self.validate_module()?;
         self.validate_heartbeat()?;
         self.validate_nodes()?;
-        self.validate_scripts()
+        self.validate_scripts()?;
+        self.validate_network()
+    }
+
+    fn validate_network(&self) -> Result<(), ValidationError> {
+        if let Some(vip) = &self.vip {
+            let taken = self.nodes.iter().find(|n| {
+                n.addresses
+                    .values()
+                    .any(|a| *a == std::net::IpAddr::V4(vip.address))
+            });
+            if let Some(node) = taken {
+                return invalid(
+                    "vip.address",
+                    format!(
+                        "{} is an address of node {}; the virtual IP must be a free address",
+                        vip.address, node.name
+                    ),
+                );
+            }
+            if vip.address.is_unspecified()
+                || vip.address.is_multicast()
+                || vip.address.is_broadcast()
+            {
+                return invalid(
+                    "vip.address",
+                    format!("{} cannot be a virtual IP", vip.address),
+                );
+            }
+            if !(1..=32).contains(&vip.prefix) {
+                return invalid("vip.prefix", "the prefix length must be between 1 and 32");
+            }
+            if let Some(interface) = &vip.interface {
+                let valid = !interface.is_empty()
+                    && interface.len() < 16
+                    && !interface.contains(['/', ' ', '\0'])
+                    && interface != "."
+                    && interface != "..";
+                if !valid {
+                    return invalid(
+                        "vip.interface",
+                        format!("{interface:?} is not a valid interface name"),
+                    );
+                }
+            }
+        }
+        if let Some(health) = &self.health {
+            if health.port == 0 {
+                return invalid("health.port", "the port must be between 1 and 65535");
+            }
+            if health.port == self.heartbeat.port {
+                return invalid(
+                    "health.port",
+                    format!(
+                        "port {} is the heartbeat port; the health endpoint needs another one",
+                        health.port
+                    ),
+                );
+            }
+        }
+        Ok(())
     }
 
     fn validate_module(&self) -> Result<(), ValidationError> {

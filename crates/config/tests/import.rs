@@ -138,6 +138,8 @@ fn the_safekit_sample_imports() {
             logging: true,
             env: BTreeMap::new(),
         },
+        vip: None,
+        health: None,
     };
     assert_eq!(config, expected);
 
@@ -604,4 +606,38 @@ fn warnings_display() {
         message: "not supported".into(),
     };
     assert_eq!(w.to_string(), "line 12: <errd>: not supported");
+}
+
+#[test]
+fn vip_is_imported_and_farm_parts_are_reported() {
+    let vip = r#"<vip>
+ <interface_list>
+  <interface check="on" arpreroute="on">
+   <real_interface>
+    <virtual_addr addr="192.168.1.99" where="one_side_alias"/>
+    <virtual_addr addr="192.168.1.98" where="one_side_alias"/>
+   </real_interface>
+  </interface>
+ </interface_list>
+ <loadbalancing_list/>
+</vip>
+<user "#;
+    let text = SAMPLE.replacen("<user ", vip, 1);
+    let imported = imported(&text, CLUSTER_XML);
+    let config_vip = imported.config.vip.expect("the VIP is imported");
+    assert_eq!(config_vip.address.to_string(), "192.168.1.99");
+    assert_eq!(config_vip.prefix, 32);
+    let warned = |what: &str| {
+        imported
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains(what))
+    };
+    assert!(warned("only one virtual IP"), "{:?}", imported.warnings);
+    assert!(warned("<loadbalancing_list>"), "{:?}", imported.warnings);
+
+    let bad = SAMPLE.replacen("<user ", "<vip><interface_list><interface><real_interface><virtual_addr addr=\"vip.example\"/></real_interface></interface></interface_list></vip>\n<user ", 1);
+    let e = import(&bad, CLUSTER_XML).unwrap_err();
+    assert_eq!(e.field, "<virtual_addr addr>");
+    assert!(e.message.contains("host names are not supported"), "{e}");
 }

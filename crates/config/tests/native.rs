@@ -660,3 +660,57 @@ fn validate_rejects_keyword_node_as_default_primary() {
     let e = c.validate().expect_err("ambiguous");
     assert_eq!(e.field, "module.default_primary");
 }
+
+#[test]
+fn vip_and_health_parse_round_trip_and_default() {
+    let text = minimal_plus("[vip]\naddress = \"198.18.0.50\"\n\n[health]\nport = 9010\n");
+    let config = parse(&text).unwrap();
+    let vip = config.vip.clone().expect("vip");
+    assert_eq!(
+        (vip.address.to_string().as_str(), vip.prefix, vip.interface),
+        ("198.18.0.50", 32, None)
+    );
+    assert_eq!(config.health, Some(HealthConfig { port: 9010 }));
+    assert_eq!(parse(&to_toml(&config)).unwrap(), config);
+    assert_eq!(parse(MINIMAL).unwrap().vip, None);
+}
+
+#[test]
+fn vip_and_health_errors_are_placed() {
+    // Line 12 is the first line after MINIMAL.
+    assert_error(
+        &minimal_plus("[vip]\naddress = \"198.18.0.11\"\n"),
+        13,
+        11,
+        "vip.address",
+        "is an address of node node1",
+    );
+    assert_error(
+        &minimal_plus("[vip]\naddress = \"web.example\"\n"),
+        13,
+        11,
+        "vip.address",
+        "expected an IPv4 address",
+    );
+    assert_error(
+        &minimal_plus("[vip]\naddress = \"198.18.0.50\"\nprefix = 33\n"),
+        14,
+        10,
+        "vip.prefix",
+        "between 1 and 32",
+    );
+    assert_error(
+        &minimal_plus("[vip]\nadress = \"198.18.0.50\"\n"),
+        13,
+        1,
+        "vip.adress",
+        "unknown",
+    );
+    assert_error(
+        &minimal_plus("[health]\nport = 4800\n"),
+        13,
+        8,
+        "health.port",
+        "heartbeat port",
+    );
+}
