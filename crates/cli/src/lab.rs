@@ -82,6 +82,18 @@ pub enum LabCmd {
         #[arg(long)]
         lab: Option<String>,
     },
+    /// The demo's sample application (run by its start_prim script): a line
+    /// per second in <dir>/app.log, and TCP connections on --port answered
+    /// with the node's name. Runs until killed.
+    #[command(hide = true)]
+    SampleApp {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        port: u16,
+    },
     /// Benchmark: failover time over repeated primary crashes.
     BenchFailover {
         /// Crashes per timing setting.
@@ -181,6 +193,7 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
                 handle.command(&host, &exe)?.arg("state").status()?;
             }
         }
+        LabCmd::SampleApp { dir, node, port } => sample_app(&dir, &node, port)?,
         LabCmd::BenchFailover {
             trials,
             load_seconds,
@@ -275,6 +288,44 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
         std::thread::sleep(Duration::from_secs(1));
     }
     println!("removing lab {id}...");
+    Ok(())
+}
+
+fn sample_app(dir: &std::path::Path, node: &str, port: u16) -> Result<()> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port))
+        .with_context(|| format!("sample application: port {port}"))?;
+    let log_path = dir.join("app.log");
+    let name = node.to_string();
+    std::thread::spawn(move || loop {
+        if let Ok(mut log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            let secs = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let _ = writeln!(
+                log,
+                "{:02}:{:02}:{:02} served by {name}",
+                secs / 3600 % 24,
+                secs / 60 % 60,
+                secs % 60
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    });
+    for stream in listener.incoming() {
+        match stream {
+            // A client that went away is its own business.
+            Ok(mut stream) => {
+                let _ = writeln!(stream, "{node}");
+            }
+            // Out of descriptors or the like: do not spin on it.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
     Ok(())
 }
 

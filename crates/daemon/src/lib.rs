@@ -7,10 +7,12 @@
 //! - [`api`]: the HTTP API on a Unix socket (the CLI's and console's way in),
 //!   and [`client`] to call it;
 //! - [`registry`]: installed modules, persisted under the state directory;
-//! - [`modlog`]: the module log.
+//! - [`modlog`]: the module log;
+//! - [`health`]: the cloud-mode health endpoint of a module.
 
 pub mod api;
 pub mod client;
+pub mod health;
 pub mod modlog;
 pub mod paths;
 pub mod registry;
@@ -40,6 +42,13 @@ pub enum DaemonError {
     },
     #[error("module {module}: cannot use heartbeat port {port}: {source}")]
     HeartbeatPort {
+        module: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("module {module}: cannot serve the health endpoint on port {port}: {source}")]
+    HealthPort {
         module: String,
         port: u16,
         #[source]

@@ -15,6 +15,8 @@ use holdfast_membership::{
     Action, ClusterKey, Command, CommandError, Heartbeat, LogLevel, MirrorModule, MirrorSettings,
     ModuleView, Persistent, ReplayGuard, Script, ScriptOutcome, ScriptRun,
 };
+use holdfast_network::garp::{self, Announcement};
+use holdfast_network::Vip;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -102,6 +104,10 @@ pub async fn spawn(
         // A freshly built machine is stopped, so Start cannot be refused.
         let _ = core.command(Instant::now(), Command::Start);
     }
+    let health = match config.health {
+        Some(health) => Some(crate::health::serve(&config.name, health.port, view.clone()).await?),
+        None => None,
+    };
     let config = Arc::new(config);
     let shell = Shell {
         ctx,
@@ -121,6 +127,7 @@ pub async fn spawn(
         rejected: Rejections::default(),
         fingerprint_warned: false,
         shutdown: None,
+        _health: health,
     };
     let task = tokio::spawn(shell.run(rx));
     Ok(ModuleHandle {
@@ -169,6 +176,8 @@ struct Shell {
     fingerprint_warned: bool,
     /// During daemon shutdown: whether the module should run at next start.
     shutdown: Option<bool>,
+    /// The cloud-mode health endpoint, stopped with the module.
+    _health: Option<crate::health::HealthServer>,
 }
 
 impl Shell {
@@ -333,12 +342,69 @@ impl Shell {
                 Action::Log { level, message } => self.log.write(level, &message),
                 Action::Transition { .. } => {}
                 Action::SendHeartbeat => self.send_heartbeat().await,
+                Action::AcquirePrimaryResources => self.virtual_ip(true),
+                Action::ReleasePrimaryResources => self.virtual_ip(false),
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
                         self.persist(&persistent);
                     }
                 }
             }
+        }
+    }
+
+    /// Adds (then announces) or removes the module's virtual IP. A failure is
+    /// logged as an error: the module goes on (its application may still be
+    /// reachable on the node's own address), and the log says why clients
+    /// cannot reach the VIP.
+    fn virtual_ip(&self, up: bool) {
+        let Some(vip) = &self.config.vip else { return };
+        let interface = match &vip.interface {
+            Some(name) => Ok(name.clone()),
+            None => Vip::interface_for(vip.address),
+        };
+        let done = interface.and_then(|interface| {
+            if up {
+                Vip::add(&interface, vip.address, vip.prefix)?;
+            } else {
+                Vip::remove(&interface, vip.address, vip.prefix)?;
+            }
+            Ok(interface)
+        });
+        match (done, up) {
+            (Ok(interface), true) => {
+                self.log.write(
+                    LogLevel::Info,
+                    &format!("virtual IP {} added on {interface}", vip.address),
+                );
+                // Neighbours learn the new owner; off the module task, since
+                // the announcement paces its rounds.
+                let log = self.log.clone();
+                let address = vip.address;
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = garp::announce(&interface, address, &Announcement::default()) {
+                        log.write(
+                            LogLevel::Error,
+                            &format!("gratuitous ARP for {address} failed: {e}"),
+                        );
+                    }
+                });
+            }
+            (Ok(interface), false) => {
+                tracing::info!(
+                    "module {}: virtual IP {} not held on {interface}",
+                    self.config.name,
+                    vip.address
+                )
+            }
+            (Err(e), true) => self.log.write(
+                LogLevel::Error,
+                &format!("cannot add virtual IP {}: {e}", vip.address),
+            ),
+            (Err(e), false) => self.log.write(
+                LogLevel::Error,
+                &format!("cannot remove virtual IP {}: {e}", vip.address),
+            ),
         }
     }
 

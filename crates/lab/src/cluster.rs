@@ -26,7 +26,19 @@ pub struct MirrorOptions {
     pub timeout: Duration,
     /// Extra lines for the `[module]` table, e.g. `default_primary = "node1"`.
     pub module_extra: String,
+    /// Give the module the virtual IP [`VIP`] (prefix /24 on network 0).
+    pub vip: bool,
+    /// Cloud mode: a health endpoint on [`HEALTH_PORT`].
+    pub health: bool,
 }
+
+/// The health endpoint's port when [`MirrorOptions::health`] is set.
+pub const HEALTH_PORT: u16 = 9010;
+
+/// The virtual IP used when [`MirrorOptions::vip`] is set.
+pub const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 50);
+/// The sample application's TCP port (it answers with the node's name).
+pub const APP_PORT: u16 = 8080;
 
 impl Default for MirrorOptions {
     fn default() -> Self {
@@ -36,6 +48,8 @@ impl Default for MirrorOptions {
             pulse: Duration::from_millis(100),
             timeout: Duration::from_millis(1500),
             module_extra: String::new(),
+            vip: false,
+            health: false,
         }
     }
 }
@@ -121,6 +135,12 @@ impl MirrorLab {
                 "\n[[node]]\nname = \"{host}\"\naddress = {{ {} }}\n",
                 addresses.join(", ")
             ));
+        }
+        if o.vip {
+            text.push_str(&format!("\n[vip]\naddress = \"{VIP}\"\nprefix = 24\n"));
+        }
+        if o.health {
+            text.push_str(&format!("\n[health]\nport = {HEALTH_PORT}\n"));
         }
         text.push_str("\n[scripts]\ndirectory = \"scripts\"\nstart_timeout = \"20s\"\nstop_timeout = \"10s\"\nforce_stop_timeout = \"10s\"\n");
         Ok(text)

@@ -219,6 +219,12 @@ pub enum Action {
     SendHeartbeat,
     /// Write this to disk before acting further (survives a crash).
     Persist(Persistent),
+    /// Bring up the resources the primary holds (the virtual IP) before its
+    /// application starts.
+    AcquirePrimaryResources,
+    /// Release them: the application is down, or the module starts here and
+    /// a previous life (a crash) may have left them.
+    ReleasePrimaryResources,
 }
 
 /// What a node remembers across daemon restarts.
@@ -690,6 +696,7 @@ impl MirrorModule {
                 };
                 self.persistent.running = true;
                 self.persist();
+                self.outbox.push(Action::ReleasePrimaryResources);
                 self.why = Some(format!("{} command", command.as_str()));
                 self.role = Role::Waiting(WaitReason::Starting);
                 self.yields = command == Command::Second;
@@ -715,6 +722,7 @@ impl MirrorModule {
                 self.persistent.running = true;
                 self.persist();
                 if self.role == Role::Stopped {
+                    self.outbox.push(Action::ReleasePrimaryResources);
                     self.role = Role::Waiting(WaitReason::Starting);
                     self.run(Script::Prestart, false, State::Wait, ScriptAction::Start);
                 }
@@ -843,8 +851,12 @@ impl MirrorModule {
                 Some(Step::AppStopped(handover)) => {
                     self.app_active = false;
                     self.handover = handover;
+                    self.outbox.push(Action::ReleasePrimaryResources);
                 }
-                Some(Step::AppRestarted) => self.app_active = true,
+                Some(Step::AppRestarted) => {
+                    self.app_active = true;
+                    self.outbox.push(Action::AcquirePrimaryResources);
+                }
                 Some(Step::BothStopped) => self.both_active = false,
                 Some(Step::Enter(role, reason)) => self.enter(role, reason),
                 Some(Step::BecomePrimary(reason)) => self.become_primary(reason),
@@ -914,6 +926,7 @@ impl MirrorModule {
         self.split_brain_noted = false;
         self.why = Some(reason);
         let next = State::Alone;
+        self.outbox.push(Action::AcquirePrimaryResources);
         if !self.both_active {
             self.both_active = true;
             self.run(Script::StartBoth, false, next, ScriptAction::Start);

@@ -85,6 +85,8 @@ struct Node {
     /// Bumped at each crash, so events of a dead incarnation are ignored.
     life: u64,
     app_running: bool,
+    /// The primary's resources (virtual IP) are up here.
+    vip_held: bool,
 }
 
 struct Sim {
@@ -148,6 +150,7 @@ impl Sim {
                 persistent: Persistent::default(),
                 life: 0,
                 app_running: false,
+                vip_held: false,
             });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
@@ -253,6 +256,8 @@ impl Sim {
                     }
                 }
                 Action::Transition { .. } => {}
+                Action::AcquirePrimaryResources => self.nodes[i].vip_held = true,
+                Action::ReleasePrimaryResources => self.nodes[i].vip_held = false,
             }
         }
         if let Some(deadline) = deadline {
@@ -377,6 +382,7 @@ impl Sim {
                 if n.module.take().is_some() {
                     n.life += 1;
                     n.app_running = false;
+                    n.vip_held = false;
                 }
             }
             Ev::Restart(node) if self.nodes[node].module.is_none() => {
@@ -406,11 +412,12 @@ impl Sim {
     }
 
     fn check_safety(&self) {
-        if self.nodes.iter().all(|n| n.app_running)
-            && self.connected()
-            && self.now > self.last_disconnected + SETTLE_MS
-        {
+        let settled = self.connected() && self.now > self.last_disconnected + SETTLE_MS;
+        if settled && self.nodes.iter().all(|n| n.app_running) {
             self.fail("two nodes run the application while connected");
+        }
+        if settled && self.nodes.iter().all(|n| n.vip_held) {
+            self.fail("two nodes hold the virtual IP while connected");
         }
     }
 
@@ -462,8 +469,13 @@ impl Sim {
             self.fail(&format!("did not settle into PRIM/SECOND with one application: {states:?}, {running} running"));
         }
         let prim = states.iter().position(|s| *s == State::Prim).unwrap();
-        if !self.nodes[prim].app_running {
-            self.fail("the PRIM does not run the application");
+        if !self.nodes[prim].app_running
+            || !self.nodes[prim].vip_held
+            || self.nodes[1 - prim].vip_held
+        {
+            self.fail(
+                "the PRIM does not run the application, or the virtual IP is not on the PRIM only",
+            );
         }
     }
 }
