@@ -130,8 +130,14 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         }
         LabCmd::Exec { lab, host, command } => {
             let handle = find(lab)?;
+            // `holdfast` means this executable, installed or not.
+            let program: std::ffi::OsString = if command[0] == "holdfast" {
+                exe.clone().into()
+            } else {
+                command[0].clone().into()
+            };
             let status = handle
-                .command(&host, &command[0])?
+                .command(&host, program)?
                 .args(&command[1..])
                 .status()?;
             return Ok(ExitCode::from(status.code().unwrap_or(1) as u8));
