@@ -94,6 +94,12 @@ pub enum LabCmd {
         #[arg(long)]
         port: u16,
     },
+    /// Benchmark: client-visible outage through the virtual IP when the
+    /// primary crashes, beside keepalived (VRRPv3) at the same detection time.
+    BenchOutage {
+        #[arg(long, default_value_t = 10)]
+        trials: usize,
+    },
     /// Benchmark: failover time over repeated primary crashes.
     BenchFailover {
         /// Crashes per timing setting.
@@ -200,6 +206,7 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
             }
         }
         LabCmd::SampleApp { dir, node, port } => sample_app(&dir, &node, port)?,
+        LabCmd::BenchOutage { trials } => crate::outage::bench(&exe, trials)?,
         LabCmd::BenchFailover {
             trials,
             load_seconds,
@@ -339,7 +346,7 @@ fn sample_app(dir: &std::path::Path, node: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-fn is(state: &Option<NodeState>, name: &str) -> bool {
+pub(crate) fn is(state: &Option<NodeState>, name: &str) -> bool {
     state
         .as_ref()
         .is_some_and(|s| s.state == name && !s.transient)
@@ -414,7 +421,7 @@ fn measure(
     Ok((Trials { takeover_ms }, cluster))
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
@@ -424,7 +431,7 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
-fn max(values: &[f64]) -> f64 {
+pub(crate) fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(f64::NAN, f64::max)
 }
 

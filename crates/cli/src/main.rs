@@ -6,6 +6,7 @@
 //! `"$SAFE/safekit" printi "msg"` work unchanged.
 
 mod lab;
+mod outage;
 mod state;
 
 use std::collections::BTreeMap;
