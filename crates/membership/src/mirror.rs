@@ -106,6 +106,10 @@ pub struct PeerStatus {
     pub handover: Handover,
     /// A SECOND asks its primary to swap (the `swap` command was run there).
     pub wants_swap: bool,
+    /// This node's copy of the replicated data is complete and current (the
+    /// data layer says so; always true for a module without replicated
+    /// directories).
+    pub uptodate: bool,
     /// The receiver's state as this node last heard it: lets a waiting node
     /// know that a stopped peer has already seen it waiting, so the two
     /// cannot both start on each other's stale STOP.
@@ -123,6 +127,7 @@ impl PeerStatus {
             yields: false,
             handover: Handover::None,
             wants_swap: false,
+            uptodate: true,
             seen: None,
         }
     }
@@ -339,6 +344,9 @@ enum WaitReason {
     FailoverOff,
     /// Started with `second`: waits for a primary.
     AwaitPrimary,
+    /// This node's data may be stale (a restart after being SECOND, or an
+    /// unfinished reintegration): it never makes itself primary.
+    NotUpToDate,
 }
 
 impl WaitReason {
@@ -357,12 +365,18 @@ impl WaitReason {
             WaitReason::AwaitPrimary => {
                 format!("started with `second`: waiting for {peer} to be primary")
             }
+            WaitReason::NotUpToDate => format!(
+                "data may not be up to date here: waiting for {peer}; if you are sure this node has valid data, run `holdfast prim`"
+            ),
         }
     }
 
     /// Reasons under which this node never makes itself primary.
     fn passive(self) -> bool {
-        matches!(self, WaitReason::FailoverOff | WaitReason::AwaitPrimary)
+        matches!(
+            self,
+            WaitReason::FailoverOff | WaitReason::AwaitPrimary | WaitReason::NotUpToDate
+        )
     }
 }
 
@@ -419,6 +433,8 @@ pub struct MirrorModule {
     wants_swap: bool,
     /// `swap` was run on this primary.
     swap_requested: bool,
+    /// See [`PeerStatus::uptodate`].
+    uptodate: bool,
     peer: Option<PeerSeen>,
     waiting_since: Instant,
     steps: VecDeque<Step>,
@@ -445,6 +461,7 @@ impl MirrorModule {
             handover: Handover::None,
             wants_swap: false,
             swap_requested: false,
+            uptodate: true,
             peer: None,
             waiting_since: now,
             steps: VecDeque::new(),
@@ -503,6 +520,7 @@ impl MirrorModule {
             yields: self.yields,
             handover: self.handover,
             wants_swap: self.wants_swap,
+            uptodate: self.uptodate,
             seen: self.live_peer().map(|p| p.state),
         }
     }
@@ -584,6 +602,23 @@ impl MirrorModule {
             Ok(())
         })
         .unwrap_or(())
+    }
+
+    /// From the data layer: whether this node's copy of the replicated data
+    /// is complete and current. A node whose copy is not never makes itself
+    /// primary (only `prim` can force it).
+    pub fn data_state(&mut self, now: Instant, uptodate: bool) {
+        self.input(now, |m| {
+            m.uptodate = uptodate;
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
+    /// The module waits for an administrator (`prim`, or starting the other
+    /// node): failover off, started with `second`, or data not up to date.
+    pub fn waits_for_administrator(&self) -> bool {
+        matches!(self.role, Role::Waiting(r) if r.passive())
     }
 
     pub fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
@@ -725,6 +760,12 @@ impl MirrorModule {
                     self.outbox.push(Action::ReleasePrimaryResources);
                     self.role = Role::Waiting(WaitReason::Starting);
                     self.run(Script::Prestart, false, State::Wait, ScriptAction::Start);
+                }
+                if !self.uptodate {
+                    self.log(
+                        LogLevel::Error,
+                        "prim forced on a node whose data may not be up to date: changes made on the other node since are lost here".into(),
+                    );
                 }
                 self.steps
                     .push_back(Step::BecomePrimary("forced by the prim command".into()));
@@ -876,10 +917,7 @@ impl MirrorModule {
     fn enter(&mut self, role: Role, reason: String) {
         if let Role::Waiting(wait) = role {
             self.waiting_since = self.now;
-            self.yields = matches!(
-                wait,
-                WaitReason::PeerElected | WaitReason::AwaitPrimary | WaitReason::FailoverOff
-            );
+            self.yields = wait == WaitReason::PeerElected || wait.passive();
             if self.role != role {
                 self.log(LogLevel::Info, wait.describe(&self.settings.peer));
             }
@@ -938,6 +976,12 @@ impl MirrorModule {
     fn election(&self, peer: &PeerStatus) -> Winner {
         let local = &self.settings.local;
         let remote = &self.settings.peer;
+        // Never elect stale data over current data.
+        match (self.uptodate, peer.uptodate) {
+            (true, false) => return Winner::Local,
+            (false, true) => return Winner::Peer,
+            _ => {}
+        }
         if let DefaultPrimary::Node(preferred) = &self.settings.default_primary {
             if preferred == local {
                 return Winner::Local;
@@ -967,15 +1011,22 @@ impl MirrorModule {
 
     fn decide_waiting(&mut self, reason: WaitReason, peer: Option<PeerStatus>) -> bool {
         let name = self.settings.peer.clone();
+        // The data layer changed its mind: wait again as an ordinary start.
+        if reason == WaitReason::NotUpToDate && self.uptodate {
+            self.enter(
+                Role::Waiting(WaitReason::PeerUnknown),
+                "data is up to date".into(),
+            );
+            return true;
+        }
         let Some(p) = peer else {
             if reason.passive() || self.now < self.waiting_since + self.settings.timeout {
                 return false;
             }
-            self.become_primary(format!(
+            return self.become_primary_if_current(format!(
                 "no heartbeat from {name} for {:?}",
                 self.settings.timeout
             ));
-            return true;
         };
         if p.state.is_primary() {
             self.enter(
@@ -987,21 +1038,25 @@ impl MirrorModule {
         if reason.passive() {
             return false;
         }
+        // Stale data cannot win any election: wait for a primary, or for an
+        // administrator when the peer is no surer of its data.
+        if !self.uptodate {
+            return self.become_primary_if_current(format!("{name} is {}", p.state));
+        }
         if p.state == State::Stop {
             // Only once the peer has seen us waiting: had it started at the
             // same moment, it would see WAIT here, never our old STOP.
             if p.seen != Some(State::Wait) {
                 return false;
             }
-            self.become_primary(format!("{name} is stopped"));
-            return true;
+            return self.become_primary_if_current(format!("{name} is stopped"));
         }
         let winner = self.election(&p);
         // A SECOND that handed the primary role over waits for us to take it.
         let peer_yields = p.yields || (p.state == State::Second && p.handover != Handover::None);
         if peer_yields && (!self.yields || winner == Winner::Local) {
-            self.become_primary(format!("{name} agrees that this node is primary"));
-            return true;
+            return self
+                .become_primary_if_current(format!("{name} agrees that this node is primary"));
         }
         let next = match winner {
             Winner::Local => WaitReason::PeerToAgree,
@@ -1014,17 +1069,32 @@ impl MirrorModule {
         true
     }
 
+    /// Becomes primary, unless this node's data is not up to date: then it
+    /// waits, and says why.
+    fn become_primary_if_current(&mut self, reason: String) -> bool {
+        if self.uptodate {
+            self.become_primary(reason);
+            return true;
+        }
+        if self.role == Role::Waiting(WaitReason::NotUpToDate) {
+            return false;
+        }
+        let why = format!("{reason}, but the data here may not be up to date (reintegration incomplete, or SECOND before a restart)");
+        self.log(LogLevel::Error, why.clone());
+        self.enter(Role::Waiting(WaitReason::NotUpToDate), why);
+        true
+    }
+
     /// Failover if configured, else wait for the administrator.
     fn take_over(&mut self, reason: String) -> bool {
         if self.settings.failover {
-            self.become_primary(reason);
-        } else {
-            self.log(LogLevel::Error, format!("{reason}; failover is off"));
-            self.enter(
-                Role::Waiting(WaitReason::FailoverOff),
-                format!("{reason}; failover is off"),
-            );
+            return self.become_primary_if_current(reason);
         }
+        self.log(LogLevel::Error, format!("{reason}; failover is off"));
+        self.enter(
+            Role::Waiting(WaitReason::FailoverOff),
+            format!("{reason}; failover is off"),
+        );
         true
     }
 
@@ -1037,10 +1107,9 @@ impl MirrorModule {
                 // or it restarted): it yields, so take the role back.
                 Some(p) if p.state == State::Wait && p.yields => {
                     self.handover = Handover::None;
-                    self.become_primary(format!(
+                    return self.become_primary_if_current(format!(
                         "{name} did not take the primary role over: taking it back"
                     ));
-                    return true;
                 }
                 // Both handed over (a swap back crossed ours): the elected one takes it.
                 Some(p) if p.handover == Handover::Swap && self.election(p) == Winner::Local => {
@@ -1065,16 +1134,14 @@ impl MirrorModule {
         match (p.state, p.handover) {
             (State::Stop, _) => self.take_over(format!("{name} is stopped")),
             (_, Handover::Swap) => {
-                self.become_primary(format!("swap: {name} handed the primary role over"));
-                true
+                self.become_primary_if_current(format!("swap: {name} handed the primary role over"))
             }
             (_, Handover::Stop) => self.take_over(format!("{name} is stopping")),
             (State::Wait, _) => {
                 self.take_over(format!("{name} restarted without its primary role"))
             }
             (State::Second, _) if self.election(&p) == Winner::Local => {
-                self.become_primary(format!("both nodes SECOND: elected against {name}"));
-                true
+                self.become_primary_if_current(format!("both nodes SECOND: elected against {name}"))
             }
             _ => false,
         }
@@ -1110,7 +1177,8 @@ impl MirrorModule {
             self.steps.push_back(Step::Enter(Role::Secondary, reason));
             return true;
         }
-        if p.state != State::Second || p.transient {
+        // Only to a SECOND whose copy is complete (reintegration finished).
+        if p.state != State::Second || p.transient || !p.uptodate {
             return false;
         }
         let preferred_peer =

@@ -217,3 +217,41 @@ fn a_stopped_peer_lets_a_starting_node_start_without_waiting_for_the_timeout() {
     );
     assert_eq!(pair.state(1), State::Stop);
 }
+
+#[test]
+fn an_incomplete_copy_is_never_promoted_the_module_waits_and_says_why() {
+    let mut pair = Pair::new(true, DefaultPrimary::Alone);
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+    // The data layer: node2 is reintegrating.
+    let now = pair.now;
+    pair.node(1).data_state(now, false);
+    // No swap to an incomplete copy.
+    assert_eq!(pair.command(1, Command::Swap), Ok(()));
+    pair.run(TIMEOUT / 2);
+    assert_eq!(
+        (pair.state(0), pair.state(1)),
+        (State::Prim, State::Second),
+        "swap waits for the reintegration"
+    );
+    pair.nodes[0] = None; // the primary crashes
+    pair.run(TIMEOUT * 2);
+    assert_eq!(pair.state(1), State::Wait);
+    assert!(
+        pair.node(1).view().reason.contains("may not be up to date"),
+        "{}",
+        pair.node(1).view().reason
+    );
+    assert_eq!(
+        pair.start_prims[1], 0,
+        "start_prim never ran on the incomplete copy"
+    );
+    assert!(pair.node(1).waits_for_administrator());
+    // The old primary returns: it has the data, it becomes primary again.
+    pair.boot(0);
+    pair.command(0, Command::Start).unwrap();
+    pair.run(TIMEOUT);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+}

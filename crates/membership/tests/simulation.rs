@@ -77,6 +77,11 @@ enum Ev {
         network: usize,
         percent: u32,
     },
+    /// The data layer finished reintegrating this node's copy.
+    Reintegrated {
+        node: usize,
+        life: u64,
+    },
 }
 
 struct Node {
@@ -87,6 +92,12 @@ struct Node {
     app_running: bool,
     /// The primary's resources (virtual IP) are up here.
     vip_held: bool,
+    /// The data layer's view: this node's copy is complete and current.
+    /// True for a fresh pair; after a restart, only the last primary is sure;
+    /// entering SECOND starts a reintegration that ends some time later.
+    uptodate: bool,
+    /// An administrator forced `prim`: its start_prim may run on stale data.
+    forced: bool,
 }
 
 struct Sim {
@@ -103,9 +114,6 @@ struct Sim {
     last_disconnected: u64,
     settings: MirrorSettings,
     seed: u64,
-    /// Failover is off, or a `second` command was issued: both nodes may end
-    /// up waiting for an administrator's `prim`, which the settle phase gives.
-    passive_start: bool,
     /// HOLDFAST_SIM_TRACE=1 prints every log line of the nodes.
     trace: bool,
 }
@@ -141,7 +149,6 @@ impl Sim {
             last_disconnected: 0,
             settings,
             seed,
-            passive_start: !failover,
             trace: std::env::var_os("HOLDFAST_SIM_TRACE").is_some(),
         };
         for i in 0..2 {
@@ -151,6 +158,8 @@ impl Sim {
                 life: 0,
                 app_running: false,
                 vip_held: false,
+                uptodate: true,
+                forced: false,
             });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
@@ -187,7 +196,11 @@ impl Sim {
             self.t0 + Duration::from_millis(self.now),
         ));
         let life = node.life;
+        // A fresh pair (never started) has the same, empty, data.
+        node.uptodate = life == 0 || node.persistent.last_primary;
+        let uptodate = node.uptodate;
         self.schedule(0, Ev::Pulse { node: i, life });
+        self.feed_data_state(i, uptodate);
     }
 
     fn connected(&self) -> bool {
@@ -225,10 +238,18 @@ impl Sim {
             self.fail(&format!("{} changed {before} -> {after} without a Transition with a reason", NODES[i]));
         }
         let life = self.nodes[i].life;
+        let mut reintegration_started = false;
         for action in actions {
             match action {
                 Action::RunScript(run) => {
                     if run.script == Script::StartPrim {
+                        if !self.nodes[i].uptodate && !self.nodes[i].forced {
+                            self.fail(&format!(
+                                "{} runs start_prim on data that is not up to date",
+                                NODES[i]
+                            ));
+                        }
+                        self.nodes[i].forced = false;
                         self.nodes[i].app_running = true;
                     }
                     let missing = self.rng.gen_bool(0.1);
@@ -255,6 +276,16 @@ impl Sim {
                         eprintln!("{:>6} {} {message}", self.now, NODES[i]);
                     }
                 }
+                Action::Transition {
+                    to: State::Second, ..
+                } => {
+                    // A reintegration begins; it ends some time later if the
+                    // pair stays connected.
+                    self.nodes[i].uptodate = false;
+                    let took = self.rng.gen_range(0..=2 * SCRIPT_MAX_MS);
+                    self.schedule(took, Ev::Reintegrated { node: i, life });
+                    reintegration_started = true;
+                }
                 Action::Transition { .. } => {}
                 Action::AcquirePrimaryResources => self.nodes[i].vip_held = true,
                 Action::ReleasePrimaryResources => self.nodes[i].vip_held = false,
@@ -264,6 +295,15 @@ impl Sim {
             let delay = deadline.saturating_duration_since(now).as_millis() as u64;
             self.schedule(delay, Ev::Tick { node: i, life });
         }
+        if reintegration_started {
+            self.feed_data_state(i, false);
+        }
+    }
+
+    /// A change of the data layer's view, fed to node `i` (not generic:
+    /// `input` calls it from inside itself).
+    fn feed_data_state(&mut self, i: usize, uptodate: bool) {
+        self.input(i, |m, now| m.data_state(now, uptodate));
     }
 
     fn send(&mut self, from: usize, status: PeerStatus) {
@@ -314,8 +354,6 @@ impl Sim {
                     Command::Restart,
                     Command::Second,
                 ][self.rng.gen_range(0..5)];
-                // `second` on both nodes legitimately waits for an administrator.
-                self.passive_start |= command == Command::Second;
                 Ev::Admin { node, command }
             }
         };
@@ -407,6 +445,19 @@ impl Sim {
             }),
             Ev::SetLink { network, from, up } => self.link_up[network][from] = up,
             Ev::SetLoss { network, percent } => self.loss[network] = percent,
+            Ev::Reintegrated { node, life } if life == self.nodes[node].life => {
+                let second = self.nodes[node]
+                    .module
+                    .as_ref()
+                    .is_some_and(|m| m.state() == State::Second);
+                if second && self.connected() {
+                    self.nodes[node].uptodate = true;
+                    self.feed_data_state(node, true);
+                } else if second {
+                    // Not connected: retry later, as the data layer would.
+                    self.schedule(SCRIPT_MAX_MS, Ev::Reintegrated { node, life });
+                }
+            }
             _ => {}
         }
     }
@@ -442,14 +493,16 @@ impl Sim {
         }
         let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
         self.run_until(end);
+        // Failover off, `second` on both, or no node sure of its data: both
+        // legitimately wait for an administrator, who forces one primary.
         let waiting = |s: &Self, i: usize| {
             s.nodes[i]
                 .module
                 .as_ref()
-                .is_some_and(|m| m.state() == State::Wait)
+                .is_some_and(|m| m.waits_for_administrator())
         };
-        if self.passive_start && waiting(self, 0) && waiting(self, 1) {
-            // What the administrator does then: force one node primary.
+        if waiting(self, 0) && waiting(self, 1) {
+            self.nodes[0].forced = true;
             self.input(0, |m, now| {
                 m.command(now, Command::Prim)
                     .expect("prim on a waiting pair")
