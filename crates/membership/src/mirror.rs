@@ -106,10 +106,10 @@ pub struct PeerStatus {
     pub handover: Handover,
     /// A SECOND asks its primary to swap (the `swap` command was run there).
     pub wants_swap: bool,
-    /// This node's copy of the replicated data is complete and current (the
-    /// data layer says so; always true for a module without replicated
-    /// directories).
-    pub uptodate: bool,
+    /// This node may become primary: its copy of the replicated data is
+    /// complete and current (always, without replicated directories), no
+    /// resource is missing, and the recovery policy does not hold it back.
+    pub eligible: bool,
     /// The receiver's state as this node last heard it: lets a waiting node
     /// know that a stopped peer has already seen it waiting, so the two
     /// cannot both start on each other's stale STOP.
@@ -127,7 +127,7 @@ impl PeerStatus {
             yields: false,
             handover: Handover::None,
             wants_swap: false,
-            uptodate: true,
+            eligible: true,
             seen: None,
         }
     }
@@ -168,6 +168,8 @@ pub enum ScriptAction {
     Start,
     Stop,
     StopStart,
+    /// A resource checker put the module in WAIT.
+    StopWait,
 }
 
 impl ScriptAction {
@@ -176,6 +178,7 @@ impl ScriptAction {
             ScriptAction::Start => "start",
             ScriptAction::Stop => "stop",
             ScriptAction::StopStart => "stopstart",
+            ScriptAction::StopWait => "stopwait",
         }
     }
 }
@@ -250,6 +253,9 @@ pub enum Command {
     Swap,
     Prim,
     Second,
+    /// Stop here (the peer takes over) and start again, as SECOND: what a
+    /// checker asks for when local restarts are not enough.
+    StopStart,
 }
 
 impl Command {
@@ -261,6 +267,7 @@ impl Command {
             Command::Swap => "swap",
             Command::Prim => "prim",
             Command::Second => "second",
+            Command::StopStart => "stopstart",
         }
     }
 }
@@ -347,6 +354,12 @@ enum WaitReason {
     /// This node's data may be stale (a restart after being SECOND, or an
     /// unfinished reintegration): it never makes itself primary.
     NotUpToDate,
+    /// A resource checker reports a missing resource (SafeKit's `wait`
+    /// action): comes back by itself when it returns.
+    ResourceMissing,
+    /// The recovery limit (maxloop within loop_interval) was reached here:
+    /// not primary again until the counter resets or an administrator acts.
+    Suspended,
 }
 
 impl WaitReason {
@@ -368,6 +381,8 @@ impl WaitReason {
             WaitReason::NotUpToDate => format!(
                 "data may not be up to date here: waiting for {peer}; if you are sure this node has valid data, run `holdfast prim`"
             ),
+            WaitReason::ResourceMissing => "a resource is missing".into(),
+            WaitReason::Suspended => "recovery limit reached on this node".into(),
         }
     }
 
@@ -375,7 +390,11 @@ impl WaitReason {
     fn passive(self) -> bool {
         matches!(
             self,
-            WaitReason::FailoverOff | WaitReason::AwaitPrimary | WaitReason::NotUpToDate
+            WaitReason::FailoverOff
+                | WaitReason::AwaitPrimary
+                | WaitReason::NotUpToDate
+                | WaitReason::ResourceMissing
+                | WaitReason::Suspended
         )
     }
 }
@@ -433,8 +452,12 @@ pub struct MirrorModule {
     wants_swap: bool,
     /// `swap` was run on this primary.
     swap_requested: bool,
-    /// See [`PeerStatus::uptodate`].
+    /// The data layer says this node's copy is complete and current.
     uptodate: bool,
+    /// Missing resources (name → why), from resource checkers.
+    missing: std::collections::BTreeMap<String, String>,
+    /// Why this node may not become primary (recovery limit), if so.
+    suspended: Option<String>,
     peer: Option<PeerSeen>,
     waiting_since: Instant,
     steps: VecDeque<Step>,
@@ -462,6 +485,8 @@ impl MirrorModule {
             wants_swap: false,
             swap_requested: false,
             uptodate: true,
+            missing: Default::default(),
+            suspended: None,
             peer: None,
             waiting_since: now,
             steps: VecDeque::new(),
@@ -520,7 +545,7 @@ impl MirrorModule {
             yields: self.yields,
             handover: self.handover,
             wants_swap: self.wants_swap,
-            uptodate: self.uptodate,
+            eligible: self.eligible(),
             seen: self.live_peer().map(|p| p.state),
         }
     }
@@ -540,6 +565,15 @@ impl MirrorModule {
             transient: self.transient(),
             app_active: self.app_active,
             reason: match self.role {
+                Role::Waiting(WaitReason::ResourceMissing) => format!(
+                    "waiting for missing resources: {}",
+                    self.missing
+                        .values()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+                Role::Waiting(WaitReason::Suspended) => self.suspended.clone().unwrap_or_default(),
                 Role::Waiting(r) => r.describe(&self.settings.peer),
                 _ => self.reason.clone(),
             },
@@ -615,10 +649,47 @@ impl MirrorModule {
         .unwrap_or(())
     }
 
+    /// See [`PeerStatus::eligible`].
+    fn eligible(&self) -> bool {
+        self.uptodate && self.suspended.is_none() && self.missing.is_empty()
+    }
+
     /// The module waits for an administrator (`prim`, or starting the other
     /// node): failover off, started with `second`, or data not up to date.
     pub fn waits_for_administrator(&self) -> bool {
-        matches!(self.role, Role::Waiting(r) if r.passive())
+        matches!(self.role, Role::Waiting(r) if r.passive() && r != WaitReason::ResourceMissing)
+    }
+
+    /// From a resource checker: `missing` is `Some(why)` while the resource
+    /// is missing. While any is, the module waits (a primary first stops its
+    /// application, and the peer takes over); it comes back by itself.
+    pub fn resource(&mut self, now: Instant, name: &str, missing: Option<String>) {
+        self.input(now, |m| {
+            match missing {
+                Some(why) => {
+                    if m.missing.insert(name.to_string(), why.clone()).is_none() {
+                        m.log(LogLevel::Error, format!("resource {name} missing: {why}"));
+                    }
+                }
+                None => {
+                    if m.missing.remove(name).is_some() {
+                        m.log(LogLevel::Info, format!("resource {name} is back"));
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
+    /// From the recovery policy: `Some(why)` forbids this node to become
+    /// primary (it failed too often); `None` lifts it.
+    pub fn suspend(&mut self, now: Instant, suspended: Option<String>) {
+        self.input(now, |m| {
+            m.suspended = suspended;
+            Ok(())
+        })
+        .unwrap_or(())
     }
 
     pub fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
@@ -711,7 +782,7 @@ impl MirrorModule {
         let state = self.state();
         // Only stop may interrupt a transition: any other command would be
         // judged against a role that the queued steps are about to change.
-        if command != Command::Stop && self.transient() {
+        if !matches!(command, Command::Stop | Command::StopStart) && self.transient() {
             return Err(CommandError::Busy {
                 state,
                 script: self
@@ -782,6 +853,31 @@ impl MirrorModule {
                 self.run(Script::Poststop, false, State::Stop, ScriptAction::Stop);
                 self.steps
                     .push_back(Step::Enter(Role::Stopped, "stop command".into()));
+            }
+            Command::StopStart => {
+                if self.role == Role::Stopped {
+                    return Err(CommandError::AlreadyStopped);
+                }
+                self.steps.clear();
+                self.why = Some("stopstart".into());
+                self.stop_application(Handover::Stop, ScriptAction::StopStart, State::Wait);
+                self.stop_both(State::Wait, ScriptAction::StopStart);
+                self.run(
+                    Script::Poststop,
+                    false,
+                    State::Wait,
+                    ScriptAction::StopStart,
+                );
+                self.run(
+                    Script::Prestart,
+                    false,
+                    State::Wait,
+                    ScriptAction::StopStart,
+                );
+                self.steps.push_back(Step::Enter(
+                    Role::Waiting(WaitReason::PeerUnknown),
+                    "stopstart: started again".into(),
+                ));
             }
             Command::Restart => match self.role {
                 Role::Stopped => return Err(CommandError::AlreadyStopped),
@@ -976,8 +1072,9 @@ impl MirrorModule {
     fn election(&self, peer: &PeerStatus) -> Winner {
         let local = &self.settings.local;
         let remote = &self.settings.peer;
-        // Never elect stale data over current data.
-        match (self.uptodate, peer.uptodate) {
+        // Never elect stale data over current data, nor a node that may not
+        // be primary.
+        match (self.eligible(), peer.eligible) {
             (true, false) => return Winner::Local,
             (false, true) => return Winner::Peer,
             _ => {}
@@ -1000,6 +1097,9 @@ impl MirrorModule {
 
     /// Applies the rules for the current role; true when something changed.
     fn decide(&mut self) -> bool {
+        if self.role != Role::Stopped && self.decide_resources() {
+            return true;
+        }
         let peer = self.live_peer().cloned();
         match self.role {
             Role::Stopped => false,
@@ -1009,13 +1109,48 @@ impl MirrorModule {
         }
     }
 
+    /// Missing resources put the module in WAIT (a primary stops its
+    /// application first, handing over); their return ends it.
+    fn decide_resources(&mut self) -> bool {
+        let waiting = self.role == Role::Waiting(WaitReason::ResourceMissing);
+        if self.missing.is_empty() {
+            if waiting {
+                self.enter(
+                    Role::Waiting(WaitReason::PeerUnknown),
+                    "the missing resources are back".into(),
+                );
+                return true;
+            }
+            return false;
+        }
+        if waiting {
+            return false;
+        }
+        let why = format!(
+            "resource missing: {}",
+            self.missing.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+        self.why = Some(why.clone());
+        self.stop_application(Handover::Stop, ScriptAction::StopWait, State::Wait);
+        self.stop_both(State::Wait, ScriptAction::StopWait);
+        self.steps
+            .push_back(Step::Enter(Role::Waiting(WaitReason::ResourceMissing), why));
+        true
+    }
+
     fn decide_waiting(&mut self, reason: WaitReason, peer: Option<PeerStatus>) -> bool {
         let name = self.settings.peer.clone();
-        // The data layer changed its mind: wait again as an ordinary start.
-        if reason == WaitReason::NotUpToDate && self.uptodate {
+        // The data layer or the recovery policy changed its mind: wait
+        // again as an ordinary start.
+        let unblocked = match reason {
+            WaitReason::NotUpToDate => self.uptodate,
+            WaitReason::Suspended => self.suspended.is_none(),
+            _ => false,
+        };
+        if unblocked {
             self.enter(
                 Role::Waiting(WaitReason::PeerUnknown),
-                "data is up to date".into(),
+                "no longer blocked".into(),
             );
             return true;
         }
@@ -1072,16 +1207,19 @@ impl MirrorModule {
     /// Becomes primary, unless this node's data is not up to date: then it
     /// waits, and says why.
     fn become_primary_if_current(&mut self, reason: String) -> bool {
-        if self.uptodate {
+        let (wait, why) = if let Some(suspended) = &self.suspended {
+            (WaitReason::Suspended, format!("{reason}, but {suspended}"))
+        } else if !self.uptodate {
+            (WaitReason::NotUpToDate, format!("{reason}, but the data here may not be up to date (reintegration incomplete, or SECOND before a restart)"))
+        } else {
             self.become_primary(reason);
             return true;
-        }
-        if self.role == Role::Waiting(WaitReason::NotUpToDate) {
+        };
+        if self.role == Role::Waiting(wait) {
             return false;
         }
-        let why = format!("{reason}, but the data here may not be up to date (reintegration incomplete, or SECOND before a restart)");
         self.log(LogLevel::Error, why.clone());
-        self.enter(Role::Waiting(WaitReason::NotUpToDate), why);
+        self.enter(Role::Waiting(wait), why);
         true
     }
 
@@ -1178,7 +1316,7 @@ impl MirrorModule {
             return true;
         }
         // Only to a SECOND whose copy is complete (reintegration finished).
-        if p.state != State::Second || p.transient || !p.uptodate {
+        if p.state != State::Second || p.transient || !p.eligible {
             return false;
         }
         let preferred_peer =

@@ -82,6 +82,16 @@ enum Ev {
         node: usize,
         life: u64,
     },
+    /// A resource checker's verdict changes.
+    Resource {
+        node: usize,
+        missing: bool,
+    },
+    /// The recovery policy holds the node back from being primary, or lets it go.
+    Suspend {
+        node: usize,
+        on: bool,
+    },
 }
 
 struct Node {
@@ -98,6 +108,10 @@ struct Node {
     uptodate: bool,
     /// An administrator forced `prim`: its start_prim may run on stale data.
     forced: bool,
+    /// A resource checker reports a missing resource here.
+    resource_missing: bool,
+    /// The recovery policy holds this node back.
+    suspended: bool,
 }
 
 struct Sim {
@@ -160,6 +174,8 @@ impl Sim {
                 vip_held: false,
                 uptodate: true,
                 forced: false,
+                resource_missing: false,
+                suspended: false,
             });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
@@ -201,6 +217,19 @@ impl Sim {
         let uptodate = node.uptodate;
         self.schedule(0, Ev::Pulse { node: i, life });
         self.feed_data_state(i, uptodate);
+        // Checkers and the recovery policy report again to a new daemon.
+        if self.nodes[i].resource_missing {
+            self.schedule(
+                0,
+                Ev::Resource {
+                    node: i,
+                    missing: true,
+                },
+            );
+        }
+        if self.nodes[i].suspended {
+            self.schedule(0, Ev::Suspend { node: i, on: true });
+        }
     }
 
     fn connected(&self) -> bool {
@@ -243,13 +272,6 @@ impl Sim {
             match action {
                 Action::RunScript(run) => {
                     if run.script == Script::StartPrim {
-                        if !self.nodes[i].uptodate && !self.nodes[i].forced {
-                            self.fail(&format!(
-                                "{} runs start_prim on data that is not up to date",
-                                NODES[i]
-                            ));
-                        }
-                        self.nodes[i].forced = false;
                         self.nodes[i].app_running = true;
                     }
                     let missing = self.rng.gen_bool(0.1);
@@ -275,6 +297,17 @@ impl Sim {
                     if self.trace {
                         eprintln!("{:>6} {} {message}", self.now, NODES[i]);
                     }
+                }
+                Action::Transition { from, to, .. } if to.is_primary() && !from.is_primary() => {
+                    // The decision to become primary is taken here.
+                    let n = &self.nodes[i];
+                    if (!n.uptodate || n.resource_missing || n.suspended) && !n.forced {
+                        self.fail(&format!(
+                            "{} becomes primary while not eligible (uptodate {}, resource missing {}, suspended {})",
+                            NODES[i], n.uptodate, n.resource_missing, n.suspended
+                        ));
+                    }
+                    self.nodes[i].forced = false;
                 }
                 Action::Transition {
                     to: State::Second, ..
@@ -329,7 +362,7 @@ impl Sim {
         let at = self.rng.gen_range(0..FAULT_HORIZON_MS);
         let node = self.rng.gen_range(0..2);
         let network = self.rng.gen_range(0..NETWORKS);
-        let ev = match self.rng.gen_range(0..9) {
+        let ev = match self.rng.gen_range(0..11) {
             0 => Ev::Crash(node),
             1 => Ev::Restart(node),
             2 | 3 => Ev::SetLink {
@@ -346,6 +379,14 @@ impl Sim {
                 network,
                 percent: self.rng.gen_range(0..80),
             },
+            6 => Ev::Resource {
+                node,
+                missing: self.rng.gen_bool(0.6),
+            },
+            7 => Ev::Suspend {
+                node,
+                on: self.rng.gen_bool(0.5),
+            },
             _ => {
                 let command = [
                     Command::Start,
@@ -353,7 +394,8 @@ impl Sim {
                     Command::Swap,
                     Command::Restart,
                     Command::Second,
-                ][self.rng.gen_range(0..5)];
+                    Command::StopStart,
+                ][self.rng.gen_range(0..6)];
                 Ev::Admin { node, command }
             }
         };
@@ -445,6 +487,16 @@ impl Sim {
             }),
             Ev::SetLink { network, from, up } => self.link_up[network][from] = up,
             Ev::SetLoss { network, percent } => self.loss[network] = percent,
+            Ev::Resource { node, missing } => {
+                self.nodes[node].resource_missing = missing;
+                let why = missing.then(|| "ping 198.18.0.1: no reply".to_string());
+                self.input(node, |m, now| m.resource(now, "ping.gateway", why));
+            }
+            Ev::Suspend { node, on } => {
+                self.nodes[node].suspended = on;
+                let why = on.then(|| "maxloop reached".to_string());
+                self.input(node, |m, now| m.suspend(now, why));
+            }
             Ev::Reintegrated { node, life } if life == self.nodes[node].life => {
                 let second = self.nodes[node]
                     .module
@@ -476,8 +528,19 @@ impl Sim {
         self.link_up = [[true; 2]; NETWORKS];
         self.loss = [0; NETWORKS];
         self.last_disconnected = self.now;
+        // Resources back, recovery counters reset, crashed nodes restarted.
         for i in 0..2 {
+            self.schedule(
+                0,
+                Ev::Resource {
+                    node: i,
+                    missing: false,
+                },
+            );
+            self.schedule(0, Ev::Suspend { node: i, on: false });
             if self.nodes[i].module.is_none() {
+                self.nodes[i].resource_missing = false;
+                self.nodes[i].suspended = false;
                 self.schedule(0, Ev::Restart(i));
             }
         }
