@@ -86,6 +86,7 @@ pub fn import_userconfig(
         scripts: ScriptsConfig::default(),
         vip: None,
         health: None,
+        checkers: Vec::new(),
     };
 
     let safe = user.doc.root_element();

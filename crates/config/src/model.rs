@@ -34,6 +34,8 @@ pub struct ModuleConfig {
     pub vip: Option<VipConfig>,
     /// Cloud mode: an HTTP health endpoint for a cloud load balancer's probe.
     pub health: Option<HealthConfig>,
+    /// Failure detectors (process, TCP, ping, interface, custom, module).
+    pub checkers: Vec<holdfast_checkers::CheckerConfig>,
 }
 
 /// The virtual IP of a mirror module: added on the primary only, and

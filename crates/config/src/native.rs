@@ -17,6 +17,10 @@ use toml_edit::{
     Value,
 };
 
+use holdfast_checkers::{
+    Action as CheckerAction, CheckerConfig, CheckerKind, InterfaceTarget, TcpExchange, When,
+};
+
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
     Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mode, ModuleConfig, NodeConfig,
@@ -25,7 +29,39 @@ use crate::model::{
 };
 use crate::validate::format_duration;
 
-const ROOT_KEYS: &[&str] = &["module", "heartbeat", "node", "scripts", "vip", "health"];
+const ROOT_KEYS: &[&str] = &[
+    "module",
+    "heartbeat",
+    "node",
+    "scripts",
+    "vip",
+    "health",
+    "checker",
+];
+const CHECKER_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "when",
+    "action",
+    "interval",
+    "timeout",
+    "down_after",
+    "up_after",
+    "command",
+    "command_regex",
+    "args_regex",
+    "atleast",
+    "atmost",
+    "address",
+    "port",
+    "send",
+    "expect",
+    "interface",
+    "exec",
+    "args",
+    "module",
+    "expected",
+];
 const VIP_KEYS: &[&str] = &["address", "prefix", "interface"];
 const HEALTH_KEYS: &[&str] = &["port"];
 const MODULE_KEYS: &[&str] = &[
@@ -167,6 +203,13 @@ pub fn to_toml(config: &ModuleConfig) -> String {
         }
         doc.insert("vip", Item::Table(table));
     }
+    if !config.checkers.is_empty() {
+        let mut tables = ArrayOfTables::new();
+        for checker in &config.checkers {
+            tables.push(checker_table(checker));
+        }
+        doc.insert("checker", Item::ArrayOfTables(tables));
+    }
     if let Some(health) = &config.health {
         let mut table = Table::new();
         table.insert("port", value(i64::from(health.port)));
@@ -174,6 +217,85 @@ pub fn to_toml(config: &ModuleConfig) -> String {
     }
 
     doc.to_string()
+}
+
+fn checker_table(checker: &CheckerConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("name", value(checker.name.as_str()));
+    let kind = match &checker.kind {
+        CheckerKind::Process(_) => "process",
+        CheckerKind::Tcp(_) => "tcp",
+        CheckerKind::Ping(_) => "ping",
+        CheckerKind::Interface(_) => "interface",
+        CheckerKind::Custom(_) => "custom",
+        CheckerKind::Module(_) => "module",
+    };
+    t.insert("type", value(kind));
+    let when = match checker.when {
+        When::Pre => "pre",
+        When::Prim => "prim",
+        When::Second => "second",
+        When::Both => "both",
+    };
+    t.insert("when", value(when));
+    let action = match checker.action {
+        CheckerAction::Wait => "wait",
+        CheckerAction::Restart => "restart",
+        CheckerAction::StopStart => "stopstart",
+        CheckerAction::Stop => "stop",
+        CheckerAction::NoAction => "noaction",
+    };
+    t.insert("action", value(action));
+    t.insert("interval", value(format_duration(checker.interval)));
+    t.insert("timeout", value(format_duration(checker.timeout)));
+    t.insert("down_after", value(i64::from(checker.down_after)));
+    t.insert("up_after", value(i64::from(checker.up_after)));
+    match &checker.kind {
+        CheckerKind::Process(p) => {
+            t.insert("command", value(p.command.as_str()));
+            if let Some(r) = &p.command_regex {
+                t.insert("command_regex", value(r.as_str()));
+            }
+            if let Some(r) = &p.args_regex {
+                t.insert("args_regex", value(r.as_str()));
+            }
+            if let Some(n) = p.atleast {
+                t.insert("atleast", value(i64::from(n)));
+            }
+            if let Some(n) = p.atmost {
+                t.insert("atmost", value(i64::from(n)));
+            }
+        }
+        CheckerKind::Tcp(c) => {
+            t.insert("address", value(c.address.to_string()));
+            t.insert("port", value(i64::from(c.port)));
+            if let Some(x) = &c.exchange {
+                t.insert("send", value(String::from_utf8_lossy(&x.send).as_ref()));
+                t.insert("expect", value(String::from_utf8_lossy(&x.expect).as_ref()));
+            }
+        }
+        CheckerKind::Ping(p) => {
+            t.insert("address", value(p.address.to_string()));
+        }
+        CheckerKind::Interface(i) => {
+            let target = match &i.target {
+                InterfaceTarget::Name(name) => name.clone(),
+                InterfaceTarget::Address(address) => address.to_string(),
+            };
+            t.insert("interface", value(target));
+        }
+        CheckerKind::Custom(c) => {
+            t.insert("exec", value(c.exec.to_string_lossy().as_ref()));
+            if !c.args.is_empty() {
+                t.insert("args", value(c.args.iter().collect::<Array>()));
+            }
+        }
+        CheckerKind::Module(m) => {
+            t.insert("module", value(m.module.as_str()));
+            t.insert("expected", value(m.expected.iter().collect::<Array>()));
+        }
+    }
+    t
 }
 
 pub(crate) fn mode_name(mode: Mode) -> &'static str {
@@ -309,6 +431,10 @@ impl<'a> Reader<'a> {
             None => None,
         };
 
+        let checkers = self
+            .opt(&root, "checker", Self::checkers)?
+            .unwrap_or_default();
+
         Ok(ModuleConfig {
             name,
             mode,
@@ -323,7 +449,173 @@ impl<'a> Reader<'a> {
             scripts,
             vip,
             health,
+            checkers,
         })
+    }
+
+    /// `[[checker]]` tables: the kind's SafeKit defaults, then what is set.
+    fn checkers(&mut self, path: &str, item: &Item) -> Converted<Vec<CheckerConfig>> {
+        let Item::ArrayOfTables(array) = item else {
+            return Err(self.error(
+                path,
+                format!("expected [[checker]] tables, found {}", self.found(item)),
+            ));
+        };
+        let mut checkers = Vec::with_capacity(array.len());
+        for (i, table) in array.iter().enumerate() {
+            let section = Section {
+                items: table,
+                path: format!("{path}[{i}]"),
+            };
+            self.note(&section.path, table.span());
+            self.check_keys(&section, CHECKER_KEYS)?;
+            let name = self.req(&section, "name", Self::string)?;
+            let kind = self.req(&section, "type", Self::string)?;
+            let ip = |r: &mut Self, path: &str, item: &Item| {
+                let text = r.string(path, item)?;
+                text.parse::<IpAddr>()
+                    .map_err(|_| r.error(path, format!("expected an IP address, found {text:?}")))
+            };
+            let mut checker = match kind.as_str() {
+                "process" => CheckerConfig::process(&name, &self.req(&section, "command", Self::string)?),
+                "tcp" => CheckerConfig::tcp(
+                    &name,
+                    self.req(&section, "address", ip)?,
+                    self.req(&section, "port", Self::port)?,
+                ),
+                "ping" => {
+                    let address = self.req(&section, "address", |r, path, item| match ip(r, path, item)? {
+                        IpAddr::V4(v4) => Ok(v4),
+                        IpAddr::V6(_) => Err(r.error(path, "ping checkers take an IPv4 address")),
+                    })?;
+                    CheckerConfig::ping(&name, address)
+                }
+                "interface" => {
+                    let interface = self.req(&section, "interface", Self::string)?;
+                    let target = match interface.parse::<IpAddr>() {
+                        Ok(address) => InterfaceTarget::Address(address),
+                        Err(_) => InterfaceTarget::Name(interface),
+                    };
+                    CheckerConfig::interface(&name, target)
+                }
+                "custom" => CheckerConfig::custom(&name, self.req(&section, "exec", Self::string)?),
+                "module" => CheckerConfig::module(&name, &self.req(&section, "module", Self::string)?),
+                other => {
+                    return Err(self.error(
+                        &join(&section.path, "type"),
+                        format!("unknown checker type {other:?}; expected process, tcp, ping, interface, custom or module"),
+                    ))
+                }
+            };
+            if let Some(when) = self.opt(&section, "when", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "pre" => Ok(When::Pre),
+                    "prim" => Ok(When::Prim),
+                    "second" => Ok(When::Second),
+                    "both" => Ok(When::Both),
+                    w => Err(r.error(
+                        path,
+                        format!("unknown value {w:?}; expected pre, prim, second or both"),
+                    )),
+                }
+            })? {
+                checker.when = when;
+            }
+            if let Some(action) = self.opt(&section, "action", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "wait" => Ok(CheckerAction::Wait),
+                    "restart" => Ok(CheckerAction::Restart),
+                    "stopstart" => Ok(CheckerAction::StopStart),
+                    "stop" => Ok(CheckerAction::Stop),
+                    "noaction" => Ok(CheckerAction::NoAction),
+                    a => Err(r.error(
+                        path,
+                        format!("unknown action {a:?}; expected wait, restart, stopstart, stop or noaction"),
+                    )),
+                }
+            })? {
+                checker.action = action;
+            }
+            if let Some(interval) = self.opt(&section, "interval", Self::duration)? {
+                checker.interval = interval;
+            }
+            if let Some(timeout) = self.opt(&section, "timeout", Self::duration)? {
+                checker.timeout = timeout;
+            }
+            let count = |r: &mut Self, path: &str, item: &Item| {
+                let n = r.integer(path, item)?;
+                u32::try_from(n).map_err(|_| r.error(path, format!("expected a count, found {n}")))
+            };
+            if let Some(n) = self.opt(&section, "down_after", count)? {
+                checker.down_after = n;
+            }
+            if let Some(n) = self.opt(&section, "up_after", count)? {
+                checker.up_after = n;
+            }
+            match &mut checker.kind {
+                CheckerKind::Process(p) => {
+                    p.command_regex = self.opt(&section, "command_regex", Self::string)?;
+                    p.args_regex = self.opt(&section, "args_regex", Self::string)?;
+                    if let Some(n) = self.opt(&section, "atleast", count)? {
+                        p.atleast = Some(n);
+                    }
+                    p.atmost = self.opt(&section, "atmost", count)?;
+                }
+                CheckerKind::Tcp(t) => {
+                    let send = self.opt(&section, "send", Self::string)?;
+                    let expect = self.opt(&section, "expect", Self::string)?;
+                    if send.is_some() || expect.is_some() {
+                        t.exchange = Some(TcpExchange {
+                            send: send.unwrap_or_default().into_bytes(),
+                            expect: expect.unwrap_or_default().into_bytes(),
+                        });
+                    }
+                }
+                CheckerKind::Custom(c) => {
+                    c.args = self
+                        .opt(&section, "args", Self::strings)?
+                        .unwrap_or_default();
+                }
+                CheckerKind::Module(m) => {
+                    if let Some(expected) = self.opt(&section, "expected", Self::strings)? {
+                        m.expected = expected;
+                    }
+                }
+                CheckerKind::Ping(_) | CheckerKind::Interface(_) => {}
+            }
+            // A key of another kind of checker is a mistake worth naming.
+            let allowed: &[&str] = match &checker.kind {
+                CheckerKind::Process(_) => &[
+                    "command",
+                    "command_regex",
+                    "args_regex",
+                    "atleast",
+                    "atmost",
+                ],
+                CheckerKind::Tcp(_) => &["address", "port", "send", "expect"],
+                CheckerKind::Ping(_) => &["address"],
+                CheckerKind::Interface(_) => &["interface"],
+                CheckerKind::Custom(_) => &["exec", "args"],
+                CheckerKind::Module(_) => &["module", "expected"],
+            };
+            let shared = [
+                "name",
+                "type",
+                "when",
+                "action",
+                "interval",
+                "timeout",
+                "down_after",
+                "up_after",
+            ];
+            let keys: Vec<&str> = shared.iter().chain(allowed).copied().collect();
+            self.check_keys(&section, &keys)?;
+            checker
+                .validate()
+                .map_err(|e| self.error(&section.path, e.to_string()))?;
+            checkers.push(checker);
+        }
+        Ok(checkers)
     }
 
     fn vip(&mut self, vip: &Section<'_>) -> Converted<VipConfig> {

@@ -140,6 +140,7 @@ fn the_safekit_sample_imports() {
         },
         vip: None,
         health: None,
+        checkers: Vec::new(),
     };
     assert_eq!(config, expected);
 

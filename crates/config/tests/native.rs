@@ -714,3 +714,71 @@ fn vip_and_health_errors_are_placed() {
         "heartbeat port",
     );
 }
+
+#[test]
+fn checkers_parse_with_safekit_defaults_and_round_trip() {
+    let text = minimal_plus(
+        r#"[[checker]]
+name = "app"
+type = "process"
+command = "sample-app"
+action = "restart"
+
+[[checker]]
+name = "web"
+type = "tcp"
+address = "198.18.0.11"
+port = 8080
+send = ""
+expect = "node"
+interval = "1s"
+timeout = "500ms"
+
+[[checker]]
+name = "gateway"
+type = "ping"
+address = "198.18.0.1"
+"#,
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.checkers.len(), 3);
+    assert_eq!(config.checkers[0].resource(), "proc.app");
+    assert_eq!(
+        config.checkers[0].action,
+        holdfast_checkers::Action::Restart
+    );
+    assert_eq!(config.checkers[1].interval, Duration::from_secs(1));
+    assert_eq!(
+        config.checkers[2].when,
+        holdfast_checkers::When::Pre,
+        "ping defaults to a resource checker"
+    );
+    assert_eq!(parse(&to_toml(&config)).unwrap(), config);
+}
+
+#[test]
+fn checker_errors_are_placed() {
+    assert_error(
+        &minimal_plus("[[checker]]\nname = \"x\"\ntype = \"telepathy\"\n"),
+        14,
+        8,
+        "checker[0].type",
+        "unknown checker type",
+    );
+    assert_error(
+        &minimal_plus(
+            "[[checker]]\nname = \"x\"\ntype = \"ping\"\naddress = \"198.18.0.1\"\nport = 80\n",
+        ),
+        16,
+        1,
+        "checker[0].port",
+        "unknown key \"port\"; expected one of: name, type",
+    );
+    assert_error(
+        &minimal_plus("[[checker]]\nname = \"x\"\ntype = \"process\"\n"),
+        12,
+        1,
+        "checker[0].command",
+        "",
+    );
+}
