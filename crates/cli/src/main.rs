@@ -81,6 +81,8 @@ enum Cmd {
     Prim(ModuleArg),
     /// Start this node as secondary.
     Second(ModuleArg),
+    /// Stop the module here (the peer takes over) and start it again.
+    Stopstart(ModuleArg),
     /// State of the modules on this node.
     State {
         #[arg(short, long, env = "SAFEMODULE")]
@@ -207,6 +209,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Swap(m) => command(&client, m, Command::Swap),
         Cmd::Prim(m) => command(&client, m, Command::Prim),
         Cmd::Second(m) => command(&client, m, Command::Second),
+        Cmd::Stopstart(m) => command(&client, m, Command::StopStart),
         Cmd::State {
             module,
             json,

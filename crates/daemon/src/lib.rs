@@ -8,7 +8,8 @@
 //!   and [`client`] to call it;
 //! - [`registry`]: installed modules, persisted under the state directory;
 //! - [`modlog`]: the module log;
-//! - [`health`]: the cloud-mode health endpoint of a module.
+//! - [`health`]: the cloud-mode health endpoint of a module;
+//! - [`supervision`]: a module's checkers and recovery policy.
 
 pub mod api;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod paths;
 pub mod registry;
 pub mod scripts;
 pub mod shell;
+pub mod supervision;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -4,13 +4,16 @@
 //! heartbeats). Kept thin on purpose: every decision is in
 //! `holdfast_membership::mirror`.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
 use holdfast_config::{Boot, ModuleConfig};
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
+use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
     Action, ClusterKey, Command, CommandError, Heartbeat, LogLevel, MirrorModule, MirrorSettings,
     ModuleView, Persistent, ReplayGuard, Script, ScriptOutcome, ScriptRun,
@@ -23,6 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::modlog::ModuleLog;
 use crate::paths::{write_atomic, ModulePaths, Paths};
 use crate::scripts::{self, ScriptJob};
+use crate::supervision::Supervisor;
 use crate::DaemonError;
 
 /// What every module of this node shares.
@@ -108,6 +112,24 @@ pub async fn spawn(
         Some(health) => Some(crate::health::serve(&config.name, health.port, view.clone()).await?),
         None => None,
     };
+    let (checker_tx, checker_rx) = mpsc::channel(64);
+    let probes = ProbeContext {
+        bin_dir: paths.bin(),
+        script_env: module_env(&ctx, &config, &paths)
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
+        modules: None,
+        // On a real server the daemon shares the applications' network
+        // namespace; in the lab, this keeps each host to its own processes.
+        process_scope: ProcessScope::CallerNetns,
+    };
+    let supervisor = Supervisor::new(
+        config.checkers.clone(),
+        RecoveryPolicy::new(config.maxloop, config.loop_interval),
+        probes,
+        checker_tx,
+    );
     let config = Arc::new(config);
     let shell = Shell {
         ctx,
@@ -128,8 +150,9 @@ pub async fn spawn(
         fingerprint_warned: false,
         shutdown: None,
         _health: health,
+        supervisor,
     };
-    let task = tokio::spawn(shell.run(rx));
+    let task = tokio::spawn(shell.run(rx, checker_rx));
     Ok(ModuleHandle {
         config,
         tx,
@@ -178,18 +201,24 @@ struct Shell {
     shutdown: Option<bool>,
     /// The cloud-mode health endpoint, stopped with the module.
     _health: Option<crate::health::HealthServer>,
+    /// The module's checkers and recovery policy.
+    supervisor: Supervisor,
 }
 
 impl Shell {
-    async fn run(mut self, mut rx: mpsc::Receiver<ModuleMsg>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<ModuleMsg>,
+        mut checkers: mpsc::Receiver<CheckerEvent>,
+    ) {
         let pulse = self.config.heartbeat.pulse;
         let mut next_pulse = Instant::now();
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
-            let wake = self
-                .core
-                .next_deadline()
-                .map_or(next_pulse, |d| d.min(next_pulse));
+            let wake = [self.core.next_deadline(), self.supervisor.next_deadline()]
+                .into_iter()
+                .flatten()
+                .fold(next_pulse, Instant::min);
             tokio::select! {
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
@@ -207,7 +236,14 @@ impl Shell {
                     Some(msg) => self.on_message(msg),
                     None => return,
                 },
+                Some(event) = checkers.recv() => {
+                    self.supervisor.on_event(&mut self.core, &self.log, Instant::now(), event);
+                }
             }
+            self.execute().await;
+            // Checkers follow the state; what they decide is carried out now.
+            self.supervisor
+                .follow(&mut self.core, &self.log, Instant::now());
             self.execute().await;
             self.view_tx.send_replace(self.core.view());
             if let Some(running) = self.shutdown {
@@ -226,6 +262,9 @@ impl Shell {
         match msg {
             ModuleMsg::Command(command, reply) => {
                 let result = self.core.command(now, command);
+                if result.is_ok() {
+                    self.supervisor.admin_command(&mut self.core, now);
+                }
                 if let Err(e) = &result {
                     self.log.write(
                         LogLevel::Error,
@@ -450,42 +489,68 @@ impl Shell {
         });
     }
 
-    fn script_env(&self, run: &ScriptRun) -> std::collections::BTreeMap<String, String> {
-        let paths = &self.ctx.paths;
-        let safe = paths.safe_dir();
-        let path_var = match (self.ctx.exe.parent(), std::env::var("PATH")) {
-            (Some(dir), Ok(path)) => format!("{}:{path}", dir.display()),
-            (_, Ok(path)) => path,
-            _ => "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-        };
-        let mut env: std::collections::BTreeMap<String, String> = [
-            ("SAFE", safe.display().to_string()),
-            ("SAFEBIN", safe.join("private/bin").display().to_string()),
-            ("SAFEMODULE", self.config.name.clone()),
-            ("SAFEUSERBIN", self.paths.bin().display().to_string()),
-            ("SAFEUSERCONF", self.paths.dir.display().to_string()),
-            ("SAFEVAR", paths.state_dir.join("var").display().to_string()),
-            ("SAFEUSERVAR", self.paths.var().display().to_string()),
-            ("HOLDFAST_MODULE", self.config.name.clone()),
-            ("HOLDFAST_NODE", self.ctx.node.clone()),
-            ("HOLDFAST_PEER", self.core.settings().peer.clone()),
-            ("HOLDFAST_STATE", run.current.to_string()),
-            ("HOLDFAST_NEXT_STATE", run.next.to_string()),
-            ("HOLDFAST_ACTION", run.action.as_str().to_string()),
-            ("HOLDFAST_REASON", run.reason.clone()),
-            (
-                "HOLDFAST_FORCE",
-                if run.force { "1" } else { "0" }.to_string(),
-            ),
-            ("HOLDFAST_API", paths.api_socket().display().to_string()),
-            ("PATH", path_var),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        env.extend(self.config.scripts.env.clone());
+    fn script_env(&self, run: &ScriptRun) -> BTreeMap<String, String> {
+        let mut env = module_env(&self.ctx, &self.config, &self.paths);
+        env.extend(
+            [
+                ("HOLDFAST_STATE", run.current.to_string()),
+                ("HOLDFAST_NEXT_STATE", run.next.to_string()),
+                ("HOLDFAST_ACTION", run.action.as_str().to_string()),
+                ("HOLDFAST_REASON", run.reason.clone()),
+                (
+                    "HOLDFAST_FORCE",
+                    if run.force { "1" } else { "0" }.to_string(),
+                ),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
         env
     }
+}
+
+/// The environment every script and custom checker of a module gets:
+/// SafeKit's variables, Holdfast's own, and the module's `scripts.env`.
+fn module_env(
+    ctx: &NodeContext,
+    config: &ModuleConfig,
+    paths: &ModulePaths,
+) -> BTreeMap<String, String> {
+    let node_paths = &ctx.paths;
+    let safe = node_paths.safe_dir();
+    let path_var = match (ctx.exe.parent(), std::env::var("PATH")) {
+        (Some(dir), Ok(path)) => format!("{}:{path}", dir.display()),
+        (_, Ok(path)) => path,
+        _ => "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    };
+    let peer = config
+        .peer_of(&ctx.node)
+        .map(|p| p.name.clone())
+        .unwrap_or_default();
+    let mut env: BTreeMap<String, String> = [
+        ("SAFE", safe.display().to_string()),
+        ("SAFEBIN", safe.join("private/bin").display().to_string()),
+        ("SAFEMODULE", config.name.clone()),
+        ("SAFEUSERBIN", paths.bin().display().to_string()),
+        ("SAFEUSERCONF", paths.dir.display().to_string()),
+        (
+            "SAFEVAR",
+            node_paths.state_dir.join("var").display().to_string(),
+        ),
+        ("SAFEUSERVAR", paths.var().display().to_string()),
+        ("HOLDFAST_MODULE", config.name.clone()),
+        ("HOLDFAST_NODE", ctx.node.clone()),
+        ("HOLDFAST_PEER", peer),
+        (
+            "HOLDFAST_API",
+            node_paths.api_socket().display().to_string(),
+        ),
+        ("PATH", path_var),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.extend(config.scripts.env.clone());
+    env
 }
 
 /// Names of the scripts a module may ship.

@@ -30,6 +30,8 @@ pub struct MirrorOptions {
     pub vip: bool,
     /// Cloud mode: a health endpoint on [`HEALTH_PORT`].
     pub health: bool,
+    /// More TOML at the end of the file, e.g. `[[checker]]` tables.
+    pub tail: String,
 }
 
 /// The health endpoint's port when [`MirrorOptions::health`] is set.
@@ -50,6 +52,7 @@ impl Default for MirrorOptions {
             module_extra: String::new(),
             vip: false,
             health: false,
+            tail: String::new(),
         }
     }
 }
@@ -142,6 +145,7 @@ impl MirrorLab {
         if o.health {
             text.push_str(&format!("\n[health]\nport = {HEALTH_PORT}\n"));
         }
+        text.push_str(&o.tail);
         text.push_str("\n[scripts]\ndirectory = \"scripts\"\nstart_timeout = \"20s\"\nstop_timeout = \"10s\"\nforce_stop_timeout = \"10s\"\n");
         Ok(text)
     }

@@ -108,7 +108,8 @@ pub struct PeerStatus {
     pub wants_swap: bool,
     /// This node may become primary: its copy of the replicated data is
     /// complete and current (always, without replicated directories), no
-    /// resource is missing, and the recovery policy does not hold it back.
+    /// resource is missing, the recovery policy does not hold it back, and it
+    /// does not wait for an administrator (failover off, `second`).
     pub eligible: bool,
     /// The receiver's state as this node last heard it: lets a waiting node
     /// know that a stopped peer has already seen it waiting, so the two
@@ -568,8 +569,8 @@ impl MirrorModule {
                 Role::Waiting(WaitReason::ResourceMissing) => format!(
                     "waiting for missing resources: {}",
                     self.missing
-                        .values()
-                        .cloned()
+                        .iter()
+                        .map(|(name, why)| format!("{name} ({why})"))
                         .collect::<Vec<_>>()
                         .join("; ")
                 ),
@@ -651,7 +652,8 @@ impl MirrorModule {
 
     /// See [`PeerStatus::eligible`].
     fn eligible(&self) -> bool {
-        self.uptodate && self.suspended.is_none() && self.missing.is_empty()
+        let passive = matches!(self.role, Role::Waiting(r) if r.passive());
+        self.uptodate && self.suspended.is_none() && self.missing.is_empty() && !passive
     }
 
     /// The module waits for an administrator (`prim`, or starting the other

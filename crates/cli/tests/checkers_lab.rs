@@ -1,0 +1,195 @@
+//! Checkers and the recovery policy on real test hosts: a process checker
+//! restarting the application, then failing over past maxloop; a resource
+//! (ping) checker putting the module in WAIT and back; a TCP checker
+//! catching a hung application.
+
+use std::time::Duration;
+
+use holdfast_lab::cluster::{MirrorLab, MirrorOptions, NodeState};
+
+const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn is(state: &Option<NodeState>, name: &str) -> bool {
+    state
+        .as_ref()
+        .is_some_and(|s| s.state == name && !s.transient)
+}
+
+fn started(options: MirrorOptions) -> (MirrorLab, &'static str, &'static str) {
+    let cluster = MirrorLab::create(EXE.as_ref(), options).expect("lab");
+    for host in ["node1", "node2"] {
+        cluster
+            .run_cli_checked(host, &["start", "-m", "demo"])
+            .expect("start");
+    }
+    let (a, _) = cluster
+        .wait_states(SETTLE, |a, b| {
+            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
+        })
+        .expect("PRIM and SECOND");
+    let (prim, second) = if is(&a, "PRIM") {
+        ("node1", "node2")
+    } else {
+        ("node2", "node1")
+    };
+    assert!(cluster.wait_app(prim, SETTLE));
+    (cluster, prim, second)
+}
+
+fn module_log(cluster: &MirrorLab, host: &str) -> String {
+    String::from_utf8_lossy(
+        &cluster
+            .cli(host, &["log", "-m", "demo"])
+            .expect("log")
+            .stdout,
+    )
+    .into_owned()
+}
+
+fn kill_app(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+        .expect("signal the application");
+}
+
+/// Waits until the application runs on `host` with a pid other than `old`.
+fn restarted(cluster: &MirrorLab, host: &str, old: i32) -> i32 {
+    let mut pid = None;
+    let ok = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+        pid = cluster.app_pid(host).filter(|p| *p != old);
+        pid.is_some()
+    });
+    assert!(ok, "the application was restarted on {host}");
+    pid.unwrap()
+}
+
+const PROCESS_CHECKER: &str = r#"
+[[checker]]
+name = "app"
+type = "process"
+command = "holdfast"
+args_regex = "lab sample-app"
+action = "restart"
+interval = "200ms"
+"#;
+
+#[test]
+fn a_dying_process_is_restarted_maxloop_times_then_fails_over_and_is_held_back() {
+    let (mut cluster, prim, second) = started(MirrorOptions {
+        module_extra: "maxloop = 3\nloop_interval = \"1h\"".into(),
+        tail: PROCESS_CHECKER.into(),
+        ..MirrorOptions::default()
+    });
+    let mut pid = cluster.app_pid(prim).unwrap();
+    for round in 1..=3 {
+        kill_app(pid, nix::sys::signal::Signal::SIGKILL);
+        pid = restarted(&cluster, prim, pid);
+        assert_eq!(
+            cluster.state(prim).unwrap().state,
+            "PRIM",
+            "round {round}: restarted locally"
+        );
+        assert!(cluster.app_pid(second).is_none());
+    }
+    // The 4th failure: past maxloop, the application fails over.
+    kill_app(pid, nix::sys::signal::Signal::SIGKILL);
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
+            is(p, "SECOND") && is(s, "PRIM")
+        })
+        .expect("failover to the peer");
+    assert!(cluster.wait_app(second, SETTLE));
+    let log = module_log(&cluster, prim);
+    assert_eq!(log.matches("action restart (failure").count(), 3, "{log}");
+    assert!(log.contains("exceed maxloop 3"), "{log}");
+
+    // The failing node is not given the application back: the peer dies and
+    // it waits instead of taking over.
+    cluster.kill(second).unwrap();
+    let (a, b) = cluster
+        .wait_states(SETTLE, |a, b| {
+            is(if prim == "node1" { a } else { b }, "WAIT")
+        })
+        .expect("held back in WAIT");
+    let held = if prim == "node1" { a } else { b };
+    assert!(
+        held.unwrap().reason.contains("maxloop"),
+        "the reason names the recovery limit"
+    );
+    assert!(cluster.app_pid(prim).is_none());
+    // An administrator acts: the counter resets and it takes over.
+    cluster
+        .run_cli_checked(prim, &["prim", "-m", "demo"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cluster.wait_app(prim, SETTLE));
+}
+
+#[test]
+fn a_missing_resource_puts_the_module_in_wait_and_it_comes_back_by_itself() {
+    let (cluster, prim, _) = started(MirrorOptions {
+        tail: r#"
+[[checker]]
+name = "gateway"
+type = "ping"
+address = "198.18.0.100"
+interval = "200ms"
+timeout = "200ms"
+down_after = 2
+up_after = 1
+"#
+        .into(),
+        ..MirrorOptions::default()
+    });
+    // The "gateway" (the client host) disappears from both nodes.
+    cluster.lab.link_down("client", 0).unwrap();
+    let (a, _) = cluster
+        .wait_states(SETTLE, |a, b| is(a, "WAIT") && is(b, "WAIT"))
+        .expect("both WAIT");
+    assert!(
+        a.unwrap().reason.contains("ping.gateway"),
+        "the reason names the resource"
+    );
+    assert!(cluster.app_pid(prim).is_none(), "the application stopped");
+    cluster.lab.link_up("client", 0).unwrap();
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
+        })
+        .expect("back by itself");
+    assert!(module_log(&cluster, prim).contains("resource ping.gateway is back"));
+}
+
+#[test]
+fn a_hung_application_is_caught_by_the_tcp_checker_and_restarted() {
+    let (cluster, prim, _) = started(MirrorOptions {
+        tail: format!(
+            r#"
+[[checker]]
+name = "app"
+type = "tcp"
+address = "{}"
+port = 8080
+send = ""
+expect = "node"
+interval = "200ms"
+timeout = "300ms"
+down_after = 2
+up_after = 1
+"#,
+            "127.0.0.1"
+        ),
+        ..MirrorOptions::default()
+    });
+    let pid = cluster.app_pid(prim).unwrap();
+    // Alive but not answering: the kernel still completes TCP handshakes.
+    kill_app(pid, nix::sys::signal::Signal::SIGSTOP);
+    let new = restarted(&cluster, prim, pid);
+    assert_ne!(new, pid);
+    let log = module_log(&cluster, prim);
+    assert!(
+        log.contains("checker tcp.app") && log.contains("action restart"),
+        "{log}"
+    );
+    assert_eq!(cluster.state(prim).unwrap().state, "PRIM");
+}

@@ -1,0 +1,208 @@
+//! Checkers of one module, driven by its state: resource checkers (`pre`)
+//! run while the module is started, application checkers (`prim`,
+//! `second`, `both`) while the node holds that role and is not in
+//! transition. Verdicts go to the state machine: a missing resource puts
+//! the module in WAIT; an application failure goes through the recovery
+//! policy (restart here, or fail over and hold this node back).
+
+use std::time::Instant;
+
+use holdfast_checkers::{Action, CheckerConfig, CheckerEvent, ProbeContext, Runner, Verdict, When};
+use holdfast_membership::recovery::{Decision, RecoveryPolicy, Requested};
+use holdfast_membership::{Command, CommandError, LogLevel, MirrorModule, State};
+use tokio::sync::mpsc;
+
+use crate::modlog::ModuleLog;
+
+/// The role whose checkers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RoleClass {
+    Prim,
+    Second,
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    checkers: Vec<CheckerConfig>,
+    context: ProbeContext,
+    events: mpsc::Sender<CheckerEvent>,
+    pre: Option<Runner>,
+    role: Option<(RoleClass, Runner)>,
+    recovery: RecoveryPolicy,
+    /// A recovery the state machine refused while in transition: retried
+    /// once it is stable (checkers only report changes).
+    pending: Option<(Requested, String)>,
+}
+
+impl Supervisor {
+    pub fn new(
+        checkers: Vec<CheckerConfig>,
+        recovery: RecoveryPolicy,
+        context: ProbeContext,
+        events: mpsc::Sender<CheckerEvent>,
+    ) -> Self {
+        Self {
+            checkers,
+            context,
+            events,
+            pre: None,
+            role: None,
+            recovery,
+            pending: None,
+        }
+    }
+
+    /// Starts and stops checkers to match the module's state.
+    pub fn follow(&mut self, core: &mut MirrorModule, log: &ModuleLog, now: Instant) {
+        let state = core.state();
+        let want_pre = state != State::Stop;
+        if want_pre != self.pre.is_some() {
+            self.pre = if want_pre {
+                self.start(log, |w| w == When::Pre)
+            } else {
+                None
+            };
+            if !want_pre {
+                // A stopped module has no resources to wait for.
+                for checker in self.checkers.iter().filter(|c| c.when == When::Pre) {
+                    core.resource(now, &checker.resource(), None);
+                }
+            }
+        }
+        let want_role = match state {
+            _ if core.transient() => None,
+            State::Alone | State::Prim if core.app_active() => Some(RoleClass::Prim),
+            State::Second => Some(RoleClass::Second),
+            _ => None,
+        };
+        if want_role != self.role.as_ref().map(|(class, _)| *class) {
+            self.role = want_role.and_then(|class| {
+                let matches = move |w: When| match class {
+                    RoleClass::Prim => matches!(w, When::Prim | When::Both),
+                    RoleClass::Second => matches!(w, When::Second | When::Both),
+                };
+                self.start(log, matches).map(|runner| (class, runner))
+            });
+        }
+        if let Some((requested, why)) = self.pending.take() {
+            if !core.transient() {
+                self.recover(core, log, now, requested, why);
+            } else {
+                self.pending = Some((requested, why));
+            }
+        }
+        if self.recovery.released(now) {
+            log.write(
+                LogLevel::Info,
+                "recovery counter reset (loop_interval passed): this node may be primary again",
+            );
+            core.suspend(now, None);
+        }
+    }
+
+    fn start(&self, log: &ModuleLog, class: impl Fn(When) -> bool) -> Option<Runner> {
+        let selected: Vec<CheckerConfig> = self
+            .checkers
+            .iter()
+            .filter(|c| class(c.when))
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            return None;
+        }
+        match Runner::start(&selected, &self.context, self.events.clone()) {
+            Ok(runner) => Some(runner),
+            Err(e) => {
+                log.write(LogLevel::Error, &format!("checkers not started: {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn on_event(
+        &mut self,
+        core: &mut MirrorModule,
+        log: &ModuleLog,
+        now: Instant,
+        event: CheckerEvent,
+    ) {
+        let Some(checker) = self.checkers.iter().find(|c| c.resource() == event.checker) else {
+            return;
+        };
+        let (action, name) = (checker.action, event.checker.clone());
+        match (&event.verdict, action) {
+            (verdict, Action::Wait) => {
+                let missing = match verdict {
+                    Verdict::Up => None,
+                    Verdict::Down(why) => Some(why.clone()),
+                };
+                core.resource(now, &name, missing);
+            }
+            (Verdict::Up, _) => log.write(LogLevel::Info, &format!("checker {name}: up")),
+            (Verdict::Down(why), Action::NoAction) => log.write(
+                LogLevel::Error,
+                &format!("checker {name}: {why} (no action configured)"),
+            ),
+            (Verdict::Down(why), action) => {
+                let requested = match action {
+                    Action::Restart => Requested::Restart,
+                    Action::StopStart => Requested::StopStart,
+                    _ => Requested::Stop,
+                };
+                self.recover(core, log, now, requested, format!("checker {name}: {why}"));
+            }
+        }
+    }
+
+    fn recover(
+        &mut self,
+        core: &mut MirrorModule,
+        log: &ModuleLog,
+        now: Instant,
+        requested: Requested,
+        why: String,
+    ) {
+        if core.transient() {
+            self.pending = Some((requested, why));
+            return;
+        }
+        let decision = self.recovery.failure(now, requested);
+        let command = match &decision {
+            Decision::Restart => Command::Restart,
+            Decision::StopStart { .. } => Command::StopStart,
+            Decision::Stop => Command::Stop,
+        };
+        log.write(
+            LogLevel::Error,
+            &format!(
+                "{why}: action {} (failure {} in this loop interval)",
+                command.as_str(),
+                self.recovery.count()
+            ),
+        );
+        if let Decision::StopStart { hold: Some(hold) } = decision {
+            log.write(LogLevel::Error, &hold);
+            core.suspend(now, Some(hold));
+        }
+        match core.command(now, command) {
+            Ok(()) => {}
+            Err(CommandError::Busy { .. }) => self.pending = Some((requested, why)),
+            Err(e) => log.write(
+                LogLevel::Error,
+                &format!("action {} refused: {e}", command.as_str()),
+            ),
+        }
+    }
+
+    /// An administrator acted: the counter resets and any hold ends.
+    pub fn admin_command(&mut self, core: &mut MirrorModule, now: Instant) {
+        self.recovery.reset();
+        self.pending = None;
+        core.suspend(now, None);
+    }
+
+    /// When the shell must wake up for the recovery policy.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.recovery.next_release()
+    }
+}
