@@ -17,7 +17,11 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
+use std::os::unix::ffi::OsStringExt;
+
 use crate::op::{Change, Op, Time};
+use crate::resync::EntryState;
+use crate::tracking::Move;
 
 /// The replicated directory, opened before anything is mounted on it.
 #[derive(Debug)]
@@ -354,4 +358,214 @@ pub(crate) fn write_all_at(fd: &impl AsFd, mut data: &[u8], mut offset: u64) -> 
         }
     }
     Ok(())
+}
+
+/// Resynchronisation support: reading and making entries identical.
+impl Root {
+    /// Names in the directory `rel` (without `.` and `..`); none if it is
+    /// not a directory.
+    pub fn list(&self, rel: &Path) -> Result<Vec<std::ffi::OsString>, Errno> {
+        let fd = match self.open(rel, OFlags::RDONLY | OFlags::DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT | Errno::NOTDIR) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in rfs::Dir::new(fd)? {
+            let name = entry?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                out.push(std::ffi::OsString::from_vec(name));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Extended attributes of `rel` (not following a symbolic link).
+    pub fn xattrs(
+        &self,
+        rel: &Path,
+    ) -> Result<Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>, Errno> {
+        let obj = self.open(rel, OFlags::PATH)?;
+        let path = proc_path(&obj);
+        let size = rfs::listxattr_query(&path)?;
+        let mut names = vec![0u8; size];
+        let n = rfs::listxattr(&path, &mut names[..])?;
+        let mut out = Vec::new();
+        for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let os = OsStr::from_bytes(name);
+            let len = rfs::getxattr_query(&path, os)?;
+            let mut value = vec![0u8; len];
+            let len = rfs::getxattr(&path, os, &mut value[..])?;
+            value.truncate(len);
+            out.push((
+                serde_bytes::ByteBuf::from(name.to_vec()),
+                serde_bytes::ByteBuf::from(value),
+            ));
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes `rel` whatever it is, a directory with all it holds.
+    pub fn remove_tree(&self, rel: &Path) -> Result<(), Errno> {
+        let st = self.stat(rel)?;
+        let dir = rfs::FileType::from_raw_mode(st.st_mode) == rfs::FileType::Directory;
+        if dir {
+            for name in self.list(rel)? {
+                self.remove_tree(&rel.join(name))?;
+            }
+        }
+        let e = self.entry(rel)?;
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        rfs::unlinkat(&e.dir, &e.name, flags)
+    }
+
+    /// Makes `rel` what the primary has; `true` if it had to be created
+    /// (so it holds none of the primary's content yet).
+    pub fn ensure(&self, rel: &Path, state: &EntryState) -> Result<bool, Errno> {
+        let current = match self.stat(rel) {
+            Ok(st) => Some(st),
+            Err(Errno::NOENT) => None,
+            Err(e) => return Err(e),
+        };
+        let EntryState::Present(want) = state else {
+            if current.is_some() {
+                self.remove_tree(rel)?;
+            }
+            return Ok(false);
+        };
+        let kind = rfs::FileType::from_raw_mode(want.mode);
+        let same = current.as_ref().is_some_and(|st| {
+            rfs::FileType::from_raw_mode(st.st_mode) == kind
+                && match kind {
+                    rfs::FileType::Symlink => self.link_target(rel).is_ok_and(|t| t == want.target),
+                    rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => {
+                        st.st_rdev == want.rdev
+                    }
+                    // Created while alone: whatever has this name here is
+                    // another file.
+                    rfs::FileType::RegularFile => !want.fresh,
+                    _ => true,
+                }
+        });
+        let created = !same;
+        if created {
+            if current.is_some() {
+                self.remove_tree(rel)?;
+            }
+            let e = self.entry(rel)?;
+            let perm = Mode::from_raw_mode(want.mode & 0o777);
+            match kind {
+                rfs::FileType::RegularFile => {
+                    rfs::openat(
+                        &e.dir,
+                        &e.name,
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::WRONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        perm,
+                    )?;
+                }
+                rfs::FileType::Directory => rfs::mkdirat(&e.dir, &e.name, perm)?,
+                rfs::FileType::Symlink => {
+                    rfs::symlinkat(OsStr::from_bytes(&want.target), &e.dir, &e.name)?
+                }
+                _ => rfs::mknodat(&e.dir, &e.name, kind, perm, want.rdev)?,
+            }
+        }
+        if kind == rfs::FileType::RegularFile {
+            self.truncate(rel, want.size)?;
+        }
+        let mode = (kind != rfs::FileType::Symlink).then_some(want.mode);
+        self.set_owner_mode(rel, Some(want.uid), Some(want.gid), mode)?;
+        let have = self.xattrs(rel)?;
+        let obj = self.open(rel, OFlags::PATH)?;
+        for (name, _) in have
+            .iter()
+            .filter(|(n, _)| !want.xattrs.iter().any(|(w, _)| w == n))
+        {
+            rfs::removexattr(proc_path(&obj), OsStr::from_bytes(name))?;
+        }
+        for (name, value) in &want.xattrs {
+            if !have.iter().any(|(n, v)| n == name && v == value) {
+                rfs::setxattr(
+                    proc_path(&obj),
+                    OsStr::from_bytes(name),
+                    value,
+                    XattrFlags::empty(),
+                )?;
+            }
+        }
+        self.set_times(rel, None, Some(want.mtime))?;
+        Ok(created)
+    }
+
+    fn link_target(&self, rel: &Path) -> Result<Vec<u8>, Errno> {
+        let e = self.entry(rel)?;
+        Ok(rfs::readlinkat(&e.dir, &e.name, Vec::new())?.into_bytes())
+    }
+
+    /// SHA-256 of each `block`-sized block of the regular file `rel`.
+    pub fn hashes(&self, rel: &Path, block: u64) -> Result<Vec<[u8; 32]>, Errno> {
+        use sha2::Digest;
+        let fd = match self.open(rel, OFlags::RDONLY) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; block as usize];
+        let mut offset = 0u64;
+        loop {
+            let mut done = 0;
+            while done < buf.len() {
+                match rustix::io::pread(&fd, &mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if done == 0 {
+                return Ok(out);
+            }
+            out.push(sha2::Sha256::digest(&buf[..done]).into());
+            offset += done as u64;
+        }
+    }
+
+    /// Replays renames and hard links; returns how many did not apply.
+    pub fn replay(&self, moves: &[Move]) -> u32 {
+        let mut skipped = 0;
+        for m in moves {
+            let result = self.entry(&m.from).and_then(|a| {
+                let b = self.entry(&m.to)?;
+                match m.rename_flags {
+                    Some(flags) => rfs::renameat_with(
+                        &a.dir,
+                        &a.name,
+                        &b.dir,
+                        &b.name,
+                        RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?,
+                    ),
+                    None => rfs::linkat(&a.dir, &a.name, &b.dir, &b.name, AtFlags::empty()),
+                }
+            });
+            if result.is_err() {
+                skipped += 1;
+            }
+        }
+        skipped
+    }
+
+    /// Flushes the whole file system holding the directory.
+    pub fn syncfs(&self) -> Result<(), Errno> {
+        rfs::syncfs(self.open(Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY)?)
+    }
 }

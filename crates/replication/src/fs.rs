@@ -31,7 +31,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::apply::{atime_of, mtime_of, proc_path, write_all_at, Root};
-use crate::op::{Ack, Change, Op, Replicator, Stamp, Time};
+use crate::op::{Ack, Change, Intent, Op, Replicator, Stamp, Time};
 
 /// Kernel caches of attributes and names: none, so nothing is ever stale.
 const TTL: Duration = Duration::ZERO;
@@ -73,11 +73,14 @@ impl Mirror {
         };
         let root = Root::new(dir).map_err(open_err)?;
         let st = rfs::fstat(root.fd()).map_err(|e| open_err(e.into()))?;
-        let fs = MirrorFs {
+        let tree = Tree(Arc::new(TreeInner {
             root,
+            order: Mutex::new(()),
+        }));
+        let fs = MirrorFs {
+            tree: tree.clone(),
             root_ino: st.st_ino as u64,
             replicator,
-            order: Mutex::new(()),
             nodes: Mutex::new(Nodes::new()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -103,6 +106,7 @@ impl Mirror {
         Ok(MountGuard {
             dir: dir.to_path_buf(),
             session: Some(session),
+            tree,
         })
     }
 }
@@ -112,11 +116,18 @@ impl Mirror {
 pub struct MountGuard {
     dir: PathBuf,
     session: Option<BackgroundSession>,
+    tree: Tree,
 }
 
 impl MountGuard {
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// The real directory under the mount and the lock ordering its
+    /// changes: what a resynchronisation reads from while the mount serves.
+    pub fn tree(&self) -> Tree {
+        self.tree.clone()
     }
 
     /// Unmounts now, reporting failure; a busy mount is detached (lazy
@@ -161,6 +172,45 @@ impl Drop for MountGuard {
         if let Err(e) = self.teardown() {
             tracing::error!("cannot unmount {}: {e}", self.dir.display());
         }
+    }
+}
+
+/// The primary's real directory (the descriptor opened before mounting) and
+/// the lock ordering its changes.
+///
+/// Whoever holds [`Tree::lock`] sees the directory between two operations
+/// of the file system, and what it submits to the replicator meanwhile is
+/// placed between those operations in the stream: a resynchronisation
+/// reads current data and queues it in one such section, so every later
+/// change of the application reaches the secondary after it.
+#[derive(Debug, Clone)]
+pub struct Tree(Arc<TreeInner>);
+
+#[derive(Debug)]
+struct TreeInner {
+    root: Root,
+    order: Mutex<()>,
+}
+
+/// Proof of holding the ordering lock of a [`Tree`].
+#[derive(Debug)]
+pub struct Ordered<'a> {
+    _guard: MutexGuard<'a, ()>,
+}
+
+impl Tree {
+    /// Waits for the operation in progress (if any) and keeps the next one
+    /// out until the returned guard is dropped.
+    pub fn lock(&self) -> Ordered<'_> {
+        Ordered {
+            _guard: lock(&self.0.order),
+        }
+    }
+
+    /// The directory; reading it is consistent with the stream only while
+    /// the ordering lock is held.
+    pub(crate) fn root(&self) -> &Root {
+        &self.0.root
     }
 }
 
@@ -325,13 +375,13 @@ struct DirItem {
 }
 
 struct MirrorFs {
-    root: Root,
+    /// Its ordering lock is held while applying a change locally and
+    /// submitting it, so changes reach the secondary in the order they were
+    /// applied here, and while turning an inode into a path, so no rename
+    /// slips in between.
+    tree: Tree,
     root_ino: u64,
     replicator: Arc<dyn Replicator>,
-    /// Held while applying a change locally and submitting it, so changes
-    /// reach the secondary in the order they were applied here, and while
-    /// turning an inode into a path, so no rename slips in between.
-    order: Mutex<()>,
     nodes: Mutex<Nodes>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
@@ -397,6 +447,10 @@ struct NewNode {
 }
 
 impl MirrorFs {
+    fn root(&self) -> &Root {
+        &self.tree.0.root
+    }
+
     /// The root directory is FUSE's inode 1; a real inode 1 elsewhere (if
     /// any) takes the root's real number, so the mapping stays one-to-one.
     fn ino(&self, real: u64) -> u64 {
@@ -470,7 +524,7 @@ impl MirrorFs {
             if out.iter().any(|s| s.path == *path) {
                 continue;
             }
-            if let Ok(st) = self.root.stat(path) {
+            if let Ok(st) = self.root().stat(path) {
                 out.push(Stamp {
                     path: path.to_path_buf(),
                     mtime: mtime_of(&st),
@@ -488,7 +542,7 @@ impl MirrorFs {
         apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
     ) -> Result<T, fuser::Errno> {
         let (value, ack) = {
-            let _order = lock(&self.order);
+            let _order = lock(&self.tree.0.order);
             let (value, change) = apply().map_err(fuse_err)?;
             (value, change.map(|c| (self.replicator.submit(&c), c)))
         };
@@ -501,9 +555,17 @@ impl MirrorFs {
         Ok(value)
     }
 
+    /// Announces a change before it is applied (see [`Replicator::prepare`]).
+    fn prepare(&self, intent: Intent<'_>) -> Result<(), Errno> {
+        self.replicator.prepare(&intent).map_err(|e| {
+            tracing::error!("cannot record {intent:?}: {e}");
+            Errno::IO
+        })
+    }
+
     /// Reads under the ordering lock, so the inode's path cannot change midway.
     fn inspect<T>(&self, f: impl FnOnce() -> Result<T, Errno>) -> Result<T, fuser::Errno> {
-        let _order = lock(&self.order);
+        let _order = lock(&self.tree.0.order);
         f().map_err(fuse_err)
     }
 
@@ -515,7 +577,7 @@ impl MirrorFs {
         umask: u32,
         dir: bool,
     ) -> Result<NewNode, Errno> {
-        let pst = self.root.stat(parent)?;
+        let pst = self.root().stat(parent)?;
         let setgid = pst.st_mode & 0o2000 != 0;
         let mut perm = mode & !umask & 0o7777;
         if dir && setgid {
@@ -529,7 +591,7 @@ impl MirrorFs {
     }
 
     fn entry_reply(&self, path: &Path, reply: ReplyEntry) {
-        match self.root.stat(path) {
+        match self.root().stat(path) {
             Ok(st) => {
                 let attr = self.attr(&st);
                 lock(&self.nodes).remember(attr.ino.0, path);
@@ -555,10 +617,11 @@ impl MirrorFs {
         let result = self.mutate(|| {
             let path = self.child(parent, name)?;
             let node = self.new_node(req, parent_of(&path), mode, umask, is_dir)?;
-            let entry = self.root.entry(&path)?;
+            let entry = self.root().entry(&path)?;
+            self.prepare(Intent::Entry { path: &path })?;
             let op = make(&entry, &node, path.clone())?;
             let perm = (!is_link).then_some(node.perm);
-            self.root
+            self.root()
                 .set_owner_mode(&path, Some(node.uid), Some(node.gid), perm)?;
             let stamps = self.stamps(&[&path, parent_of(&path)]);
             Ok((path, Some(Change { op, stamps })))
@@ -572,12 +635,13 @@ impl MirrorFs {
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
         let result = self.mutate(|| {
             let path = self.child(parent, name)?;
-            let entry = self.root.entry(&path)?;
+            let entry = self.root().entry(&path)?;
             let flags = if dir {
                 AtFlags::REMOVEDIR
             } else {
                 AtFlags::empty()
             };
+            self.prepare(Intent::Entry { path: &path })?;
             rfs::unlinkat(&entry.dir, &entry.name, flags)?;
             lock(&self.nodes).unlinked(&path);
             let stamps = self.stamps(&[parent_of(&path)]);
@@ -595,14 +659,14 @@ impl MirrorFs {
     }
 
     fn read_dir(&self, path: &Path) -> Result<Vec<DirItem>, Errno> {
-        let fd = self.root.open(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
+        let fd = self.root().open(path, OFlags::RDONLY | OFlags::DIRECTORY)?;
         let mut items = Vec::new();
         for entry in rfs::Dir::new(fd)? {
             let entry = entry?;
             let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
             let kind = match entry.file_type() {
                 rfs::FileType::Unknown if name != "." && name != ".." => {
-                    kind_of(self.root.stat(&path.join(&name))?.st_mode)
+                    kind_of(self.root().stat(&path.join(&name))?.st_mode)
                 }
                 rfs::FileType::Unknown => FileType::Directory,
                 t => kind_of(t.as_raw_mode()),
@@ -668,7 +732,7 @@ impl Filesystem for MirrorFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let result = self.inspect(|| {
             let path = self.child(parent, name)?;
-            let st = self.root.stat(&path)?;
+            let st = self.root().stat(&path)?;
             let attr = self.attr(&st);
             lock(&self.nodes).remember(attr.ino.0, &path);
             Ok(attr)
@@ -686,7 +750,7 @@ impl Filesystem for MirrorFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.inspect(|| match fh.map(|fh| self.handle(fh)) {
             Some(Ok(h)) if matches!(*h, Handle::File(_)) => rfs::fstat(file_fd(&h)),
-            _ => self.root.stat(&self.path(ino)?),
+            _ => self.root().stat(&self.path(ino)?),
         });
         match result {
             Ok(st) => reply.attr(&TTL, &self.attr(&st)),
@@ -737,18 +801,29 @@ impl Filesystem for MirrorFs {
                 }
                 return Ok((rfs::fstat(fd)?, None));
             };
+            self.prepare(Intent::Entry { path: &path })?;
             if let Some(size) = size {
+                let old = match fd {
+                    Some(fd) => rfs::fstat(fd)?.st_size as u64,
+                    None => self.root().stat(&path)?.st_size as u64,
+                };
+                // Both what is cut off and what grows back as zeros.
+                self.prepare(Intent::Data {
+                    path: &path,
+                    offset: old.min(size),
+                    len: old.abs_diff(size),
+                })?;
                 match fd {
                     Some(fd) => rfs::ftruncate(fd, size)?,
-                    None => self.root.truncate(&path, size)?,
+                    None => self.root().truncate(&path, size)?,
                 }
             }
-            self.root.set_owner_mode(&path, uid, gid, mode)?;
+            self.root().set_owner_mode(&path, uid, gid, mode)?;
             if atime.is_some() || mtime.is_some() {
-                self.root
+                self.root()
                     .set_times(&path, atime.map(to_time), mtime.map(to_time))?;
             }
-            let st = self.root.stat(&path)?;
+            let st = self.root().stat(&path)?;
             let op = Op::SetAttr {
                 path: path.clone(),
                 mode,
@@ -770,7 +845,7 @@ impl Filesystem for MirrorFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let result = self.inspect(|| {
-            let entry = self.root.entry(&self.path(ino)?)?;
+            let entry = self.root().entry(&self.path(ino)?)?;
             rfs::readlinkat(&entry.dir, &entry.name, Vec::new())
         });
         match result {
@@ -895,8 +970,12 @@ impl Filesystem for MirrorFs {
             }
             let from = self.child(parent, name)?;
             let to = self.child(newparent, newname)?;
-            let (a, b) = (self.root.entry(&from)?, self.root.entry(&to)?);
+            let (a, b) = (self.root().entry(&from)?, self.root().entry(&to)?);
             let rflags = rfs::RenameFlags::from_bits(flags.bits()).ok_or(Errno::INVAL)?;
+            self.prepare(Intent::Move {
+                from: &from,
+                to: &to,
+            })?;
             rfs::renameat_with(&a.dir, &a.name, &b.dir, &b.name, rflags)?;
             let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
             lock(&self.nodes).renamed(&from, &to, exchange);
@@ -929,7 +1008,11 @@ impl Filesystem for MirrorFs {
         let result = self.mutate(|| {
             let from = self.path(ino)?;
             let to = self.child(newparent, newname)?;
-            let (a, b) = (self.root.entry(&from)?, self.root.entry(&to)?);
+            let (a, b) = (self.root().entry(&from)?, self.root().entry(&to)?);
+            self.prepare(Intent::Move {
+                from: &from,
+                to: &to,
+            })?;
             rfs::linkat(&a.dir, &a.name, &b.dir, &b.name, AtFlags::empty())?;
             let stamps = self.stamps(&[parent_of(&to)]);
             let op = Op::Link {
@@ -950,7 +1033,7 @@ impl Filesystem for MirrorFs {
             // Only the access mode: appending, truncating and creating are
             // done by the kernel through explicit offsets and setattr.
             let access = OFlags::from_bits_retain((flags.0 & libc_accmode()) as u32);
-            self.root.open(&path, access)
+            self.root().open(&path, access)
         });
         match result {
             Ok(fd) => reply.opened(self.add_handle(Handle::File(fd)), FopenFlags::empty()),
@@ -1005,10 +1088,16 @@ impl Filesystem for MirrorFs {
         let result = self.mutate(|| {
             let h = self.file(fh)?;
             let fd = file_fd(&h);
-            write_all_at(fd, data, offset)?;
             let Some(path) = self.open_file_path(ino, fd)? else {
+                write_all_at(fd, data, offset)?;
                 return Ok(((), None));
             };
+            self.prepare(Intent::Data {
+                path: &path,
+                offset,
+                len: data.len() as u64,
+            })?;
+            write_all_at(fd, data, offset)?;
             let stamps = vec![Stamp {
                 path: path.clone(),
                 mtime: mtime_of(&rfs::fstat(fd)?),
@@ -1085,7 +1174,7 @@ impl Filesystem for MirrorFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let result = self.inspect(|| {
             // Fails now (ENOTDIR, EACCES...) rather than at the first read.
-            self.root
+            self.root()
                 .open(&self.path(ino)?, OFlags::RDONLY | OFlags::DIRECTORY)
                 .map(drop)
         });
@@ -1153,7 +1242,7 @@ impl Filesystem for MirrorFs {
     ) {
         let result = self.mutate(|| {
             let path = self.path(ino)?;
-            self.root.fsync(&path)?;
+            self.root().fsync(&path)?;
             Ok((
                 (),
                 Some(Change {
@@ -1169,7 +1258,7 @@ impl Filesystem for MirrorFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match rfs::fstatvfs(self.root.fd()) {
+        match rfs::fstatvfs(self.root().fd()) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
@@ -1196,7 +1285,8 @@ impl Filesystem for MirrorFs {
     ) {
         let result = self.mutate(|| {
             let path = self.path(ino)?;
-            let obj = self.root.open(&path, OFlags::PATH)?;
+            let obj = self.root().open(&path, OFlags::PATH)?;
+            self.prepare(Intent::Entry { path: &path })?;
             rfs::setxattr(
                 proc_path(&obj),
                 name,
@@ -1219,7 +1309,7 @@ impl Filesystem for MirrorFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = self.inspect(|| {
-            let obj = self.root.open(&self.path(ino)?, OFlags::PATH)?;
+            let obj = self.root().open(&self.path(ino)?, OFlags::PATH)?;
             if size == 0 {
                 return rfs::getxattr_query(proc_path(&obj), name).map(XattrAnswer::Size);
             }
@@ -1233,7 +1323,7 @@ impl Filesystem for MirrorFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let result = self.inspect(|| {
-            let obj = self.root.open(&self.path(ino)?, OFlags::PATH)?;
+            let obj = self.root().open(&self.path(ino)?, OFlags::PATH)?;
             if size == 0 {
                 return rfs::listxattr_query(proc_path(&obj)).map(XattrAnswer::Size);
             }
@@ -1248,7 +1338,8 @@ impl Filesystem for MirrorFs {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let result = self.mutate(|| {
             let path = self.path(ino)?;
-            let obj = self.root.open(&path, OFlags::PATH)?;
+            let obj = self.root().open(&path, OFlags::PATH)?;
+            self.prepare(Intent::Entry { path: &path })?;
             rfs::removexattr(proc_path(&obj), name)?;
             let op = Op::RemoveXattr {
                 path,
@@ -1265,7 +1356,7 @@ impl Filesystem for MirrorFs {
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         // Only called without default_permissions; kept exact regardless.
         let result = self.inspect(|| {
-            let entry = self.root.entry(&self.path(ino)?)?;
+            let entry = self.root().entry(&self.path(ino)?)?;
             rfs::accessat(
                 &entry.dir,
                 &entry.name,
@@ -1292,15 +1383,16 @@ impl Filesystem for MirrorFs {
         let result = self.mutate(|| {
             let path = self.child(parent, name)?;
             let node = self.new_node(req, parent_of(&path), mode, umask, false)?;
-            let entry = self.root.entry(&path)?;
+            let entry = self.root().entry(&path)?;
             let access = OFlags::from_bits_retain((flags & libc_accmode()) as u32);
+            self.prepare(Intent::Entry { path: &path })?;
             let fd = rfs::openat(
                 &entry.dir,
                 &entry.name,
                 access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(node.perm & 0o777),
             )?;
-            self.root
+            self.root()
                 .set_owner_mode(&path, Some(node.uid), Some(node.gid), Some(node.perm))?;
             let st = rfs::fstat(&fd)?;
             let stamps = self.stamps(&[&path, parent_of(&path)]);
@@ -1336,15 +1428,21 @@ impl Filesystem for MirrorFs {
         let result = self.mutate(|| {
             let h = self.file(fh)?;
             let fd = file_fd(&h);
-            rfs::fallocate(
-                fd,
-                rfs::FallocateFlags::from_bits_retain(mode as u32),
-                offset,
-                length,
-            )?;
+            let flags = rfs::FallocateFlags::from_bits_retain(mode as u32);
             let Some(path) = self.open_file_path(ino, fd)? else {
+                rfs::fallocate(fd, flags, offset, length)?;
                 return Ok(((), None));
             };
+            // Collapsing or inserting a range shifts everything after it.
+            let shifts = flags.intersects(
+                rfs::FallocateFlags::COLLAPSE_RANGE | rfs::FallocateFlags::INSERT_RANGE,
+            );
+            self.prepare(Intent::Data {
+                path: &path,
+                offset,
+                len: if shifts { u64::MAX - offset } else { length },
+            })?;
+            rfs::fallocate(fd, flags, offset, length)?;
             let stamps = vec![Stamp {
                 path: path.clone(),
                 mtime: mtime_of(&rfs::fstat(fd)?),

@@ -44,13 +44,33 @@
 //! Data written to a file after all its names were unlinked is not sent:
 //! nobody can reach it.
 //!
+//! # ALONE, reintegration, generations (invariants 3 and 4)
+//!
+//! The file system is mounted with a [`Link`] (a [`Replicator`]): it
+//! mirrors to the secondary, or tracks changes in a durable [`ChangeLog`]
+//! while ALONE (`tracking.rs`: 4 KiB blocks in memory, DRBD-style activity
+//! log of 4 MiB extents and directories on disk, synced before the first
+//! change it covers — announced by the file system through
+//! [`Replicator::prepare`] before applying anything), or both while a
+//! [`resync()`] brings a returning secondary up to date from the real
+//! directory ([`Tree`], under the file system's ordering lock) while the
+//! application keeps writing (`resync.rs` explains why nothing is lost or
+//! reordered). Progress: [`Progress::report`]. Who resynchronises whom is
+//! decided by [`decide`] from recorded [`Generations`] (`generation.rs`);
+//! the secondary records its copy incomplete for the whole resync.
+//!
 //! # Not yet
 //!
-//! - tracking changes while ALONE and resynchronising a returning node
-//!   (invariant 3) — there is no journal yet;
+//! - the daemon's wiring: generation exchange at connection, the calls to
+//!   `start_tracking`/`become_primary`, refusing promotion of an incomplete
+//!   copy, the CLI commands named by [`Refusal`];
+//! - tracking while mirroring (in-flight changes at a primary crash): today
+//!   the returning old primary is resynchronised by checksum comparison;
+//! - hard links created while ALONE whose first name was created while
+//!   ALONE too may come back as separate files after a crash;
 //! - keeping the secondary's directory read-only to local processes;
-//! - policies on replication failure (today: `EIO`), acknowledgement
-//!   timeouts (a stalled secondary stalls the application);
+//! - policies on replication failure (today: `EIO` while mirroring; the
+//!   daemon calls [`Link::track`] to go ALONE), acknowledgement timeouts;
 //! - kernel passthrough (`FOPEN_PASSTHROUGH`) for read-only opens: the
 //!   kernel refuses mixing passthrough and cached opens of one inode, so it
 //!   needs care; every read goes through the daemon for now;
@@ -58,12 +78,18 @@
 
 mod apply;
 pub mod fs;
+pub mod generation;
 pub mod op;
 pub mod protocol;
 pub mod receiver;
+pub mod resync;
 pub mod sender;
+pub mod tracking;
 
-pub use fs::{Mirror, MountError, MountGuard};
-pub use op::{Ack, Change, Op, ReplicationError, Replicator, Stamp, Time};
+pub use fs::{Mirror, MountError, MountGuard, Ordered, Tree};
+pub use generation::{decide, Basis, Decision, GenerationStore, Generations, Refusal};
+pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time};
 pub use receiver::{AckMode, Receiver, ReceiverError};
+pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Stats};
 pub use sender::TcpReplicator;
+pub use tracking::{ChangeLog, Dirty, Link, LinkMode, Recovery, TrackingConfig, TrackingError};

@@ -157,6 +157,24 @@ impl Op {
     }
 }
 
+/// What a mutation is about to touch, announced through
+/// [`Replicator::prepare`] before it is applied locally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent<'a> {
+    /// Bytes `offset..offset + len` of the regular file `path` (write,
+    /// truncate — both the lost and the gained range —, fallocate).
+    Data {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+    },
+    /// The entry `path` is about to appear, disappear, or change attributes
+    /// (mode, owner, times, xattrs); so is its parent's listing.
+    Entry { path: &'a Path },
+    /// `from` is about to be renamed or hard-linked to `to`.
+    Move { from: &'a Path, to: &'a Path },
+}
+
 /// The modification time a path has on the primary after the operation:
 /// applying an operation changes timestamps (of the file, of its parent
 /// directories), and the secondary sets the same ones so the trees are equal.
@@ -208,16 +226,33 @@ pub enum ReplicationError {
     Refused { seq: u64, reason: String },
     #[error("cannot connect to the secondary: {0}")]
     Connect(String),
+    #[error("change tracking failed: {0}")]
+    Tracking(String),
+    #[error("the secondary answered {0} unexpectedly")]
+    UnexpectedAnswer(String),
 }
 
 /// The secondary's acknowledgement of one submitted change, to wait for.
 #[derive(Debug)]
 pub struct Ack(AckState);
 
-#[derive(Debug)]
+type AckHook = Box<dyn FnOnce(Result<(), ReplicationError>) -> Result<(), ReplicationError> + Send>;
+
 enum AckState {
     Done(Result<(), ReplicationError>),
     Waiting(mpsc::Receiver<Result<(), ReplicationError>>),
+    /// An acknowledgement whose outcome passes through a hook first.
+    Mapped(Box<Ack>, AckHook),
+}
+
+impl std::fmt::Debug for AckState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AckState::Done(r) => f.debug_tuple("Done").field(r).finish(),
+            AckState::Waiting(_) => f.write_str("Waiting"),
+            AckState::Mapped(inner, _) => f.debug_tuple("Mapped").field(inner).finish(),
+        }
+    }
 }
 
 impl Ack {
@@ -232,10 +267,20 @@ impl Ack {
         Ack(AckState::Waiting(receiver))
     }
 
+    /// The same acknowledgement, its outcome passed through `hook` when
+    /// waited for (e.g. to record a change the secondary may have missed).
+    pub fn map(
+        self,
+        hook: impl FnOnce(Result<(), ReplicationError>) -> Result<(), ReplicationError> + Send + 'static,
+    ) -> Self {
+        Ack(AckState::Mapped(Box::new(self), Box::new(hook)))
+    }
+
     /// Blocks until the secondary acknowledged (or the replication failed).
     pub fn wait(self) -> Result<(), ReplicationError> {
         match self.0 {
             AckState::Done(result) => result,
+            AckState::Mapped(inner, hook) => hook(inner.wait()),
             AckState::Waiting(rx) => rx.recv().unwrap_or_else(|_| {
                 Err(ReplicationError::Disconnected(
                     "acknowledgement abandoned".into(),
@@ -252,6 +297,15 @@ impl Ack {
 /// applied locally) and wait for the acknowledgement outside it (many
 /// operations in flight at once).
 pub trait Replicator: Send + Sync {
+    /// Called under the ordering lock *before* a change is applied locally,
+    /// so a tracker can make a record durable before the data can reach the
+    /// disk (a crash between the two must leave the change covered). An
+    /// error refuses the operation (`EIO`) before anything changed.
+    fn prepare(&self, intent: &Intent<'_>) -> Result<(), ReplicationError> {
+        let _ = intent;
+        Ok(())
+    }
+
     /// Queues `change` after every change submitted before it.
     fn submit(&self, change: &Change) -> Result<Ack, ReplicationError>;
 

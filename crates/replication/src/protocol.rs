@@ -24,10 +24,14 @@ use holdfast_membership::ClusterKey;
 use rand::RngCore;
 use sha2::Sha256;
 
+use crate::op::Change;
+use crate::resync::{Answer, Request};
+
 type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"HFRP";
-const VERSION: u8 = 1;
+/// 2: frames carry a [`Message`] (changes and resynchronisation requests).
+const VERSION: u8 = 2;
 const NONCE: usize = 32;
 const TAG: usize = 32;
 /// Larger than any change the file system produces (FUSE writes are at most
@@ -291,11 +295,22 @@ impl Opener {
     }
 }
 
+/// What the primary sends (payload of its frames).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Message {
+    /// A change of the live stream (or a block of a resynchronisation).
+    Change(Change),
+    /// A resynchronisation request, answered in stream order.
+    Resync(Request),
+}
+
 /// What the secondary answers about one change (payload of its frames).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
     /// Received (or applied and synced, in durable mode).
     Ack { seq: u64 },
+    /// The answer to a [`Message::Resync`] request, after it was handled.
+    Answer { seq: u64, answer: Answer },
     /// Not applied, or failed to apply: the copies may differ from here on.
     Refused { seq: u64, reason: String },
 }

@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 use holdfast_membership::ClusterKey;
 
 use crate::apply::Root;
-use crate::op::{Change, Op};
-use crate::protocol::{secondary_handshake, Direction, Opener, ProtocolError, Reply, Sealer};
+use std::os::unix::ffi::OsStringExt;
+
+use crate::generation::{GenerationStore, Generations, StoreError};
+use crate::op::{is_relative_inside, Change, Op};
+use crate::protocol::{
+    secondary_handshake, Direction, Message, Opener, ProtocolError, Reply, Sealer,
+};
+use crate::resync::{Answer, Request};
 
 /// When the secondary acknowledges a change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,6 +39,10 @@ pub enum ReceiverError {
     Protocol(#[from] ProtocolError),
     #[error("change {seq} names a path outside the replicated directory: {path:?}")]
     Escape { seq: u64, path: PathBuf },
+    #[error("resynchronisation request {seq} refused: this copy has no generation record")]
+    NoGenerations { seq: u64 },
+    #[error(transparent)]
+    Generations(#[from] StoreError),
     #[error("change {seq} ({op}) failed to apply: {source}")]
     Apply {
         seq: u64,
@@ -47,6 +57,9 @@ pub struct Receiver {
     root: Root,
     key: ClusterKey,
     mode: AckMode,
+    /// Where this copy's generation (and "incomplete") is recorded; a
+    /// resynchronisation is refused without it.
+    generations: Option<GenerationStore>,
 }
 
 impl Receiver {
@@ -55,7 +68,19 @@ impl Receiver {
             path: dir.to_path_buf(),
             source,
         })?;
-        Ok(Receiver { root, key, mode })
+        Ok(Receiver {
+            root,
+            key,
+            mode,
+            generations: None,
+        })
+    }
+
+    /// Records this copy's generation in `store`: needed to accept a
+    /// resynchronisation (the copy is marked incomplete while it runs).
+    pub fn with_generations(mut self, store: GenerationStore) -> Self {
+        self.generations = Some(store);
+        self
     }
 
     /// Accepts primaries one after the other, forever; a session that ends
@@ -94,11 +119,28 @@ impl Receiver {
                 .map_err(|e| ProtocolError::from(e).into())
         };
         while let Some((seq, payload)) = opener.read(&mut stream)? {
-            let change: Change =
+            let message: Message =
                 postcard::from_bytes(&payload).map_err(|e| ProtocolError::Decode {
                     seq,
                     reason: e.to_string(),
                 })?;
+            let change = match message {
+                Message::Change(change) => change,
+                Message::Resync(request) => {
+                    match self.handle(seq, &request) {
+                        Ok(answer) => reply(Reply::Answer { seq, answer })?,
+                        Err(error) => {
+                            tracing::error!("{error}");
+                            reply(Reply::Refused {
+                                seq,
+                                reason: error.to_string(),
+                            })?;
+                            return Err(error);
+                        }
+                    }
+                    continue;
+                }
+            };
             if let Some(path) = change.escaping_path() {
                 let error = ReceiverError::Escape {
                     seq,
@@ -127,6 +169,101 @@ impl Receiver {
                 reply(Reply::Ack { seq })?;
             }
         }
+        Ok(())
+    }
+
+    /// A resynchronisation request, in stream order with the changes.
+    fn handle(&self, seq: u64, request: &Request) -> Result<Answer, ReceiverError> {
+        let failed = |what: &str, path: &Path, errno: rustix::io::Errno| {
+            if matches!(errno, rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) {
+                ReceiverError::Escape {
+                    seq,
+                    path: path.to_path_buf(),
+                }
+            } else {
+                ReceiverError::Apply {
+                    seq,
+                    op: format!("{what} {}", path.display()),
+                    source: errno.into(),
+                }
+            }
+        };
+        let checked = |path: &Path| {
+            if is_relative_inside(path) {
+                Ok(())
+            } else {
+                Err(ReceiverError::Escape {
+                    seq,
+                    path: path.to_path_buf(),
+                })
+            }
+        };
+        match request {
+            Request::Begin { .. } => {
+                // Durable before the first resynchronised byte lands.
+                self.update_generations(seq, Generations::resync_begin)?;
+                Ok(Answer::Done)
+            }
+            Request::End { source } => {
+                self.root
+                    .syncfs()
+                    .map_err(|e| failed("sync", Path::new(""), e))?;
+                self.update_generations(seq, |g| g.resync_done(*source))?;
+                Ok(Answer::Done)
+            }
+            Request::Replay { moves } => {
+                for m in moves {
+                    checked(&m.from)?;
+                    checked(&m.to)?;
+                }
+                Ok(Answer::Replayed {
+                    skipped: self.root.replay(moves),
+                })
+            }
+            Request::Ensure { path, state } => {
+                checked(path)?;
+                let created = self
+                    .root
+                    .ensure(path, state)
+                    .map_err(|e| failed("ensure", path, e))?;
+                Ok(Answer::Ensured { created })
+            }
+            Request::List { path } => {
+                checked(path)?;
+                let names = self.root.list(path).map_err(|e| failed("list", path, e))?;
+                Ok(Answer::Listed(
+                    names
+                        .into_iter()
+                        .map(|n| serde_bytes::ByteBuf::from(n.into_vec()))
+                        .collect(),
+                ))
+            }
+            Request::Hashes { path, block } => {
+                checked(path)?;
+                if !(4096..=(16 << 20)).contains(block) {
+                    return Err(failed("hash", path, rustix::io::Errno::INVAL));
+                }
+                let hashes = self
+                    .root
+                    .hashes(path, *block)
+                    .map_err(|e| failed("hash", path, e))?;
+                Ok(Answer::Hashes(hashes))
+            }
+        }
+    }
+
+    fn update_generations(
+        &self,
+        seq: u64,
+        update: impl FnOnce(&mut Generations),
+    ) -> Result<(), ReceiverError> {
+        let store = self
+            .generations
+            .as_ref()
+            .ok_or(ReceiverError::NoGenerations { seq })?;
+        let mut g = store.load()?.unwrap_or_default();
+        update(&mut g);
+        store.save(&g)?;
         Ok(())
     }
 

@@ -17,8 +17,32 @@ use holdfast_membership::ClusterKey;
 
 use crate::op::{Ack, Change, ReplicationError, Replicator};
 use crate::protocol::{primary_handshake, Direction, Opener, Reply, Sealer};
+use crate::resync::{Answer, Peer, Request};
 
-type Waiter = mpsc::Sender<Result<(), ReplicationError>>;
+/// A [`crate::protocol::Message`] by reference: the same encoding, without
+/// copying a write's data to send it.
+#[derive(Debug, serde::Serialize)]
+enum Outgoing<'a> {
+    Change(&'a Change),
+    Resync(&'a Request),
+}
+
+/// Who waits for the reply to one frame.
+#[derive(Debug)]
+enum Waiter {
+    Ack(mpsc::Sender<Result<(), ReplicationError>>),
+    Answer(mpsc::Sender<Result<Answer, ReplicationError>>),
+}
+
+impl Waiter {
+    fn fail(self, error: ReplicationError) {
+        // A waiter that gave up is not an error.
+        match self {
+            Waiter::Ack(tx) => drop(tx.send(Err(error))),
+            Waiter::Answer(tx) => drop(tx.send(Err(error))),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Writer {
@@ -53,7 +77,7 @@ impl Shared {
             w.broken = Some(error.clone());
         }
         for (_, waiter) in w.pending.drain() {
-            let _ = waiter.send(Err(error.clone()));
+            waiter.fail(error.clone());
         }
     }
 }
@@ -108,19 +132,35 @@ impl TcpReplicator {
                             ))
                         }
                     };
+                    let take = |seq| lock(&reader_shared.waiters).pending.remove(&seq);
                     match reply {
-                        Reply::Ack { seq } => {
-                            if let Some(waiter) = lock(&reader_shared.waiters).pending.remove(&seq)
-                            {
-                                let _ = waiter.send(Ok(()));
+                        Reply::Ack { seq } => match take(seq) {
+                            Some(Waiter::Ack(tx)) => {
+                                let _ = tx.send(Ok(()));
                             }
-                        }
+                            Some(w @ Waiter::Answer(_)) => {
+                                let e = ReplicationError::UnexpectedAnswer(format!("ack {seq}"));
+                                w.fail(e.clone());
+                                break e;
+                            }
+                            None => {}
+                        },
+                        Reply::Answer { seq, answer } => match take(seq) {
+                            Some(Waiter::Answer(tx)) => {
+                                let _ = tx.send(Ok(answer));
+                            }
+                            Some(w @ Waiter::Ack(_)) => {
+                                let e = ReplicationError::UnexpectedAnswer(format!("{answer:?}"));
+                                w.fail(e.clone());
+                                break e;
+                            }
+                            None => {}
+                        },
                         Reply::Refused { seq, reason } => {
                             // The copies may differ from here on: stop.
                             let error = ReplicationError::Refused { seq, reason };
-                            if let Some(waiter) = lock(&reader_shared.waiters).pending.remove(&seq)
-                            {
-                                let _ = waiter.send(Err(error.clone()));
+                            if let Some(waiter) = take(seq) {
+                                waiter.fail(error.clone());
                             }
                             break error;
                         }
@@ -137,11 +177,11 @@ impl TcpReplicator {
     }
 }
 
-impl Replicator for TcpReplicator {
-    fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
-        let payload = postcard::to_allocvec(change)
+impl TcpReplicator {
+    /// Queues `message` after everything sent before; `waiter` gets its reply.
+    fn send(&self, message: &Outgoing<'_>, waiter: Waiter) -> Result<(), ReplicationError> {
+        let payload = postcard::to_allocvec(message)
             .map_err(|e| ReplicationError::Disconnected(format!("cannot encode change: {e}")))?;
-        let (tx, rx) = mpsc::channel();
         let mut writer = lock(&self.shared.writer);
         {
             let mut waiters = lock(&self.shared.waiters);
@@ -149,7 +189,7 @@ impl Replicator for TcpReplicator {
                 return Err(error.clone());
             }
             // Registered before writing, so the reply cannot arrive first.
-            waiters.pending.insert(writer.sealer.next_seq(), tx);
+            waiters.pending.insert(writer.sealer.next_seq(), waiter);
         }
         let frame = writer.sealer.seal(&payload);
         if let Err(e) = writer.stream.write_all(&frame) {
@@ -157,7 +197,24 @@ impl Replicator for TcpReplicator {
             self.shared
                 .break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
         }
+        Ok(())
+    }
+}
+
+impl Replicator for TcpReplicator {
+    fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(&Outgoing::Change(change), Waiter::Ack(tx))?;
         Ok(Ack::waiting(rx))
+    }
+}
+
+impl Peer for TcpReplicator {
+    fn ask(&self, request: &Request) -> Result<Answer, ReplicationError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(&Outgoing::Resync(request), Waiter::Answer(tx))?;
+        rx.recv()
+            .unwrap_or_else(|_| Err(ReplicationError::Disconnected("answer abandoned".into())))
     }
 }
 

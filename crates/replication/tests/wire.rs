@@ -8,7 +8,8 @@ use std::thread::JoinHandle;
 
 use holdfast_membership::ClusterKey;
 use holdfast_replication::protocol::{
-    primary_handshake, secondary_handshake, Direction, Opener, ProtocolError, Reply, Sealer,
+    primary_handshake, secondary_handshake, Direction, Message, Opener, ProtocolError, Reply,
+    Sealer,
 };
 use holdfast_replication::{
     AckMode, Change, Op, Receiver, ReceiverError, ReplicationError, Replicator, TcpReplicator,
@@ -102,7 +103,8 @@ fn forged_and_replayed_frames_are_rejected() {
         let mut sealer = Sealer::new(session.clone(), Direction::ToSecondary);
         let mut opener = Opener::new(session, Direction::ToPrimary);
 
-        let genuine = sealer.seal(&postcard::to_allocvec(&mkdir("genuine")).unwrap());
+        let genuine =
+            sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir("genuine"))).unwrap());
         stream.write_all(&genuine).unwrap();
         let (_, reply) = opener.read(&mut stream).unwrap().unwrap();
         assert_eq!(
@@ -112,7 +114,8 @@ fn forged_and_replayed_frames_are_rejected() {
 
         let bad = match tamper {
             "forge" => {
-                let mut frame = sealer.seal(&postcard::to_allocvec(&mkdir("forged")).unwrap());
+                let mut frame =
+                    sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir("forged"))).unwrap());
                 let last = frame.len() - 40;
                 frame[last] ^= 0x55; // inside the payload
                 frame

@@ -1,0 +1,752 @@
+//! Reintegration: bringing a returning secondary up to date from the
+//! primary's real directory while the application keeps writing through
+//! the mount, then mirroring with no gap.
+//!
+//! # Why no write is lost or reordered
+//!
+//! Everything the secondary receives — live changes and resynchronisation
+//! messages alike — travels in **one ordered stream** and is applied in
+//! that order. The resynchronisation is *state-based*: each step takes the
+//! tree's ordering lock ([`Tree::lock`], the lock every file-system
+//! mutation holds while it applies locally and submits), reads the
+//! **current** primary state of one item (entry attributes, a run of
+//! blocks), and queues it before releasing the lock. So:
+//! - a live change applied before that step is already in what the step
+//!   read, and was queued before it;
+//! - a live change applied after that step is queued after it and applied
+//!   on top of it, exactly as on the primary.
+//!
+//! Live changes are forwarded from the moment the work list is taken (in
+//! the same locked section), so nothing falls between "tracked" and
+//! "mirrored". The work list itself follows live renames and removals
+//! (it is re-keyed under the same lock), so an item is always read under
+//! its current name. Writes and truncations compose idempotently per
+//! byte, which is why comparing a block with the peer's checksum (taken at
+//! an earlier point of the stream) and skipping it when equal is correct.
+//!
+//! # Steps
+//!
+//! 1. `Begin`: the secondary records, durably, that its copy is incomplete.
+//! 2. Under the lock: take the work list, switch the [`Link`] to
+//!    forwarding, replay the renames and hard links made while alone.
+//! 3. Directories to examine (after a crash, or lost tracking): both
+//!    listings become entries to check.
+//! 4. Entries, parents first: `Ensure` makes the peer's entry what the
+//!    primary has (type, mode, owner, xattrs, size, mtime); a directory
+//!    the peer lacked brings its children, a file the peer lacked all its
+//!    blocks.
+//! 5. Files: tracked blocks (4 KiB) are read and sent; files of uncertain
+//!    lineage are compared by 64 KiB block checksums and only differing
+//!    blocks are sent.
+//! 6. Directory mtimes, deepest first; then `End` (the secondary syncs and
+//!    takes the primary's generation); under the lock the log is cleared
+//!    and the link switched to mirroring.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::apply::{mtime_of, Root};
+use crate::fs::Tree;
+use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
+use crate::tracking::{Dirty, Link, Move, BLOCK};
+
+/// Block size of checksum comparison: 32 bytes of hash per 64 KiB keeps
+/// the exchange at 0.05% of the data compared.
+pub const COMPARE_BLOCK: u64 = 64 << 10;
+/// Blocks read and queued in one locked step: bounds how long a live
+/// operation waits behind the resynchronisation.
+const STEP: u64 = 256 << 10;
+/// Messages in flight before the oldest acknowledgement is waited for.
+const WINDOW: usize = 64;
+
+/// A resynchronisation request (primary → secondary), answered in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Before anything else: the copy becomes incomplete (persisted).
+    Begin { source: u64 },
+    /// Renames and hard links made while alone, in order; those that no
+    /// longer apply are skipped (entries are made identical afterwards).
+    Replay { moves: Vec<Move> },
+    /// Make the entry at `path` what the primary has.
+    Ensure { path: PathBuf, state: EntryState },
+    /// Names in a directory (none if it does not exist).
+    List { path: PathBuf },
+    /// SHA-256 of each `block`-sized block of a regular file.
+    Hashes { path: PathBuf, block: u64 },
+    /// All sent: sync, and take generation `source`.
+    End { source: u64 },
+}
+
+/// The secondary's answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Answer {
+    Done,
+    /// `skipped` moves did not apply.
+    Replayed {
+        skipped: u32,
+    },
+    /// `created`: the entry was missing or of another kind (or had to be
+    /// recreated): it holds nothing of the primary's yet.
+    Ensured {
+        created: bool,
+    },
+    Listed(Vec<serde_bytes::ByteBuf>),
+    Hashes(Vec<[u8; 32]>),
+}
+
+/// An entry as the primary has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EntryState {
+    Absent,
+    Present(Entry),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Type and permission bits (`st_mode`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub mtime: Time,
+    #[serde(with = "serde_bytes")]
+    pub target: Vec<u8>,
+    pub xattrs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
+    /// A file created while alone: whatever the peer has under this name
+    /// is another file, to be replaced.
+    pub fresh: bool,
+}
+
+/// A [`Replicator`] that also answers resynchronisation requests.
+pub trait Peer: Replicator {
+    /// Sends `request` after everything queued before, waits for its answer.
+    fn ask(&self, request: &Request) -> Result<Answer, ReplicationError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error("resynchronisation: reading {path} on the primary: {source}")]
+    Local { path: PathBuf, source: Errno },
+    #[error("resynchronisation: {0}")]
+    Tracking(#[from] crate::tracking::TrackingError),
+}
+
+/// Progress of one resynchronisation, shared with whoever displays it.
+#[derive(Debug)]
+pub struct Progress {
+    /// Bytes to examine (tracked blocks, files to compare); grows when the
+    /// pass discovers more (a directory the peer lacked).
+    total: AtomicU64,
+    done: AtomicU64,
+    /// Data bytes actually sent.
+    sent: AtomicU64,
+    started: Mutex<Option<Instant>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            total: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            started: Mutex::new(None),
+        }
+    }
+}
+
+/// A reading of [`Progress`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProgressReport {
+    pub bytes_total: u64,
+    pub bytes_left: u64,
+    pub bytes_sent: u64,
+    /// Bytes examined per second since the start.
+    pub rate: f64,
+    pub eta: Option<Duration>,
+}
+
+impl Progress {
+    pub fn report(&self) -> ProgressReport {
+        let total = self.total.load(Ordering::Relaxed);
+        let done = self.done.load(Ordering::Relaxed).min(total);
+        let elapsed = self
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|t| t.elapsed().as_secs_f64())
+            .unwrap_or(0.0);
+        let rate = if elapsed > 0.0 {
+            done as f64 / elapsed
+        } else {
+            0.0
+        };
+        let left = total - done;
+        ProgressReport {
+            bytes_total: total,
+            bytes_left: left,
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            rate,
+            eta: (rate > 0.0).then(|| Duration::from_secs_f64(left as f64 / rate)),
+        }
+    }
+
+    fn add_total(&self, n: u64) {
+        self.total.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// What a completed resynchronisation did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub bytes_sent: u64,
+    pub blocks_compared: u64,
+    pub entries: u64,
+    pub moves_skipped: u32,
+}
+
+/// Brings `peer` up to date from `tree`, then leaves `link` mirroring to it.
+///
+/// `source` is the primary's current generation, taken by the peer at the
+/// end. With `compare_all`, the change log is not trusted (tracking lost,
+/// or the peer may hold changes no log covers): every file is compared by
+/// checksum. On error the link is back to tracking and the log still
+/// covers everything: run again later.
+pub fn resync<P: Peer + 'static>(
+    tree: &Tree,
+    link: &Link,
+    peer: Arc<P>,
+    source: u64,
+    compare_all: bool,
+    progress: &Progress,
+) -> Result<Stats, ResyncError> {
+    *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    let mut pass = Pass {
+        tree,
+        link,
+        peer: peer.clone(),
+        progress,
+        inflight: VecDeque::new(),
+        stats: Stats::default(),
+        uncertain: BTreeSet::new(),
+        stamp_dirs: BTreeSet::new(),
+        recursive: false,
+    };
+    let result = pass.run(peer, source, compare_all);
+    if result.is_err() {
+        let _order = tree.lock();
+        link.track();
+        link.log().abandon_pending();
+    }
+    result.map(|()| pass.stats)
+}
+
+struct Pass<'a, P: Peer> {
+    tree: &'a Tree,
+    link: &'a Link,
+    peer: Arc<P>,
+    progress: &'a Progress,
+    inflight: VecDeque<Ack>,
+    stats: Stats,
+    /// Entries whose lineage on the peer is unknown (from listings).
+    uncertain: BTreeSet<PathBuf>,
+    /// Directories whose mtime is set last (children change it).
+    stamp_dirs: BTreeSet<PathBuf>,
+    /// Examine directories recursively (nothing tracked at all).
+    recursive: bool,
+}
+
+/// The next piece of work, chosen under the lock.
+enum Work {
+    Dir(PathBuf),
+    Entry(PathBuf),
+    File(PathBuf),
+    Linked,
+}
+
+impl<'a, P: Peer + 'static> Pass<'a, P> {
+    fn run(&mut self, peer: Arc<P>, source: u64, compare_all: bool) -> Result<(), ResyncError> {
+        self.peer.ask(&Request::Begin { source })?;
+        {
+            let tree = self.tree;
+            let _order = tree.lock();
+            let log = self.link.log();
+            let dirty = log.begin_pending();
+            if compare_all || dirty.everything {
+                log.with_pending(|p, _| *p = Dirty::everything());
+            }
+            self.recursive = compare_all || dirty.everything;
+            log.with_pending(|p, _| {
+                if p.everything {
+                    p.dirs.insert(PathBuf::new());
+                    p.entries.insert(PathBuf::new());
+                }
+            });
+            self.estimate(&dirty);
+            self.link.forward(peer.clone());
+            let moves = if self.recursive {
+                Vec::new()
+            } else {
+                dirty.moves
+            };
+            if !moves.is_empty() {
+                if let Answer::Replayed { skipped } = self.peer.ask(&Request::Replay { moves })? {
+                    self.stats.moves_skipped = skipped;
+                }
+            }
+        }
+        loop {
+            let tree = self.tree;
+            let order = tree.lock();
+            let work = self.link.log().with_pending(|p, current| {
+                let work = if let Some(d) = p.dirs.pop_first() {
+                    Work::Dir(d)
+                } else if let Some(e) = p.entries.pop_first() {
+                    Work::Entry(e)
+                } else if let Some(f) = current.clone().or_else(|| p.files.keys().next().cloned()) {
+                    *current = Some(f.clone());
+                    Work::File(f)
+                } else if p.linked_lost {
+                    p.linked_lost = false;
+                    Work::Linked
+                } else {
+                    return None;
+                };
+                Some(work)
+            });
+            let Some(Some(work)) = work else {
+                drop(order);
+                break;
+            };
+            match work {
+                Work::Dir(d) => self.dir(&d)?,
+                Work::Entry(e) => self.entry(&e)?,
+                Work::File(f) => self.file_step(&f)?,
+                Work::Linked => self.linked()?,
+            }
+            drop(order);
+            self.drain(WINDOW)?;
+        }
+        // Directory mtimes last, deepest first.
+        let dirs = std::mem::take(&mut self.stamp_dirs);
+        for dir in dirs.iter().rev() {
+            let tree = self.tree;
+            let order = tree.lock();
+            if let Ok(st) = self.root().stat(dir) {
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::Directory
+                {
+                    self.send_change(mtime_change(dir, mtime_of(&st)))?;
+                }
+            }
+            drop(order);
+            self.drain(WINDOW)?;
+        }
+        self.drain(0)?;
+        let tree = self.tree;
+        let order = tree.lock();
+        self.peer.ask(&Request::End { source })?;
+        // Every change queued before `End` was handled by the peer: the
+        // log has nothing the peer lacks; mirroring takes over, no gap.
+        self.link.log().clear()?;
+        self.link.mirror(peer);
+        drop(order);
+        Ok(())
+    }
+
+    fn root(&self) -> &'a Root {
+        // Called with the ordering lock held by `run` (but `estimate`,
+        // whose figures need not be exact).
+        self.tree.root()
+    }
+
+    fn estimate(&self, dirty: &Dirty) {
+        let mut total = 0;
+        for (path, f) in &dirty.files {
+            let size = self
+                .root()
+                .stat(path)
+                .map(|st| st.st_size as u64)
+                .unwrap_or(0);
+            total += if f.compare {
+                size
+            } else {
+                f.blocks.blocks_below(size.div_ceil(BLOCK)) * BLOCK
+            };
+        }
+        self.progress.add_total(total);
+    }
+
+    fn send_change(&mut self, change: Change) -> Result<(), ResyncError> {
+        self.inflight.push_back(self.peer.submit(&change)?);
+        Ok(())
+    }
+
+    fn drain(&mut self, keep: usize) -> Result<(), ResyncError> {
+        while self.inflight.len() > keep {
+            self.inflight.pop_front().expect("non-empty").wait()?;
+        }
+        Ok(())
+    }
+
+    fn local(&self, path: &Path) -> Result<EntryState, ResyncError> {
+        entry_state(self.root(), path).map_err(|source| ResyncError::Local {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    fn dir(&mut self, dir: &Path) -> Result<(), ResyncError> {
+        let mut names: BTreeSet<OsString> = self
+            .root()
+            .list(dir)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        if let Answer::Listed(theirs) = self.peer.ask(&Request::List {
+            path: dir.to_path_buf(),
+        })? {
+            names.extend(theirs.into_iter().map(|n| OsString::from_vec(n.into_vec())));
+        }
+        let children: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+        self.uncertain.extend(children.iter().cloned());
+        self.link
+            .log()
+            .with_pending(|p, _| p.entries.extend(children));
+        Ok(())
+    }
+
+    fn entry(&mut self, path: &Path) -> Result<(), ResyncError> {
+        self.stats.entries += 1;
+        let mut state = self.local(path)?;
+        let fresh = self
+            .link
+            .log()
+            .with_pending(|p, _| p.files.get(path).is_some_and(|f| f.fresh))
+            .unwrap_or(false);
+        if let EntryState::Present(e) = &mut state {
+            e.fresh = fresh;
+        }
+        let answer = self.peer.ask(&Request::Ensure {
+            path: path.to_path_buf(),
+            state: state.clone(),
+        })?;
+        let created = matches!(answer, Answer::Ensured { created: true });
+        let uncertain = self.uncertain.remove(path);
+        let EntryState::Present(e) = state else {
+            return Ok(());
+        };
+        match rustix::fs::FileType::from_raw_mode(e.mode) {
+            rustix::fs::FileType::Directory => {
+                self.stamp_dirs.insert(path.to_path_buf());
+                if created || (uncertain && self.recursive) {
+                    // The peer lacked it: all its children; or nothing is
+                    // known: examine it like its parent.
+                    self.link.log().with_pending(|p, _| {
+                        p.dirs.insert(path.to_path_buf());
+                    });
+                }
+            }
+            rustix::fs::FileType::RegularFile if created || uncertain => {
+                let size = e.size;
+                let end = size.div_ceil(BLOCK);
+                let added = self.link.log().with_pending(|p, _| {
+                    let f = p.files.entry(path.to_path_buf()).or_default();
+                    let before = if f.compare {
+                        size
+                    } else {
+                        f.blocks.blocks_below(end) * BLOCK
+                    };
+                    if created {
+                        f.blocks.insert(0, end);
+                    } else {
+                        f.compare = true;
+                    }
+                    // Only what the estimate did not count yet.
+                    (if f.compare {
+                        size
+                    } else {
+                        f.blocks.blocks_below(end) * BLOCK
+                    })
+                    .saturating_sub(before)
+                });
+                self.progress.add_total(added.unwrap_or(0));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// One step of one file: a run of tracked blocks, or its comparison.
+    fn file_step(&mut self, path: &Path) -> Result<(), ResyncError> {
+        let st = match self.root().stat(path) {
+            Ok(st)
+                if rustix::fs::FileType::from_raw_mode(st.st_mode)
+                    == rustix::fs::FileType::RegularFile =>
+            {
+                st
+            }
+            // Gone or replaced by something else since: its entry covers it.
+            _ => {
+                self.finish_file(path);
+                return Ok(());
+            }
+        };
+        let size = st.st_size as u64;
+        let Some(Some(compare)) = self
+            .link
+            .log()
+            .with_pending(|p, _| p.files.get(path).map(|f| f.compare))
+        else {
+            self.finish_file(path);
+            return Ok(());
+        };
+        // The peer's size first: what follows writes within it.
+        self.send_change(size_change(path, size))?;
+        if compare {
+            self.compare_file(path, size)?;
+        } else {
+            self.tracked_blocks(path, size)?;
+        }
+        let more = self
+            .link
+            .log()
+            .with_pending(|p, _| p.files.get(path).is_some_and(|f| !f.blocks.is_empty()))
+            .unwrap_or(false);
+        if !more {
+            let mtime = mtime_of(
+                &self
+                    .root()
+                    .stat(path)
+                    .map_err(|source| ResyncError::Local {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
+            );
+            self.send_change(mtime_change(path, mtime))?;
+            self.finish_file(path);
+        }
+        Ok(())
+    }
+
+    fn finish_file(&self, path: &Path) {
+        self.link.log().with_pending(|p, current| {
+            p.files.remove(path);
+            *current = None;
+        });
+    }
+
+    fn read(&self, path: &Path, offset: u64, len: u64) -> Result<Vec<u8>, ResyncError> {
+        let local = |source| ResyncError::Local {
+            path: path.to_path_buf(),
+            source,
+        };
+        let fd = self
+            .root()
+            .open(path, rustix::fs::OFlags::RDONLY)
+            .map_err(local)?;
+        let mut buf = vec![0u8; len as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(&fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(local(e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    fn send_block(&mut self, path: &Path, offset: u64, data: Vec<u8>) -> Result<(), ResyncError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let n = data.len() as u64;
+        self.send_change(Change {
+            op: Op::Write {
+                path: path.to_path_buf(),
+                offset,
+                data,
+            },
+            stamps: vec![],
+        })?;
+        self.stats.bytes_sent += n;
+        self.progress.sent.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn tracked_blocks(&mut self, path: &Path, size: u64) -> Result<(), ResyncError> {
+        let end_block = size.div_ceil(BLOCK);
+        let mut budget = STEP / BLOCK;
+        while budget > 0 {
+            let run = self.link.log().with_pending(|p, _| {
+                let f = p.files.get_mut(path)?;
+                let run = f.blocks.pop_front(budget)?;
+                if run.0 >= end_block {
+                    // Sorted: everything left is past the end of the file.
+                    f.blocks = Default::default();
+                    return None;
+                }
+                Some(run)
+            });
+            let Some(Some((start, end))) = run else {
+                break;
+            };
+            let end = end.min(end_block);
+            budget -= end - start;
+            let offset = start * BLOCK;
+            let data = self.read(path, offset, (end - start) * BLOCK)?;
+            self.progress.add_done((end - start) * BLOCK);
+            self.send_block(path, offset, data)?;
+        }
+        Ok(())
+    }
+
+    /// Compares the whole file with the peer's block checksums (one step).
+    fn compare_file(&mut self, path: &Path, size: u64) -> Result<(), ResyncError> {
+        let theirs = match self.peer.ask(&Request::Hashes {
+            path: path.to_path_buf(),
+            block: COMPARE_BLOCK,
+        })? {
+            Answer::Hashes(h) => h,
+            other => {
+                return Err(ReplicationError::UnexpectedAnswer(format!("{other:?}")).into());
+            }
+        };
+        // The differing blocks become tracked ones, read and sent step by
+        // step at their then current state. (The comparison itself holds
+        // the lock for the whole file: a live write waits for it.)
+        let mut differing = Vec::new();
+        let mut offset = 0;
+        let mut index = 0;
+        while offset < size {
+            let data = self.read(path, offset, COMPARE_BLOCK)?;
+            let same = theirs
+                .get(index)
+                .is_some_and(|h| *h == <[u8; 32]>::from(Sha256::digest(&data)));
+            if !same {
+                differing.push(offset);
+            }
+            self.stats.blocks_compared += 1;
+            self.progress.add_done(data.len() as u64);
+            offset += COMPARE_BLOCK;
+            index += 1;
+        }
+        let per = COMPARE_BLOCK / BLOCK;
+        self.link.log().with_pending(|p, _| {
+            if let Some(f) = p.files.get_mut(path) {
+                // The comparison covered the whole file: tracked blocks
+                // that turned out equal need not travel.
+                f.compare = false;
+                f.blocks = Default::default();
+                for o in differing {
+                    f.blocks.insert(o / BLOCK, o / BLOCK + per);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Tracked data lost its name while other hard links may hold it:
+    /// compare every multiply-linked file.
+    fn linked(&mut self) -> Result<(), ResyncError> {
+        let mut found = Vec::new();
+        walk_linked(self.root(), Path::new(""), &mut found);
+        self.link.log().with_pending(|p, _| {
+            for path in found {
+                p.files.entry(path).or_default().compare = true;
+            }
+        });
+        Ok(())
+    }
+}
+
+fn walk_linked(root: &Root, dir: &Path, out: &mut Vec<PathBuf>) {
+    for name in root.list(dir).unwrap_or_default() {
+        let path = dir.join(&name);
+        let Ok(st) = root.stat(&path) else { continue };
+        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::Directory => walk_linked(root, &path, out),
+            rustix::fs::FileType::RegularFile if st.st_nlink > 1 => out.push(path),
+            _ => {}
+        }
+    }
+}
+
+fn size_change(path: &Path, size: u64) -> Change {
+    Change {
+        op: Op::SetAttr {
+            path: path.to_path_buf(),
+            mode: None,
+            uid: None,
+            gid: None,
+            size: Some(size),
+            atime: None,
+            mtime: None,
+        },
+        stamps: vec![],
+    }
+}
+
+fn mtime_change(path: &Path, mtime: Time) -> Change {
+    Change {
+        op: Op::SetAttr {
+            path: path.to_path_buf(),
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: Some(mtime),
+        },
+        stamps: vec![],
+    }
+}
+
+/// The state of `path` in `root`, as [`Request::Ensure`] carries it.
+pub(crate) fn entry_state(root: &Root, path: &Path) -> Result<EntryState, Errno> {
+    let st = match root.stat(path) {
+        Ok(st) => st,
+        Err(Errno::NOENT | Errno::NOTDIR) => return Ok(EntryState::Absent),
+        Err(e) => return Err(e),
+    };
+    let kind = rustix::fs::FileType::from_raw_mode(st.st_mode);
+    let target = if kind == rustix::fs::FileType::Symlink {
+        let e = root.entry(path)?;
+        rustix::fs::readlinkat(&e.dir, &e.name, Vec::new())?.into_bytes()
+    } else {
+        Vec::new()
+    };
+    Ok(EntryState::Present(Entry {
+        mode: st.st_mode,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: if kind == rustix::fs::FileType::RegularFile {
+            st.st_size as u64
+        } else {
+            0
+        },
+        rdev: st.st_rdev,
+        mtime: mtime_of(&st),
+        target,
+        xattrs: root.xattrs(path)?,
+        fresh: false,
+    }))
+}

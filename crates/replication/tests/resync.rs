@@ -1,0 +1,513 @@
+//! Tracking while ALONE and reintegration of a returning secondary, on real
+//! FUSE mounts and loopback TCP (root, /dev/fuse).
+
+// Shared by several test crates, each using a part of it.
+#[allow(dead_code)]
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use holdfast_membership::ClusterKey;
+use holdfast_replication::tracking::{BLOCK, EXTENT};
+use holdfast_replication::{
+    resync, AckMode, ChangeLog, GenerationStore, Generations, Link, LinkMode, Mirror, MountGuard,
+    Peer, Progress, Receiver, ReceiverError, Recovery, TcpReplicator, TrackingConfig,
+};
+use rand::{Rng, SeedableRng};
+
+const MIB: u64 = 1 << 20;
+
+/// Two copies that were in sync, a tracker, and the mount (once ALONE).
+struct Pair {
+    tmp: tempfile::TempDir,
+    primary: PathBuf,
+    secondary: PathBuf,
+    /// The primary's real directory, opened before mounting.
+    backing: File,
+    key: ClusterKey,
+    primary_gen: Generations,
+    mount: Option<MountGuard>,
+    link: Option<Link>,
+}
+
+impl Pair {
+    /// `populate` fills the primary; the secondary gets an exact copy.
+    fn new(populate: impl FnOnce(&Path)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let primary = tmp.path().join("primary");
+        let secondary = tmp.path().join("secondary");
+        fs::create_dir(&primary).unwrap();
+        populate(&primary);
+        copy_tree(&primary, &secondary);
+        let backing = File::open(&primary).unwrap();
+        let synced = Generations::fresh(true);
+        GenerationStore::new(&tmp.path().join("secondary.gen"))
+            .save(&synced)
+            .unwrap();
+        Pair {
+            tmp,
+            primary,
+            secondary,
+            backing,
+            key: ClusterKey::generate(),
+            primary_gen: synced,
+            mount: None,
+            link: None,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.tmp.path().join("state")
+    }
+
+    fn backing(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.backing.as_raw_fd()))
+    }
+
+    /// The primary goes ALONE: new generation, tracking, mounted.
+    fn go_alone(&mut self, config: TrackingConfig) -> Recovery {
+        self.primary_gen.start_tracking();
+        let (log, recovery) = ChangeLog::open(&self.state(), config).unwrap();
+        let link = Link::tracking(Arc::new(log));
+        self.mount = Some(Mirror::mount(&self.primary, Arc::new(link.clone())).unwrap());
+        self.link = Some(link);
+        recovery
+    }
+
+    /// A receiver on 127.0.0.1 serving one connection into the secondary.
+    fn secondary(&self) -> (TcpReplicator, JoinHandle<Result<(), ReceiverError>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let receiver = Receiver::new(&self.secondary, self.key.clone(), AckMode::Receipt)
+            .unwrap()
+            .with_generations(self.secondary_store());
+        let handle = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            receiver.serve_connection(stream)
+        });
+        (TcpReplicator::connect(addr, &self.key).unwrap(), handle)
+    }
+
+    fn secondary_store(&self) -> GenerationStore {
+        GenerationStore::new(&self.tmp.path().join("secondary.gen"))
+    }
+
+    fn resync(&self, peer: Arc<TcpReplicator>, progress: &Progress) -> holdfast_replication::Stats {
+        let mount = self.mount.as_ref().unwrap();
+        let link = self.link.as_ref().unwrap();
+        resync(
+            &mount.tree(),
+            link,
+            peer,
+            self.primary_gen.current,
+            false,
+            progress,
+        )
+        .unwrap()
+    }
+
+    /// Unmounts (ending the replication session) and compares the trees.
+    fn finish(&mut self, receiver: JoinHandle<Result<(), ReceiverError>>) {
+        self.link = None;
+        self.mount.take().unwrap().unmount().unwrap();
+        receiver.join().unwrap().unwrap();
+        assert_same_trees(&self.backing(), &self.secondary);
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Also on panic: the guard unmounts (lazily if busy).
+        drop(self.mount.take());
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn assert_same_trees(a: &Path, b: &Path) {
+    let (x, y) = (common::snapshot(a), common::snapshot(b));
+    if x != y {
+        for (path, entry) in &x {
+            if y.get(path) != Some(entry) {
+                let short = |e: Option<&common::EntryInfo>| {
+                    let s = format!("{e:?}");
+                    s.chars().take(400).collect::<String>()
+                };
+                eprintln!(
+                    "{path:?}\n  primary:   {}\n  secondary: {}",
+                    short(Some(entry)),
+                    short(y.get(path))
+                );
+            }
+        }
+        for path in y.keys().filter(|k| !x.contains_key(*k)) {
+            eprintln!("{path:?} only on the secondary");
+        }
+        panic!("trees differ");
+    }
+}
+
+fn random_file(path: &Path, len: u64, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = File::create(path).unwrap();
+    let mut buf = vec![0u8; MIB as usize];
+    for _ in 0..len / MIB {
+        rng.fill(&mut buf[..]);
+        f.write_all(&buf).unwrap();
+    }
+}
+
+fn small_files(dir: &Path) {
+    fs::create_dir(dir.join("etc")).unwrap();
+    for i in 0..20 {
+        fs::write(dir.join(format!("etc/conf-{i}")), format!("setting {i}\n")).unwrap();
+    }
+    fs::create_dir(dir.join("old")).unwrap();
+    fs::write(dir.join("old/a"), b"a").unwrap();
+    fs::write(dir.join("old/b"), b"b").unwrap();
+}
+
+#[test]
+fn resync_sends_only_changed_blocks_and_namespace_changes() {
+    let mut pair = Pair::new(|d| {
+        random_file(&d.join("big"), 64 * MIB, 1);
+        small_files(d);
+    });
+    pair.go_alone(TrackingConfig::default());
+    let p = pair.primary.clone();
+
+    // 1% of the big file at random (unaligned) offsets.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let big = OpenOptions::new().write(true).open(p.join("big")).unwrap();
+    let chunk = 4000u64;
+    let writes = 64 * MIB / 100 / chunk;
+    let mut touched = std::collections::BTreeSet::new();
+    for _ in 0..writes {
+        let offset = rng.gen_range(0..64 * MIB - chunk);
+        let data: Vec<u8> = (0..chunk).map(|_| rng.gen()).collect();
+        big.write_at(&data, offset).unwrap();
+        touched.extend(offset / BLOCK..=(offset + chunk - 1) / BLOCK);
+    }
+    drop(big);
+    let changed = writes * chunk;
+    // Namespace and metadata while alone.
+    fs::write(p.join("etc/conf-3"), b"changed\n").unwrap();
+    fs::write(p.join("new-file"), vec![7u8; 100_000]).unwrap();
+    fs::remove_file(p.join("etc/conf-4")).unwrap();
+    fs::rename(p.join("etc/conf-5"), p.join("etc/conf-5.renamed")).unwrap();
+    fs::rename(p.join("old"), p.join("renamed-dir")).unwrap();
+    fs::create_dir_all(p.join("made/deep")).unwrap();
+    fs::write(p.join("made/deep/x"), b"deep").unwrap();
+    std::os::unix::fs::symlink("etc/conf-1", p.join("link")).unwrap();
+    fs::hard_link(p.join("etc/conf-6"), p.join("hard")).unwrap();
+    fs::set_permissions(
+        p.join("etc/conf-7"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    rustix::fs::setxattr(
+        p.join("etc/conf-8"),
+        "user.tag",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let small_bytes = 8 + 100_000 + 4;
+
+    let (peer, receiver) = pair.secondary();
+    let peer = Arc::new(peer);
+    let progress = Progress::default();
+    let started = Instant::now();
+    let stats = pair.resync(peer, &progress);
+    let report = progress.report();
+    eprintln!(
+        "64 MiB file, {} writes of {chunk} B ({changed} B changed, {} blocks of {BLOCK} B): \
+         resync sent {} B of data in {:?}; {} entries; progress {report:?}",
+        writes,
+        touched.len(),
+        stats.bytes_sent,
+        started.elapsed(),
+        stats.entries,
+    );
+    let expected = touched.len() as u64 * BLOCK + small_bytes;
+    assert!(
+        stats.bytes_sent <= expected + 8 * BLOCK,
+        "sent {} B, tracked blocks hold {expected} B",
+        stats.bytes_sent
+    );
+    assert!(stats.bytes_sent < 2 * MIB, "far below the file size");
+    assert_eq!(report.bytes_left, 0);
+    assert_eq!(pair.link.as_ref().unwrap().mode(), LinkMode::Mirror);
+    let record = pair.secondary_store().load().unwrap().unwrap();
+    assert!(!record.incomplete);
+    assert_eq!(record.current, pair.primary_gen.current);
+    assert!(pair.link.as_ref().unwrap().log().dirty().is_empty());
+
+    // Mirroring again, with no gap.
+    fs::write(p.join("after"), b"mirrored").unwrap();
+    pair.finish(receiver);
+}
+
+#[test]
+fn writer_keeps_appending_during_resync() {
+    let mut pair = Pair::new(|d| {
+        random_file(&d.join("base"), 4 * MIB, 3);
+        fs::write(d.join("log"), b"start\n").unwrap();
+    });
+    pair.go_alone(TrackingConfig::default());
+    let p = pair.primary.clone();
+    // Enough tracked data that the resync takes a while.
+    random_file(&p.join("grown"), 24 * MIB, 4);
+    let base = OpenOptions::new().write(true).open(p.join("base")).unwrap();
+    for i in 0..64u64 {
+        base.write_at(&[i as u8; 3000], i * 61_000).unwrap();
+    }
+    drop(base);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut log = OpenOptions::new().append(true).open(p.join("log")).unwrap();
+            let grown = OpenOptions::new()
+                .write(true)
+                .open(p.join("grown"))
+                .unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+            let mut n = 0u64;
+            // Bounded: stops when told, or after 100 000 writes.
+            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                writeln!(log, "line {n}").unwrap();
+                // Also rewrite blocks the resync is about to send.
+                let offset = rng.gen_range(0..24 * MIB - 512);
+                grown.write_at(&[n as u8; 512], offset).unwrap();
+                if n % 50 == 0 {
+                    fs::write(p.join(format!("churn-{}", n % 7)), n.to_string()).unwrap();
+                }
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let (peer, receiver) = pair.secondary();
+    let progress = Progress::default();
+    let stats = pair.resync(Arc::new(peer), &progress);
+    // Keep writing a little while mirrored, then stop.
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let lines = writer.join().unwrap();
+    eprintln!(
+        "writer wrote {lines} lines; resync sent {} B",
+        stats.bytes_sent
+    );
+    assert!(lines > 10, "the writer ran during the resync");
+    pair.finish(receiver);
+}
+
+/// Child side of the crash test: only the file system (the daemon's part),
+/// run when the parent sets the variable, until killed (bounded: 120 s).
+/// The application writing through it is the parent: a process writing
+/// to a FUSE mount it serves itself would hang forever when killed.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var("HOLDFAST_CRASH_CHILD") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let config = TrackingConfig {
+        // Never a checkpoint: after the kill only the activity log speaks.
+        interval: Duration::from_secs(3600),
+        max_marks: 1 << 20,
+    };
+    let (log, _) = ChangeLog::open(&dir.join("state"), config).unwrap();
+    let link = Link::tracking(Arc::new(log));
+    let _mount = Mirror::mount(&dir.join("primary"), Arc::new(link)).unwrap();
+    fs::write(dir.join("ready"), b"").unwrap();
+    std::thread::sleep(Duration::from_secs(120));
+}
+
+/// What the application saw succeed.
+#[derive(Debug)]
+enum Acked {
+    Write { offset: u64, len: u64 },
+    Create(String),
+}
+
+#[test]
+fn crash_of_the_lone_primary_loses_no_acknowledged_write() {
+    let mut pair = Pair::new(|d| random_file(&d.join("big"), 32 * MIB, 7));
+    let dir = pair.tmp.path().to_path_buf();
+    pair.primary_gen.start_tracking();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+        .env("HOLDFAST_CRASH_CHILD", &dir)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.join("ready").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dir.join("ready").exists(), "the child mounted");
+
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = {
+        let (primary, acked) = (pair.primary.clone(), acked.clone());
+        std::thread::spawn(move || {
+            let big = OpenOptions::new()
+                .write(true)
+                .open(primary.join("big"))
+                .unwrap();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+            // Until the file system dies under it (bounded anyway).
+            for n in 0..1_000_000u64 {
+                let done = if n % 10 == 9 {
+                    let name = format!("new-{n}");
+                    fs::write(primary.join(&name), n.to_string()).map(|()| Acked::Create(name))
+                } else {
+                    let offset = rng.gen_range(0..32 * MIB - 5000);
+                    let len = rng.gen_range(1..5000u64);
+                    big.write_at(&vec![n as u8; len as usize], offset)
+                        .map(|_| Acked::Write { offset, len })
+                };
+                match done {
+                    Ok(a) => acked.lock().unwrap().push(a),
+                    Err(_) => return,
+                }
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < 3000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // kill -9 (`Child::kill` is SIGKILL) while writes are in flight: no
+    // clean shutdown, no checkpoint.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    writer.join().unwrap();
+    // The dead daemon's mount is left behind: detach it.
+    rustix::mount::unmount(&pair.primary, rustix::mount::UnmountFlags::DETACH).unwrap();
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() >= 3000, "the application wrote for a while");
+
+    let (log, recovery) = ChangeLog::open(&pair.state(), TrackingConfig::default()).unwrap();
+    let Recovery::Recovered { marks } = recovery else {
+        panic!("{recovery:?}");
+    };
+    let dirty = log.dirty();
+    // Every acknowledged change is covered.
+    let blocks = &dirty.files[Path::new("big")].blocks;
+    // Marked extents cover the writes made before the first create; from
+    // then on the directory's mark does (each file in it is compared).
+    let dir_examined = dirty.dirs.contains(Path::new(""));
+    for a in &acked {
+        match a {
+            Acked::Write { offset, len } => {
+                for b in offset / BLOCK..=(offset + len - 1) / BLOCK {
+                    assert!(
+                        dir_examined || blocks.iter().any(|(s, e)| s <= b && b < e),
+                        "acknowledged {a:?} not covered"
+                    );
+                }
+            }
+            // Its directory is compared entry by entry.
+            Acked::Create(name) => {
+                assert!(pair.backing().join(name).exists(), "{a:?}");
+                assert!(dirty.dirs.contains(Path::new("")), "{a:?}");
+            }
+        }
+    }
+    eprintln!(
+        "{} acknowledged changes covered by {marks} activity-log marks ({EXTENT} B extents)",
+        acked.len()
+    );
+    drop(log);
+
+    // Then resynchronise from what the crash left on disk.
+    pair.go_alone(TrackingConfig::default());
+    let (peer, receiver) = pair.secondary();
+    let progress = Progress::default();
+    let stats = pair.resync(Arc::new(peer), &progress);
+    eprintln!("after the crash, resync: {stats:?}");
+    assert!(stats.bytes_sent <= 32 * MIB + MIB);
+    pair.finish(receiver);
+}
+
+#[test]
+fn lost_tracking_compares_checksums_and_sends_only_differences() {
+    let mut pair = Pair::new(|d| {
+        random_file(&d.join("big"), 16 * MIB, 8);
+        small_files(d);
+    });
+    // Changes no log knows about (made under the daemon's nose), on both
+    // sides: 3 blocks here, 2 there (one of them the same block).
+    let p = pair.primary.clone();
+    let big = OpenOptions::new().write(true).open(p.join("big")).unwrap();
+    for o in [0, 5 * MIB + 17, 9 * MIB] {
+        big.write_at(b"primary", o).unwrap();
+    }
+    let s = OpenOptions::new()
+        .write(true)
+        .open(pair.secondary.join("big"))
+        .unwrap();
+    for o in [9 * MIB + 100, 12 * MIB] {
+        s.write_at(b"secondary", o).unwrap();
+    }
+    fs::write(pair.secondary.join("etc/conf-2"), b"diverged").unwrap();
+    fs::write(pair.secondary.join("stray"), b"only there").unwrap();
+    // The tracker's state is damaged: tracking is lost.
+    {
+        let (log, _) = ChangeLog::open(&pair.state(), TrackingConfig::default()).unwrap();
+        log.checkpoint().unwrap();
+    }
+    fs::write(pair.state().join("dirty.snapshot"), b"garbage").unwrap();
+    let recovery = pair.go_alone(TrackingConfig::default());
+    assert!(matches!(recovery, Recovery::Lost { .. }), "{recovery:?}");
+    // Same mtimes for the files both sides changed, so metadata alone
+    // cannot tell: only the checksums can.
+    let (peer, receiver) = pair.secondary();
+    let progress = Progress::default();
+    let stats = pair.resync(Arc::new(peer), &progress);
+    eprintln!("lost tracking: {stats:?}");
+    // 4 differing 64 KiB blocks of the big file, plus the small file.
+    assert!(stats.bytes_sent >= 4 * 65536, "{stats:?}");
+    assert!(stats.bytes_sent <= 4 * 65536 + 4096, "{stats:?}");
+    pair.finish(receiver);
+}
+
+#[test]
+fn interrupted_resync_leaves_the_secondary_marked_incomplete() {
+    let pair = Pair::new(|d| fs::write(d.join("f"), b"x").unwrap());
+    let (peer, receiver) = pair.secondary();
+    peer.ask(&holdfast_replication::resync::Request::Begin { source: 42 })
+        .unwrap();
+    drop(peer);
+    receiver.join().unwrap().unwrap();
+    let record = pair.secondary_store().load().unwrap().unwrap();
+    assert!(record.incomplete);
+    let err = record.may_promote("app").unwrap_err();
+    assert!(err.to_string().contains("incomplete"), "{err}");
+}
