@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use holdfast_lab::cluster::{MirrorLab, MirrorOptions, NodeState};
+use holdfast_lab::cluster::{MirrorLab, MirrorOptions};
 use holdfast_lab::{attach, clean_stale, list_labs, LabHandle};
 
 #[derive(Subcommand, Debug)]
@@ -260,9 +260,7 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
         ..MirrorOptions::default()
     };
     let cluster = MirrorLab::create(exe, options)?;
-    for host in ["node1", "node2"] {
-        cluster.run_cli_checked(host, &["start", "-m", "demo"])?;
-    }
+    cluster.start_module()?;
     let id = cluster.lab.id().to_string();
     println!(
         "\nlab {id} is running module `demo` on node1 and node2 (heartbeat 200 ms, timeout 3 s).\n\
@@ -346,12 +344,6 @@ fn sample_app(dir: &std::path::Path, node: &str, port: u16) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn is(state: &Option<NodeState>, name: &str) -> bool {
-    state
-        .as_ref()
-        .is_some_and(|s| s.state == name && !s.transient)
-}
-
 fn unix_ns() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -376,20 +368,11 @@ fn measure(
         ..MirrorOptions::default()
     };
     let mut cluster = MirrorLab::create(exe, options)?;
-    for host in ["node1", "node2"] {
-        cluster.run_cli_checked(host, &["start", "-m", "demo"])?;
-    }
+    cluster.start_module()?;
     let settle = timeout * 3 + Duration::from_secs(20);
     let mut takeover_ms = Vec::new();
     for trial in 0..trials {
-        let (a, _) = cluster.wait_states(settle, |a, b| {
-            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
-        })?;
-        let (prim, survivor) = if is(&a, "PRIM") {
-            ("node1", "node2")
-        } else {
-            ("node2", "node1")
-        };
+        let (prim, survivor) = cluster.wait_pair(settle)?;
         // The pair settles right after a status change, which sends a
         // heartbeat at once: crash at a random phase of the pulse instead,
         // as a real crash would.
@@ -508,9 +491,7 @@ fn bench_failover(
 
 /// Runs the cluster with every core spinning, and counts takeovers.
 fn load_check(cluster: &MirrorLab, seconds: u64, timeout: Duration) -> Result<(u64, usize)> {
-    cluster.wait_states(timeout * 3 + Duration::from_secs(20), |a, b| {
-        (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
-    })?;
+    cluster.wait_pair(timeout * 3 + Duration::from_secs(20))?;
     let before = takeovers(cluster);
     let stop = Arc::new(AtomicBool::new(false));
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());

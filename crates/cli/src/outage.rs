@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use holdfast_lab::cluster::{MirrorLab, MirrorOptions, APP_PORT, VIP};
 use holdfast_lab::{wait_until, Lab, LabHandle, LabSpec};
 
-use crate::lab::{is, max, median};
+use crate::lab::{max, median};
 
 /// VRRPv3 with advert_int 0.1 s declares the master down after
 /// 3 × 0.1 s + skew ((256 − 100) / 256 × 0.1 s) ≈ 361 ms; Holdfast gets the
@@ -115,19 +115,10 @@ fn holdfast_trials(exe: &Path, trials: usize) -> Result<Vec<f64>> {
         ..MirrorOptions::default()
     };
     let mut cluster = MirrorLab::create(exe, options)?;
-    for host in ["node1", "node2"] {
-        cluster.run_cli_checked(host, &["start", "-m", "demo"])?;
-    }
+    cluster.start_module()?;
     let mut outages = Vec::new();
     for i in 0..trials {
-        let (a, _) = cluster.wait_states(Duration::from_secs(30), |a, b| {
-            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
-        })?;
-        let (prim, second) = if is(&a, "PRIM") {
-            ("node1", "node2")
-        } else {
-            ("node2", "node1")
-        };
+        let (prim, second) = cluster.wait_pair(Duration::from_secs(30))?;
         let handle = cluster.lab.handle().clone();
         let outage = {
             let cluster_ref = &mut cluster;

@@ -5,36 +5,17 @@
 
 use std::time::Duration;
 
-use holdfast_lab::cluster::{MirrorLab, MirrorOptions, NodeState};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState};
 
 const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn is(state: &Option<NodeState>, name: &str) -> bool {
-    state
-        .as_ref()
-        .is_some_and(|s| s.state == name && !s.transient)
+    settled(state, name)
 }
 
 fn started(options: MirrorOptions) -> (MirrorLab, &'static str, &'static str) {
-    let cluster = MirrorLab::create(EXE.as_ref(), options).expect("lab");
-    for host in ["node1", "node2"] {
-        cluster
-            .run_cli_checked(host, &["start", "-m", "demo"])
-            .expect("start");
-    }
-    let (a, _) = cluster
-        .wait_states(SETTLE, |a, b| {
-            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
-        })
-        .expect("PRIM and SECOND");
-    let (prim, second) = if is(&a, "PRIM") {
-        ("node1", "node2")
-    } else {
-        ("node2", "node1")
-    };
-    assert!(cluster.wait_app(prim, SETTLE));
-    (cluster, prim, second)
+    MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair")
 }
 
 fn module_log(cluster: &MirrorLab, host: &str) -> String {

@@ -4,16 +4,14 @@
 
 use std::time::Duration;
 
-use holdfast_lab::cluster::{MirrorLab, MirrorOptions, NodeState};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState};
 use holdfast_membership::{ClusterKey, Heartbeat, PeerStatus, State};
 
 const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn is(state: &Option<NodeState>, name: &str) -> bool {
-    state
-        .as_ref()
-        .is_some_and(|s| s.state == name && !s.transient)
+    settled(state, name)
 }
 
 fn lab(options: MirrorOptions) -> MirrorLab {
@@ -21,25 +19,12 @@ fn lab(options: MirrorOptions) -> MirrorLab {
 }
 
 fn start_both(cluster: &MirrorLab) {
-    for host in ["node1", "node2"] {
-        cluster
-            .run_cli_checked(host, &["start", "-m", "demo"])
-            .expect("start");
-    }
+    cluster.start_module().expect("start");
 }
 
 /// Waits for a settled PRIM/SECOND pair; returns (primary, secondary).
 fn pair(cluster: &MirrorLab) -> (&'static str, &'static str) {
-    let (a, _) = cluster
-        .wait_states(SETTLE, |a, b| {
-            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
-        })
-        .expect("a PRIM and a SECOND");
-    if is(&a, "PRIM") {
-        ("node1", "node2")
-    } else {
-        ("node2", "node1")
-    }
+    cluster.wait_pair(SETTLE).expect("a PRIM and a SECOND")
 }
 
 fn count(cluster: &MirrorLab, host: &str, script: &str) -> usize {

@@ -69,6 +69,13 @@ pub struct NodeState {
     pub networks_up: Vec<bool>,
 }
 
+/// `state` is `name` and not in transition.
+pub fn settled(state: &Option<NodeState>, name: &str) -> bool {
+    state
+        .as_ref()
+        .is_some_and(|s| s.state == name && !s.transient)
+}
+
 /// Two hosts (node1, node2) and a client running a mirror module.
 #[derive(Debug)]
 pub struct MirrorLab {
@@ -255,6 +262,45 @@ impl MirrorLab {
         }
         let mut states: Vec<NodeState> = serde_json::from_slice(&out.stdout).ok()?;
         states.pop()
+    }
+
+    /// Builds the lab, starts the module on both nodes and waits until the
+    /// primary runs the application: (lab, primary, secondary).
+    pub fn started(
+        exe: &Path,
+        options: MirrorOptions,
+        timeout: Duration,
+    ) -> Result<(Self, &'static str, &'static str)> {
+        let cluster = Self::create(exe, options)?;
+        cluster.start_module()?;
+        let (prim, second) = cluster.wait_pair(timeout)?;
+        if !cluster.wait_app(prim, timeout) {
+            return Err(LabError::Cluster(format!(
+                "the application did not start on {prim} within {timeout:?}"
+            )));
+        }
+        Ok((cluster, prim, second))
+    }
+
+    /// `holdfast start` on both nodes.
+    pub fn start_module(&self) -> Result<()> {
+        for host in self.lab.nodes() {
+            self.run_cli_checked(&host, &["start", "-m", &self.options.module])?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a settled PRIM/SECOND pair; returns (primary, secondary).
+    pub fn wait_pair(&self, timeout: Duration) -> Result<(&'static str, &'static str)> {
+        let (node1, _) = self.wait_states(timeout, |a, b| {
+            (settled(a, "PRIM") && settled(b, "SECOND"))
+                || (settled(a, "SECOND") && settled(b, "PRIM"))
+        })?;
+        Ok(if settled(&node1, "PRIM") {
+            ("node1", "node2")
+        } else {
+            ("node2", "node1")
+        })
     }
 
     /// Waits until `cond` holds on the states of node1 and node2.

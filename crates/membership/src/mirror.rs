@@ -860,26 +860,8 @@ impl MirrorModule {
                 if self.role == Role::Stopped {
                     return Err(CommandError::AlreadyStopped);
                 }
-                self.steps.clear();
                 self.why = Some("stopstart".into());
-                self.stop_application(Handover::Stop, ScriptAction::StopStart, State::Wait);
-                self.stop_both(State::Wait, ScriptAction::StopStart);
-                self.run(
-                    Script::Poststop,
-                    false,
-                    State::Wait,
-                    ScriptAction::StopStart,
-                );
-                self.run(
-                    Script::Prestart,
-                    false,
-                    State::Wait,
-                    ScriptAction::StopStart,
-                );
-                self.steps.push_back(Step::Enter(
-                    Role::Waiting(WaitReason::PeerUnknown),
-                    "stopstart: started again".into(),
-                ));
+                self.stop_and_start_here(Handover::Stop, "stopstart: started again");
             }
             Command::Restart => match self.role {
                 Role::Stopped => return Err(CommandError::AlreadyStopped),
@@ -888,26 +870,7 @@ impl MirrorModule {
                     self.steps.push_back(Step::AppRestarted);
                     self.run(Script::StartPrim, false, state, ScriptAction::StopStart);
                 }
-                _ => {
-                    self.steps.clear();
-                    self.stop_both(State::Wait, ScriptAction::StopStart);
-                    self.run(
-                        Script::Poststop,
-                        false,
-                        State::Wait,
-                        ScriptAction::StopStart,
-                    );
-                    self.run(
-                        Script::Prestart,
-                        false,
-                        State::Wait,
-                        ScriptAction::StopStart,
-                    );
-                    self.steps.push_back(Step::Enter(
-                        Role::Waiting(WaitReason::PeerUnknown),
-                        "restart command".into(),
-                    ));
-                }
+                _ => self.stop_and_start_here(Handover::None, "restart command"),
             },
             Command::Swap => {
                 let peer = self.live_peer().map(|p| p.state);
@@ -929,6 +892,30 @@ impl MirrorModule {
             format!("action {} called by the administrator", command.as_str()),
         );
         Ok(())
+    }
+
+    /// Queues a stop of the module here (its application, if any, handing
+    /// over with `handover`) followed by a fresh start, keeping it running.
+    fn stop_and_start_here(&mut self, handover: Handover, reason: &str) {
+        self.steps.clear();
+        self.stop_application(handover, ScriptAction::StopStart, State::Wait);
+        self.stop_both(State::Wait, ScriptAction::StopStart);
+        self.run(
+            Script::Poststop,
+            false,
+            State::Wait,
+            ScriptAction::StopStart,
+        );
+        self.run(
+            Script::Prestart,
+            false,
+            State::Wait,
+            ScriptAction::StopStart,
+        );
+        self.steps.push_back(Step::Enter(
+            Role::Waiting(WaitReason::PeerUnknown),
+            reason.into(),
+        ));
     }
 
     fn run(&mut self, script: Script, force: bool, next: State, action: ScriptAction) {
