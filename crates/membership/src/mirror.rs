@@ -143,6 +143,9 @@ pub enum Script {
     StartBoth,
     StopBoth,
     Poststop,
+    /// Run before taking over from a peer that went silent (e.g. power it
+    /// off out of band); its failure blocks the takeover.
+    Fence,
 }
 
 impl Script {
@@ -154,6 +157,7 @@ impl Script {
             Script::StartBoth => "start_both",
             Script::StopBoth => "stop_both",
             Script::Poststop => "poststop",
+            Script::Fence => "fence",
         }
     }
 
@@ -358,6 +362,8 @@ enum WaitReason {
     /// A resource checker reports a missing resource (SafeKit's `wait`
     /// action): comes back by itself when it returns.
     ResourceMissing,
+    /// The fencing script failed: the old primary may still run.
+    FenceFailed,
     /// The recovery limit (maxloop within loop_interval) was reached here:
     /// not primary again until the counter resets or an administrator acts.
     Suspended,
@@ -384,6 +390,9 @@ impl WaitReason {
             ),
             WaitReason::ResourceMissing => "a resource is missing".into(),
             WaitReason::Suspended => "recovery limit reached on this node".into(),
+            WaitReason::FenceFailed => format!(
+                "the fencing script failed: {peer} may still run the application; run `holdfast prim` once it is known to be down"
+            ),
         }
     }
 
@@ -396,6 +405,7 @@ impl WaitReason {
                 | WaitReason::NotUpToDate
                 | WaitReason::ResourceMissing
                 | WaitReason::Suspended
+                | WaitReason::FenceFailed
         )
     }
 }
@@ -422,7 +432,10 @@ enum Step {
     AppRestarted,
     BothStopped,
     Enter(Role, String),
+    /// Forced (`prim`): no condition.
     BecomePrimary(String),
+    /// After fencing a silent peer: only if still eligible.
+    TakeOver(String),
 }
 
 #[derive(Debug, Clone)]
@@ -703,15 +716,23 @@ impl MirrorModule {
                 return Ok(());
             }
             m.running = None;
-            match outcome {
-                ScriptOutcome::Success | ScriptOutcome::Missing => {}
-                ScriptOutcome::Failed(why) => {
-                    m.log(LogLevel::Error, format!("{} failed: {why}", script.name()))
+            let failure = match outcome {
+                ScriptOutcome::Success | ScriptOutcome::Missing => None,
+                ScriptOutcome::Failed(why) => Some(format!("{} failed: {why}", script.name())),
+                ScriptOutcome::TimedOut(after) => Some(format!(
+                    "{} did not finish within {after:?}: killed",
+                    script.name()
+                )),
+            };
+            if let Some(failure) = failure {
+                m.log(LogLevel::Error, failure.clone());
+                if script == Script::Fence {
+                    // Not sure the old primary is down: do not take over.
+                    m.steps.clear();
+                    let why = format!("{failure}: not taking over; run `holdfast prim` once the other node is known to be down");
+                    m.log(LogLevel::Error, why.clone());
+                    m.enter(Role::Waiting(WaitReason::FenceFailed), why);
                 }
-                ScriptOutcome::TimedOut(after) => m.log(
-                    LogLevel::Error,
-                    format!("{} did not finish within {after:?}: killed", script.name()),
-                ),
             }
             Ok(())
         })
@@ -986,6 +1007,12 @@ impl MirrorModule {
                 Some(Step::BothStopped) => self.both_active = false,
                 Some(Step::Enter(role, reason)) => self.enter(role, reason),
                 Some(Step::BecomePrimary(reason)) => self.become_primary(reason),
+                Some(Step::TakeOver(reason)) => match self.blocked(&reason) {
+                    Some((wait, why)) => {
+                        self.wait_blocked(wait, why);
+                    }
+                    None => self.become_primary(reason),
+                },
                 None => {
                     if !self.decide() {
                         return;
@@ -1196,14 +1223,41 @@ impl MirrorModule {
     /// Becomes primary, unless this node's data is not up to date: then it
     /// waits, and says why.
     fn become_primary_if_current(&mut self, reason: String) -> bool {
-        let (wait, why) = if let Some(suspended) = &self.suspended {
-            (WaitReason::Suspended, format!("{reason}, but {suspended}"))
-        } else if !self.uptodate {
-            (WaitReason::NotUpToDate, format!("{reason}, but the data here may not be up to date (reintegration incomplete, or SECOND before a restart)"))
-        } else {
-            self.become_primary(reason);
+        if let Some((wait, why)) = self.blocked(&reason) {
+            return self.wait_blocked(wait, why);
+        }
+        if self.live_peer().is_none() {
+            // Taking over from a peer that went silent: fence it first.
+            self.why = Some(reason.clone());
+            self.run(Script::Fence, false, State::Alone, ScriptAction::Start);
+            self.steps.push_back(Step::TakeOver(reason));
             return true;
-        };
+        }
+        self.become_primary(reason);
+        true
+    }
+
+    /// Why this node may not become primary now: the wait that follows.
+    fn blocked(&self, reason: &str) -> Option<(WaitReason, String)> {
+        if !self.missing.is_empty() {
+            return Some((
+                WaitReason::ResourceMissing,
+                format!("{reason}, but a resource is missing"),
+            ));
+        }
+        if let Some(suspended) = &self.suspended {
+            return Some((WaitReason::Suspended, format!("{reason}, but {suspended}")));
+        }
+        if !self.uptodate {
+            return Some((
+                WaitReason::NotUpToDate,
+                format!("{reason}, but the data here may not be up to date (reintegration incomplete, or SECOND before a restart)"),
+            ));
+        }
+        None
+    }
+
+    fn wait_blocked(&mut self, wait: WaitReason, why: String) -> bool {
         if self.role == Role::Waiting(wait) {
             return false;
         }

@@ -21,6 +21,8 @@ struct Pair {
     seq: u64,
     /// start_prim runs per node.
     start_prims: [usize; 2],
+    /// The fencing script fails (its out-of-band interface is unreachable).
+    fence_fails: bool,
 }
 
 impl Pair {
@@ -42,6 +44,7 @@ impl Pair {
             linked: true,
             seq: 0,
             start_prims: [0, 0],
+            fence_fails: false,
         };
         pair.boot(0);
         pair.boot(1);
@@ -89,11 +92,15 @@ impl Pair {
                                 self.start_prims[i] += 1;
                             }
                             let now = self.now;
-                            self.nodes[i].as_mut().unwrap().script_finished(
-                                now,
-                                run.id,
-                                ScriptOutcome::Success,
-                            );
+                            let outcome = if run.script == Script::Fence && self.fence_fails {
+                                ScriptOutcome::Failed("exit code 1".into())
+                            } else {
+                                ScriptOutcome::Success
+                            };
+                            self.nodes[i]
+                                .as_mut()
+                                .unwrap()
+                                .script_finished(now, run.id, outcome);
                             progressed = true;
                         }
                         Action::Persist(p) => self.persistent[i] = p,
@@ -254,4 +261,26 @@ fn an_incomplete_copy_is_never_promoted_the_module_waits_and_says_why() {
     pair.command(0, Command::Start).unwrap();
     pair.run(TIMEOUT);
     assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+}
+
+#[test]
+fn a_failed_fencing_script_blocks_the_takeover() {
+    let mut pair = Pair::new(true, DefaultPrimary::Alone);
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+    pair.nodes[0] = None; // the primary goes silent
+    pair.fence_fails = true;
+    pair.run(TIMEOUT * 2);
+    assert_eq!(pair.state(1), State::Wait, "no takeover without fencing");
+    assert_eq!(pair.start_prims[1], 0);
+    assert!(
+        pair.node(1).view().reason.contains("fencing script failed"),
+        "{}",
+        pair.node(1).view().reason
+    );
+    // The administrator knows node1 is down.
+    pair.command(1, Command::Prim).unwrap();
+    assert_eq!(pair.state(1), State::Alone);
 }

@@ -453,9 +453,14 @@ impl Sim {
                 if script == Script::StopPrim && force {
                     self.nodes[node].app_running = false;
                 }
-                self.input(node, |m, now| {
-                    m.script_finished(now, id, ScriptOutcome::Success)
-                });
+                // Fencing the silent peer sometimes fails (its out-of-band
+                // interface unreachable): the takeover must then not happen.
+                let outcome = if script == Script::Fence && self.rng.gen_bool(0.2) {
+                    ScriptOutcome::Failed("exit code 1".into())
+                } else {
+                    ScriptOutcome::Success
+                };
+                self.input(node, |m, now| m.script_finished(now, id, outcome));
             }
             Ev::Crash(node) => {
                 let n = &mut self.nodes[node];
