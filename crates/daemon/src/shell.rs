@@ -562,6 +562,7 @@ pub fn script_names() -> impl Iterator<Item = &'static str> {
         Script::StartBoth,
         Script::StopBoth,
         Script::Poststop,
+        Script::Fence,
     ]
     .into_iter()
     .map(Script::name)
