@@ -3,7 +3,8 @@
 //! One [`MirrorModule`] per node and per mirror module. It is pure: the I/O
 //! shell (the daemon) or the simulator feeds it inputs with the current time —
 //! [`MirrorModule::command`], [`MirrorModule::heartbeat`],
-//! [`MirrorModule::script_finished`], [`MirrorModule::tick`] — and carries out
+//! [`MirrorModule::script_finished`], [`MirrorModule::tick`], and the data
+//! layer's, checkers' and recovery policy's reports — and carries out
 //! the [`Action`]s it queues (run a script, log, persist, send a heartbeat now).
 //!
 //! ## How two nodes agree
@@ -22,6 +23,16 @@
 //! - Two primaries that hear each other (a healed partition) keep the one with
 //!   the higher *epoch* (every takeover raises it), so the node that took over
 //!   last keeps the service; the other stops its application and says why.
+//! - Only an *eligible* node becomes primary: data up to date
+//!   ([`MirrorModule::data_state`]), no missing resource
+//!   ([`MirrorModule::resource`]), not held back by the recovery policy
+//!   ([`MirrorModule::suspend`]), not waiting for an administrator.
+//!   Eligibility travels in heartbeats and wins elections; otherwise the node
+//!   waits and says why. Only `prim` forces.
+//! - Taking over from a *silent* peer first runs the `fence` script; its
+//!   failure blocks the takeover.
+//! - A missing resource puts the module in WAIT (a primary first stops its
+//!   application, handing over); its return ends the wait.
 //!
 //! Every change of the displayed state produces [`Action::Transition`] with a
 //! reason.
