@@ -8,7 +8,7 @@ use owo_colors::{OwoColorize, Stream};
 fn coloured(state: State) -> String {
     let text = format!("{:<6}", state.as_str());
     match state {
-        State::Prim | State::Second => text
+        State::Prim | State::Second | State::Up => text
             .if_supports_color(Stream::Stdout, |t| t.green())
             .to_string(),
         // Orange where the terminal has 256 colours would be nicer; yellow is

@@ -7,9 +7,12 @@
 //!   (run script, log, persist). No clocks, sockets or processes here: the
 //!   daemon's I/O shell feeds it and carries out what it asks, and the
 //!   simulation tests drive it with virtual time.
+//! - [`farm`]: the farm module state machine — **where load-balancing
+//!   buckets are decided** among the UP nodes.
 //! - [`recovery`]: the recovery policy (maxloop within loop_interval) that
 //!   turns checker failures into local restarts, failover, and a hold.
 
+pub mod farm;
 pub mod heartbeat;
 pub mod mirror;
 pub mod recovery;

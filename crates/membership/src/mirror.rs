@@ -53,6 +53,8 @@ pub enum State {
     Alone,
     Prim,
     Second,
+    /// A farm module running on this node.
+    Up,
 }
 
 impl State {
@@ -63,10 +65,11 @@ impl State {
             State::Alone => "ALONE",
             State::Prim => "PRIM",
             State::Second => "SECOND",
+            State::Up => "UP",
         }
     }
 
-    /// Exit code of `state -lq`, as in SafeKit: STOP 0, WAIT 1, ALONE 2, PRIM 3, SECOND 4.
+    /// Exit code of `state -lq`, as in SafeKit: STOP 0, WAIT 1, ALONE 2, UP 2, PRIM 3, SECOND 4.
     pub fn exit_code(self) -> i32 {
         match self {
             State::Stop => 0,
@@ -74,6 +77,7 @@ impl State {
             State::Alone => 2,
             State::Prim => 3,
             State::Second => 4,
+            State::Up => 2,
         }
     }
 
@@ -303,6 +307,8 @@ pub enum CommandError {
     PeerIsPrimary { peer: String, state: State },
     #[error("this node is already primary ({0})")]
     AlreadyPrimary(State),
+    #[error("{0} does not apply to a farm module (every node runs the application)")]
+    NotInFarm(&'static str),
     #[error("the module is in transition ({state}, running {script}); retry once it is stable, or stop it")]
     Busy { state: State, script: String },
 }
