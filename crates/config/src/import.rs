@@ -87,6 +87,8 @@ pub fn import_userconfig(
         vip: None,
         health: None,
         checkers: Vec::new(),
+        replication: Default::default(),
+        replicated: Vec::new(),
     };
 
     let safe = user.doc.root_element();
@@ -407,8 +409,10 @@ impl Importer {
         let mut heart = None;
         let mut user = None;
         let mut vip = None;
+        let mut rfs = None;
         for child in service.children().filter(Node::is_element) {
             let slot = match child.tag_name().name() {
+                "rfs" => &mut rfs,
                 "heart" => &mut heart,
                 "user" => &mut user,
                 "vip" => &mut vip,
@@ -436,6 +440,9 @@ impl Importer {
         let heart_port = self.heart(f, heart, &mut config.heartbeat)?;
         if let Some(vip) = vip {
             config.vip = self.vip(f, vip)?;
+        }
+        if let Some(rfs) = rfs {
+            self.rfs(f, rfs, config)?;
         }
         match user {
             Some(user) => self.user(f, user, &mut config.scripts)?,
@@ -886,6 +893,41 @@ impl Importer {
         Ok(found)
     }
 
+    /// `<rfs>`: each `<replicated dir>` becomes a `[[replicated]]`
+    /// directory; every other attribute and element is reported.
+    fn rfs(
+        &mut self,
+        f: &XmlFile<'_>,
+        rfs: Node<'_, '_>,
+        config: &mut ModuleConfig,
+    ) -> Result<(), ConfigError> {
+        self.check_attributes(f, rfs, &[]);
+        for el in rfs.children().filter(Node::is_element) {
+            if el.tag_name().name() != "replicated" {
+                self.unsupported_element(f, el);
+                continue;
+            }
+            self.check_attributes(f, el, &["dir"]);
+            let Some(dir) = self.attr(f, el, "dir") else {
+                return Err(f.error(
+                    el.range().start,
+                    "<replicated>",
+                    "the dir attribute is required",
+                ));
+            };
+            let index = config.replicated.len();
+            self.note_attr(&format!("replicated[{index}].dir"), f, &dir);
+            self.note_attr(&format!("replicated[{index}]"), f, &dir);
+            config.replicated.push(crate::model::ReplicatedDir {
+                dir: dir.value.into(),
+            });
+            for child in el.children().filter(Node::is_element) {
+                self.unsupported_element(f, child);
+            }
+        }
+        Ok(())
+    }
+
     /// Warns about every attribute of `el` not in `known`.
     fn check_attributes(&mut self, f: &XmlFile<'_>, el: Node<'_, '_>, known: &[&str]) {
         for a in el.attributes() {
@@ -903,7 +945,7 @@ impl Importer {
     /// Warns about an element (and so its whole subtree) that is not imported.
     fn unsupported_element(&mut self, f: &XmlFile<'_>, el: Node<'_, '_>) {
         let message = match el.tag_name().name() {
-            "rfs" => "file replication is not supported yet; ignored",
+            "notreplicated" => "excluding paths from replication is not supported; the whole directory is replicated",
             "loadbalancing_list" | "virtual_interface" => {
                 "farm load balancing is not supported yet; ignored"
             }

@@ -36,6 +36,36 @@ pub struct ModuleConfig {
     pub health: Option<HealthConfig>,
     /// Failure detectors (process, TCP, ping, interface, custom, module).
     pub checkers: Vec<holdfast_checkers::CheckerConfig>,
+    /// How replicated directories are replicated (`[replication]`).
+    pub replication: ReplicationConfig,
+    /// Directories kept synchronously mirrored between primary and
+    /// secondary (`[[replicated]]`), absolute paths, identical on both nodes.
+    pub replicated: Vec<ReplicatedDir>,
+}
+
+/// `[replication]`: the secondary's listening port and when it acknowledges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplicationConfig {
+    /// TCP port of the replication stream; `None`: the heartbeat port + 1.
+    /// With several replicated directories, directory `i` uses port + `i`.
+    pub port: Option<u16>,
+    pub ack: AckPolicy,
+}
+
+/// When the secondary acknowledges a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckPolicy {
+    /// On receipt, before applying (default).
+    #[default]
+    Receipt,
+    /// After applying and syncing to disk (SafeKit `sync`).
+    Durable,
+}
+
+/// One `[[replicated]]` directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicatedDir {
+    pub dir: PathBuf,
 }
 
 /// The virtual IP of a mirror module: added on the primary only, and
@@ -160,6 +190,15 @@ impl ModuleConfig {
         let mut canonical = self.clone();
         canonical.scripts.directory = None;
         Sha256::digest(crate::to_toml(&canonical).as_bytes()).into()
+    }
+
+    /// The TCP port of replicated directory number `index`.
+    pub fn replication_port(&self, index: usize) -> u16 {
+        let base = self
+            .replication
+            .port
+            .unwrap_or_else(|| self.heartbeat.port.wrapping_add(1));
+        base.wrapping_add(index as u16)
     }
 
     /// [`fingerprint`](Self::fingerprint) in lowercase hex, for logs and status output.

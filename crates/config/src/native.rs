@@ -23,9 +23,10 @@ use holdfast_checkers::{
 
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
-    Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mode, ModuleConfig, NodeConfig,
-    ScriptsConfig, VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK,
-    DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
+    AckPolicy, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mode, ModuleConfig, NodeConfig,
+    ReplicatedDir, ReplicationConfig, ScriptsConfig, VipConfig, DEFAULT_LOOP_INTERVAL,
+    DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT,
+    DEFAULT_TIMEOUT,
 };
 use crate::validate::format_duration;
 
@@ -37,6 +38,8 @@ const ROOT_KEYS: &[&str] = &[
     "vip",
     "health",
     "checker",
+    "replication",
+    "replicated",
 ];
 const CHECKER_KEYS: &[&str] = &[
     "name",
@@ -64,6 +67,8 @@ const CHECKER_KEYS: &[&str] = &[
 ];
 const VIP_KEYS: &[&str] = &["address", "prefix", "interface"];
 const HEALTH_KEYS: &[&str] = &["port"];
+const REPLICATION_KEYS: &[&str] = &["port", "ack"];
+const REPLICATED_KEYS: &[&str] = &["dir"];
 const MODULE_KEYS: &[&str] = &[
     "name",
     "mode",
@@ -214,6 +219,27 @@ pub fn to_toml(config: &ModuleConfig) -> String {
         let mut table = Table::new();
         table.insert("port", value(i64::from(health.port)));
         doc.insert("health", Item::Table(table));
+    }
+    if !config.replicated.is_empty() || config.replication != ReplicationConfig::default() {
+        let mut table = Table::new();
+        if let Some(port) = config.replication.port {
+            table.insert("port", value(i64::from(port)));
+        }
+        let ack = match config.replication.ack {
+            AckPolicy::Receipt => "receipt",
+            AckPolicy::Durable => "durable",
+        };
+        table.insert("ack", value(ack));
+        doc.insert("replication", Item::Table(table));
+    }
+    if !config.replicated.is_empty() {
+        let mut tables = ArrayOfTables::new();
+        for r in &config.replicated {
+            let mut t = Table::new();
+            t.insert("dir", value(r.dir.display().to_string()));
+            tables.push(t);
+        }
+        doc.insert("replicated", Item::ArrayOfTables(tables));
     }
 
     doc.to_string()
@@ -434,6 +460,13 @@ impl<'a> Reader<'a> {
         let checkers = self
             .opt(&root, "checker", Self::checkers)?
             .unwrap_or_default();
+        let replication = match self.opt(&root, "replication", Self::table)? {
+            Some(section) => self.replication(&section)?,
+            None => ReplicationConfig::default(),
+        };
+        let replicated = self
+            .opt(&root, "replicated", Self::replicated)?
+            .unwrap_or_default();
 
         Ok(ModuleConfig {
             name,
@@ -450,7 +483,49 @@ impl<'a> Reader<'a> {
             vip,
             health,
             checkers,
+            replication,
+            replicated,
         })
+    }
+
+    fn replication(&mut self, section: &Section<'_>) -> Converted<ReplicationConfig> {
+        self.check_keys(section, REPLICATION_KEYS)?;
+        let port = self.opt(section, "port", Self::port)?;
+        let ack = self
+            .opt(section, "ack", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "receipt" => Ok(AckPolicy::Receipt),
+                    "durable" => Ok(AckPolicy::Durable),
+                    other => Err(r.error(
+                        path,
+                        format!("unknown acknowledgement {other:?}; expected \"receipt\" or \"durable\""),
+                    )),
+                }
+            })?
+            .unwrap_or_default();
+        Ok(ReplicationConfig { port, ack })
+    }
+
+    /// `[[replicated]]` tables.
+    fn replicated(&mut self, path: &str, item: &Item) -> Converted<Vec<ReplicatedDir>> {
+        let Item::ArrayOfTables(array) = item else {
+            return Err(self.error(
+                path,
+                format!("expected [[replicated]] tables, found {}", self.found(item)),
+            ));
+        };
+        let mut dirs = Vec::with_capacity(array.len());
+        for (i, table) in array.iter().enumerate() {
+            let section = Section {
+                items: table,
+                path: format!("{path}[{i}]"),
+            };
+            self.note(&section.path, table.span());
+            self.check_keys(&section, REPLICATED_KEYS)?;
+            let dir = self.req(&section, "dir", Self::string)?;
+            dirs.push(ReplicatedDir { dir: dir.into() });
+        }
+        Ok(dirs)
     }
 
     /// `[[checker]]` tables: the kind's SafeKit defaults, then what is set.

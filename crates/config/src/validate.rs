@@ -16,7 +16,96 @@ impl ModuleConfig {
         self.validate_heartbeat()?;
         self.validate_nodes()?;
         self.validate_scripts()?;
-        self.validate_network()
+        self.validate_network()?;
+        self.validate_replication()
+    }
+
+    fn validate_replication(&self) -> Result<(), ValidationError> {
+        if self.replicated.is_empty() {
+            return Ok(());
+        }
+        let base = self
+            .replication
+            .port
+            .unwrap_or_else(|| self.heartbeat.port.wrapping_add(1));
+        let field = if self.replication.port.is_some() {
+            "replication.port"
+        } else {
+            "heartbeat.port"
+        };
+        if base == 0 || usize::from(base) + self.replicated.len() - 1 > usize::from(u16::MAX) {
+            return invalid(
+                field,
+                format!(
+                    "replication needs ports {base} to {} (one per replicated directory): out of range",
+                    usize::from(base) + self.replicated.len() - 1
+                ),
+            );
+        }
+        let ports = base..=base + (self.replicated.len() as u16 - 1);
+        if ports.contains(&self.heartbeat.port) {
+            return invalid(
+                field,
+                format!(
+                    "replication ports {}..={} include the heartbeat port {}",
+                    ports.start(),
+                    ports.end(),
+                    self.heartbeat.port
+                ),
+            );
+        }
+        if let Some(health) = &self.health {
+            if ports.contains(&health.port) {
+                return invalid(
+                    field,
+                    format!(
+                        "replication ports {}..={} include the health port {}",
+                        ports.start(),
+                        ports.end(),
+                        health.port
+                    ),
+                );
+            }
+        }
+        for (i, r) in self.replicated.iter().enumerate() {
+            let field = format!("replicated[{i}].dir");
+            let normal = r.dir.is_absolute()
+                && r.dir.parent().is_some()
+                && r.dir.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
+            if !normal {
+                return invalid(
+                    &field,
+                    format!(
+                        "{} must be an absolute path, not /, without . or .. components",
+                        r.dir.display()
+                    ),
+                );
+            }
+            for (j, other) in self.replicated[..i].iter().enumerate() {
+                if other.dir == r.dir {
+                    return invalid(
+                        &field,
+                        format!("{} is already replicated[{j}]", r.dir.display()),
+                    );
+                }
+                if other.dir.starts_with(&r.dir) || r.dir.starts_with(&other.dir) {
+                    return invalid(
+                        &field,
+                        format!(
+                            "{} and replicated[{j}] ({}) are nested; replicated directories must be disjoint",
+                            r.dir.display(),
+                            other.dir.display()
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_network(&self) -> Result<(), ValidationError> {

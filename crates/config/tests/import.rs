@@ -141,6 +141,15 @@ fn the_safekit_sample_imports() {
         vip: None,
         health: None,
         checkers: Vec::new(),
+        replication: Default::default(),
+        replicated: vec![
+            ReplicatedDir {
+                dir: "/test1replicated".into(),
+            },
+            ReplicatedDir {
+                dir: "/test2replicated".into(),
+            },
+        ],
     };
     assert_eq!(config, expected);
 
@@ -155,7 +164,12 @@ fn the_safekit_sample_imports() {
             (7, "<heartbeat>"),
             (7, "<heartbeat ident>"),
             (13, "<errd>"),
-            (17, "<rfs>"),
+            (17, "<rfs mountover>"),
+            (17, "<rfs async>"),
+            (17, "<rfs acl>"),
+            (17, "<rfs nbrei>"),
+            (18, "<replicated mode>"),
+            (19, "<replicated mode>"),
         ],
         "{warnings:#?}"
     );
@@ -168,7 +182,7 @@ fn the_safekit_sample_imports() {
     );
     assert_eq!(
         warnings[4].to_string(),
-        "line 17: <rfs>: file replication is not supported yet; ignored"
+        "line 17: <rfs mountover>: unknown or unsupported attribute; ignored"
     );
 
     // The import is a native configuration like any other.

@@ -782,3 +782,83 @@ fn checker_errors_are_placed() {
         "",
     );
 }
+
+#[test]
+fn replication_parses_round_trips_and_defaults() {
+    let text = minimal_plus(
+        "[replication]\nack = \"durable\"\n\n[[replicated]]\ndir = \"/srv/app/data\"\n\n[[replicated]]\ndir = \"/srv/app/logs\"\n",
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.replication.ack, AckPolicy::Durable);
+    assert_eq!(config.replication.port, None);
+    assert_eq!(config.replication_port(0), config.heartbeat.port + 1);
+    assert_eq!(config.replication_port(1), config.heartbeat.port + 2);
+    assert_eq!(
+        config.replicated,
+        vec![
+            ReplicatedDir {
+                dir: "/srv/app/data".into()
+            },
+            ReplicatedDir {
+                dir: "/srv/app/logs".into()
+            },
+        ]
+    );
+    let rendered = to_toml(&config);
+    assert_eq!(parse(&rendered).unwrap(), config, "{rendered}");
+    let minimal = parse(MINIMAL).unwrap();
+    assert!(minimal.replicated.is_empty());
+    assert_eq!(minimal.replication, ReplicationConfig::default());
+    assert!(!to_toml(&minimal).contains("replica"));
+}
+
+#[test]
+fn replication_errors_are_placed() {
+    // Line 12 is the first line after MINIMAL.
+    assert_error(
+        &minimal_plus("[[replicated]]\ndir = \"srv/data\"\n"),
+        13,
+        7,
+        "replicated[0].dir",
+        "absolute",
+    );
+    assert_error(
+        &minimal_plus("[[replicated]]\ndir = \"/srv/a\"\n\n[[replicated]]\ndir = \"/srv/a\"\n"),
+        16,
+        7,
+        "replicated[1].dir",
+        "already replicated[0]",
+    );
+    assert_error(
+        &minimal_plus("[[replicated]]\ndir = \"/srv/a\"\n\n[[replicated]]\ndir = \"/srv/a/b\"\n"),
+        16,
+        7,
+        "replicated[1].dir",
+        "nested",
+    );
+    assert_error(
+        &minimal_plus("[replication]\nport = 4800\n\n[[replicated]]\ndir = \"/srv/a\"\n"),
+        13,
+        8,
+        "replication.port",
+        "heartbeat port",
+    );
+    assert_error(
+        &minimal_plus("[replication]\nack = \"sync\"\n"),
+        13,
+        7,
+        "replication.ack",
+        "receipt",
+    );
+    assert_error(
+        &minimal_plus("[[replicated]]\ndirectory = \"/srv/a\"\n"),
+        13,
+        1,
+        "replicated[0].directory",
+        "unknown",
+    );
+    let e = error(&minimal_plus(
+        "[health]\nport = 4801\n\n[[replicated]]\ndir = \"/srv/a\"\n",
+    ));
+    assert!(e.message.contains("health port"), "{e}");
+}

@@ -17,6 +17,7 @@ pub mod health;
 pub mod modlog;
 pub mod paths;
 pub mod registry;
+pub mod replication;
 pub mod scripts;
 pub mod shell;
 pub mod supervision;

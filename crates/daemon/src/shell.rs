@@ -130,6 +130,18 @@ pub async fn spawn(
         probes,
         checker_tx,
     );
+    let mut replication = crate::replication::Replication::new(
+        &config,
+        &ctx.node,
+        &paths.dir,
+        ctx.key.clone(),
+        log.clone(),
+    );
+    if let Some(replication) = &mut replication {
+        // What the records say: a copy left incomplete is never promoted.
+        let uptodate = replication.prepare();
+        core.data_state(Instant::now(), uptodate);
+    }
     let config = Arc::new(config);
     let shell = Shell {
         ctx,
@@ -151,6 +163,7 @@ pub async fn spawn(
         shutdown: None,
         _health: health,
         supervisor,
+        replication,
     };
     let task = tokio::spawn(shell.run(rx, checker_rx));
     Ok(ModuleHandle {
@@ -203,6 +216,8 @@ struct Shell {
     _health: Option<crate::health::HealthServer>,
     /// The module's checkers and recovery policy.
     supervisor: Supervisor,
+    /// File replication of the module's replicated directories, if any.
+    replication: Option<crate::replication::Replication>,
 }
 
 impl Shell {
@@ -245,12 +260,16 @@ impl Shell {
             self.supervisor
                 .follow(&mut self.core, &self.log, Instant::now());
             self.execute().await;
+            self.follow_replication().await;
             self.view_tx.send_replace(self.core.view());
             if let Some(running) = self.shutdown {
                 if self.core.state() == holdfast_membership::State::Stop && !self.core.transient() {
                     let mut persistent = self.core.persistent().clone();
                     persistent.running = running;
                     self.persist(&persistent);
+                    if let Some(replication) = &mut self.replication {
+                        replication.shutdown();
+                    }
                     return;
                 }
             }
@@ -381,14 +400,37 @@ impl Shell {
                 Action::Log { level, message } => self.log.write(level, &message),
                 Action::Transition { .. } => {}
                 Action::SendHeartbeat => self.send_heartbeat().await,
-                Action::AcquirePrimaryResources => self.virtual_ip(true),
-                Action::ReleasePrimaryResources => self.virtual_ip(false),
+                Action::AcquirePrimaryResources => {
+                    if let Some(replication) = &mut self.replication {
+                        replication.acquire();
+                    }
+                    self.virtual_ip(true)
+                }
+                Action::ReleasePrimaryResources => {
+                    self.virtual_ip(false);
+                    if let Some(replication) = &mut self.replication {
+                        replication.release();
+                    }
+                }
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
                         self.persist(&persistent);
                     }
                 }
             }
+        }
+    }
+
+    /// Lets replication follow the module's state; a changed data state
+    /// goes to the state machine, whose actions are carried out.
+    async fn follow_replication(&mut self) {
+        let Some(replication) = &mut self.replication else {
+            return;
+        };
+        let view = self.core.view();
+        if let Some(uptodate) = replication.follow(view.state, view.peer_state) {
+            self.core.data_state(Instant::now(), uptodate);
+            self.execute().await;
         }
     }
 

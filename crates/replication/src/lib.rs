@@ -61,9 +61,9 @@
 //!
 //! # Not yet
 //!
-//! - the daemon's wiring: generation exchange at connection, the calls to
-//!   `start_tracking`/`become_primary`, refusing promotion of an incomplete
-//!   copy, the CLI commands named by [`Refusal`];
+//! - the CLI commands named by [`Refusal`] (the daemon logs the refusal
+//!   and keeps retrying); the daemon's wiring is `holdfast-daemon`'s
+//!   `replication.rs` (generations asked with `Request::Generations`);
 //! - tracking while mirroring (in-flight changes at a primary crash): today
 //!   the returning old primary is resynchronised by checksum comparison;
 //! - hard links created while ALONE whose first name was created while

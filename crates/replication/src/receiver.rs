@@ -5,6 +5,9 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use holdfast_membership::ClusterKey;
 
 use crate::apply::Root;
@@ -60,6 +63,8 @@ pub struct Receiver {
     /// Where this copy's generation (and "incomplete") is recorded; a
     /// resynchronisation is refused without it.
     generations: Option<GenerationStore>,
+    /// Set false when a resynchronisation begins, true when it ends.
+    synced: Option<Arc<AtomicBool>>,
 }
 
 impl Receiver {
@@ -73,6 +78,7 @@ impl Receiver {
             key,
             mode,
             generations: None,
+            synced: None,
         })
     }
 
@@ -80,6 +86,13 @@ impl Receiver {
     /// resynchronisation (the copy is marked incomplete while it runs).
     pub fn with_generations(mut self, store: GenerationStore) -> Self {
         self.generations = Some(store);
+        self
+    }
+
+    /// `flag` becomes false when a resynchronisation into this copy
+    /// begins and true when it completes: whether the copy is current.
+    pub fn with_synced(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.synced = Some(flag);
         self
     }
 
@@ -200,15 +213,28 @@ impl Receiver {
         };
         match request {
             Request::Begin { .. } => {
+                if let Some(flag) = &self.synced {
+                    flag.store(false, Ordering::SeqCst);
+                }
                 // Durable before the first resynchronised byte lands.
                 self.update_generations(seq, Generations::resync_begin)?;
                 Ok(Answer::Done)
+            }
+            Request::Generations => {
+                let store = self
+                    .generations
+                    .as_ref()
+                    .ok_or(ReceiverError::NoGenerations { seq })?;
+                Ok(Answer::Generations(store.load()?.unwrap_or_default()))
             }
             Request::End { source } => {
                 self.root
                     .syncfs()
                     .map_err(|e| failed("sync", Path::new(""), e))?;
                 self.update_generations(seq, |g| g.resync_done(*source))?;
+                if let Some(flag) = &self.synced {
+                    flag.store(true, Ordering::SeqCst);
+                }
                 Ok(Answer::Done)
             }
             Request::Replay { moves } => {

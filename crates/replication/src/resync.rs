@@ -84,6 +84,9 @@ pub enum Request {
     Hashes { path: PathBuf, block: u64 },
     /// All sent: sync, and take generation `source`.
     End { source: u64 },
+    /// This copy's recorded generations (asked at connection, before
+    /// deciding who resynchronises whom).
+    Generations,
 }
 
 /// The secondary's answer to a [`Request`].
@@ -101,6 +104,7 @@ pub enum Answer {
     },
     Listed(Vec<serde_bytes::ByteBuf>),
     Hashes(Vec<[u8; 32]>),
+    Generations(crate::generation::Generations),
 }
 
 /// An entry as the primary has it.

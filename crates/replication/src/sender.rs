@@ -82,6 +82,9 @@ impl Shared {
     }
 }
 
+/// Limit of the TCP connection and of the handshake.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// [`Replicator`] over an authenticated TCP connection to a [`crate::Receiver`].
 #[derive(Debug)]
 pub struct TcpReplicator {
@@ -96,10 +99,16 @@ impl TcpReplicator {
     pub fn connect(addr: SocketAddr, key: &ClusterKey) -> Result<Self, ReplicationError> {
         let connect_err =
             |e: &dyn std::fmt::Display| ReplicationError::Connect(format!("{addr}: {e}"));
-        let mut stream = TcpStream::connect(addr).map_err(|e| connect_err(&e))?;
+        // Bounded: an unreachable secondary must not hold the caller.
+        let mut stream =
+            TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| connect_err(&e))?;
+        stream
+            .set_read_timeout(Some(CONNECT_TIMEOUT))
+            .map_err(|e| connect_err(&e))?;
         // Each change is one write; waiting to coalesce only adds latency.
         stream.set_nodelay(true).map_err(|e| connect_err(&e))?;
         let session = primary_handshake(&mut stream, key).map_err(|e| connect_err(&e))?;
+        stream.set_read_timeout(None).map_err(|e| connect_err(&e))?;
         let mut read_half = stream.try_clone().map_err(|e| connect_err(&e))?;
         let control = stream.try_clone().map_err(|e| connect_err(&e))?;
         let shared = Arc::new(Shared {
@@ -198,6 +207,18 @@ impl TcpReplicator {
                 .break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
         }
         Ok(())
+    }
+}
+
+impl TcpReplicator {
+    /// Why the connection no longer works, once it does not.
+    pub fn broken(&self) -> Option<ReplicationError> {
+        lock(&self.shared.waiters).broken.clone()
+    }
+
+    /// Closes the connection: every waiting and later change fails.
+    pub fn close(&self) {
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 }
 

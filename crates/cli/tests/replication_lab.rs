@@ -1,0 +1,329 @@
+//! File replication of a mirror module on real test hosts: writes through
+//! the primary's FUSE mount reach the secondary's real directory before
+//! they return, no acknowledged write is lost when the primary is killed,
+//! and a returning node is resynchronised until both trees are identical.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
+use holdfast_lab::wait_until;
+
+const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+const SETTLE: Duration = Duration::from_secs(30);
+const DATA: &str = "/srv/demo/data";
+
+fn options() -> MirrorOptions {
+    MirrorOptions {
+        tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+        ..MirrorOptions::default()
+    }
+}
+
+/// Runs `script` with `sh -c` on `host` (inside its namespaces).
+fn sh(cluster: &MirrorLab, host: &str, script: &str) -> std::process::Output {
+    cluster
+        .lab
+        .command(host, "sh")
+        .expect("host")
+        .args(["-c", script])
+        .output()
+        .expect("sh runs")
+}
+
+/// The secondary's (or any node's) real directory, seen from outside.
+fn real(cluster: &MirrorLab, host: &str) -> std::path::PathBuf {
+    cluster
+        .lab
+        .host_dir(host)
+        .expect("host dir")
+        .join(DATA.trim_start_matches('/'))
+}
+
+/// Every regular file under `dir`: relative path → content.
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                out.insert(format!("{rel}/"), Vec::new());
+                walk(base, &path, out);
+            } else {
+                out.insert(rel, std::fs::read(&path).unwrap_or_default());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+fn fuse_mounts(cluster: &MirrorLab, host: &str) -> String {
+    let out = sh(cluster, host, "grep fuse /proc/mounts || true");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn module_log(cluster: &MirrorLab, host: &str) -> String {
+    let dir = cluster.lab.host_dir(host).expect("host dir");
+    let mut text = String::new();
+    for sub in ["state", "var-lib-holdfast", "state-holdfast"] {
+        let path = dir.join(sub).join("modules/demo/module.log");
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            text.push_str(&t);
+        }
+    }
+    text
+}
+
+#[test]
+fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronised() {
+    let (mut cluster, prim, second) =
+        MirrorLab::started(EXE.as_ref(), options(), SETTLE).expect("a running pair");
+    assert!(
+        fuse_mounts(&cluster, prim).contains(DATA),
+        "the primary mounts {DATA}"
+    );
+    assert!(
+        !fuse_mounts(&cluster, second).contains(DATA),
+        "the secondary does not mount {DATA}"
+    );
+
+    // Steady state: a write through the primary's mount appears in the
+    // secondary's real directory.
+    let out = sh(
+        &cluster,
+        prim,
+        &format!("mkdir -p {DATA}/sub && echo hello > {DATA}/sub/f && head -c 4194304 /dev/urandom > {DATA}/big && sync"),
+    );
+    assert!(out.status.success(), "write on the primary: {out:?}");
+    let reached = wait_until(SETTLE, Duration::from_millis(50), || {
+        std::fs::read(real(&cluster, second).join("sub/f")).ok() == Some(b"hello\n".to_vec())
+    });
+    assert!(
+        reached,
+        "the write reaches the secondary; primary log:\n{}",
+        module_log(&cluster, prim)
+    );
+
+    // Once mirroring, each acknowledged append is on the secondary when it
+    // returns: a writer records every line it saw succeed, then the
+    // primary host is killed in the middle.
+    let writer = cluster
+        .lab
+        .command(prim, "sh")
+        .expect("host")
+        .args([
+            "-c",
+            &format!("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("writer");
+    std::thread::sleep(Duration::from_millis(1500));
+    cluster.kill(prim).expect("kill -9 the primary host");
+    let output = writer.wait_with_output().expect("writer output");
+    let acked: u64 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(acked > 10, "the writer made progress ({acked} lines)");
+
+    let (s1, s2) = cluster
+        .wait_states(SETTLE, |a, b| {
+            let survivor = if second == "node1" { a } else { b };
+            settled(survivor, "ALONE")
+        })
+        .expect("the survivor becomes ALONE");
+    let _ = (s1, s2);
+    let survived = std::fs::read_to_string(real(&cluster, second).join("log")).expect("log file");
+    let lines: Vec<&str> = survived.lines().collect();
+    for i in 1..=acked {
+        assert_eq!(
+            lines.get(i as usize - 1).copied(),
+            Some(format!("line{i}").as_str()),
+            "acknowledged line {i} of {acked} is on the survivor"
+        );
+    }
+    assert!(
+        fuse_mounts(&cluster, second).contains(DATA),
+        "the survivor mounts {DATA}"
+    );
+
+    // Changes while ALONE, then the old primary returns as SECOND and is
+    // brought up to date.
+    let out = sh(
+        &cluster,
+        second,
+        &format!(
+            "echo alone >> {DATA}/log && echo new > {DATA}/sub/g && rm -f {DATA}/sub/f && sync"
+        ),
+    );
+    assert!(out.status.success(), "write on the survivor: {out:?}");
+    cluster.start_daemon(prim).expect("restart the old primary");
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (old, survivor) = if prim == "node1" { (a, b) } else { (b, a) };
+            settled(old, "SECOND") && settled(survivor, "PRIM")
+        })
+        .expect("the old primary comes back SECOND");
+    let same = wait_until(SETTLE, Duration::from_millis(100), || {
+        tree(&real(&cluster, prim)) == tree(&real(&cluster, second))
+    });
+    assert!(
+        same,
+        "trees identical after resynchronisation; old primary {:?}, survivor {:?}\nsurvivor log:\n{}",
+        tree(&real(&cluster, prim)).keys().collect::<Vec<_>>(),
+        tree(&real(&cluster, second)).keys().collect::<Vec<_>>(),
+        module_log(&cluster, second)
+    );
+    // Only what changed was sent back: not the 4 MiB file both hold.
+    let resyncs = |cluster: &MirrorLab| -> Vec<u64> {
+        module_log(cluster, second)
+            .lines()
+            .filter_map(|l| l.split("resynchronised (").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+            .collect()
+    };
+    // Before the failover the survivor was SECOND: it logged none.
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || !resyncs(&cluster)
+            .is_empty()),
+        "the survivor logs the end of the resynchronisation"
+    );
+    let sent = resyncs(&cluster)[0];
+    assert!(
+        sent < 1 << 20,
+        "the returning node received {sent} bytes, not only the changes"
+    );
+
+    // And mirroring again.
+    let out = sh(
+        &cluster,
+        second,
+        &format!("echo again > {DATA}/after && sync"),
+    );
+    assert!(out.status.success());
+    let reached = wait_until(SETTLE, Duration::from_millis(50), || {
+        std::fs::read(real(&cluster, prim).join("after")).ok() == Some(b"again\n".to_vec())
+    });
+    assert!(reached, "mirroring after reintegration");
+
+    eprintln!("acknowledged lines: {acked}, resynchronisation sent {sent} bytes");
+
+    // Stopping the module unmounts: no FUSE mount is left on either node.
+    for host in [prim, second] {
+        cluster
+            .run_cli_checked(host, &["stop", "-m", "demo"])
+            .expect("stop");
+    }
+    cluster
+        .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
+        .expect("both stopped");
+    for host in [prim, second] {
+        let mounts = fuse_mounts(&cluster, host);
+        assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
+    }
+}
+
+#[test]
+fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() {
+    let (mut cluster, prim, second) =
+        MirrorLab::started(EXE.as_ref(), options(), SETTLE).expect("a running pair");
+    let out = sh(&cluster, prim, &format!("echo first > {DATA}/a && sync"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || {
+            std::fs::read(real(&cluster, second).join("a")).ok() == Some(b"first\n".to_vec())
+        }),
+        "mirrored before the loss"
+    );
+
+    // The secondary dies while the application writes: the primary goes
+    // ALONE and goes on; a write may fail while the loss is noticed, but
+    // every write that succeeded is kept.
+    let writer = cluster
+        .lab
+        .command(prim, "sh")
+        .expect("host")
+        .args([
+            "-c",
+            &format!("i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("writer");
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.kill(second).expect("kill -9 the secondary host");
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let p = if prim == "node1" { a } else { b };
+            settled(p, "ALONE")
+        })
+        .expect("the primary becomes ALONE");
+    let output = writer.wait_with_output().expect("writer output");
+    let acked: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(
+        acked.len() > 100,
+        "the writer went on ({} lines)",
+        acked.len()
+    );
+    eprintln!("{} of 3000 appends succeeded around the loss", acked.len());
+    let out = sh(&cluster, prim, &format!("echo alone > {DATA}/b && sync"));
+    assert!(out.status.success(), "writes while ALONE: {out:?}");
+    let on_primary = std::fs::read_to_string(real(&cluster, prim).join("log")).expect("log");
+    for i in &acked {
+        assert!(
+            on_primary.lines().any(|l| l == format!("line{i}")),
+            "acknowledged line {i} is on the primary"
+        );
+    }
+
+    // The secondary returns and is brought up to date; mirroring resumes.
+    cluster.start_daemon(second).expect("restart the secondary");
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
+            settled(p, "PRIM") && settled(s, "SECOND")
+        })
+        .expect("PRIM/SECOND again");
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(100), || {
+            tree(&real(&cluster, prim)) == tree(&real(&cluster, second))
+        }),
+        "trees identical after the return; primary log:\n{}",
+        module_log(&cluster, prim)
+    );
+    let out = sh(&cluster, prim, &format!("echo back > {DATA}/c && sync"));
+    assert!(out.status.success());
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || {
+            std::fs::read(real(&cluster, second).join("c")).ok() == Some(b"back\n".to_vec())
+        }),
+        "mirroring after the return"
+    );
+    for host in [prim, second] {
+        cluster
+            .run_cli_checked(host, &["stop", "-m", "demo"])
+            .expect("stop");
+    }
+    cluster
+        .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
+        .expect("both stopped");
+    for host in [prim, second] {
+        let mounts = fuse_mounts(&cluster, host);
+        assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
+    }
+}

@@ -1,0 +1,749 @@
+//! The daemon's side of file replication for one mirror module: which
+//! role runs what, driven by the module task after every event.
+//!
+//! - SECOND (and WAIT): one [`Receiver`] thread per replicated directory,
+//!   listening on the node's addresses at the directory's replication port,
+//!   accepting only the peer's addresses, applying into the real directory.
+//! - Primary (`AcquirePrimaryResources`): each directory is mounted with
+//!   [`Mirror::mount`] over a [`Link`] that tracks changes (durable change
+//!   log) until a secondary is connected; a connector thread per directory
+//!   connects to the peer when it is SECOND, exchanges generations,
+//!   [`decide`]s, resynchronises (Forward, then Mirror) and goes back to
+//!   tracking when the connection breaks. `ReleasePrimaryResources`
+//!   unmounts.
+//! - Data state: whether this node may be promoted, from the generation
+//!   records at start; false on a SECOND until a resynchronisation
+//!   completes.
+//!
+//! Per directory `i`, state lives in `<module>/replication/<i>/`
+//! (`generations`, `log/`), never inside a replicated directory. Every
+//! blocking step (network, resync) runs on threads of its own; mounting and
+//! stopping threads are short and bounded.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use holdfast_config::{AckPolicy, ModuleConfig};
+use holdfast_membership::{ClusterKey, LogLevel, State};
+use holdfast_replication::resync::{Answer, Request};
+use holdfast_replication::{
+    decide, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations, Link, Mirror,
+    MountGuard, Peer, Progress, Receiver, Recovery, TcpReplicator, TrackingConfig,
+};
+
+use crate::modlog::ModuleLog;
+
+const POLL: Duration = Duration::from_millis(50);
+const BREAK_POLL: Duration = Duration::from_millis(5);
+const RETRY: Duration = Duration::from_millis(500);
+
+/// One replicated directory's fixed facts.
+#[derive(Debug, Clone)]
+struct Dir {
+    index: usize,
+    path: PathBuf,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Dir {
+    /// Present when the last mirroring session broke while the secondary
+    /// acknowledged on receipt: changes it acknowledged may never have
+    /// been applied there, and no change log covers them.
+    fn compare_marker(&self) -> PathBuf {
+        self.state.join("compare-next")
+    }
+
+    fn store(&self) -> GenerationStore {
+        GenerationStore::new(&self.state.join("generations"))
+    }
+}
+
+/// What one module's replication is doing.
+pub struct Replication {
+    module: String,
+    key: ClusterKey,
+    ack: AckMode,
+    dirs: Vec<Dir>,
+    local_addresses: Vec<IpAddr>,
+    peer_addresses: Vec<IpAddr>,
+    log: ModuleLog,
+    receivers: Vec<ReceiverTask>,
+    primary: Vec<PrimaryDir>,
+    /// Set by receivers when a resynchronisation into this node completed.
+    synced: Arc<AtomicBool>,
+    /// Shared with connectors: the peer is SECOND.
+    peer_second: Arc<AtomicBool>,
+    last_state: State,
+    receiver_error_logged: bool,
+}
+
+impl std::fmt::Debug for Replication {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replication")
+            .field("module", &self.module)
+            .field("dirs", &self.dirs)
+            .field("receivers", &self.receivers.len())
+            .field("mounted", &self.primary.len())
+            .finish()
+    }
+}
+
+struct ReceiverTask {
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<TcpStream>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReceiverTask {
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(stream) = lock(&self.current).take() {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct PrimaryDir {
+    guard: Option<MountGuard>,
+    link: Link,
+    stop: Arc<AtomicBool>,
+    peer: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
+    connector: Option<JoinHandle<()>>,
+    dir: Dir,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Replication {
+    /// `None` for a module without replicated directories.
+    pub fn new(
+        config: &ModuleConfig,
+        node: &str,
+        module_dir: &Path,
+        key: ClusterKey,
+        log: ModuleLog,
+    ) -> Option<Self> {
+        if config.replicated.is_empty() {
+            return None;
+        }
+        let networks = &config.heartbeat.networks;
+        let addresses = |n: Option<&holdfast_config::NodeConfig>| -> Vec<IpAddr> {
+            n.map(|n| {
+                networks
+                    .iter()
+                    .filter_map(|net| n.addresses.get(net).copied())
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let dirs = config
+            .replicated
+            .iter()
+            .enumerate()
+            .map(|(index, r)| Dir {
+                index,
+                path: r.dir.clone(),
+                port: config.replication_port(index),
+                state: module_dir.join("replication").join(index.to_string()),
+            })
+            .collect();
+        Some(Replication {
+            module: config.name.clone(),
+            key,
+            ack: match config.replication.ack {
+                AckPolicy::Receipt => AckMode::Receipt,
+                AckPolicy::Durable => AckMode::Durable,
+            },
+            dirs,
+            local_addresses: addresses(config.node(node)),
+            peer_addresses: addresses(config.peer_of(node)),
+            log,
+            receivers: Vec::new(),
+            primary: Vec::new(),
+            synced: Arc::new(AtomicBool::new(false)),
+            peer_second: Arc::new(AtomicBool::new(false)),
+            last_state: State::Stop,
+            receiver_error_logged: false,
+        })
+    }
+
+    /// At module start: directories and records exist, a FUSE mount left by
+    /// a crash is detached; returns whether this node's data may be
+    /// promoted (every directory's record allows it).
+    pub fn prepare(&mut self) -> bool {
+        let mut uptodate = true;
+        for dir in &self.dirs {
+            if dir.state.starts_with(&dir.path) {
+                self.log.write(
+                    LogLevel::Error,
+                    &format!(
+                        "the replication state {} is inside the replicated directory {}",
+                        dir.state.display(),
+                        dir.path.display()
+                    ),
+                );
+                uptodate = false;
+                continue;
+            }
+            detach_stale_mount(&dir.path, &self.log);
+            if let Err(e) = std::fs::create_dir_all(&dir.path)
+                .and_then(|()| std::fs::create_dir_all(&dir.state))
+            {
+                self.log.write(
+                    LogLevel::Error,
+                    &format!("replicated directory {}: {e}", dir.path.display()),
+                );
+                uptodate = false;
+                continue;
+            }
+            let store = dir.store();
+            let generations = match store.load() {
+                Ok(Some(g)) => g,
+                Ok(None) => {
+                    let has_data = std::fs::read_dir(&dir.path)
+                        .map(|mut d| d.next().is_some())
+                        .unwrap_or(false);
+                    let g = Generations::fresh(has_data);
+                    if let Err(e) = store.save(&g) {
+                        self.log.write(LogLevel::Error, &e.to_string());
+                    }
+                    g
+                }
+                Err(e) => {
+                    self.log.write(LogLevel::Error, &e.to_string());
+                    uptodate = false;
+                    continue;
+                }
+            };
+            if let Err(refusal) = generations.may_promote(&self.module) {
+                self.log.write(LogLevel::Error, &refusal.to_string());
+                uptodate = false;
+            }
+        }
+        uptodate
+    }
+
+    /// After every event: starts or stops receivers, tells connectors
+    /// whether the peer is SECOND; returns a new data state to give the
+    /// state machine, if it changed.
+    pub fn follow(&mut self, state: State, peer_state: Option<State>) -> Option<bool> {
+        self.peer_second
+            .store(peer_state == Some(State::Second), Ordering::SeqCst);
+        let mut data_state = None;
+        if state == State::Second && self.last_state != State::Second {
+            // Not current until the primary has resynchronised this node.
+            self.synced.store(false, Ordering::SeqCst);
+            data_state = Some(false);
+        }
+        if state == State::Second && self.synced.swap(false, Ordering::SeqCst) {
+            self.log.write(
+                LogLevel::Info,
+                "replicated directories resynchronised: this node's data is up to date",
+            );
+            data_state = Some(true);
+        }
+        if matches!(state, State::Prim | State::Alone) && self.last_state != state {
+            data_state = Some(true);
+        }
+        self.last_state = state;
+        let want_receivers =
+            matches!(state, State::Second | State::Wait) && self.primary.is_empty();
+        if want_receivers && self.receivers.is_empty() {
+            self.start_receivers();
+        } else if !want_receivers && !self.receivers.is_empty() {
+            self.stop_receivers();
+        }
+        data_state
+    }
+
+    fn start_receivers(&mut self) {
+        let mut failed = None;
+        let mut tasks = Vec::new();
+        for dir in &self.dirs {
+            let mut listeners = Vec::new();
+            for address in &self.local_addresses {
+                match TcpListener::bind(SocketAddr::new(*address, dir.port))
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                {
+                    Ok(l) => listeners.push(l),
+                    Err(e) => failed = Some(format!("{address}:{}: {e}", dir.port)),
+                }
+            }
+            let receiver = Receiver::new(&dir.path, self.key.clone(), self.ack)
+                .map(|r| {
+                    r.with_generations(dir.store())
+                        .with_synced(self.synced.clone())
+                })
+                .map_err(|e| e.to_string());
+            let receiver = match (receiver, failed.is_none()) {
+                (Ok(r), true) => r,
+                (Err(e), _) => {
+                    failed = Some(e);
+                    break;
+                }
+                (_, false) => break,
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let current = Arc::new(Mutex::new(None));
+            let peers = self.peer_addresses.clone();
+            let log = self.log.clone();
+            let path = dir.path.clone();
+            let (stop2, current2) = (stop.clone(), current.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("repl-recv-{}", dir.index))
+                .spawn(move || receive(listeners, receiver, peers, stop2, current2, log, path))
+                .ok();
+            tasks.push(ReceiverTask {
+                stop,
+                current,
+                thread,
+            });
+        }
+        match failed {
+            Some(e) => {
+                for t in tasks {
+                    t.stop();
+                }
+                if !self.receiver_error_logged {
+                    self.receiver_error_logged = true;
+                    self.log.write(
+                        LogLevel::Error,
+                        &format!("cannot receive replication: {e} (retrying)"),
+                    );
+                }
+            }
+            None => {
+                self.receiver_error_logged = false;
+                self.receivers = tasks;
+            }
+        }
+    }
+
+    fn stop_receivers(&mut self) {
+        for t in self.receivers.drain(..) {
+            t.stop();
+        }
+    }
+
+    /// `AcquirePrimaryResources`: mounts every replicated directory.
+    pub fn acquire(&mut self) {
+        if !self.primary.is_empty() {
+            return;
+        }
+        self.stop_receivers();
+        let dirs = self.dirs.clone();
+        for dir in dirs {
+            match self.mount(&dir) {
+                Ok(p) => self.primary.push(p),
+                Err(e) => self.log.write(
+                    LogLevel::Error,
+                    &format!("cannot replicate {}: {e}", dir.path.display()),
+                ),
+            }
+        }
+    }
+
+    fn mount(&self, dir: &Dir) -> Result<PrimaryDir, String> {
+        detach_stale_mount(&dir.path, &self.log);
+        let store = dir.store();
+        let mut generations = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
+        let (changelog, recovery) =
+            ChangeLog::open(&dir.state.join("log"), TrackingConfig::default())
+                .map_err(|e| e.to_string())?;
+        if let Recovery::Lost { reason } = &recovery {
+            self.log.write(
+                LogLevel::Error,
+                &format!(
+                    "change log of {} lost ({reason}): the next resynchronisation compares everything",
+                    dir.path.display()
+                ),
+            );
+            generations.tracking_lost();
+        }
+        // Before the first change the peer will not receive.
+        generations.start_tracking();
+        generations.become_primary();
+        store.save(&generations).map_err(|e| e.to_string())?;
+        let link = Link::tracking(Arc::new(changelog));
+        let guard = Mirror::mount(&dir.path, Arc::new(link.clone())).map_err(|e| e.to_string())?;
+        self.log.write(
+            LogLevel::Info,
+            &format!(
+                "replicated directory {} mounted (tracking changes until the secondary is connected)",
+                dir.path.display()
+            ),
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let peer = Arc::new(Mutex::new(None));
+        let connector = Connector {
+            module: self.module.clone(),
+            ack: self.ack,
+            key: self.key.clone(),
+            dir: dir.clone(),
+            link: link.clone(),
+            tree: guard.tree(),
+            peers: self.peer_addresses.clone(),
+            peer_second: self.peer_second.clone(),
+            stop: stop.clone(),
+            current: peer.clone(),
+            log: self.log.clone(),
+        };
+        let connector = std::thread::Builder::new()
+            .name(format!("repl-conn-{}", dir.index))
+            .spawn(move || connector.run())
+            .ok();
+        Ok(PrimaryDir {
+            guard: Some(guard),
+            link,
+            stop,
+            peer,
+            connector,
+            dir: dir.clone(),
+        })
+    }
+
+    /// `ReleasePrimaryResources`: stops replicating and unmounts.
+    pub fn release(&mut self) {
+        for mut p in self.primary.drain(..) {
+            p.stop.store(true, Ordering::SeqCst);
+            if let Some(peer) = lock(&p.peer).as_ref() {
+                peer.close();
+            }
+            if let Some(t) = p.connector.take() {
+                // Bounded: a connector stuck connecting is left to notice
+                // the stop by itself (it checks it before using the tree).
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while !t.is_finished() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if t.is_finished() {
+                    let _ = t.join();
+                } else {
+                    self.log.write(
+                        LogLevel::Error,
+                        &format!(
+                            "replication connector of {} still busy; left to end by itself",
+                            p.dir.path.display()
+                        ),
+                    );
+                }
+            }
+            if let Some(guard) = p.guard.take() {
+                {
+                    let tree = guard.tree();
+                    let _order = tree.lock();
+                    p.link.track();
+                }
+                let path = guard.path().display().to_string();
+                match guard.unmount() {
+                    Ok(()) => self.log.write(LogLevel::Info, &format!("{path} unmounted")),
+                    Err(e) => self
+                        .log
+                        .write(LogLevel::Error, &format!("unmounting {path}: {e}")),
+                }
+            }
+            if let Err(e) = p.link.log().checkpoint() {
+                self.log.write(LogLevel::Error, &e.to_string());
+            }
+            let store = p.dir.store();
+            if let Ok(Some(mut g)) = store.load() {
+                g.stopped_cleanly();
+                if let Err(e) = store.save(&g) {
+                    self.log.write(LogLevel::Error, &e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Module task ending: everything stopped.
+    pub fn shutdown(&mut self) {
+        self.release();
+        self.stop_receivers();
+    }
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The receiving loop of one directory.
+fn receive(
+    listeners: Vec<TcpListener>,
+    receiver: Receiver,
+    peers: Vec<IpAddr>,
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<TcpStream>>>,
+    log: ModuleLog,
+    path: PathBuf,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let mut accepted = None;
+        for l in &listeners {
+            if let Ok((stream, from)) = l.accept() {
+                accepted = Some((stream, from));
+                break;
+            }
+        }
+        let Some((stream, from)) = accepted else {
+            std::thread::sleep(POLL);
+            continue;
+        };
+        if !peers.contains(&from.ip()) {
+            log.write(
+                LogLevel::Error,
+                &format!("replication connection from {from} refused: not an address of the peer"),
+            );
+            continue;
+        }
+        if stream.set_nonblocking(false).is_err() {
+            continue;
+        }
+        match stream.try_clone() {
+            Ok(c) => *lock(&current) = Some(c),
+            Err(_) => continue,
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        log.write(
+            LogLevel::Info,
+            &format!("receiving replication of {} from {from}", path.display()),
+        );
+        let result = receiver.serve_connection(stream);
+        lock(&current).take();
+        match result {
+            Ok(()) => log.write(
+                LogLevel::Info,
+                &format!("replication of {} from {from} ended", path.display()),
+            ),
+            Err(e) if stop.load(Ordering::SeqCst) => {
+                tracing::debug!("replication receiver stopped: {e}")
+            }
+            Err(e) => log.write(
+                LogLevel::Error,
+                &format!("replication of {} from {from} failed: {e}", path.display()),
+            ),
+        }
+    }
+}
+
+/// The primary's connection to the secondary, for one directory.
+struct Connector {
+    module: String,
+    ack: AckMode,
+    key: ClusterKey,
+    dir: Dir,
+    link: Link,
+    tree: holdfast_replication::Tree,
+    peers: Vec<IpAddr>,
+    peer_second: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
+    log: ModuleLog,
+}
+
+impl Connector {
+    fn sleep(&self, d: Duration) {
+        let end = std::time::Instant::now() + d;
+        while !self.stop.load(Ordering::SeqCst) && std::time::Instant::now() < end {
+            std::thread::sleep(POLL);
+        }
+    }
+
+    fn run(self) {
+        let mut last_error = String::new();
+        while !self.stop.load(Ordering::SeqCst) {
+            if !self.peer_second.load(Ordering::SeqCst) {
+                self.sleep(POLL);
+                continue;
+            }
+            match self.session() {
+                Ok(()) => last_error.clear(),
+                Err(e) => {
+                    if e != last_error && !self.stop.load(Ordering::SeqCst) {
+                        self.log.write(LogLevel::Error, &e);
+                        last_error = e;
+                    }
+                    self.sleep(RETRY);
+                }
+            }
+        }
+    }
+
+    /// Connects, brings the peer up to date, mirrors until the connection
+    /// breaks (`Ok`), or says why not.
+    fn session(&self) -> Result<(), String> {
+        let path = self.dir.path.display().to_string();
+        let mut connected = None;
+        let mut error = String::from("no address");
+        for address in &self.peers {
+            match TcpReplicator::connect(SocketAddr::new(*address, self.dir.port), &self.key) {
+                Ok(r) => {
+                    connected = Some(r);
+                    break;
+                }
+                Err(e) => error = e.to_string(),
+            }
+        }
+        let peer = Arc::new(
+            connected.ok_or_else(|| format!("replication of {path}: cannot connect: {error}"))?,
+        );
+        *lock(&self.current) = Some(peer.clone());
+        if self.stop.load(Ordering::SeqCst) {
+            lock(&self.current).take();
+            peer.close();
+            return Ok(());
+        }
+        let result = self.bring_up_to_date(&peer, &path);
+        if result.is_err() {
+            lock(&self.current).take();
+            peer.close();
+            return result;
+        }
+        // Mirroring: wait for the end.
+        // Writes fail (EIO) between the break and tracking: noticed fast.
+        while !self.stop.load(Ordering::SeqCst) && peer.broken().is_none() {
+            std::thread::sleep(BREAK_POLL);
+        }
+        let reason = peer
+            .broken()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "stopping".into());
+        if !self.stop.load(Ordering::SeqCst) {
+            self.go_alone();
+            self.log.write(
+                LogLevel::Error,
+                &format!(
+                    "replication of {path} to the secondary lost ({reason}): tracking changes"
+                ),
+            );
+        }
+        lock(&self.current).take();
+        peer.close();
+        Ok(())
+    }
+
+    fn bring_up_to_date(&self, peer: &Arc<TcpReplicator>, path: &str) -> Result<(), String> {
+        let theirs = match peer.ask(&Request::Generations) {
+            Ok(Answer::Generations(g)) => g,
+            Ok(other) => {
+                return Err(format!(
+                    "replication of {path}: unexpected answer {other:?}"
+                ))
+            }
+            Err(e) => return Err(format!("replication of {path}: {e}")),
+        };
+        let store = self.dir.store();
+        let ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
+        let compare_all = match decide(&self.module, &ours, &theirs) {
+            Ok(Decision::InSync) => false,
+            Ok(Decision::Send(basis)) => {
+                basis == holdfast_replication::Basis::Compare
+                    || self.dir.compare_marker().exists()
+            }
+            Ok(Decision::Receive(_)) => {
+                return Err(format!(
+                    "replication of {path}: the secondary holds newer data than this primary; not replicating (stop this node and let the other one become primary)"
+                ))
+            }
+            Err(refusal) => return Err(format!("replication of {path}: {refusal}")),
+        };
+        self.log.write(
+            LogLevel::Info,
+            &format!(
+                "resynchronising {path} to the secondary ({})",
+                if compare_all {
+                    "comparing checksums"
+                } else {
+                    "tracked changes"
+                }
+            ),
+        );
+        let progress = Progress::default();
+        let stats = resync(
+            &self.tree,
+            &self.link,
+            peer.clone(),
+            ours.current,
+            compare_all,
+            &progress,
+        )
+        .map_err(|e| format!("resynchronisation of {path} failed: {e}"))?;
+        let mut ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
+        ours.peer_synced();
+        store.save(&ours).map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(self.dir.compare_marker());
+        self.log.write(
+            LogLevel::Info,
+            &format!(
+                "{path} resynchronised ({} bytes sent, {} blocks compared, {} entries): mirroring",
+                stats.bytes_sent, stats.blocks_compared, stats.entries
+            ),
+        );
+        Ok(())
+    }
+
+    /// The secondary is gone: a new generation before changes it misses.
+    fn go_alone(&self) {
+        let _order = self.tree.lock();
+        if self.ack == AckMode::Receipt {
+            if let Err(e) = std::fs::write(self.dir.compare_marker(), b"") {
+                self.log.write(
+                    LogLevel::Error,
+                    &format!("{}: {e}", self.dir.compare_marker().display()),
+                );
+            }
+        }
+        let store = self.dir.store();
+        match store.load() {
+            Ok(Some(mut g)) => {
+                g.start_tracking();
+                if let Err(e) = store.save(&g) {
+                    self.log.write(LogLevel::Error, &e.to_string());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.log.write(LogLevel::Error, &e.to_string()),
+        }
+        self.link.track();
+    }
+}
+
+/// A FUSE mount of ours left on `dir` by a killed daemon: detached.
+fn detach_stale_mount(dir: &Path, log: &ModuleLog) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let target = dir.display().to_string();
+    for line in mounts.lines() {
+        let mut fields = line.split(' ');
+        let (Some(_src), Some(point), Some(fstype)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if point == target && fstype.starts_with("fuse") {
+            match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) => log.write(
+                    LogLevel::Info,
+                    &format!("stale replication mount on {target} detached"),
+                ),
+                Err(e) => log.write(
+                    LogLevel::Error,
+                    &format!("cannot detach the stale mount on {target}: {e}"),
+                ),
+            }
+        }
+    }
+}
