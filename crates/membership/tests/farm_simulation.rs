@@ -8,8 +8,7 @@
 //!
 //! Reproduce: `HOLDFAST_SIM_SEED=<seed> cargo test -p holdfast-membership --test farm_simulation`.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use holdfast_membership::farm::{FarmAction, FarmModule, FarmSettings, FarmStatus};
@@ -17,6 +16,9 @@ use holdfast_membership::mirror::{Action, Command, ScriptOutcome, State};
 use holdfast_network::farm::{BucketMap, Member};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::EventQueue;
+
+mod support;
 
 const PULSE_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 1000;
@@ -66,10 +68,7 @@ struct Node {
 struct Sim {
     rng: StdRng,
     t0: Instant,
-    now: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Option<Ev>>,
+    q: EventQueue<Ev>,
     nodes: Vec<Node>,
     members: Vec<(String, u32)>,
     cut: Vec<Vec<bool>>,
@@ -89,10 +88,7 @@ impl Sim {
         let mut sim = Self {
             rng,
             t0: Instant::now(),
-            now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: Vec::new(),
+            q: EventQueue::new(),
             nodes: Vec::new(),
             members,
             cut: vec![vec![false; n]; n],
@@ -120,10 +116,7 @@ impl Sim {
     }
 
     fn schedule(&mut self, delay: u64, ev: Ev) {
-        self.seq += 1;
-        self.events.push(Some(ev));
-        self.queue
-            .push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
+        self.q.schedule(delay, ev);
     }
 
     fn boot(&mut self, i: usize) {
@@ -132,7 +125,7 @@ impl Sim {
             members: self.members.clone(),
             timeout: Duration::from_millis(TIMEOUT_MS),
         };
-        let now = self.t0 + Duration::from_millis(self.now);
+        let now = self.t0 + Duration::from_millis(self.q.now());
         self.nodes[i].module = Some(FarmModule::new(settings, now));
         let life = self.nodes[i].life;
         self.schedule(0, Ev::Pulse { node: i, life });
@@ -149,12 +142,14 @@ impl Sim {
             .collect();
         panic!(
             "seed {}: at {} ms: {what}\n  nodes: {states:?}\n  reproduce with HOLDFAST_SIM_SEED={}",
-            self.seed, self.now, self.seed
+            self.seed,
+            self.q.now(),
+            self.seed
         )
     }
 
     fn input(&mut self, i: usize, f: impl FnOnce(&mut FarmModule, Instant)) {
-        let now = self.t0 + Duration::from_millis(self.now);
+        let now = self.t0 + Duration::from_millis(self.q.now());
         let Some(module) = self.nodes[i].module.as_mut() else {
             return;
         };
@@ -196,7 +191,7 @@ impl Sim {
             if to == from || self.cut[from][to] || self.rng.gen_bool(0.05) {
                 continue;
             }
-            let stamp = (self.nodes[from].life, self.seq);
+            let stamp = (self.nodes[from].life, self.q.seq());
             let delay = self.rng.gen_range(0..=5);
             self.schedule(
                 delay,
@@ -268,7 +263,7 @@ impl Sim {
             Ev::Crash(node) if self.nodes[node].module.is_some() => {
                 self.nodes[node].module = None;
                 self.nodes[node].life += 1;
-                self.last_change = self.now;
+                self.last_change = self.q.now();
             }
             Ev::Restart(node) if self.nodes[node].module.is_none() => {
                 self.boot(node);
@@ -290,7 +285,7 @@ impl Sim {
             Ev::Cut { a, b, cut } => {
                 self.cut[a][b] = cut;
                 self.cut[b][a] = cut;
-                self.last_change = self.now;
+                self.last_change = self.q.now();
             }
             _ => {}
         }
@@ -303,7 +298,7 @@ impl Sim {
             .nodes
             .iter()
             .all(|n| n.module.as_ref().is_none_or(|m| !m.transient()));
-        if !whole || !settled || self.now < self.last_change + SETTLE_MS {
+        if !whole || !settled || self.q.now() < self.last_change + SETTLE_MS {
             return;
         }
         let up: Vec<usize> = (0..self.nodes.len())
@@ -354,15 +349,9 @@ impl Sim {
 
     fn run_until(&mut self, end: u64) {
         for _ in 0..3_000_000u32 {
-            let Some(Reverse((at, _, idx))) = self.queue.peek().copied() else {
-                break;
+            let Some(ev) = self.q.pop_until(end) else {
+                return;
             };
-            if at > end {
-                break;
-            }
-            self.queue.pop();
-            self.now = at;
-            let ev = self.events[idx].take().expect("each event runs once");
             let before: Vec<Option<State>> = self
                 .nodes
                 .iter()
@@ -375,12 +364,12 @@ impl Sim {
                 .map(|n| n.module.as_ref().map(FarmModule::state))
                 .collect();
             if before != after {
-                self.last_change = self.now;
+                self.last_change = self.q.now();
                 self.checked = None;
             }
             self.check();
         }
-        self.now = end;
+        self.fail("event budget exhausted");
     }
 }
 
@@ -394,7 +383,7 @@ fn run_schedule(seed: u64) {
     for row in &mut sim.cut {
         row.iter_mut().for_each(|c| *c = false);
     }
-    sim.last_change = sim.now;
+    sim.last_change = sim.q.now();
     for i in 0..sim.nodes.len() {
         sim.nodes[i].started = true;
         if sim.nodes[i].module.is_none() {
@@ -408,7 +397,7 @@ fn run_schedule(seed: u64) {
             },
         );
     }
-    let end = sim.now + 40 * SCRIPT_MAX_MS + 3 * TIMEOUT_MS;
+    let end = sim.q.now() + 40 * SCRIPT_MAX_MS + 3 * TIMEOUT_MS;
     sim.run_until(end);
     if !sim
         .nodes

@@ -15,8 +15,6 @@
 //! Reproduce a failure: `HOLDFAST_SIM_SEED=<seed> cargo test -p holdfast-membership --test simulation`.
 //! More schedules: `HOLDFAST_SIM_SCHEDULES=20000`.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
@@ -26,6 +24,9 @@ use holdfast_membership::mirror::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::EventQueue;
+
+mod support;
 
 const NODES: [&str; 2] = ["node1", "node2"];
 const NETWORKS: usize = 2;
@@ -117,10 +118,7 @@ struct Node {
 struct Sim {
     rng: StdRng,
     t0: Instant,
-    now: u64,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
-    events: Vec<Option<Ev>>,
+    q: EventQueue<Ev>,
     nodes: Vec<Node>,
     /// link_up[network][from]: datagrams from `from` to the other node pass.
     link_up: [[bool; 2]; NETWORKS],
@@ -153,10 +151,7 @@ impl Sim {
         let mut sim = Self {
             rng,
             t0: Instant::now(),
-            now: 0,
-            seq: 0,
-            queue: BinaryHeap::new(),
-            events: Vec::new(),
+            q: EventQueue::new(),
             nodes: Vec::new(),
             link_up: [[true; 2]; NETWORKS],
             loss: [0; NETWORKS],
@@ -191,14 +186,11 @@ impl Sim {
     }
 
     fn schedule(&mut self, delay: u64, ev: Ev) {
-        self.seq += 1;
-        self.events.push(Some(ev));
-        self.queue
-            .push(Reverse((self.now + delay, self.seq, self.events.len() - 1)));
+        self.q.schedule(delay, ev);
     }
 
     fn instant(&self) -> Instant {
-        self.t0 + Duration::from_millis(self.now)
+        self.t0 + Duration::from_millis(self.q.now())
     }
 
     fn boot(&mut self, i: usize) {
@@ -209,7 +201,7 @@ impl Sim {
         node.module = Some(MirrorModule::new(
             settings,
             node.persistent.clone(),
-            self.t0 + Duration::from_millis(self.now),
+            self.t0 + Duration::from_millis(self.q.now()),
         ));
         let life = node.life;
         // A fresh pair (never started) has the same, empty, data.
@@ -240,7 +232,7 @@ impl Sim {
         panic!(
             "seed {}: at {} ms: {what}\n  node1: {:?} app={}\n  node2: {:?} app={}\n  reproduce with HOLDFAST_SIM_SEED={}",
             self.seed,
-            self.now,
+            self.q.now(),
             self.nodes[0].module.as_ref().map(|m| m.view()),
             self.nodes[0].app_running,
             self.nodes[1].module.as_ref().map(|m| m.view()),
@@ -295,7 +287,7 @@ impl Sim {
                 Action::SendHeartbeat => self.send(i, status.clone()),
                 Action::Log { message, .. } => {
                     if self.trace {
-                        eprintln!("{:>6} {} {message}", self.now, NODES[i]);
+                        eprintln!("{:>6} {} {message}", self.q.now(), NODES[i]);
                     }
                 }
                 Action::Transition { from, to, .. } if to.is_primary() && !from.is_primary() => {
@@ -345,7 +337,7 @@ impl Sim {
                 continue;
             }
             let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
-            let stamp = (self.nodes[from].life, self.seq);
+            let stamp = (self.nodes[from].life, self.q.seq());
             self.schedule(
                 delay,
                 Ev::Deliver {
@@ -404,24 +396,20 @@ impl Sim {
 
     fn run_until(&mut self, end: u64) {
         let mut budget = 2_000_000u32;
-        while let Some(Reverse((at, _, idx))) = self.queue.peek().copied() {
-            if at > end {
-                break;
-            }
+        loop {
+            let was_connected = self.connected();
+            let Some(ev) = self.q.pop_until(end) else {
+                return;
+            };
             budget = budget
                 .checked_sub(1)
                 .unwrap_or_else(|| self.fail("event budget exhausted"));
-            self.queue.pop();
-            let was_connected = self.connected();
-            self.now = at;
-            let ev = self.events[idx].take().expect("each event runs once");
             self.handle(ev);
             if !self.connected() || !was_connected {
-                self.last_disconnected = self.now;
+                self.last_disconnected = self.q.now();
             }
             self.check_safety();
         }
-        self.now = end;
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -520,7 +508,7 @@ impl Sim {
     }
 
     fn check_safety(&self) {
-        let settled = self.connected() && self.now > self.last_disconnected + SETTLE_MS;
+        let settled = self.connected() && self.q.now() > self.last_disconnected + SETTLE_MS;
         if settled && self.nodes.iter().all(|n| n.app_running) {
             self.fail("two nodes run the application while connected");
         }
@@ -532,7 +520,7 @@ impl Sim {
     fn heal_and_settle(&mut self) {
         self.link_up = [[true; 2]; NETWORKS];
         self.loss = [0; NETWORKS];
-        self.last_disconnected = self.now;
+        self.last_disconnected = self.q.now();
         // Resources back, recovery counters reset, crashed nodes restarted.
         for i in 0..2 {
             self.schedule(
@@ -550,7 +538,7 @@ impl Sim {
             }
         }
         // Let commands in progress (a stop, say) finish before starting.
-        self.run_until(self.now + 20 * SCRIPT_MAX_MS);
+        self.run_until(self.q.now() + 20 * SCRIPT_MAX_MS);
         for i in 0..2 {
             self.input(i, |m, now| {
                 if m.state() == State::Stop {
@@ -559,7 +547,7 @@ impl Sim {
                 }
             });
         }
-        let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
+        let end = self.q.now() + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
         self.run_until(end);
         // Failover off, `second` on both, or no node sure of its data: both
         // legitimately wait for an administrator, who forces one primary.
@@ -575,7 +563,7 @@ impl Sim {
                 m.command(now, Command::Prim)
                     .expect("prim on a waiting pair")
             });
-            let end = self.now + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
+            let end = self.q.now() + 4 * TIMEOUT_MS + 20 * SCRIPT_MAX_MS;
             self.run_until(end);
         }
         let states: Vec<State> = self
