@@ -140,7 +140,7 @@ fn the_safekit_sample_imports() {
         },
         vip: None,
         health: None,
-        checkers: Vec::new(),
+        checkers: vec![sample_process_checker()],
         replication: Default::default(),
         replicated: vec![
             ReplicatedDir {
@@ -163,7 +163,6 @@ fn the_safekit_sample_imports() {
             (3, "<service>"),
             (7, "<heartbeat>"),
             (7, "<heartbeat ident>"),
-            (13, "<errd>"),
             (17, "<rfs mountover>"),
             (17, "<rfs async>"),
             (17, "<rfs acl>"),
@@ -178,10 +177,6 @@ fn the_safekit_sample_imports() {
     assert!(warnings[2].message.contains("replication"));
     assert_eq!(
         warnings[3].to_string(),
-        "line 13: <errd>: process monitoring is not supported yet; ignored"
-    );
-    assert_eq!(
-        warnings[4].to_string(),
         "line 17: <rfs mountover>: unknown or unsupported attribute; ignored"
     );
 
@@ -504,14 +499,13 @@ fn unsupported_elements_are_all_reported() {
         seen,
         [
             (8, "<vip>"),
-            (11, "<check>"),
             (12, "<failover>"),
             (13, "<vhost>"),
             (14, "<splitbrain>")
         ],
         "{warnings:#?}"
     );
-    assert!(warnings[4].message.contains("unknown"));
+    assert!(warnings[3].message.contains("unknown"));
 }
 
 #[test]
@@ -654,5 +648,60 @@ fn vip_is_imported_and_farm_parts_are_reported() {
     let bad = SAMPLE.replacen("<user ", "<vip><interface_list><interface><real_interface><virtual_addr addr=\"vip.example\"/></real_interface></interface></interface_list></vip>\n<user ", 1);
     let e = import(&bad, CLUSTER_XML).unwrap_err();
     assert_eq!(e.field, "<virtual_addr addr>");
+    assert!(e.message.contains("host names are not supported"), "{e}");
+}
+
+/// The sample's `<errd polltimer="10"><proc name="PROCESS_NAME" atleast="1" action="restart" class="prim"/>`.
+fn sample_process_checker() -> holdfast_checkers::CheckerConfig {
+    let mut checker = holdfast_checkers::CheckerConfig::process("PROCESS_NAME", "PROCESS_NAME");
+    checker.action = holdfast_checkers::Action::Restart;
+    checker.interval = std::time::Duration::from_secs(10);
+    checker
+}
+
+#[test]
+fn checkers_are_imported_from_errd_and_check() {
+    let body = r#"<errd polltimer="5s">
+<proc name="nginx" atleast="2" atmax="4" argregex="master" action="stopstart" class="both" start_after="3"/>
+</errd>
+<check>
+<tcp ident="web" when="prim" action="restart"><to addr="192.168.1.99" port="80" interval="2" timeout="1"/></tcp>
+<ping ident="gw" when="pre"><to addr="192.168.1.1"/></ping>
+<intf ident="lan"><to local_addr="192.168.1.67"/></intf>
+<custom ident="db" exec="check_db"/>
+</check>
+"#;
+    let Imported { config, warnings } = imported(&userconfig("", body), CLUSTER_XML);
+    let names: Vec<String> = config.checkers.iter().map(|c| c.resource()).collect();
+    assert_eq!(names, ["proc.nginx", "tcp.web", "ping.gw", "intf.lan"]);
+    let nginx = &config.checkers[0];
+    assert_eq!(nginx.when, holdfast_checkers::When::Both);
+    assert_eq!(nginx.interval, std::time::Duration::from_secs(5));
+    let holdfast_checkers::CheckerKind::Process(p) = &nginx.kind else {
+        panic!("process")
+    };
+    assert_eq!(
+        (p.atleast, p.atmost, p.args_regex.as_deref()),
+        (Some(2), Some(4), Some("master"))
+    );
+    assert_eq!(
+        config.checkers[1].interval,
+        std::time::Duration::from_secs(2)
+    );
+    let warned: Vec<&str> = warnings.iter().map(|w| w.element.as_str()).collect();
+    assert!(warned.contains(&"<proc start_after>"), "{warned:?}");
+    assert!(
+        warned.contains(&"<custom>"),
+        "custom checkers are reported: {warned:?}"
+    );
+    // The native rendering carries them over.
+    let toml = to_toml(&config);
+    assert_eq!(
+        parse_module(&toml, Path::new("web.toml")).unwrap().checkers,
+        config.checkers
+    );
+
+    let bad = r#"<check><tcp ident="web"><to addr="db.example" port="5432"/></tcp></check>"#;
+    let e = import(&userconfig("", bad), CLUSTER_XML).unwrap_err();
     assert!(e.message.contains("host names are not supported"), "{e}");
 }
