@@ -70,6 +70,32 @@ fn fuse_mounts(cluster: &MirrorLab, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// An application on `host` appending `line1`..`line<count>` to the
+/// replicated log, printing the number of each append that succeeded.
+fn appender(cluster: &MirrorLab, host: &str, count: u32) -> std::process::Child {
+    cluster
+        .lab
+        .command(host, "sh")
+        .expect("host")
+        .args([
+            "-c",
+            &format!("i=0; while [ $i -lt {count} ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("writer")
+}
+
+/// The appends the application saw succeed (acknowledged writes).
+fn acknowledged(writer: std::process::Child) -> Vec<u64> {
+    let output = writer.wait_with_output().expect("writer output");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
 fn module_log(cluster: &MirrorLab, host: &str) -> String {
     let dir = cluster.lab.host_dir(host).expect("host dir");
     let mut text = String::new();
@@ -115,26 +141,10 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
     // Once mirroring, each acknowledged append is on the secondary when it
     // returns: a writer records every line it saw succeed, then the
     // primary host is killed in the middle.
-    let writer = cluster
-        .lab
-        .command(prim, "sh")
-        .expect("host")
-        .args([
-            "-c",
-            &format!("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("writer");
+    let writer = appender(&cluster, prim, 100000);
     std::thread::sleep(Duration::from_millis(1500));
     cluster.kill(prim).expect("kill -9 the primary host");
-    let output = writer.wait_with_output().expect("writer output");
-    let acked: u64 = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .max()
-        .unwrap_or(0);
+    let acked = acknowledged(writer).into_iter().max().unwrap_or(0);
     assert!(acked > 10, "the writer made progress ({acked} lines)");
 
     let (s1, s2) = cluster
@@ -250,18 +260,7 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
     // The secondary dies while the application writes: the primary goes
     // ALONE and goes on; a write may fail while the loss is noticed, but
     // every write that succeeded is kept.
-    let writer = cluster
-        .lab
-        .command(prim, "sh")
-        .expect("host")
-        .args([
-            "-c",
-            &format!("i=0; while [ $i -lt 3000 ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("writer");
+    let writer = appender(&cluster, prim, 3000);
     std::thread::sleep(Duration::from_millis(500));
     cluster.kill(second).expect("kill -9 the secondary host");
     cluster
@@ -270,11 +269,7 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
             settled(p, "ALONE")
         })
         .expect("the primary becomes ALONE");
-    let output = writer.wait_with_output().expect("writer output");
-    let acked: Vec<u64> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
+    let acked = acknowledged(writer);
     assert!(
         acked.len() > 100,
         "the writer went on ({} lines)",

@@ -506,21 +506,38 @@ impl<'a> Reader<'a> {
         Ok(ReplicationConfig { port, ack })
     }
 
-    /// `[[replicated]]` tables.
-    fn replicated(&mut self, path: &str, item: &Item) -> Converted<Vec<ReplicatedDir>> {
+    /// The tables of a `[[what]]` array, each with its path and span noted.
+    fn array_of_tables<'t>(
+        &mut self,
+        path: &str,
+        item: &'t Item,
+        what: &str,
+    ) -> Converted<Vec<Section<'t>>> {
         let Item::ArrayOfTables(array) = item else {
             return Err(self.error(
                 path,
-                format!("expected [[replicated]] tables, found {}", self.found(item)),
+                format!("expected [[{what}]] tables, found {}", self.found(item)),
             ));
         };
-        let mut dirs = Vec::with_capacity(array.len());
-        for (i, table) in array.iter().enumerate() {
-            let section = Section {
-                items: table,
-                path: format!("{path}[{i}]"),
-            };
-            self.note(&section.path, table.span());
+        Ok(array
+            .iter()
+            .enumerate()
+            .map(|(i, table)| {
+                let section = Section {
+                    items: table as &dyn TableLike,
+                    path: format!("{path}[{i}]"),
+                };
+                self.note(&section.path, table.span());
+                section
+            })
+            .collect())
+    }
+
+    /// `[[replicated]]` tables.
+    fn replicated(&mut self, path: &str, item: &Item) -> Converted<Vec<ReplicatedDir>> {
+        let sections = self.array_of_tables(path, item, "replicated")?;
+        let mut dirs = Vec::with_capacity(sections.len());
+        for section in sections {
             self.check_keys(&section, REPLICATED_KEYS)?;
             let dir = self.req(&section, "dir", Self::string)?;
             dirs.push(ReplicatedDir { dir: dir.into() });
@@ -530,19 +547,9 @@ impl<'a> Reader<'a> {
 
     /// `[[checker]]` tables: the kind's SafeKit defaults, then what is set.
     fn checkers(&mut self, path: &str, item: &Item) -> Converted<Vec<CheckerConfig>> {
-        let Item::ArrayOfTables(array) = item else {
-            return Err(self.error(
-                path,
-                format!("expected [[checker]] tables, found {}", self.found(item)),
-            ));
-        };
-        let mut checkers = Vec::with_capacity(array.len());
-        for (i, table) in array.iter().enumerate() {
-            let section = Section {
-                items: table,
-                path: format!("{path}[{i}]"),
-            };
-            self.note(&section.path, table.span());
+        let sections = self.array_of_tables(path, item, "checker")?;
+        let mut checkers = Vec::with_capacity(sections.len());
+        for section in sections {
             self.check_keys(&section, CHECKER_KEYS)?;
             let name = self.req(&section, "name", Self::string)?;
             let kind = self.req(&section, "type", Self::string)?;

@@ -447,6 +447,14 @@ struct NewNode {
 }
 
 impl MirrorFs {
+    /// Drops an open file or directory handle (release, releasedir).
+    fn forget(&self, fh: FileHandle) {
+        self.handles
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&fh.0);
+    }
+
     fn root(&self) -> &Root {
         &self.tree.0.root
     }
@@ -1137,10 +1145,7 @@ impl Filesystem for MirrorFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.forget(fh);
         reply.ok();
     }
 
@@ -1225,10 +1230,7 @@ impl Filesystem for MirrorFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.forget(fh);
         reply.ok();
     }
 
