@@ -1,10 +1,10 @@
-//! Import of a SafeKit mirror module: its `userconfig.xml`, plus the
+//! Import of a SafeKit mirror or farm module: its `userconfig.xml`, plus the
 //! cluster's `cluster.xml` for the node addresses.
 //!
 //! The import never loses anything quietly: whatever Holdfast does not (yet)
-//! support — `<rfs>`, `<vip>`, `<errd>`, unknown attributes and so on — is
+//! support — unknown attributes, per-network timings and so on — is
 //! reported as an [`ImportWarning`] with its line. What cannot be converted at
-//! all (a farm module, a malformed value) is a [`ConfigError`], and the result
+//! all (a light module, a malformed value) is a [`ConfigError`], and the result
 //! passes the same [`ModuleConfig::validate`] as the native format, with its
 //! errors placed on the XML element or attribute they come from.
 
@@ -21,10 +21,11 @@ use roxmltree::{Document, Node, ParsingOptions};
 
 use crate::error::{line_column, ConfigError, ValidationError};
 use crate::model::{
-    Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, ScriptsConfig,
-    VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE,
-    DEFAULT_TIMEOUT,
+    Balance, Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, Protocol, Rule,
+    ScriptsConfig, VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_POWER,
+    DEFAULT_PULSE, DEFAULT_TIMEOUT,
 };
+use crate::native::parse_mac;
 use crate::validate::format_duration;
 
 /// The result of [`import_userconfig`]: the configuration, and what of the
@@ -92,6 +93,7 @@ pub fn import_userconfig(
         checkers: Vec::new(),
         replication: Default::default(),
         replicated: Vec::new(),
+        load_balancing: Vec::new(),
     };
 
     let safe = user.doc.root_element();
@@ -133,6 +135,7 @@ pub fn import_userconfig(
     let cluster = XmlFile::parse(&text, cluster_path, 1)?;
     importer.report_quotes(&cluster, &fixed_quotes);
     importer.cluster(&cluster, &mut config, heart_port)?;
+    importer.apply_powers(&mut config)?;
 
     config
         .validate()
@@ -262,10 +265,20 @@ struct Attr<'a> {
     field: String,
 }
 
+/// SafeKit's farm heartbeat: a pulse of 100 ms, a node lost after 20.
+const FARM_PULSE: Duration = Duration::from_millis(100);
+const FARM_LOST_COUNT: u32 = 20;
+
+/// A `<host>` of a load-balancing `<cluster>`: name, where the name is,
+/// power and where the power is.
+type HostPower = (String, Place, (u32, Place));
+
 #[derive(Default)]
 struct Importer {
     /// With the index of their file, to sort them at the end.
     warnings: Vec<(u8, ImportWarning)>,
+    /// The first `<cluster>`'s powers, applied once nodes are known.
+    powers: Option<Vec<HostPower>>,
     /// Native field path (`heartbeat.pulse`) → its origin, so that validation
     /// errors point into the SafeKit files.
     places: HashMap<String, Place>,
@@ -305,16 +318,25 @@ impl Importer {
         };
         match mode.value {
             "mirror" => config.mode = Mode::Mirror,
-            m @ ("farm" | "light") => {
+            "farm" => {
+                config.mode = Mode::Farm;
+                // SafeKit's farm membership defaults: 100 ms, 20 lost pulses.
+                config.heartbeat.pulse = FARM_PULSE;
+                config.heartbeat.timeout = FARM_PULSE * FARM_LOST_COUNT;
+            }
+            m @ "light" => {
                 return Err(f.attr_error(
                     &mode,
                     format!(
-                        "mode {m:?} is not supported yet; only \"mirror\" modules can be imported"
+                        "mode {m:?} is not supported yet; \"mirror\" and \"farm\" modules can be imported"
                     ),
                 ))
             }
             m => {
-                return Err(f.attr_error(&mode, format!("unknown mode {m:?}; expected \"mirror\"")))
+                return Err(f.attr_error(
+                    &mode,
+                    format!("unknown mode {m:?}; expected \"mirror\" or \"farm\""),
+                ))
             }
         }
 
@@ -410,13 +432,15 @@ impl Importer {
         }
 
         let mut heart = None;
+        let mut farm = None;
         let mut user = None;
         let mut vip = None;
         let mut rfs = None;
         for child in service.children().filter(Node::is_element) {
             let slot = match child.tag_name().name() {
                 "rfs" => &mut rfs,
-                "heart" => &mut heart,
+                "heart" if config.mode == Mode::Mirror => &mut heart,
+                "farm" if config.mode == Mode::Farm => &mut farm,
                 "user" => &mut user,
                 "vip" => &mut vip,
                 "errd" => {
@@ -443,16 +467,29 @@ impl Importer {
             }
             *slot = Some(child);
         }
-        let Some(heart) = heart else {
-            return Err(f.error(
-                start,
-                "<service>",
-                "a mirror module needs a <heart> element with at least one <heartbeat>",
-            ));
+        let heart_port = match (config.mode, heart, farm) {
+            (Mode::Mirror, Some(heart), _) => self.heart(f, heart, &mut config.heartbeat)?,
+            (Mode::Farm, _, Some(farm)) => self.farm(f, farm, &mut config.heartbeat)?,
+            (Mode::Mirror, None, _) => {
+                return Err(f.error(
+                    start,
+                    "<service>",
+                    "a mirror module needs a <heart> element with at least one <heartbeat>",
+                ))
+            }
+            (Mode::Farm, _, None) => {
+                return Err(f.error(
+                    start,
+                    "<service>",
+                    "a farm module needs a <farm> element with at least one <lan>",
+                ))
+            }
         };
-        let heart_port = self.heart(f, heart, &mut config.heartbeat)?;
         if let Some(vip) = vip {
-            config.vip = self.vip(f, vip)?;
+            config.vip = self.vip(f, vip, config.mode)?;
+            if config.mode == Mode::Farm {
+                config.load_balancing = self.load_balancing(f, vip)?;
+            }
         }
         if let Some(rfs) = rfs {
             self.rfs(f, rfs, config)?;
@@ -581,6 +618,265 @@ impl Importer {
             ));
         }
         Ok(port_offset)
+    }
+
+    /// `<farm>` and its `<lan>`s (SafeKit §13.5); returns the position of
+    /// `port` if given.
+    fn farm(
+        &mut self,
+        f: &XmlFile<'_>,
+        farm: Node<'_, '_>,
+        hb: &mut HeartbeatConfig,
+    ) -> Result<Option<usize>, ConfigError> {
+        let start = farm.range().start;
+        self.note("heartbeat", f, start, "<farm>");
+        self.check_attributes(f, farm, &["port", "pulse", "mlost_count"]);
+        let mut port_offset = None;
+        if let Some(port) = self.attr(f, farm, "port") {
+            self.note_attr("heartbeat.port", f, &port);
+            hb.port = parse_port(f, &port)?;
+            port_offset = Some(port.offset);
+        }
+        let mut lost = FARM_LOST_COUNT;
+        if let Some(count) = self.attr(f, farm, "mlost_count") {
+            self.note_attr("heartbeat.timeout", f, &count);
+            lost = count.value.trim().parse().map_err(|_| {
+                f.attr_error(&count, format!("expected a count, found {:?}", count.value))
+            })?;
+        }
+        if let Some(pulse) = self.attr(f, farm, "pulse") {
+            self.note_attr("heartbeat.pulse", f, &pulse);
+            hb.pulse = duration(f, &pulse, Unit::Milliseconds)?;
+        }
+        // A node is lost after mlost_count pulses without a heartbeat.
+        hb.timeout = hb.pulse.saturating_mul(lost);
+        for lan in farm.children().filter(Node::is_element) {
+            if lan.tag_name().name() != "lan" {
+                self.unsupported_element(f, lan);
+                continue;
+            }
+            self.check_attributes(f, lan, &["name"]);
+            let Some(name) = self.attr(f, lan, "name") else {
+                return Err(f.error(
+                    lan.range().start,
+                    "<lan>",
+                    "the name attribute (a network of cluster.xml) is required",
+                ));
+            };
+            self.note_attr(
+                &format!("heartbeat.networks[{}]", hb.networks.len()),
+                f,
+                &name,
+            );
+            hb.networks.push(name.value.to_string());
+            for node in lan.children().filter(Node::is_element) {
+                if node.tag_name().name() == "node" {
+                    self.warn(
+                        f,
+                        node.range().start,
+                        "<node>",
+                        "the pre-7.2 <node> syntax is not supported; ignored (nodes and addresses come from cluster.xml)",
+                    );
+                } else {
+                    self.unsupported_element(f, node);
+                }
+            }
+        }
+        if hb.networks.is_empty() {
+            return Err(f.error(start, "<farm>", "at least one <lan name=\"...\"> is needed"));
+        }
+        Ok(port_offset)
+    }
+
+    /// `<loadbalancing_list>` of a farm's `<vip>` (SafeKit §13.6.6): the
+    /// rules of every `<group>`, and the powers of the first `<cluster>`
+    /// (kept for [`apply_powers`](Self::apply_powers), once the nodes are
+    /// known from cluster.xml).
+    fn load_balancing(
+        &mut self,
+        f: &XmlFile<'_>,
+        vip: Node<'_, '_>,
+    ) -> Result<Vec<Rule>, ConfigError> {
+        let mut rules = Vec::new();
+        let lists = vip
+            .children()
+            .filter(|n| n.has_tag_name("loadbalancing_list"));
+        for list in lists {
+            self.check_attributes(f, list, &[]);
+            for group in list.children().filter(Node::is_element) {
+                if group.tag_name().name() != "group" {
+                    self.unsupported_element(f, group);
+                    continue;
+                }
+                self.check_attributes(f, group, &["name"]);
+                for el in group.children().filter(Node::is_element) {
+                    match el.tag_name().name() {
+                        "cluster" => self.cluster_powers(f, el)?,
+                        "rule" => {
+                            if let Some(rule) = self.rule(f, el, rules.len())? {
+                                rules.push(rule);
+                            }
+                        }
+                        _ => self.unsupported_element(f, el),
+                    }
+                }
+            }
+        }
+        Ok(rules)
+    }
+
+    /// One `<rule>`; `None` for what has no meaning here (`proto="arp"`).
+    fn rule(
+        &mut self,
+        f: &XmlFile<'_>,
+        el: Node<'_, '_>,
+        index: usize,
+    ) -> Result<Option<Rule>, ConfigError> {
+        self.check_attributes(f, el, &["virtual_addr", "port", "proto", "filter"]);
+        let start = el.range().start;
+        let Some(proto) = self.attr(f, el, "proto") else {
+            return Err(f.error(start, "<rule>", "the proto attribute is required"));
+        };
+        let protocol = match proto.value {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "arp" => {
+                self.warn(
+                    f,
+                    proto.offset,
+                    &proto.field,
+                    "ARP answers are never balanced: every node answers with the virtual MAC; ignored",
+                );
+                return Ok(None);
+            }
+            p => {
+                return Err(f.attr_error(
+                    &proto,
+                    format!("unknown protocol {p:?}; expected \"tcp\", \"udp\" or \"arp\""),
+                ))
+            }
+        };
+        let path = format!("load_balancing[{index}]");
+        self.note(&path, f, start, "<rule>");
+        let port = match self.attr(f, el, "port") {
+            Some(port) if port.value.trim() != "*" => {
+                self.note_attr(&format!("{path}.port"), f, &port);
+                Some(parse_port(f, &port)?)
+            }
+            _ => None,
+        };
+        if let Some(addr) = self.attr(f, el, "virtual_addr") {
+            if addr.value.trim() != "*" {
+                self.warn(
+                    f,
+                    addr.offset,
+                    &addr.field,
+                    "a farm module has one virtual IP; the rule applies to it",
+                );
+            }
+        }
+        let Some(filter) = self.attr(f, el, "filter") else {
+            return Err(f.error(start, "<rule>", "the filter attribute is required"));
+        };
+        self.note_attr(&format!("{path}.by"), f, &filter);
+        let balance = match filter.value {
+            "on_addr" => Balance::ClientIp,
+            "on_port" => Balance::ClientIpPort,
+            "on_ipid" => {
+                self.warn(
+                    f,
+                    filter.offset,
+                    &filter.field,
+                    "balancing on the IP identifier is not supported; imported as on_port (client IP and port)",
+                );
+                Balance::ClientIpPort
+            }
+            v => {
+                return Err(f.attr_error(
+                    &filter,
+                    format!(
+                        "unknown filter {v:?}; expected \"on_addr\", \"on_port\" or \"on_ipid\""
+                    ),
+                ))
+            }
+        };
+        Ok(Some(Rule {
+            protocol,
+            port,
+            balance,
+        }))
+    }
+
+    /// `<cluster><host name power/></cluster>` of a group: the first one
+    /// gives the nodes' powers; Holdfast has one power per node.
+    fn cluster_powers(
+        &mut self,
+        f: &XmlFile<'_>,
+        cluster: Node<'_, '_>,
+    ) -> Result<(), ConfigError> {
+        self.check_attributes(f, cluster, &[]);
+        if self.powers.is_some() {
+            self.warn(
+                f,
+                cluster.range().start,
+                "<cluster>",
+                "powers per load-balancing group are not supported; the powers of the first <cluster> apply to every rule",
+            );
+            return Ok(());
+        }
+        let mut powers = Vec::new();
+        for host in cluster.children().filter(Node::is_element) {
+            if host.tag_name().name() != "host" {
+                self.unsupported_element(f, host);
+                continue;
+            }
+            self.check_attributes(f, host, &["name", "power"]);
+            let Some(name) = self.attr(f, host, "name") else {
+                return Err(f.error(
+                    host.range().start,
+                    "<host>",
+                    "the name attribute is required",
+                ));
+            };
+            let power = match self.attr(f, host, "power") {
+                Some(power) => {
+                    let value = count(f, &power)?;
+                    (value, f.place(power.offset, power.field.clone()))
+                }
+                None => (DEFAULT_POWER, f.place(name.offset, name.field.clone())),
+            };
+            powers.push((
+                name.value.to_string(),
+                f.place(name.offset, name.field.clone()),
+                power,
+            ));
+        }
+        self.powers = Some(powers);
+        Ok(())
+    }
+
+    /// Gives each node its `<host power>`; nodes a `<cluster>` leaves out
+    /// get no traffic (power 0), as in SafeKit.
+    fn apply_powers(&mut self, config: &mut ModuleConfig) -> Result<(), ConfigError> {
+        let Some(powers) = self.powers.take() else {
+            return Ok(());
+        };
+        for node in &mut config.nodes {
+            node.power = 0;
+        }
+        for (name, name_place, (power, power_place)) in powers {
+            let Some(index) = config.nodes.iter().position(|n| n.name == name) else {
+                let known: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+                return Err(name_place.error(format!(
+                    "{name:?} is not a node of the module's networks in cluster.xml (nodes: {})",
+                    known.join(", ")
+                )));
+            };
+            self.places
+                .insert(format!("node[{index}].power"), power_place);
+            config.nodes[index].power = power;
+        }
+        Ok(())
     }
 
     /// `<user>` and its `<var>`s.
@@ -807,6 +1103,7 @@ impl Importer {
                         config.nodes.push(NodeConfig {
                             name: name.value.to_string(),
                             addresses: BTreeMap::new(),
+                            power: DEFAULT_POWER,
                         });
                         index
                     }
@@ -846,13 +1143,46 @@ impl Importer {
         &mut self,
         f: &XmlFile<'_>,
         vip: Node<'_, '_>,
+        mode: Mode,
     ) -> Result<Option<VipConfig>, ConfigError> {
         self.note("vip", f, vip.range().start, "<vip>");
         self.check_attributes(f, vip, &[]);
         let mut found: Option<VipConfig> = None;
+        let mut vmac = None;
         for el in vip.descendants().filter(Node::is_element).skip(1) {
+            let farm = mode == Mode::Farm;
+            let balancing = el.ancestors().any(|a| a.has_tag_name("loadbalancing_list"));
+            if farm && balancing {
+                // Read by load_balancing().
+                continue;
+            }
             match el.tag_name().name() {
                 "interface_list" | "real_interface" => self.check_attributes(f, el, &[]),
+                "virtual_interface" if farm => {
+                    self.check_attributes(f, el, &["type", "addr"]);
+                    if let Some(kind) = self.attr(f, el, "type") {
+                        if kind.value != "vmac_invisible" {
+                            self.warn(
+                                f,
+                                kind.offset,
+                                &kind.field,
+                                format!("type={:?} is imported as vmac_invisible: every node answers ARP with the virtual MAC", kind.value),
+                            );
+                        }
+                    }
+                    if let Some(addr) = self.attr(f, el, "addr") {
+                        self.note_attr("vip.vmac", f, &addr);
+                        vmac = Some(parse_mac(addr.value).ok_or_else(|| {
+                            f.attr_error(
+                                &addr,
+                                format!(
+                                    "expected a MAC address like \"5A:FE:01:02:03:04\", found {:?}",
+                                    addr.value
+                                ),
+                            )
+                        })?);
+                    }
+                }
                 "interface" => self.check_attributes(f, el, &["check", "arpreroute"]),
                 "virtual_addr" => {
                     self.check_attributes(f, el, &["addr", "where"]);
@@ -873,7 +1203,9 @@ impl Importer {
                         continue;
                     }
                     if let Some(place) = self.attr(f, el, "where") {
-                        if !matches!(place.value, "one_side_alias" | "alias") {
+                        if mode == Mode::Mirror
+                            && !matches!(place.value, "one_side_alias" | "alias")
+                        {
                             self.warn(
                                 f,
                                 place.offset,
@@ -890,6 +1222,7 @@ impl Importer {
                         address,
                         prefix: 32,
                         interface: None,
+                        vmac: None,
                     });
                 }
                 _ => self.unsupported_element(f, el),
@@ -902,6 +1235,9 @@ impl Importer {
                 "<vip>",
                 "no <virtual_addr addr> found; no virtual IP imported",
             );
+        }
+        if let Some(vip) = &mut found {
+            vip.vmac = vmac;
         }
         Ok(found)
     }
@@ -1181,11 +1517,12 @@ impl Importer {
         let message = match el.tag_name().name() {
             "notreplicated" => "excluding paths from replication is not supported; the whole directory is replicated",
             "loadbalancing_list" | "virtual_interface" => {
-                "farm load balancing is not supported yet; ignored"
+                "load balancing is for farm modules; ignored in a mirror module"
             }
             "failover" => "failover rules are not supported yet; ignored",
             "vhost" => "virtual hostnames are not supported yet; ignored",
-            "farm" => "farm topology is not supported yet; ignored",
+            "farm" => "farm topology is for farm modules; ignored in a mirror module",
+            "heart" => "a farm module's heartbeat networks are its <farm><lan>s; ignored",
             "macro" => "macros are not supported; ignored, and %NAME% references are not expanded",
             _ => "unknown or unsupported element; ignored",
         };

@@ -41,7 +41,14 @@ pub struct ModuleConfig {
     /// Directories kept synchronously mirrored between primary and
     /// secondary (`[[replicated]]`), absolute paths, identical on both nodes.
     pub replicated: Vec<ReplicatedDir>,
+    /// Farm modules: how traffic to the virtual IP is split among the UP
+    /// nodes, per protocol and port (`[[load_balancing]]`). Traffic that no
+    /// rule matches is split by client IP.
+    pub load_balancing: Vec<Rule>,
 }
+
+pub use holdfast_network::farm::{Balance, Protocol, Rule};
+pub use holdfast_network::garp::Mac;
 
 /// `[replication]`: the secondary's listening port and when it acknowledges.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,15 +75,33 @@ pub struct ReplicatedDir {
     pub dir: PathBuf,
 }
 
-/// The virtual IP of a mirror module: added on the primary only, and
-/// announced with gratuitous ARP when it moves.
+/// The virtual IP of a module. Mirror: added on the primary only, and
+/// announced with gratuitous ARP when it moves. Farm: held by every node
+/// (on `lo`), ARP for it answered with the virtual MAC on `interface`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VipConfig {
     pub address: Ipv4Addr,
-    /// Prefix length given to the address (default 32: no subnet route added).
+    /// Prefix length given to the address (default 32: no subnet route
+    /// added). A farm's VIP is always a /32 on `lo`.
     pub prefix: u8,
-    /// Interface to hold it; by default the one with an address in the same subnet.
+    /// Interface to hold it (mirror) or to receive its traffic on (farm); by
+    /// default the one with an address in the same subnet.
     pub interface: Option<String>,
+    /// Farm only: the virtual MAC given in ARP answers for the VIP (SafeKit
+    /// `vmac_invisible`); by default `5a:fe:` and the VIP's four bytes.
+    pub vmac: Option<Mac>,
+}
+
+impl VipConfig {
+    /// The farm's virtual MAC: the configured one, or `5a:fe:` followed by
+    /// the address (unicast, locally administered, the same on every node,
+    /// different per VIP).
+    pub fn farm_mac(&self) -> Mac {
+        self.vmac.unwrap_or_else(|| {
+            let [a, b, c, d] = self.address.octets();
+            [0x5a, 0xfe, a, b, c, d]
+        })
+    }
 }
 
 /// Cloud mode: `GET /` on this TCP port answers 200 only on the node that
@@ -88,7 +113,10 @@ pub struct HealthConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Two nodes, primary and secondary.
     Mirror,
+    /// 2..N nodes, all UP, traffic to the VIP split among them.
+    Farm,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +153,15 @@ pub struct NodeConfig {
     pub name: String,
     /// Address of this node on each heartbeat network, keyed by network name.
     pub addresses: BTreeMap<String, IpAddr>,
+    /// Farm modules: this node's share of the traffic, relative to the
+    /// others' (SafeKit `power`; 0: no traffic). Default 1.
+    pub power: u32,
 }
+
+/// Default of `node.power`.
+pub const DEFAULT_POWER: u32 = 1;
+/// Most nodes of a farm module.
+pub const MAX_FARM_NODES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptsConfig {
@@ -180,6 +216,12 @@ impl ModuleConfig {
     pub fn peer_of(&self, name: &str) -> Option<&NodeConfig> {
         self.node(name)?;
         self.nodes.iter().find(|n| n.name != name)
+    }
+
+    /// Every node but `name` (a farm's peers), in configuration order.
+    pub fn others(&self, name: &str) -> impl Iterator<Item = &NodeConfig> {
+        let name = name.to_string();
+        self.nodes.iter().filter(move |n| n.name != name)
     }
 
     /// SHA-256 of the canonical rendering ([`to_toml`](crate::to_toml)) of

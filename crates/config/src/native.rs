@@ -23,10 +23,10 @@ use holdfast_checkers::{
 
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
-    AckPolicy, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mode, ModuleConfig, NodeConfig,
-    ReplicatedDir, ReplicationConfig, ScriptsConfig, VipConfig, DEFAULT_LOOP_INTERVAL,
-    DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT,
-    DEFAULT_TIMEOUT,
+    AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
+    ModuleConfig, NodeConfig, Protocol, ReplicatedDir, ReplicationConfig, Rule, ScriptsConfig,
+    VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT,
+    DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
 };
 use crate::validate::format_duration;
 
@@ -40,7 +40,9 @@ const ROOT_KEYS: &[&str] = &[
     "checker",
     "replication",
     "replicated",
+    "load_balancing",
 ];
+const LOAD_BALANCING_KEYS: &[&str] = &["protocol", "port", "by"];
 const CHECKER_KEYS: &[&str] = &[
     "name",
     "type",
@@ -65,7 +67,7 @@ const CHECKER_KEYS: &[&str] = &[
     "module",
     "expected",
 ];
-const VIP_KEYS: &[&str] = &["address", "prefix", "interface"];
+const VIP_KEYS: &[&str] = &["address", "prefix", "interface", "vmac"];
 const HEALTH_KEYS: &[&str] = &["port"];
 const REPLICATION_KEYS: &[&str] = &["port", "ack"];
 const REPLICATED_KEYS: &[&str] = &["dir"];
@@ -80,7 +82,7 @@ const MODULE_KEYS: &[&str] = &[
     "loop_interval",
 ];
 const HEARTBEAT_KEYS: &[&str] = &["port", "pulse", "timeout", "networks"];
-const NODE_KEYS: &[&str] = &["name", "address"];
+const NODE_KEYS: &[&str] = &["name", "address", "power"];
 const SCRIPTS_KEYS: &[&str] = &[
     "directory",
     "start_timeout",
@@ -174,6 +176,9 @@ pub fn to_toml(config: &ModuleConfig) -> String {
             .map(|(network, ip)| (network.as_str(), Value::from(ip.to_string())))
             .collect();
         table.insert("address", value(address));
+        if config.mode == Mode::Farm {
+            table.insert("power", value(i64::from(node.power)));
+        }
         nodes.push(table);
     }
     doc.insert("node", Item::ArrayOfTables(nodes));
@@ -206,7 +211,23 @@ pub fn to_toml(config: &ModuleConfig) -> String {
         if let Some(interface) = &vip.interface {
             table.insert("interface", value(interface.as_str()));
         }
+        if let Some(vmac) = &vip.vmac {
+            table.insert("vmac", value(holdfast_network::farm::format_mac(vmac)));
+        }
         doc.insert("vip", Item::Table(table));
+    }
+    if !config.load_balancing.is_empty() {
+        let mut tables = ArrayOfTables::new();
+        for rule in &config.load_balancing {
+            let mut t = Table::new();
+            t.insert("protocol", value(protocol_name(rule.protocol)));
+            if let Some(port) = rule.port {
+                t.insert("port", value(i64::from(port)));
+            }
+            t.insert("by", value(balance_name(rule.balance)));
+            tables.push(t);
+        }
+        doc.insert("load_balancing", Item::ArrayOfTables(tables));
     }
     if !config.checkers.is_empty() {
         let mut tables = ArrayOfTables::new();
@@ -327,7 +348,38 @@ fn checker_table(checker: &CheckerConfig) -> Table {
 pub(crate) fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Mirror => "mirror",
+        Mode::Farm => "farm",
     }
+}
+
+fn protocol_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    }
+}
+
+fn balance_name(balance: Balance) -> &'static str {
+    match balance {
+        Balance::ClientIp => "client_ip",
+        Balance::ClientIpPort => "client_ip_port",
+    }
+}
+
+/// `5a:fe:01:02:03:04` (or with `-`), as in SafeKit's `addr`.
+pub(crate) fn parse_mac(text: &str) -> Option<Mac> {
+    let parts: Vec<&str> = text.trim().split([':', '-']).collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return None;
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(mac)
 }
 
 pub(crate) fn boot_name(boot: Boot) -> &'static str {
@@ -368,11 +420,15 @@ impl<'a> Reader<'a> {
         let mode = self.req(&module, "mode", |r, path, item| {
             match r.string(path, item)?.as_str() {
                 "mirror" => Ok(Mode::Mirror),
-                m @ ("farm" | "light") => Err(r.error(
+                "farm" => Ok(Mode::Farm),
+                m @ "light" => Err(r.error(
                     path,
-                    format!("mode {m:?} is not supported yet; only \"mirror\" is"),
+                    format!("mode {m:?} is not supported yet; use \"mirror\" or \"farm\""),
                 )),
-                m => Err(r.error(path, format!("unknown mode {m:?}; expected \"mirror\""))),
+                m => Err(r.error(
+                    path,
+                    format!("unknown mode {m:?}; expected \"mirror\" or \"farm\""),
+                )),
             }
         })?;
         let failover = self
@@ -467,6 +523,9 @@ impl<'a> Reader<'a> {
         let replicated = self
             .opt(&root, "replicated", Self::replicated)?
             .unwrap_or_default();
+        let load_balancing = self
+            .opt(&root, "load_balancing", Self::load_balancing)?
+            .unwrap_or_default();
 
         Ok(ModuleConfig {
             name,
@@ -485,7 +544,44 @@ impl<'a> Reader<'a> {
             checkers,
             replication,
             replicated,
+            load_balancing,
         })
+    }
+
+    /// `[[load_balancing]]` tables.
+    fn load_balancing(&mut self, path: &str, item: &Item) -> Converted<Vec<Rule>> {
+        let sections = self.array_of_tables(path, item, "load_balancing")?;
+        let mut rules = Vec::with_capacity(sections.len());
+        for section in sections {
+            self.check_keys(&section, LOAD_BALANCING_KEYS)?;
+            let protocol = self.req(&section, "protocol", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "tcp" => Ok(Protocol::Tcp),
+                    "udp" => Ok(Protocol::Udp),
+                    p => Err(r.error(
+                        path,
+                        format!("unknown protocol {p:?}; expected \"tcp\" or \"udp\""),
+                    )),
+                }
+            })?;
+            let port = self.opt(&section, "port", Self::port)?;
+            let balance = self.req(&section, "by", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "client_ip" => Ok(Balance::ClientIp),
+                    "client_ip_port" => Ok(Balance::ClientIpPort),
+                    b => Err(r.error(
+                        path,
+                        format!("unknown value {b:?}; expected \"client_ip\" (affinity) or \"client_ip_port\""),
+                    )),
+                }
+            })?;
+            rules.push(Rule {
+                protocol,
+                port,
+                balance,
+            });
+        }
+        Ok(rules)
     }
 
     fn replication(&mut self, section: &Section<'_>) -> Converted<ReplicationConfig> {
@@ -720,10 +816,20 @@ impl<'a> Reader<'a> {
             })?
             .unwrap_or(32);
         let interface = self.opt(vip, "interface", Self::string)?;
+        let vmac = self.opt(vip, "vmac", |r, path, item| {
+            let text = r.string(path, item)?;
+            parse_mac(&text).ok_or_else(|| {
+                r.error(
+                    path,
+                    format!("expected a MAC address like \"5a:fe:01:02:03:04\", found {text:?}"),
+                )
+            })
+        })?;
         Ok(VipConfig {
             address,
             prefix,
             interface,
+            vmac,
         })
     }
 
@@ -799,7 +905,22 @@ impl<'a> Reader<'a> {
             self.check_keys(&node, NODE_KEYS)?;
             let name = self.req(&node, "name", Self::string)?;
             let addresses = self.req(&node, "address", Self::addresses)?;
-            nodes.push(NodeConfig { name, addresses });
+            let power = self
+                .opt(&node, "power", |r, path, item| {
+                    let n = r.integer(path, item)?;
+                    u32::try_from(n).map_err(|_| {
+                        r.error(
+                            path,
+                            format!("expected a power between 0 and {}, found {n}", u32::MAX),
+                        )
+                    })
+                })?
+                .unwrap_or(DEFAULT_POWER);
+            nodes.push(NodeConfig {
+                name,
+                addresses,
+                power,
+            });
         }
         Ok(nodes)
     }

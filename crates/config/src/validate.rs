@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::error::ValidationError;
-use crate::model::{DefaultPrimary, Mode, ModuleConfig};
+use crate::model::{DefaultPrimary, Mode, ModuleConfig, DEFAULT_POWER, MAX_FARM_NODES};
 
 impl ModuleConfig {
     /// Checks the rules that types alone do not enforce. Problems are found
@@ -17,7 +17,76 @@ impl ModuleConfig {
         self.validate_nodes()?;
         self.validate_scripts()?;
         self.validate_network()?;
-        self.validate_replication()
+        self.validate_replication()?;
+        self.validate_farm()
+    }
+
+    /// What belongs to one mode only, and the farm's load-balancing rules.
+    fn validate_farm(&self) -> Result<(), ValidationError> {
+        if self.mode == Mode::Mirror {
+            if self.vip.as_ref().is_some_and(|v| v.vmac.is_some()) {
+                return invalid(
+                    "vip.vmac",
+                    "a virtual MAC is for farm modules; a mirror module's virtual IP uses the primary's own MAC",
+                );
+            }
+            if !self.load_balancing.is_empty() {
+                return invalid(
+                    "load_balancing[0]",
+                    "load-balancing rules are for farm modules (mode = \"farm\")",
+                );
+            }
+            return Ok(());
+        }
+        if let Some(mac) = self.vip.as_ref().and_then(|v| v.vmac) {
+            if mac[0] & 1 == 1 || mac == [0; 6] {
+                return invalid(
+                    "vip.vmac",
+                    format!(
+                        "{} is not a unicast MAC address (the first byte must be even, and not all zero)",
+                        holdfast_network::farm::format_mac(&mac)
+                    ),
+                );
+            }
+        }
+        if !self.load_balancing.is_empty() && self.vip.is_none() {
+            return invalid(
+                "load_balancing[0]",
+                "load-balancing rules split the traffic of the virtual IP: add a [vip]",
+            );
+        }
+        for (i, rule) in self.load_balancing.iter().enumerate() {
+            // An earlier rule for the same protocol and port (or every port)
+            // takes all this rule's traffic.
+            let shadow = self.load_balancing[..i].iter().position(|r| {
+                r.protocol == rule.protocol && (r.port.is_none() || r.port == rule.port)
+            });
+            if let Some(j) = shadow {
+                return invalid(
+                    format!("load_balancing[{i}]"),
+                    format!("load_balancing[{j}] already covers this protocol and port; each packet follows the first rule that matches"),
+                );
+            }
+        }
+        if !self.replicated.is_empty() {
+            return invalid(
+                "replicated[0]",
+                "replicated directories are for mirror modules; farm nodes each keep their own data",
+            );
+        }
+        if let DefaultPrimary::Node(_) = self.default_primary {
+            return invalid(
+                "module.default_primary",
+                "a farm module has no primary: every node is UP",
+            );
+        }
+        if !self.checkers.is_empty() {
+            return invalid(
+                "checker[0]",
+                "checkers are not supported in farm modules yet",
+            );
+        }
+        Ok(())
     }
 
     fn validate_replication(&self) -> Result<(), ValidationError> {
@@ -237,22 +306,27 @@ impl ModuleConfig {
     }
 
     fn validate_nodes(&self) -> Result<(), ValidationError> {
-        let expected = match self.mode {
-            Mode::Mirror => 2,
+        let (least, most, needs) = match self.mode {
+            Mode::Mirror => (2, 2, "a mirror module needs exactly 2 nodes".to_string()),
+            Mode::Farm => (
+                2,
+                MAX_FARM_NODES,
+                format!("a farm module needs 2 to {MAX_FARM_NODES} nodes"),
+            ),
         };
-        if self.nodes.len() != expected {
+        if !(least..=most).contains(&self.nodes.len()) {
             // Point at the first extra node, or at the node list when short.
-            let field = if self.nodes.len() > expected {
-                format!("node[{expected}]")
+            let field = if self.nodes.len() > most {
+                format!("node[{most}]")
             } else {
                 "node".to_string()
             };
+            return invalid(field, format!("{needs}, found {}", self.nodes.len()));
+        }
+        if self.mode == Mode::Farm && self.nodes.iter().all(|n| n.power == 0) {
             return invalid(
-                field,
-                format!(
-                    "a mirror module needs exactly {expected} nodes, found {}",
-                    self.nodes.len()
-                ),
+                "node[0].power",
+                "every node has power 0: at least one must take traffic",
             );
         }
         let mut names = BTreeSet::new();
@@ -265,6 +339,12 @@ impl ModuleConfig {
                         "invalid node name {:?}: use 1 to 64 characters among A-Z a-z 0-9 _ . -",
                         node.name
                     ),
+                );
+            }
+            if self.mode == Mode::Mirror && node.power != DEFAULT_POWER {
+                return invalid(
+                    format!("node[{i}].power"),
+                    "power is the share of a farm module's traffic; a mirror module has none",
                 );
             }
             if !names.insert(&node.name) {

@@ -121,6 +121,7 @@ fn the_safekit_sample_imports() {
                     "default".into(),
                     "192.168.1.67".parse().expect("ip"),
                 )]),
+                power: DEFAULT_POWER,
             },
             NodeConfig {
                 name: "node2".into(),
@@ -128,6 +129,7 @@ fn the_safekit_sample_imports() {
                     "default".into(),
                     "192.168.1.68".parse().expect("ip"),
                 )]),
+                power: DEFAULT_POWER,
             },
         ],
         scripts: ScriptsConfig {
@@ -150,6 +152,7 @@ fn the_safekit_sample_imports() {
                 dir: "/test2replicated".into(),
             },
         ],
+        load_balancing: Vec::new(),
     };
     assert_eq!(config, expected);
 
@@ -206,23 +209,198 @@ fn typographic_quotes_are_only_fixed_around_values() {
 }
 
 #[test]
-fn farm_and_light_modules_are_rejected() {
-    let farm = SAMPLE.replace("mode=\"mirror\"", "mode=\"farm\"");
-    let e = assert_error(
-        import(&farm, CLUSTER_XML),
-        USERCONFIG,
-        3,
-        "<service mode>",
-        "\"farm\" is not supported yet",
-    );
-    assert_eq!(e.column, 16);
+fn light_modules_are_rejected() {
     let light = SAMPLE.replace("mode=\"mirror\"", "mode=\"light\"");
-    assert_error(
+    let e = assert_error(
         import(&light, CLUSTER_XML),
         USERCONFIG,
         3,
         "<service mode>",
         "not supported yet",
+    );
+    assert_eq!(e.column, 16);
+}
+
+/// A SafeKit farm (User's Guide §13.5, §13.6.6, §15.2.2.4), three nodes.
+const FARM: &str = r#"<!DOCTYPE safe>
+<safe>
+<service mode="farm" boot="on">
+ <farm pulse="200" mlost_count="10">
+  <lan name="default"/>
+ </farm>
+ <vip>
+  <interface_list>
+   <interface check="on">
+    <virtual_interface type="vmac_invisible" addr="5A:FE:01:02:03:04">
+     <virtual_addr addr="192.168.1.99" where="alias"/>
+    </virtual_interface>
+   </interface>
+  </interface_list>
+  <loadbalancing_list>
+   <group name="http_service">
+    <cluster>
+     <host name="node1" power="3"/>
+     <host name="node2" power="1"/>
+    </cluster>
+    <rule port="80" proto="tcp" filter="on_addr"/>
+    <rule port="*" proto="udp" filter="on_ipid"/>
+    <rule proto="arp" filter="on_addr"/>
+   </group>
+   <group name="https">
+    <cluster><host name="node1" power="1"/></cluster>
+    <rule port="443" proto="tcp" filter="on_port"/>
+   </group>
+  </loadbalancing_list>
+ </vip>
+ <user/>
+</service>
+</safe>
+"#;
+
+const FARM_CLUSTER: &str = r#"<cluster>
+<lans>
+ <lan name="default">
+  <node name="node1" addr="192.168.1.67"/>
+  <node name="node2" addr="192.168.1.68"/>
+  <node name="node3" addr="192.168.1.69"/>
+ </lan>
+</lans>
+</cluster>
+"#;
+
+#[test]
+fn a_safekit_farm_imports() {
+    let Imported { config, warnings } = imported(FARM, FARM_CLUSTER);
+    assert_eq!(config.mode, Mode::Farm);
+    assert_eq!(config.heartbeat.pulse, Duration::from_millis(200));
+    assert_eq!(config.heartbeat.timeout, Duration::from_secs(2));
+    assert_eq!(config.heartbeat.networks, ["default"]);
+    let powers: Vec<(&str, u32)> = config
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.power))
+        .collect();
+    // node3 is left out of the first <cluster>: no traffic, as in SafeKit.
+    assert_eq!(powers, [("node1", 3), ("node2", 1), ("node3", 0)]);
+    let vip = config.vip.as_ref().expect("the VIP is imported");
+    assert_eq!(vip.address.to_string(), "192.168.1.99");
+    assert_eq!(vip.vmac, Some([0x5a, 0xfe, 1, 2, 3, 4]));
+    assert_eq!(
+        config.load_balancing,
+        [
+            Rule {
+                protocol: Protocol::Tcp,
+                port: Some(80),
+                balance: Balance::ClientIp
+            },
+            Rule {
+                protocol: Protocol::Udp,
+                port: None,
+                balance: Balance::ClientIpPort
+            },
+            Rule {
+                protocol: Protocol::Tcp,
+                port: Some(443),
+                balance: Balance::ClientIpPort
+            },
+        ]
+    );
+    let warned = |what: &str| warnings.iter().any(|w| w.to_string().contains(what));
+    assert!(
+        warned("<rule filter>: balancing on the IP identifier"),
+        "{warnings:?}"
+    );
+    assert!(warned("<rule proto>: ARP answers"), "{warnings:?}");
+    assert!(warned("powers per load-balancing group"), "{warnings:?}");
+    // And it round-trips through the native format.
+    let toml = to_toml(&config);
+    assert_eq!(parse_module(&toml, Path::new("web.toml")).unwrap(), config);
+
+    // SafeKit's defaults: 100 ms, 20 pulses; vmac_directed is reported.
+    let plain = FARM
+        .replace(" pulse=\"200\" mlost_count=\"10\"", "")
+        .replace(
+            "vmac_invisible\" addr=\"5A:FE:01:02:03:04\"",
+            "vmac_directed\"",
+        );
+    let Imported { config, warnings } = imported(&plain, FARM_CLUSTER);
+    assert_eq!(config.heartbeat.pulse, Duration::from_millis(100));
+    assert_eq!(config.heartbeat.timeout, Duration::from_secs(2));
+    assert_eq!(config.vip.expect("vip").vmac, None);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.message.contains("imported as vmac_invisible")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn farm_errors_point_into_the_files() {
+    let unknown_host = FARM.replace("<host name=\"node2\"", "<host name=\"node9\"");
+    assert_error(
+        import(&unknown_host, FARM_CLUSTER),
+        USERCONFIG,
+        19,
+        "<host name>",
+        "\"node9\" is not a node",
+    );
+    let bad_mac = FARM.replace("5A:FE:01:02:03:04", "5A:FE:01");
+    assert_error(
+        import(&bad_mac, FARM_CLUSTER),
+        USERCONFIG,
+        10,
+        "<virtual_interface addr>",
+        "expected a MAC address",
+    );
+    let multicast = FARM.replace("5A:FE:01:02:03:04", "01:00:5E:01:02:03");
+    assert_error(
+        import(&multicast, FARM_CLUSTER),
+        USERCONFIG,
+        10,
+        "<virtual_interface addr>",
+        "not a unicast MAC",
+    );
+    let bad_filter = FARM.replace(
+        "filter=\"on_addr\"/>\n    <rule port=\"*\"",
+        "filter=\"on_moon\"/>\n    <rule port=\"*\"",
+    );
+    assert_error(
+        import(&bad_filter, FARM_CLUSTER),
+        USERCONFIG,
+        21,
+        "<rule filter>",
+        "unknown filter \"on_moon\"",
+    );
+    let no_farm = FARM.replace(
+        " <farm pulse=\"200\" mlost_count=\"10\">\n  <lan name=\"default\"/>\n </farm>\n",
+        "",
+    );
+    assert_error(
+        import(&no_farm, FARM_CLUSTER),
+        USERCONFIG,
+        3,
+        "<service>",
+        "needs a <farm> element",
+    );
+    let shadowed = FARM.replace("port=\"443\"", "port=\"80\"");
+    assert_error(
+        import(&shadowed, FARM_CLUSTER),
+        USERCONFIG,
+        27,
+        "<rule>",
+        "load_balancing[0] already covers",
+    );
+    let all_zero = FARM.replace("power=\"3\"", "power=\"0\"").replace(
+        "power=\"1\"/>\n    </cluster>",
+        "power=\"0\"/>\n    </cluster>",
+    );
+    assert_error(
+        import(&all_zero, FARM_CLUSTER),
+        USERCONFIG,
+        18,
+        "<host power>",
+        "every node has power 0",
     );
 }
 

@@ -373,7 +373,7 @@ fn wrong_types() {
 #[test]
 fn module_values() {
     assert_error(
-        &minimal_with("\"mirror\"", "\"farm\""),
+        &minimal_with("\"mirror\"", "\"light\""),
         3,
         8,
         "module.mode",
@@ -861,4 +861,165 @@ fn replication_errors_are_placed() {
         "[health]\nport = 4801\n\n[[replicated]]\ndir = \"/srv/a\"\n",
     ));
     assert!(e.message.contains("health port"), "{e}");
+}
+
+const FARM: &str = r#"[module]
+name = "web"
+mode = "farm"
+
+[heartbeat]
+pulse = "100ms"
+timeout = "1s"
+
+[[node]]
+name = "node1"
+address = { default = "198.18.0.11" }
+power = 2
+
+[[node]]
+name = "node2"
+address = { default = "198.18.0.12" }
+
+[[node]]
+name = "node3"
+address = { default = "198.18.0.13" }
+power = 0
+
+[vip]
+address = "198.18.0.50"
+vmac = "5a:fe:00:00:00:01"
+
+[[load_balancing]]
+protocol = "tcp"
+port = 80
+by = "client_ip"
+
+[[load_balancing]]
+protocol = "udp"
+by = "client_ip_port"
+"#;
+
+#[test]
+fn farm_modules() {
+    let c = parse(FARM).unwrap();
+    assert_eq!(c.mode, Mode::Farm);
+    let powers: Vec<u32> = c.nodes.iter().map(|n| n.power).collect();
+    assert_eq!(powers, [2, 1, 0]);
+    let vip = c.vip.clone().unwrap();
+    assert_eq!(vip.vmac, Some([0x5a, 0xfe, 0, 0, 0, 1]));
+    assert_eq!(vip.farm_mac(), [0x5a, 0xfe, 0, 0, 0, 1]);
+    let default_mac = VipConfig { vmac: None, ..vip };
+    assert_eq!(default_mac.farm_mac(), [0x5a, 0xfe, 198, 18, 0, 50]);
+    assert_eq!(
+        c.load_balancing,
+        [
+            Rule {
+                protocol: Protocol::Tcp,
+                port: Some(80),
+                balance: Balance::ClientIp
+            },
+            Rule {
+                protocol: Protocol::Udp,
+                port: None,
+                balance: Balance::ClientIpPort
+            }
+        ]
+    );
+    assert_eq!(parse(&to_toml(&c)).unwrap(), c);
+
+    // Up to 64 nodes; one is not a farm.
+    let mut many = FARM.to_string();
+    for i in 4..=65 {
+        many.push_str(&format!(
+            "\n[[node]]\nname = \"n{i}\"\naddress = {{ default = \"198.18.1.{i}\" }}\n"
+        ));
+    }
+    assert_eq!(error(&many).field, "node[64]");
+    let one = FARM
+        .split("\n[[node]]\nname = \"node2\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "\n[vip]\naddress = \"198.18.0.50\"\n";
+    assert!(error(&one).message.contains("2 to 64 nodes, found 1"));
+}
+
+#[test]
+fn farm_errors() {
+    let with = |from: &str, to: &str| {
+        assert!(FARM.contains(from), "{from}");
+        FARM.replacen(from, to, 1)
+    };
+    assert_error(
+        &with("by = \"client_ip\"", "by = \"cookie\""),
+        30,
+        6,
+        "load_balancing[0].by",
+        "unknown value \"cookie\"",
+    );
+    assert_error(
+        &with("protocol = \"udp\"", "protocol = \"sctp\""),
+        33,
+        12,
+        "load_balancing[1].protocol",
+        "unknown protocol",
+    );
+    assert_error(
+        &with("protocol = \"udp\"", "protocol = \"tcp\"\nport = 80"),
+        32,
+        1,
+        "load_balancing[1]",
+        "load_balancing[0] already covers",
+    );
+    assert_error(
+        &with("5a:fe:00:00:00:01", "5b:fe:00:00:00:01"),
+        25,
+        8,
+        "vip.vmac",
+        "not a unicast MAC",
+    );
+    assert_error(
+        &with("5a:fe:00:00:00:01", "5a:fe"),
+        25,
+        8,
+        "vip.vmac",
+        "expected a MAC address",
+    );
+    assert_error(
+        &with("power = 2", "power = -1"),
+        12,
+        9,
+        "node[0].power",
+        "between 0 and",
+    );
+    assert_error(
+        &with("power = 2", "power = 0").replacen(
+            "198.18.0.12\" }",
+            "198.18.0.12\" }\npower = 0",
+            1,
+        ),
+        12,
+        9,
+        "node[0].power",
+        "every node has power 0",
+    );
+    // Rules need the VIP; mirror modules have neither rules, power nor vmac.
+    let no_vip = with(
+        "[vip]\naddress = \"198.18.0.50\"\nvmac = \"5a:fe:00:00:00:01\"\n",
+        "",
+    );
+    assert_error(&no_vip, 24, 1, "load_balancing[0]", "add a [vip]");
+    let mirror =
+        MINIMAL.to_string() + "\n[[load_balancing]]\nprotocol = \"tcp\"\nby = \"client_ip\"\n";
+    assert_error(&mirror, 13, 1, "load_balancing[0]", "for farm modules");
+    let mirror_power = MINIMAL.replacen("198.18.0.11\" }", "198.18.0.11\" }\npower = 3", 1);
+    assert_error(
+        &mirror_power,
+        8,
+        9,
+        "node[0].power",
+        "a mirror module has none",
+    );
+    let replicated = FARM.to_string() + "\n[[replicated]]\ndir = \"/srv/data\"\n";
+    assert_error(&replicated, 36, 1, "replicated[0]", "for mirror modules");
 }
