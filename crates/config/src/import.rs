@@ -597,18 +597,7 @@ impl Importer {
                     );
                 }
             }
-            for child in beat.children().filter(Node::is_element) {
-                if child.tag_name().name() == "server" {
-                    self.warn(
-                        f,
-                        child.range().start,
-                        "<server>",
-                        "the pre-7.2 <server> syntax is not supported; ignored (addresses come from cluster.xml)",
-                    );
-                } else {
-                    self.unsupported_element(f, child);
-                }
-            }
+            self.legacy_children(f, beat, "server", "addresses come from cluster.xml");
         }
         if hb.networks.is_empty() {
             return Err(f.error(
@@ -669,18 +658,7 @@ impl Importer {
                 &name,
             );
             hb.networks.push(name.value.to_string());
-            for node in lan.children().filter(Node::is_element) {
-                if node.tag_name().name() == "node" {
-                    self.warn(
-                        f,
-                        node.range().start,
-                        "<node>",
-                        "the pre-7.2 <node> syntax is not supported; ignored (nodes and addresses come from cluster.xml)",
-                    );
-                } else {
-                    self.unsupported_element(f, node);
-                }
-            }
+            self.legacy_children(f, lan, "node", "nodes and addresses come from cluster.xml");
         }
         if hb.networks.is_empty() {
             return Err(f.error(start, "<farm>", "at least one <lan name=\"...\"> is needed"));
@@ -877,6 +855,23 @@ impl Importer {
             config.nodes[index].power = power;
         }
         Ok(())
+    }
+
+    /// Reports the children of a heartbeat network element: the pre-7.2
+    /// `legacy` element, whose content comes from cluster.xml now, or others.
+    fn legacy_children(&mut self, f: &XmlFile<'_>, parent: Node<'_, '_>, legacy: &str, why: &str) {
+        for child in parent.children().filter(Node::is_element) {
+            if child.tag_name().name() == legacy {
+                self.warn(
+                    f,
+                    child.range().start,
+                    &element_name(child),
+                    format!("the pre-7.2 <{legacy}> syntax is not supported; ignored ({why})"),
+                );
+            } else {
+                self.unsupported_element(f, child);
+            }
+        }
     }
 
     /// `<user>` and its `<var>`s.

@@ -910,19 +910,16 @@ fn farm_modules() {
     assert_eq!(vip.farm_mac(), [0x5a, 0xfe, 0, 0, 0, 1]);
     let default_mac = VipConfig { vmac: None, ..vip };
     assert_eq!(default_mac.farm_mac(), [0x5a, 0xfe, 198, 18, 0, 50]);
+    let rules: Vec<(Protocol, Option<u16>, Balance)> = c
+        .load_balancing
+        .iter()
+        .map(|r| (r.protocol, r.port, r.balance))
+        .collect();
     assert_eq!(
-        c.load_balancing,
+        rules,
         [
-            Rule {
-                protocol: Protocol::Tcp,
-                port: Some(80),
-                balance: Balance::ClientIp
-            },
-            Rule {
-                protocol: Protocol::Udp,
-                port: None,
-                balance: Balance::ClientIpPort
-            }
+            (Protocol::Tcp, Some(80), Balance::ClientIp),
+            (Protocol::Udp, None, Balance::ClientIpPort)
         ]
     );
     assert_eq!(parse(&to_toml(&c)).unwrap(), c);
