@@ -94,6 +94,18 @@ pub enum LabCmd {
         #[arg(long)]
         port: u16,
     },
+    /// The application of the lost-write tests: `writers` threads append
+    /// fixed-size records with fsync to <dir>/records-<n>, printing
+    /// `<writer> <record>` for each acknowledged one. Runs until killed.
+    #[command(hide = true)]
+    AppendRecords {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1)]
+        writers: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
     /// Benchmark: client-visible outage through the virtual IP when the
     /// primary crashes, beside keepalived (VRRPv3) at the same detection time.
     BenchOutage {
@@ -206,6 +218,7 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
             }
         }
         LabCmd::SampleApp { dir, node, port } => sample_app(&dir, &node, port)?,
+        LabCmd::AppendRecords { dir, writers, size } => crate::records::run(&dir, writers, size)?,
         LabCmd::BenchOutage { trials } => crate::outage::bench(&exe, trials)?,
         LabCmd::BenchFailover {
             trials,

@@ -7,6 +7,7 @@
 
 mod lab;
 mod outage;
+mod records;
 mod state;
 
 use std::collections::BTreeMap;

@@ -22,26 +22,6 @@ fn options() -> MirrorOptions {
     }
 }
 
-/// Runs `script` with `sh -c` on `host` (inside its namespaces).
-fn sh(cluster: &MirrorLab, host: &str, script: &str) -> std::process::Output {
-    cluster
-        .lab
-        .command(host, "sh")
-        .expect("host")
-        .args(["-c", script])
-        .output()
-        .expect("sh runs")
-}
-
-/// The secondary's (or any node's) real directory, seen from outside.
-fn real(cluster: &MirrorLab, host: &str) -> std::path::PathBuf {
-    cluster
-        .lab
-        .host_dir(host)
-        .expect("host dir")
-        .join(DATA.trim_start_matches('/'))
-}
-
 /// Every regular file under `dir`: relative path → content.
 fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
@@ -65,8 +45,27 @@ fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn fuse_mounts(cluster: &MirrorLab, host: &str) -> String {
-    let out = sh(cluster, host, "grep fuse /proc/mounts || true");
+/// Runs `script` with `sh -c` on `host` (inside its namespaces).
+fn sh(cluster: &MirrorLab, host: &str, script: &str) -> std::process::Output {
+    cluster.sh(host, script).expect("sh runs")
+}
+
+/// `host`'s real directory, seen from outside.
+fn real(cluster: &MirrorLab, host: &str) -> std::path::PathBuf {
+    cluster.host_path(host, DATA).expect("host dir")
+}
+
+fn module_log(cluster: &MirrorLab, host: &str) -> String {
+    cluster.module_log(host)
+}
+
+/// The mounts on the replicated directory on `host` (`/proc/mounts` lines).
+fn mounts(cluster: &MirrorLab, host: &str) -> String {
+    let out = sh(
+        cluster,
+        host,
+        &format!("grep ' {DATA} ' /proc/mounts || true"),
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -96,29 +95,25 @@ fn acknowledged(writer: std::process::Child) -> Vec<u64> {
         .collect()
 }
 
-fn module_log(cluster: &MirrorLab, host: &str) -> String {
-    let dir = cluster.lab.host_dir(host).expect("host dir");
-    let mut text = String::new();
-    for sub in ["state", "var-lib-holdfast", "state-holdfast"] {
-        let path = dir.join(sub).join("modules/demo/module.log");
-        if let Ok(t) = std::fs::read_to_string(&path) {
-            text.push_str(&t);
-        }
-    }
-    text
-}
-
 #[test]
 fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronised() {
     let (mut cluster, prim, second) =
         MirrorLab::started(EXE.as_ref(), options(), SETTLE).expect("a running pair");
     assert!(
-        fuse_mounts(&cluster, prim).contains(DATA),
+        mounts(&cluster, prim).contains("fuse"),
         "the primary mounts {DATA}"
     );
+    let on_second = mounts(&cluster, second);
     assert!(
-        !fuse_mounts(&cluster, second).contains(DATA),
-        "the secondary does not mount {DATA}"
+        !on_second.contains("fuse") && on_second.contains(" ro,"),
+        "the secondary keeps {DATA} read-only, without FUSE: {on_second}"
+    );
+    // Local processes cannot change the secondary's copy.
+    let out = sh(&cluster, second, &format!("echo local > {DATA}/local"));
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "a write on the secondary fails with EROFS: {out:?}"
     );
 
     // Steady state: a write through the primary's mount appears in the
@@ -163,9 +158,10 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
             "acknowledged line {i} of {acked} is on the survivor"
         );
     }
+    let on_survivor = mounts(&cluster, second);
     assert!(
-        fuse_mounts(&cluster, second).contains(DATA),
-        "the survivor mounts {DATA}"
+        on_survivor.contains("fuse") && !on_survivor.contains(" ro,"),
+        "the survivor mounts {DATA} with FUSE, writable: {on_survivor}"
     );
 
     // Changes while ALONE, then the old primary returns as SECOND and is
@@ -185,6 +181,12 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
             settled(old, "SECOND") && settled(survivor, "PRIM")
         })
         .expect("the old primary comes back SECOND");
+    // Its stale FUSE mount is gone; its copy is read-only again.
+    let on_old = mounts(&cluster, prim);
+    assert!(
+        on_old.lines().count() == 1 && on_old.contains(" ro,") && !on_old.contains("fuse"),
+        "the returning secondary has one read-only mount on {DATA}: {on_old}"
+    );
     let same = wait_until(SETTLE, Duration::from_millis(100), || {
         tree(&real(&cluster, prim)) == tree(&real(&cluster, second))
     });
@@ -239,7 +241,7 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
         .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
         .expect("both stopped");
     for host in [prim, second] {
-        let mounts = fuse_mounts(&cluster, host);
+        let mounts = mounts(&cluster, host);
         assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
     }
 }
@@ -294,6 +296,12 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
             settled(p, "PRIM") && settled(s, "SECOND")
         })
         .expect("PRIM/SECOND again");
+    // The read-only mount left by the killed daemon was replaced, not stacked.
+    let on_second = mounts(&cluster, second);
+    assert!(
+        on_second.lines().count() == 1 && on_second.contains(" ro,"),
+        "the returning secondary has one read-only mount on {DATA}: {on_second}"
+    );
     assert!(
         wait_until(SETTLE, Duration::from_millis(100), || {
             tree(&real(&cluster, prim)) == tree(&real(&cluster, second))
@@ -318,7 +326,7 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
         .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
         .expect("both stopped");
     for host in [prim, second] {
-        let mounts = fuse_mounts(&cluster, host);
+        let mounts = mounts(&cluster, host);
         assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
     }
 }

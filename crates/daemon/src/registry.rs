@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::modlog::{LogEntry, ModuleLog};
 use crate::paths::write_atomic;
+use crate::replication::DirStatus;
 use crate::shell::{self, ModuleHandle, ModuleMsg, NodeContext};
 use crate::DaemonError;
 
@@ -23,6 +24,9 @@ pub struct ModuleSummary {
     pub node: String,
     #[serde(flatten)]
     pub view: ModuleView,
+    /// Each replicated directory: what it is doing, resync progress.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replication: Vec<DirStatus>,
 }
 
 /// Body of `POST /v1/modules`.
@@ -222,12 +226,11 @@ impl Registry {
             .map_err(|e| RegistryError::Refused(name.into(), e))?;
         // The answer is sent before the view is published: wait for it.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), view.changed()).await;
-        let view = view.borrow().clone();
-        Ok(ModuleSummary {
-            module: name.into(),
-            node: self.ctx.node.clone(),
-            view,
-        })
+        let modules = self.modules.lock().await;
+        let handle = lookup(&modules, name)?;
+        let mut summary = self.summary(handle);
+        summary.view = view.borrow().clone();
+        Ok(summary)
     }
 
     pub async fn print(
@@ -284,6 +287,11 @@ impl Registry {
             module: handle.config.name.clone(),
             node: self.ctx.node.clone(),
             view: handle.view.borrow().clone(),
+            replication: handle
+                .replication
+                .as_ref()
+                .map(|r| r.snapshot())
+                .unwrap_or_default(),
         }
     }
 }

@@ -37,6 +37,98 @@ use holdfast_replication::{
 
 use crate::modlog::ModuleLog;
 
+/// What a replicated directory is doing on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activity {
+    /// Neither primary nor secondary.
+    Idle,
+    /// SECOND: applying what the primary sends.
+    Receiving,
+    /// Primary without a secondary (ALONE): changes tracked for later.
+    Tracking,
+    /// Primary bringing the secondary up to date.
+    Resynchronising,
+    /// Primary with an up-to-date secondary: every change acknowledged by it.
+    Mirroring,
+}
+
+/// A reading of a resynchronisation's progress.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResyncProgress {
+    pub bytes_total: u64,
+    pub bytes_left: u64,
+    pub bytes_sent: u64,
+    /// Bytes examined per second since the start.
+    pub rate: f64,
+    pub eta_seconds: Option<f64>,
+}
+
+impl From<holdfast_replication::ProgressReport> for ResyncProgress {
+    fn from(r: holdfast_replication::ProgressReport) -> Self {
+        ResyncProgress {
+            bytes_total: r.bytes_total,
+            bytes_left: r.bytes_left,
+            bytes_sent: r.bytes_sent,
+            rate: r.rate,
+            eta_seconds: r.eta.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+/// One replicated directory in `holdfast state`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DirStatus {
+    pub dir: PathBuf,
+    pub activity: Activity,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ResyncProgress>,
+}
+
+#[derive(Debug)]
+struct LiveDir {
+    dir: PathBuf,
+    activity: Activity,
+    progress: Option<Arc<Progress>>,
+}
+
+/// The live status of a module's replicated directories, shared with the
+/// API (which reads it) and the replication threads (which update it).
+#[derive(Debug, Clone)]
+pub struct ReplicationStatus(Arc<Mutex<Vec<LiveDir>>>);
+
+impl ReplicationStatus {
+    fn new(dirs: &[Dir]) -> Self {
+        ReplicationStatus(Arc::new(Mutex::new(
+            dirs.iter()
+                .map(|d| LiveDir {
+                    dir: d.path.clone(),
+                    activity: Activity::Idle,
+                    progress: None,
+                })
+                .collect(),
+        )))
+    }
+
+    fn set(&self, index: usize, activity: Activity, progress: Option<Arc<Progress>>) {
+        if let Some(d) = lock(&self.0).get_mut(index) {
+            d.activity = activity;
+            d.progress = progress;
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<DirStatus> {
+        lock(&self.0)
+            .iter()
+            .map(|d| DirStatus {
+                dir: d.dir.clone(),
+                activity: d.activity,
+                progress: d.progress.as_ref().map(|p| p.report().into()),
+            })
+            .collect()
+    }
+}
+
 const POLL: Duration = Duration::from_millis(50);
 const BREAK_POLL: Duration = Duration::from_millis(5);
 const RETRY: Duration = Duration::from_millis(500);
@@ -56,6 +148,12 @@ impl Dir {
     /// been applied there, and no change log covers them.
     fn compare_marker(&self) -> PathBuf {
         self.state.join("compare-next")
+    }
+
+    /// Present while this node keeps the directory read-only ([`ReadOnly`]):
+    /// a daemon killed meanwhile leaves the mount, detached at the next start.
+    fn read_only_marker(&self) -> PathBuf {
+        self.state.join("read-only")
     }
 
     fn store(&self) -> GenerationStore {
@@ -80,6 +178,7 @@ pub struct Replication {
     peer_second: Arc<AtomicBool>,
     last_state: State,
     receiver_error_logged: bool,
+    status: ReplicationStatus,
 }
 
 impl std::fmt::Debug for Replication {
@@ -97,10 +196,12 @@ struct ReceiverTask {
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
+    /// Removed after the thread ended.
+    read_only: Option<ReadOnly>,
 }
 
 impl ReceiverTask {
-    fn stop(mut self) {
+    fn stop(mut self, log: &ModuleLog) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(stream) = lock(&self.current).take() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -108,6 +209,65 @@ impl ReceiverTask {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        if let Some(read_only) = self.read_only.take() {
+            read_only.remove(log);
+        }
+    }
+}
+
+/// A read-only bind mount of a replicated directory over itself: local
+/// processes cannot change the SECOND's copy, while its receiver writes
+/// underneath through the directory descriptor it opened before.
+struct ReadOnly {
+    path: PathBuf,
+    marker: PathBuf,
+}
+
+impl ReadOnly {
+    /// Call only after the receiver opened the directory.
+    fn mount(dir: &Dir) -> Result<Self, String> {
+        use nix::mount::{mount, MsFlags};
+        let marker = dir.read_only_marker();
+        // Before mounting: a crash right after leaves the marker to act on.
+        std::fs::write(&marker, b"").map_err(|e| format!("{}: {e}", marker.display()))?;
+        let none = None::<&str>;
+        let this = ReadOnly {
+            path: dir.path.clone(),
+            marker,
+        };
+        mount(Some(&dir.path), &dir.path, none, MsFlags::MS_BIND, none)
+            .map_err(|e| format!("read-only mount of {}: {e}", dir.path.display()))?;
+        // A bind mount takes its own flags only at a remount.
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(none, &dir.path, none, flags, none)
+            .map_err(|e| format!("read-only mount of {}: {e}", dir.path.display()))?;
+        Ok(this)
+    }
+
+    fn remove(mut self, log: &ModuleLog) {
+        if let Err(e) = self.unmount() {
+            log.write(LogLevel::Error, &e);
+        }
+    }
+
+    /// Lazily: a process working in the directory keeps a read-only view.
+    fn unmount(&mut self) -> Result<(), String> {
+        if !self.marker.exists() {
+            return Ok(());
+        }
+        nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH).map_err(|e| {
+            format!(
+                "removing the read-only mount of {}: {e}",
+                self.path.display()
+            )
+        })?;
+        std::fs::remove_file(&self.marker).map_err(|e| format!("{}: {e}", self.marker.display()))
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = self.unmount();
     }
 }
 
@@ -146,7 +306,7 @@ impl Replication {
             })
             .unwrap_or_default()
         };
-        let dirs = config
+        let dirs: Vec<Dir> = config
             .replicated
             .iter()
             .enumerate()
@@ -157,6 +317,7 @@ impl Replication {
                 state: module_dir.join("replication").join(index.to_string()),
             })
             .collect();
+        let status = ReplicationStatus::new(&dirs);
         Some(Replication {
             module: config.name.clone(),
             key,
@@ -174,7 +335,13 @@ impl Replication {
             peer_second: Arc::new(AtomicBool::new(false)),
             last_state: State::Stop,
             receiver_error_logged: false,
+            status,
         })
+    }
+
+    /// What `holdfast state` shows.
+    pub fn status(&self) -> ReplicationStatus {
+        self.status.clone()
     }
 
     /// At module start: directories and records exist, a FUSE mount left by
@@ -195,7 +362,7 @@ impl Replication {
                 uptodate = false;
                 continue;
             }
-            detach_stale_mount(&dir.path, &self.log);
+            detach_stale_mounts(dir, &self.log);
             if let Err(e) = std::fs::create_dir_all(&dir.path)
                 .and_then(|()| std::fs::create_dir_all(&dir.state))
             {
@@ -270,6 +437,8 @@ impl Replication {
         let mut failed = None;
         let mut tasks = Vec::new();
         for dir in &self.dirs {
+            // The receiver must open the real directory, not a view of it.
+            detach_stale_mounts(dir, &self.log);
             let mut listeners = Vec::new();
             for address in &self.local_addresses {
                 match TcpListener::bind(SocketAddr::new(*address, dir.port))
@@ -293,6 +462,13 @@ impl Replication {
                 }
                 (_, false) => break,
             };
+            let read_only = match ReadOnly::mount(dir) {
+                Ok(r) => r,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             let stop = Arc::new(AtomicBool::new(false));
             let current = Arc::new(Mutex::new(None));
             let peers = self.peer_addresses.clone();
@@ -307,12 +483,13 @@ impl Replication {
                 stop,
                 current,
                 thread,
+                read_only: Some(read_only),
             });
         }
         match failed {
             Some(e) => {
                 for t in tasks {
-                    t.stop();
+                    t.stop(&self.log);
                 }
                 if !self.receiver_error_logged {
                     self.receiver_error_logged = true;
@@ -325,13 +502,19 @@ impl Replication {
             None => {
                 self.receiver_error_logged = false;
                 self.receivers = tasks;
+                for dir in &self.dirs {
+                    self.status.set(dir.index, Activity::Receiving, None);
+                }
             }
         }
     }
 
     fn stop_receivers(&mut self) {
         for t in self.receivers.drain(..) {
-            t.stop();
+            t.stop(&self.log);
+        }
+        for dir in &self.dirs {
+            self.status.set(dir.index, Activity::Idle, None);
         }
     }
 
@@ -344,7 +527,10 @@ impl Replication {
         let dirs = self.dirs.clone();
         for dir in dirs {
             match self.mount(&dir) {
-                Ok(p) => self.primary.push(p),
+                Ok(p) => {
+                    self.status.set(dir.index, Activity::Tracking, None);
+                    self.primary.push(p)
+                }
                 Err(e) => self.log.write(
                     LogLevel::Error,
                     &format!("cannot replicate {}: {e}", dir.path.display()),
@@ -354,7 +540,7 @@ impl Replication {
     }
 
     fn mount(&self, dir: &Dir) -> Result<PrimaryDir, String> {
-        detach_stale_mount(&dir.path, &self.log);
+        detach_stale_mounts(dir, &self.log);
         let store = dir.store();
         let mut generations = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
         let (changelog, recovery) =
@@ -397,6 +583,7 @@ impl Replication {
             stop: stop.clone(),
             current: peer.clone(),
             log: self.log.clone(),
+            status: self.status.clone(),
         };
         let connector = std::thread::Builder::new()
             .name(format!("repl-conn-{}", dir.index))
@@ -455,6 +642,7 @@ impl Replication {
             if let Err(e) = p.link.log().checkpoint() {
                 self.log.write(LogLevel::Error, &e.to_string());
             }
+            self.status.set(p.dir.index, Activity::Idle, None);
             let store = p.dir.store();
             if let Ok(Some(mut g)) = store.load() {
                 g.stopped_cleanly();
@@ -552,6 +740,7 @@ struct Connector {
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     log: ModuleLog,
+    status: ReplicationStatus,
 }
 
 impl Connector {
@@ -671,7 +860,12 @@ impl Connector {
                 }
             ),
         );
-        let progress = Progress::default();
+        let progress = Arc::new(Progress::default());
+        self.status.set(
+            self.dir.index,
+            Activity::Resynchronising,
+            Some(progress.clone()),
+        );
         let stats = resync(
             &self.tree,
             &self.link,
@@ -680,7 +874,11 @@ impl Connector {
             compare_all,
             &progress,
         )
-        .map_err(|e| format!("resynchronisation of {path} failed: {e}"))?;
+        .map_err(|e| {
+            self.status.set(self.dir.index, Activity::Tracking, None);
+            format!("resynchronisation of {path} failed: {e}")
+        })?;
+        self.status.set(self.dir.index, Activity::Mirroring, None);
         let mut ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
         ours.peer_synced();
         store.save(&ours).map_err(|e| e.to_string())?;
@@ -718,32 +916,53 @@ impl Connector {
             Err(e) => self.log.write(LogLevel::Error, &e.to_string()),
         }
         self.link.track();
+        self.status.set(self.dir.index, Activity::Tracking, None);
     }
 }
 
-/// A FUSE mount of ours left on `dir` by a killed daemon: detached.
-fn detach_stale_mount(dir: &Path, log: &ModuleLog) {
+/// Mounts of ours left on a replicated directory by a killed daemon — the
+/// primary's FUSE mount, the secondary's read-only bind mount (known by
+/// its marker: the directory may be a mount point of its own) — detached.
+fn detach_stale_mounts(dir: &Dir, log: &ModuleLog) {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
         return;
     };
-    let target = dir.display().to_string();
-    for line in mounts.lines() {
+    let target = dir.path.display().to_string();
+    let marker = dir.read_only_marker().exists();
+    let mut read_only_left = marker;
+    // In mount order: the last one on the directory is on top.
+    for line in mounts.lines().rev() {
         let mut fields = line.split(' ');
-        let (Some(_src), Some(point), Some(fstype)) = (fields.next(), fields.next(), fields.next())
+        let (Some(_src), Some(point), Some(fstype), Some(options)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
-        if point == target && fstype.starts_with("fuse") {
-            match nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH) {
-                Ok(()) => log.write(
-                    LogLevel::Info,
-                    &format!("stale replication mount on {target} detached"),
-                ),
-                Err(e) => log.write(
+        if point != target {
+            continue;
+        }
+        let fuse = fstype.starts_with("fuse");
+        let read_only = options.split(',').any(|o| o == "ro");
+        if !(fuse || read_only_left && read_only) {
+            break;
+        }
+        // Only one is ours.
+        read_only_left &= fuse;
+        match nix::mount::umount2(&dir.path, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => log.write(
+                LogLevel::Info,
+                &format!("stale replication mount ({fstype}, {options}) on {target} detached"),
+            ),
+            Err(e) => {
+                log.write(
                     LogLevel::Error,
                     &format!("cannot detach the stale mount on {target}: {e}"),
-                ),
+                );
+                return;
             }
         }
+    }
+    if marker {
+        let _ = std::fs::remove_file(dir.read_only_marker());
     }
 }

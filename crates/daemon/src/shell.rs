@@ -58,6 +58,8 @@ pub struct ModuleHandle {
     pub config: Arc<ModuleConfig>,
     pub tx: mpsc::Sender<ModuleMsg>,
     pub view: watch::Receiver<ModuleView>,
+    /// The replicated directories' status, for a module that has some.
+    pub replication: Option<crate::replication::ReplicationStatus>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -142,6 +144,7 @@ pub async fn spawn(
         let uptodate = replication.prepare();
         core.data_state(Instant::now(), uptodate);
     }
+    let replication_status = replication.as_ref().map(|r| r.status());
     let config = Arc::new(config);
     let shell = Shell {
         ctx,
@@ -170,6 +173,7 @@ pub async fn spawn(
         config,
         tx,
         view,
+        replication: replication_status,
         task,
     })
 }

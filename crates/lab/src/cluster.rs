@@ -67,6 +67,24 @@ pub struct NodeState {
     pub peer_state: Option<String>,
     #[serde(default)]
     pub networks_up: Vec<bool>,
+    /// Replicated directories: what each is doing on this node.
+    #[serde(default)]
+    pub replication: Vec<DirState>,
+}
+
+/// A replicated directory in [`NodeState`].
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct DirState {
+    pub dir: String,
+    /// `idle`, `receiving`, `tracking`, `resynchronising`, `mirroring`.
+    pub activity: String,
+}
+
+/// Every replicated directory of `state` is `activity`.
+pub fn replicating(state: &Option<NodeState>, activity: &str) -> bool {
+    state.as_ref().is_some_and(|s| {
+        !s.replication.is_empty() && s.replication.iter().all(|d| d.activity == activity)
+    })
 }
 
 /// `state` is `name` and not in transition.
@@ -362,6 +380,37 @@ impl MirrorLab {
                 Some((time, script, parts.next().unwrap_or_default().to_string()))
             })
             .collect()
+    }
+
+    /// The module log on `host`, read from its file (also when the daemon
+    /// is down); empty if there is none.
+    pub fn module_log(&self, host: &str) -> String {
+        self.lab
+            .host_dir(host)
+            .map(|d| {
+                d.join("var-lib-holdfast/modules")
+                    .join(&self.options.module)
+                    .join("module.log")
+            })
+            .and_then(|p| std::fs::read_to_string(p).map_err(|e| LabError::io("module log", e)))
+            .unwrap_or_default()
+    }
+
+    /// `path` (absolute, as the host sees it) on `host`'s real disk, as
+    /// this machine sees it: under a FUSE mount of the host, the directory
+    /// underneath.
+    pub fn host_path(&self, host: &str, path: &str) -> Result<PathBuf> {
+        Ok(self.lab.host_dir(host)?.join(path.trim_start_matches('/')))
+    }
+
+    /// Runs `script` with `sh -c` on `host` (in its namespaces).
+    pub fn sh(&self, host: &str, script: &str) -> Result<Output> {
+        self.lab
+            .command(host, "sh")?
+            .args(["-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| LabError::io(format!("sh -c {script:?} on {host}"), e))
     }
 
     /// Waits for `host`'s application to run (bounded).

@@ -27,6 +27,9 @@
 //!       └──────────  receipt (default) or after apply + fsync (Durable)
 //! ```
 //!
+//! The secondary's directory is read-only to its local processes: the
+//! daemon binds it read-only over itself after the [`Receiver`] opened it.
+//!
 //! The promise: an operation the application saw succeed was acknowledged
 //! by the secondary. If the secondary refuses or the connection fails, the
 //! operation returns `EIO` (what to do then — go ALONE, keep writing — is
@@ -68,7 +71,6 @@
 //!   the returning old primary is resynchronised by checksum comparison;
 //! - hard links created while ALONE whose first name was created while
 //!   ALONE too may come back as separate files after a crash;
-//! - keeping the secondary's directory read-only to local processes;
 //! - policies on replication failure (today: `EIO` while mirroring; the
 //!   daemon calls [`Link::track`] to go ALONE), acknowledgement timeouts;
 //! - kernel passthrough (`FOPEN_PASSTHROUGH`) for read-only opens: the
