@@ -112,6 +112,34 @@ pub enum LabCmd {
         #[arg(long, default_value_t = 10)]
         trials: usize,
     },
+    /// Benchmark: what synchronous replication costs (throughput, fsync
+    /// latency, metadata rate, pgbench) beside a local directory and the
+    /// FUSE floor, and resynchronisation beside rsync.
+    BenchReplication {
+        #[command(flatten)]
+        settings: crate::replication_bench::Settings,
+    },
+    /// One workload of bench-replication, run inside a lab host.
+    #[command(hide = true)]
+    BenchIo {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, value_enum)]
+        workload: crate::replication_bench::Workload,
+        #[arg(long, default_value_t = 0)]
+        mib: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Holdfast's file system over --dir with replication off (the FUSE
+    /// floor of bench-replication), until standard input closes.
+    #[command(hide = true)]
+    BenchMount {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Benchmark: failover time over repeated primary crashes.
     BenchFailover {
         /// Crashes per timing setting.
@@ -220,6 +248,15 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         LabCmd::SampleApp { dir, node, port } => sample_app(&dir, &node, port)?,
         LabCmd::AppendRecords { dir, writers, size } => crate::records::run(&dir, writers, size)?,
         LabCmd::BenchOutage { trials } => crate::outage::bench(&exe, trials)?,
+        LabCmd::BenchReplication { settings } => crate::replication_bench::bench(&exe, &settings)?,
+        LabCmd::BenchIo {
+            dir,
+            workload,
+            mib,
+            seconds,
+            seed,
+        } => crate::replication_bench::run_io(&dir, workload, mib, seconds, seed)?,
+        LabCmd::BenchMount { dir } => crate::replication_bench::run_floor_mount(&dir)?,
         LabCmd::BenchFailover {
             trials,
             load_seconds,

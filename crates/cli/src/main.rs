@@ -8,6 +8,7 @@
 mod lab;
 mod outage;
 mod records;
+mod replication_bench;
 mod state;
 
 use std::collections::BTreeMap;

@@ -90,7 +90,7 @@ pub mod tracking;
 
 pub use fs::{Mirror, MountError, MountGuard, Ordered, Tree};
 pub use generation::{decide, Basis, Decision, GenerationStore, Generations, Refusal};
-pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time};
+pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time, Unreplicated};
 pub use receiver::{AckMode, Receiver, ReceiverError};
 pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Stats};
 pub use sender::TcpReplicator;

@@ -315,6 +315,17 @@ pub trait Replicator: Send + Sync {
     }
 }
 
+/// No replication: every change is acknowledged at once. The file system
+/// alone, for measuring what FUSE itself costs (the benchmarks' floor).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unreplicated;
+
+impl Replicator for Unreplicated {
+    fn submit(&self, _change: &Change) -> Result<Ack, ReplicationError> {
+        Ok(Ack::done(Ok(())))
+    }
+}
+
 /// Paths (and raw byte strings) on the wire: bytes, since file names need
 /// not be UTF-8.
 mod path_bytes {

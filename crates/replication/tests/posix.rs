@@ -767,33 +767,6 @@ fn failed_replication_is_an_io_error_for_the_application() {
     assert!(!mounted.contains(tmp.path().to_str().unwrap()));
 }
 
-/// `cargo test --release --test posix -- --ignored --nocapture throughput`
-#[test]
-#[ignore]
-fn throughput() {
-    fn dd(dir: &Path) -> String {
-        let out = std::process::Command::new("dd")
-            .arg("if=/dev/zero")
-            .arg(format!("of={}", dir.join("big").display()))
-            .args(["bs=1M", "count=512", "conv=fsync"])
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .last()
-            .unwrap()
-            .to_string()
-    }
-    let plain = tempfile::tempdir().unwrap();
-    eprintln!("plain directory:  {}", dd(plain.path()));
-    for mode in [AckMode::Receipt, AckMode::Durable] {
-        let mut fixture = Fixture::new(mode);
-        eprintln!("mirror ({mode:?}): {}", dd(&fixture.primary));
-        fixture.finish().unwrap();
-    }
-}
-
 #[test]
 fn a_panicking_test_leaves_no_mount_behind() {
     let mut mount_point = None;

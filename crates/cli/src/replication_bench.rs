@@ -1,0 +1,754 @@
+//! `holdfast lab bench-replication`: what synchronous replication costs an
+//! application, on real lab hosts. A mirror module runs on two hosts with a
+//! replicated directory; on the primary's host the same workloads run in
+//! three directories of the same disk: a plain local directory (the
+//! baseline), Holdfast's file system mounted with replication off (the FUSE
+//! floor) and the replicated directory (mirroring to the secondary over the
+//! lab network). Then the resynchronisation of a returning secondary after
+//! 1% of a tree changed while ALONE, beside `rsync` of the same change
+//! between the same hosts.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
+use holdfast_lab::wait_until;
+use rand::{Rng, RngCore, SeedableRng};
+
+/// The replicated directory (on both hosts).
+const DATA: &str = "/srv/demo/data";
+/// The baseline: a plain directory on the same disk.
+const LOCAL: &str = "/srv/local";
+/// Holdfast's file system without replication.
+const FLOOR: &str = "/srv/floor";
+const MODULE: &str = "demo";
+/// Granularity of the tree's content and of its modifications.
+const CHUNK: u64 = 64 << 10;
+/// Files in the resynchronisation tree (16 directories of 16).
+const TREE_FILES: u64 = 256;
+const RSYNC_PORT: u16 = 8730;
+const PG_PORT: u16 = 5433;
+
+/// What `bench-replication` measures, and how long.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Settings {
+    /// Size of the sequential write (MiB, in 1 MiB writes, then fsync).
+    #[arg(long, default_value_t = 512)]
+    pub seq_mib: u64,
+    /// Length of each timed run (fsync'd writes, create+unlink), seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Length of each pgbench run (seconds); 0 skips pgbench.
+    #[arg(long, default_value_t = 30)]
+    pub pgbench_seconds: u64,
+    /// pgbench scale factor (-s).
+    #[arg(long, default_value_t = 10)]
+    pub pgbench_scale: u32,
+    /// Size of the resynchronised tree (MiB); 0 skips the resync part.
+    #[arg(long, default_value_t = 1024)]
+    pub tree_mib: u64,
+}
+
+/// One of the workloads, run inside a lab host by `bench-io`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Workload {
+    /// `mib` 1 MiB writes to a new file, then fsync.
+    Seq,
+    /// 4 KiB overwrites of a preallocated file, each followed by fsync.
+    Fsync,
+    /// Create (and close) then unlink an empty file, in a loop.
+    Create,
+    /// Writes the resynchronisation tree (`mib` MiB over 256 files).
+    Tree,
+    /// Rewrites 1% of the tree in 64 KiB chunks at random places.
+    Modify,
+}
+
+/// What one workload run measured (printed as JSON by `bench-io`).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct IoResult {
+    pub ops: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Latency of each operation (µs), median and 99th percentile.
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+}
+
+/// `bench-io`: runs one workload in `dir` and prints its result.
+pub fn run_io(dir: &Path, workload: Workload, mib: u64, seconds: u64, seed: u64) -> Result<()> {
+    let limit = Duration::from_secs(seconds);
+    let result = match workload {
+        Workload::Seq => sequential(dir, mib),
+        Workload::Fsync => fsynced(dir, limit),
+        Workload::Create => create_unlink(dir, limit),
+        Workload::Tree => write_tree(dir, mib, seed),
+        Workload::Modify => modify_tree(dir, mib, seed),
+    }
+    .with_context(|| format!("{workload:?} in {}", dir.display()))?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
+fn sequential(dir: &Path, mib: u64) -> Result<IoResult> {
+    let path = dir.join("seq.bin");
+    let buf = vec![0xa5u8; 1 << 20];
+    let start = Instant::now();
+    let mut f = File::create(&path)?;
+    for _ in 0..mib {
+        f.write_all(&buf)?;
+    }
+    f.sync_all()?;
+    drop(f);
+    let seconds = start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(IoResult {
+        ops: mib,
+        bytes: mib << 20,
+        seconds,
+        ..IoResult::default()
+    })
+}
+
+fn fsynced(dir: &Path, limit: Duration) -> Result<IoResult> {
+    const SPAN: u64 = 16 << 20;
+    let path = dir.join("fsync.bin");
+    let f = File::create(&path)?;
+    // Allocated beforehand: every target overwrites, as a database does.
+    f.write_all_at(&vec![0u8; SPAN as usize], 0)?;
+    f.sync_all()?;
+    let block = [0x5au8; 4096];
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    let mut offset = 0;
+    while start.elapsed() < limit {
+        let t = Instant::now();
+        f.write_all_at(&block, offset)?;
+        f.sync_all()?;
+        latencies.push(t.elapsed().as_secs_f64() * 1e6);
+        offset = (offset + 4096) % SPAN;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    Ok(IoResult {
+        ops: latencies.len() as u64,
+        bytes: latencies.len() as u64 * 4096,
+        seconds,
+        p50_us: Some(at(0.5)),
+        p99_us: Some(at(0.99)),
+    })
+}
+
+fn create_unlink(dir: &Path, limit: Duration) -> Result<IoResult> {
+    let sub = dir.join("create");
+    std::fs::create_dir_all(&sub)?;
+    let start = Instant::now();
+    let mut ops = 0;
+    while start.elapsed() < limit {
+        for i in 0..100 {
+            let path = sub.join(format!("f{i}"));
+            drop(File::create(&path)?);
+            std::fs::remove_file(&path)?;
+        }
+        ops += 100;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    std::fs::remove_dir(&sub)?;
+    Ok(IoResult {
+        ops,
+        seconds,
+        ..IoResult::default()
+    })
+}
+
+fn tree_file(dir: &Path, file: u64) -> PathBuf {
+    dir.join("tree")
+        .join(format!("d{:02}", file / 16))
+        .join(format!("f{:02}", file % 16))
+}
+
+fn chunks_per_file(mib: u64) -> u64 {
+    ((mib << 20) / TREE_FILES / CHUNK).max(1)
+}
+
+/// The tree's original content of one chunk: the same for the same seed,
+/// so it can be restored elsewhere.
+fn original_chunk(seed: u64, file: u64, chunk: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (file << 40) ^ chunk);
+    let mut data = vec![0u8; CHUNK as usize];
+    rng.fill_bytes(&mut data);
+    data
+}
+
+/// The chunks the modification rewrites: 1% of the tree, at random.
+fn modified_chunks(mib: u64, seed: u64) -> BTreeSet<(u64, u64)> {
+    let per_file = chunks_per_file(mib);
+    let wanted = (TREE_FILES * per_file / 100).max(1);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(1));
+    let mut picked = BTreeSet::new();
+    while (picked.len() as u64) < wanted {
+        picked.insert((rng.gen_range(0..TREE_FILES), rng.gen_range(0..per_file)));
+    }
+    picked
+}
+
+fn write_tree(dir: &Path, mib: u64, seed: u64) -> Result<IoResult> {
+    let per_file = chunks_per_file(mib);
+    let start = Instant::now();
+    let mut bytes = 0;
+    for file in 0..TREE_FILES {
+        let path = tree_file(dir, file);
+        std::fs::create_dir_all(path.parent().expect("in a directory"))?;
+        let mut f = File::create(&path)?;
+        // 1 MiB writes, as a copy would do.
+        for first in (0..per_file).step_by(16) {
+            let mut buf = Vec::with_capacity(16 * CHUNK as usize);
+            for chunk in first..(first + 16).min(per_file) {
+                buf.extend_from_slice(&original_chunk(seed, file, chunk));
+            }
+            f.write_all(&buf)?;
+            bytes += buf.len() as u64;
+        }
+    }
+    Ok(IoResult {
+        ops: TREE_FILES,
+        bytes,
+        seconds: start.elapsed().as_secs_f64(),
+        ..IoResult::default()
+    })
+}
+
+fn modify_tree(dir: &Path, mib: u64, seed: u64) -> Result<IoResult> {
+    let chunks = modified_chunks(mib, seed);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed.wrapping_add(2));
+    let mut data = vec![0u8; CHUNK as usize];
+    let start = Instant::now();
+    for (file, chunk) in &chunks {
+        rng.fill_bytes(&mut data);
+        let f = OpenOptions::new().write(true).open(tree_file(dir, *file))?;
+        f.write_all_at(&data, chunk * CHUNK)?;
+    }
+    Ok(IoResult {
+        ops: chunks.len() as u64,
+        bytes: chunks.len() as u64 * CHUNK,
+        seconds: start.elapsed().as_secs_f64(),
+        ..IoResult::default()
+    })
+}
+
+/// Puts back the original content of the modified chunks in `dir` (a copy
+/// of the tree after the modification): that copy then differs from the
+/// modified tree exactly by the modification.
+fn restore_tree(dir: &Path, mib: u64, seed: u64) -> Result<()> {
+    for (file, chunk) in modified_chunks(mib, seed) {
+        let path = tree_file(dir, file);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all_at(&original_chunk(seed, file, chunk), chunk * CHUNK)?;
+    }
+    Ok(())
+}
+
+/// `bench-mount`: Holdfast's file system over `dir` with replication off,
+/// until standard input closes.
+pub fn run_floor_mount(dir: &Path) -> Result<()> {
+    let guard = holdfast_replication::Mirror::mount(
+        dir,
+        std::sync::Arc::new(holdfast_replication::Unreplicated),
+    )?;
+    println!("mounted");
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    // Returns at end of input: the benchmark is done with the mount.
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    guard.unmount()?;
+    Ok(())
+}
+
+/// The floor's mount on the primary's host; dropping it unmounts.
+struct FloorMount {
+    child: Child,
+}
+
+impl FloorMount {
+    fn start(cluster: &MirrorLab, host: &str, exe: &Path) -> Result<Self> {
+        let mut child = cluster
+            .lab
+            .command(host, exe)?
+            .args(["lab", "bench-mount", "--dir", FLOOR])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the floor's mount")?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("floor mount output")?;
+        BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "mounted" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the floor's mount on {host}:{FLOOR} failed");
+        }
+        Ok(FloorMount { child })
+    }
+}
+
+impl Drop for FloorMount {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let done = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `script` with `sh -c` on `host`; fails with its output unless it succeeds.
+fn sh(cluster: &MirrorLab, host: &str, script: &str) -> Result<String> {
+    let out = cluster
+        .lab
+        .command(host, "sh")?
+        .args(["-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running on {host}: {script}"))?;
+    if !out.status.success() {
+        bail!(
+            "on {host}: `{script}` failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn io(
+    cluster: &MirrorLab,
+    host: &str,
+    exe: &Path,
+    dir: &str,
+    workload: &str,
+    (mib, seconds, seed): (u64, u64, u64),
+) -> Result<IoResult> {
+    let out = cluster
+        .lab
+        .command(host, exe)?
+        .args(["lab", "bench-io", "--dir", dir, "--workload", workload])
+        .args(["--mib", &mib.to_string(), "--seconds", &seconds.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench-io {workload} in {dir} on {host} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The newest PostgreSQL server programs installed (Debian's layout).
+fn postgres_bin() -> Result<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL is not installed (/usr/lib/postgresql); ./scripts/bench installs it")?
+        .flatten()
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pgbench").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .map(|(_, bin)| bin)
+        .context("no PostgreSQL with pgbench under /usr/lib/postgresql")
+}
+
+/// initdb in `dir`/pg as user postgres, a server on it, `pgbench -c4` for
+/// `seconds`: transactions per second.
+fn pgbench(
+    cluster: &MirrorLab,
+    host: &str,
+    dir: &str,
+    name: &str,
+    settings: &Settings,
+) -> Result<f64> {
+    let bin = postgres_bin()?;
+    let bin = bin.display();
+    let as_pg = "runuser -u postgres --";
+    let script = format!(
+        "set -e
+D={dir}/pg; R=/srv/pgrun-{name}
+mkdir -p $D $R; chown postgres:postgres $D $R; chmod 700 $D
+trap '{as_pg} {bin}/pg_ctl -D $D -m fast -w stop >/dev/null 2>&1 || true' EXIT
+{as_pg} {bin}/initdb -D $D -A trust -U postgres --no-sync >/dev/null
+{as_pg} {bin}/pg_ctl -D $D -l $R/log -o '-p {PG_PORT} -k '$R' -c listen_addresses=' -w -t 120 start >/dev/null
+{as_pg} {bin}/pgbench -h $R -p {PG_PORT} -i -q -s {scale} postgres >/dev/null 2>&1
+{as_pg} {bin}/pgbench -h $R -p {PG_PORT} -c 4 -j 2 -T {seconds} postgres 2>&1",
+        scale = settings.pgbench_scale,
+        seconds = settings.pgbench_seconds,
+    );
+    let out = sh(cluster, host, &script)?;
+    out.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no tps in pgbench's output: {out}"))
+}
+
+/// A figure per target: local, floor, replicated.
+struct Row {
+    what: &'static str,
+    values: [f64; 3],
+    /// Higher is better (throughput) or lower (latency).
+    higher_better: bool,
+    /// Minimum replicated / local ratio wanted (issue 3), if any.
+    target: Option<f64>,
+}
+
+fn module_log(cluster: &MirrorLab, host: &str) -> Result<String> {
+    let path = cluster
+        .lab
+        .host_dir(host)?
+        .join("var-lib-holdfast/modules")
+        .join(MODULE)
+        .join("module.log");
+    Ok(std::fs::read_to_string(path).unwrap_or_default())
+}
+
+fn log_time(line: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339(line.split(" | ").next()?).ok()
+}
+
+/// The resynchronisation's figures, from the primary's module log.
+struct Resync {
+    seconds: f64,
+    /// From `holdfast start` on the returning node to mirroring again.
+    return_seconds: f64,
+    bytes_sent: u64,
+    how: String,
+}
+
+struct Rsync {
+    seconds: f64,
+    bytes_sent: u64,
+    files: u64,
+}
+
+fn resync_part(
+    cluster: &MirrorLab,
+    exe: &Path,
+    (prim, second): (&str, &str),
+    mib: u64,
+) -> Result<(f64, Resync, Rsync)> {
+    let seed = rand::random::<u32>() as u64;
+    let settle = Duration::from_secs(120);
+    eprintln!("resync: writing a {mib} MiB tree through the mirror");
+    let tree = io(cluster, prim, exe, DATA, "tree", (mib, 0, seed))?;
+    let tree_mbps = tree.bytes as f64 / tree.seconds / 1e6;
+    cluster.run_cli_checked(second, &["stop", "-m", MODULE])?;
+    cluster.wait_states(settle, |a, b| {
+        let p = if prim == "node1" { a } else { b };
+        settled(p, "ALONE")
+    })?;
+    eprintln!("resync: {second} stopped, {prim} ALONE; modifying 1% of the tree");
+    io(cluster, prim, exe, DATA, "modify", (mib, 0, seed))?;
+    let done_before = module_log(cluster, prim)?
+        .matches(" resynchronised (")
+        .count();
+    let returned = Instant::now();
+    cluster.run_cli_checked(second, &["start", "-m", MODULE])?;
+    let mut log = String::new();
+    let finished = wait_until(Duration::from_secs(1800), Duration::from_millis(20), || {
+        log = module_log(cluster, prim).unwrap_or_default();
+        log.matches(" resynchronised (").count() > done_before
+    });
+    let return_seconds = returned.elapsed().as_secs_f64();
+    if !finished {
+        bail!("{prim} did not finish resynchronising {second} within 30 min");
+    }
+    let begin = log
+        .lines()
+        .filter(|l| l.contains("resynchronising "))
+        .next_back()
+        .context("no start of resynchronisation in the log")?;
+    let end = log
+        .lines()
+        .filter(|l| l.contains(" resynchronised ("))
+        .next_back()
+        .context("no end of resynchronisation in the log")?;
+    let seconds = match (log_time(begin), log_time(end)) {
+        (Some(b), Some(e)) => e.duration_since(b).unwrap_or_default().as_secs_f64(),
+        _ => bail!("unreadable times in the module log: {begin} / {end}"),
+    };
+    let how = begin
+        .rsplit('(')
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches(')')
+        .to_string();
+    let bytes_sent = end
+        .split(" resynchronised (")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    let resync = Resync {
+        seconds,
+        return_seconds,
+        bytes_sent,
+        how,
+    };
+
+    // rsync of the same change between the same hosts: the secondary's copy
+    // gets its original chunks back (so it differs by the modification),
+    // and rsync brings it up to date from the primary's real tree.
+    for host in [prim, second] {
+        cluster.run_cli_checked(host, &["stop", "-m", MODULE])?;
+    }
+    cluster.wait_states(settle, |a, b| settled(a, "STOP") && settled(b, "STOP"))?;
+    let copy = cluster
+        .lab
+        .host_dir(second)?
+        .join(DATA.trim_start_matches('/'));
+    restore_tree(&copy, mib, seed)?;
+    let conf = cluster.lab.host_dir(second)?.join("srv/rsyncd.conf");
+    std::fs::write(
+        &conf,
+        format!("[bench]\npath = {DATA}\nread only = false\nuse chroot = false\nuid = root\ngid = root\n"),
+    )?;
+    let address = cluster.lab.address(second, 0)?;
+    let mut daemon = RsyncDaemon(
+        cluster
+            .lab
+            .command(second, "rsync")?
+            .args(["--daemon", "--no-detach", "--config", "/srv/rsyncd.conf"])
+            .args(["--address", &address.to_string(), "--port"])
+            .arg(RSYNC_PORT.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting the rsync daemon (is rsync installed?)")?,
+    );
+    let url = format!("rsync://{address}:{RSYNC_PORT}/bench");
+    let listening = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        sh(cluster, prim, &format!("rsync {url}/ >/dev/null")).is_ok()
+    });
+    if !listening {
+        bail!("the rsync daemon on {second} does not answer");
+    }
+    let start = Instant::now();
+    let out = sh(
+        cluster,
+        prim,
+        &format!("rsync -a --stats {DATA}/tree/ {url}/tree/"),
+    )?;
+    let rsync_seconds = start.elapsed().as_secs_f64();
+    daemon.stop();
+    let stat = |label: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(label))
+            .and_then(|v| v.split_whitespace().next())
+            .map(|v| v.replace(',', ""))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let rsync = Rsync {
+        seconds: rsync_seconds,
+        bytes_sent: stat("Total bytes sent: "),
+        files: stat("Number of regular files transferred: "),
+    };
+    if rsync.files == 0 {
+        bail!("rsync transferred no file: the copy was not restored?\n{out}");
+    }
+    Ok((tree_mbps, resync, rsync))
+}
+
+struct RsyncDaemon(Child);
+
+impl RsyncDaemon {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for RsyncDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
+    let options = MirrorOptions {
+        // Generous: the workloads keep both cores busy, and a false
+        // failover would spoil the figures.
+        pulse: Duration::from_millis(500),
+        timeout: Duration::from_secs(10),
+        tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+        ..MirrorOptions::default()
+    };
+    eprintln!("starting a mirror module with {DATA} replicated on two lab hosts...");
+    let (cluster, prim, second) = MirrorLab::started(exe, options, Duration::from_secs(60))?;
+    sh(&cluster, prim, &format!("mkdir -p {LOCAL} {FLOOR}"))?;
+    let floor = FloorMount::start(&cluster, prim, exe)?;
+    let targets = [LOCAL, FLOOR, DATA];
+    let s = settings;
+    let each = |workload: &str, mib: u64| -> Result<Vec<IoResult>> {
+        targets
+            .iter()
+            .map(|dir| {
+                eprintln!("{workload} in {dir}");
+                io(&cluster, prim, exe, dir, workload, (mib, s.seconds, 0))
+            })
+            .collect()
+    };
+    let per_sec = |r: &IoResult| r.ops as f64 / r.seconds;
+    let three = |v: Vec<f64>| -> [f64; 3] { [v[0], v[1], v[2]] };
+    let mut rows = Vec::new();
+    let seq = each("seq", s.seq_mib)?;
+    rows.push(Row {
+        what: "sequential 1 MiB writes + fsync (MB/s)",
+        values: three(
+            seq.iter()
+                .map(|r| r.bytes as f64 / r.seconds / 1e6)
+                .collect(),
+        ),
+        higher_better: true,
+        target: Some(0.60),
+    });
+    let fsync = each("fsync", 0)?;
+    rows.push(Row {
+        what: "4 KiB write + fsync (IOPS)",
+        values: three(fsync.iter().map(per_sec).collect()),
+        higher_better: true,
+        target: Some(0.70),
+    });
+    rows.push(Row {
+        what: "4 KiB write + fsync, p50 latency (µs)",
+        values: three(fsync.iter().map(|r| r.p50_us.unwrap_or(f64::NAN)).collect()),
+        higher_better: false,
+        target: None,
+    });
+    rows.push(Row {
+        what: "4 KiB write + fsync, p99 latency (µs)",
+        values: three(fsync.iter().map(|r| r.p99_us.unwrap_or(f64::NAN)).collect()),
+        higher_better: false,
+        target: None,
+    });
+    let create = each("create", 0)?;
+    rows.push(Row {
+        what: "file create + unlink (pairs/s)",
+        values: three(create.iter().map(per_sec).collect()),
+        higher_better: true,
+        target: Some(0.25),
+    });
+    if s.pgbench_seconds > 0 {
+        let names = ["local", "floor", "replicated"];
+        let mut tps = Vec::new();
+        for (dir, name) in targets.iter().zip(names) {
+            eprintln!("pgbench in {dir}");
+            tps.push(pgbench(&cluster, prim, dir, name, s)?);
+        }
+        rows.push(Row {
+            what: "pgbench -c4 (TPS)",
+            values: three(tps),
+            higher_better: true,
+            target: Some(0.55),
+        });
+    }
+    drop(floor);
+    let resync = if s.tree_mib > 0 {
+        Some(resync_part(&cluster, exe, (prim, second), s.tree_mib)?)
+    } else {
+        None
+    };
+
+    println!(
+        "\nReplication: the same workloads on the primary's lab host in a plain local directory,"
+    );
+    println!("in Holdfast's file system with replication off (FUSE floor), and in the replicated");
+    println!("directory (mirrored to the secondary host, acknowledged on receipt).\n");
+    println!("| workload | local | FUSE floor | replicated | floor / local | replicated / local | target | met |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let [local, floor, repl] = row.values;
+        let ratio = |v: f64| v / local;
+        let (target, met) = match row.target {
+            Some(t) => (
+                format!("≥ {:.0}%", t * 100.0),
+                if ratio(repl) >= t { "yes" } else { "no" }.to_string(),
+            ),
+            None => ("—".into(), "—".into()),
+        };
+        let note = if row.higher_better {
+            ""
+        } else {
+            " (lower is better)"
+        };
+        println!(
+            "| {}{note} | {} | {} | {} | {:.0}% | {:.0}% | {target} | {met} |",
+            row.what,
+            fmt(local),
+            fmt(floor),
+            fmt(repl),
+            ratio(floor) * 100.0,
+            ratio(repl) * 100.0,
+        );
+    }
+    if let Some((tree_mbps, resync, rsync)) = resync {
+        let mib = s.tree_mib;
+        println!(
+            "\nResynchronisation after 1% of a {mib} MiB tree ({} files) changed while ALONE",
+            TREE_FILES
+        );
+        println!(
+            "(64 KiB rewrites at random places), beside `rsync -a` of the same change between the same hosts.\n"
+        );
+        println!("| method | time | bytes sent | rsync time / resync time | target | met |");
+        println!("|---|---|---|---|---|---|");
+        let speedup = rsync.seconds / resync.seconds;
+        println!(
+            "| Holdfast resynchronisation ({}) | {:.2} s | {} | {:.1}× | ≥ 5× | {} |",
+            resync.how,
+            resync.seconds,
+            resync.bytes_sent,
+            speedup,
+            if speedup >= 5.0 { "yes" } else { "no" }
+        );
+        println!(
+            "| rsync -a ({} files transferred) | {:.2} s | {} | 1.0× | — | — |",
+            rsync.files, rsync.seconds, rsync.bytes_sent
+        );
+        println!(
+            "\nFrom `holdfast start` on the returning node to mirroring again: {:.1} s. \
+             Writing the tree through the mirror: {tree_mbps:.0} MB/s.",
+            resync.return_seconds
+        );
+    }
+    Ok(())
+}
+
+fn fmt(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
