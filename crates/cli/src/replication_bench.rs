@@ -487,13 +487,11 @@ fn resync_part(
     }
     let begin = log
         .lines()
-        .filter(|l| l.contains("resynchronising "))
-        .next_back()
+        .rfind(|l| l.contains("resynchronising "))
         .context("no start of resynchronisation in the log")?;
     let end = log
         .lines()
-        .filter(|l| l.contains(" resynchronised ("))
-        .next_back()
+        .rfind(|l| l.contains(" resynchronised ("))
         .context("no end of resynchronisation in the log")?;
     let seconds = match (log_time(begin), log_time(end)) {
         (Some(b), Some(e)) => e.duration_since(b).unwrap_or_default().as_secs_f64(),
