@@ -416,6 +416,8 @@ impl Shell {
                         replication.release();
                     }
                 }
+                // Only with a witness, which the configuration cannot name yet.
+                Action::RequestLease { .. } | Action::ReleaseLease { .. } => {}
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
                         self.persist(&persistent);

@@ -17,7 +17,8 @@ use sha2::Sha256;
 use crate::mirror::PeerStatus;
 
 const MAGIC: &[u8; 4] = b"HFHB";
-const VERSION: u8 = 1;
+/// 2: statuses carry clocks for the peer promise (split-brain protection).
+const VERSION: u8 = 2;
 const TAG_LEN: usize = 32;
 /// Largest datagram we produce or accept; a heartbeat is far smaller.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -27,19 +28,19 @@ type HmacSha256 = Hmac<Sha256>;
 /// Why a datagram was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HeartbeatError {
-    #[error("datagram of {0} bytes is too short to be a heartbeat")]
+    #[error("datagram of {0} bytes is too short to be a Holdfast datagram")]
     TooShort(usize),
-    #[error("datagram of {0} bytes is larger than any heartbeat")]
+    #[error("datagram of {0} bytes is larger than any Holdfast datagram")]
     TooLong(usize),
-    #[error("not a heartbeat (bad magic)")]
+    #[error("not a datagram of this kind (bad magic)")]
     BadMagic,
-    #[error("heartbeat protocol version {0} is not supported (this node speaks {VERSION})")]
+    #[error("protocol version {0} is not supported (this node speaks {VERSION})")]
     UnsupportedVersion(u8),
-    #[error("authentication failed: forged heartbeat or a different cluster key")]
+    #[error("authentication failed: forged datagram or a different cluster key")]
     Forged,
-    #[error("authenticated heartbeat could not be decoded: {0}")]
+    #[error("authenticated datagram could not be decoded: {0}")]
     Malformed(String),
-    #[error("replayed heartbeat from {sender}: incarnation {incarnation} seq {seq} is not newer than incarnation {last_incarnation} seq {last_seq}")]
+    #[error("replayed datagram from {sender}: incarnation {incarnation} seq {seq} is not newer than incarnation {last_incarnation} seq {last_seq}")]
     Replayed {
         sender: String,
         incarnation: u64,
@@ -115,38 +116,54 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn encode(&self, key: &ClusterKey) -> Vec<u8> {
-        let mut out = Vec::with_capacity(128);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION);
-        // Serialising plain data into a Vec cannot fail.
-        out.extend_from_slice(&postcard::to_allocvec(self).expect("heartbeat serialises"));
-        let mut mac = key.mac();
-        mac.update(&out);
-        out.extend_from_slice(&mac.finalize().into_bytes());
-        out
+        seal(MAGIC, self, key)
     }
 
     /// Verifies the tag, then decodes. Replay is checked separately
     /// ([`ReplayGuard`]) because it needs the receiver's memory.
     pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
-        if datagram.len() < MAGIC.len() + 1 + TAG_LEN {
-            return Err(HeartbeatError::TooShort(datagram.len()));
-        }
-        if datagram.len() > MAX_DATAGRAM {
-            return Err(HeartbeatError::TooLong(datagram.len()));
-        }
-        if &datagram[..4] != MAGIC {
-            return Err(HeartbeatError::BadMagic);
-        }
-        let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
-        let mut mac = key.mac();
-        mac.update(signed);
-        mac.verify_slice(tag).map_err(|_| HeartbeatError::Forged)?;
-        if signed[4] != VERSION {
-            return Err(HeartbeatError::UnsupportedVersion(signed[4]));
-        }
-        postcard::from_bytes(&signed[5..]).map_err(|e| HeartbeatError::Malformed(e.to_string()))
+        open(MAGIC, datagram, key)
     }
+}
+
+/// `magic`, the version byte, the postcard body, then the HMAC-SHA256 tag
+/// over all of it: the format of every datagram between Holdfast nodes and
+/// the witness.
+pub(crate) fn seal<T: Serialize>(magic: &[u8; 4], body: &T, key: &ClusterKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(magic);
+    out.push(VERSION);
+    // Serialising plain data into a Vec cannot fail.
+    out.extend_from_slice(&postcard::to_allocvec(body).expect("datagram body serialises"));
+    let mut mac = key.mac();
+    mac.update(&out);
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    out
+}
+
+/// Checks the size, magic and tag of a [`seal`]ed datagram, then decodes it.
+pub(crate) fn open<T: for<'de> Deserialize<'de>>(
+    magic: &[u8; 4],
+    datagram: &[u8],
+    key: &ClusterKey,
+) -> Result<T, HeartbeatError> {
+    if datagram.len() < magic.len() + 1 + TAG_LEN {
+        return Err(HeartbeatError::TooShort(datagram.len()));
+    }
+    if datagram.len() > MAX_DATAGRAM {
+        return Err(HeartbeatError::TooLong(datagram.len()));
+    }
+    if &datagram[..4] != magic {
+        return Err(HeartbeatError::BadMagic);
+    }
+    let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
+    let mut mac = key.mac();
+    mac.update(signed);
+    mac.verify_slice(tag).map_err(|_| HeartbeatError::Forged)?;
+    if signed[4] != VERSION {
+        return Err(HeartbeatError::UnsupportedVersion(signed[4]));
+    }
+    postcard::from_bytes(&signed[5..]).map_err(|e| HeartbeatError::Malformed(e.to_string()))
 }
 
 /// Remembers the newest `(incarnation, seq)` accepted per sender and network.
@@ -157,18 +174,28 @@ pub struct ReplayGuard {
 
 impl ReplayGuard {
     pub fn check(&mut self, hb: &Heartbeat) -> Result<(), HeartbeatError> {
-        let current = (hb.incarnation, hb.seq);
-        let key = (hb.sender.clone(), hb.network);
+        self.check_stamp(&hb.sender, hb.network, (hb.incarnation, hb.seq))
+    }
+
+    /// `stamp` = `(incarnation, seq)` must be newer than the last accepted
+    /// from `sender` on `channel`.
+    pub fn check_stamp(
+        &mut self,
+        sender: &str,
+        channel: u8,
+        stamp: (u64, u64),
+    ) -> Result<(), HeartbeatError> {
+        let key = (sender.to_string(), channel);
         match self.newest.get(&key) {
-            Some(&last) if current <= last => Err(HeartbeatError::Replayed {
-                sender: hb.sender.clone(),
-                incarnation: hb.incarnation,
-                seq: hb.seq,
+            Some(&last) if stamp <= last => Err(HeartbeatError::Replayed {
+                sender: sender.to_string(),
+                incarnation: stamp.0,
+                seq: stamp.1,
                 last_incarnation: last.0,
                 last_seq: last.1,
             }),
             _ => {
-                self.newest.insert(key, current);
+                self.newest.insert(key, stamp);
                 Ok(())
             }
         }

@@ -9,11 +9,14 @@
 //!   simulation tests drive it with virtual time.
 //! - [`farm`]: the farm module state machine — **where load-balancing
 //!   buckets are decided** among the UP nodes.
+//! - [`lease`]: split-brain protection by a witness — the node's lease, the
+//!   witness's decisions, their authenticated datagrams.
 //! - [`recovery`]: the recovery policy (maxloop within loop_interval) that
 //!   turns checker failures into local restarts, failover, and a hold.
 
 pub mod farm;
 pub mod heartbeat;
+pub mod lease;
 pub mod mirror;
 pub mod recovery;
 

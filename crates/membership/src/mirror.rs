@@ -33,6 +33,19 @@
 //!   failure blocks the takeover.
 //! - A missing resource puts the module in WAIT (a primary first stops its
 //!   application, handing over); its return ends the wait.
+//! - With a **witness** ([`MirrorSettings::witness`]), "never two primaries"
+//!   holds in time. A node may run its application only while it has a
+//!   basis that the other node cannot take over before the application is
+//!   down: its witness lease (as it sees it, [`crate::lease`]), or the
+//!   *peer promise* — the peer echoes the clock of the newest status it
+//!   heard from us, and it takes over only after a heartbeat timeout of
+//!   silence, so not before that clock plus the timeout. When both bases end
+//!   within the stop budget (the longest script that may be running, then
+//!   the graceful and forced `stop_prim`), the node stops its application and
+//!   waits (the *keep* rule). Becoming primary needs the lease itself (two
+//!   waiting nodes may each read consent in the other's last status): the
+//!   witness grants it only once the previous holder's lease has expired
+//!   or been released.
 //!
 //! Every change of the displayed state produces [`Action::Transition`] with a
 //! reason.
@@ -43,6 +56,8 @@ use std::time::{Duration, Instant};
 
 use holdfast_config::{DefaultPrimary, ModuleConfig};
 use serde::{Deserialize, Serialize};
+
+use crate::lease::{LeaseClient, LeaseSettings, Verdict};
 
 /// The states users see (SafeKit's names and colours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,6 +145,12 @@ pub struct PeerStatus {
     /// know that a stopped peer has already seen it waiting, so the two
     /// cannot both start on each other's stale STOP.
     pub seen: Option<State>,
+    /// This node's clock when it built this status: `(incarnation,
+    /// milliseconds since the module was created)`.
+    pub clock: (u64, u64),
+    /// The `clock` of the newest status heard from the receiver, while it
+    /// is heard: the receiver's *peer promise* (see the module docs).
+    pub echo: Option<(u64, u64)>,
 }
 
 impl PeerStatus {
@@ -145,7 +166,19 @@ impl PeerStatus {
             wants_swap: false,
             eligible: true,
             seen: None,
+            clock: (0, 0),
+            echo: None,
         }
+    }
+
+    /// Equal but for the clocks, which change with every input and must not
+    /// make a node send a heartbeat for each one it receives.
+    fn same_apart_from_clocks(&self, other: &Self) -> bool {
+        Self {
+            clock: other.clock,
+            echo: other.echo,
+            ..self.clone()
+        } == *other
     }
 }
 
@@ -253,6 +286,17 @@ pub enum Action {
     /// Release them: the application is down, or the module starts here and
     /// a previous life (a crash) may have left them.
     ReleasePrimaryResources,
+    /// Ask the witness for the module's lease (request `id`, for
+    /// `duration`); its answer goes to [`MirrorModule::lease_reply`].
+    RequestLease {
+        id: u64,
+        duration: Duration,
+    },
+    /// Tell the witness the application is down here: a request `id` for
+    /// zero time, which releases the lease.
+    ReleaseLease {
+        id: u64,
+    },
 }
 
 /// What a node remembers across daemon restarts.
@@ -323,6 +367,11 @@ pub struct MirrorSettings {
     pub swap_back: bool,
     pub timeout: Duration,
     pub networks: usize,
+    /// This daemon's incarnation: tells the peer promise of this life from
+    /// one heard before a restart.
+    pub incarnation: u64,
+    /// Split-brain protection by a witness's lease, if configured.
+    pub witness: Option<LeaseSettings>,
 }
 
 impl MirrorSettings {
@@ -338,6 +387,8 @@ impl MirrorSettings {
             swap_back: config.swap_back,
             timeout: config.heartbeat.timeout,
             networks: config.heartbeat.networks.len(),
+            incarnation: 0,
+            witness: None,
         })
     }
 }
@@ -384,6 +435,9 @@ enum WaitReason {
     /// The recovery limit (maxloop within loop_interval) was reached here:
     /// not primary again until the counter resets or an administrator acts.
     Suspended,
+    /// Neither the peer nor the witness confirmed the primary role in time:
+    /// the application was stopped; waiting for either.
+    LeaseLost,
 }
 
 impl WaitReason {
@@ -407,6 +461,9 @@ impl WaitReason {
             ),
             WaitReason::ResourceMissing => "a resource is missing".into(),
             WaitReason::Suspended => "recovery limit reached on this node".into(),
+            WaitReason::LeaseLost => format!(
+                "split-brain protection: neither {peer} nor the witness could be reached in time, the application was stopped; waiting for either"
+            ),
             WaitReason::FenceFailed => format!(
                 "the fencing script failed: {peer} may still run the application; run `holdfast prim` once it is known to be down"
             ),
@@ -501,10 +558,19 @@ pub struct MirrorModule {
     shown: State,
     split_brain_noted: bool,
     outbox: Vec<Action>,
+    /// Where `clock` counts from.
+    origin: Instant,
+    /// The witness lease, when a witness is configured.
+    lease: Option<LeaseClient>,
+    /// This node waits for a lease to become primary.
+    lease_wanted: bool,
+    /// The keep rule queued the stop of the application.
+    stepping_down: bool,
 }
 
 impl MirrorModule {
     pub fn new(settings: MirrorSettings, persistent: Persistent, now: Instant) -> Self {
+        let settings_witness = settings.witness.clone();
         Self {
             settings,
             persistent,
@@ -529,6 +595,10 @@ impl MirrorModule {
             shown: State::Stop,
             split_brain_noted: false,
             outbox: Vec::new(),
+            origin: now,
+            lease: settings_witness.map(LeaseClient::new),
+            lease_wanted: false,
+            stepping_down: false,
         }
     }
 
@@ -578,6 +648,11 @@ impl MirrorModule {
             wants_swap: self.wants_swap,
             eligible: self.eligible(),
             seen: self.live_peer().map(|p| p.state),
+            clock: (
+                self.settings.incarnation,
+                self.now.saturating_duration_since(self.origin).as_millis() as u64,
+            ),
+            echo: self.live_peer().map(|p| p.clock),
         }
     }
 
@@ -625,7 +700,16 @@ impl MirrorModule {
         let timeout = self.settings.timeout;
         let peer_lost = self.peer.as_ref().map(|p| p.last_heard + timeout);
         let wait_over = matches!(self.role, Role::Waiting(_)).then(|| self.waiting_since + timeout);
-        [peer_lost, wait_over]
+        let (step_down, renew) = match (&self.settings.witness, &self.lease) {
+            (Some(witness), Some(lease)) => (
+                (self.app_active && !self.stepping_down)
+                    .then(|| self.keep_until().map(|k| k - witness.stop_budget))
+                    .flatten(),
+                self.wants_lease().then(|| lease.next_request()).flatten(),
+            ),
+            _ => (None, None),
+        };
+        [peer_lost, wait_over, step_down, renew]
             .into_iter()
             .flatten()
             .filter(|deadline| *deadline > self.now)
@@ -756,6 +840,41 @@ impl MirrorModule {
         .unwrap_or(())
     }
 
+    /// The witness answered lease request `id`.
+    pub fn lease_reply(&mut self, now: Instant, id: u64, verdict: Verdict) {
+        self.input(now, |m| {
+            let peer = m.settings.peer.clone();
+            let Some(lease) = m.lease.as_mut() else {
+                return Ok(());
+            };
+            let note = match verdict {
+                Verdict::Granted => {
+                    lease.granted(id);
+                    None
+                }
+                Verdict::Refused {
+                    holder,
+                    remaining_ms,
+                } => lease.refused(id, &holder).then(|| {
+                    (LogLevel::Info, format!(
+                        "the witness refuses the lease: held by {holder} for {remaining_ms} ms more{}",
+                        if holder == peer { "; not taking over" } else { "" }
+                    ))
+                }),
+                Verdict::TooLong { max_ms } => lease.refused(id, "").then(|| {
+                    (LogLevel::Error, format!(
+                        "the witness refuses leases longer than {max_ms} ms: raise its --max-lease or lower [witness] lease"
+                    ))
+                }),
+            };
+            if let Some((level, message)) = note {
+                m.log(level, message);
+            }
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
     /// Time passed: heartbeat timeouts are noticed here.
     pub fn tick(&mut self, now: Instant) {
         self.input(now, |_| Ok(())).unwrap_or(())
@@ -771,7 +890,9 @@ impl MirrorModule {
         self.now = self.now.max(now);
         let before = self.status();
         apply(self)?;
+        self.keep();
         self.advance();
+        self.renew_lease();
         let after = self.status();
         if after.state != self.shown {
             let reason = self.why.take().unwrap_or_else(|| self.describe_peer());
@@ -787,10 +908,97 @@ impl MirrorModule {
             self.reason = reason;
             self.shown = after.state;
         }
-        if after != before {
+        if !after.same_apart_from_clocks(&before) {
             self.outbox.push(Action::SendHeartbeat);
         }
         Ok(())
+    }
+
+    /// The end of this node's basis for running the application: its lease
+    /// as it sees it, or the peer promise (see the module docs).
+    fn keep_until(&self) -> Option<Instant> {
+        let lease = self.lease.as_ref().and_then(LeaseClient::valid_until);
+        let promise = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.status.echo)
+            .filter(|(incarnation, _)| *incarnation == self.settings.incarnation)
+            .map(|(_, ms)| self.origin + Duration::from_millis(ms) + self.settings.timeout);
+        lease.max(promise)
+    }
+
+    /// The application may go on running here for at least the stop
+    /// budget: always without a witness.
+    fn may_hold(&self) -> bool {
+        self.lasts(self.keep_until())
+    }
+
+    /// The application may start here: the lease lasts more than the stop budget.
+    fn may_start(&self) -> bool {
+        self.lasts(self.lease.as_ref().and_then(LeaseClient::valid_until))
+    }
+
+    fn lasts(&self, until: Option<Instant>) -> bool {
+        let Some(witness) = &self.settings.witness else {
+            return true;
+        };
+        until.is_some_and(|k| self.now + witness.stop_budget < k)
+    }
+
+    fn wants_lease(&self) -> bool {
+        self.app_active || self.lease_wanted
+    }
+
+    /// The keep rule: stop the application while it is still time.
+    fn keep(&mut self) {
+        if !self.app_active || self.stepping_down || self.may_hold() {
+            return;
+        }
+        let why = format!(
+            "split-brain protection: neither {} nor the witness confirmed this node's primary role in time; stopping the application before its lease can expire",
+            self.settings.peer
+        );
+        self.log(LogLevel::Error, why.clone());
+        self.why = Some(why.clone());
+        self.stepping_down = true;
+        self.steps.clear();
+        self.stop_application(Handover::None, ScriptAction::StopWait, State::Wait);
+        if self.persistent.running {
+            self.stop_both(State::Wait, ScriptAction::StopWait);
+            self.steps
+                .push_back(Step::Enter(Role::Waiting(WaitReason::LeaseLost), why));
+        } else {
+            // A stop command was under way: finish it.
+            self.stop_both(State::Stop, ScriptAction::Stop);
+            self.run(Script::Poststop, false, State::Stop, ScriptAction::Stop);
+            self.steps
+                .push_back(Step::Enter(Role::Stopped, "stop command".into()));
+        }
+    }
+
+    /// Asks the witness for the lease while the application may run or this
+    /// node waits for it to become primary, at the renew pace.
+    fn renew_lease(&mut self) {
+        if !self.wants_lease() {
+            return;
+        }
+        let now = self.now;
+        if let Some(lease) = self.lease.as_mut() {
+            if let Some(id) = lease.request(now) {
+                let duration = lease.settings().duration;
+                self.outbox.push(Action::RequestLease { id, duration });
+            }
+        }
+    }
+
+    /// Without a lease to start the application, ask for it: true when this
+    /// node must wait for it.
+    fn needs_lease(&mut self) -> bool {
+        if self.may_start() {
+            return false;
+        }
+        self.lease_wanted = true;
+        true
     }
 
     fn describe_peer(&self) -> String {
@@ -1014,20 +1222,39 @@ impl MirrorModule {
                 }
                 Some(Step::AppStopped(handover)) => {
                     self.app_active = false;
+                    self.stepping_down = false;
+                    if !self.steps.contains(&Step::AppRestarted) {
+                        if let Some(lease) = self.lease.as_mut() {
+                            let id = lease.release();
+                            self.outbox.push(Action::ReleaseLease { id });
+                        }
+                    }
                     self.handover = handover;
                     self.outbox.push(Action::ReleasePrimaryResources);
                 }
                 Some(Step::AppRestarted) => {
                     self.app_active = true;
                     self.outbox.push(Action::AcquirePrimaryResources);
+                    // A local restart, but not past the basis to run it.
+                    self.keep();
                 }
                 Some(Step::BothStopped) => self.both_active = false,
                 Some(Step::Enter(role, reason)) => self.enter(role, reason),
-                Some(Step::BecomePrimary(reason)) => self.become_primary(reason),
+                Some(Step::BecomePrimary(reason)) => {
+                    if self.needs_lease() {
+                        // Forced, but not into a split brain: waits for the
+                        // lease (or the peer's promise); `stop` cancels.
+                        self.steps.push_front(Step::BecomePrimary(reason));
+                        return;
+                    }
+                    self.become_primary(reason)
+                }
                 Some(Step::TakeOver(reason)) => match self.blocked(&reason) {
                     Some((wait, why)) => {
                         self.wait_blocked(wait, why);
                     }
+                    // The lease ran out while fencing: decide again.
+                    None if self.needs_lease() => {}
                     None => self.become_primary(reason),
                 },
                 None => {
@@ -1130,6 +1357,7 @@ impl MirrorModule {
 
     /// Applies the rules for the current role; true when something changed.
     fn decide(&mut self) -> bool {
+        self.lease_wanted = false;
         if self.role != Role::Stopped && self.decide_resources() {
             return true;
         }
@@ -1242,6 +1470,9 @@ impl MirrorModule {
     fn become_primary_if_current(&mut self, reason: String) -> bool {
         if let Some((wait, why)) = self.blocked(&reason) {
             return self.wait_blocked(wait, why);
+        }
+        if self.needs_lease() {
+            return false;
         }
         if self.live_peer().is_none() {
             // Taking over from a peer that went silent: fence it first.

@@ -35,6 +35,8 @@ impl Pair {
             swap_back: true,
             timeout: TIMEOUT,
             networks: 1,
+            incarnation: 0,
+            witness: None,
         };
         let mut pair = Self {
             nodes: [None, None],

@@ -1,0 +1,392 @@
+//! Split-brain protection with a witness: bounded **leases**, sans-IO.
+//!
+//! The witness (`holdfast witness`, on a third machine) grants each module's
+//! lease to one node at a time, for a duration the node asks for. It grants
+//! it to another node only once the holder's lease has expired — counted
+//! from the moment *it* granted it. The node counts its lease from the
+//! moment it *sent* the request, which is earlier: its view of the lease
+//! always ends first. A node whose application may run must have stopped it
+//! before that view ends (see `mirror.rs`, the *keep* rule), so the
+//! other node, which starts only with a lease of its own, never overlaps it.
+//!
+//! - [`LeaseClient`]: the node side (requests, grants, the lease's end).
+//! - [`WitnessCore`]: the witness's decisions.
+//! - [`LeaseRequest`] / [`LeaseReply`]: the wire format, sealed like
+//!   heartbeats (HMAC-SHA256 with the cluster key); requests carry
+//!   `(incarnation, id)` for the witness's replay guard, replies echo them.
+//!
+//! A restarted witness remembers nothing, so it grants nothing for its
+//! longest lease (`max_lease`): every lease it granted before has expired by then.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::heartbeat::{open, seal, ClusterKey, HeartbeatError};
+
+const REQUEST_MAGIC: &[u8; 4] = b"HFLQ";
+const REPLY_MAGIC: &[u8; 4] = b"HFLR";
+
+/// Requests kept for matching grants: more than can be in flight.
+const PENDING: usize = 32;
+
+/// How a module uses its witness lease, from the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseSettings {
+    /// How long a grant lasts (asked of the witness in every request).
+    pub duration: Duration,
+    /// Interval between two requests while the lease is needed (the pulse).
+    pub renew: Duration,
+    /// The longest time from deciding to stop the application to the end of
+    /// its forced stop: the longest script that may be running, then the
+    /// graceful and forced `stop_prim` (each bounded by its timeout).
+    pub stop_budget: Duration,
+}
+
+/// The node side of the lease of one module.
+#[derive(Debug)]
+pub struct LeaseClient {
+    settings: LeaseSettings,
+    /// Requests sent and not answered yet: `(id, sent at)`.
+    pending: VecDeque<(u64, Instant)>,
+    next_id: u64,
+    last_request: Option<Instant>,
+    /// This node's view of the end of its lease.
+    valid_until: Option<Instant>,
+    /// The holder named by the last refusal, to log a change only once.
+    refused_by: Option<String>,
+}
+
+impl LeaseClient {
+    pub fn new(settings: LeaseSettings) -> Self {
+        Self {
+            settings,
+            pending: VecDeque::new(),
+            next_id: 1,
+            last_request: None,
+            valid_until: None,
+            refused_by: None,
+        }
+    }
+
+    pub fn settings(&self) -> &LeaseSettings {
+        &self.settings
+    }
+
+    /// The id of a new request to send now, unless one was sent less than
+    /// a renew interval ago.
+    pub fn request(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last_request
+            .is_some_and(|t| now < t + self.settings.renew)
+        {
+            return None;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.last_request = Some(now);
+        if self.pending.len() == PENDING {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((id, now));
+        Some(id)
+    }
+
+    /// When the next request may be sent.
+    pub fn next_request(&self) -> Option<Instant> {
+        self.last_request.map(|t| t + self.settings.renew)
+    }
+
+    /// The witness granted request `id`: the lease runs until the request's
+    /// send time plus the duration. False if `id` is unknown (answered
+    /// already, or too old).
+    pub fn granted(&mut self, id: u64) -> bool {
+        let Some(pos) = self.pending.iter().position(|(p, _)| *p == id) else {
+            return false;
+        };
+        let (_, sent) = self.pending[pos];
+        // Older requests can no longer extend the lease past this one.
+        self.pending.drain(..=pos);
+        let until = sent + self.settings.duration;
+        self.valid_until = Some(self.valid_until.map_or(until, |v| v.max(until)));
+        self.refused_by = None;
+        true
+    }
+
+    /// The witness refused request `id` because `holder` holds the lease.
+    /// True when this is news (another holder than last time) worth a log line.
+    pub fn refused(&mut self, id: u64, holder: &str) -> bool {
+        let Some(pos) = self.pending.iter().position(|(p, _)| *p == id) else {
+            return false;
+        };
+        self.pending.remove(pos);
+        let news = self.refused_by.as_deref() != Some(holder);
+        self.refused_by = Some(holder.to_string());
+        news
+    }
+
+    /// The application is down: give the lease back (the id of a request
+    /// for zero time, which the witness takes as a release), so that the
+    /// peer need not wait for it to expire. Grants still in flight no
+    /// longer count.
+    pub fn release(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.clear();
+        self.valid_until = None;
+        id
+    }
+
+    /// The end of the lease as this node sees it.
+    pub fn valid_until(&self) -> Option<Instant> {
+        self.valid_until
+    }
+}
+
+/// What the witness answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    Granted,
+    /// `holder` holds the lease for `remaining_ms` more (or the witness
+    /// restarted and grants nothing yet: `holder` says so).
+    Refused {
+        holder: String,
+        remaining_ms: u64,
+    },
+    /// The request asked for more than the witness's `max_lease`.
+    TooLong {
+        max_ms: u64,
+    },
+}
+
+/// The witness's memory: per module, who holds the lease and until when.
+#[derive(Debug)]
+pub struct WitnessCore {
+    max_lease: Duration,
+    /// Nothing is granted before this (a restart: earlier grants may live).
+    quiet_until: Instant,
+    holders: BTreeMap<String, (String, Instant)>,
+}
+
+/// The holder named in refusals during the witness's start-up quiet time.
+pub const RESTARTED: &str = "(witness restarted: no grant until every earlier lease expired)";
+
+impl WitnessCore {
+    pub fn new(max_lease: Duration, now: Instant) -> Self {
+        Self {
+            max_lease,
+            quiet_until: now + max_lease,
+            holders: BTreeMap::new(),
+        }
+    }
+
+    /// `node` asks for the lease of `module` for `duration`; zero releases
+    /// it (the holder's application is down).
+    pub fn request(
+        &mut self,
+        now: Instant,
+        module: &str,
+        node: &str,
+        duration: Duration,
+    ) -> Verdict {
+        if duration.is_zero() {
+            if self.holders.get(module).is_some_and(|(h, _)| h == node) {
+                self.holders.remove(module);
+            }
+            return Verdict::Granted;
+        }
+        if duration > self.max_lease {
+            return Verdict::TooLong {
+                max_ms: self.max_lease.as_millis() as u64,
+            };
+        }
+        if now < self.quiet_until {
+            return Verdict::Refused {
+                holder: RESTARTED.into(),
+                remaining_ms: (self.quiet_until - now).as_millis() as u64,
+            };
+        }
+        match self.holders.get(module) {
+            Some((holder, until)) if holder != node && now < *until => Verdict::Refused {
+                holder: holder.clone(),
+                remaining_ms: (*until - now).as_millis() as u64,
+            },
+            _ => {
+                self.holders
+                    .insert(module.to_string(), (node.to_string(), now + duration));
+                Verdict::Granted
+            }
+        }
+    }
+
+    /// Who holds `module`'s lease now.
+    pub fn holder(&self, now: Instant, module: &str) -> Option<&str> {
+        self.holders
+            .get(module)
+            .filter(|(_, until)| now < *until)
+            .map(|(holder, _)| holder.as_str())
+    }
+}
+
+/// A node asks the witness for a module's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRequest {
+    pub module: String,
+    pub node: String,
+    pub incarnation: u64,
+    /// Grows with every request of this incarnation.
+    pub id: u64,
+    pub duration_ms: u64,
+}
+
+/// The witness's answer to one [`LeaseRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseReply {
+    pub module: String,
+    pub node: String,
+    pub incarnation: u64,
+    pub id: u64,
+    pub verdict: Verdict,
+}
+
+impl LeaseRequest {
+    pub fn encode(&self, key: &ClusterKey) -> Vec<u8> {
+        seal(REQUEST_MAGIC, self, key)
+    }
+
+    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
+        open(REQUEST_MAGIC, datagram, key)
+    }
+}
+
+impl LeaseReply {
+    pub fn encode(&self, key: &ClusterKey) -> Vec<u8> {
+        seal(REPLY_MAGIC, self, key)
+    }
+
+    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
+        open(REPLY_MAGIC, datagram, key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings {
+            duration: 1000 * MS,
+            renew: 100 * MS,
+            stop_budget: 300 * MS,
+        }
+    }
+
+    #[test]
+    fn the_node_counts_from_sending_and_requests_at_the_renew_pace() {
+        let t0 = Instant::now();
+        let mut lease = LeaseClient::new(settings());
+        let first = lease.request(t0).unwrap();
+        assert_eq!(lease.request(t0 + 50 * MS), None);
+        let second = lease.request(t0 + 100 * MS).unwrap();
+        // The grant of the second arrives first; the first's is then stale.
+        assert!(lease.granted(second));
+        assert_eq!(lease.valid_until(), Some(t0 + 1100 * MS));
+        assert!(!lease.granted(first));
+        assert_eq!(lease.valid_until(), Some(t0 + 1100 * MS));
+        assert!(!lease.granted(second), "a replayed grant is ignored");
+    }
+
+    #[test]
+    fn refusals_are_news_once_per_holder() {
+        let t0 = Instant::now();
+        let mut lease = LeaseClient::new(settings());
+        let a = lease.request(t0).unwrap();
+        let b = lease.request(t0 + 100 * MS).unwrap();
+        assert!(lease.refused(a, "node1"));
+        assert!(!lease.refused(b, "node1"));
+        assert_eq!(lease.valid_until(), None);
+    }
+
+    #[test]
+    fn the_witness_grants_another_node_only_after_expiry() {
+        let t0 = Instant::now();
+        let mut w = WitnessCore::new(2000 * MS, t0);
+        let after_quiet = t0 + 2000 * MS;
+        assert!(matches!(
+            w.request(t0, "web", "node1", 1000 * MS),
+            Verdict::Refused { .. }
+        ));
+        assert_eq!(
+            w.request(after_quiet, "web", "node1", 1000 * MS),
+            Verdict::Granted
+        );
+        assert_eq!(
+            w.request(after_quiet + 999 * MS, "web", "node2", 1000 * MS),
+            Verdict::Refused {
+                holder: "node1".into(),
+                remaining_ms: 1
+            }
+        );
+        // Renewal by the holder, another module is independent.
+        assert_eq!(
+            w.request(after_quiet + 500 * MS, "web", "node1", 1000 * MS),
+            Verdict::Granted
+        );
+        assert_eq!(
+            w.request(after_quiet + 500 * MS, "db", "node2", 1000 * MS),
+            Verdict::Granted
+        );
+        assert_eq!(w.holder(after_quiet + 1499 * MS, "web"), Some("node1"));
+        assert_eq!(
+            w.request(after_quiet + 1500 * MS, "web", "node2", 1000 * MS),
+            Verdict::Granted
+        );
+        assert_eq!(
+            w.request(after_quiet, "web", "node1", 2001 * MS),
+            Verdict::TooLong { max_ms: 2000 }
+        );
+        // Only the holder releases.
+        let later = after_quiet + 1600 * MS;
+        w.request(later, "web", "node1", Duration::ZERO);
+        assert_eq!(w.holder(later, "web"), Some("node2"));
+        w.request(later, "web", "node2", Duration::ZERO);
+        assert_eq!(w.holder(later, "web"), None);
+    }
+
+    #[test]
+    fn a_release_voids_the_lease_and_late_grants() {
+        let t0 = Instant::now();
+        let mut lease = LeaseClient::new(settings());
+        let id = lease.request(t0).unwrap();
+        let release = lease.release();
+        assert!(release > id);
+        assert!(!lease.granted(id));
+        assert_eq!(lease.valid_until(), None);
+    }
+
+    #[test]
+    fn wire_round_trip_and_forgery() {
+        let key = ClusterKey::generate();
+        let request = LeaseRequest {
+            module: "web".into(),
+            node: "node1".into(),
+            incarnation: 3,
+            id: 9,
+            duration_ms: 1000,
+        };
+        let bytes = request.encode(&key);
+        assert_eq!(LeaseRequest::decode(&bytes, &key).unwrap(), request);
+        assert_eq!(
+            LeaseRequest::decode(&bytes, &ClusterKey::generate()),
+            Err(HeartbeatError::Forged)
+        );
+        // A request is not a reply, even with the right key.
+        assert_eq!(
+            LeaseReply::decode(&bytes, &key),
+            Err(HeartbeatError::BadMagic)
+        );
+    }
+}
