@@ -7,6 +7,7 @@
 
 mod lab;
 mod outage;
+mod progress;
 mod records;
 mod replication_bench;
 mod state;
@@ -82,7 +83,15 @@ enum Cmd {
     /// Force this node primary (first start, or failover off).
     Prim(ModuleArg),
     /// Start this node as secondary.
-    Second(ModuleArg),
+    Second {
+        #[command(flatten)]
+        module: ModuleArg,
+        /// Replace this node's replicated data by the primary's (after a
+        /// refusal: data on both sides with no shared history, or split
+        /// brain). Only the blocks that differ are sent.
+        #[arg(long)]
+        discard_data: bool,
+    },
     /// Stop the module here (the peer takes over) and start it again.
     Stopstart(ModuleArg),
     /// State of the modules on this node.
@@ -98,6 +107,12 @@ enum Cmd {
         /// Print only the state and exit with its code: STOP 0, WAIT 1, ALONE 2, PRIM 3, SECOND 4.
         #[arg(short = 'q')]
         quiet: bool,
+    },
+    /// Follow a resynchronisation of the replicated directories with a
+    /// progress bar (on the primary, which sends), until they mirror.
+    Progress {
+        #[command(flatten)]
+        module: ModuleArg,
     },
     /// The module log: transitions with their reasons, script results.
     Log {
@@ -205,13 +220,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Module(cmd) => module(&client, cmd),
-        Cmd::Start(m) => command(&client, m, Command::Start),
-        Cmd::Stop(m) => command(&client, m, Command::Stop),
-        Cmd::Restart(m) => command(&client, m, Command::Restart),
-        Cmd::Swap(m) => command(&client, m, Command::Swap),
-        Cmd::Prim(m) => command(&client, m, Command::Prim),
-        Cmd::Second(m) => command(&client, m, Command::Second),
-        Cmd::Stopstart(m) => command(&client, m, Command::StopStart),
+        Cmd::Start(m) => command(&client, m, Command::Start, false),
+        Cmd::Stop(m) => command(&client, m, Command::Stop, false),
+        Cmd::Restart(m) => command(&client, m, Command::Restart, false),
+        Cmd::Swap(m) => command(&client, m, Command::Swap, false),
+        Cmd::Prim(m) => command(&client, m, Command::Prim, false),
+        Cmd::Second {
+            module,
+            discard_data,
+        } => command(&client, module, Command::Second, discard_data),
+        Cmd::Stopstart(m) => command(&client, m, Command::StopStart, false),
+        Cmd::Progress { module } => {
+            progress::follow(|| block(client.get(&format!("/v1/modules/{}", module.module))))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::State {
             module,
             json,
@@ -268,7 +290,12 @@ fn block<T>(
     Ok(runtime.block_on(future)?)
 }
 
-fn command(client: &ApiClient, arg: ModuleArg, command: Command) -> Result<ExitCode> {
+fn command(
+    client: &ApiClient,
+    arg: ModuleArg,
+    command: Command,
+    discard_data: bool,
+) -> Result<ExitCode> {
     if let Some(who) = &arg.identity {
         let note = format!("action {} requested by {who}", command.as_str());
         let _: () = block(client.post(
@@ -281,7 +308,10 @@ fn command(client: &ApiClient, arg: ModuleArg, command: Command) -> Result<ExitC
     }
     let summary: ModuleSummary = block(client.post(
         &format!("/v1/modules/{}/command", arg.module),
-        &CommandRequest { command },
+        &CommandRequest {
+            command,
+            discard_data,
+        },
     ))?;
     state::print(&[summary]);
     Ok(ExitCode::SUCCESS)

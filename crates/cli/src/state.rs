@@ -2,6 +2,7 @@
 //! (PRIM/SECOND green, ALONE orange, STOP/WAIT red).
 
 use holdfast_daemon::registry::ModuleSummary;
+use holdfast_daemon::replication::{Activity, DirStatus};
 use holdfast_membership::State;
 use owo_colors::{OwoColorize, Stream};
 
@@ -56,6 +57,77 @@ pub fn print(list: &[ModuleSummary]) {
             v.reason,
             transient,
             networks.join(", ")
+        );
+        for dir in &m.replication {
+            println!("  {}", replicated(dir));
+        }
+    }
+}
+
+/// Width of the text progress bar.
+const BAR: usize = 30;
+
+/// One replicated directory: what it does, a bar while resynchronising.
+pub fn replicated(dir: &DirStatus) -> String {
+    let activity = match dir.activity {
+        Activity::Idle => "idle",
+        Activity::Receiving => "receiving (read-only here)",
+        Activity::Tracking => "tracking changes (no secondary)",
+        Activity::Resynchronising => "resynchronising",
+        Activity::Mirroring => "mirroring",
+    };
+    let mut line = format!("{} {activity}", dir.dir.display());
+    if let Some(p) = &dir.progress {
+        let filled = (p.fraction() * BAR as f64).round() as usize;
+        line.push_str(&format!(
+            " [{}{}] {}",
+            "#".repeat(filled),
+            ".".repeat(BAR - filled.min(BAR)),
+            p.describe()
+        ));
+    }
+    if let Some(problem) = &dir.problem {
+        line.push_str(&format!(": {problem}"));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use holdfast_daemon::replication::ResyncProgress;
+
+    #[test]
+    fn a_resynchronising_directory_shows_a_bar_and_what_is_left() {
+        let dir = DirStatus {
+            dir: "/srv/app/data".into(),
+            activity: Activity::Resynchronising,
+            progress: Some(ResyncProgress {
+                bytes_total: 4 << 20,
+                bytes_left: 3 << 20,
+                bytes_sent: 1 << 20,
+                rate: 512.0 * 1024.0,
+                eta_seconds: Some(5.5),
+            }),
+            problem: None,
+        };
+        assert_eq!(
+            replicated(&dir),
+            format!(
+                "/srv/app/data resynchronising [{}{}] 25% (3.0 MiB left of 4.0 MiB, 512.0 KiB/s, about 6 s left)",
+                "#".repeat(8),
+                ".".repeat(22)
+            )
+        );
+        let refused = DirStatus {
+            activity: Activity::Tracking,
+            progress: None,
+            problem: Some("no shared history".into()),
+            ..dir
+        };
+        assert_eq!(
+            replicated(&refused),
+            "/srv/app/data tracking changes (no secondary): no shared history"
         );
     }
 }

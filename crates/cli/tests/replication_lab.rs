@@ -330,3 +330,106 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
         assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
     }
 }
+
+#[test]
+fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
+    let cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
+    // Both nodes hold data of their own, with an 8 MiB file in common.
+    let common: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    for (host, own) in [("node1", "one"), ("node2", "two")] {
+        let dir = real(&cluster, host);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("common"), &common).unwrap();
+        std::fs::write(dir.join(own), own).unwrap();
+    }
+    cluster.start_module().expect("start");
+    let (prim, second) = cluster.wait_pair(SETTLE).expect("a pair");
+    let refused = |cluster: &MirrorLab| {
+        cluster.state(prim).is_some_and(|s| {
+            s.replication.iter().any(|d| {
+                d.activity == "tracking"
+                    && d.problem.as_deref().is_some_and(|p| {
+                        p.contains("no shared history")
+                            && p.contains("holdfast second -m demo --discard-data")
+                    })
+            })
+        })
+    };
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || refused(&cluster)),
+        "the primary refuses to replicate over unrelated data and names the command; log:\n{}",
+        module_log(&cluster, prim)
+    );
+    let shown = cluster
+        .run_cli_checked(prim, &["state", "-m", "demo"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("--discard-data"),
+        "holdfast state says which command chooses: {shown:?}"
+    );
+    let own = if second == "node1" { "one" } else { "two" };
+    assert!(
+        real(&cluster, second).join(own).exists(),
+        "the secondary's data is left alone"
+    );
+
+    // `second --discard-data` is refused while the module runs: nothing changes.
+    let out = cluster
+        .cli(second, &["second", "-m", "demo", "--discard-data"])
+        .unwrap();
+    assert!(!out.status.success(), "refused while started: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    assert!(refused(&cluster), "still refused");
+
+    // The administrator keeps the primary's copy.
+    cluster
+        .run_cli_checked(second, &["stop", "-m", "demo"])
+        .unwrap();
+    cluster
+        .run_cli_checked(second, &["second", "-m", "demo", "--discard-data"])
+        .unwrap();
+    // `holdfast progress` follows the resynchronisation to its end.
+    let mut follower = cluster
+        .lab
+        .command(prim, EXE)
+        .unwrap()
+        .args(["progress", "-m", "demo"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = wait_until(SETTLE, Duration::from_millis(50), || {
+        matches!(follower.try_wait(), Ok(Some(_)))
+    });
+    if !ended {
+        let _ = follower.kill();
+    }
+    let followed = follower.wait_with_output().unwrap();
+    assert!(
+        ended && followed.status.success(),
+        "holdfast progress ends when mirroring: {followed:?}\n{}",
+        module_log(&cluster, prim)
+    );
+    assert!(
+        String::from_utf8_lossy(&followed.stdout).contains(&format!("{DATA} mirroring")),
+        "{followed:?}"
+    );
+    assert!(
+        tree(&real(&cluster, prim)) == tree(&real(&cluster, second)),
+        "the discarded copy was replaced"
+    );
+    // Only the differing blocks travelled, not the common 8 MiB.
+    let sent: Vec<u64> = module_log(&cluster, prim)
+        .lines()
+        .filter_map(|l| l.split("resynchronised (").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        sent.len() == 1 && sent[0] < 1 << 20,
+        "one resynchronisation sending only what differs: {sent:?}"
+    );
+    let second_log = module_log(&cluster, second);
+    assert!(
+        second_log.contains("discarded by the administrator"),
+        "{second_log}"
+    );
+}

@@ -42,6 +42,10 @@ pub struct NodeInfo {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct CommandRequest {
     pub command: Command,
+    /// With `second`: this node's replicated data is replaced by the
+    /// peer's (the administrator's answer to a refusal).
+    #[serde(default)]
+    pub discard_data: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,7 +146,11 @@ async fn command(
     UrlPath(name): UrlPath<String>,
     Json(request): Json<CommandRequest>,
 ) -> Result<impl IntoResponse, RegistryError> {
-    Ok(Json(registry.command(&name, request.command).await?))
+    Ok(Json(
+        registry
+            .command(&name, request.command, request.discard_data)
+            .await?,
+    ))
 }
 
 async fn log(

@@ -204,18 +204,34 @@ impl Registry {
         &self,
         name: &str,
         command: Command,
+        discard_data: bool,
     ) -> Result<ModuleSummary, RegistryError> {
         let (reply, answer) = oneshot::channel();
         let mut view = {
             let modules = self.modules.lock().await;
             let handle = lookup(&modules, name)?;
+            if discard_data && command != Command::Second {
+                return Err(RegistryError::Invalid(format!(
+                    "--discard-data goes with second, not {}",
+                    command.as_str()
+                )));
+            }
+            if discard_data && handle.replication.is_none() {
+                return Err(RegistryError::Invalid(format!(
+                    "module {name} has no replicated directory: there is no data to discard"
+                )));
+            }
             // Subscribed before sending, so the publication that follows the
             // command is the one awaited below.
             let mut view = handle.view.clone();
             view.mark_unchanged();
             handle
                 .tx
-                .send(ModuleMsg::Command(command, reply))
+                .send(ModuleMsg::Command {
+                    command,
+                    discard_data,
+                    reply,
+                })
                 .await
                 .map_err(|_| RegistryError::Gone(name.into()))?;
             view

@@ -64,6 +64,48 @@ pub struct ResyncProgress {
     pub eta_seconds: Option<f64>,
 }
 
+impl ResyncProgress {
+    /// Done, as a fraction of the total (0 before anything is known).
+    pub fn fraction(&self) -> f64 {
+        if self.bytes_total == 0 {
+            0.0
+        } else {
+            (self.bytes_total - self.bytes_left) as f64 / self.bytes_total as f64
+        }
+    }
+
+    /// "37% (12.0 MiB left of 19.1 MiB, 8.2 MiB/s, about 2 s left)".
+    pub fn describe(&self) -> String {
+        let eta = match self.eta_seconds {
+            Some(s) => format!(", about {} s left", s.ceil() as u64),
+            None => String::new(),
+        };
+        format!(
+            "{:.0}% ({} left of {}, {}/s{eta})",
+            self.fraction() * 100.0,
+            bytes(self.bytes_left as f64),
+            bytes(self.bytes_total as f64),
+            bytes(self.rate),
+        )
+    }
+}
+
+/// `n` bytes with a binary unit, for people.
+fn bytes(n: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 impl From<holdfast_replication::ProgressReport> for ResyncProgress {
     fn from(r: holdfast_replication::ProgressReport) -> Self {
         ResyncProgress {
@@ -83,6 +125,9 @@ pub struct DirStatus {
     pub activity: Activity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ResyncProgress>,
+    /// What keeps it from mirroring (a refusal, the secondary unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug)]
@@ -90,6 +135,7 @@ struct LiveDir {
     dir: PathBuf,
     activity: Activity,
     progress: Option<Arc<Progress>>,
+    problem: Option<String>,
 }
 
 /// The live status of a module's replicated directories, shared with the
@@ -105,6 +151,7 @@ impl ReplicationStatus {
                     dir: d.path.clone(),
                     activity: Activity::Idle,
                     progress: None,
+                    problem: None,
                 })
                 .collect(),
         )))
@@ -112,8 +159,17 @@ impl ReplicationStatus {
 
     fn set(&self, index: usize, activity: Activity, progress: Option<Arc<Progress>>) {
         if let Some(d) = lock(&self.0).get_mut(index) {
+            if activity != d.activity {
+                d.problem = None;
+            }
             d.activity = activity;
             d.progress = progress;
+        }
+    }
+
+    fn problem(&self, index: usize, problem: Option<String>) {
+        if let Some(d) = lock(&self.0).get_mut(index) {
+            d.problem = problem;
         }
     }
 
@@ -124,6 +180,7 @@ impl ReplicationStatus {
                 dir: d.dir.clone(),
                 activity: d.activity,
                 progress: d.progress.as_ref().map(|p| p.report().into()),
+                problem: d.problem.clone(),
             })
             .collect()
     }
@@ -132,6 +189,8 @@ impl ReplicationStatus {
 const POLL: Duration = Duration::from_millis(50);
 const BREAK_POLL: Duration = Duration::from_millis(5);
 const RETRY: Duration = Duration::from_millis(500);
+/// How often a running resynchronisation logs its progress.
+const PROGRESS_LOG: Duration = Duration::from_secs(5);
 
 /// One replicated directory's fixed facts.
 #[derive(Debug, Clone)]
@@ -154,6 +213,27 @@ impl Dir {
     /// a daemon killed meanwhile leaves the mount, detached at the next start.
     fn read_only_marker(&self) -> PathBuf {
         self.state.join("read-only")
+    }
+
+    /// The copy's record, made or updated from the directory when nothing
+    /// was ever recorded for it: files found there (put before the module
+    /// first ran, or while it was stopped) are data of an unknown lineage,
+    /// never overwritten without the administrator.
+    fn record_unknown_data(&self) -> Result<Generations, String> {
+        let store = self.store();
+        let recorded = store.load().map_err(|e| e.to_string())?;
+        if let Some(g) = recorded.as_ref().filter(|g| !g.is_blank()) {
+            return Ok(g.clone());
+        }
+        let has_data = std::fs::read_dir(&self.path)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false);
+        let g = match recorded {
+            Some(g) if !has_data => g,
+            _ => Generations::fresh(has_data),
+        };
+        store.save(&g).map_err(|e| e.to_string())?;
+        Ok(g)
     }
 
     fn store(&self) -> GenerationStore {
@@ -344,6 +424,33 @@ impl Replication {
         self.status.clone()
     }
 
+    /// `second --discard-data`, the module stopped: every directory's copy
+    /// counts as no data, so the primary replaces it (comparing blocks:
+    /// only those that differ are sent).
+    pub fn discard_data(&mut self) {
+        for dir in &self.dirs {
+            let store = dir.store();
+            let result = store.load().and_then(|g| {
+                let mut g = g.unwrap_or_default();
+                g.discard();
+                store.save(&g)
+            });
+            match result {
+                Ok(()) => self.log.write(
+                    LogLevel::Info,
+                    &format!(
+                        "data of {} discarded by the administrator: the primary's copy replaces it",
+                        dir.path.display()
+                    ),
+                ),
+                Err(e) => self.log.write(
+                    LogLevel::Error,
+                    &format!("cannot discard the data of {}: {e}", dir.path.display()),
+                ),
+            }
+        }
+    }
+
     /// At module start: directories and records exist, a FUSE mount left by
     /// a crash is detached; returns whether this node's data may be
     /// promoted (every directory's record allows it).
@@ -373,21 +480,10 @@ impl Replication {
                 uptodate = false;
                 continue;
             }
-            let store = dir.store();
-            let generations = match store.load() {
-                Ok(Some(g)) => g,
-                Ok(None) => {
-                    let has_data = std::fs::read_dir(&dir.path)
-                        .map(|mut d| d.next().is_some())
-                        .unwrap_or(false);
-                    let g = Generations::fresh(has_data);
-                    if let Err(e) = store.save(&g) {
-                        self.log.write(LogLevel::Error, &e.to_string());
-                    }
-                    g
-                }
+            let generations = match dir.record_unknown_data() {
+                Ok(g) => g,
                 Err(e) => {
-                    self.log.write(LogLevel::Error, &e.to_string());
+                    self.log.write(LogLevel::Error, &e);
                     uptodate = false;
                     continue;
                 }
@@ -439,6 +535,10 @@ impl Replication {
         for dir in &self.dirs {
             // The receiver must open the real directory, not a view of it.
             detach_stale_mounts(dir, &self.log);
+            if let Err(e) = dir.record_unknown_data() {
+                failed = Some(e);
+                break;
+            }
             let mut listeners = Vec::new();
             for address in &self.local_addresses {
                 match TcpListener::bind(SocketAddr::new(*address, dir.port))
@@ -542,7 +642,7 @@ impl Replication {
     fn mount(&self, dir: &Dir) -> Result<PrimaryDir, String> {
         detach_stale_mounts(dir, &self.log);
         let store = dir.store();
-        let mut generations = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
+        let mut generations = dir.record_unknown_data()?;
         let (changelog, recovery) =
             ChangeLog::open(&dir.state.join("log"), TrackingConfig::default())
                 .map_err(|e| e.to_string())?;
@@ -763,6 +863,7 @@ impl Connector {
                 Err(e) => {
                     if e != last_error && !self.stop.load(Ordering::SeqCst) {
                         self.log.write(LogLevel::Error, &e);
+                        self.status.problem(self.dir.index, Some(e.clone()));
                         last_error = e;
                     }
                     self.sleep(RETRY);
@@ -866,14 +967,20 @@ impl Connector {
             Activity::Resynchronising,
             Some(progress.clone()),
         );
-        let stats = resync(
-            &self.tree,
-            &self.link,
-            peer.clone(),
-            ours.current,
-            compare_all,
-            &progress,
-        )
+        let finished = AtomicBool::new(false);
+        let stats = std::thread::scope(|scope| {
+            scope.spawn(|| self.log_progress(path, &progress, &finished));
+            let result = resync(
+                &self.tree,
+                &self.link,
+                peer.clone(),
+                ours.current,
+                compare_all,
+                &progress,
+            );
+            finished.store(true, Ordering::SeqCst);
+            result
+        })
         .map_err(|e| {
             self.status.set(self.dir.index, Activity::Tracking, None);
             format!("resynchronisation of {path} failed: {e}")
@@ -891,6 +998,22 @@ impl Connector {
             ),
         );
         Ok(())
+    }
+
+    /// Every [`PROGRESS_LOG`] of a resynchronisation: how far it is.
+    fn log_progress(&self, path: &str, progress: &Progress, finished: &AtomicBool) {
+        let mut next = std::time::Instant::now() + PROGRESS_LOG;
+        while !finished.load(Ordering::SeqCst) {
+            std::thread::sleep(POLL);
+            if std::time::Instant::now() >= next {
+                next += PROGRESS_LOG;
+                let report = ResyncProgress::from(progress.report());
+                self.log.write(
+                    LogLevel::Info,
+                    &format!("resynchronising {path}: {}", report.describe()),
+                );
+            }
+        }
     }
 
     /// The secondary is gone: a new generation before changes it misses.

@@ -43,7 +43,13 @@ pub struct NodeContext {
 /// Messages to a module's task.
 #[derive(Debug)]
 pub enum ModuleMsg {
-    Command(Command, oneshot::Sender<Result<(), CommandError>>),
+    Command {
+        command: Command,
+        /// `second --discard-data`: once accepted, this node's replicated
+        /// data is marked for replacement before it receives anything.
+        discard_data: bool,
+        reply: oneshot::Sender<Result<(), CommandError>>,
+    },
     /// A `printi`/`printe` line from a script or an administrator.
     Print(LogLevel, String),
     ScriptDone(u64, ScriptOutcome),
@@ -283,10 +289,21 @@ impl Shell {
     fn on_message(&mut self, msg: ModuleMsg) {
         let now = Instant::now();
         match msg {
-            ModuleMsg::Command(command, reply) => {
+            ModuleMsg::Command {
+                command,
+                discard_data,
+                reply,
+            } => {
                 let result = self.core.command(now, command);
                 if result.is_ok() {
                     self.supervisor.admin_command(&mut self.core, now);
+                    if discard_data {
+                        // Accepted only from STOP: nothing is mounted or
+                        // received yet, the receivers start after this.
+                        if let Some(replication) = &mut self.replication {
+                            replication.discard_data();
+                        }
+                    }
                 }
                 if let Err(e) = &result {
                     self.log.write(

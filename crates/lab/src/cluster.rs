@@ -78,6 +78,9 @@ pub struct DirState {
     pub dir: String,
     /// `idle`, `receiving`, `tracking`, `resynchronising`, `mirroring`.
     pub activity: String,
+    /// What keeps it from mirroring.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 /// Every replicated directory of `state` is `activity`.

@@ -35,6 +35,10 @@ pub struct Generations {
     /// This node was primary and did not stop cleanly: it may hold changes
     /// its peer never acknowledged (in flight at the crash).
     pub unclean: bool,
+    /// The administrator discarded this copy: whatever its directory
+    /// holds is to be replaced (until a resynchronisation completes).
+    #[serde(default)]
+    pub discarded: bool,
 }
 
 /// What to do when two nodes meet.
@@ -65,9 +69,10 @@ pub enum Refusal {
         "module {module}: the two nodes hold data with no shared history \
          (generations {local:016x} here, {peer:016x} on the peer); Holdfast will not guess \
          which copy wins. On the node whose data must be replaced run \
-         `holdfast second -m {module} --discard-data`, then `holdfast prim -m {module}` on \
-         the node whose data wins: the discarded copy is compared block by block and \
-         overwritten where it differs"
+         `holdfast stop -m {module}` then `holdfast second -m {module} --discard-data`, and \
+         `holdfast prim -m {module}` on the node whose data wins (unless it is primary \
+         already): the discarded copy is compared block by block and overwritten where it \
+         differs"
     )]
     Unrelated {
         module: String,
@@ -77,8 +82,9 @@ pub enum Refusal {
     #[error(
         "module {module}: split brain — both nodes changed their data since generation \
          {common:016x} (now {local:016x} here, {peer:016x} on the peer); Holdfast never \
-         merges. Keep one copy: run `holdfast second -m {module} --discard-data` on the \
-         node whose changes are to be dropped, then `holdfast prim -m {module}` on the other"
+         merges. Keep one copy: run `holdfast stop -m {module}` then `holdfast second -m \
+         {module} --discard-data` on the node whose changes are to be dropped, and \
+         `holdfast prim -m {module}` on the other (unless it is primary already)"
     )]
     SplitBrain {
         module: String,
@@ -168,6 +174,7 @@ impl Generations {
         self.bitmap = None;
         self.incomplete = false;
         self.unclean = false;
+        self.discarded = false;
     }
 
     /// The source side of a completed resynchronisation: the peer now
@@ -186,6 +193,18 @@ impl Generations {
             self.push_history(base);
         }
         self.current = 0;
+        self.discarded = true;
+    }
+
+    /// Nothing ever recorded for this copy: no data, no past, no pending
+    /// resynchronisation or discard. Files found in such a directory were
+    /// put there outside replication: data of an unknown lineage.
+    pub fn is_blank(&self) -> bool {
+        self.current == 0
+            && self.bitmap.is_none()
+            && self.history.is_empty()
+            && !self.incomplete
+            && !self.discarded
     }
 
     /// Whether this node may become primary with its own data.

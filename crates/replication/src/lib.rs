@@ -64,9 +64,6 @@
 //!
 //! # Not yet
 //!
-//! - the CLI commands named by [`Refusal`] (the daemon logs the refusal
-//!   and keeps retrying); the daemon's wiring is `holdfast-daemon`'s
-//!   `replication.rs` (generations asked with `Request::Generations`);
 //! - tracking while mirroring (in-flight changes at a primary crash): today
 //!   the returning old primary is resynchronised by checksum comparison;
 //! - hard links created while ALONE whose first name was created while
