@@ -66,6 +66,20 @@ enum Cmd {
         #[arg(long, default_value = holdfast_daemon::paths::DEFAULT_CONF_DIR)]
         conf_dir: PathBuf,
     },
+    /// Run the split-brain witness (on a third machine): grants each mirror
+    /// module's lease to one node at a time (modules with a [witness]).
+    Witness {
+        /// Address and UDP port to listen on (the modules' witness.port).
+        #[arg(long, default_value = "0.0.0.0:4810")]
+        listen: std::net::SocketAddr,
+        /// The cluster key, the same file as on the nodes.
+        #[arg(long, default_value = "/etc/holdfast/cluster.key")]
+        key: PathBuf,
+        /// The longest lease granted; after a restart, nothing is granted
+        /// for this long (leases granted before may still run).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        max_lease: std::time::Duration,
+    },
     /// Cluster-wide settings.
     #[command(subcommand)]
     Cluster(ClusterCmd),
@@ -191,12 +205,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state_dir,
             conf_dir,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            init_tracing();
             let node = match node {
                 Some(node) => node,
                 None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -209,6 +218,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 paths: Paths::new(state_dir, conf_dir),
             };
             runtime()?.block_on(holdfast_daemon::run(options))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Witness {
+            listen,
+            key,
+            max_lease,
+        } => {
+            init_tracing();
+            let key = ClusterKey::load(&key)
+                .with_context(|| "the witness needs the cluster key of the nodes")?;
+            runtime()?.block_on(holdfast_daemon::witness::serve(listen, key, max_lease))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cluster(ClusterCmd::Keygen { out }) => {
@@ -270,6 +290,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Printe { module, message } => print(&client, &module, LogLevel::Error, message),
         Cmd::Lab(cmd) => lab::run(cmd),
     }
+}
+
+/// Diagnostics of the long-running commands on stderr (`RUST_LOG`, default info).
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

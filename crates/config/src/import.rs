@@ -94,6 +94,7 @@ pub fn import_userconfig(
         replication: Default::default(),
         replicated: Vec::new(),
         load_balancing: Vec::new(),
+        witness: None,
     };
 
     let safe = user.doc.root_element();

@@ -45,6 +45,8 @@ pub struct ModuleConfig {
     /// nodes, per protocol and port (`[[load_balancing]]`). Traffic that no
     /// rule matches is split by client IP.
     pub load_balancing: Vec<Rule>,
+    /// Split-brain protection of a mirror module by a witness (`[witness]`).
+    pub witness: Option<WitnessConfig>,
 }
 
 pub use holdfast_network::farm::{Balance, Protocol, Rule};
@@ -103,6 +105,21 @@ impl VipConfig {
         })
     }
 }
+
+/// `[witness]`: the `holdfast witness` process on a third machine that
+/// grants the primary role's lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessConfig {
+    /// The witness's addresses (one process, reachable on one or more networks).
+    pub addresses: Vec<IpAddr>,
+    /// Its UDP port.
+    pub port: u16,
+    /// How long a grant lasts (default: the heartbeat timeout).
+    pub lease: Duration,
+}
+
+/// Default of `witness.port`.
+pub const DEFAULT_WITNESS_PORT: u16 = 4810;
 
 /// Cloud mode: `GET /` on this TCP port answers 200 only on the node that
 /// should receive traffic (the primary), 503 elsewhere.
@@ -178,6 +195,19 @@ pub struct ScriptsConfig {
     pub logging: bool,
     /// Extra environment variables for scripts (SafeKit `<user><var>`).
     pub env: BTreeMap<String, String>,
+}
+
+impl ScriptsConfig {
+    /// The longest time from deciding to stop the application to the end of
+    /// its forced stop: a script that may be running (each bounded by its
+    /// timeout), then `stop_prim`'s graceful and forced phases.
+    pub fn stop_budget(&self) -> Duration {
+        let longest = self
+            .start_timeout
+            .max(self.stop_timeout)
+            .max(self.force_stop_timeout);
+        longest + self.stop_timeout + self.force_stop_timeout
+    }
 }
 
 impl Default for ScriptsConfig {

@@ -25,8 +25,9 @@ use crate::error::{ConfigError, ValidationError};
 use crate::model::{
     AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
     ModuleConfig, NodeConfig, Protocol, ReplicatedDir, ReplicationConfig, Rule, ScriptsConfig,
-    VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT,
-    DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
+    VipConfig, WitnessConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK,
+    DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
+    DEFAULT_WITNESS_PORT,
 };
 use crate::validate::format_duration;
 
@@ -41,7 +42,9 @@ const ROOT_KEYS: &[&str] = &[
     "replication",
     "replicated",
     "load_balancing",
+    "witness",
 ];
+const WITNESS_KEYS: &[&str] = &["addresses", "port", "lease"];
 const LOAD_BALANCING_KEYS: &[&str] = &["protocol", "port", "by"];
 const CHECKER_KEYS: &[&str] = &[
     "name",
@@ -240,6 +243,14 @@ pub fn to_toml(config: &ModuleConfig) -> String {
         let mut table = Table::new();
         table.insert("port", value(i64::from(health.port)));
         doc.insert("health", Item::Table(table));
+    }
+    if let Some(witness) = &config.witness {
+        let mut table = Table::new();
+        let addresses: Array = witness.addresses.iter().map(|a| a.to_string()).collect();
+        table.insert("addresses", value(addresses));
+        table.insert("port", value(i64::from(witness.port)));
+        table.insert("lease", value(format_duration(witness.lease)));
+        doc.insert("witness", Item::Table(table));
     }
     if !config.replicated.is_empty() || config.replication != ReplicationConfig::default() {
         let mut table = Table::new();
@@ -526,6 +537,10 @@ impl<'a> Reader<'a> {
         let load_balancing = self
             .opt(&root, "load_balancing", Self::load_balancing)?
             .unwrap_or_default();
+        let witness = match self.opt(&root, "witness", Self::table)? {
+            Some(section) => Some(self.witness(&section, heartbeat.timeout)?),
+            None => None,
+        };
 
         Ok(ModuleConfig {
             name,
@@ -545,6 +560,38 @@ impl<'a> Reader<'a> {
             replication,
             replicated,
             load_balancing,
+            witness,
+        })
+    }
+
+    /// `[witness]`; the lease defaults to the heartbeat timeout.
+    fn witness(&mut self, section: &Section<'_>, timeout: Duration) -> Converted<WitnessConfig> {
+        self.check_keys(section, WITNESS_KEYS)?;
+        let addresses = self.req(section, "addresses", |r, path, item| {
+            let texts = r.strings(path, item)?;
+            texts
+                .iter()
+                .enumerate()
+                .map(|(i, text)| {
+                    text.parse::<IpAddr>().map_err(|_| {
+                        r.error(
+                            &format!("{path}[{i}]"),
+                            format!("expected an IP address, found {text:?}"),
+                        )
+                    })
+                })
+                .collect()
+        })?;
+        let port = self
+            .opt(section, "port", Self::port)?
+            .unwrap_or(DEFAULT_WITNESS_PORT);
+        let lease = self
+            .opt(section, "lease", Self::duration)?
+            .unwrap_or(timeout);
+        Ok(WitnessConfig {
+            addresses,
+            port,
+            lease,
         })
     }
 

@@ -18,7 +18,66 @@ impl ModuleConfig {
         self.validate_scripts()?;
         self.validate_network()?;
         self.validate_replication()?;
-        self.validate_farm()
+        self.validate_farm()?;
+        self.validate_witness()
+    }
+
+    /// A witness guards a mirror module, and its lease must leave the
+    /// primary time to stop its application before it ends.
+    fn validate_witness(&self) -> Result<(), ValidationError> {
+        let Some(witness) = &self.witness else {
+            return Ok(());
+        };
+        if self.mode != Mode::Mirror {
+            return invalid(
+                "witness",
+                "a witness guards the primary role of a mirror module; farm modules have none",
+            );
+        }
+        if witness.addresses.is_empty() {
+            return invalid(
+                "witness.addresses",
+                "at least one address of the witness is needed",
+            );
+        }
+        for (i, address) in witness.addresses.iter().enumerate() {
+            if address.is_unspecified() || address.is_multicast() {
+                return invalid(
+                    format!("witness.addresses[{i}]"),
+                    format!("{address} cannot be the address of a witness"),
+                );
+            }
+        }
+        if witness.port == 0 {
+            return invalid("witness.port", "the port must be between 1 and 65535");
+        }
+        let timeout = self.heartbeat.timeout;
+        // A node reads consent in its peer's statuses; those are at most a
+        // timeout old, and older than any lease the peer still holds.
+        if witness.lease < timeout {
+            return invalid(
+                "witness.lease",
+                format!(
+                    "the lease ({}) must last at least the heartbeat timeout ({})",
+                    format_duration(witness.lease),
+                    format_duration(timeout)
+                ),
+            );
+        }
+        let budget = self.scripts.stop_budget();
+        let needed = budget + self.heartbeat.pulse * 3;
+        if witness.lease <= needed {
+            return invalid(
+                "witness.lease",
+                format!(
+                    "the lease ({}) must exceed the time to stop the application ({}: the longest script timeout, then stop_prim's stop_timeout and force_stop_timeout) plus three pulses ({}): lower the [scripts] timeouts or lengthen the lease",
+                    format_duration(witness.lease),
+                    format_duration(budget),
+                    format_duration(needed)
+                ),
+            );
+        }
+        Ok(())
     }
 
     /// What belongs to one mode only, and the farm's load-balancing rules.

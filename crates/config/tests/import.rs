@@ -153,6 +153,7 @@ fn the_safekit_sample_imports() {
             },
         ],
         load_balancing: Vec::new(),
+        witness: None,
     };
     assert_eq!(config, expected);
 

@@ -1020,3 +1020,89 @@ fn farm_errors() {
     let replicated = FARM.to_string() + "\n[[replicated]]\ndir = \"/srv/data\"\n";
     assert_error(&replicated, 36, 1, "replicated[0]", "for mirror modules");
 }
+
+/// Script timeouts and a heartbeat short enough for a witness: the stop
+/// budget is 3 × 1s, the lease must exceed it by three pulses.
+const QUICK: &str =
+    "[heartbeat]\ntimeout = \"6s\"\n\n[scripts]\nstart_timeout = \"1s\"\nstop_timeout = \"1s\"\nforce_stop_timeout = \"1s\"\n\n";
+
+#[test]
+fn witness_parses_round_trips_and_defaults_its_lease_to_the_timeout() {
+    let text = minimal_plus(&format!(
+        "{QUICK}[witness]\naddresses = [\"198.18.0.3\", \"10.0.0.3\"]\n"
+    ));
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.witness,
+        Some(WitnessConfig {
+            addresses: vec![ip("198.18.0.3"), ip("10.0.0.3")],
+            port: DEFAULT_WITNESS_PORT,
+            lease: Duration::from_secs(6),
+        })
+    );
+    assert_eq!(config.scripts.stop_budget(), Duration::from_secs(3));
+    assert_eq!(parse(&to_toml(&config)).unwrap(), config);
+    let text = minimal_plus(&format!(
+        "{QUICK}[witness]\naddresses = [\"198.18.0.3\"]\nport = 4999\nlease = \"8s\"\n"
+    ));
+    let witness = parse(&text).unwrap().witness.unwrap();
+    assert_eq!(
+        (witness.port, witness.lease),
+        (4999, Duration::from_secs(8))
+    );
+    assert_eq!(parse(MINIMAL).unwrap().witness, None);
+}
+
+#[test]
+fn witness_errors_are_placed() {
+    // QUICK takes lines 12 to 19; [witness] is line 20.
+    assert_error(
+        &minimal_plus(&format!(
+            "{QUICK}[witness]\naddresses = [\"witness.example\"]\n"
+        )),
+        21,
+        14,
+        "witness.addresses[0]",
+        "expected an IP address",
+    );
+    assert_error(
+        &minimal_plus(&format!("{QUICK}[witness]\naddresses = []\n")),
+        21,
+        13,
+        "witness.addresses",
+        "at least one address",
+    );
+    assert_error(
+        &minimal_plus(&format!("{QUICK}[witness]\nport = 4810\n")),
+        20,
+        1,
+        "witness.addresses",
+        "required",
+    );
+    assert_error(
+        &minimal_plus(&format!(
+            "{QUICK}[witness]\naddresses = [\"198.18.0.3\"]\nlease = \"2s\"\n"
+        )),
+        22,
+        9,
+        "witness.lease",
+        "at least the heartbeat timeout (6s)",
+    );
+    // The default script timeouts (300 s each) cannot stop in a 30 s lease.
+    assert_error(
+        &minimal_plus("[witness]\naddresses = [\"198.18.0.3\"]\n"),
+        12,
+        1,
+        "witness.lease",
+        "must exceed the time to stop the application (15m",
+    );
+    assert_error(
+        &minimal_plus(&format!(
+            "{QUICK}[witness]\naddresses = [\"198.18.0.3\"]\nleases = \"9s\"\n"
+        )),
+        22,
+        1,
+        "witness.leases",
+        "unknown",
+    );
+}

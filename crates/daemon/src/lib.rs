@@ -9,7 +9,8 @@
 //! - [`registry`]: installed modules, persisted under the state directory;
 //! - [`modlog`]: the module log;
 //! - [`health`]: the cloud-mode health endpoint of a module;
-//! - [`supervision`]: a module's checkers and recovery policy.
+//! - [`supervision`]: a module's checkers and recovery policy;
+//! - [`witness`]: `holdfast witness`, the split-brain witness's server.
 
 pub mod api;
 pub mod client;
@@ -21,6 +22,7 @@ pub mod replication;
 pub mod scripts;
 pub mod shell;
 pub mod supervision;
+pub mod witness;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
 use holdfast_config::{Boot, ModuleConfig};
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
+use holdfast_membership::lease::{LeaseReply, LeaseRequest};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
     Action, ClusterKey, Command, CommandError, Heartbeat, LogLevel, MirrorModule, MirrorSettings,
@@ -75,8 +76,9 @@ pub async fn spawn(
     config: ModuleConfig,
     at_boot: bool,
 ) -> Result<ModuleHandle, DaemonError> {
-    let settings = MirrorSettings::from_config(&config, &ctx.node)
+    let mut settings = MirrorSettings::from_config(&config, &ctx.node)
         .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
+    settings.incarnation = ctx.incarnation;
     let paths = ctx.paths.module(&config.name);
     for dir in [paths.bin(), paths.var()] {
         std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
@@ -101,6 +103,21 @@ pub async fn spawn(
                 .collect()
         })
         .unwrap_or_default();
+    let witness = match &config.witness {
+        Some(witness) => Some(WitnessLink {
+            socket: UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+                .await
+                .map_err(|e| {
+                    DaemonError::Io(format!("module {}: witness socket", config.name), e)
+                })?,
+            addresses: witness
+                .addresses
+                .iter()
+                .map(|a| SocketAddr::new(*a, witness.port))
+                .collect(),
+        }),
+        None => None,
+    };
     let start = match config.boot {
         Boot::On => at_boot,
         Boot::Auto => at_boot && persistent.running,
@@ -173,6 +190,7 @@ pub async fn spawn(
         _health: health,
         supervisor,
         replication,
+        witness,
     };
     let task = tokio::spawn(shell.run(rx, checker_rx));
     Ok(ModuleHandle {
@@ -204,6 +222,13 @@ struct Rejections {
 
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Where the module asks for its lease.
+struct WitnessLink {
+    socket: UdpSocket,
+    /// The witness's address and port on each network.
+    addresses: Vec<SocketAddr>,
+}
+
 struct Shell {
     ctx: Arc<NodeContext>,
     config: Arc<ModuleConfig>,
@@ -228,6 +253,8 @@ struct Shell {
     supervisor: Supervisor,
     /// File replication of the module's replicated directories, if any.
     replication: Option<crate::replication::Replication>,
+    /// The split-brain witness, if configured.
+    witness: Option<WitnessLink>,
 }
 
 impl Shell {
@@ -239,6 +266,7 @@ impl Shell {
         let pulse = self.config.heartbeat.pulse;
         let mut next_pulse = Instant::now();
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut witness_buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
             let wake = [self.core.next_deadline(), self.supervisor.next_deadline()]
                 .into_iter()
@@ -256,6 +284,10 @@ impl Shell {
                 received = self.socket.recv_from(&mut buf) => match received {
                     Ok((len, from)) => self.on_datagram(&buf[..len], from),
                     Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.config.name),
+                },
+                received = recv_witness(&self.witness, &mut witness_buf) => match received {
+                    Ok((len, from)) => self.on_lease_reply(&witness_buf[..len], from),
+                    Err(e) => tracing::warn!("module {}: witness receive: {e}", self.config.name),
                 },
                 msg = rx.recv() => match msg {
                     Some(msg) => self.on_message(msg),
@@ -336,7 +368,60 @@ impl Shell {
                 self.core
                     .heartbeat(Instant::now(), network, stamp, heartbeat.status);
             }
-            Err(reason) => self.reject(from, reason),
+            Err(reason) => self.reject("heartbeat", from, reason),
+        }
+    }
+
+    fn on_lease_reply(&mut self, datagram: &[u8], from: SocketAddr) {
+        match self.accept_lease_reply(datagram, from) {
+            Ok(reply) => self
+                .core
+                .lease_reply(Instant::now(), reply.id, reply.verdict),
+            Err(reason) => self.reject("witness reply", from, reason),
+        }
+    }
+
+    fn accept_lease_reply(&self, datagram: &[u8], from: SocketAddr) -> Result<LeaseReply, String> {
+        let known = self
+            .witness
+            .as_ref()
+            .is_some_and(|w| w.addresses.contains(&from));
+        if !known {
+            return Err(format!("{from} is not an address of the witness"));
+        }
+        let reply = LeaseReply::decode(datagram, &self.ctx.key).map_err(|e| e.to_string())?;
+        if reply.module != self.config.name
+            || reply.node != self.ctx.node
+            || reply.incarnation != self.ctx.incarnation
+        {
+            return Err(format!(
+                "reply for module {} node {} incarnation {}, not this one",
+                reply.module, reply.node, reply.incarnation
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// Sends a lease request (`duration` zero: a release) to every address
+    /// of the witness.
+    async fn ask_witness(&self, id: u64, duration: Duration) {
+        let Some(witness) = &self.witness else { return };
+        let bytes = LeaseRequest {
+            module: self.config.name.clone(),
+            node: self.ctx.node.clone(),
+            incarnation: self.ctx.incarnation,
+            id,
+            duration_ms: duration.as_millis() as u64,
+        }
+        .encode(&self.ctx.key);
+        for address in &witness.addresses {
+            // A network that is down fails here; the others carry on.
+            if let Err(e) = witness.socket.send_to(&bytes, address).await {
+                tracing::debug!(
+                    "module {}: lease request to {address}: {e}",
+                    self.config.name
+                );
+            }
         }
     }
 
@@ -365,7 +450,7 @@ impl Shell {
         Ok((network, heartbeat))
     }
 
-    fn reject(&mut self, from: SocketAddr, reason: String) {
+    fn reject(&mut self, what: &str, from: SocketAddr, reason: String) {
         let now = Instant::now();
         let due = self
             .rejected
@@ -383,7 +468,7 @@ impl Shell {
         };
         self.log.write(
             LogLevel::Error,
-            &format!("rejected heartbeat from {from}: {reason}{more}"),
+            &format!("rejected {what} from {from}: {reason}{more}"),
         );
         self.rejected.last_logged = Some(now);
     }
@@ -433,8 +518,8 @@ impl Shell {
                         replication.release();
                     }
                 }
-                // Only with a witness, which the configuration cannot name yet.
-                Action::RequestLease { .. } | Action::ReleaseLease { .. } => {}
+                Action::RequestLease { id, duration } => self.ask_witness(id, duration).await,
+                Action::ReleaseLease { id } => self.ask_witness(id, Duration::ZERO).await,
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
                         self.persist(&persistent);
@@ -570,6 +655,17 @@ impl Shell {
             .map(|(k, v)| (k.to_string(), v)),
         );
         env
+    }
+}
+
+/// The next datagram from the witness; never, without one.
+async fn recv_witness(
+    witness: &Option<WitnessLink>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match witness {
+        Some(w) => w.socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

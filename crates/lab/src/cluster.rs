@@ -32,7 +32,14 @@ pub struct MirrorOptions {
     pub health: bool,
     /// More TOML at the end of the file, e.g. `[[checker]]` tables.
     pub tail: String,
+    /// Run `holdfast witness` on the client host and give the module a
+    /// `[witness]` with this lease; the script timeouts are then a quarter
+    /// of it each, so that the application stops well within it.
+    pub witness_lease: Option<Duration>,
 }
+
+/// The witness's UDP port when [`MirrorOptions::witness_lease`] is set.
+pub const WITNESS_PORT: u16 = 4810;
 
 /// The health endpoint's port when [`MirrorOptions::health`] is set.
 pub const HEALTH_PORT: u16 = 9010;
@@ -53,6 +60,7 @@ impl Default for MirrorOptions {
             vip: false,
             health: false,
             tail: String::new(),
+            witness_lease: None,
         }
     }
 }
@@ -144,7 +152,48 @@ impl MirrorLab {
             let module_file = format!("/etc/holdfast/{}/module.toml", this.options.module);
             this.run_cli_checked(&host, &["module", "install", &module_file])?;
         }
+        if let Some(lease) = this.options.witness_lease {
+            let etc = this.lab.host_dir(crate::CLIENT)?.join("etc-holdfast");
+            std::fs::create_dir_all(&etc)
+                .map_err(|e| LabError::io(format!("creating {}", etc.display()), e))?;
+            write(&etc.join("cluster.key"), &key)?;
+            this.start_witness(lease)?;
+        }
         Ok(this)
+    }
+
+    /// Starts `holdfast witness` on the client host (its output in the
+    /// host's `witness.log`), granting leases up to `max_lease`.
+    pub fn start_witness(&mut self, max_lease: Duration) -> Result<()> {
+        let host = crate::CLIENT;
+        let log_path = self.lab.host_dir(host)?.join("witness.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| LabError::io(format!("opening {}", log_path.display()), e))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| LabError::io("witness log", e))?;
+        let child = self
+            .lab
+            .command(host, &self.exe)?
+            .args([
+                "witness",
+                "--listen",
+                &format!("0.0.0.0:{WITNESS_PORT}"),
+                "--key",
+                "/etc/holdfast/cluster.key",
+                "--max-lease",
+                &format!("{}ms", max_lease.as_millis()),
+            ])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| LabError::io(format!("starting the witness on {host}"), e))?;
+        self.daemons.push((host.to_string(), child));
+        Ok(())
     }
 
     fn module_toml(&self) -> Result<String> {
@@ -174,7 +223,26 @@ impl MirrorLab {
             text.push_str(&format!("\n[health]\nport = {HEALTH_PORT}\n"));
         }
         text.push_str(&o.tail);
-        text.push_str("\n[scripts]\ndirectory = \"scripts\"\nstart_timeout = \"20s\"\nstop_timeout = \"10s\"\nforce_stop_timeout = \"10s\"\n");
+        let (start, stop) = match o.witness_lease {
+            Some(lease) => {
+                let addresses: Vec<String> = (0..o.networks)
+                    .map(|k| Ok(format!("\"{}\"", self.lab.address(crate::CLIENT, k)?)))
+                    .collect::<Result<_>>()?;
+                text.push_str(&format!(
+                    "\n[witness]\naddresses = [{}]\nport = {WITNESS_PORT}\nlease = \"{}ms\"\n",
+                    addresses.join(", "),
+                    lease.as_millis()
+                ));
+                (lease / 4, lease / 4)
+            }
+            None => (Duration::from_secs(20), Duration::from_secs(10)),
+        };
+        text.push_str(&format!(
+            "\n[scripts]\ndirectory = \"scripts\"\nstart_timeout = \"{}ms\"\nstop_timeout = \"{}ms\"\nforce_stop_timeout = \"{}ms\"\n",
+            start.as_millis(),
+            stop.as_millis(),
+            stop.as_millis()
+        ));
         Ok(text)
     }
 

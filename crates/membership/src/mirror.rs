@@ -388,7 +388,11 @@ impl MirrorSettings {
             timeout: config.heartbeat.timeout,
             networks: config.heartbeat.networks.len(),
             incarnation: 0,
-            witness: None,
+            witness: config.witness.as_ref().map(|w| LeaseSettings {
+                duration: w.lease,
+                renew: config.heartbeat.pulse,
+                stop_budget: config.scripts.stop_budget(),
+            }),
         })
     }
 }

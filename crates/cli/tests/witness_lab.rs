@@ -1,0 +1,194 @@
+//! Split-brain protection on real test hosts: two nodes and `holdfast
+//! witness` on a third host (the client), real partitions by nftables drop
+//! rules at seeded random moments, and a watcher polling both nodes all the
+//! while: never both running the sample application nor both holding the
+//! virtual IP. A partition isolating the primary from its peer and the
+//! witness makes it step down, and the other takes over.
+//!
+//! Reproduce a run: `HOLDFAST_LAB_SEED=<seed>` (printed at the start).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState, VIP};
+use holdfast_lab::CLIENT;
+use holdfast_network::Vip;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+const SETTLE: Duration = Duration::from_secs(30);
+const ROUNDS: usize = 10;
+
+fn holds_vip(cluster: &MirrorLab, host: &str) -> bool {
+    cluster
+        .lab
+        .run_in_netns(host, || Vip::holds("eth0", VIP))
+        .expect("namespace")
+        .expect("netlink")
+}
+
+fn runs_app(cluster: &MirrorLab, host: &str) -> bool {
+    cluster.app_pid(host).is_some()
+}
+
+fn is(state: &Option<NodeState>, name: &str) -> bool {
+    settled(state, name)
+}
+
+/// The states of `(a, b)` out of the states of node1 and node2.
+fn ordered<'s>(
+    a: &str,
+    node1: &'s Option<NodeState>,
+    node2: &'s Option<NodeState>,
+) -> (&'s Option<NodeState>, &'s Option<NodeState>) {
+    if a == "node1" {
+        (node1, node2)
+    } else {
+        (node2, node1)
+    }
+}
+
+/// Partitions (each undone by `heal`) of one round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cut {
+    /// Only between the nodes: both still reach the witness.
+    Nodes,
+    /// The primary from its peer and from the witness.
+    IsolatePrimary,
+    /// The secondary from its peer and from the witness.
+    IsolateSecondary,
+}
+
+impl Cut {
+    fn pairs(self, prim: &'static str, second: &'static str) -> Vec<(&'static str, &'static str)> {
+        match self {
+            Cut::Nodes => vec![(prim, second)],
+            Cut::IsolatePrimary => vec![(prim, second), (prim, CLIENT)],
+            Cut::IsolateSecondary => vec![(prim, second), (second, CLIENT)],
+        }
+    }
+}
+
+/// Ends the watcher when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn ten_partitions_with_a_witness_never_show_two_holders() {
+    let seed = std::env::var("HOLDFAST_LAB_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
+    eprintln!("witness lab: seed {seed} (HOLDFAST_LAB_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (cluster, mut prim, mut second) = MirrorLab::started(
+        EXE.as_ref(),
+        MirrorOptions {
+            pulse: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            vip: true,
+            witness_lease: Some(Duration::from_secs(2)),
+            ..MirrorOptions::default()
+        },
+        SETTLE,
+    )
+    .expect("a running pair with a witness");
+
+    let stop = AtomicBool::new(false);
+    let violations = Mutex::new(Vec::<String>::new());
+    let polls = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let start = Instant::now();
+            let mut polls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let apps = ["node1", "node2"].map(|h| runs_app(&cluster, h));
+                let vips = ["node1", "node2"].map(|h| holds_vip(&cluster, h));
+                if apps == [true, true] || vips == [true, true] {
+                    violations.lock().unwrap().push(format!(
+                        "at {:?}: application on both {}, VIP on both {}",
+                        start.elapsed(),
+                        apps == [true, true],
+                        vips == [true, true]
+                    ));
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            polls
+        });
+        // Also on a failed assertion: the scope joins the watcher.
+        let _stop = StopOnDrop(&stop);
+        let mut isolated_primaries = 0;
+        for round in 0..ROUNDS {
+            // At least two rounds isolate the primary; the others draw.
+            let cut = match (round, rng.gen_range(0..3)) {
+                (2 | 6, _) | (_, 1) => Cut::IsolatePrimary,
+                (_, 0) => Cut::Nodes,
+                _ => Cut::IsolateSecondary,
+            };
+            std::thread::sleep(Duration::from_millis(rng.gen_range(0..800)));
+            let pairs = cut.pairs(prim, second);
+            for (a, b) in &pairs {
+                cluster.lab.partition(a, b).expect("partition");
+            }
+            let held = Duration::from_millis(rng.gen_range(300..2500));
+            eprintln!("round {round}: {cut:?} (primary {prim}) for {held:?}");
+            if cut == Cut::IsolatePrimary {
+                // The old primary steps down, and only then the other takes over.
+                cluster
+                    .wait_states(SETTLE, |a, b| {
+                        let (p, s) = ordered(prim, a, b);
+                        p.as_ref()
+                            .is_some_and(|p| p.state == "WAIT" && !p.app_active)
+                            && is(s, "ALONE")
+                            && s.as_ref().is_some_and(|s| s.app_active)
+                    })
+                    .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {e}"));
+                assert!(!runs_app(&cluster, prim) && runs_app(&cluster, second));
+                isolated_primaries += 1;
+            } else {
+                std::thread::sleep(held);
+            }
+            for (a, b) in &pairs {
+                cluster.lab.heal(a, b).expect("heal");
+            }
+            (prim, second) = cluster
+                .wait_pair(SETTLE)
+                .unwrap_or_else(|e| panic!("round {round} (seed {seed}): after the heal: {e}"));
+            if cut == Cut::IsolatePrimary {
+                assert_ne!(
+                    pairs[0].0, prim,
+                    "round {round}: the node that stepped down came back as SECOND"
+                );
+            }
+            assert!(
+                cluster.wait_app(prim, SETTLE),
+                "round {round}: the application runs on the PRIM {prim}"
+            );
+        }
+        assert!(isolated_primaries >= 2);
+        drop(_stop);
+        watcher.join().expect("watcher")
+    });
+    let violations = violations.into_inner().unwrap();
+    eprintln!(
+        "witness lab: {ROUNDS} partitions, {polls} polls of both nodes, {} violations",
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "seed {seed}: two holders at once: {violations:#?}"
+    );
+    let stepped_down = cluster.module_log("node1") + &cluster.module_log("node2");
+    assert!(
+        stepped_down.contains("neither") && stepped_down.contains("witness"),
+        "the step-down is logged with its reason"
+    );
+}
