@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use holdfast_lab::cluster::{
     settled, MirrorLab, MirrorOptions, NodeState, APP_PORT, HEALTH_PORT, VIP,
 };
-use holdfast_network::Vip;
 
 const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
 const SETTLE: Duration = Duration::from_secs(30);
@@ -43,11 +42,7 @@ fn ask(cluster: &MirrorLab) -> Option<String> {
 }
 
 fn holds_vip(cluster: &MirrorLab, host: &str) -> bool {
-    cluster
-        .lab
-        .run_in_netns(host, || Vip::holds("eth0", VIP))
-        .expect("namespace")
-        .expect("netlink")
+    cluster.holds_vip(host).expect("the host's addresses")
 }
 
 /// Polls the VIP until `node` answers (bounded), then checks that the next

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState, VIP};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState};
 use holdfast_lab::CLIENT;
-use holdfast_network::Vip;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -22,11 +21,7 @@ const SETTLE: Duration = Duration::from_secs(30);
 const ROUNDS: usize = 10;
 
 fn holds_vip(cluster: &MirrorLab, host: &str) -> bool {
-    cluster
-        .lab
-        .run_in_netns(host, || Vip::holds("eth0", VIP))
-        .expect("namespace")
-        .expect("netlink")
+    cluster.holds_vip(host).expect("the host's addresses")
 }
 
 fn runs_app(cluster: &MirrorLab, host: &str) -> bool {

@@ -165,34 +165,18 @@ impl MirrorLab {
     /// Starts `holdfast witness` on the client host (its output in the
     /// host's `witness.log`), granting leases up to `max_lease`.
     pub fn start_witness(&mut self, max_lease: Duration) -> Result<()> {
-        let host = crate::CLIENT;
-        let log_path = self.lab.host_dir(host)?.join("witness.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| LabError::io(format!("opening {}", log_path.display()), e))?;
-        let err = log
-            .try_clone()
-            .map_err(|e| LabError::io("witness log", e))?;
-        let child = self
-            .lab
-            .command(host, &self.exe)?
-            .args([
-                "witness",
-                "--listen",
-                &format!("0.0.0.0:{WITNESS_PORT}"),
-                "--key",
-                "/etc/holdfast/cluster.key",
-                "--max-lease",
-                &format!("{}ms", max_lease.as_millis()),
-            ])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| LabError::io(format!("starting the witness on {host}"), e))?;
-        self.daemons.push((host.to_string(), child));
+        let listen = format!("0.0.0.0:{WITNESS_PORT}");
+        let max_lease = format!("{}ms", max_lease.as_millis());
+        let args = [
+            "witness",
+            "--listen",
+            &listen,
+            "--key",
+            "/etc/holdfast/cluster.key",
+            "--max-lease",
+            &max_lease,
+        ];
+        self.spawn_logged(crate::CLIENT, &args, "witness.log")?;
         Ok(())
     }
 
@@ -246,26 +230,35 @@ impl MirrorLab {
         Ok(text)
     }
 
-    /// Starts `host`'s daemon and waits until its API answers.
-    pub fn start_daemon(&mut self, host: &str) -> Result<()> {
-        let log_path = self.lab.host_dir(host)?.join("daemon.log");
-        let log = std::fs::OpenOptions::new()
+    /// Starts `holdfast <args>` on `host`, its output appended to the
+    /// host's `<log>`; returns the log's path.
+    fn spawn_logged(&mut self, host: &str, args: &[&str], log: &str) -> Result<PathBuf> {
+        let log_path = self.lab.host_dir(host)?.join(log);
+        let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
             .map_err(|e| LabError::io(format!("opening {}", log_path.display()), e))?;
-        let err = log.try_clone().map_err(|e| LabError::io("daemon log", e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| LabError::io(log.to_string(), e))?;
         let child = self
             .lab
             .command(host, &self.exe)?
-            .args(["daemon", "--node", host])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(log)
+            .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| LabError::io(format!("starting the daemon on {host}"), e))?;
+            .map_err(|e| LabError::io(format!("starting holdfast {} on {host}", args[0]), e))?;
         self.daemons.push((host.to_string(), child));
+        Ok(log_path)
+    }
+
+    /// Starts `host`'s daemon and waits until its API answers.
+    pub fn start_daemon(&mut self, host: &str) -> Result<()> {
+        let log_path = self.spawn_logged(host, &["daemon", "--node", host], "daemon.log")?;
         let up = wait_until(Duration::from_secs(15), Duration::from_millis(50), || {
             self.cli(host, &["module", "list"])
                 .is_ok_and(|o| o.status.success())
@@ -411,6 +404,13 @@ impl MirrorLab {
                 last.0, last.1
             )))
         }
+    }
+
+    /// `host` holds the virtual IP [`VIP`] (on its network 0 interface).
+    pub fn holds_vip(&self, host: &str) -> Result<bool> {
+        self.lab
+            .run_in_netns(host, || holdfast_network::Vip::holds("eth0", VIP))?
+            .map_err(|e| LabError::Cluster(format!("reading the addresses of {host}: {e}")))
     }
 
     /// The pid of the sample application on `host`, if it runs there.
