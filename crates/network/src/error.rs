@@ -79,6 +79,20 @@ pub enum NetworkError {
         #[source]
         source: io::Error,
     },
+    /// Writing a kernel setting failed.
+    #[error("cannot set {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys file.
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    /// `nft -f` refused the farm's rules or could not run.
+    #[error("nftables: {detail}")]
+    Nft {
+        /// nft's error output, or why it could not run.
+        detail: String,
+    },
 }
 
 /// Result of this crate's operations.

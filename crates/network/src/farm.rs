@@ -32,20 +32,21 @@
 //!
 //! # Filter
 //!
-//! [`FarmFilter::ruleset`] is the nftables script for one node's netdev
-//! ingress hook on the farm interface (see DESIGN.md, "Virtual IP through
-//! the kernel"): frames to the virtual MAC are marked for this host (the
-//! stack would otherwise drop them as addressed to another host), then each
-//! load-balancing rule hashes the client, with a seed fixed on every node
-//! (`jhash ip saddr` for client-IP affinity, `jhash ip saddr . <proto>
-//! sport` for IP and port), into 256 buckets and drops those this node does
-//! not own. Owned buckets are an nft
-//! set, so a membership change replaces only the set
-//! ([`FarmFilter::owned_update`]), atomically, without reloading the chain.
+//! [`FarmFilter::ruleset`] is the nftables script for one node (see
+//! DESIGN.md, "Virtual IP through the kernel"): a netdev ingress hook on the
+//! farm interface marks frames to the virtual MAC for this host (the stack
+//! would otherwise drop them as addressed to another host); an ip prerouting
+//! hook after conntrack keeps the connections this node already has, then
+//! hashes each new client, with a seed fixed on every node (`jhash ip saddr`
+//! for client-IP affinity, `jhash ip saddr . <proto> sport` for IP and
+//! port), into 256 buckets and drops those this node does not own. A
+//! membership change replaces both tables in one transaction; conntrack
+//! entries live outside them, so open connections carry on.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use crate::garp::Mac;
 use crate::netlink::check_interface_name;
@@ -272,10 +273,12 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FarmFilter {
     table: String,
-    interface: String,
-    vip: Ipv4Addr,
-    vmac: Mac,
+    pub(crate) interface: String,
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) vmac: Mac,
     rules: Vec<Rule>,
+    /// Owned buckets expire unless programmed again within this time.
+    expiry: Option<Duration>,
 }
 
 /// Seed of every `jhash`: without one the kernel draws a random seed per
@@ -319,38 +322,78 @@ impl FarmFilter {
             vip,
             vmac,
             rules,
+            expiry: None,
         })
     }
 
-    /// The whole table, for `nft -f -`: replaces any previous version of the
-    /// table in one transaction (declaring it first makes the delete valid
+    /// Owned buckets expire `after` their last programming: a node whose
+    /// daemon died (kill -9) stops taking new clients by itself once its
+    /// peers have noticed (their heartbeat timeout) and taken its buckets,
+    /// instead of resetting the connections the kernel would still accept
+    /// for an application that is gone. The owner programs again well
+    /// within `after`.
+    pub fn expiring(mut self, after: Duration) -> FarmFilter {
+        self.expiry = Some(after);
+        self
+    }
+
+    /// Both tables, for `nft -f -`: replaces any previous version of them
+    /// in one transaction (declaring a table first makes its delete valid
     /// when it does not exist yet; nft 1.0.6 has no `destroy`).
     ///
-    /// Traffic to the VIP that no rule matches (ping, other ports) is split
-    /// by client IP, so exactly one node answers it rather than all of them.
+    /// - `netdev` ingress on the interface: frames to the virtual MAC are
+    ///   marked for this host (the stack drops them otherwise).
+    /// - `ip` prerouting, after conntrack (-200): a connection this node
+    ///   already has (established or related) stays here whoever owns its
+    ///   bucket now, so a node joining takes no open connection away; any
+    ///   other TCP segment but a SYN is dropped, so the new owner of a bucket
+    ///   never answers another node's connection with a reset; then each
+    ///   rule hashes the client into 256 buckets and keeps the owned ones.
+    ///   Traffic to the VIP that no rule matches (ping, other ports) is split
+    ///   by client IP, so exactly one node answers it rather than all.
     pub fn ruleset(&self, owned: &BTreeSet<u8>) -> String {
-        let table = format!("netdev {}", self.table);
         let vmac = format_mac(&self.vmac);
-        let to_vip = format!("ether daddr {vmac} ip daddr {}", self.vip);
-        let mut script = format!("table {table} {{}}\ndelete table {table}\ntable {table} {{\n");
-        // A set of `typeof jhash ...` is what the hash yields, but nft 1.0.6
-        // crashes listing such a set; numgen yields the same type (32-bit
-        // integer, host byte order), so the lookup matches the same values.
-        script.push_str("  set owned {\n    typeof numgen inc mod 256\n");
-        if !owned.is_empty() {
-            let _ = writeln!(script, "    elements = {{ {} }}", element_list(owned));
+        let vip = self.vip;
+        let mut script = String::new();
+        for family in ["netdev", "ip"] {
+            let table = format!("{family} {}", self.table);
+            let _ = writeln!(script, "table {table} {{}}\ndelete table {table}");
         }
-        script.push_str("  }\n");
-        let _ = writeln!(script, "  chain ingress {{");
+        let _ = writeln!(script, "table netdev {} {{", self.table);
+        script.push_str("  chain ingress {\n");
         let _ = writeln!(
             script,
             "    type filter hook ingress device \"{}\" priority -500; policy accept;",
             self.interface
         );
         let _ = writeln!(script, "    ether daddr {vmac} meta pkttype set host");
+        script.push_str("  }\n}\n");
+        let _ = writeln!(script, "table ip {} {{", self.table);
+        // A set of `typeof jhash ...` is what the hash yields, but nft 1.0.6
+        // crashes listing such a set; numgen yields the same type (32-bit
+        // integer, host byte order), so the lookup matches the same values.
+        script.push_str("  set owned {\n    typeof numgen inc mod 256\n");
+        if let Some(expiry) = self.expiry {
+            let _ = writeln!(script, "    timeout {}ms", expiry.as_millis().max(1));
+        }
+        if !owned.is_empty() {
+            let _ = writeln!(script, "    elements = {{ {} }}", element_list(owned));
+        }
+        script.push_str("  }\n  chain prerouting {\n");
+        script.push_str("    type filter hook prerouting priority -150; policy accept;\n");
+        // This node talking to its own VIP is none of the farm's business.
+        let _ = writeln!(script, "    iif \"lo\" ip daddr {vip} accept");
+        let _ = writeln!(
+            script,
+            "    ip daddr {vip} ct state established,related accept"
+        );
+        let _ = writeln!(
+            script,
+            "    ip daddr {vip} tcp flags & (fin|syn|rst|ack) != syn drop"
+        );
         for rule in &self.rules {
             let protocol = rule.protocol.nft();
-            let mut matched = format!("{to_vip} ip protocol {protocol}");
+            let mut matched = format!("ip daddr {vip} meta l4proto {protocol}");
             if let Some(port) = rule.port {
                 let _ = write!(matched, " {protocol} dport {port}");
             }
@@ -366,27 +409,20 @@ impl FarmFilter {
         }
         let _ = writeln!(
             script,
-            "    {to_vip} jhash ip saddr mod 256 seed {HASH_SEED:#x} != @owned drop"
+            "    ip daddr {vip} jhash ip saddr mod 256 seed {HASH_SEED:#x} != @owned drop"
         );
         script.push_str("  }\n}\n");
         script
     }
 
-    /// Replaces only the owned buckets, atomically (one nft transaction),
-    /// leaving the chain and established flows' rules untouched.
-    pub fn owned_update(&self, owned: &BTreeSet<u8>) -> String {
-        let set = format!("netdev {} owned", self.table);
-        let mut script = format!("flush set {set}\n");
-        if !owned.is_empty() {
-            let _ = writeln!(script, "add element {set} {{ {} }}", element_list(owned));
+    /// Removes both tables (farm stopped). Valid whether or not they exist.
+    pub fn removal(&self) -> String {
+        let mut script = String::new();
+        for family in ["netdev", "ip"] {
+            let table = format!("{family} {}", self.table);
+            let _ = writeln!(script, "table {table} {{}}\ndelete table {table}");
         }
         script
-    }
-
-    /// Removes the table (farm stopped). Valid whether or not it exists.
-    pub fn removal(&self) -> String {
-        let table = format!("netdev {}", self.table);
-        format!("table {table} {{}}\ndelete table {table}\n")
     }
 }
 
@@ -625,19 +661,29 @@ mod tests {
         let expected = "\
 table netdev holdfast_web {}
 delete table netdev holdfast_web
+table ip holdfast_web {}
+delete table ip holdfast_web
 table netdev holdfast_web {
+  chain ingress {
+    type filter hook ingress device \"eth0\" priority -500; policy accept;
+    ether daddr 02:48:46:00:00:2a meta pkttype set host
+  }
+}
+table ip holdfast_web {
   set owned {
     typeof numgen inc mod 256
     elements = { 0, 1, 7, 255 }
   }
-  chain ingress {
-    type filter hook ingress device \"eth0\" priority -500; policy accept;
-    ether daddr 02:48:46:00:00:2a meta pkttype set host
-    ether daddr 02:48:46:00:00:2a ip daddr 198.18.0.50 ip protocol tcp tcp dport 80 jhash ip saddr . tcp sport mod 256 seed 0x486f6c64 @owned accept
-    ether daddr 02:48:46:00:00:2a ip daddr 198.18.0.50 ip protocol tcp tcp dport 80 drop
-    ether daddr 02:48:46:00:00:2a ip daddr 198.18.0.50 ip protocol udp jhash ip saddr mod 256 seed 0x486f6c64 @owned accept
-    ether daddr 02:48:46:00:00:2a ip daddr 198.18.0.50 ip protocol udp drop
-    ether daddr 02:48:46:00:00:2a ip daddr 198.18.0.50 jhash ip saddr mod 256 seed 0x486f6c64 != @owned drop
+  chain prerouting {
+    type filter hook prerouting priority -150; policy accept;
+    iif \"lo\" ip daddr 198.18.0.50 accept
+    ip daddr 198.18.0.50 ct state established,related accept
+    ip daddr 198.18.0.50 tcp flags & (fin|syn|rst|ack) != syn drop
+    ip daddr 198.18.0.50 meta l4proto tcp tcp dport 80 jhash ip saddr . tcp sport mod 256 seed 0x486f6c64 @owned accept
+    ip daddr 198.18.0.50 meta l4proto tcp tcp dport 80 drop
+    ip daddr 198.18.0.50 meta l4proto udp jhash ip saddr mod 256 seed 0x486f6c64 @owned accept
+    ip daddr 198.18.0.50 meta l4proto udp drop
+    ip daddr 198.18.0.50 jhash ip saddr mod 256 seed 0x486f6c64 != @owned drop
   }
 }
 ";
@@ -655,19 +701,21 @@ table netdev holdfast_web {
     }
 
     #[test]
-    fn update_replaces_only_the_set() {
-        let f = filter(vec![]);
-        assert_eq!(
-            f.owned_update(&[3, 4].into()),
-            "flush set netdev holdfast_web owned\nadd element netdev holdfast_web owned { 3, 4 }\n"
+    fn owned_buckets_may_expire() {
+        let text = filter(vec![])
+            .expiring(Duration::from_millis(1500))
+            .ruleset(&[4].into());
+        assert!(
+            text.contains("typeof numgen inc mod 256\n    timeout 1500ms\n    elements = { 4 }\n"),
+            "{text}"
         );
+    }
+
+    #[test]
+    fn removal_deletes_both_tables() {
         assert_eq!(
-            f.owned_update(&BTreeSet::new()),
-            "flush set netdev holdfast_web owned\n"
-        );
-        assert_eq!(
-            f.removal(),
-            "table netdev holdfast_web {}\ndelete table netdev holdfast_web\n"
+            filter(vec![]).removal(),
+            "table netdev holdfast_web {}\ndelete table netdev holdfast_web\ntable ip holdfast_web {}\ndelete table ip holdfast_web\n"
         );
     }
 

@@ -72,11 +72,11 @@ pub fn announce(interface: &str, addr: Ipv4Addr, how: &Announcement) -> Result<(
         operation,
         source,
     };
-    let socket = packet_socket().map_err(|e| packet_error("opening a packet socket", e))?;
+    let socket = packet_socket(0).map_err(|e| packet_error("opening a packet socket", e))?;
     let sender = how.hardware_address.unwrap_or(mac);
     let frames = [
-        arp_frame(mac, sender, addr, ARP_REQUEST),
-        arp_frame(mac, sender, addr, ARP_REPLY),
+        gratuitous(mac, sender, addr, ARP_REQUEST),
+        gratuitous(mac, sender, addr, ARP_REPLY),
     ];
     for round in 0..how.rounds.max(1) {
         if round > 0 {
@@ -84,7 +84,7 @@ pub fn announce(interface: &str, addr: Ipv4Addr, how: &Announcement) -> Result<(
             std::thread::sleep(how.interval);
         }
         for frame in &frames {
-            send(&socket, link.index, frame).map_err(|e| packet_error("sending", e))?;
+            send_to(&socket, link.index, frame).map_err(|e| packet_error("sending", e))?;
         }
     }
     Ok(())
@@ -92,18 +92,7 @@ pub fn announce(interface: &str, addr: Ipv4Addr, how: &Announcement) -> Result<(
 
 /// A broadcast gratuitous ARP frame from `source` (Ethernet) announcing
 /// `addr` at `sender` (ARP sender hardware address).
-pub(crate) fn arp_frame(source: Mac, sender: Mac, addr: Ipv4Addr, operation: u16) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(MIN_FRAME);
-    frame.extend_from_slice(&BROADCAST);
-    frame.extend_from_slice(&source);
-    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
-    frame.extend_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
-    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
-    frame.push(6); // hardware address length
-    frame.push(4); // protocol address length
-    frame.extend_from_slice(&operation.to_be_bytes());
-    frame.extend_from_slice(&sender);
-    frame.extend_from_slice(&addr.octets());
+pub(crate) fn gratuitous(source: Mac, sender: Mac, addr: Ipv4Addr, operation: u16) -> Vec<u8> {
     // A request asks about nobody's MAC (zeros); a reply must name the
     // sender's again for Linux to take it as gratuitous.
     let target = if operation == ARP_REPLY {
@@ -111,17 +100,71 @@ pub(crate) fn arp_frame(source: Mac, sender: Mac, addr: Ipv4Addr, operation: u16
     } else {
         [0; 6]
     };
-    frame.extend_from_slice(&target);
-    frame.extend_from_slice(&addr.octets());
+    arp_frame(BROADCAST, source, operation, (sender, addr), (target, addr))
+}
+
+/// An ARP frame to `destination` from `source` (Ethernet), with the ARP
+/// sender and target (hardware, protocol) addresses.
+fn arp_frame(
+    destination: Mac,
+    source: Mac,
+    operation: u16,
+    sender: (Mac, Ipv4Addr),
+    target: (Mac, Ipv4Addr),
+) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(MIN_FRAME);
+    frame.extend_from_slice(&destination);
+    frame.extend_from_slice(&source);
+    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame.extend_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.push(6); // hardware address length
+    frame.push(4); // protocol address length
+    frame.extend_from_slice(&operation.to_be_bytes());
+    frame.extend_from_slice(&sender.0);
+    frame.extend_from_slice(&sender.1.octets());
+    frame.extend_from_slice(&target.0);
+    frame.extend_from_slice(&target.1.octets());
     frame.resize(MIN_FRAME, 0);
     frame
 }
 
-/// A raw packet socket that receives nothing (protocol 0): it only sends.
-fn packet_socket() -> io::Result<OwnedFd> {
+/// The answer to `frame` if it is an ARP request for `vip`: a reply saying
+/// `vip` is at `vmac`, sent to the asker from `own` (the interface's MAC).
+pub(crate) fn reply_to(frame: &[u8], own: Mac, vip: Ipv4Addr, vmac: Mac) -> Option<Vec<u8>> {
+    // Ethernet header (14) + ARP for Ethernet/IPv4 (28).
+    let arp = frame.get(14..42)?;
+    let header_ok = frame[12..14] == ETH_P_ARP.to_be_bytes()
+        && arp[0..2] == 1u16.to_be_bytes()
+        && arp[2..4] == ETH_P_IP.to_be_bytes()
+        && arp[4] == 6
+        && arp[5] == 4
+        && arp[6..8] == ARP_REQUEST.to_be_bytes();
+    if !header_ok || arp[24..28] != vip.octets() {
+        return None;
+    }
+    let asker: Mac = arp[8..14].try_into().ok()?;
+    let asker_ip = Ipv4Addr::new(arp[14], arp[15], arp[16], arp[17]);
+    Some(arp_frame(
+        asker,
+        own,
+        ARP_REPLY,
+        (vmac, vip),
+        (asker, asker_ip),
+    ))
+}
+
+/// A raw packet socket for `protocol` (0: receives nothing, only sends).
+fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
     // SAFETY: socket(2) with constant arguments has no memory effects; the
     // result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol.to_be()),
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -130,10 +173,48 @@ fn packet_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn send(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+/// A packet socket receiving the ARP frames of interface `ifindex`, whose
+/// reads give up after `poll` (so a reader can look at a stop flag).
+pub(crate) fn arp_socket(ifindex: u32, poll: Duration) -> io::Result<OwnedFd> {
+    let socket = packet_socket(ETH_P_ARP)?;
+    let address = link_address(ifindex, [0; 6]);
+    // SAFETY: the descriptor is open; the address points to a live
+    // sockaddr_ll of the length passed.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if bound < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let timeout = libc::timeval {
+        tv_sec: poll.as_secs() as libc::time_t,
+        tv_usec: poll.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: the descriptor is open; the option value is a live timeval of
+    // the length passed.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(socket)
+}
+
+fn link_address(ifindex: u32, destination: Mac) -> libc::sockaddr_ll {
     let mut sll_addr = [0u8; 8];
-    sll_addr[..6].copy_from_slice(&BROADCAST);
-    let address = libc::sockaddr_ll {
+    sll_addr[..6].copy_from_slice(&destination);
+    libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as libc::c_ushort,
         sll_protocol: ETH_P_ARP.to_be(),
         sll_ifindex: ifindex as libc::c_int,
@@ -141,7 +222,14 @@ fn send(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
         sll_pkttype: 0,
         sll_halen: 6,
         sll_addr,
-    };
+    }
+}
+
+/// Sends `frame` on interface `ifindex`, to its Ethernet destination.
+pub(crate) fn send_to(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+    let mut destination = [0u8; 6];
+    destination.copy_from_slice(&frame[..6]);
+    let address = link_address(ifindex, destination);
     // SAFETY: the descriptor is open for the duration of the borrow; the
     // buffer and the address point to live memory of the lengths passed.
     let sent = unsafe {
@@ -176,7 +264,7 @@ mod tests {
 
     #[test]
     fn request_announces_the_vip_at_the_interface_mac() {
-        let frame = arp_frame(OWN, OWN, VIP, ARP_REQUEST);
+        let frame = gratuitous(OWN, OWN, VIP, ARP_REQUEST);
         assert_eq!(frame.len(), MIN_FRAME);
         assert_eq!(&frame[0..6], &BROADCAST);
         assert_eq!(&frame[6..12], &OWN);
@@ -191,12 +279,44 @@ mod tests {
 
     #[test]
     fn reply_repeats_the_sender_as_target_and_keeps_the_real_source() {
-        let frame = arp_frame(OWN, VMAC, VIP, ARP_REPLY);
+        let frame = gratuitous(OWN, VMAC, VIP, ARP_REPLY);
         // Ethernet source stays the real MAC, so no switch learns the VMAC.
         assert_eq!(&frame[6..12], &OWN);
         assert_eq!(&frame[20..22], &[0, 2]);
         assert_eq!(&frame[22..28], &VMAC);
         assert_eq!(&frame[32..38], &VMAC);
         assert_eq!(&frame[38..42], &[198, 18, 0, 50]);
+    }
+
+    #[test]
+    fn requests_for_the_vip_get_the_virtual_mac() {
+        const ASKER: Mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        let asker_ip = Ipv4Addr::new(198, 18, 0, 100);
+        let request = arp_frame(
+            BROADCAST,
+            ASKER,
+            ARP_REQUEST,
+            (ASKER, asker_ip),
+            ([0; 6], VIP),
+        );
+        let reply = reply_to(&request, OWN, VIP, VMAC).expect("a reply");
+        assert_eq!(&reply[0..6], &ASKER, "sent to the asker");
+        assert_eq!(&reply[6..12], &OWN, "from the real MAC");
+        assert_eq!(&reply[20..22], &[0, 2]);
+        assert_eq!(&reply[22..28], &VMAC, "the VIP is at the virtual MAC");
+        assert_eq!(&reply[28..32], &[198, 18, 0, 50]);
+        assert_eq!(&reply[32..38], &ASKER);
+        assert_eq!(&reply[38..42], &[198, 18, 0, 100]);
+        // Not for the VIP, a reply, or truncated: no answer.
+        let other = arp_frame(
+            BROADCAST,
+            ASKER,
+            ARP_REQUEST,
+            (ASKER, asker_ip),
+            ([0; 6], Ipv4Addr::new(198, 18, 0, 11)),
+        );
+        assert_eq!(reply_to(&other, OWN, VIP, VMAC), None);
+        assert_eq!(reply_to(&reply, OWN, VIP, VMAC), None);
+        assert_eq!(reply_to(&request[..30], OWN, VIP, VMAC), None);
     }
 }

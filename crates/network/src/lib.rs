@@ -6,18 +6,23 @@
 //! - [`garp::announce`] (`garp.rs`): gratuitous ARP after a VIP moves here,
 //!   from an `AF_PACKET` socket.
 //! - [`farm`] (`farm.rs`, pure): bucket ownership among a farm's UP nodes
-//!   and the nftables ingress filter keeping a node's own buckets.
+//!   and the nftables filter keeping a node's own buckets.
+//! - [`FarmNode`] (`farm_node.rs`): a farm's VIP on this node — on `lo`,
+//!   with `arp_ignore`; an ARP responder answering with the virtual MAC;
+//!   the filter programmed through `nft -f`.
 //!
 //! Everything acts on the network namespace of the calling thread, so the
 //! daemon (started inside a host's namespace) and tests (a thread that
 //! entered a lab host's namespace) use the same calls. Needs
-//! `CAP_NET_ADMIN` (addresses) and `CAP_NET_RAW` (ARP).
+//! `CAP_NET_ADMIN` (addresses, nftables) and `CAP_NET_RAW` (ARP).
 
 mod error;
 pub mod farm;
+mod farm_node;
 pub mod garp;
 mod netlink;
 mod vip;
 
 pub use error::{NetworkError, Result};
+pub use farm_node::FarmNode;
 pub use vip::{valid_interface_name, Vip};

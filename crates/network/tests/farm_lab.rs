@@ -1,6 +1,7 @@
-//! A farm filter applied for real: two lab nodes hold the VIP, the client
-//! sends to the virtual MAC (flooded by the bridge to both), and each node's
-//! netdev ingress filter keeps only its buckets. Needs root, iproute2, nft.
+//! A farm node's kernel side applied for real: two lab nodes hold the VIP
+//! on `lo`, answer ARP for it with the virtual MAC, the client sends to that
+//! MAC (flooded by the bridge to both), and each node's filter keeps only
+//! its buckets. Needs root, iproute2, nft.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener};
@@ -8,8 +9,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use holdfast_lab::{wait_until, Lab, LabSpec};
-use holdfast_network::farm::{format_mac, Balance, BucketMap, FarmFilter, Member, Protocol, Rule};
-use holdfast_network::Vip;
+use holdfast_network::farm::{Balance, BucketMap, FarmFilter, Member, Protocol, Rule};
+use holdfast_network::{FarmNode, Vip};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
 /// Locally administered, never a source address: the bridge floods it.
@@ -87,22 +88,16 @@ fn nft_filter_splits_connections_between_two_nodes() {
     let filter = FarmFilter::new("holdfast_farm", "eth0", VIP, VMAC, vec![rule]).unwrap();
 
     let mut listeners = Vec::new();
+    let mut farm_nodes = Vec::new();
     for node in NODES {
-        // The VIP on lo, ARP for it never answered by the kernel (the daemon
-        // will answer with the VMAC), ARP requests sourced from the real
-        // address rather than the VIP.
-        let sysctls = "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2";
-        run_on(&lab, node, "sh", &["-c", sysctls], "");
-        lab.run_in_netns(node, || Vip::add("lo", VIP, 32))
+        let farm_node = lab
+            .run_in_netns(node, || FarmNode::start(filter.clone()))
             .unwrap()
             .unwrap();
-        run_on(
-            &lab,
-            node,
-            "nft",
-            &["-f", "-"],
-            &filter.ruleset(&buckets.buckets_of(node)),
-        );
+        lab.run_in_netns(node, || farm_node.program(&buckets.buckets_of(node)))
+            .unwrap()
+            .unwrap();
+        farm_nodes.push(farm_node);
         let listener = lab
             .run_in_netns(node, || TcpListener::bind((VIP, PORT)))
             .unwrap()
@@ -110,12 +105,6 @@ fn nft_filter_splits_connections_between_two_nodes() {
         listener.set_nonblocking(true).unwrap();
         listeners.push(listener);
     }
-    // Stands in for the daemon's ARP answer: the client maps VIP -> VMAC.
-    let neigh = format!(
-        "neigh replace {VIP} lladdr {} dev eth0 nud permanent\n",
-        format_mac(&VMAC)
-    );
-    run_on(&lab, "client", "ip", &["-batch", "-"], &neigh);
 
     let ok = client_connections(&lab, CONNECTIONS);
     let counts: Vec<usize> = listeners.iter().map(accepted).collect();
@@ -126,20 +115,36 @@ fn nft_filter_splits_connections_between_two_nodes() {
     // from all-on-one (a failure here at 20 has probability < 1e-9).
     assert!(counts.iter().all(|&c| c >= 20), "{counts:?}");
 
-    // Membership change: node2 leaves; only the sets are replaced.
+    // The client learnt the VIP at the virtual MAC, from the responders.
+    let neighbour = run_on(
+        &lab,
+        "client",
+        "ip",
+        &["neigh", "show", &VIP.to_string()],
+        "",
+    );
+    assert!(neighbour.contains("02:48:46:00:00:32"), "{neighbour}");
+
+    // Membership change: node2 leaves; the tables are replaced.
     let alone = BucketMap::assign(&members[..1]).unwrap();
-    for node in NODES {
-        let script = filter.owned_update(&alone.buckets_of(node));
-        run_on(&lab, node, "nft", &["-f", "-"], &script);
+    for (node, farm_node) in NODES.iter().zip(&farm_nodes) {
+        lab.run_in_netns(node, || farm_node.program(&alone.buckets_of(node)))
+            .unwrap()
+            .unwrap();
     }
     let ok = client_connections(&lab, 20);
     let counts: Vec<usize> = listeners.iter().map(accepted).collect();
     assert_eq!((ok, counts.clone()), (20, vec![20, 0]), "{counts:?}");
 
-    for node in NODES {
-        run_on(&lab, node, "nft", &["-f", "-"], &filter.removal());
+    drop(listeners);
+    for (node, farm_node) in NODES.iter().zip(farm_nodes) {
+        lab.run_in_netns(node, || farm_node.stop())
+            .unwrap()
+            .unwrap();
         let tables = run_on(&lab, node, "nft", &["list", "tables"], "");
         assert!(!tables.contains("holdfast_farm"), "{tables}");
+        let held = lab.run_in_netns(node, || Vip::holds("lo", VIP)).unwrap();
+        assert!(!held.unwrap(), "the VIP is still on lo of {node}");
     }
     lab.destroy().unwrap();
 }
