@@ -84,7 +84,9 @@ pub enum LabCmd {
     },
     /// The demo's sample application (run by its start_prim script): a line
     /// per second in <dir>/app.log, and TCP connections on --port answered
-    /// with the node's name. Runs until killed.
+    /// with the node's name. With --echo-port, connections there get the
+    /// node's name then every line they send back, until they close (the
+    /// farm's held-open connections). Runs until killed.
     #[command(hide = true)]
     SampleApp {
         #[arg(long)]
@@ -93,6 +95,8 @@ pub enum LabCmd {
         node: String,
         #[arg(long)]
         port: u16,
+        #[arg(long)]
+        echo_port: Option<u16>,
     },
     /// The application of the lost-write tests: `writers` threads append
     /// fixed-size records with fsync to <dir>/records-<n>, printing
@@ -245,7 +249,12 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
                 handle.command(&host, &exe)?.arg("state").status()?;
             }
         }
-        LabCmd::SampleApp { dir, node, port } => sample_app(&dir, &node, port)?,
+        LabCmd::SampleApp {
+            dir,
+            node,
+            port,
+            echo_port,
+        } => sample_app(&dir, &node, port, echo_port)?,
         LabCmd::AppendRecords { dir, writers, size } => crate::records::run(&dir, writers, size)?,
         LabCmd::BenchOutage { trials } => crate::outage::bench(&exe, trials)?,
         LabCmd::BenchReplication { settings } => crate::replication_bench::bench(&exe, &settings)?,
@@ -356,10 +365,28 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-fn sample_app(dir: &std::path::Path, node: &str, port: u16) -> Result<()> {
-    use std::io::Write;
+fn sample_app(dir: &std::path::Path, node: &str, port: u16, echo_port: Option<u16>) -> Result<()> {
+    use std::io::{BufRead, Write};
     let listener = std::net::TcpListener::bind(("0.0.0.0", port))
         .with_context(|| format!("sample application: port {port}"))?;
+    if let Some(echo_port) = echo_port {
+        let echo = std::net::TcpListener::bind(("0.0.0.0", echo_port))
+            .with_context(|| format!("sample application: port {echo_port}"))?;
+        let name = node.to_string();
+        std::thread::spawn(move || {
+            for stream in echo.incoming().flatten() {
+                let name = name.clone();
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    let mut writer = stream.try_clone()?;
+                    writeln!(writer, "{name}")?;
+                    for line in std::io::BufReader::new(stream).lines() {
+                        writeln!(writer, "{}", line?)?;
+                    }
+                    Ok(())
+                });
+            }
+        });
+    }
     let log_path = dir.join("app.log");
     let name = node.to_string();
     std::thread::spawn(move || loop {

@@ -34,29 +34,36 @@ pub fn print(list: &[ModuleSummary]) {
     );
     for m in list {
         let v = &m.view;
-        let peer = match v.peer_state {
-            Some(state) => format!("{} {}", v.peer, state),
-            None => format!("{} ?", v.peer),
+        let peer = match (&v.farm, v.peer_state) {
+            (Some(farm), _) => farm
+                .peers
+                .iter()
+                .map(|(name, state)| match state {
+                    Some(state) => format!("{name} {state}"),
+                    None => format!("{name} ?"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            (None, Some(state)) => format!("{} {}", v.peer, state),
+            (None, None) => format!("{} ?", v.peer),
         };
         let transient = match &v.running_script {
             Some(script) => format!(" [running {script}]"),
             None if v.transient => " [transient]".to_string(),
             None => String::new(),
         };
-        let networks: Vec<&str> = v
-            .networks_up
-            .iter()
-            .map(|up| if *up { "up" } else { "down" })
-            .collect();
+        let detail = match &v.farm {
+            Some(farm) => format!("serving {} of 256 buckets", farm.buckets),
+            None => format!("heartbeat networks: {}", networks_text(&v.networks_up)),
+        };
         println!(
-            "{:<12} {:<10} {} {:<18} {}{} (heartbeat networks: {})",
+            "{:<12} {:<10} {} {:<18} {}{} ({detail})",
             m.module,
             m.node,
             coloured(v.state),
             peer,
             v.reason,
             transient,
-            networks.join(", ")
         );
         for dir in &m.replication {
             println!("  {}", replicated(dir));
@@ -90,6 +97,13 @@ pub fn replicated(dir: &DirStatus) -> String {
         line.push_str(&format!(": {problem}"));
     }
     line
+}
+
+fn networks_text(up: &[bool]) -> String {
+    up.iter()
+        .map(|up| if *up { "up" } else { "down" })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

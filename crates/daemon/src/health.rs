@@ -1,15 +1,16 @@
 //! Cloud mode: where no virtual IP can move (public clouds), the cloud's load
 //! balancer probes every node and sends traffic to those answering 200. This
-//! endpoint answers 200 only on the node that runs the application as
-//! primary (ALONE or PRIM, not in transition), 503 elsewhere, with the state
-//! in the body either way.
+//! endpoint answers 200 only on the nodes that should receive traffic: the
+//! one running a mirror module's application as primary (ALONE or PRIM), or
+//! every UP node of a farm module, not in transition; 503 elsewhere, with
+//! the state in the body either way.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use holdfast_membership::ModuleView;
+use holdfast_membership::{ModuleView, State};
 use tokio::sync::watch;
 
 use crate::DaemonError;
@@ -42,7 +43,8 @@ pub async fn serve(
         get(move || {
             let view = view.borrow().clone();
             async move {
-                let serving = view.state.is_primary() && view.app_active && !view.transient;
+                let serving = !view.transient
+                    && (view.state == State::Up || (view.state.is_primary() && view.app_active));
                 let status = if serving {
                     StatusCode::OK
                 } else {

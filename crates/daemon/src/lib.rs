@@ -1,8 +1,11 @@
 //! The node daemon: one process per server, running every module installed
 //! on it.
 //!
-//! - [`shell`]: the I/O shell of one module (heartbeat socket, timers,
-//!   scripts) around its sans-IO state machine;
+//! - [`shell`]: the I/O shell of one mirror module (timers, scripts,
+//!   virtual IP, replication) around its sans-IO state machine;
+//! - [`farm`]: the I/O shell of one farm module (scripts, the VIP's kernel
+//!   side with its buckets);
+//! - [`heartbeats`]: a module's authenticated heartbeat socket;
 //! - [`scripts`]: running user scripts with SafeKit's arguments/environment;
 //! - [`api`]: the HTTP API on a Unix socket (the CLI's and console's way in),
 //!   and [`client`] to call it;
@@ -14,7 +17,9 @@
 
 pub mod api;
 pub mod client;
+pub mod farm;
 pub mod health;
+pub mod heartbeats;
 pub mod modlog;
 pub mod paths;
 pub mod registry;

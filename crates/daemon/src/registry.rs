@@ -112,12 +112,6 @@ impl Registry {
     pub async fn install(&self, request: InstallRequest) -> Result<ModuleSummary, RegistryError> {
         let config = holdfast_config::parse_module(&request.config, Path::new(&request.source))
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        if config.mode == holdfast_config::Mode::Farm {
-            return Err(RegistryError::Invalid(format!(
-                "{}: farm modules are not run by the daemon yet",
-                request.source
-            )));
-        }
         let known: Vec<&str> = shell::script_names().collect();
         if let Some(bad) = request
             .scripts

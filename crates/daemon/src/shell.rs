@@ -11,19 +11,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
-use holdfast_config::{Boot, ModuleConfig};
+use holdfast_config::{Boot, Mode, ModuleConfig};
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
 use holdfast_membership::lease::{LeaseReply, LeaseRequest};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
-    Action, ClusterKey, Command, CommandError, Heartbeat, LogLevel, MirrorModule, MirrorSettings,
-    ModuleView, Persistent, ReplayGuard, Script, ScriptOutcome, ScriptRun,
+    Action, ClusterKey, Command, CommandError, LogLevel, MirrorModule, MirrorSettings,
+    ModuleStatus, ModuleView, Persistent, Script, ScriptOutcome, ScriptRun,
 };
 use holdfast_network::garp::{self, Announcement};
 use holdfast_network::Vip;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::heartbeats::{Heartbeats, Rejections};
 use crate::modlog::ModuleLog;
 use crate::paths::{write_atomic, ModulePaths, Paths};
 use crate::scripts::{self, ScriptJob};
@@ -76,33 +77,16 @@ pub async fn spawn(
     config: ModuleConfig,
     at_boot: bool,
 ) -> Result<ModuleHandle, DaemonError> {
+    if config.mode == Mode::Farm {
+        return crate::farm::spawn(ctx, config, at_boot).await;
+    }
     let mut settings = MirrorSettings::from_config(&config, &ctx.node)
         .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
     settings.incarnation = ctx.incarnation;
     let paths = ctx.paths.module(&config.name);
-    for dir in [paths.bin(), paths.var()] {
-        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
-    }
-    let persistent = load_persistent(&paths)?;
-    let port = config.heartbeat.port;
-    let socket = UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port))
-        .await
-        .map_err(|e| DaemonError::HeartbeatPort {
-            module: config.name.clone(),
-            port,
-            source: e,
-        })?;
-    let peer_addresses = config
-        .peer_of(&ctx.node)
-        .map(|peer| {
-            config
-                .heartbeat
-                .networks
-                .iter()
-                .filter_map(|net| peer.addresses.get(net).copied())
-                .collect()
-        })
-        .unwrap_or_default();
+    let persistent = prepare(&paths)?;
+    let log = ModuleLog::new(paths.log());
+    let heartbeats = Heartbeats::bind(&ctx, &config, log.clone()).await?;
     let witness = match &config.witness {
         Some(witness) => Some(WitnessLink {
             socket: UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
@@ -118,25 +102,15 @@ pub async fn spawn(
         }),
         None => None,
     };
-    let start = match config.boot {
-        Boot::On => at_boot,
-        Boot::Auto => at_boot && persistent.running,
-        Boot::Off => false,
-    };
+    let start = starts_at_boot(&config, at_boot, &persistent, &log);
     let mut core = MirrorModule::new(settings, persistent, Instant::now());
-    let fingerprint = config.fingerprint();
-    let (tx, rx) = mpsc::channel(64);
-    let (view_tx, view) = watch::channel(core.view());
-    let log = ModuleLog::new(paths.log());
     if start {
-        log.write(LogLevel::Info, "starting at daemon start (boot policy)");
         // A freshly built machine is stopped, so Start cannot be refused.
         let _ = core.command(Instant::now(), Command::Start);
     }
-    let health = match config.health {
-        Some(health) => Some(crate::health::serve(&config.name, health.port, view.clone()).await?),
-        None => None,
-    };
+    let (tx, rx) = mpsc::channel(64);
+    let (view_tx, view) = watch::channel(core.view());
+    let health = health(&config, &view).await?;
     let (checker_tx, checker_rx) = mpsc::channel(64);
     let probes = ProbeContext {
         bin_dir: paths.bin(),
@@ -170,22 +144,17 @@ pub async fn spawn(
     let replication_status = replication.as_ref().map(|r| r.status());
     let config = Arc::new(config);
     let shell = Shell {
-        ctx,
-        config: config.clone(),
-        paths,
-        log,
+        io: ModuleIo {
+            ctx,
+            config: config.clone(),
+            paths,
+            log,
+            tx: tx.clone(),
+        },
         core,
-        socket,
-        peer_addresses,
-        fingerprint: fingerprint[..8]
-            .try_into()
-            .expect("8 bytes of a 32-byte hash"),
-        seq: 0,
-        replay: ReplayGuard::default(),
-        tx: tx.clone(),
+        heartbeats,
         view_tx,
         rejected: Rejections::default(),
-        fingerprint_warned: false,
         shutdown: None,
         _health: health,
         supervisor,
@@ -202,7 +171,11 @@ pub async fn spawn(
     })
 }
 
-fn load_persistent(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
+/// Creates the module's directories and reads its persisted state.
+pub(crate) fn prepare(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
+    for dir in [paths.bin(), paths.var()] {
+        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
+    }
     let path = paths.persistent();
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -212,15 +185,45 @@ fn load_persistent(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
     }
 }
 
-/// Rejected datagrams are logged, but at most once per interval, so a flood
-/// of forgeries cannot fill the disk.
-#[derive(Debug, Default)]
-struct Rejections {
-    last_logged: Option<Instant>,
-    suppressed: u64,
+/// Whether the module starts now, by its `boot` policy (logged if so).
+pub(crate) fn starts_at_boot(
+    config: &ModuleConfig,
+    at_boot: bool,
+    persistent: &Persistent,
+    log: &ModuleLog,
+) -> bool {
+    let start = match config.boot {
+        Boot::On => at_boot,
+        Boot::Auto => at_boot && persistent.running,
+        Boot::Off => false,
+    };
+    if start {
+        log.write(LogLevel::Info, "starting at daemon start (boot policy)");
+    }
+    start
 }
 
-const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
+/// The module's cloud-mode health endpoint, if it has one.
+pub(crate) async fn health(
+    config: &ModuleConfig,
+    view: &watch::Receiver<ModuleView>,
+) -> Result<Option<crate::health::HealthServer>, DaemonError> {
+    match config.health {
+        Some(health) => Ok(Some(
+            crate::health::serve(&config.name, health.port, view.clone()).await?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// What both kinds of module shell do alike: run scripts, log, persist.
+pub(crate) struct ModuleIo {
+    pub ctx: Arc<NodeContext>,
+    pub config: Arc<ModuleConfig>,
+    pub paths: ModulePaths,
+    pub log: ModuleLog,
+    pub tx: mpsc::Sender<ModuleMsg>,
+}
 
 /// Where the module asks for its lease.
 struct WitnessLink {
@@ -230,21 +233,12 @@ struct WitnessLink {
 }
 
 struct Shell {
-    ctx: Arc<NodeContext>,
-    config: Arc<ModuleConfig>,
-    paths: ModulePaths,
-    log: ModuleLog,
+    io: ModuleIo,
     core: MirrorModule,
-    socket: UdpSocket,
-    /// The peer's address on each heartbeat network, in network order.
-    peer_addresses: Vec<IpAddr>,
-    fingerprint: [u8; 8],
-    seq: u64,
-    replay: ReplayGuard,
-    tx: mpsc::Sender<ModuleMsg>,
+    heartbeats: Heartbeats,
     view_tx: watch::Sender<ModuleView>,
+    /// Rejected witness replies (heartbeats have their own).
     rejected: Rejections,
-    fingerprint_warned: bool,
     /// During daemon shutdown: whether the module should run at next start.
     shutdown: Option<bool>,
     /// The cloud-mode health endpoint, stopped with the module.
@@ -263,7 +257,7 @@ impl Shell {
         mut rx: mpsc::Receiver<ModuleMsg>,
         mut checkers: mpsc::Receiver<CheckerEvent>,
     ) {
-        let pulse = self.config.heartbeat.pulse;
+        let pulse = self.io.config.heartbeat.pulse;
         let mut next_pulse = Instant::now();
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut witness_buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -281,26 +275,26 @@ impl Shell {
                     }
                     self.core.tick(now);
                 }
-                received = self.socket.recv_from(&mut buf) => match received {
+                received = self.heartbeats.receive(&mut buf) => match received {
                     Ok((len, from)) => self.on_datagram(&buf[..len], from),
-                    Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.config.name),
+                    Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.io.config.name),
                 },
                 received = recv_witness(&self.witness, &mut witness_buf) => match received {
                     Ok((len, from)) => self.on_lease_reply(&witness_buf[..len], from),
-                    Err(e) => tracing::warn!("module {}: witness receive: {e}", self.config.name),
+                    Err(e) => tracing::warn!("module {}: witness receive: {e}", self.io.config.name),
                 },
                 msg = rx.recv() => match msg {
                     Some(msg) => self.on_message(msg),
                     None => return,
                 },
                 Some(event) = checkers.recv() => {
-                    self.supervisor.on_event(&mut self.core, &self.log, Instant::now(), event);
+                    self.supervisor.on_event(&mut self.core, &self.io.log, Instant::now(), event);
                 }
             }
             self.execute().await;
             // Checkers follow the state; what they decide is carried out now.
             self.supervisor
-                .follow(&mut self.core, &self.log, Instant::now());
+                .follow(&mut self.core, &self.io.log, Instant::now());
             self.execute().await;
             self.follow_replication().await;
             self.view_tx.send_replace(self.core.view());
@@ -308,7 +302,7 @@ impl Shell {
                 if self.core.state() == holdfast_membership::State::Stop && !self.core.transient() {
                     let mut persistent = self.core.persistent().clone();
                     persistent.running = running;
-                    self.persist(&persistent);
+                    self.io.persist(&persistent);
                     if let Some(replication) = &mut self.replication {
                         replication.shutdown();
                     }
@@ -338,14 +332,14 @@ impl Shell {
                     }
                 }
                 if let Err(e) = &result {
-                    self.log.write(
+                    self.io.log.write(
                         LogLevel::Error,
                         &format!("action {} refused: {e}", command.as_str()),
                     );
                 }
                 let _ = reply.send(result);
             }
-            ModuleMsg::Print(level, message) => self.log.write(level, &message),
+            ModuleMsg::Print(level, message) => self.io.log.write(level, &message),
             ModuleMsg::ScriptDone(id, outcome) => self.core.script_finished(now, id, outcome),
             ModuleMsg::Shutdown => {
                 self.shutdown = Some(self.core.persistent().running);
@@ -355,20 +349,13 @@ impl Shell {
     }
 
     fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        match self.accept(datagram, from) {
-            Ok((network, heartbeat)) => {
-                if heartbeat.config_fingerprint != self.fingerprint && !self.fingerprint_warned {
-                    self.fingerprint_warned = true;
-                    self.log.write(
-                        LogLevel::Error,
-                        &format!("the configuration of module {} differs on {}: install the same configuration on both nodes", self.config.name, heartbeat.sender),
-                    );
-                }
+        if let Some((network, heartbeat)) = self.heartbeats.accept(datagram, from) {
+            // A farm's status here means the configurations differ, which
+            // the fingerprint warning has said.
+            if let ModuleStatus::Mirror(status) = heartbeat.status {
                 let stamp = (heartbeat.incarnation, heartbeat.seq);
-                self.core
-                    .heartbeat(Instant::now(), network, stamp, heartbeat.status);
+                self.core.heartbeat(Instant::now(), network, stamp, status);
             }
-            Err(reason) => self.reject("heartbeat", from, reason),
         }
     }
 
@@ -377,7 +364,9 @@ impl Shell {
             Ok(reply) => self
                 .core
                 .lease_reply(Instant::now(), reply.id, reply.verdict),
-            Err(reason) => self.reject("witness reply", from, reason),
+            Err(reason) => self
+                .rejected
+                .report(&self.io.log, "witness reply", from, reason),
         }
     }
 
@@ -389,10 +378,10 @@ impl Shell {
         if !known {
             return Err(format!("{from} is not an address of the witness"));
         }
-        let reply = LeaseReply::decode(datagram, &self.ctx.key).map_err(|e| e.to_string())?;
-        if reply.module != self.config.name
-            || reply.node != self.ctx.node
-            || reply.incarnation != self.ctx.incarnation
+        let reply = LeaseReply::decode(datagram, &self.io.ctx.key).map_err(|e| e.to_string())?;
+        if reply.module != self.io.config.name
+            || reply.node != self.io.ctx.node
+            || reply.incarnation != self.io.ctx.incarnation
         {
             return Err(format!(
                 "reply for module {} node {} incarnation {}, not this one",
@@ -407,103 +396,36 @@ impl Shell {
     async fn ask_witness(&self, id: u64, duration: Duration) {
         let Some(witness) = &self.witness else { return };
         let bytes = LeaseRequest {
-            module: self.config.name.clone(),
-            node: self.ctx.node.clone(),
-            incarnation: self.ctx.incarnation,
+            module: self.io.config.name.clone(),
+            node: self.io.ctx.node.clone(),
+            incarnation: self.io.ctx.incarnation,
             id,
             duration_ms: duration.as_millis() as u64,
         }
-        .encode(&self.ctx.key);
+        .encode(&self.io.ctx.key);
         for address in &witness.addresses {
             // A network that is down fails here; the others carry on.
             if let Err(e) = witness.socket.send_to(&bytes, address).await {
                 tracing::debug!(
                     "module {}: lease request to {address}: {e}",
-                    self.config.name
+                    self.io.config.name
                 );
             }
         }
     }
 
     /// Authenticates a datagram and places it on a heartbeat network.
-    fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(usize, Heartbeat), String> {
-        let heartbeat = Heartbeat::decode(datagram, &self.ctx.key).map_err(|e| e.to_string())?;
-        let peer = &self.core.settings().peer;
-        if heartbeat.module != self.config.name || &heartbeat.sender != peer {
-            return Err(format!(
-                "heartbeat of module {} from node {}, expected module {} from {peer}",
-                heartbeat.module, heartbeat.sender, self.config.name
-            ));
-        }
-        let network = self
-            .peer_addresses
-            .iter()
-            .position(|a| *a == from.ip())
-            .ok_or_else(|| format!("{} is not an address of {peer}", from.ip()))?;
-        if usize::from(heartbeat.network) != network {
-            return Err(format!(
-                "heartbeat signed for network {} arrived on network {network}",
-                heartbeat.network
-            ));
-        }
-        self.replay.check(&heartbeat).map_err(|e| e.to_string())?;
-        Ok((network, heartbeat))
-    }
-
-    fn reject(&mut self, what: &str, from: SocketAddr, reason: String) {
-        let now = Instant::now();
-        let due = self
-            .rejected
-            .last_logged
-            .is_none_or(|t| now.duration_since(t) >= REJECTION_LOG_INTERVAL);
-        if !due {
-            self.rejected.suppressed += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut self.rejected.suppressed);
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more rejected since the last report)")
-        } else {
-            String::new()
-        };
-        self.log.write(
-            LogLevel::Error,
-            &format!("rejected {what} from {from}: {reason}{more}"),
-        );
-        self.rejected.last_logged = Some(now);
-    }
-
     async fn send_heartbeat(&mut self) {
-        self.seq += 1;
-        let mut heartbeat = Heartbeat {
-            module: self.config.name.clone(),
-            sender: self.ctx.node.clone(),
-            incarnation: self.ctx.incarnation,
-            seq: self.seq,
-            network: 0,
-            config_fingerprint: self.fingerprint,
-            status: self.core.status(),
-        };
-        let port = self.config.heartbeat.port;
-        for (network, address) in self.peer_addresses.iter().enumerate() {
-            heartbeat.network = network as u8;
-            let bytes = heartbeat.encode(&self.ctx.key);
-            // A network that is down fails here; the others carry on.
-            if let Err(e) = self
-                .socket
-                .send_to(&bytes, SocketAddr::new(*address, port))
-                .await
-            {
-                tracing::debug!("module {}: heartbeat to {address}: {e}", self.config.name);
-            }
-        }
+        self.heartbeats
+            .send(ModuleStatus::Mirror(self.core.status()))
+            .await;
     }
 
     async fn execute(&mut self) {
         for action in self.core.take_actions() {
             match action {
-                Action::RunScript(run) => self.run_script(run),
-                Action::Log { level, message } => self.log.write(level, &message),
+                Action::RunScript(run) => self.io.run_script(run),
+                Action::Log { level, message } => self.io.log.write(level, &message),
                 Action::Transition { .. } => {}
                 Action::SendHeartbeat => self.send_heartbeat().await,
                 Action::AcquirePrimaryResources => {
@@ -522,7 +444,7 @@ impl Shell {
                 Action::ReleaseLease { id } => self.ask_witness(id, Duration::ZERO).await,
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
-                        self.persist(&persistent);
+                        self.io.persist(&persistent);
                     }
                 }
             }
@@ -547,7 +469,9 @@ impl Shell {
     /// reachable on the node's own address), and the log says why clients
     /// cannot reach the VIP.
     fn virtual_ip(&self, up: bool) {
-        let Some(vip) = &self.config.vip else { return };
+        let Some(vip) = &self.io.config.vip else {
+            return;
+        };
         let interface = match &vip.interface {
             Some(name) => Ok(name.clone()),
             None => Vip::interface_for(vip.address),
@@ -562,13 +486,13 @@ impl Shell {
         });
         match (done, up) {
             (Ok(interface), true) => {
-                self.log.write(
+                self.io.log.write(
                     LogLevel::Info,
                     &format!("virtual IP {} added on {interface}", vip.address),
                 );
                 // Neighbours learn the new owner; off the module task, since
                 // the announcement paces its rounds.
-                let log = self.log.clone();
+                let log = self.io.log.clone();
                 let address = vip.address;
                 tokio::task::spawn_blocking(move || {
                     if let Err(e) = garp::announce(&interface, address, &Announcement::default()) {
@@ -582,22 +506,24 @@ impl Shell {
             (Ok(interface), false) => {
                 tracing::info!(
                     "module {}: virtual IP {} not held on {interface}",
-                    self.config.name,
+                    self.io.config.name,
                     vip.address
                 )
             }
-            (Err(e), true) => self.log.write(
+            (Err(e), true) => self.io.log.write(
                 LogLevel::Error,
                 &format!("cannot add virtual IP {}: {e}", vip.address),
             ),
-            (Err(e), false) => self.log.write(
+            (Err(e), false) => self.io.log.write(
                 LogLevel::Error,
                 &format!("cannot remove virtual IP {}: {e}", vip.address),
             ),
         }
     }
+}
 
-    fn persist(&self, persistent: &Persistent) {
+impl ModuleIo {
+    pub(crate) fn persist(&self, persistent: &Persistent) {
         let path = self.paths.persistent();
         let bytes = serde_json::to_vec_pretty(persistent).expect("plain data serialises");
         if let Err(e) = write_atomic(&path, &bytes) {
@@ -608,7 +534,7 @@ impl Shell {
         }
     }
 
-    fn run_script(&self, run: ScriptRun) {
+    pub(crate) fn run_script(&self, run: ScriptRun) {
         let scripts = &self.config.scripts;
         let timeout = match (run.script.is_stop(), run.force) {
             (false, _) => scripts.start_timeout,

@@ -1,7 +1,8 @@
-//! A Holdfast mirror module running on lab hosts: a daemon per host with its
-//! own state directory, the cluster key, the module installed through the
-//! real CLI, and the sample application's scripts. Used by the integration
-//! tests, the demo (`holdfast lab demo`) and the failover benchmark.
+//! A Holdfast mirror module (or, with [`MirrorOptions::farm`], a farm
+//! module) running on lab hosts: a daemon per host with its own state
+//! directory, the cluster key, the module installed through the real CLI,
+//! and the sample application's scripts. Used by the integration tests, the
+//! demo (`holdfast lab demo`) and the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
@@ -15,6 +16,25 @@ pub const DEMO_SCRIPTS: [(&str, &str); 3] = [
     ("start_prim", include_str!("../demo/start_prim")),
     ("stop_prim", include_str!("../demo/stop_prim")),
 ];
+
+/// The same scripts for a farm module: every node starts the application.
+pub const FARM_SCRIPTS: [(&str, &str); 3] = [
+    ("prestart", include_str!("../demo/prestart")),
+    ("start_both", include_str!("../demo/start_prim")),
+    ("stop_both", include_str!("../demo/stop_prim")),
+];
+
+/// A farm module instead of a mirror.
+#[derive(Debug, Clone)]
+pub struct FarmOptions {
+    /// The power of node1..nodeN (so the number of nodes).
+    pub powers: Vec<u32>,
+    /// `[[load_balancing]]` tables.
+    pub rules: String,
+}
+
+/// The sample application's long-connection port (name, then echo).
+pub const ECHO_PORT: u16 = 8081;
 
 /// How to build the module.
 #[derive(Debug, Clone)]
@@ -36,6 +56,9 @@ pub struct MirrorOptions {
     /// `[witness]` with this lease; the script timeouts are then a quarter
     /// of it each, so that the application stops well within it.
     pub witness_lease: Option<Duration>,
+    /// A farm module of this many nodes and rules; the VIP is then the
+    /// farm's (with `vip`).
+    pub farm: Option<FarmOptions>,
 }
 
 /// The witness's UDP port when [`MirrorOptions::witness_lease`] is set.
@@ -61,6 +84,7 @@ impl Default for MirrorOptions {
             health: false,
             tail: String::new(),
             witness_lease: None,
+            farm: None,
         }
     }
 }
@@ -78,6 +102,15 @@ pub struct NodeState {
     /// Replicated directories: what each is doing on this node.
     #[serde(default)]
     pub replication: Vec<DirState>,
+    /// Farm modules: the buckets served here.
+    #[serde(default)]
+    pub farm: Option<FarmState>,
+}
+
+/// The farm part of [`NodeState`].
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct FarmState {
+    pub buckets: usize,
 }
 
 /// A replicated directory in [`NodeState`].
@@ -118,8 +151,9 @@ impl MirrorLab {
     /// Builds the lab, installs the module on both nodes and starts the
     /// daemons (the module itself is not started).
     pub fn create(exe: &Path, options: MirrorOptions) -> Result<Self> {
+        let hosts = options.farm.as_ref().map_or(2, |f| f.powers.len());
         let lab = Lab::create(LabSpec {
-            hosts: 2,
+            hosts,
             networks: options.networks,
             client: true,
         })?;
@@ -143,7 +177,12 @@ impl MirrorLab {
                 &etc.join(&this.options.module).join("module.toml"),
                 config.as_bytes(),
             )?;
-            for (name, body) in DEMO_SCRIPTS {
+            let scripts_of = if this.options.farm.is_some() {
+                FARM_SCRIPTS
+            } else {
+                DEMO_SCRIPTS
+            };
+            for (name, body) in scripts_of {
                 let path = scripts.join(name);
                 write(&path, body.as_bytes())?;
                 set_executable(&path)?;
@@ -183,15 +222,16 @@ impl MirrorLab {
     fn module_toml(&self) -> Result<String> {
         let o = &self.options;
         let networks: Vec<String> = (0..o.networks).map(|k| format!("\"net{k}\"")).collect();
+        let mode = if o.farm.is_some() { "farm" } else { "mirror" };
         let mut text = format!(
-            "[module]\nname = \"{}\"\nmode = \"mirror\"\n{}\n\n[heartbeat]\nport = 4800\npulse = \"{}ms\"\ntimeout = \"{}ms\"\nnetworks = [{}]\n",
+            "[module]\nname = \"{}\"\nmode = \"{mode}\"\n{}\n\n[heartbeat]\nport = 4800\npulse = \"{}ms\"\ntimeout = \"{}ms\"\nnetworks = [{}]\n",
             o.module,
             o.module_extra,
             o.pulse.as_millis(),
             o.timeout.as_millis(),
             networks.join(", ")
         );
-        for host in self.lab.nodes() {
+        for (i, host) in self.lab.nodes().into_iter().enumerate() {
             let addresses: Vec<String> = (0..o.networks)
                 .map(|k| Ok(format!("net{k} = \"{}\"", self.lab.address(&host, k)?)))
                 .collect::<Result<_>>()?;
@@ -199,12 +239,18 @@ impl MirrorLab {
                 "\n[[node]]\nname = \"{host}\"\naddress = {{ {} }}\n",
                 addresses.join(", ")
             ));
+            if let Some(power) = o.farm.as_ref().and_then(|f| f.powers.get(i)) {
+                text.push_str(&format!("power = {power}\n"));
+            }
         }
         if o.vip {
             text.push_str(&format!("\n[vip]\naddress = \"{VIP}\"\nprefix = 24\n"));
         }
         if o.health {
             text.push_str(&format!("\n[health]\nport = {HEALTH_PORT}\n"));
+        }
+        if let Some(farm) = &o.farm {
+            text.push_str(&farm.rules);
         }
         text.push_str(&o.tail);
         let (start, stop) = match o.witness_lease {
@@ -364,7 +410,31 @@ impl MirrorLab {
         Ok((cluster, prim, second))
     }
 
-    /// `holdfast start` on both nodes.
+    /// The module's state on every node, in node order.
+    pub fn states(&self) -> Vec<Option<NodeState>> {
+        self.lab.nodes().iter().map(|h| self.state(h)).collect()
+    }
+
+    /// Waits until `cond` holds on the states of every node; returns them.
+    pub fn wait_all(
+        &self,
+        timeout: Duration,
+        mut cond: impl FnMut(&[Option<NodeState>]) -> bool,
+    ) -> Result<Vec<Option<NodeState>>> {
+        let mut last = Vec::new();
+        if wait_until(timeout, Duration::from_millis(50), || {
+            last = self.states();
+            cond(&last)
+        }) {
+            Ok(last)
+        } else {
+            Err(LabError::Cluster(format!(
+                "states did not settle within {timeout:?}: {last:?}"
+            )))
+        }
+    }
+
+    /// `holdfast start` on every node.
     pub fn start_module(&self) -> Result<()> {
         for host in self.lab.nodes() {
             self.run_cli_checked(&host, &["start", "-m", &self.options.module])?;
@@ -391,19 +461,8 @@ impl MirrorLab {
         timeout: Duration,
         mut cond: impl FnMut(&Option<NodeState>, &Option<NodeState>) -> bool,
     ) -> Result<(Option<NodeState>, Option<NodeState>)> {
-        let mut last = (None, None);
-        let ok = wait_until(timeout, Duration::from_millis(50), || {
-            last = (self.state("node1"), self.state("node2"));
-            cond(&last.0, &last.1)
-        });
-        if ok {
-            Ok(last)
-        } else {
-            Err(LabError::Cluster(format!(
-                "states did not settle within {timeout:?}: node1 {:?}, node2 {:?}",
-                last.0, last.1
-            )))
-        }
+        let states = self.wait_all(timeout, |s| cond(&s[0], &s[1]))?;
+        Ok((states[0].clone(), states[1].clone()))
     }
 
     /// `host` holds the virtual IP [`VIP`] (on its network 0 interface).

@@ -17,7 +17,8 @@ use holdfast_network::farm::{BucketMap, Member};
 use serde::{Deserialize, Serialize};
 
 use crate::mirror::{
-    Action, Command, CommandError, LogLevel, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
+    Action, Command, CommandError, LogLevel, ModuleView, Script, ScriptAction, ScriptOutcome,
+    ScriptRun, State,
 };
 
 /// What the farm machine asks of its shell: what any module asks, and to
@@ -50,6 +51,31 @@ pub struct FarmSettings {
     pub timeout: Duration,
 }
 
+impl FarmSettings {
+    /// The settings of node `local`; `None` if it is not a node of the module.
+    pub fn from_config(config: &holdfast_config::ModuleConfig, local: &str) -> Option<Self> {
+        config.node(local)?;
+        Some(Self {
+            local: local.to_string(),
+            members: config
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.power))
+                .collect(),
+            timeout: config.heartbeat.timeout,
+        })
+    }
+}
+
+/// What `holdfast state` shows of a farm beyond the state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FarmView {
+    /// The other nodes, with their state when their heartbeat is fresh.
+    pub peers: Vec<(String, Option<State>)>,
+    /// How many of the 256 buckets this node serves.
+    pub buckets: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
     Stopped,
@@ -74,8 +100,10 @@ pub struct FarmModule {
     role: Role,
     peers: BTreeMap<String, Seen>,
     steps: VecDeque<Step>,
-    running: Option<u64>,
+    running: Option<(u64, Script)>,
     next_script_id: u64,
+    /// Why the module is in its state (the last transition).
+    reason: String,
     /// The buckets last programmed (None: nothing programmed yet), and the
     /// UP set they were computed from.
     programmed: Option<BTreeSet<u8>>,
@@ -94,6 +122,7 @@ impl FarmModule {
             steps: VecDeque::new(),
             running: None,
             next_script_id: 1,
+            reason: "not started".to_string(),
             programmed: None,
             computed_for: None,
             now,
@@ -122,6 +151,44 @@ impl FarmModule {
 
     pub fn transient(&self) -> bool {
         self.running.is_some() || !self.steps.is_empty()
+    }
+
+    /// What `holdfast state` shows.
+    pub fn view(&self) -> ModuleView {
+        let peers: Vec<(String, Option<State>)> = self
+            .settings
+            .members
+            .iter()
+            .filter(|(name, _)| *name != self.settings.local)
+            .map(|(name, _)| (name.clone(), self.live_state(name)))
+            .collect();
+        ModuleView {
+            state: self.state(),
+            transient: self.transient(),
+            app_active: self.role == Role::Up,
+            reason: self.reason.clone(),
+            peer: peers
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            peer_state: None,
+            networks_up: Vec::new(),
+            epoch: 0,
+            running_script: self.running.map(|(_, s)| s.name().to_string()),
+            farm: Some(FarmView {
+                peers,
+                buckets: self.buckets().len(),
+            }),
+        }
+    }
+
+    /// A peer's state, if its heartbeat is fresh.
+    fn live_state(&self, name: &str) -> Option<State> {
+        self.peers
+            .get(name)
+            .filter(|p| self.now.saturating_duration_since(p.last_heard) < self.settings.timeout)
+            .map(|p| p.status.state)
     }
 
     /// The buckets this node serves now.
@@ -200,7 +267,7 @@ impl FarmModule {
 
     pub fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
         self.now = self.now.max(now);
-        if self.running != Some(id) {
+        if self.running.map(|(running, _)| running) != Some(id) {
             return;
         }
         self.running = None;
@@ -243,7 +310,6 @@ impl FarmModule {
 
     /// The UP nodes as this node sees them (itself included when UP).
     fn up_members(&self) -> Vec<Member> {
-        let timeout = self.settings.timeout;
         self.settings
             .members
             .iter()
@@ -251,10 +317,7 @@ impl FarmModule {
                 if *name == self.settings.local {
                     self.role == Role::Up
                 } else {
-                    self.peers.get(name).is_some_and(|p| {
-                        p.status.state == State::Up
-                            && self.now.saturating_duration_since(p.last_heard) < timeout
-                    })
+                    self.live_state(name) == Some(State::Up)
                 }
             })
             .map(|(name, power)| Member {
@@ -273,7 +336,7 @@ impl FarmModule {
                 Some(Step::Run(script, force, action)) => {
                     let id = self.next_script_id;
                     self.next_script_id += 1;
-                    self.running = Some(id);
+                    self.running = Some((id, script));
                     let next = if self.role == Role::Starting {
                         State::Up
                     } else {
@@ -305,6 +368,7 @@ impl FarmModule {
                 LogLevel::Info,
                 format!("transition {} -> {now}: {reason}", self.shown),
             );
+            self.reason = reason.clone();
             self.outbox.push(FarmAction::Module(Action::Transition {
                 from: self.shown,
                 to: now,

@@ -1,5 +1,6 @@
 //! The heartbeat: one UDP datagram per pulse and per network, carrying the
-//! sender's view of the module ([`PeerStatus`]).
+//! sender's view of the module ([`ModuleStatus`]: a mirror node's
+//! [`PeerStatus`] or a farm node's [`FarmStatus`]).
 //!
 //! Wire format: `b"HFHB"`, a version byte, the postcard-encoded [`Heartbeat`],
 //! then an HMAC-SHA256 tag over everything before it, keyed with the
@@ -14,11 +15,13 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::farm::FarmStatus;
 use crate::mirror::PeerStatus;
 
 const MAGIC: &[u8; 4] = b"HFHB";
-/// 2: statuses carry clocks for the peer promise (split-brain protection).
-const VERSION: u8 = 2;
+/// 3: the status says which kind of module sent it (2: statuses carry
+/// clocks for the peer promise).
+const VERSION: u8 = 3;
 const TAG_LEN: usize = 32;
 /// Largest datagram we produce or accept; a heartbeat is far smaller.
 pub const MAX_DATAGRAM: usize = 1400;
@@ -111,7 +114,14 @@ pub struct Heartbeat {
     pub network: u8,
     /// Fingerprint of the sender's module configuration, to warn on mismatch.
     pub config_fingerprint: [u8; 8],
-    pub status: PeerStatus,
+    pub status: ModuleStatus,
+}
+
+/// What the sender says of its module: the status of its kind of module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ModuleStatus {
+    Mirror(PeerStatus),
+    Farm(FarmStatus),
 }
 
 impl Heartbeat {
@@ -214,7 +224,7 @@ mod tests {
             seq: 1,
             network: 0,
             config_fingerprint: [1; 8],
-            status: PeerStatus::stopped(),
+            status: ModuleStatus::Mirror(PeerStatus::stopped()),
         }
     }
 
@@ -223,6 +233,13 @@ mod tests {
         let key = ClusterKey::generate();
         let hb = sample();
         assert_eq!(Heartbeat::decode(&hb.encode(&key), &key).unwrap(), hb);
+        let farm = Heartbeat {
+            status: ModuleStatus::Farm(FarmStatus {
+                state: crate::State::Up,
+            }),
+            ..sample()
+        };
+        assert_eq!(Heartbeat::decode(&farm.encode(&key), &key).unwrap(), farm);
     }
 
     #[test]

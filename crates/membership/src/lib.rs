@@ -20,7 +20,8 @@ pub mod lease;
 pub mod mirror;
 pub mod recovery;
 
-pub use heartbeat::{ClusterKey, Heartbeat, HeartbeatError, ReplayGuard};
+pub use farm::{FarmAction, FarmModule, FarmSettings, FarmStatus, FarmView};
+pub use heartbeat::{ClusterKey, Heartbeat, HeartbeatError, ModuleStatus, ReplayGuard};
 pub use mirror::{
     Action, Command, CommandError, Handover, LogLevel, MirrorModule, MirrorSettings, ModuleView,
     PeerStatus, Persistent, Script, ScriptAction, ScriptOutcome, ScriptRun, State,

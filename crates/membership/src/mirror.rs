@@ -412,6 +412,9 @@ pub struct ModuleView {
     pub networks_up: Vec<bool>,
     pub epoch: u64,
     pub running_script: Option<String>,
+    /// Farm modules: the other nodes and the buckets served here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub farm: Option<crate::farm::FarmView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -692,6 +695,7 @@ impl MirrorModule {
             networks_up,
             epoch: self.persistent.epoch,
             running_script: self.running.map(|(_, s)| s.name().to_string()),
+            farm: None,
         }
     }
 
