@@ -82,6 +82,7 @@ pub fn replicated(dir: &DirStatus) -> String {
         Activity::Tracking => "tracking changes (no secondary)",
         Activity::Resynchronising => "resynchronising",
         Activity::Mirroring => "mirroring",
+        Activity::Holding => "holding writes for the secondary",
     };
     let mut line = format!("{} {activity}", dir.dir.display());
     if let Some(p) = &dir.progress {

@@ -52,13 +52,43 @@ pub struct ModuleConfig {
 pub use holdfast_network::farm::{Balance, Protocol, Rule};
 pub use holdfast_network::garp::Mac;
 
-/// `[replication]`: the secondary's listening port and when it acknowledges.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// `[replication]`: the secondary's listening port, when it acknowledges,
+/// and what the primary does when a live secondary does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicationConfig {
     /// TCP port of the replication stream; `None`: the heartbeat port + 1.
     /// With several replicated directories, directory `i` uses port + `i`.
     pub port: Option<u16>,
     pub ack: AckPolicy,
+    /// A change the secondary has not acknowledged after this long (or
+    /// refused: disk full) is a failure of the secondary.
+    pub ack_timeout: Duration,
+    pub on_secondary_failure: OnSecondaryFailure,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            port: None,
+            ack: AckPolicy::default(),
+            ack_timeout: Duration::from_secs(5),
+            on_secondary_failure: OnSecondaryFailure::default(),
+        }
+    }
+}
+
+/// What the primary does when its secondary, still alive (heartbeats),
+/// fails to acknowledge: too slow, disk full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnSecondaryFailure {
+    /// Go on without it, tracking changes (as ALONE), and resynchronise it
+    /// when it can: the application is never held up by the secondary.
+    #[default]
+    Degrade,
+    /// Keep synchronous semantics: changes wait until the secondary has
+    /// them (acknowledged, or resynchronised) or is declared lost by the
+    /// heartbeat.
+    Block,
 }
 
 /// When the secondary acknowledges a change.

@@ -24,10 +24,10 @@ use holdfast_checkers::{
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
     AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
-    ModuleConfig, NodeConfig, Protocol, ReplicatedDir, ReplicationConfig, Rule, ScriptsConfig,
-    VipConfig, WitnessConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK,
-    DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT,
-    DEFAULT_WITNESS_PORT,
+    ModuleConfig, NodeConfig, OnSecondaryFailure, Protocol, ReplicatedDir, ReplicationConfig, Rule,
+    ScriptsConfig, VipConfig, WitnessConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP,
+    DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT,
+    DEFAULT_TIMEOUT, DEFAULT_WITNESS_PORT,
 };
 use crate::validate::format_duration;
 
@@ -72,7 +72,7 @@ const CHECKER_KEYS: &[&str] = &[
 ];
 const VIP_KEYS: &[&str] = &["address", "prefix", "interface", "vmac"];
 const HEALTH_KEYS: &[&str] = &["port"];
-const REPLICATION_KEYS: &[&str] = &["port", "ack"];
+const REPLICATION_KEYS: &[&str] = &["port", "ack", "ack_timeout", "on_secondary_failure"];
 const REPLICATED_KEYS: &[&str] = &["dir"];
 const MODULE_KEYS: &[&str] = &[
     "name",
@@ -262,6 +262,15 @@ pub fn to_toml(config: &ModuleConfig) -> String {
             AckPolicy::Durable => "durable",
         };
         table.insert("ack", value(ack));
+        table.insert(
+            "ack_timeout",
+            value(format_duration(config.replication.ack_timeout)),
+        );
+        let on_failure = match config.replication.on_secondary_failure {
+            OnSecondaryFailure::Degrade => "degrade",
+            OnSecondaryFailure::Block => "block",
+        };
+        table.insert("on_secondary_failure", value(on_failure));
         doc.insert("replication", Item::Table(table));
     }
     if !config.replicated.is_empty() {
@@ -646,7 +655,34 @@ impl<'a> Reader<'a> {
                 }
             })?
             .unwrap_or_default();
-        Ok(ReplicationConfig { port, ack })
+        let defaults = ReplicationConfig::default();
+        let ack_timeout = self
+            .opt(section, "ack_timeout", |r, path, item| {
+                let d = r.duration(path, item)?;
+                if d.is_zero() {
+                    return Err(r.error(path, "must be more than 0".to_string()));
+                }
+                Ok(d)
+            })?
+            .unwrap_or(defaults.ack_timeout);
+        let on_secondary_failure = self
+            .opt(section, "on_secondary_failure", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "degrade" => Ok(OnSecondaryFailure::Degrade),
+                    "block" => Ok(OnSecondaryFailure::Block),
+                    other => Err(r.error(
+                        path,
+                        format!("unknown policy {other:?}; expected \"degrade\" or \"block\""),
+                    )),
+                }
+            })?
+            .unwrap_or_default();
+        Ok(ReplicationConfig {
+            port,
+            ack,
+            ack_timeout,
+            on_secondary_failure,
+        })
     }
 
     /// The tables of a `[[what]]` array, each with its path and span noted.

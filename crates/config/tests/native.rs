@@ -791,6 +791,11 @@ fn replication_parses_round_trips_and_defaults() {
     let config = parse(&text).unwrap();
     assert_eq!(config.replication.ack, AckPolicy::Durable);
     assert_eq!(config.replication.port, None);
+    assert_eq!(config.replication.ack_timeout, Duration::from_secs(5));
+    assert_eq!(
+        config.replication.on_secondary_failure,
+        OnSecondaryFailure::Degrade
+    );
     assert_eq!(config.replication_port(0), config.heartbeat.port + 1);
     assert_eq!(config.replication_port(1), config.heartbeat.port + 2);
     assert_eq!(
@@ -806,6 +811,19 @@ fn replication_parses_round_trips_and_defaults() {
     );
     let rendered = to_toml(&config);
     assert_eq!(parse(&rendered).unwrap(), config, "{rendered}");
+    let blocking = parse(&minimal_plus(
+        "[replication]\nack_timeout = \"1500ms\"\non_secondary_failure = \"block\"\n\n[[replicated]]\ndir = \"/srv/a\"\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        blocking.replication.ack_timeout,
+        Duration::from_millis(1500)
+    );
+    assert_eq!(
+        blocking.replication.on_secondary_failure,
+        OnSecondaryFailure::Block
+    );
+    assert_eq!(parse(&to_toml(&blocking)).unwrap(), blocking);
     let minimal = parse(MINIMAL).unwrap();
     assert!(minimal.replicated.is_empty());
     assert_eq!(minimal.replication, ReplicationConfig::default());
@@ -849,6 +867,20 @@ fn replication_errors_are_placed() {
         7,
         "replication.ack",
         "receipt",
+    );
+    assert_error(
+        &minimal_plus("[replication]\non_secondary_failure = \"wait\"\n"),
+        13,
+        24,
+        "replication.on_secondary_failure",
+        "\"degrade\" or \"block\"",
+    );
+    assert_error(
+        &minimal_plus("[replication]\nack_timeout = \"0s\"\n"),
+        13,
+        15,
+        "replication.ack_timeout",
+        "more than 0",
     );
     assert_error(
         &minimal_plus("[[replicated]]\ndirectory = \"/srv/a\"\n"),

@@ -27,12 +27,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use holdfast_config::{AckPolicy, ModuleConfig};
+use holdfast_config::{AckPolicy, ModuleConfig, OnSecondaryFailure};
 use holdfast_membership::{ClusterKey, LogLevel, State};
 use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{
-    decide, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations, Link, Mirror,
-    MountGuard, Peer, Progress, Receiver, Recovery, TcpReplicator, TrackingConfig,
+    decide, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations, Link, LinkMode,
+    Mirror, MountGuard, OnFailure, Peer, Progress, Receiver, ReceiverError, Recovery,
+    TcpReplicator, TrackingConfig,
 };
 
 use crate::modlog::ModuleLog;
@@ -51,6 +52,9 @@ pub enum Activity {
     Resynchronising,
     /// Primary with an up-to-date secondary: every change acknowledged by it.
     Mirroring,
+    /// Primary whose live secondary failed, `on_secondary_failure = block`:
+    /// changes wait until it is resynchronised (or declared lost).
+    Holding,
 }
 
 /// A reading of a resynchronisation's progress.
@@ -252,6 +256,9 @@ pub struct Replication {
     log: ModuleLog,
     receivers: Vec<ReceiverTask>,
     primary: Vec<PrimaryDir>,
+    /// Set by receivers when a change failed to apply here (disk full).
+    behind: Arc<AtomicBool>,
+    policy: FailurePolicy,
     /// Set by receivers when a resynchronisation into this node completed.
     synced: Arc<AtomicBool>,
     /// Shared with connectors: the peer is SECOND.
@@ -412,6 +419,11 @@ impl Replication {
             receivers: Vec::new(),
             primary: Vec::new(),
             synced: Arc::new(AtomicBool::new(false)),
+            behind: Arc::new(AtomicBool::new(false)),
+            policy: FailurePolicy {
+                on_failure: config.replication.on_secondary_failure,
+                ack_timeout: config.replication.ack_timeout,
+            },
             peer_second: Arc::new(AtomicBool::new(false)),
             last_state: State::Stop,
             receiver_error_logged: false,
@@ -508,6 +520,13 @@ impl Replication {
             self.synced.store(false, Ordering::SeqCst);
             data_state = Some(false);
         }
+        if state == State::Second && self.behind.swap(false, Ordering::SeqCst) {
+            self.log.write(
+                LogLevel::Error,
+                "a change from the primary failed to apply here: this node's data is not up to date until the primary resynchronises it",
+            );
+            data_state = Some(false);
+        }
         if state == State::Second && self.synced.swap(false, Ordering::SeqCst) {
             self.log.write(
                 LogLevel::Info,
@@ -555,7 +574,7 @@ impl Replication {
                 })
                 .map_err(|e| e.to_string());
             let receiver = match (receiver, failed.is_none()) {
-                (Ok(r), true) => r,
+                (Ok(r), true) => Arc::new(r),
                 (Err(e), _) => {
                     failed = Some(e);
                     break;
@@ -573,11 +592,16 @@ impl Replication {
             let current = Arc::new(Mutex::new(None));
             let peers = self.peer_addresses.clone();
             let log = self.log.clone();
-            let path = dir.path.clone();
+            let target = Target {
+                receiver,
+                store: dir.store(),
+                behind: self.behind.clone(),
+                path: dir.path.clone(),
+            };
             let (stop2, current2) = (stop.clone(), current.clone());
             let thread = std::thread::Builder::new()
                 .name(format!("repl-recv-{}", dir.index))
-                .spawn(move || receive(listeners, receiver, peers, stop2, current2, log, path))
+                .spawn(move || receive(listeners, target, peers, stop2, current2, log))
                 .ok();
             tasks.push(ReceiverTask {
                 stop,
@@ -661,6 +685,10 @@ impl Replication {
         generations.become_primary();
         store.save(&generations).map_err(|e| e.to_string())?;
         let link = Link::tracking(Arc::new(changelog));
+        link.set_on_failure(match self.policy.on_failure {
+            OnSecondaryFailure::Degrade => OnFailure::Track,
+            OnSecondaryFailure::Block => OnFailure::Wait,
+        });
         let guard = Mirror::mount(&dir.path, Arc::new(link.clone())).map_err(|e| e.to_string())?;
         self.log.write(
             LogLevel::Info,
@@ -684,6 +712,7 @@ impl Replication {
             current: peer.clone(),
             log: self.log.clone(),
             status: self.status.clone(),
+            policy: self.policy,
         };
         let connector = std::thread::Builder::new()
             .name(format!("repl-conn-{}", dir.index))
@@ -766,16 +795,38 @@ impl Drop for Replication {
     }
 }
 
-/// The receiving loop of one directory.
+/// The copy a receiving loop applies to.
+#[derive(Debug, Clone)]
+struct Target {
+    receiver: Arc<Receiver>,
+    store: GenerationStore,
+    /// Set when a change failed to apply (the copy is behind).
+    behind: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+/// The receiving loop of one directory. A new connection from the peer
+/// replaces the one being served: the primary connects again only once
+/// its side of the old one is dead (one whose end never reached us, when
+/// packets were dropped, would otherwise hold the receiver forever).
 fn receive(
     listeners: Vec<TcpListener>,
-    receiver: Receiver,
+    target: Target,
     peers: Vec<IpAddr>,
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<TcpStream>>>,
     log: ModuleLog,
-    path: PathBuf,
 ) {
+    let path = target.path.clone();
+    let mut serving: Option<JoinHandle<()>> = None;
+    let end_current = |serving: &mut Option<JoinHandle<()>>| {
+        if let Some(old) = lock(&current).take() {
+            let _ = old.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = serving.take() {
+            let _ = t.join();
+        }
+    };
     while !stop.load(Ordering::SeqCst) {
         let mut accepted = None;
         for l in &listeners {
@@ -798,6 +849,7 @@ fn receive(
         if stream.set_nonblocking(false).is_err() {
             continue;
         }
+        end_current(&mut serving);
         match stream.try_clone() {
             Ok(c) => *lock(&current) = Some(c),
             Err(_) => continue,
@@ -809,22 +861,59 @@ fn receive(
             LogLevel::Info,
             &format!("receiving replication of {} from {from}", path.display()),
         );
-        let result = receiver.serve_connection(stream);
-        lock(&current).take();
-        match result {
-            Ok(()) => log.write(
-                LogLevel::Info,
-                &format!("replication of {} from {from} ended", path.display()),
-            ),
-            Err(e) if stop.load(Ordering::SeqCst) => {
-                tracing::debug!("replication receiver stopped: {e}")
-            }
-            Err(e) => log.write(
-                LogLevel::Error,
-                &format!("replication of {} from {from} failed: {e}", path.display()),
-            ),
-        }
+        let (stop, log, current) = (stop.clone(), log.clone(), current.clone());
+        let Target {
+            receiver,
+            store,
+            behind,
+            path,
+        } = target.clone();
+        serving = std::thread::Builder::new()
+            .name("repl-serve".into())
+            .spawn(move || {
+                let path = path.display();
+                let result = receiver.serve_connection(stream);
+                // Closed at once: the primary must not wait on a connection
+                // nobody reads any more.
+                if let Some(s) = lock(&current).take() {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+                match result {
+                    Ok(()) => log.write(
+                        LogLevel::Info,
+                        &format!("replication of {path} from {from} ended"),
+                    ),
+                    Err(e) if stop.load(Ordering::SeqCst) => {
+                        tracing::debug!("replication receiver stopped: {e}")
+                    }
+                    Err(e) => {
+                        // A change this copy did not apply: it is behind,
+                        // never to be promoted (also after a restart) until
+                        // a resynchronisation completes.
+                        if matches!(
+                            e,
+                            ReceiverError::Apply { .. } | ReceiverError::Escape { .. }
+                        ) {
+                            let recorded = store.load().and_then(|g| {
+                                let mut g = g.unwrap_or_default();
+                                g.resync_begin();
+                                store.save(&g)
+                            });
+                            if let Err(e) = recorded {
+                                log.write(LogLevel::Error, &e.to_string());
+                            }
+                            behind.store(true, Ordering::SeqCst);
+                        }
+                        log.write(
+                            LogLevel::Error,
+                            &format!("replication of {path} from {from} failed: {e}"),
+                        );
+                    }
+                }
+            })
+            .ok();
     }
+    end_current(&mut serving);
 }
 
 /// The primary's connection to the secondary, for one directory.
@@ -841,6 +930,23 @@ struct Connector {
     current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     log: ModuleLog,
     status: ReplicationStatus,
+    policy: FailurePolicy,
+}
+
+/// `[replication]`'s answer to a live secondary that fails.
+#[derive(Debug, Clone, Copy)]
+struct FailurePolicy {
+    on_failure: OnSecondaryFailure,
+    ack_timeout: Duration,
+}
+
+impl FailurePolicy {
+    fn name(&self) -> &'static str {
+        match self.on_failure {
+            OnSecondaryFailure::Degrade => "on_secondary_failure = degrade",
+            OnSecondaryFailure::Block => "on_secondary_failure = block",
+        }
+    }
 }
 
 impl Connector {
@@ -855,16 +961,29 @@ impl Connector {
         let mut last_error = String::new();
         while !self.stop.load(Ordering::SeqCst) {
             if !self.peer_second.load(Ordering::SeqCst) {
+                if self.link.mode() == LinkMode::Hold {
+                    // Held for a secondary now declared lost: ALONE.
+                    self.go_alone();
+                    self.log.write(
+                        LogLevel::Error,
+                        &format!(
+                            "the secondary of {} is lost: held writes go on, tracking changes",
+                            self.dir.path.display()
+                        ),
+                    );
+                }
                 self.sleep(POLL);
                 continue;
             }
             match self.session() {
                 Ok(()) => last_error.clear(),
                 Err(e) => {
-                    if e != last_error && !self.stop.load(Ordering::SeqCst) {
-                        self.log.write(LogLevel::Error, &e);
+                    if !self.stop.load(Ordering::SeqCst) {
                         self.status.problem(self.dir.index, Some(e.clone()));
-                        last_error = e;
+                        if e != last_error {
+                            self.log.write(LogLevel::Error, &e);
+                            last_error = e;
+                        }
                     }
                     self.sleep(RETRY);
                 }
@@ -890,6 +1009,10 @@ impl Connector {
         let peer = Arc::new(
             connected.ok_or_else(|| format!("replication of {path}: cannot connect: {error}"))?,
         );
+        if self.policy.on_failure == OnSecondaryFailure::Degrade {
+            // A secondary that stops reading must not hold a write forever.
+            peer.set_send_timeout(Some(self.policy.ack_timeout));
+        }
         *lock(&self.current) = Some(peer.clone());
         if self.stop.load(Ordering::SeqCst) {
             lock(&self.current).take();
@@ -902,27 +1025,91 @@ impl Connector {
             peer.close();
             return result;
         }
-        // Mirroring: wait for the end.
-        // Writes fail (EIO) between the break and tracking: noticed fast.
-        while !self.stop.load(Ordering::SeqCst) && peer.broken().is_none() {
-            std::thread::sleep(BREAK_POLL);
-        }
-        let reason = peer
-            .broken()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "stopping".into());
+        let reason = self.watch(&peer, &path);
         if !self.stop.load(Ordering::SeqCst) {
-            self.go_alone();
-            self.log.write(
-                LogLevel::Error,
-                &format!(
-                    "replication of {path} to the secondary lost ({reason}): tracking changes"
-                ),
-            );
+            self.after_failure(&path, &reason);
         }
         lock(&self.current).take();
         peer.close();
         Ok(())
+    }
+
+    /// Mirroring: watches the connection until it breaks, the secondary
+    /// is lost (heartbeat), or — with `degrade` — a change waits for its
+    /// acknowledgement longer than `ack_timeout`; says why it ended.
+    fn watch(&self, peer: &TcpReplicator, path: &str) -> String {
+        let timeout = self.policy.ack_timeout;
+        let mut slow = false;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return "stopping".into();
+            }
+            if let Some(e) = peer.broken() {
+                return e.to_string();
+            }
+            if !self.peer_second.load(Ordering::SeqCst) {
+                return "the secondary is lost (no heartbeat, or it left SECOND)".into();
+            }
+            let late = peer
+                .oldest_unacknowledged()
+                .is_some_and(|sent| sent.elapsed() > timeout);
+            if late && self.policy.on_failure == OnSecondaryFailure::Degrade {
+                return format!(
+                    "no acknowledgement within ack_timeout = {}",
+                    humantime::format_duration(timeout)
+                );
+            }
+            if late != slow {
+                slow = late;
+                let problem = late.then(|| {
+                    format!(
+                        "the secondary has not acknowledged a change of {path} within ack_timeout = {}: writes wait for it ({})",
+                        humantime::format_duration(timeout),
+                        self.policy.name()
+                    )
+                });
+                match &problem {
+                    Some(p) => self.log.write(LogLevel::Error, p),
+                    None => self.log.write(
+                        LogLevel::Info,
+                        &format!("the secondary acknowledges changes of {path} again"),
+                    ),
+                }
+                self.status.problem(self.dir.index, problem);
+            }
+            std::thread::sleep(BREAK_POLL);
+        }
+    }
+
+    /// Mirroring ended for `reason`: ALONE with tracking — unless the
+    /// secondary is alive and `block` holds changes until it is back.
+    fn after_failure(&self, path: &str, reason: &str) {
+        let alive = self.peer_second.load(Ordering::SeqCst);
+        if alive && self.policy.on_failure == OnSecondaryFailure::Block {
+            {
+                let _order = self.tree.lock();
+                self.link.hold();
+            }
+            let problem = format!(
+                "replication of {path} to the secondary failed ({reason}): writes wait until it is resynchronised ({})",
+                self.policy.name()
+            );
+            self.log.write(LogLevel::Error, &problem);
+            self.status.set(self.dir.index, Activity::Holding, None);
+            self.status.problem(self.dir.index, Some(problem));
+            return;
+        }
+        self.go_alone();
+        let problem = format!(
+            "replication of {path} to the secondary lost ({reason}): tracking changes{}",
+            if alive {
+                format!(" ({})", self.policy.name())
+            } else {
+                String::new()
+            }
+        );
+        self.log.write(LogLevel::Error, &problem);
+        self.status.problem(self.dir.index, Some(problem));
     }
 
     fn bring_up_to_date(&self, peer: &Arc<TcpReplicator>, path: &str) -> Result<(), String> {
@@ -982,8 +1169,19 @@ impl Connector {
             result
         })
         .map_err(|e| {
-            self.status.set(self.dir.index, Activity::Tracking, None);
-            format!("resynchronisation of {path} failed: {e}")
+            let holding = self.link.mode() == LinkMode::Hold;
+            let activity = if holding {
+                Activity::Holding
+            } else {
+                Activity::Tracking
+            };
+            self.status.set(self.dir.index, activity, None);
+            let then = if holding {
+                format!(": writes wait for the secondary ({})", self.policy.name())
+            } else {
+                String::new()
+            };
+            format!("resynchronisation of {path} failed: {e}{then}")
         })?;
         self.status.set(self.dir.index, Activity::Mirroring, None);
         let mut ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();

@@ -31,9 +31,11 @@
 //! daemon binds it read-only over itself after the [`Receiver`] opened it.
 //!
 //! The promise: an operation the application saw succeed was acknowledged
-//! by the secondary. If the secondary refuses or the connection fails, the
-//! operation returns `EIO` (what to do then — go ALONE, keep writing — is
-//! policy for the daemon, later).
+//! by the secondary. If the secondary refuses or the connection fails, a
+//! bare replicator's operation returns `EIO`; a [`Link`]'s [`OnFailure`]
+//! records the change durably and then fails it, lets it succeed (the
+//! primary goes on alone) or holds it until a resynchronisation brought it
+//! to the secondary.
 //!
 //! # What is replicated
 //!
@@ -68,8 +70,6 @@
 //!   the returning old primary is resynchronised by checksum comparison;
 //! - hard links created while ALONE whose first name was created while
 //!   ALONE too may come back as separate files after a crash;
-//! - policies on replication failure (today: `EIO` while mirroring; the
-//!   daemon calls [`Link::track`] to go ALONE), acknowledgement timeouts;
 //! - kernel passthrough (`FOPEN_PASSTHROUGH`) for read-only opens: the
 //!   kernel refuses mixing passthrough and cached opens of one inode, so it
 //!   needs care; every read goes through the daemon for now;
@@ -91,4 +91,6 @@ pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time,
 pub use receiver::{AckMode, Receiver, ReceiverError};
 pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Stats};
 pub use sender::TcpReplicator;
-pub use tracking::{ChangeLog, Dirty, Link, LinkMode, Recovery, TrackingConfig, TrackingError};
+pub use tracking::{
+    ChangeLog, Dirty, Link, LinkMode, OnFailure, Recovery, TrackingConfig, TrackingError,
+};

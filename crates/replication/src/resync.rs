@@ -229,8 +229,9 @@ pub struct Stats {
 /// `source` is the primary's current generation, taken by the peer at the
 /// end. With `compare_all`, the change log is not trusted (tracking lost,
 /// or the peer may hold changes no log covers): every file is compared by
-/// checksum. On error the link is back to tracking and the log still
-/// covers everything: run again later.
+/// checksum. On error the link is back to tracking (holding, with
+/// [`crate::OnFailure::Wait`]) and the log still covers everything: run
+/// again later.
 pub fn resync<P: Peer + 'static>(
     tree: &Tree,
     link: &Link,
@@ -254,7 +255,7 @@ pub fn resync<P: Peer + 'static>(
     let result = pass.run(peer, source, compare_all);
     if result.is_err() {
         let _order = tree.lock();
-        link.track();
+        link.fall_back();
         link.log().abandon_pending();
     }
     result.map(|()| pass.stats)
@@ -290,6 +291,8 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             let tree = self.tree;
             let _order = tree.lock();
             let log = self.link.log();
+            // Changes the secondary failed before this resync are in it.
+            self.link.settle();
             let dirty = log.begin_pending();
             if compare_all || dirty.everything {
                 log.with_pending(|p, _| *p = Dirty::everything());

@@ -7,11 +7,12 @@
 //! connection fails, every waiter and every later submission gets the error:
 //! nothing is reported acknowledged that was not.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use holdfast_membership::ClusterKey;
 
@@ -52,7 +53,8 @@ struct Writer {
 
 #[derive(Debug, Default)]
 struct Waiters {
-    pending: HashMap<u64, Waiter>,
+    /// By sequence number (so the oldest first), with when it was sent.
+    pending: BTreeMap<u64, (Instant, Waiter)>,
     /// Set once: the connection is unusable from then on.
     broken: Option<ReplicationError>,
 }
@@ -76,7 +78,7 @@ impl Shared {
             tracing::warn!("replication stopped: {error}");
             w.broken = Some(error.clone());
         }
-        for (_, waiter) in w.pending.drain() {
+        for (_, (_, waiter)) in std::mem::take(&mut w.pending) {
             waiter.fail(error.clone());
         }
     }
@@ -141,7 +143,12 @@ impl TcpReplicator {
                             ))
                         }
                     };
-                    let take = |seq| lock(&reader_shared.waiters).pending.remove(&seq);
+                    let take = |seq| {
+                        lock(&reader_shared.waiters)
+                            .pending
+                            .remove(&seq)
+                            .map(|(_, w)| w)
+                    };
                     match reply {
                         Reply::Ack { seq } => match take(seq) {
                             Some(Waiter::Ack(tx)) => {
@@ -198,7 +205,9 @@ impl TcpReplicator {
                 return Err(error.clone());
             }
             // Registered before writing, so the reply cannot arrive first.
-            waiters.pending.insert(writer.sealer.next_seq(), waiter);
+            waiters
+                .pending
+                .insert(writer.sealer.next_seq(), (Instant::now(), waiter));
         }
         let frame = writer.sealer.seal(&payload);
         if let Err(e) = writer.stream.write_all(&frame) {
@@ -214,6 +223,26 @@ impl TcpReplicator {
     /// Why the connection no longer works, once it does not.
     pub fn broken(&self) -> Option<ReplicationError> {
         lock(&self.shared.waiters).broken.clone()
+    }
+
+    /// Since when the oldest change not yet acknowledged waits (resync
+    /// requests, which may take long on the secondary, do not count).
+    pub fn oldest_unacknowledged(&self) -> Option<Instant> {
+        lock(&self.shared.waiters)
+            .pending
+            .values()
+            .find(|(_, w)| matches!(w, Waiter::Ack(_)))
+            .map(|(sent, _)| *sent)
+    }
+
+    /// Bounds each write to the secondary (a full socket buffer: the
+    /// secondary does not read); past it the connection breaks. `None`:
+    /// writes wait as long as it takes.
+    pub fn set_send_timeout(&self, timeout: Option<std::time::Duration>) {
+        let writer = lock(&self.shared.writer);
+        if let Err(e) = writer.stream.set_write_timeout(timeout) {
+            tracing::warn!("replication send timeout: {e}");
+        }
     }
 
     /// Closes the connection: every waiting and later change fails.

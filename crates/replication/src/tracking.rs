@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -678,9 +678,23 @@ impl ChangeLog {
     }
 
     /// A change that may not have reached the peer (its replication
-    /// failed): covered in memory; made durable at the next checkpoint.
-    pub fn record_uncertain(&self, change: &Change) {
+    /// failed): covered durably (the activity log) before the application
+    /// may be told anything about it.
+    pub fn record_uncertain(&self, change: &Change) -> Result<(), TrackingError> {
+        match &change.op {
+            Op::Write { path, offset, data } => self.prepare(&Intent::Data {
+                path,
+                offset: *offset,
+                len: data.len() as u64,
+            })?,
+            op => {
+                for path in op.paths() {
+                    self.prepare(&Intent::Entry { path })?;
+                }
+            }
+        }
         lock(&self.inner).dirty.add_uncertain(change);
+        Ok(())
     }
 
     /// A copy of the current state.
@@ -747,8 +761,13 @@ enum Mode {
     /// ALONE: recorded, acknowledged at once.
     Track,
     /// Resynchronising: recorded *and* forwarded; a failure of the peer is
-    /// not the application's (the change is recorded): back to tracking.
+    /// not the application's (the change is recorded): back to tracking
+    /// (to holding with [`OnFailure::Wait`]).
     Forward(Arc<dyn Replicator>),
+    /// The secondary failed and [`OnFailure::Wait`]: recorded, and
+    /// acknowledged once a resynchronisation brought it to the secondary
+    /// (or the link tracks).
+    Hold,
 }
 
 impl std::fmt::Debug for Mode {
@@ -757,6 +776,7 @@ impl std::fmt::Debug for Mode {
             Mode::Mirror(_) => "Mirror",
             Mode::Track => "Track",
             Mode::Forward(_) => "Forward",
+            Mode::Hold => "Hold",
         })
     }
 }
@@ -765,6 +785,37 @@ impl std::fmt::Debug for Mode {
 struct LinkInner {
     mode: Mutex<Mode>,
     log: Arc<ChangeLog>,
+    on_failure: Mutex<OnFailure>,
+    counters: Mutex<Counters>,
+    /// Notified when a counter changes.
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// Mirrored changes whose acknowledgement has not been handled: a
+    /// resynchronisation starts only once each failed one is recorded.
+    in_flight: u64,
+    /// Bumped when the link tracks or mirrors again (after a resync): a
+    /// change waiting for the secondary ([`OnFailure::Wait`]) is covered.
+    releases: u64,
+}
+
+/// What a mirroring [`Link`] does with an operation whose change the
+/// secondary failed to acknowledge (connection lost, change refused).
+/// In every case the change is first recorded, durably, for the next
+/// resynchronisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnFailure {
+    /// The operation fails (`EIO`).
+    #[default]
+    Fail,
+    /// The operation succeeds: the primary goes on without the secondary.
+    Track,
+    /// The operation waits until the secondary has the change (a
+    /// resynchronisation begun after the failure completed) or the link
+    /// tracks (the secondary was declared lost).
+    Wait,
 }
 
 /// The [`Replicator`] the file system is mounted with: mirrors, tracks or
@@ -778,23 +829,51 @@ pub enum LinkMode {
     Mirror,
     Track,
     Forward,
+    Hold,
 }
 
 impl Link {
+    fn new(log: Arc<ChangeLog>, mode: Mode) -> Self {
+        Link(Arc::new(LinkInner {
+            mode: Mutex::new(mode),
+            log,
+            on_failure: Mutex::new(OnFailure::default()),
+            counters: Mutex::new(Counters::default()),
+            changed: Condvar::new(),
+        }))
+    }
+
     /// Starts tracking (ALONE).
     pub fn tracking(log: Arc<ChangeLog>) -> Self {
-        Link(Arc::new(LinkInner {
-            mode: Mutex::new(Mode::Track),
-            log,
-        }))
+        Self::new(log, Mode::Track)
     }
 
     /// Starts mirroring to an in-sync peer.
     pub fn mirroring(log: Arc<ChangeLog>, peer: Arc<dyn Replicator>) -> Self {
-        Link(Arc::new(LinkInner {
-            mode: Mutex::new(Mode::Mirror(peer)),
-            log,
-        }))
+        Self::new(log, Mode::Mirror(peer))
+    }
+
+    /// What an operation does when the secondary fails it (from now on).
+    pub fn set_on_failure(&self, policy: OnFailure) {
+        *lock(&self.0.on_failure) = policy;
+    }
+
+    /// Waits until every failed mirrored change is recorded: call under
+    /// the tree's ordering lock before taking the resync's work list.
+    pub(crate) fn settle(&self) {
+        let mut counters = lock(&self.0.counters);
+        while counters.in_flight > 0 {
+            counters = self
+                .0
+                .changed
+                .wait(counters)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn release(&self) {
+        lock(&self.0.counters).releases += 1;
+        self.0.changed.notify_all();
     }
 
     pub fn log(&self) -> &Arc<ChangeLog> {
@@ -806,6 +885,35 @@ impl Link {
             Mode::Mirror(_) => LinkMode::Mirror,
             Mode::Track => LinkMode::Track,
             Mode::Forward(_) => LinkMode::Forward,
+            Mode::Hold => LinkMode::Hold,
+        }
+    }
+
+    /// The secondary failed, [`OnFailure::Wait`]: from the next change on,
+    /// record and wait for it. Call under the tree's ordering lock.
+    pub fn hold(&self) {
+        *lock(&self.0.mode) = Mode::Hold;
+    }
+
+    /// A resynchronisation failed: back to tracking, or to holding with
+    /// [`OnFailure::Wait`]. Call under the tree's ordering lock.
+    pub(crate) fn fall_back(&self) {
+        if *lock(&self.0.on_failure) == OnFailure::Wait {
+            self.hold();
+        } else {
+            self.track();
+        }
+    }
+
+    /// Blocks until the link releases changes recorded before `seen`.
+    fn wait_release(&self, seen: u64) {
+        let mut counters = lock(&self.0.counters);
+        while counters.releases == seen {
+            counters = self
+                .0
+                .changed
+                .wait(counters)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -813,6 +921,7 @@ impl Link {
     /// under the tree's ordering lock so no change is half-way.
     pub fn track(&self) {
         *lock(&self.0.mode) = Mode::Track;
+        self.release();
     }
 
     pub(crate) fn forward(&self, peer: Arc<dyn Replicator>) {
@@ -821,10 +930,65 @@ impl Link {
 
     pub(crate) fn mirror(&self, peer: Arc<dyn Replicator>) {
         *lock(&self.0.mode) = Mode::Mirror(peer);
+        self.release();
     }
 
     fn tracking_error(e: TrackingError) -> ReplicationError {
         ReplicationError::Tracking(e.to_string())
+    }
+}
+
+/// A mirrored change whose acknowledgement is awaited, counted until it
+/// is handled — or dropped unhandled, so a resync never waits for it.
+struct InFlight(Link);
+
+impl InFlight {
+    fn new(link: &Link) -> Self {
+        lock(&link.0.counters).in_flight += 1;
+        InFlight(link.clone())
+    }
+
+    fn link(&self) -> Link {
+        self.0.clone()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0 .0.counters).in_flight -= 1;
+        self.0 .0.changed.notify_all();
+    }
+}
+
+impl Link {
+    /// The secondary failed `change` (`in_flight`: its acknowledgement
+    /// was awaited): recorded; returns the release count to wait past.
+    fn record_failed(
+        &self,
+        change: &Change,
+        in_flight: Option<InFlight>,
+    ) -> Result<u64, ReplicationError> {
+        let recorded = self.0.log.record_uncertain(change);
+        // Read before counting this change handled: any resync begun
+        // after that includes it, and releases after this reading.
+        let seen = lock(&self.0.counters).releases;
+        drop(in_flight);
+        recorded.map_err(Self::tracking_error)?;
+        Ok(seen)
+    }
+
+    /// What the operation of a failed, recorded change returns, by
+    /// [`OnFailure`]. Never call under the tree's ordering lock: it may wait.
+    fn failure_outcome(&self, error: ReplicationError, seen: u64) -> Result<(), ReplicationError> {
+        let policy = *lock(&self.0.on_failure);
+        match policy {
+            OnFailure::Fail => Err(error),
+            OnFailure::Track => Ok(()),
+            OnFailure::Wait => {
+                self.wait_release(seen);
+                Ok(())
+            }
+        }
     }
 }
 
@@ -833,7 +997,7 @@ impl Replicator for Link {
         let mode = lock(&self.0.mode).clone();
         match mode {
             Mode::Mirror(_) => Ok(()),
-            Mode::Track | Mode::Forward(_) => {
+            Mode::Track | Mode::Forward(_) | Mode::Hold => {
                 self.0.log.prepare(intent).map_err(Self::tracking_error)
             }
         }
@@ -846,41 +1010,66 @@ impl Replicator for Link {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
                 Ok(Ack::done(Ok(())))
             }
+            Mode::Hold => {
+                self.0.log.record(change).map_err(Self::tracking_error)?;
+                // Under the ordering lock: a resync begun after this
+                // includes the change, and releases after this reading.
+                let seen = lock(&self.0.counters).releases;
+                let link = self.clone();
+                Ok(Ack::done(Ok(())).map(move |r| {
+                    link.wait_release(seen);
+                    r
+                }))
+            }
             Mode::Forward(peer) => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
-                let inner = self.0.clone();
+                // Under the ordering lock: if this change fails, the
+                // resync running fails too, and the next one includes it.
+                let seen = lock(&self.0.counters).releases;
+                let link = self.clone();
+                // Recorded above: the application's change is safe; with
+                // `OnFailure::Wait` it waits for the secondary all the same.
                 let fallback = move |e: ReplicationError| {
                     tracing::warn!("resynchronisation interrupted ({e}): tracking again");
-                    let mut mode = lock(&inner.mode);
-                    if matches!(*mode, Mode::Forward(_)) {
-                        *mode = Mode::Track;
+                    let hold = *lock(&link.0.on_failure) == OnFailure::Wait;
+                    {
+                        let mut mode = lock(&link.0.mode);
+                        if matches!(*mode, Mode::Forward(_)) {
+                            *mode = if hold { Mode::Hold } else { Mode::Track };
+                        }
                     }
-                    // Recorded above: the application's change is safe.
+                    if hold {
+                        link.wait_release(seen);
+                    }
                     Ok(())
                 };
-                match peer.submit(change) {
-                    Ok(ack) => {
-                        let fallback = fallback.clone();
-                        Ok(ack.map(move |r| r.or_else(fallback)))
-                    }
-                    Err(e) => fallback(e).map(|()| Ack::done(Ok(()))),
-                }
-            }
-            Mode::Mirror(peer) => {
-                let inner = self.0.clone();
-                let change = change.clone();
-                let ack = peer.submit(&change);
-                let uncertain = move |r: Result<(), ReplicationError>| {
-                    if r.is_err() {
-                        inner.log.record_uncertain(&change);
-                    }
-                    r
+                let ack = match peer.submit(change) {
+                    Ok(ack) => ack,
+                    Err(e) => Ack::done(Err(e)),
                 };
-                match ack {
-                    Ok(ack) => Ok(ack.map(uncertain)),
-                    Err(e) => uncertain(Err(e)).map(|()| Ack::done(Ok(()))),
-                }
+                Ok(ack.map(move |r| r.or_else(fallback)))
             }
+            Mode::Mirror(peer) => match peer.submit(change) {
+                Ok(ack) => {
+                    let in_flight = InFlight::new(self);
+                    let change = change.clone();
+                    Ok(ack.map(move |r| match r {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let link = in_flight.link();
+                            let seen = link.record_failed(&change, Some(in_flight))?;
+                            link.failure_outcome(e, seen)
+                        }
+                    }))
+                }
+                Err(e) => {
+                    // Under the ordering lock: recorded now, waited for
+                    // (if at all) with the acknowledgement.
+                    let seen = self.record_failed(change, None)?;
+                    let link = self.clone();
+                    Ok(Ack::done(Ok(())).map(move |_| link.failure_outcome(e, seen)))
+                }
+            },
         }
     }
 }

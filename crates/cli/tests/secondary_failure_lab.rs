@@ -1,0 +1,257 @@
+//! A secondary that fails while alive — its disk full, or too slow to
+//! acknowledge (its replication traffic dropped) — on real test hosts:
+//! neither copy is corrupted, the primary says so, and it either goes on
+//! alone with tracking (`on_secondary_failure = "degrade"`) or holds the
+//! writes until the secondary has them (`"block"`); once the secondary
+//! recovers it is resynchronised and both trees are identical.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use holdfast_lab::cluster::{replicating, settled, MirrorLab, MirrorOptions};
+use holdfast_lab::wait_until;
+
+const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
+const SETTLE: Duration = Duration::from_secs(30);
+const DATA: &str = "/srv/demo/data";
+const PRIM: &str = "node1";
+const SECOND: &str = "node2";
+
+fn options(policy: &str) -> MirrorOptions {
+    MirrorOptions {
+        module_extra: format!("default_primary = \"{PRIM}\""),
+        tail: format!(
+            "\n[replication]\nport = 4900\nack_timeout = \"1s\"\non_secondary_failure = \"{policy}\"\n\n[[replicated]]\ndir = \"{DATA}\"\n"
+        ),
+        ..MirrorOptions::default()
+    }
+}
+
+fn sh(cluster: &MirrorLab, host: &str, script: &str) -> std::process::Output {
+    let out = cluster.sh(host, script).expect("sh runs");
+    assert!(out.status.success(), "{script} on {host}: {out:?}");
+    out
+}
+
+/// Content checksums of every file of the replicated directory as `host`
+/// sees it (on the secondary: its read-only view of its copy).
+fn checksums(cluster: &MirrorLab, host: &str) -> String {
+    let out = sh(
+        cluster,
+        host,
+        &format!("cd {DATA} && find . -type f | sort | xargs -r sha256sum"),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where `SECOND`'s small file system is mounted (its copy is `data` in
+/// it, bound at `DATA`; `filler` takes most of the room).
+const DISK: &str = "/srv/small";
+
+/// A pair with `SECOND`'s copy on an 8 MiB file system with 2 MiB free,
+/// mirroring, a small file written.
+fn pair_with_small_secondary(policy: &str) -> MirrorLab {
+    let cluster = MirrorLab::create(EXE.as_ref(), options(policy)).expect("lab");
+    sh(
+        &cluster,
+        SECOND,
+        &format!(
+            "mkdir -p {DISK} {DATA} && mount -t tmpfs -o size=8m tmpfs {DISK} && mkdir {DISK}/data \
+             && head -c 6M /dev/zero > {DISK}/filler && mount --bind {DISK}/data {DATA}"
+        ),
+    );
+    cluster.start_module().expect("start");
+    mirroring(&cluster);
+    sh(
+        &cluster,
+        PRIM,
+        &format!("echo small > {DATA}/small && sync"),
+    );
+    cluster
+}
+
+fn mirroring(cluster: &MirrorLab) {
+    let result = cluster.wait_states(SETTLE, |a, b| {
+        settled(a, "PRIM") && settled(b, "SECOND") && replicating(a, "mirroring")
+    });
+    if let Err(e) = result {
+        let mounts = cluster.sh(SECOND, "grep /srv /proc/mounts").unwrap();
+        panic!(
+            "{e}\n{PRIM} log:\n{}\n{SECOND} log:\n{}\n{SECOND} mounts:\n{}",
+            cluster.module_log(PRIM),
+            cluster.module_log(SECOND),
+            String::from_utf8_lossy(&mounts.stdout)
+        );
+    }
+}
+
+/// The primary's status of the replicated directory says `what`.
+fn primary_reports(cluster: &MirrorLab, what: &str) -> bool {
+    cluster.state(PRIM).is_some_and(|s| {
+        s.replication
+            .iter()
+            .any(|d| d.problem.as_deref().is_some_and(|p| p.contains(what)))
+    })
+}
+
+fn wait_reported(cluster: &MirrorLab, what: &str) {
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || primary_reports(
+            cluster, what
+        )),
+        "the primary reports {what:?}; state {:?}\nlog:\n{}\n{SECOND} log:\n{}\ndaemon:\n{}",
+        cluster.state(PRIM),
+        cluster.module_log(PRIM),
+        cluster.module_log(SECOND),
+        std::fs::read_to_string(cluster.lab.host_dir(PRIM).unwrap().join("daemon.log"))
+            .unwrap_or_default()
+    );
+}
+
+/// Writes `MiB` random MiB to `DATA/big` on the primary (from a copy
+/// kept outside, to compare with): the shell command, run in the background.
+fn big_write(cluster: &MirrorLab, mib: u32) -> std::process::Child {
+    sh(
+        cluster,
+        PRIM,
+        &format!("head -c {mib}M /dev/urandom > /srv/big-source"),
+    );
+    cluster
+        .lab
+        .command(PRIM, "sh")
+        .unwrap()
+        // Acknowledged at the fsync (writes may be cached until then).
+        .args([
+            "-c",
+            &format!("dd if=/srv/big-source of={DATA}/big bs=1M conv=fsync status=none"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn make_room(cluster: &MirrorLab) {
+    sh(cluster, SECOND, &format!("rm -f {DISK}/filler"));
+}
+
+fn finished(child: &mut std::process::Child, within: Duration) -> bool {
+    wait_until(within, Duration::from_millis(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    })
+}
+
+/// Gives the secondary room again, waits for mirroring, and checks both
+/// trees are identical, the big file as written.
+fn recover_and_compare(cluster: &MirrorLab) {
+    make_room(cluster);
+    mirroring(cluster);
+    let source = sh(cluster, PRIM, "sha256sum < /srv/big-source");
+    let written = sh(cluster, PRIM, &format!("sha256sum < {DATA}/big"));
+    assert_eq!(
+        source.stdout, written.stdout,
+        "the primary's copy is intact"
+    );
+    let (p, s) = (checksums(cluster, PRIM), checksums(cluster, SECOND));
+    assert!(p.contains("./small") && p.contains("./big"), "{p}");
+    assert_eq!(p, s, "both copies identical after the resynchronisation");
+}
+
+#[test]
+fn a_full_secondary_disk_degrades_the_primary_to_tracking_then_it_catches_up() {
+    let cluster = pair_with_small_secondary("degrade");
+    let mut writer = big_write(&cluster, 3);
+    assert!(
+        finished(&mut writer, SETTLE),
+        "the write goes on without the secondary"
+    );
+    let out = writer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the application's write succeeded: {out:?}"
+    );
+    wait_reported(&cluster, "No space left on device");
+    let log = cluster.module_log(PRIM);
+    assert!(
+        log.contains("tracking changes (on_secondary_failure = degrade)"),
+        "{log}"
+    );
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || cluster
+            .module_log(SECOND)
+            .contains("not up to date until the primary resynchronises it")),
+        "the secondary knows its copy is behind:\n{}",
+        cluster.module_log(SECOND)
+    );
+    // What it applied before the disk filled is intact.
+    assert!(checksums(&cluster, SECOND).contains("./small"));
+    recover_and_compare(&cluster);
+}
+
+#[test]
+fn with_block_a_full_secondary_disk_holds_writes_until_it_has_room() {
+    let cluster = pair_with_small_secondary("block");
+    let mut writer = big_write(&cluster, 3);
+    wait_reported(&cluster, "writes wait");
+    assert!(
+        !finished(&mut writer, Duration::from_secs(2)),
+        "the write waits for the secondary; log:\n{}",
+        cluster.module_log(PRIM)
+    );
+    assert_eq!(
+        cluster.state(PRIM).map(|s| s.state),
+        Some("PRIM".to_string()),
+        "still PRIM: the secondary is alive"
+    );
+    make_room(&cluster);
+    assert!(
+        finished(&mut writer, SETTLE),
+        "the held write completes once the secondary has room; log:\n{}",
+        cluster.module_log(PRIM)
+    );
+    let out = writer.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    recover_and_compare(&cluster);
+}
+
+/// Drops (or allows again) the replication traffic reaching `SECOND`:
+/// a secondary that does not acknowledge, while its heartbeats go on.
+fn drop_replication(cluster: &MirrorLab, drop: bool) {
+    let script = if drop {
+        "nft add table inet slowrepl && nft add chain inet slowrepl input '{ type filter hook input priority 0; }' && nft add rule inet slowrepl input tcp dport 4900 drop"
+    } else {
+        "nft delete table inet slowrepl"
+    };
+    sh(cluster, SECOND, script);
+}
+
+#[test]
+fn a_secondary_that_does_not_acknowledge_is_left_behind_after_ack_timeout() {
+    let cluster = MirrorLab::create(EXE.as_ref(), options("degrade")).expect("lab");
+    cluster.start_module().expect("start");
+    mirroring(&cluster);
+    drop_replication(&cluster, true);
+    let started = std::time::Instant::now();
+    sh(&cluster, PRIM, &format!("echo slow > {DATA}/slow && sync"));
+    let took = started.elapsed();
+    wait_reported(&cluster, "no acknowledgement within ack_timeout = 1s");
+    assert!(
+        cluster
+            .module_log(PRIM)
+            .contains("tracking changes (on_secondary_failure = degrade)"),
+        "{}",
+        cluster.module_log(PRIM)
+    );
+    eprintln!("a write to an unresponsive secondary returned after {took:?}");
+    drop_replication(&cluster, false);
+    mirroring(&cluster);
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || checksums(
+            &cluster, SECOND
+        )
+        .contains("./slow")),
+        "the secondary catches up"
+    );
+    assert_eq!(checksums(&cluster, PRIM), checksums(&cluster, SECOND));
+}
