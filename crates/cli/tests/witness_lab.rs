@@ -3,7 +3,8 @@
 //! rules at seeded random moments, and a watcher polling both nodes all the
 //! while: never both running the sample application nor both holding the
 //! virtual IP. A partition isolating the primary from its peer and the
-//! witness makes it step down, and the other takes over.
+//! witness makes it step down, and the other takes over. Without a
+//! witness, a split brain is detected at heal, in the roles and in the data.
 //!
 //! Reproduce a run: `HOLDFAST_LAB_SEED=<seed>` (printed at the start).
 
@@ -185,5 +186,80 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
     assert!(
         stepped_down.contains("neither") && stepped_down.contains("witness"),
         "the step-down is logged with its reason"
+    );
+}
+
+/// Without a witness, a partition gives two primaries; at heal the split
+/// brain is detected by the state machine (one primary kept) and by the
+/// data generations (both copies changed): the kept primary refuses to
+/// resynchronise and names the command that chooses, and the other copy is
+/// left as it is — never merged, never silently overwritten.
+#[test]
+fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritten() {
+    const DATA: &str = "/srv/demo/data";
+    let (cluster, prim, second) = MirrorLab::started(
+        EXE.as_ref(),
+        MirrorOptions {
+            tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+            ..MirrorOptions::default()
+        },
+        SETTLE,
+    )
+    .expect("a running pair");
+    let mirroring = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+        holdfast_lab::cluster::replicating(&cluster.state(prim), "mirroring")
+    });
+    assert!(mirroring, "the pair mirrors before the partition");
+
+    cluster.lab.partition(prim, second).expect("partition");
+    cluster
+        .wait_states(SETTLE, |a, b| is(a, "ALONE") && is(b, "ALONE"))
+        .expect("both ALONE during the partition");
+    // The isolated primary's mirroring connection does not notice the
+    // partition (writes would wait for the secondary's acknowledgement until
+    // TCP gives up): a local restart remounts, and it tracks changes alone.
+    cluster
+        .run_cli_checked(prim, &["restart", "-m", "demo"])
+        .expect("restart");
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, _) = ordered(prim, a, b);
+            is(p, "ALONE")
+                && holdfast_lab::cluster::replicating(p, "tracking")
+                && p.as_ref().is_some_and(|p| p.app_active)
+        })
+        .expect("the isolated primary runs and tracks alone");
+    // Each side's application changes its copy.
+    for host in [prim, second] {
+        let out = cluster
+            .sh(host, &format!("echo {host} > {DATA}/written-by-{host}"))
+            .expect("sh");
+        assert!(out.status.success(), "write on {host}: {out:?}");
+    }
+    cluster.lab.heal(prim, second).expect("heal");
+
+    // The node that took over last keeps the primary role.
+    let (kept, lost) = cluster.wait_pair(SETTLE).expect("one PRIM, one SECOND");
+    assert_eq!(kept, second);
+    assert!(cluster.module_log(lost).contains("split brain"));
+    let refused = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+        cluster.state(kept).is_some_and(|s| {
+            s.replication.iter().any(|d| {
+                d.problem
+                    .as_deref()
+                    .is_some_and(|p| p.contains("split brain") && p.contains("--discard-data"))
+            })
+        })
+    });
+    assert!(
+        refused,
+        "the kept primary reports the split brain of the data and the command; log:\n{}",
+        cluster.module_log(kept)
+    );
+    let lost_copy = cluster.host_path(lost, DATA).expect("host dir");
+    assert!(
+        lost_copy.join(format!("written-by-{lost}")).exists()
+            && !lost_copy.join(format!("written-by-{kept}")).exists(),
+        "the other copy is left as it was"
     );
 }
