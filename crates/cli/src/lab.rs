@@ -116,6 +116,13 @@ pub enum LabCmd {
         #[arg(long, default_value_t = 10)]
         trials: usize,
     },
+    /// Benchmark: HTTP requests/s through a farm's virtual IP with 1, 2 and
+    /// 3 nodes, beside nginx reached directly and HAProxy balancing the same
+    /// nodes.
+    BenchFarm {
+        #[command(flatten)]
+        settings: crate::farm_bench::Settings,
+    },
     /// Benchmark: what synchronous replication costs (throughput, fsync
     /// latency, metadata rate, pgbench) beside a local directory and the
     /// FUSE floor, and resynchronisation beside rsync.
@@ -257,6 +264,7 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
         } => sample_app(&dir, &node, port, echo_port)?,
         LabCmd::AppendRecords { dir, writers, size } => crate::records::run(&dir, writers, size)?,
         LabCmd::BenchOutage { trials } => crate::outage::bench(&exe, trials)?,
+        LabCmd::BenchFarm { settings } => crate::farm_bench::bench(&exe, &settings)?,
         LabCmd::BenchReplication { settings } => crate::replication_bench::bench(&exe, &settings)?,
         LabCmd::BenchIo {
             dir,

@@ -5,6 +5,7 @@
 //! scripts), it accepts the same commands, so SafeKit scripts calling
 //! `"$SAFE/safekit" printi "msg"` work unchanged.
 
+mod farm_bench;
 mod lab;
 mod outage;
 mod progress;

@@ -288,7 +288,7 @@ impl FarmShell {
 
     /// Programs (and so renews) the buckets the machine says this node serves.
     fn program(&mut self) {
-        let Some(node) = &self.node else { return };
+        let Some(node) = &mut self.node else { return };
         if let Err(e) = node.program(&self.core.buckets()) {
             self.io.log.write(
                 LogLevel::Error,

@@ -342,16 +342,22 @@ impl FarmFilter {
     /// when it does not exist yet; nft 1.0.6 has no `destroy`).
     ///
     /// - `netdev` ingress on the interface: frames to the virtual MAC are
-    ///   marked for this host (the stack drops them otherwise).
+    ///   marked for this host (the stack drops them otherwise), and packets
+    ///   to the VIP in a bucket outside `kept` are dropped at once: this node
+    ///   never owned it, so it has no connection there, and conntrack (the
+    ///   costly part, on every node for every packet) never sees them.
     /// - `ip` prerouting, after conntrack (-200): a connection this node
     ///   already has (established or related) stays here whoever owns its
     ///   bucket now, so a node joining takes no open connection away; any
     ///   other TCP segment but a SYN is dropped, so the new owner of a bucket
     ///   never answers another node's connection with a reset; then each
-    ///   rule hashes the client into 256 buckets and keeps the owned ones.
-    ///   Traffic to the VIP that no rule matches (ping, other ports) is split
-    ///   by client IP, so exactly one node answers it rather than all.
-    pub fn ruleset(&self, owned: &BTreeSet<u8>) -> String {
+    ///   rule hashes the client into 256 buckets and keeps the `owned` ones.
+    ///
+    /// `kept` must contain `owned`: it is every bucket owned since the
+    /// farm started here, whose connections may still be open. Traffic to
+    /// the VIP that no rule matches (ping, other ports) is split by client
+    /// IP, so exactly one node answers it rather than all.
+    pub fn ruleset(&self, owned: &BTreeSet<u8>, kept: &BTreeSet<u8>) -> String {
         let vmac = format_mac(&self.vmac);
         let vip = self.vip;
         let mut script = String::new();
@@ -360,6 +366,7 @@ impl FarmFilter {
             let _ = writeln!(script, "table {table} {{}}\ndelete table {table}");
         }
         let _ = writeln!(script, "table netdev {} {{", self.table);
+        bucket_set(&mut script, "kept", None, kept);
         script.push_str("  chain ingress {\n");
         let _ = writeln!(
             script,
@@ -367,19 +374,11 @@ impl FarmFilter {
             self.interface
         );
         let _ = writeln!(script, "    ether daddr {vmac} meta pkttype set host");
+        self.bucket_rules(&mut script, "kept");
         script.push_str("  }\n}\n");
         let _ = writeln!(script, "table ip {} {{", self.table);
-        // A set of `typeof jhash ...` is what the hash yields, but nft 1.0.6
-        // crashes listing such a set; numgen yields the same type (32-bit
-        // integer, host byte order), so the lookup matches the same values.
-        script.push_str("  set owned {\n    typeof numgen inc mod 256\n");
-        if let Some(expiry) = self.expiry {
-            let _ = writeln!(script, "    timeout {}ms", expiry.as_millis().max(1));
-        }
-        if !owned.is_empty() {
-            let _ = writeln!(script, "    elements = {{ {} }}", element_list(owned));
-        }
-        script.push_str("  }\n  chain prerouting {\n");
+        bucket_set(&mut script, "owned", self.expiry, owned);
+        script.push_str("  chain prerouting {\n");
         script.push_str("    type filter hook prerouting priority -150; policy accept;\n");
         // This node talking to its own VIP is none of the farm's business.
         let _ = writeln!(script, "    iif \"lo\" ip daddr {vip} accept");
@@ -391,6 +390,15 @@ impl FarmFilter {
             script,
             "    ip daddr {vip} tcp flags & (fin|syn|rst|ack) != syn drop"
         );
+        self.bucket_rules(&mut script, "owned");
+        script.push_str("  }\n}\n");
+        script
+    }
+
+    /// Each rule's hash of the client, keeping the buckets in `set`; the
+    /// rest of the VIP's traffic by client IP.
+    fn bucket_rules(&self, script: &mut String, set: &str) {
+        let vip = self.vip;
         for rule in &self.rules {
             let protocol = rule.protocol.nft();
             let mut matched = format!("ip daddr {vip} meta l4proto {protocol}");
@@ -403,16 +411,14 @@ impl FarmFilter {
                     format!("jhash ip saddr . {protocol} sport mod 256 seed {HASH_SEED:#x}")
                 }
             };
-            // Owned: accept now, so the catch-all below never rehashes it.
-            let _ = writeln!(script, "    {matched} {hash} @owned accept");
+            // Kept: accept now, so the catch-all below never rehashes it.
+            let _ = writeln!(script, "    {matched} {hash} @{set} accept");
             let _ = writeln!(script, "    {matched} drop");
         }
         let _ = writeln!(
             script,
-            "    ip daddr {vip} jhash ip saddr mod 256 seed {HASH_SEED:#x} != @owned drop"
+            "    ip daddr {vip} jhash ip saddr mod 256 seed {HASH_SEED:#x} != @{set} drop"
         );
-        script.push_str("  }\n}\n");
-        script
     }
 
     /// Removes both tables (farm stopped). Valid whether or not they exist.
@@ -424,6 +430,21 @@ impl FarmFilter {
         }
         script
     }
+}
+
+/// A set of buckets named `name`, its elements expiring after `expiry`.
+fn bucket_set(script: &mut String, name: &str, expiry: Option<Duration>, buckets: &BTreeSet<u8>) {
+    // A set of `typeof jhash ...` is what the hash yields, but nft 1.0.6
+    // crashes listing such a set; numgen yields the same type (32-bit
+    // integer, host byte order), so the lookup matches the same values.
+    let _ = writeln!(script, "  set {name} {{\n    typeof numgen inc mod 256");
+    if let Some(expiry) = expiry {
+        let _ = writeln!(script, "    timeout {}ms", expiry.as_millis().max(1));
+    }
+    if !buckets.is_empty() {
+        let _ = writeln!(script, "    elements = {{ {} }}", element_list(buckets));
+    }
+    script.push_str("  }\n");
 }
 
 fn element_list(owned: &BTreeSet<u8>) -> String {
@@ -658,15 +679,25 @@ mod tests {
             },
         ]);
         let owned: BTreeSet<u8> = [0, 1, 7, 255].into();
+        let kept: BTreeSet<u8> = [0, 1, 7, 9, 255].into();
         let expected = "\
 table netdev holdfast_web {}
 delete table netdev holdfast_web
 table ip holdfast_web {}
 delete table ip holdfast_web
 table netdev holdfast_web {
+  set kept {
+    typeof numgen inc mod 256
+    elements = { 0, 1, 7, 9, 255 }
+  }
   chain ingress {
     type filter hook ingress device \"eth0\" priority -500; policy accept;
     ether daddr 02:48:46:00:00:2a meta pkttype set host
+    ip daddr 198.18.0.50 meta l4proto tcp tcp dport 80 jhash ip saddr . tcp sport mod 256 seed 0x486f6c64 @kept accept
+    ip daddr 198.18.0.50 meta l4proto tcp tcp dport 80 drop
+    ip daddr 198.18.0.50 meta l4proto udp jhash ip saddr mod 256 seed 0x486f6c64 @kept accept
+    ip daddr 198.18.0.50 meta l4proto udp drop
+    ip daddr 198.18.0.50 jhash ip saddr mod 256 seed 0x486f6c64 != @kept drop
   }
 }
 table ip holdfast_web {
@@ -687,12 +718,12 @@ table ip holdfast_web {
   }
 }
 ";
-        assert_eq!(f.ruleset(&owned), expected);
+        assert_eq!(f.ruleset(&owned, &kept), expected);
     }
 
     #[test]
     fn empty_ownership_declares_an_empty_set() {
-        let text = filter(vec![]).ruleset(&BTreeSet::new());
+        let text = filter(vec![]).ruleset(&BTreeSet::new(), &BTreeSet::new());
         assert!(!text.contains("elements"), "{text}");
         assert!(
             text.contains("set owned {\n    typeof numgen inc mod 256\n  }\n"),
@@ -704,7 +735,7 @@ table ip holdfast_web {
     fn owned_buckets_may_expire() {
         let text = filter(vec![])
             .expiring(Duration::from_millis(1500))
-            .ruleset(&[4].into());
+            .ruleset(&[4].into(), &[4].into());
         assert!(
             text.contains("typeof numgen inc mod 256\n    timeout 1500ms\n    elements = { 4 }\n"),
             "{text}"

@@ -45,6 +45,8 @@ const RESPONDER_POLL: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub struct FarmNode {
     filter: FarmFilter,
+    /// Every bucket owned since the start: connections may be open there.
+    kept: BTreeSet<u8>,
     responder: Option<ArpResponder>,
 }
 
@@ -54,6 +56,7 @@ impl FarmNode {
     pub fn start(filter: FarmFilter) -> Result<FarmNode> {
         let mut node = FarmNode {
             filter,
+            kept: BTreeSet::new(),
             responder: None,
         };
         for (path, value) in SYSCTLS {
@@ -77,10 +80,12 @@ impl FarmNode {
         tables.and(address)
     }
 
-    /// Serves exactly `owned` from now on (one nft transaction); with an
-    /// expiring filter, also renews the ownership.
-    pub fn program(&self, owned: &BTreeSet<u8>) -> Result<()> {
-        nft(&self.filter.ruleset(owned))
+    /// Serves exactly `owned` from now on (one nft transaction), keeping
+    /// the connections open in buckets owned before; with an expiring
+    /// filter, also renews the ownership.
+    pub fn program(&mut self, owned: &BTreeSet<u8>) -> Result<()> {
+        self.kept.extend(owned);
+        nft(&self.filter.ruleset(owned, &self.kept))
     }
 
     /// Removes the filter, the VIP and the responder; the first failure is

@@ -90,7 +90,7 @@ fn nft_filter_splits_connections_between_two_nodes() {
     let mut listeners = Vec::new();
     let mut farm_nodes = Vec::new();
     for node in NODES {
-        let farm_node = lab
+        let mut farm_node = lab
             .run_in_netns(node, || FarmNode::start(filter.clone()))
             .unwrap()
             .unwrap();
@@ -127,7 +127,7 @@ fn nft_filter_splits_connections_between_two_nodes() {
 
     // Membership change: node2 leaves; the tables are replaced.
     let alone = BucketMap::assign(&members[..1]).unwrap();
-    for (node, farm_node) in NODES.iter().zip(&farm_nodes) {
+    for (node, farm_node) in NODES.iter().zip(&mut farm_nodes) {
         lab.run_in_netns(node, || farm_node.program(&alone.buckets_of(node)))
             .unwrap()
             .unwrap();
