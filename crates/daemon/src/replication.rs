@@ -1183,7 +1183,6 @@ impl Connector {
             };
             format!("resynchronisation of {path} failed: {e}{then}")
         })?;
-        self.status.set(self.dir.index, Activity::Mirroring, None);
         let mut ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
         ours.peer_synced();
         store.save(&ours).map_err(|e| e.to_string())?;
@@ -1195,6 +1194,8 @@ impl Connector {
                 stats.bytes_sent, stats.blocks_compared, stats.entries
             ),
         );
+        // After the log line: who sees `mirroring` finds it.
+        self.status.set(self.dir.index, Activity::Mirroring, None);
         Ok(())
     }
 

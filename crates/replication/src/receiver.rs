@@ -54,6 +54,13 @@ pub enum ReceiverError {
     },
 }
 
+impl ReceiverError {
+    /// The change named an entry (or a parent) this copy does not have.
+    fn is_missing_entry(&self) -> bool {
+        matches!(self, ReceiverError::Apply { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
 /// Applies what one primary sends to one directory.
 #[derive(Debug)]
 pub struct Receiver {
@@ -131,6 +138,9 @@ impl Receiver {
                 .write_all(&sealer.seal(&payload))
                 .map_err(|e| ProtocolError::from(e).into())
         };
+        // Between `Begin` and `End`: changes live on the primary arrive
+        // while the resynchronisation has not yet brought every entry.
+        let mut resyncing = false;
         while let Some((seq, payload)) = opener.read(&mut stream)? {
             let message: Message =
                 postcard::from_bytes(&payload).map_err(|e| ProtocolError::Decode {
@@ -140,6 +150,11 @@ impl Receiver {
             let change = match message {
                 Message::Change(change) => change,
                 Message::Resync(request) => {
+                    match &request {
+                        Request::Begin { .. } => resyncing = true,
+                        Request::End { .. } => resyncing = false,
+                        _ => {}
+                    }
                     match self.handle(seq, &request) {
                         Ok(answer) => reply(Reply::Answer { seq, answer })?,
                         Err(error) => {
@@ -171,6 +186,16 @@ impl Receiver {
                 reply(Reply::Ack { seq })?;
             }
             if let Err(error) = self.apply(seq, &change) {
+                // A live change to an entry this copy lacks yet: the
+                // resynchronisation brings the entry later, as it is on
+                // the primary then — this change included.
+                if resyncing && error.is_missing_entry() {
+                    tracing::debug!("{error}: left to the resynchronisation");
+                    if !ack_first {
+                        reply(Reply::Ack { seq })?;
+                    }
+                    continue;
+                }
                 tracing::error!("{error}");
                 reply(Reply::Refused {
                     seq,

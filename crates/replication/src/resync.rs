@@ -23,6 +23,12 @@
 //! its current name. Writes and truncations compose idempotently per
 //! byte, which is why comparing a block with the peer's checksum (taken at
 //! an earlier point of the stream) and skipping it when equal is correct.
+//! A live change naming an entry the peer does not have yet (made while
+//! alone, not yet ensured by the pass) finds nothing to apply to: the
+//! secondary skips it while resynchronising (`ENOENT` between `Begin` and
+//! `End`), since the pass later brings that entry — a file it lacked with
+//! all its blocks, a directory with its children — as the primary has it
+//! then, this change included.
 //!
 //! # Steps
 //!

@@ -287,9 +287,13 @@ fn writer_keeps_appending_during_resync() {
     drop(base);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
+    let mut writer = Writer {
+        stop: stop.clone(),
+        thread: None,
+    };
+    writer.thread = {
         let (p, stop) = (p.clone(), stop.clone());
-        std::thread::spawn(move || {
+        Some(std::thread::spawn(move || {
             let mut log = OpenOptions::new().append(true).open(p.join("log")).unwrap();
             let grown = OpenOptions::new()
                 .write(true)
@@ -309,7 +313,7 @@ fn writer_keeps_appending_during_resync() {
                 n += 1;
             }
             n
-        })
+        }))
     };
     std::thread::sleep(Duration::from_millis(50));
     let (peer, receiver) = pair.secondary();
@@ -317,14 +321,37 @@ fn writer_keeps_appending_during_resync() {
     let stats = pair.resync(Arc::new(peer), &progress);
     // Keep writing a little while mirrored, then stop.
     std::thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    let lines = writer.join().unwrap();
+    let lines = writer.stop();
     eprintln!(
         "writer wrote {lines} lines; resync sent {} B",
         stats.bytes_sent
     );
     assert!(lines > 10, "the writer ran during the resync");
     pair.finish(receiver);
+}
+
+/// The application thread of a test, stopped and joined before the mount
+/// goes (also when the test fails): a thread left writing to a file system
+/// its own process served would hang forever, and the process with it.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Writer {
+    fn stop(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Child side of the crash test: only the file system (the daemon's part),

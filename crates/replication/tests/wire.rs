@@ -205,3 +205,45 @@ fn connection_loss_fails_every_waiter() {
     assert!(matches!(b.wait(), Err(ReplicationError::Disconnected(_))));
     assert!(tx.replicate(&mkdir("c")).is_err());
 }
+
+#[test]
+fn a_live_change_to_an_entry_not_yet_resynchronised_is_left_to_the_resync() {
+    use holdfast_replication::resync::{Peer, Request};
+    use holdfast_replication::GenerationStore;
+    let (tmp, dir) = dirs();
+    let key = ClusterKey::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = Receiver::new(&dir, key.clone(), AckMode::Durable)
+        .unwrap()
+        .with_generations(GenerationStore::new(&tmp.path().join("gen")));
+    let rx = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        receiver.serve_connection(stream)
+    });
+    let tx = TcpReplicator::connect(addr, &key).unwrap();
+    let write = |path: &str| Change {
+        op: Op::Write {
+            path: path.into(),
+            offset: 0,
+            data: b"x".to_vec(),
+        },
+        stamps: vec![],
+    };
+    // During a resynchronisation the entry comes later, as on the primary.
+    tx.ask(&Request::Begin { source: 7 }).unwrap();
+    tx.replicate(&write("not-yet/f")).unwrap();
+    tx.ask(&Request::End { source: 7 }).unwrap();
+    assert!(!dir.join("not-yet").exists());
+    // Outside one, the copies would differ: refused.
+    let err = tx.replicate(&write("missing")).unwrap_err();
+    assert!(
+        matches!(&err, ReplicationError::Refused { reason, .. } if reason.contains("No such file")),
+        "{err}"
+    );
+    drop(tx);
+    assert!(matches!(
+        rx.join().unwrap(),
+        Err(ReceiverError::Apply { .. })
+    ));
+}
