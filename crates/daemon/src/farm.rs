@@ -79,6 +79,7 @@ pub async fn spawn(
         shutdown: None,
         filter,
         node: None,
+        kernel_error: None,
         _health: health,
     };
     let task = tokio::spawn(shell.run(rx));
@@ -135,6 +136,8 @@ struct FarmShell {
     filter: Option<FarmFilter>,
     /// The kernel side, while the module is not stopped.
     node: Option<FarmNode>,
+    /// The last failure of the kernel side, logged once.
+    kernel_error: Option<String>,
     _health: Option<crate::health::HealthServer>,
 }
 
@@ -255,6 +258,7 @@ impl FarmShell {
         let Some(filter) = &self.filter else { return };
         let wanted = self.core.state() != State::Stop || self.core.transient();
         match (wanted, self.node.take()) {
+            // Tried again after every event until it works; said once.
             (true, None) => match FarmNode::start(filter.clone()) {
                 Ok(node) => {
                     self.io.log.write(
@@ -264,13 +268,10 @@ impl FarmShell {
                     self.node = Some(node);
                     self.program();
                 }
-                Err(e) => self.io.log.write(
-                    LogLevel::Error,
-                    &format!(
-                        "cannot set the farm's virtual IP {}: {e}",
-                        filter_vip(&self.io.config)
-                    ),
-                ),
+                Err(e) => self.kernel_error(format!(
+                    "cannot set the farm's virtual IP {}: {e}",
+                    filter_vip(&self.io.config)
+                )),
             },
             (false, Some(node)) => match node.stop() {
                 Ok(()) => self.io.log.write(
@@ -289,11 +290,18 @@ impl FarmShell {
     /// Programs (and so renews) the buckets the machine says this node serves.
     fn program(&mut self) {
         let Some(node) = &mut self.node else { return };
-        if let Err(e) = node.program(&self.core.buckets()) {
-            self.io.log.write(
-                LogLevel::Error,
-                &format!("cannot program the farm's buckets: {e}"),
-            );
+        match node.program(&self.core.buckets()) {
+            Ok(()) => self.kernel_error = None,
+            Err(e) => self.kernel_error(format!("cannot program the farm's buckets: {e}")),
+        }
+    }
+
+    /// Logs a failure of the kernel side, once until it changes or heals:
+    /// what fails is retried at every renewal.
+    fn kernel_error(&mut self, message: String) {
+        if self.kernel_error.as_ref() != Some(&message) {
+            self.io.log.write(LogLevel::Error, &message);
+            self.kernel_error = Some(message);
         }
     }
 
