@@ -33,6 +33,7 @@ const CHUNK: u64 = 64 << 10;
 /// Files in the resynchronisation tree (16 directories of 16).
 const TREE_FILES: u64 = 256;
 const RSYNC_PORT: u16 = 8730;
+/// The first of three PostgreSQL servers' ports.
 const PG_PORT: u16 = 5433;
 
 /// What `bench-replication` measures, and how long.
@@ -42,11 +43,15 @@ pub struct Settings {
     #[arg(long, default_value_t = 512)]
     pub seq_mib: u64,
     /// Length of each timed run (fsync'd writes, create+unlink), seconds.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// Length of each pgbench run (seconds); 0 skips pgbench.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 15)]
     pub pgbench_seconds: u64,
+    /// Runs of each workload per directory (figures are medians); the
+    /// order of the directories rotates from round to round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     /// pgbench scale factor (-s).
     #[arg(long, default_value_t = 10)]
     pub pgbench_scale: u32,
@@ -378,40 +383,109 @@ fn postgres_bin() -> Result<PathBuf> {
         .context("no PostgreSQL with pgbench under /usr/lib/postgresql")
 }
 
-/// initdb in `dir`/pg as user postgres, a server on it, `pgbench -c4` for
-/// `seconds`: transactions per second.
-fn pgbench(
-    cluster: &MirrorLab,
-    host: &str,
-    dir: &str,
-    name: &str,
-    settings: &Settings,
-) -> Result<f64> {
-    let bin = postgres_bin()?;
-    let bin = bin.display();
-    let as_pg = "runuser -u postgres --";
-    let script = format!(
-        "set -e
-D={dir}/pg; R=/srv/pgrun-{name}
-mkdir -p $D $R; chown postgres:postgres $D $R; chmod 700 $D
-trap '{as_pg} {bin}/pg_ctl -D $D -m fast -w stop >/dev/null 2>&1 || true' EXIT
-{as_pg} {bin}/initdb -D $D -A trust -U postgres --no-sync >/dev/null
-{as_pg} {bin}/pg_ctl -D $D -l $R/log -o '-p {PG_PORT} -k '$R' -c listen_addresses=' -w -t 120 start >/dev/null
-{as_pg} {bin}/pgbench -h $R -p {PG_PORT} -i -q -s {scale} postgres >/dev/null 2>&1
-{as_pg} {bin}/pgbench -h $R -p {PG_PORT} -c 4 -j 2 -T {seconds} postgres 2>&1",
-        scale = settings.pgbench_scale,
-        seconds = settings.pgbench_seconds,
-    );
-    let out = sh(cluster, host, &script)?;
-    out.lines()
-        .find_map(|l| {
-            l.strip_prefix("tps = ")?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no tps in pgbench's output: {out}"))
+/// A PostgreSQL server (user postgres) with its data directory in a
+/// target directory, initialised for pgbench; dropping it stops the server.
+struct Postgres<'a> {
+    cluster: &'a MirrorLab,
+    host: &'a str,
+    bin: PathBuf,
+    data: String,
+    run: String,
+    port: u16,
+}
+
+const AS_POSTGRES: &str = "runuser -u postgres --";
+
+impl<'a> Postgres<'a> {
+    fn start(
+        cluster: &'a MirrorLab,
+        host: &'a str,
+        (dir, name, port): (&str, &str, u16),
+        scale: u32,
+    ) -> Result<Self> {
+        let this = Postgres {
+            cluster,
+            host,
+            bin: postgres_bin()?,
+            data: format!("{dir}/pg"),
+            run: format!("/srv/pgrun-{name}"),
+            port,
+        };
+        let (bin, data, run) = (this.bin.display(), &this.data, &this.run);
+        sh(
+            cluster,
+            host,
+            &format!(
+                "set -e
+mkdir -p {data} {run}; chown postgres:postgres {data} {run}; chmod 700 {data}
+{AS_POSTGRES} {bin}/initdb -D {data} -A trust -U postgres --no-sync >/dev/null
+{AS_POSTGRES} {bin}/pg_ctl -D {data} -l {run}/log -o '-p {port} -k {run} -c listen_addresses=' -w -t 120 start >/dev/null
+{AS_POSTGRES} {bin}/pgbench -h {run} -p {port} -i -q -s {scale} postgres >/dev/null 2>&1"
+            ),
+        )?;
+        Ok(this)
+    }
+
+    /// `pgbench -c4` for `seconds`: transactions per second.
+    fn pgbench(&self, seconds: u64) -> Result<f64> {
+        let out = sh(
+            self.cluster,
+            self.host,
+            &format!(
+                "{AS_POSTGRES} {}/pgbench -h {} -p {} -c 4 -j 2 -T {seconds} postgres 2>&1",
+                self.bin.display(),
+                self.run,
+                self.port
+            ),
+        )?;
+        out.lines()
+            .find_map(|l| {
+                l.strip_prefix("tps = ")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .with_context(|| format!("no tps in pgbench's output: {out}"))
+    }
+}
+
+impl Drop for Postgres<'_> {
+    fn drop(&mut self) {
+        let _ = sh(
+            self.cluster,
+            self.host,
+            &format!(
+                "{AS_POSTGRES} {}/pg_ctl -D {} -m fast -w stop >/dev/null 2>&1",
+                self.bin.display(),
+                self.data
+            ),
+        );
+    }
+}
+
+/// Runs `measure` on each target `rounds` times, the order rotating from
+/// round to round (so no target always runs first, after the same one,
+/// or on a disk still busy with the previous run): the results per target.
+fn rounds<T>(
+    rounds: usize,
+    targets: usize,
+    mut measure: impl FnMut(usize) -> Result<T>,
+) -> Result<Vec<Vec<T>>> {
+    let mut results: Vec<Vec<T>> = (0..targets).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        for k in 0..targets {
+            let target = (round + k) % targets;
+            results[target].push(measure(target)?);
+        }
+    }
+    Ok(results)
+}
+
+/// The median of `f` over each target's results.
+fn medians<T>(results: &[Vec<T>], f: impl Fn(&T) -> f64) -> [f64; 3] {
+    let m = |k: usize| crate::lab::median(&results[k].iter().map(&f).collect::<Vec<_>>());
+    [m(0), m(1), m(2)]
 }
 
 /// A figure per target: local, floor, replicated.
@@ -608,65 +682,75 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
     let floor = FloorMount::start(&cluster, prim, exe)?;
     let targets = [LOCAL, FLOOR, DATA];
     let s = settings;
-    let each = |workload: &str, mib: u64| -> Result<Vec<IoResult>> {
-        targets
-            .iter()
-            .map(|dir| {
-                eprintln!("{workload} in {dir}");
-                io(&cluster, prim, exe, dir, workload, (mib, s.seconds, 0))
-            })
-            .collect()
+    let each = |workload: &str, mib: u64| -> Result<Vec<Vec<IoResult>>> {
+        rounds(s.rounds, targets.len(), |k| {
+            eprintln!("{workload} in {}", targets[k]);
+            io(
+                &cluster,
+                prim,
+                exe,
+                targets[k],
+                workload,
+                (mib, s.seconds, 0),
+            )
+        })
     };
     let per_sec = |r: &IoResult| r.ops as f64 / r.seconds;
-    let three = |v: Vec<f64>| -> [f64; 3] { [v[0], v[1], v[2]] };
     let mut rows = Vec::new();
     let seq = each("seq", s.seq_mib)?;
     rows.push(Row {
         what: "sequential 1 MiB writes + fsync (MB/s)",
-        values: three(
-            seq.iter()
-                .map(|r| r.bytes as f64 / r.seconds / 1e6)
-                .collect(),
-        ),
+        values: medians(&seq, |r| r.bytes as f64 / r.seconds / 1e6),
         higher_better: true,
         target: Some(0.60),
     });
     let fsync = each("fsync", 0)?;
     rows.push(Row {
         what: "4 KiB write + fsync (IOPS)",
-        values: three(fsync.iter().map(per_sec).collect()),
+        values: medians(&fsync, per_sec),
         higher_better: true,
         target: Some(0.70),
     });
     rows.push(Row {
         what: "4 KiB write + fsync, p50 latency (µs)",
-        values: three(fsync.iter().map(|r| r.p50_us.unwrap_or(f64::NAN)).collect()),
+        values: medians(&fsync, |r| r.p50_us.unwrap_or(f64::NAN)),
         higher_better: false,
         target: None,
     });
     rows.push(Row {
         what: "4 KiB write + fsync, p99 latency (µs)",
-        values: three(fsync.iter().map(|r| r.p99_us.unwrap_or(f64::NAN)).collect()),
+        values: medians(&fsync, |r| r.p99_us.unwrap_or(f64::NAN)),
         higher_better: false,
         target: None,
     });
     let create = each("create", 0)?;
     rows.push(Row {
         what: "file create + unlink (pairs/s)",
-        values: three(create.iter().map(per_sec).collect()),
+        values: medians(&create, per_sec),
         higher_better: true,
         target: Some(0.25),
     });
     if s.pgbench_seconds > 0 {
         let names = ["local", "floor", "replicated"];
-        let mut tps = Vec::new();
-        for (dir, name) in targets.iter().zip(names) {
-            eprintln!("pgbench in {dir}");
-            tps.push(pgbench(&cluster, prim, dir, name, s)?);
+        let mut servers = Vec::new();
+        for (k, (dir, name)) in targets.iter().zip(names).enumerate() {
+            eprintln!("pgbench: initdb and pgbench -i in {dir}");
+            let port = PG_PORT + k as u16;
+            servers.push(Postgres::start(
+                &cluster,
+                prim,
+                (dir, name, port),
+                s.pgbench_scale,
+            )?);
         }
+        let tps = rounds(s.rounds, targets.len(), |k| {
+            eprintln!("pgbench in {}", targets[k]);
+            servers[k].pgbench(s.pgbench_seconds)
+        })?;
+        drop(servers);
         rows.push(Row {
             what: "pgbench -c4 (TPS)",
-            values: three(tps),
+            values: medians(&tps, |t| *t),
             higher_better: true,
             target: Some(0.55),
         });
@@ -682,7 +766,13 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
         "\nReplication: the same workloads on the primary's lab host in a plain local directory,"
     );
     println!("in Holdfast's file system with replication off (FUSE floor), and in the replicated");
-    println!("directory (mirrored to the secondary host, acknowledged on receipt).\n");
+    println!(
+        "directory (mirrored to the secondary host, acknowledged on receipt). Each figure is the"
+    );
+    println!(
+        "median of {} runs, the directories taking turns.\n",
+        s.rounds
+    );
     println!("| workload | local | FUSE floor | replicated | floor / local | replicated / local | target | met |");
     println!("|---|---|---|---|---|---|---|---|");
     for row in &rows {

@@ -9,8 +9,18 @@
 //!
 //! Inode numbers are the real files' own (the directory itself is FUSE's
 //! root, 1), so hard links share one inode and `st_ino` stays meaningful to
-//! applications. Attributes and entries are never cached by the kernel (TTL
-//! zero): correctness first.
+//! applications.
+//!
+//! The kernel caches names and attributes for [`TTL`]: every change to the
+//! tree passes through this mount (the real directory is only reachable
+//! through descriptors opened before mounting), and the kernel refreshes
+//! what each change it forwards makes stale — the inode written or
+//! truncated (size, mtime, ctime), both names' inode on link and unlink
+//! (nlink, ctime), the parent directories of entries created, removed or
+//! renamed. Hard links share one inode number, hence one cached inode. So
+//! metadata seen through the mount is never stale (tests/posix.rs checks it
+//! against the real files); without the cache, every path component of
+//! every call cost a round trip to the daemon.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -33,8 +43,10 @@ use rustix::io::Errno;
 use crate::apply::{atime_of, mtime_of, proc_path, write_all_at, Root};
 use crate::op::{Ack, Change, Intent, Op, Replicator, Stamp, Time};
 
-/// Kernel caches of attributes and names: none, so nothing is ever stale.
-const TTL: Duration = Duration::ZERO;
+/// How long the kernel keeps names and attributes. Only a program writing
+/// through a descriptor opened before the mount bypasses the kernel (and
+/// replication); what it changes shows through the mount after this long.
+const TTL: Duration = Duration::from_secs(1);
 /// Requests served at once; most of them wait on the network, not the CPU.
 const THREADS: usize = 8;
 /// Largest write the kernel sends in one request (and so one change).
@@ -387,6 +399,22 @@ struct MirrorFs {
     next_fh: AtomicU64,
 }
 
+/// A change submitted to the replicator, its acknowledgement not yet awaited.
+struct Pending(Option<(Result<Ack, crate::op::ReplicationError>, Change)>);
+
+impl Pending {
+    /// Waits for the secondary; a failed replication is EIO.
+    fn acknowledged(self) -> Result<(), fuser::Errno> {
+        if let Some((ack, change)) = self.0 {
+            if let Err(e) = ack.and_then(Ack::wait) {
+                tracing::error!("replication of {:?} failed: {e}", change.op.paths());
+                return Err(fuser::Errno::EIO);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Holders only do table updates: the data stays consistent after a panic.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -549,18 +577,44 @@ impl MirrorFs {
         &self,
         apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
     ) -> Result<T, fuser::Errno> {
-        let (value, ack) = {
-            let _order = lock(&self.tree.0.order);
-            let (value, change) = apply().map_err(fuse_err)?;
-            (value, change.map(|c| (self.replicator.submit(&c), c)))
-        };
-        if let Some((ack, change)) = ack {
-            if let Err(e) = ack.and_then(Ack::wait) {
-                tracing::error!("replication of {:?} failed: {e}", change.op.paths());
-                return Err(fuser::Errno::EIO);
-            }
-        }
+        let (value, pending) = self.ordered(apply)?;
+        pending.acknowledged()?;
         Ok(value)
+    }
+
+    /// The first half of [`Self::mutate`]: applied and submitted in order,
+    /// not yet acknowledged.
+    fn ordered<T>(
+        &self,
+        apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
+    ) -> Result<(T, Pending), fuser::Errno> {
+        let _order = lock(&self.tree.0.order);
+        let (value, change) = apply().map_err(fuse_err)?;
+        Ok((
+            value,
+            Pending(change.map(|c| (self.replicator.submit(&c), c))),
+        ))
+    }
+
+    /// fsync and fdatasync of a file or directory: the secondary is asked
+    /// first, in stream order after the changes it covers, then the local
+    /// flush runs while the secondary's does — outside the ordering lock,
+    /// since a flush changes nothing and others may go on meanwhile.
+    fn flush_both(
+        &self,
+        path: impl FnOnce() -> Result<Option<PathBuf>, Errno>,
+        local: impl FnOnce(Option<&Path>) -> Result<(), Errno>,
+    ) -> Result<(), fuser::Errno> {
+        let (path, pending) = self.ordered(|| {
+            let path = path()?;
+            let change = path.clone().map(|path| Change {
+                op: Op::Fsync { path },
+                stamps: vec![],
+            });
+            Ok((path, change))
+        })?;
+        local(path.as_deref()).map_err(fuse_err)?;
+        pending.acknowledged()
     }
 
     /// Announces a change before it is applied (see [`Replicator::prepare`]).
@@ -1157,18 +1211,18 @@ impl Filesystem for MirrorFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.mutate(|| {
-            let h = self.file(fh)?;
-            if datasync {
-                rfs::fdatasync(file_fd(&h))?;
-            } else {
-                rfs::fsync(file_fd(&h))?;
-            }
-            let change = self.open_file_path(ino, file_fd(&h))?.map(|path| Change {
-                op: Op::Fsync { path },
-                stamps: vec![],
-            });
-            Ok(((), change))
+        let result = self.file(fh).map_err(fuse_err).and_then(|h| {
+            let fd = file_fd(&h);
+            self.flush_both(
+                || self.open_file_path(ino, fd),
+                |_| {
+                    if datasync {
+                        rfs::fdatasync(fd)
+                    } else {
+                        rfs::fsync(fd)
+                    }
+                },
+            )
         });
         match result {
             Ok(()) => reply.ok(),
@@ -1242,17 +1296,10 @@ impl Filesystem for MirrorFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let result = self.mutate(|| {
-            let path = self.path(ino)?;
-            self.root().fsync(&path)?;
-            Ok((
-                (),
-                Some(Change {
-                    op: Op::Fsync { path },
-                    stamps: vec![],
-                }),
-            ))
-        });
+        let result = self.flush_both(
+            || self.path(ino).map(Some),
+            |path| self.root().fsync(path.unwrap_or(Path::new(""))),
+        );
         match result {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),

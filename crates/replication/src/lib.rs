@@ -18,10 +18,11 @@
 //!       │                          3. submit to the Replicator ──────────────┘
 //!       │                          4. wait for the acknowledgement (no lock)
 //!       │                                          │
-//!       │            sender.rs: TcpReplicator — seq numbers, one writer,
-//!       │            pipelined; one reader thread matches acks to waiters
+//!       │            sender.rs: TcpReplicator — seq numbers, a sender
+//!       │            thread writing queued frames together (pipelined);
+//!       │            one reader thread matches acks to waiters
 //!       │                                          │ protocol.rs: frames with
-//!       │                                          ▼ seq + HMAC(session key)
+//!       │                                          ▼ seq + MAC(session key)
 //!       │            receiver.rs: Receiver — verifies, applies in seq order
 //!       │            to its copy (again via a held directory fd), acks on
 //!       └──────────  receipt (default) or after apply + fsync (Durable)

@@ -1,6 +1,6 @@
 //! The replication wire: a handshake proving both sides hold the cluster
 //! key, then length-prefixed frames, each with a sequence number and an
-//! HMAC over (session key, direction, sequence number, payload).
+//! MAC over (session key, direction, sequence number, payload).
 //!
 //! Handshake (all sizes fixed):
 //! 1. primary → secondary: `HFRP`, version, primary nonce (32 bytes)
@@ -15,7 +15,8 @@
 //! must grow by exactly one, and the direction byte keeps a frame from being
 //! reflected back to its sender.
 //!
-//! Frame: `len: u32 BE` (of what follows) ‖ `seq: u64 BE` ‖ payload ‖ tag (32).
+//! Frame: `len: u32 BE` (of what follows) ‖ `seq: u64 BE` ‖ payload ‖ tag
+//! (32: BLAKE3 keyed with the session key, over direction ‖ seq ‖ payload).
 
 use std::io::{self, Read, Write};
 
@@ -31,9 +32,12 @@ type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"HFRP";
 /// 2: frames carry a [`Message`] (changes and resynchronisation requests).
-const VERSION: u8 = 2;
+/// 3: frames are authenticated with keyed BLAKE3 instead of HMAC-SHA256.
+const VERSION: u8 = 3;
 const NONCE: usize = 32;
 const TAG: usize = 32;
+/// A frame's length prefix and sequence number.
+pub const HEAD: usize = 12;
 /// Larger than any change the file system produces (FUSE writes are at most
 /// a few MiB), small enough that a bogus length cannot exhaust memory.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -192,13 +196,14 @@ pub fn secondary_handshake<S: Read + Write>(
     Ok(SessionKey(proof(key, b"session", &theirs, &ours)?))
 }
 
-fn frame_mac(key: &SessionKey, direction: Direction, seq: u64, payload: &[u8]) -> HmacSha256 {
-    // An HMAC key may have any length, so this cannot fail.
-    let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC accepts any key length");
+/// BLAKE3 keyed with the session key: a MAC several times faster than
+/// HMAC-SHA256 on large writes (the handshake keeps HMAC-SHA256).
+fn frame_mac(key: &SessionKey, direction: Direction, seq: u64, payload: &[u8]) -> blake3::Hash {
+    let mut mac = blake3::Hasher::new_keyed(&key.0);
     mac.update(&[direction.byte()]);
     mac.update(&seq.to_be_bytes());
     mac.update(payload);
-    mac
+    mac.finalize()
 }
 
 /// Seals outgoing frames of one direction, numbering them from 0.
@@ -225,18 +230,25 @@ impl Sealer {
 
     /// The complete frame (length prefix included) for `payload`.
     pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
-        let seq = self.next;
-        self.next += 1;
-        let tag = frame_mac(&self.key, self.direction, seq, payload)
-            .finalize()
-            .into_bytes();
-        let len = 8 + payload.len() + TAG;
-        let mut frame = Vec::with_capacity(4 + len);
-        frame.extend_from_slice(&(len as u32).to_be_bytes());
-        frame.extend_from_slice(&seq.to_be_bytes());
+        let (head, tag) = self.seal_parts(payload);
+        let mut frame = Vec::with_capacity(head.len() + payload.len() + TAG);
+        frame.extend_from_slice(&head);
         frame.extend_from_slice(payload);
         frame.extend_from_slice(&tag);
         frame
+    }
+
+    /// What goes before and after `payload` in its frame, so a large
+    /// payload can be sent where it is, without copying it into a frame.
+    pub fn seal_parts(&mut self, payload: &[u8]) -> ([u8; HEAD], [u8; TAG]) {
+        let seq = self.next;
+        self.next += 1;
+        let tag = frame_mac(&self.key, self.direction, seq, payload);
+        let len = 8 + payload.len() + TAG;
+        let mut head = [0u8; HEAD];
+        head[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        head[4..].copy_from_slice(&seq.to_be_bytes());
+        (head, *tag.as_bytes())
     }
 }
 
@@ -273,15 +285,16 @@ impl Opener {
         if !(8 + TAG..=MAX_FRAME).contains(&len) {
             return Err(ProtocolError::BadLength(len));
         }
-        let mut body = vec![0u8; len];
-        stream.read_exact(&mut body)?;
-        let tag = body.split_off(len - TAG);
-        let payload = body.split_off(8);
-        let seq = u64::from_be_bytes(body.try_into().expect("8 bytes were split off"));
-        if frame_mac(&self.key, self.direction, seq, &payload)
-            .verify_slice(&tag)
-            .is_err()
-        {
+        // Read in place: a write's data is not copied again here.
+        let mut seq = [0u8; 8];
+        stream.read_exact(&mut seq)?;
+        let seq = u64::from_be_bytes(seq);
+        let mut payload = vec![0u8; len - 8 - TAG];
+        stream.read_exact(&mut payload)?;
+        let mut tag = [0u8; TAG];
+        stream.read_exact(&mut tag)?;
+        // Constant-time comparison (blake3::Hash's equality).
+        if frame_mac(&self.key, self.direction, seq, &payload) != blake3::Hash::from_bytes(tag) {
             return Err(ProtocolError::BadTag { seq });
         }
         if seq != self.expected {

@@ -141,7 +141,9 @@ impl Receiver {
         // Between `Begin` and `End`: changes live on the primary arrive
         // while the resynchronisation has not yet brought every entry.
         let mut resyncing = false;
-        while let Some((seq, payload)) = opener.read(&mut stream)? {
+        // Many small frames arrive in one read.
+        let mut incoming = std::io::BufReader::with_capacity(256 << 10, stream);
+        while let Some((seq, payload)) = opener.read(&mut incoming)? {
             let message: Message =
                 postcard::from_bytes(&payload).map_err(|e| ProtocolError::Decode {
                     seq,

@@ -1,16 +1,20 @@
 //! The primary's end of the replication connection.
 //!
 //! Many threads submit concurrently; each change gets the next sequence
-//! number and is written in that order (under one lock), then its caller
-//! waits for its own acknowledgement while others submit. One reader thread
-//! matches the secondary's replies to waiters by sequence number. When the
-//! connection fails, every waiter and every later submission gets the error:
-//! nothing is reported acknowledged that was not.
+//! number and joins the outgoing queue in that order (under one lock, held
+//! only to number and queue it), then its caller waits for its own
+//! acknowledgement while others submit. A sender thread seals what is
+//! queued and writes it in one system call (many small changes in flight
+//! become one TCP write; a large write's data is sent from where it lies,
+//! not copied into a frame). One reader thread matches the secondary's
+//! replies to waiters by sequence number. When the connection fails, every
+//! waiter and every later submission gets the error: nothing is reported
+//! acknowledged that was not.
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{BufReader, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -45,24 +49,25 @@ impl Waiter {
     }
 }
 
-#[derive(Debug)]
-struct Writer {
-    stream: TcpStream,
-    sealer: Sealer,
-}
-
 #[derive(Debug, Default)]
-struct Waiters {
-    /// By sequence number (so the oldest first), with when it was sent.
+struct State {
+    /// Sequence number of the next frame queued.
+    next_seq: u64,
+    /// Encoded payloads not yet written, in sequence order.
+    queue: VecDeque<Vec<u8>>,
+    /// By sequence number (so the oldest first), with when it was queued.
     pending: BTreeMap<u64, (Instant, Waiter)>,
     /// Set once: the connection is unusable from then on.
     broken: Option<ReplicationError>,
+    /// The replicator is being dropped: the sender thread ends.
+    closing: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Shared {
-    writer: Mutex<Writer>,
-    waiters: Mutex<Waiters>,
+    state: Mutex<State>,
+    /// Something was queued (or the connection ends).
+    queued: Condvar,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -73,15 +78,73 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     /// Fails every waiting caller and every later submission with `error`.
     fn break_with(&self, error: ReplicationError) {
-        let mut w = lock(&self.waiters);
-        if w.broken.is_none() {
+        let mut state = lock(&self.state);
+        if state.broken.is_none() {
             tracing::warn!("replication stopped: {error}");
-            w.broken = Some(error.clone());
+            state.broken = Some(error.clone());
         }
-        for (_, (_, waiter)) in std::mem::take(&mut w.pending) {
+        state.queue.clear();
+        for (_, (_, waiter)) in std::mem::take(&mut state.pending) {
             waiter.fail(error.clone());
         }
+        self.queued.notify_all();
     }
+}
+
+/// Waits (bounded: 5 s) until `done`.
+fn wait_until(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    while !done() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Frames written per system call at most (within the kernel's IOV_MAX).
+const BATCH: usize = 256;
+
+/// Seals and writes queued payloads until the connection breaks or the
+/// replicator is dropped.
+fn send_queued(shared: &Shared, mut stream: TcpStream, mut sealer: Sealer) {
+    loop {
+        let batch: Vec<Vec<u8>> = {
+            let mut state = lock(&shared.state);
+            while state.queue.is_empty() && state.broken.is_none() && !state.closing {
+                state = shared.queued.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.broken.is_some() || (state.closing && state.queue.is_empty()) {
+                return;
+            }
+            let n = state.queue.len().min(BATCH);
+            state.queue.drain(..n).collect()
+        };
+        let parts: Vec<_> = batch.iter().map(|p| sealer.seal_parts(p)).collect();
+        let mut slices = Vec::with_capacity(batch.len() * 3);
+        for (payload, (head, tag)) in batch.iter().zip(&parts) {
+            slices.push(IoSlice::new(head));
+            slices.push(IoSlice::new(payload));
+            slices.push(IoSlice::new(tag));
+        }
+        if let Err(e) = write_all_vectored(&mut stream, &mut slices) {
+            shared.break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
+            return;
+        }
+    }
+}
+
+/// `write_all` over several buffers.
+fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match stream.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Limit of the TCP connection and of the handshake.
@@ -94,6 +157,7 @@ pub struct TcpReplicator {
     /// To unblock the reader thread on drop.
     control: TcpStream,
     reader: Option<JoinHandle<()>>,
+    sender: Option<JoinHandle<()>>,
 }
 
 impl TcpReplicator {
@@ -111,15 +175,17 @@ impl TcpReplicator {
         stream.set_nodelay(true).map_err(|e| connect_err(&e))?;
         let session = primary_handshake(&mut stream, key).map_err(|e| connect_err(&e))?;
         stream.set_read_timeout(None).map_err(|e| connect_err(&e))?;
-        let mut read_half = stream.try_clone().map_err(|e| connect_err(&e))?;
+        // Many acknowledgements arrive in one read.
+        let mut read_half =
+            BufReader::with_capacity(64 << 10, stream.try_clone().map_err(|e| connect_err(&e))?);
         let control = stream.try_clone().map_err(|e| connect_err(&e))?;
-        let shared = Arc::new(Shared {
-            writer: Mutex::new(Writer {
-                stream,
-                sealer: Sealer::new(session.clone(), Direction::ToSecondary),
-            }),
-            waiters: Mutex::new(Waiters::default()),
-        });
+        let shared = Arc::new(Shared::default());
+        let sealer = Sealer::new(session.clone(), Direction::ToSecondary);
+        let sender_shared = shared.clone();
+        let sender = std::thread::Builder::new()
+            .name("repl-send".into())
+            .spawn(move || send_queued(&sender_shared, stream, sealer))
+            .map_err(|e| connect_err(&e))?;
         let mut opener = Opener::new(session, Direction::ToPrimary);
         let reader_shared = shared.clone();
         let reader = std::thread::Builder::new()
@@ -144,7 +210,7 @@ impl TcpReplicator {
                         }
                     };
                     let take = |seq| {
-                        lock(&reader_shared.waiters)
+                        lock(&reader_shared.state)
                             .pending
                             .remove(&seq)
                             .map(|(_, w)| w)
@@ -189,6 +255,7 @@ impl TcpReplicator {
             shared,
             control,
             reader: Some(reader),
+            sender: Some(sender),
         })
     }
 }
@@ -198,23 +265,17 @@ impl TcpReplicator {
     fn send(&self, message: &Outgoing<'_>, waiter: Waiter) -> Result<(), ReplicationError> {
         let payload = postcard::to_allocvec(message)
             .map_err(|e| ReplicationError::Disconnected(format!("cannot encode change: {e}")))?;
-        let mut writer = lock(&self.shared.writer);
-        {
-            let mut waiters = lock(&self.shared.waiters);
-            if let Some(error) = &waiters.broken {
-                return Err(error.clone());
-            }
-            // Registered before writing, so the reply cannot arrive first.
-            waiters
-                .pending
-                .insert(writer.sealer.next_seq(), (Instant::now(), waiter));
+        let mut state = lock(&self.shared.state);
+        if let Some(error) = &state.broken {
+            return Err(error.clone());
         }
-        let frame = writer.sealer.seal(&payload);
-        if let Err(e) = writer.stream.write_all(&frame) {
-            drop(writer);
-            self.shared
-                .break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
-        }
+        // Registered before it can be sent, so the reply cannot arrive first.
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.pending.insert(seq, (Instant::now(), waiter));
+        state.queue.push_back(payload);
+        drop(state);
+        self.shared.queued.notify_one();
         Ok(())
     }
 }
@@ -222,13 +283,13 @@ impl TcpReplicator {
 impl TcpReplicator {
     /// Why the connection no longer works, once it does not.
     pub fn broken(&self) -> Option<ReplicationError> {
-        lock(&self.shared.waiters).broken.clone()
+        lock(&self.shared.state).broken.clone()
     }
 
     /// Since when the oldest change not yet acknowledged waits (resync
     /// requests, which may take long on the secondary, do not count).
     pub fn oldest_unacknowledged(&self) -> Option<Instant> {
-        lock(&self.shared.waiters)
+        lock(&self.shared.state)
             .pending
             .values()
             .find(|(_, w)| matches!(w, Waiter::Ack(_)))
@@ -239,8 +300,8 @@ impl TcpReplicator {
     /// secondary does not read); past it the connection breaks. `None`:
     /// writes wait as long as it takes.
     pub fn set_send_timeout(&self, timeout: Option<std::time::Duration>) {
-        let writer = lock(&self.shared.writer);
-        if let Err(e) = writer.stream.set_write_timeout(timeout) {
+        // A socket option: it applies to the sender thread's descriptor too.
+        if let Err(e) = self.control.set_write_timeout(timeout) {
             tracing::warn!("replication send timeout: {e}");
         }
     }
@@ -270,6 +331,15 @@ impl Peer for TcpReplicator {
 
 impl Drop for TcpReplicator {
     fn drop(&mut self) {
+        lock(&self.shared.state).closing = true;
+        self.shared.queued.notify_all();
+        if let Some(sender) = self.sender.take() {
+            // What is queued goes out first, unless the secondary stopped
+            // reading: then closing the socket ends the sender's write.
+            wait_until(|| sender.is_finished());
+            let _ = self.control.shutdown(Shutdown::Both);
+            let _ = sender.join();
+        }
         let _ = self.control.shutdown(Shutdown::Both);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();

@@ -680,6 +680,107 @@ fn posix_suite_matches_plain_directory_and_replicates() {
     }
 }
 
+/// What must never be stale through the mount, whatever the kernel caches.
+fn metadata(path: &Path) -> (u64, u64, u32, i64, i64, i64, i64) {
+    let md = fs::symlink_metadata(path).unwrap();
+    (
+        md.size(),
+        md.nlink(),
+        md.mode(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec(),
+    )
+}
+
+#[test]
+fn metadata_through_the_mount_is_never_stale() {
+    let mut fixture = Fixture::new(AckMode::Receipt);
+    let (mount, real) = (fixture.primary.clone(), fixture.backing());
+    // Every name is stat'ed (so the kernel caches it) before each change,
+    // and compared with the real file after it.
+    let names = ["a", "b", "sub", "sub/c", ""];
+    let check = |step: &str| {
+        for name in names {
+            let (m, r) = (mount.join(name), real.join(name));
+            match fs::symlink_metadata(&r) {
+                Ok(_) => assert_eq!(
+                    metadata(&m),
+                    metadata(&r),
+                    "after {step}: {name:?} through the mount"
+                ),
+                Err(_) => assert!(
+                    fs::symlink_metadata(&m).is_err(),
+                    "after {step}: {name:?} still seen through the mount"
+                ),
+            }
+        }
+    };
+    let step = |what: &str, change: &dyn Fn()| {
+        check(&format!("before {what}"));
+        change();
+        check(what);
+    };
+    let mut early = File::create(mount.join("a")).unwrap();
+    step("write", &|| {
+        fs::write(mount.join("a"), vec![1u8; 100]).unwrap()
+    });
+    step("hard link", &|| {
+        fs::hard_link(mount.join("a"), mount.join("b")).unwrap()
+    });
+    step("append through the other name", &|| {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(mount.join("b"))
+            .unwrap();
+        f.write_all(&[2u8; 50]).unwrap();
+    });
+    step("write through a descriptor opened earlier", &|| {
+        early.write_all_at(&[3u8; 10], 4000).unwrap()
+    });
+    step("truncate through the other name", &|| {
+        OpenOptions::new()
+            .write(true)
+            .open(mount.join("b"))
+            .unwrap()
+            .set_len(7)
+            .unwrap()
+    });
+    step("chmod", &|| {
+        fs::set_permissions(mount.join("a"), fs::Permissions::from_mode(0o600)).unwrap()
+    });
+    step("times", &|| {
+        File::options()
+            .write(true)
+            .open(mount.join("b"))
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+            .unwrap()
+    });
+    step("mkdir", &|| fs::create_dir(mount.join("sub")).unwrap());
+    step("rename into a subdirectory", &|| {
+        fs::rename(mount.join("b"), mount.join("sub/c")).unwrap()
+    });
+    step("unlink of one name", &|| {
+        fs::remove_file(mount.join("a")).unwrap()
+    });
+    step("write through the last name", &|| {
+        fs::write(mount.join("sub/c"), b"short").unwrap()
+    });
+    step("hard link replaced by rename", &|| {
+        fs::hard_link(mount.join("sub/c"), mount.join("a")).unwrap();
+        fs::write(mount.join("b"), b"other").unwrap();
+        fs::rename(mount.join("b"), mount.join("a")).unwrap();
+    });
+    step("rmdir", &|| {
+        fs::remove_file(mount.join("sub/c")).unwrap();
+        fs::remove_dir(mount.join("sub")).unwrap();
+    });
+    drop(early);
+    fixture.finish().unwrap();
+}
+
 #[test]
 fn concurrent_appending_writers_are_all_replicated() {
     const THREADS: usize = 8;
