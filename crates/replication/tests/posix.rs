@@ -722,7 +722,7 @@ fn metadata_through_the_mount_is_never_stale() {
         change();
         check(what);
     };
-    let mut early = File::create(mount.join("a")).unwrap();
+    let early = File::create(mount.join("a")).unwrap();
     step("write", &|| {
         fs::write(mount.join("a"), vec![1u8; 100]).unwrap()
     });
