@@ -256,11 +256,13 @@ pub struct Replication {
     log: ModuleLog,
     receivers: Vec<ReceiverTask>,
     primary: Vec<PrimaryDir>,
-    /// Set by receivers when a change failed to apply here (disk full).
-    behind: Arc<AtomicBool>,
     policy: FailurePolicy,
-    /// Set by receivers when a resynchronisation into this node completed.
-    synced: Arc<AtomicBool>,
+    /// Per directory, set by its receiver: false from the start of a
+    /// resynchronisation into this node (or a change that failed to apply)
+    /// until one completes.
+    synced: Vec<Arc<AtomicBool>>,
+    /// What the state machine was last told of them (SECOND).
+    current: bool,
     /// Shared with connectors: the peer is SECOND.
     peer_second: Arc<AtomicBool>,
     last_state: State,
@@ -418,8 +420,10 @@ impl Replication {
             log,
             receivers: Vec::new(),
             primary: Vec::new(),
-            synced: Arc::new(AtomicBool::new(false)),
-            behind: Arc::new(AtomicBool::new(false)),
+            synced: (0..config.replicated.len())
+                .map(|_| Arc::new(AtomicBool::new(false)))
+                .collect(),
+            current: false,
             policy: FailurePolicy {
                 on_failure: config.replication.on_secondary_failure,
                 ack_timeout: config.replication.ack_timeout,
@@ -517,22 +521,24 @@ impl Replication {
         let mut data_state = None;
         if state == State::Second && self.last_state != State::Second {
             // Not current until the primary has resynchronised this node.
-            self.synced.store(false, Ordering::SeqCst);
+            for flag in &self.synced {
+                flag.store(false, Ordering::SeqCst);
+            }
+            self.current = false;
             data_state = Some(false);
         }
-        if state == State::Second && self.behind.swap(false, Ordering::SeqCst) {
-            self.log.write(
-                LogLevel::Error,
-                "a change from the primary failed to apply here: this node's data is not up to date until the primary resynchronises it",
-            );
-            data_state = Some(false);
-        }
-        if state == State::Second && self.synced.swap(false, Ordering::SeqCst) {
+        let now = self.synced.iter().all(|f| f.load(Ordering::SeqCst));
+        if state == State::Second && now != self.current {
+            self.current = now;
             self.log.write(
                 LogLevel::Info,
-                "replicated directories resynchronised: this node's data is up to date",
+                if now {
+                    "replicated directories resynchronised: this node's data is up to date"
+                } else {
+                    "this node's data is not up to date until the primary resynchronises it"
+                },
             );
-            data_state = Some(true);
+            data_state = Some(now);
         }
         if matches!(state, State::Prim | State::Alone) && self.last_state != state {
             data_state = Some(true);
@@ -570,7 +576,7 @@ impl Replication {
             let receiver = Receiver::new(&dir.path, self.key.clone(), self.ack)
                 .map(|r| {
                     r.with_generations(dir.store())
-                        .with_synced(self.synced.clone())
+                        .with_synced(self.synced[dir.index].clone())
                 })
                 .map_err(|e| e.to_string());
             let receiver = match (receiver, failed.is_none()) {
@@ -595,7 +601,7 @@ impl Replication {
             let target = Target {
                 receiver,
                 store: dir.store(),
-                behind: self.behind.clone(),
+                synced: self.synced[dir.index].clone(),
                 path: dir.path.clone(),
             };
             let (stop2, current2) = (stop.clone(), current.clone());
@@ -800,8 +806,8 @@ impl Drop for Replication {
 struct Target {
     receiver: Arc<Receiver>,
     store: GenerationStore,
-    /// Set when a change failed to apply (the copy is behind).
-    behind: Arc<AtomicBool>,
+    /// Cleared when a change failed to apply (the copy is behind).
+    synced: Arc<AtomicBool>,
     path: PathBuf,
 }
 
@@ -865,7 +871,7 @@ fn receive(
         let Target {
             receiver,
             store,
-            behind,
+            synced,
             path,
         } = target.clone();
         serving = std::thread::Builder::new()
@@ -902,7 +908,7 @@ fn receive(
                             if let Err(e) = recorded {
                                 log.write(LogLevel::Error, &e.to_string());
                             }
-                            behind.store(true, Ordering::SeqCst);
+                            synced.store(false, Ordering::SeqCst);
                         }
                         log.write(
                             LogLevel::Error,
@@ -1054,6 +1060,13 @@ impl Connector {
                 .oldest_unacknowledged()
                 .is_some_and(|sent| sent.elapsed() > timeout);
             if late && self.policy.on_failure == OnSecondaryFailure::Degrade {
+                // Left behind: if it reads again before the connection is
+                // gone, it learns (as at the start of a resync) that its
+                // copy is incomplete, and is never promoted with it.
+                let source = self.dir.store().load().ok().flatten().unwrap_or_default();
+                let _ = peer.tell(&Request::Begin {
+                    source: source.current,
+                });
                 return format!(
                     "no acknowledgement within ack_timeout = {}",
                     humantime::format_duration(timeout)

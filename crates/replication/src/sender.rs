@@ -306,6 +306,14 @@ impl TcpReplicator {
         }
     }
 
+    /// Sends `request` without waiting for its answer (the connection is
+    /// about to be closed): it reaches the secondary only if it still
+    /// reads, in order after everything sent before.
+    pub fn tell(&self, request: &Request) -> Result<(), ReplicationError> {
+        let (tx, _) = mpsc::channel();
+        self.send(&Outgoing::Resync(request), Waiter::Answer(tx))
+    }
+
     /// Closes the connection: every waiting and later change fails.
     pub fn close(&self) {
         let _ = self.control.shutdown(Shutdown::Both);
