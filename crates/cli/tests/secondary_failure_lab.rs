@@ -132,6 +132,17 @@ fn big_write(cluster: &MirrorLab, mib: u32) -> std::process::Child {
         .unwrap()
 }
 
+/// Waits until `host`'s module log says `text`.
+fn wait_logged(cluster: &MirrorLab, host: &str, text: &str) {
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || cluster
+            .module_log(host)
+            .contains(text)),
+        "{host} logs {text:?}:\n{}",
+        cluster.module_log(host)
+    );
+}
+
 fn make_room(cluster: &MirrorLab) {
     sh(cluster, SECOND, &format!("rm -f {DISK}/filler"));
 }
@@ -177,12 +188,11 @@ fn a_full_secondary_disk_degrades_the_primary_to_tracking_then_it_catches_up() {
         log.contains("tracking changes (on_secondary_failure = degrade)"),
         "{log}"
     );
-    assert!(
-        wait_until(SETTLE, Duration::from_millis(50), || cluster
-            .module_log(SECOND)
-            .contains("not up to date until the primary resynchronises it")),
-        "the secondary knows its copy is behind:\n{}",
-        cluster.module_log(SECOND)
+    // The secondary knows its copy is behind.
+    wait_logged(
+        &cluster,
+        SECOND,
+        "not up to date until the primary resynchronises it",
     );
     // What it applied before the disk filled is intact.
     assert!(checksums(&cluster, SECOND).contains("./small"));
@@ -218,30 +228,33 @@ fn with_block_a_full_secondary_disk_holds_writes_until_it_has_room() {
 /// Drops (or allows again) the replication traffic reaching `SECOND`:
 /// a secondary that does not acknowledge, while its heartbeats go on.
 fn drop_replication(cluster: &MirrorLab, drop: bool) {
-    let script = if drop {
-        "nft add table inet slowrepl && nft add chain inet slowrepl input '{ type filter hook input priority 0; }' && nft add rule inet slowrepl input tcp dport 4900 drop"
+    if drop {
+        cluster.lab.drop_tcp(SECOND, 4900).expect("drop");
     } else {
-        "nft delete table inet slowrepl"
-    };
-    sh(cluster, SECOND, script);
+        cluster.lab.allow_tcp(SECOND).expect("allow");
+    }
+}
+
+/// A mirroring pair whose secondary then stops receiving replication.
+fn unresponsive_secondary(policy: &str) -> MirrorLab {
+    let cluster = MirrorLab::create(EXE.as_ref(), options(policy)).expect("lab");
+    cluster.start_module().expect("start");
+    mirroring(&cluster);
+    drop_replication(&cluster, true);
+    cluster
 }
 
 #[test]
 fn a_secondary_that_does_not_acknowledge_is_left_behind_after_ack_timeout() {
-    let cluster = MirrorLab::create(EXE.as_ref(), options("degrade")).expect("lab");
-    cluster.start_module().expect("start");
-    mirroring(&cluster);
-    drop_replication(&cluster, true);
+    let cluster = unresponsive_secondary("degrade");
     let started = std::time::Instant::now();
     sh(&cluster, PRIM, &format!("echo slow > {DATA}/slow && sync"));
     let took = started.elapsed();
     wait_reported(&cluster, "no acknowledgement within ack_timeout = 1s");
-    assert!(
-        cluster
-            .module_log(PRIM)
-            .contains("tracking changes (on_secondary_failure = degrade)"),
-        "{}",
-        cluster.module_log(PRIM)
+    wait_logged(
+        &cluster,
+        PRIM,
+        "tracking changes (on_secondary_failure = degrade)",
     );
     eprintln!("a write to an unresponsive secondary returned after {took:?}");
     drop_replication(&cluster, false);
@@ -253,5 +266,47 @@ fn a_secondary_that_does_not_acknowledge_is_left_behind_after_ack_timeout() {
         .contains("./slow")),
         "the secondary catches up"
     );
+    assert_eq!(checksums(&cluster, PRIM), checksums(&cluster, SECOND));
+}
+
+#[test]
+fn with_block_writes_wait_for_a_secondary_that_does_not_acknowledge() {
+    let cluster = unresponsive_secondary("block");
+    let mut writer = cluster
+        .lab
+        .command(PRIM, "sh")
+        .unwrap()
+        .args([
+            "-c",
+            &format!("echo held | dd of={DATA}/held conv=fsync status=none"),
+        ])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_reported(
+        &cluster,
+        "writes wait for it (on_secondary_failure = block)",
+    );
+    assert!(
+        !finished(&mut writer, Duration::from_secs(1)),
+        "the write waits for the acknowledgement"
+    );
+    assert_eq!(
+        cluster.state(PRIM).map(|s| s.state),
+        Some("PRIM".to_string())
+    );
+    drop_replication(&cluster, false);
+    assert!(
+        finished(&mut writer, SETTLE),
+        "acknowledged once the secondary answers again; log:\n{}",
+        cluster.module_log(PRIM)
+    );
+    assert!(writer.wait().unwrap().success());
+    wait_logged(
+        &cluster,
+        PRIM,
+        "acknowledges changes of /srv/demo/data again",
+    );
+    assert!(checksums(&cluster, SECOND).contains("./held"));
     assert_eq!(checksums(&cluster, PRIM), checksums(&cluster, SECOND));
 }

@@ -18,6 +18,8 @@ use crate::registry::{self, HostInfo, LabInfo};
 
 /// Name of the bridge table the faults live in (in the switch namespace).
 const NFT_TABLE: &str = "bridge holdfast_lab";
+/// Name of the table of faults inside a host's own namespace.
+const HOST_TABLE: &str = "holdfast_lab_host";
 
 /// Name of the switch namespace of lab `id`.
 pub(crate) fn switch_netns(id: &str) -> String {
@@ -300,6 +302,38 @@ impl LabHandle {
     /// Removes `host`'s packet loss. Idempotent.
     pub fn clear_loss(&self, host: &str) -> Result<()> {
         self.set_loss(host, 0)
+    }
+
+    /// Drops the TCP segments reaching `host` on `port`, in the host's own
+    /// namespace: a service there stops answering (a replication receiver
+    /// that does not acknowledge) while the rest of its traffic, heartbeats
+    /// included, goes on. Replaces an earlier such rule; undone by
+    /// [`allow_tcp`](Self::allow_tcp).
+    pub fn drop_tcp(&self, host: &str, port: u16) -> Result<()> {
+        self.host_nft(
+            host,
+            &format!(
+                "table inet {HOST_TABLE} {{\n  chain input {{\n    type filter hook input priority 0;\n    tcp dport {port} drop\n  }}\n}}\n"
+            ),
+        )
+    }
+
+    /// Undoes [`drop_tcp`](Self::drop_tcp). Idempotent.
+    pub fn allow_tcp(&self, host: &str) -> Result<()> {
+        self.host_nft(host, "")
+    }
+
+    /// Replaces `host`'s own fault table with `rules` (none when empty).
+    fn host_nft(&self, host: &str, rules: &str) -> Result<()> {
+        let ns = self.netns(host)?;
+        // Declaring the table first makes the delete valid in any case.
+        let script = format!("table inet {HOST_TABLE}\ndelete table inet {HOST_TABLE}\n{rules}");
+        run(
+            "ip",
+            &["netns", "exec", &ns, "nft", "-f", "-"],
+            Some(&script),
+        )
+        .map(drop)
     }
 
     /// Current fault rules (`nft list table`), for logs and diagnostics.
