@@ -324,6 +324,7 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
         pulse: Duration::from_millis(200),
         timeout: Duration::from_secs(3),
         vip: true,
+        tail: "\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"/srv/demo/data\"\n".into(),
         ..MirrorOptions::default()
     };
     let cluster = MirrorLab::create(exe, options)?;
@@ -332,13 +333,16 @@ fn demo(exe: &std::path::Path, seconds: Option<u64>) -> Result<()> {
     println!(
         "\nlab {id} is running module `demo` on node1 and node2 (heartbeat 200 ms, timeout 3 s).\n\
          The sample application runs on the primary: it appends a line per second to /srv/demo/app.log\n\
-         and answers TCP port 8080 on the virtual IP {vip} with the name of the node serving.\n\n\
+         and answers TCP port 8080 on the virtual IP {vip} with the name of the node serving.\n\
+         /srv/demo/data is replicated synchronously from the primary to the secondary.\n\n\
          In another terminal, as root:\n\
          \x20 holdfast lab state                          # state of both nodes\n\
          \x20 holdfast lab kill node1                     # crash node1: node2 takes over in ~3 s\n\
          \x20 holdfast lab start-daemon node1             # node1 comes back as SECOND\n\
          \x20 holdfast lab partition node1 node2          # split brain without a witness; `heal` ends it\n\
          \x20 holdfast lab exec node1 -- tail -3 /srv/demo/app.log\n\
+         \x20 holdfast lab exec node1 -- sh -c 'date > /srv/demo/data/f'   # replicated (on the primary)\n\
+         \x20 holdfast lab exec node2 -- cat /srv/demo/data/f              # read-only on the secondary\n\
          \x20 holdfast lab exec client -- bash -c 'cat < /dev/tcp/{vip}/8080'\n\
          \x20 holdfast lab exec node1 -- holdfast swap -m demo\n\
          \x20 holdfast lab exec node2 -- holdfast log -m demo\n\n\
