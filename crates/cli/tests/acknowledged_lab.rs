@@ -4,7 +4,10 @@
 //! of the whole host (daemon and writers), or its link cut — and every
 //! record acknowledged before the loss must be on the new primary. Then the
 //! old primary returns as SECOND, is resynchronised, and the next trial
-//! runs the other way round. Trials alternate 1 and 8 writers.
+//! runs the other way round. Trials alternate 1 and 8 writers. A cut-off
+//! primary goes on ALONE (no witness: a split brain) until it is killed;
+//! when it returns, the new primary refuses to merge and the test, as the
+//! administrator, discards the old primary's copy (`second --discard-data`).
 //!
 //! `HOLDFAST_ACK_TRIALS` sets the number of trials per fault (default 20);
 //! each run prints its seed, `HOLDFAST_ACK_SEED` replays one.
@@ -152,6 +155,34 @@ fn wait_mirroring(cluster: &MirrorLab, prim: &str, second: &str) {
     }
 }
 
+/// After a link cut both copies changed: the new primary refuses to
+/// resynchronise and names the commands; the administrator keeps its copy.
+fn discard_split_brain(cluster: &MirrorLab, old: &str, new: &str) {
+    let refused = wait_until(SETTLE, Duration::from_millis(50), || {
+        cluster.state(new).is_some_and(|s| {
+            s.replication.iter().any(|d| {
+                d.problem
+                    .as_deref()
+                    .is_some_and(|p| p.contains("split brain") && p.contains("--discard-data"))
+            })
+        })
+    });
+    assert!(
+        refused,
+        "{new} refuses to merge the split brain; log:\n{}",
+        cluster.module_log(new)
+    );
+    cluster
+        .run_cli_checked(old, &["stop", "-m", "demo"])
+        .expect("stop");
+    cluster
+        .wait_states(SETTLE, |a, b| settled(by_host(old, a, b), "STOP"))
+        .expect("stopped");
+    cluster
+        .run_cli_checked(old, &["second", "-m", "demo", "--discard-data"])
+        .expect("second --discard-data");
+}
+
 fn trials(fault: Fault) {
     let count = env_number("HOLDFAST_ACK_TRIALS").unwrap_or(20);
     let seed = env_number("HOLDFAST_ACK_SEED").unwrap_or_else(rand::random);
@@ -177,10 +208,19 @@ fn trials(fault: Fault) {
             }
             Fault::LinkCut => {
                 cluster.lab.link_down(prim, 0).expect("link down");
-                // Killed before it notices, so it comes back as a plain
-                // crashed primary (not a split brain needing the administrator).
-                std::thread::sleep(Duration::from_millis(rng.gen_range(0..400)));
-                cluster.kill(prim).expect("kill -9 the primary host");
+                // Without a witness both sides go on ALONE (a split brain):
+                // the cut-off primary's writers keep writing there. Only
+                // what was acknowledged before the cut must survive.
+                let both_alone = cluster.wait_states(SETTLE, |a, b| {
+                    settled(by_host(prim, a, b), "ALONE") && settled(by_host(second, a, b), "ALONE")
+                });
+                if let Err(e) = both_alone {
+                    panic!(
+                        "trial {trial}: {e}\n{prim} log:\n{}",
+                        cluster.module_log(prim)
+                    );
+                }
+                cluster.kill(prim).expect("kill -9 the cut-off primary");
                 running.acknowledged(Some(lost_at))
             }
         };
@@ -210,6 +250,9 @@ fn trials(fault: Fault) {
         cluster
             .start_daemon(prim)
             .expect("the old primary restarts");
+        if let Fault::LinkCut = fault {
+            discard_split_brain(&cluster, prim, second);
+        }
         (prim, second) = (second, prim);
     }
     wait_mirroring(&cluster, prim, second);
