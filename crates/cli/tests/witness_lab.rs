@@ -46,6 +46,20 @@ fn ordered<'s>(
     }
 }
 
+/// Waits until `prim` waits without its application and the other node
+/// runs it ALONE.
+fn stepped_down(cluster: &MirrorLab, prim: &str) -> holdfast_lab::Result<()> {
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, s) = ordered(prim, a, b);
+            p.as_ref()
+                .is_some_and(|p| p.state == "WAIT" && !p.app_active)
+                && is(s, "ALONE")
+                && s.as_ref().is_some_and(|s| s.app_active)
+        })
+        .map(drop)
+}
+
 /// Partitions (each undone by `heal`) of one round.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Cut {
@@ -138,14 +152,7 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
             eprintln!("round {round}: {cut:?} (primary {prim}) for {held:?}");
             if cut == Cut::IsolatePrimary {
                 // The old primary steps down, and only then the other takes over.
-                cluster
-                    .wait_states(SETTLE, |a, b| {
-                        let (p, s) = ordered(prim, a, b);
-                        p.as_ref()
-                            .is_some_and(|p| p.state == "WAIT" && !p.app_active)
-                            && is(s, "ALONE")
-                            && s.as_ref().is_some_and(|s| s.app_active)
-                    })
+                stepped_down(&cluster, prim)
                     .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {e}"));
                 assert!(!runs_app(&cluster, prim) && runs_app(&cluster, second));
                 isolated_primaries += 1;
@@ -262,4 +269,43 @@ fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritte
             && !lost_copy.join(format!("written-by-{kept}")).exists(),
         "the other copy is left as it was"
     );
+}
+
+/// The split-brain checker (SafeKit's `<splitbrain>`, the weaker
+/// tie-breaker): the client host is the address both nodes ping. Cut the
+/// primary from its peer and from it: the primary stops its application and
+/// waits, the secondary, which still pings it, takes over.
+#[test]
+fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
+    // The client host's address on network 0 (see `LabHandle::address`).
+    let (cluster, prim, second) = MirrorLab::started(
+        EXE.as_ref(),
+        MirrorOptions {
+            pulse: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            vip: true,
+            tail: "\n[splitbrain]\nping = [\"198.18.0.100\"]\n".into(),
+            ..MirrorOptions::default()
+        },
+        SETTLE,
+    )
+    .expect("a running pair with a split-brain checker");
+    assert_eq!(
+        cluster.lab.address(CLIENT, 0).unwrap().to_string(),
+        "198.18.0.100"
+    );
+
+    cluster.lab.partition(prim, second).expect("partition");
+    cluster.lab.partition(prim, CLIENT).expect("partition");
+    stepped_down(&cluster, prim)
+        .expect("the side that cannot ping steps down, the other takes over");
+    assert!(!runs_app(&cluster, prim) && !holds_vip(&cluster, prim));
+    assert!(cluster
+        .module_log(prim)
+        .contains("no witness answers the ping"));
+
+    cluster.lab.heal(prim, second).expect("heal");
+    cluster.lab.heal(prim, CLIENT).expect("heal");
+    let (kept, _) = cluster.wait_pair(SETTLE).expect("one PRIM, one SECOND");
+    assert_eq!(kept, second);
 }

@@ -22,8 +22,8 @@ use roxmltree::{Document, Node, ParsingOptions};
 use crate::error::{line_column, ConfigError, ValidationError};
 use crate::model::{
     Balance, Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, Protocol, Rule,
-    ScriptsConfig, VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_POWER,
-    DEFAULT_PULSE, DEFAULT_TIMEOUT,
+    ScriptsConfig, SplitBrainConfig, VipConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP,
+    DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_TIMEOUT,
 };
 use crate::native::parse_mac;
 use crate::validate::format_duration;
@@ -95,6 +95,7 @@ pub fn import_userconfig(
         replicated: Vec::new(),
         load_balancing: Vec::new(),
         witness: None,
+        splitbrain: None,
     };
 
     let safe = user.doc.root_element();
@@ -283,6 +284,8 @@ struct Importer {
     /// Native field path (`heartbeat.pulse`) → its origin, so that validation
     /// errors point into the SafeKit files.
     places: HashMap<String, Place>,
+    /// `<check><splitbrain>`, read along with the checkers.
+    splitbrain: Option<SplitBrainConfig>,
 }
 
 impl Importer {
@@ -452,6 +455,9 @@ impl Importer {
                 "check" => {
                     let checkers = self.check(f, child)?;
                     config.checkers.extend(checkers);
+                    if let Some(splitbrain) = self.splitbrain.take() {
+                        config.splitbrain = Some(splitbrain);
+                    }
                     continue;
                 }
                 _ => {
@@ -1364,6 +1370,10 @@ impl Importer {
         let mut checkers = Vec::new();
         for el in check.children().filter(Node::is_element) {
             let kind = el.tag_name().name();
+            if kind == "splitbrain" {
+                self.splitbrain = Some(self.splitbrain_checker(f, el)?);
+                continue;
+            }
             if !matches!(kind, "tcp" | "ping" | "intf") {
                 self.unsupported_element(f, el);
                 continue;
@@ -1465,6 +1475,49 @@ impl Importer {
             checkers.push(checker);
         }
         Ok(checkers)
+    }
+
+    /// `<splitbrain ident exec="ping" arg="addr addr"/>` (SafeKit §13.18).
+    fn splitbrain_checker(
+        &mut self,
+        f: &XmlFile<'_>,
+        el: Node<'_, '_>,
+    ) -> Result<SplitBrainConfig, ConfigError> {
+        self.check_attributes(f, el, &["ident", "exec", "arg", "when"]);
+        if let Some(exec) = self.attr(f, el, "exec") {
+            if exec.value != "ping" {
+                return Err(f.attr_error(
+                    &exec,
+                    format!(
+                        "exec={:?}: the split-brain checker only pings (exec=\"ping\")",
+                        exec.value
+                    ),
+                ));
+            }
+        }
+        let Some(arg) = self.attr(f, el, "arg") else {
+            return Err(f.error(
+                el.range().start,
+                "<splitbrain>",
+                "the arg attribute (the witnesses' addresses) is required",
+            ));
+        };
+        let ping = arg
+            .value
+            .split_whitespace()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    f.attr_error(
+                        &arg,
+                        format!(
+                            "expected IPv4 addresses, found {a:?} (host names are not supported)"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.note_attr("splitbrain.ping", f, &arg);
+        Ok(SplitBrainConfig { ping })
     }
 
     fn checker_when(&mut self, f: &XmlFile<'_>, attr: &Attr<'_>) -> When {

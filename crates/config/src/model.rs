@@ -47,6 +47,9 @@ pub struct ModuleConfig {
     pub load_balancing: Vec<Rule>,
     /// Split-brain protection of a mirror module by a witness (`[witness]`).
     pub witness: Option<WitnessConfig>,
+    /// The simpler tie-breaker: addresses to ping when heartbeats are lost
+    /// (`[splitbrain]`, SafeKit's split-brain checker).
+    pub splitbrain: Option<SplitBrainConfig>,
 }
 
 pub use holdfast_network::farm::{Balance, Protocol, Rule};
@@ -146,6 +149,13 @@ pub struct WitnessConfig {
     pub port: u16,
     /// How long a grant lasts (default: the heartbeat timeout).
     pub lease: Duration,
+}
+
+/// `[splitbrain]`: when the peer is silent, only a node that can ping one
+/// of these addresses becomes or stays primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitBrainConfig {
+    pub ping: Vec<std::net::Ipv4Addr>,
 }
 
 /// Default of `witness.port`.

@@ -25,9 +25,9 @@ use crate::error::{ConfigError, ValidationError};
 use crate::model::{
     AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
     ModuleConfig, NodeConfig, OnSecondaryFailure, Protocol, ReplicatedDir, ReplicationConfig, Rule,
-    ScriptsConfig, VipConfig, WitnessConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP,
-    DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT,
-    DEFAULT_TIMEOUT, DEFAULT_WITNESS_PORT,
+    ScriptsConfig, SplitBrainConfig, VipConfig, WitnessConfig, DEFAULT_LOOP_INTERVAL,
+    DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE,
+    DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_WITNESS_PORT,
 };
 use crate::validate::format_duration;
 
@@ -43,7 +43,9 @@ const ROOT_KEYS: &[&str] = &[
     "replicated",
     "load_balancing",
     "witness",
+    "splitbrain",
 ];
+const SPLITBRAIN_KEYS: &[&str] = &["ping"];
 const WITNESS_KEYS: &[&str] = &["addresses", "port", "lease"];
 const LOAD_BALANCING_KEYS: &[&str] = &["protocol", "port", "by"];
 const CHECKER_KEYS: &[&str] = &[
@@ -251,6 +253,12 @@ pub fn to_toml(config: &ModuleConfig) -> String {
         table.insert("port", value(i64::from(witness.port)));
         table.insert("lease", value(format_duration(witness.lease)));
         doc.insert("witness", Item::Table(table));
+    }
+    if let Some(splitbrain) = &config.splitbrain {
+        let mut table = Table::new();
+        let ping: Array = splitbrain.ping.iter().map(|a| a.to_string()).collect();
+        table.insert("ping", value(ping));
+        doc.insert("splitbrain", Item::Table(table));
     }
     if !config.replicated.is_empty() || config.replication != ReplicationConfig::default() {
         let mut table = Table::new();
@@ -550,6 +558,28 @@ impl<'a> Reader<'a> {
             Some(section) => Some(self.witness(&section, heartbeat.timeout)?),
             None => None,
         };
+        let splitbrain = match self.opt(&root, "splitbrain", Self::table)? {
+            Some(section) => {
+                self.check_keys(&section, SPLITBRAIN_KEYS)?;
+                let ping = self.req(&section, "ping", |r, path, item| {
+                    let texts = r.strings(path, item)?;
+                    texts
+                        .iter()
+                        .enumerate()
+                        .map(|(i, text)| {
+                            text.parse().map_err(|_| {
+                                r.error(
+                                    &format!("{path}[{i}]"),
+                                    format!("expected an IPv4 address, found {text:?}"),
+                                )
+                            })
+                        })
+                        .collect()
+                })?;
+                Some(SplitBrainConfig { ping })
+            }
+            None => None,
+        };
 
         Ok(ModuleConfig {
             name,
@@ -570,6 +600,7 @@ impl<'a> Reader<'a> {
             replicated,
             load_balancing,
             witness,
+            splitbrain,
         })
     }
 

@@ -25,6 +25,23 @@ impl ModuleConfig {
     /// A witness guards a mirror module, and its lease must leave the
     /// primary time to stop its application before it ends.
     fn validate_witness(&self) -> Result<(), ValidationError> {
+        if let Some(splitbrain) = &self.splitbrain {
+            if self.mode != Mode::Mirror {
+                return invalid(
+                    "splitbrain",
+                    "the split-brain checker guards the primary role of a mirror module",
+                );
+            }
+            if self.witness.is_some() {
+                return invalid(
+                    "splitbrain",
+                    "use either [witness] (leases, the stronger guard) or [splitbrain] (ping), not both",
+                );
+            }
+            if splitbrain.ping.is_empty() {
+                return invalid("splitbrain.ping", "at least one address to ping is needed");
+            }
+        }
         let Some(witness) = &self.witness else {
             return Ok(());
         };

@@ -154,6 +154,7 @@ fn the_safekit_sample_imports() {
         ],
         load_balancing: Vec::new(),
         witness: None,
+        splitbrain: None,
     };
     assert_eq!(config, expected);
 
@@ -883,4 +884,37 @@ fn checkers_are_imported_from_errd_and_check() {
     let bad = r#"<check><tcp ident="web"><to addr="db.example" port="5432"/></tcp></check>"#;
     let e = import(&userconfig("", bad), CLUSTER_XML).unwrap_err();
     assert!(e.message.contains("host names are not supported"), "{e}");
+}
+
+#[test]
+fn the_splitbrain_checker_is_imported_as_splitbrain_ping() {
+    let body = "<check>\n<splitbrain ident=\"witness\" exec=\"ping\" arg=\"192.168.1.100 192.168.2.120\"/>\n</check>\n";
+    let Imported { config, warnings } = imported(&userconfig("", body), CLUSTER_XML);
+    assert!(warnings.is_empty(), "{warnings:#?}");
+    assert_eq!(
+        config.splitbrain,
+        Some(SplitBrainConfig {
+            ping: vec![
+                "192.168.1.100".parse().unwrap(),
+                "192.168.2.120".parse().unwrap()
+            ]
+        })
+    );
+    assert!(config.checkers.is_empty());
+    let toml = to_toml(&config);
+    assert!(toml.contains("[splitbrain]"), "{toml}");
+    assert_eq!(
+        parse_module(&toml, Path::new("web.toml"))
+            .unwrap()
+            .splitbrain,
+        config.splitbrain
+    );
+
+    let bad = "<check><splitbrain ident=\"w\" exec=\"ping\" arg=\"witness.example\"/></check>";
+    let e = import(&userconfig("", bad), CLUSTER_XML).unwrap_err();
+    assert!(e.message.contains("host names are not supported"), "{e}");
+    assert_eq!(e.field, "<splitbrain arg>");
+    let bad = "<check><splitbrain ident=\"w\" exec=\"arping\" arg=\"192.168.1.100\"/></check>";
+    let e = import(&userconfig("", bad), CLUSTER_XML).unwrap_err();
+    assert!(e.message.contains("only pings"), "{e}");
 }

@@ -1138,3 +1138,39 @@ fn witness_errors_are_placed() {
         "unknown",
     );
 }
+
+#[test]
+fn splitbrain_parses_round_trips_and_is_placed() {
+    let text = minimal_plus("[splitbrain]\nping = [\"198.18.0.1\", \"198.18.1.1\"]\n");
+    let config = parse(&text).unwrap();
+    assert_eq!(
+        config.splitbrain,
+        Some(SplitBrainConfig {
+            ping: vec!["198.18.0.1".parse().unwrap(), "198.18.1.1".parse().unwrap()]
+        })
+    );
+    assert_eq!(parse(&to_toml(&config)).unwrap(), config);
+    assert_error(
+        &minimal_plus("[splitbrain]\nping = [\"fd00::1\"]\n"),
+        13,
+        9,
+        "splitbrain.ping[0]",
+        "expected an IPv4 address",
+    );
+    assert_error(
+        &minimal_plus("[splitbrain]\nping = []\n"),
+        13,
+        8,
+        "splitbrain.ping",
+        "at least one address",
+    );
+    assert_error(
+        &minimal_plus(&format!(
+            "{QUICK}[witness]\naddresses = [\"198.18.0.3\"]\n\n[splitbrain]\nping = [\"198.18.0.1\"]\n"
+        )),
+        23,
+        1,
+        "splitbrain",
+        "not both",
+    );
+}

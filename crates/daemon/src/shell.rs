@@ -128,6 +128,10 @@ pub async fn spawn(
         RecoveryPolicy::new(config.maxloop, config.loop_interval),
         probes,
         checker_tx,
+        crate::supervision::splitbrain_checkers(
+            config.splitbrain.as_ref().map_or(&[][..], |s| &s.ping[..]),
+            config.heartbeat.pulse,
+        ),
     );
     let mut replication = crate::replication::Replication::new(
         &config,

@@ -3,9 +3,12 @@
 //! `second`, `both`) while the node holds that role and is not in
 //! transition. Verdicts go to the state machine: a missing resource puts
 //! the module in WAIT; an application failure goes through the recovery
-//! policy (restart here, or fail over and hold this node back).
+//! policy (restart here, or fail over and hold this node back). The
+//! split-brain checker's pings run while the module is started; whether any
+//! address answers goes to the state machine.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use holdfast_checkers::{Action, CheckerConfig, CheckerEvent, ProbeContext, Runner, Verdict, When};
 use holdfast_membership::recovery::{Decision, RecoveryPolicy, Requested};
@@ -32,6 +35,28 @@ pub struct Supervisor {
     /// A recovery the state machine refused while in transition: retried
     /// once it is stable (checkers only report changes).
     pending: Option<(Requested, String)>,
+    /// The split-brain checker: one ping per address, and whether each
+    /// answers (until told otherwise, it does).
+    splitbrain: Vec<CheckerConfig>,
+    splitbrain_up: BTreeMap<String, bool>,
+    splitbrain_runner: Option<Runner>,
+}
+
+/// The split-brain checker's pings of `addresses`, one per pulse: whether a
+/// witness answers must be known by the time heartbeats are declared lost.
+pub fn splitbrain_checkers(
+    addresses: &[std::net::Ipv4Addr],
+    pulse: Duration,
+) -> Vec<CheckerConfig> {
+    addresses
+        .iter()
+        .map(|a| {
+            let mut checker = CheckerConfig::ping(&format!("splitbrain-{a}"), *a);
+            checker.interval = pulse;
+            checker.timeout = pulse;
+            checker
+        })
+        .collect()
 }
 
 impl Supervisor {
@@ -40,6 +65,7 @@ impl Supervisor {
         recovery: RecoveryPolicy,
         context: ProbeContext,
         events: mpsc::Sender<CheckerEvent>,
+        splitbrain: Vec<CheckerConfig>,
     ) -> Self {
         Self {
             checkers,
@@ -49,6 +75,9 @@ impl Supervisor {
             role: None,
             recovery,
             pending: None,
+            splitbrain_up: splitbrain.iter().map(|c| (c.resource(), true)).collect(),
+            splitbrain,
+            splitbrain_runner: None,
         }
     }
 
@@ -56,6 +85,22 @@ impl Supervisor {
     pub fn follow(&mut self, core: &mut MirrorModule, log: &ModuleLog, now: Instant) {
         let state = core.state();
         let want_pre = state != State::Stop;
+        if want_pre != self.splitbrain_runner.is_some() && !self.splitbrain.is_empty() {
+            self.splitbrain_runner = if want_pre {
+                match Runner::start(&self.splitbrain, &self.context, self.events.clone()) {
+                    Ok(runner) => Some(runner),
+                    Err(e) => {
+                        log.write(
+                            LogLevel::Error,
+                            &format!("split-brain checker not started: {e}"),
+                        );
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+        }
         if want_pre != self.pre.is_some() {
             self.pre = if want_pre {
                 self.start(log, |w| w == When::Pre)
@@ -126,6 +171,18 @@ impl Supervisor {
         now: Instant,
         event: CheckerEvent,
     ) {
+        if let Some(up) = self.splitbrain_up.get_mut(&event.checker) {
+            *up = event.verdict == Verdict::Up;
+            if let Verdict::Down(why) = &event.verdict {
+                log.write(
+                    LogLevel::Info,
+                    &format!("split-brain checker {}: {why}", event.checker),
+                );
+            }
+            let reachable = self.splitbrain_up.values().any(|up| *up);
+            core.splitbrain_witness(now, reachable);
+            return;
+        }
         let Some(checker) = self.checkers.iter().find(|c| c.resource() == event.checker) else {
             return;
         };

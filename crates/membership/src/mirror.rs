@@ -33,6 +33,10 @@
 //!   failure blocks the takeover.
 //! - A missing resource puts the module in WAIT (a primary first stops its
 //!   application, handing over); its return ends the wait.
+//! - With a **split-brain checker** ([`MirrorSettings::splitbrain`], the
+//!   weaker tie-breaker): when the peer is silent, a node that cannot ping
+//!   any of its addresses does not take over, and a primary stops its
+//!   application and waits.
 //! - With a **witness** ([`MirrorSettings::witness`]), "never two primaries"
 //!   holds in time. A node may run its application only while it has a
 //!   basis that the other node cannot take over before the application is
@@ -372,6 +376,9 @@ pub struct MirrorSettings {
     pub incarnation: u64,
     /// Split-brain protection by a witness's lease, if configured.
     pub witness: Option<LeaseSettings>,
+    /// A split-brain checker (ping of tie-breaker addresses) reports to
+    /// [`MirrorModule::splitbrain_witness`].
+    pub splitbrain: bool,
 }
 
 impl MirrorSettings {
@@ -393,6 +400,7 @@ impl MirrorSettings {
                 renew: config.heartbeat.pulse,
                 stop_budget: config.scripts.stop_budget(),
             }),
+            splitbrain: config.splitbrain.is_some(),
         })
     }
 }
@@ -445,6 +453,9 @@ enum WaitReason {
     /// Neither the peer nor the witness confirmed the primary role in time:
     /// the application was stopped; waiting for either.
     LeaseLost,
+    /// The peer is silent and the split-brain checker's addresses do not
+    /// answer: the other side may be the one to keep the service.
+    TieBreakerLost,
 }
 
 impl WaitReason {
@@ -468,6 +479,9 @@ impl WaitReason {
             ),
             WaitReason::ResourceMissing => "a resource is missing".into(),
             WaitReason::Suspended => "recovery limit reached on this node".into(),
+            WaitReason::TieBreakerLost => format!(
+                "no heartbeat from {peer} and no split-brain witness answers the ping: waiting for either"
+            ),
             WaitReason::LeaseLost => format!(
                 "split-brain protection: neither {peer} nor the witness could be reached in time, the application was stopped; waiting for either"
             ),
@@ -573,6 +587,8 @@ pub struct MirrorModule {
     lease_wanted: bool,
     /// The keep rule queued the stop of the application.
     stepping_down: bool,
+    /// The split-brain checker's last verdict: some address answers.
+    tiebreaker: bool,
 }
 
 impl MirrorModule {
@@ -606,6 +622,7 @@ impl MirrorModule {
             lease: settings_witness.map(LeaseClient::new),
             lease_wanted: false,
             stepping_down: false,
+            tiebreaker: true,
         }
     }
 
@@ -846,6 +863,29 @@ impl MirrorModule {
             Ok(())
         })
         .unwrap_or(())
+    }
+
+    /// From the split-brain checker: whether any of its addresses answers.
+    pub fn splitbrain_witness(&mut self, now: Instant, reachable: bool) {
+        self.input(now, |m| {
+            if m.tiebreaker != reachable {
+                m.tiebreaker = reachable;
+                let message = if reachable {
+                    "split-brain checker: a witness answers again"
+                } else {
+                    "split-brain checker: no witness answers the ping"
+                };
+                m.log(LogLevel::Info, message.into());
+            }
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
+    /// Without its peer, this node may keep or take the primary role only
+    /// if the split-brain checker (when configured) reaches a witness.
+    fn tiebreaker_lost(&self) -> bool {
+        self.settings.splitbrain && !self.tiebreaker
     }
 
     /// The witness answered lease request `id`.
@@ -1482,6 +1522,12 @@ impl MirrorModule {
         if self.needs_lease() {
             return false;
         }
+        if self.live_peer().is_none() && self.tiebreaker_lost() {
+            return self.wait_blocked(
+                WaitReason::TieBreakerLost,
+                format!("{reason}, but no split-brain witness answers the ping: not taking over"),
+            );
+        }
         if self.live_peer().is_none() {
             // Taking over from a peer that went silent: fence it first.
             self.why = Some(reason.clone());
@@ -1586,7 +1632,21 @@ impl MirrorModule {
 
     fn decide_primary(&mut self, peer: Option<PeerStatus>) -> bool {
         let name = self.settings.peer.clone();
-        let Some(p) = peer else { return false };
+        let Some(p) = peer else {
+            if !self.tiebreaker_lost() {
+                return false;
+            }
+            let why = format!(
+                "split-brain checker: no heartbeat from {name} and no witness answers the ping; stopping the application (the other side may keep the service)"
+            );
+            self.log(LogLevel::Error, why.clone());
+            self.why = Some(why.clone());
+            self.stop_application(Handover::None, ScriptAction::StopWait, State::Wait);
+            self.stop_both(State::Wait, ScriptAction::StopWait);
+            self.steps
+                .push_back(Step::Enter(Role::Waiting(WaitReason::TieBreakerLost), why));
+            return true;
+        };
         if p.state.is_primary() {
             let mine = self.persistent.epoch;
             let local_wins = match mine.cmp(&p.epoch) {

@@ -36,6 +36,7 @@ impl Pair {
             timeout: TIMEOUT,
             networks: 1,
             incarnation: 0,
+            splitbrain: false,
             witness: None,
         };
         let mut pair = Self {
@@ -285,4 +286,46 @@ fn a_failed_fencing_script_blocks_the_takeover() {
     // The administrator knows node1 is down.
     pair.command(1, Command::Prim).unwrap();
     assert_eq!(pair.state(1), State::Alone);
+}
+
+/// The split-brain checker (SafeKit's `<splitbrain>`): in a partition, the
+/// side that pings the tie-breaker keeps or takes the primary role, the
+/// other stops its application and waits; both return when heartbeats do.
+#[test]
+fn the_splitbrain_checker_gives_the_partition_to_the_side_that_pings() {
+    for primary_reaches in [true, false] {
+        let mut pair = Pair::new(true, DefaultPrimary::Alone);
+        pair.settings.splitbrain = true;
+        pair.boot(0);
+        pair.boot(1);
+        pair.command(0, Command::Start).unwrap();
+        pair.command(1, Command::Start).unwrap();
+        pair.run(TIMEOUT / 2);
+        assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+        let now = pair.now;
+        let cut_off = usize::from(primary_reaches);
+        pair.node(cut_off).splitbrain_witness(now, false);
+        pair.linked = false;
+        pair.run(TIMEOUT * 3);
+        let keeper = 1 - cut_off;
+        assert_eq!(pair.state(keeper), State::Alone, "{primary_reaches}");
+        assert_eq!(pair.state(cut_off), State::Wait, "{primary_reaches}");
+        assert!(!pair.node(cut_off).app_active());
+        assert!(pair
+            .node(cut_off)
+            .view()
+            .reason
+            .contains("split-brain witness"));
+        pair.linked = true;
+        pair.run(TIMEOUT);
+        let states = [pair.state(0), pair.state(1)];
+        assert!(
+            states.contains(&State::Prim) && states.contains(&State::Second),
+            "{states:?}"
+        );
+        assert!(
+            pair.node(keeper).app_active(),
+            "the keeper keeps the service"
+        );
+    }
 }

@@ -114,6 +114,11 @@ enum Ev {
         verdict: Verdict,
     },
     WitnessCrash,
+    /// The split-brain checker's addresses answer `node`'s pings, or not.
+    TieBreaker {
+        node: usize,
+        reachable: bool,
+    },
     WitnessRestart,
     /// `toward`: the direction node → witness, else witness → node.
     WitnessLink {
@@ -211,6 +216,8 @@ impl Sim {
             timeout: Duration::from_millis(TIMEOUT_MS),
             networks: NETWORKS,
             incarnation: 0,
+            // Without a witness, sometimes SafeKit's split-brain checker.
+            splitbrain: !with_witness && rng.gen_bool(0.3),
             witness: with_witness.then(|| LeaseSettings {
                 duration: Duration::from_millis(LEASE_MS),
                 renew: Duration::from_millis(PULSE_MS),
@@ -370,7 +377,11 @@ impl Sim {
                 Action::Persist(p) => self.nodes[i].persistent = p,
                 Action::SendHeartbeat => self.send(i, status.clone()),
                 Action::Log { message, .. } => {
-                    if message.starts_with("split brain") {
+                    // Either the two primaries' meeting, or the split-brain
+                    // checker stopping one: the divergence is said.
+                    if message.starts_with("split brain")
+                        || message.starts_with("split-brain checker: no heartbeat")
+                    {
                         self.split_brain_logged = true;
                         if let Some(d) = &mut self.divergence {
                             d.detected = true;
@@ -468,12 +479,21 @@ impl Sim {
         let at = self.rng.gen_range(0..FAULT_HORIZON_MS);
         let node = self.rng.gen_range(0..2);
         let network = self.rng.gen_range(0..NETWORKS);
-        let kinds = if self.witness.is_some() { 18 } else { 13 };
+        let kinds = if self.witness.is_some() || self.settings.splitbrain {
+            18
+        } else {
+            13
+        };
         let ev = match self.rng.gen_range(0..kinds) {
             11 => return self.flap(at, node, network),
             12 => return self.partition(at, node, false),
             // Not even the witness: only with one (it runs last, so
             // schedules without a witness draw the same faults as before).
+            16 | 17 if self.settings.splitbrain => Ev::TieBreaker {
+                node,
+                reachable: self.rng.gen_bool(0.5),
+            },
+            13..=15 if self.settings.splitbrain => return self.partition(at, node, false),
             16 | 17 => return self.partition(at, node, true),
             13 => Ev::WitnessCrash,
             14 => Ev::WitnessRestart,
@@ -695,6 +715,9 @@ impl Sim {
                     w.core = None;
                 }
             }
+            Ev::TieBreaker { node, reachable } => {
+                self.input(node, |m, now| m.splitbrain_witness(now, reachable))
+            }
             Ev::WitnessRestart => {
                 let now = self.instant();
                 if let Some(w) = &mut self.witness {
@@ -800,6 +823,15 @@ impl Sim {
             w.link = [[true; 2]; 2];
         }
         self.schedule(0, Ev::WitnessRestart);
+        for node in 0..2 {
+            self.schedule(
+                0,
+                Ev::TieBreaker {
+                    node,
+                    reachable: true,
+                },
+            );
+        }
         self.last_disconnected = self.q.now();
         // Resources back, recovery counters reset, crashed nodes restarted.
         for i in 0..2 {
