@@ -377,11 +377,12 @@ impl Sim {
                 Action::Persist(p) => self.nodes[i].persistent = p,
                 Action::SendHeartbeat => self.send(i, status.clone()),
                 Action::Log { message, .. } => {
-                    // Either the two primaries' meeting, or the split-brain
-                    // checker stopping one: the divergence is said.
-                    if message.starts_with("split brain")
-                        || message.starts_with("split-brain checker: no heartbeat")
-                    {
+                    // The split-brain checker stops a primary for its own,
+                    // logged, reason.
+                    if message.starts_with("split-brain checker: no heartbeat") {
+                        self.excuse();
+                    }
+                    if message.starts_with("split brain") {
                         self.split_brain_logged = true;
                         if let Some(d) = &mut self.divergence {
                             d.detected = true;
