@@ -561,7 +561,7 @@ fn resync_part(
     }
     let begin = log
         .lines()
-        .rfind(|l| l.contains("resynchronising "))
+        .rfind(|l| l.contains("resynchronising ") && l.contains(" to the secondary ("))
         .context("no start of resynchronisation in the log")?;
     let end = log
         .lines()

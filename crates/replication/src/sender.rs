@@ -3,18 +3,20 @@
 //! Many threads submit concurrently; each change gets the next sequence
 //! number and joins the outgoing queue in that order (under one lock, held
 //! only to number and queue it), then its caller waits for its own
-//! acknowledgement while others submit. A sender thread seals what is
-//! queued and writes it in one system call (many small changes in flight
-//! become one TCP write; a large write's data is sent from where it lies,
-//! not copied into a frame). One reader thread matches the secondary's
-//! replies to waiters by sequence number. When the connection fails, every
+//! acknowledgement while others submit. Whoever submits while nobody is
+//! writing becomes the writer: it seals what is queued and writes it in one
+//! system call, again until the queue is empty, while later submitters only
+//! queue (many small changes in flight become one TCP write, and a lone
+//! writer pays no hand-over to another thread; a large write's data is sent
+//! from where it lies, not copied into a frame). One reader thread matches
+//! the secondary's replies to waiters by sequence number. When the connection fails, every
 //! waiter and every later submission gets the error: nothing is reported
 //! acknowledged that was not.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufReader, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -59,15 +61,21 @@ struct State {
     pending: BTreeMap<u64, (Instant, Waiter)>,
     /// Set once: the connection is unusable from then on.
     broken: Option<ReplicationError>,
-    /// The replicator is being dropped: the sender thread ends.
-    closing: bool,
+    /// A submitter is writing the queue out.
+    writing: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
+struct Writer {
+    stream: TcpStream,
+    sealer: Sealer,
+}
+
+#[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
-    /// Something was queued (or the connection ends).
-    queued: Condvar,
+    /// Only ever taken by the submitter that is writing.
+    writer: Mutex<Writer>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,47 +95,23 @@ impl Shared {
         for (_, (_, waiter)) in std::mem::take(&mut state.pending) {
             waiter.fail(error.clone());
         }
-        self.queued.notify_all();
-    }
-}
-
-/// Waits (bounded: 5 s) until `done`.
-fn wait_until(mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
-    while !done() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
 
 /// Frames written per system call at most (within the kernel's IOV_MAX).
 const BATCH: usize = 256;
 
-/// Seals and writes queued payloads until the connection breaks or the
-/// replicator is dropped.
-fn send_queued(shared: &Shared, mut stream: TcpStream, mut sealer: Sealer) {
-    loop {
-        let batch: Vec<Vec<u8>> = {
-            let mut state = lock(&shared.state);
-            while state.queue.is_empty() && state.broken.is_none() && !state.closing {
-                state = shared.queued.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            if state.broken.is_some() || (state.closing && state.queue.is_empty()) {
-                return;
-            }
-            let n = state.queue.len().min(BATCH);
-            state.queue.drain(..n).collect()
-        };
-        let parts: Vec<_> = batch.iter().map(|p| sealer.seal_parts(p)).collect();
+impl Writer {
+    /// Seals `batch` (in sequence order) and writes it in one go.
+    fn write(&mut self, batch: &[Vec<u8>]) -> std::io::Result<()> {
+        let parts: Vec<_> = batch.iter().map(|p| self.sealer.seal_parts(p)).collect();
         let mut slices = Vec::with_capacity(batch.len() * 3);
         for (payload, (head, tag)) in batch.iter().zip(&parts) {
             slices.push(IoSlice::new(head));
             slices.push(IoSlice::new(payload));
             slices.push(IoSlice::new(tag));
         }
-        if let Err(e) = write_all_vectored(&mut stream, &mut slices) {
-            shared.break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
-            return;
-        }
+        write_all_vectored(&mut self.stream, &mut slices)
     }
 }
 
@@ -157,7 +141,6 @@ pub struct TcpReplicator {
     /// To unblock the reader thread on drop.
     control: TcpStream,
     reader: Option<JoinHandle<()>>,
-    sender: Option<JoinHandle<()>>,
 }
 
 impl TcpReplicator {
@@ -179,13 +162,13 @@ impl TcpReplicator {
         let mut read_half =
             BufReader::with_capacity(64 << 10, stream.try_clone().map_err(|e| connect_err(&e))?);
         let control = stream.try_clone().map_err(|e| connect_err(&e))?;
-        let shared = Arc::new(Shared::default());
-        let sealer = Sealer::new(session.clone(), Direction::ToSecondary);
-        let sender_shared = shared.clone();
-        let sender = std::thread::Builder::new()
-            .name("repl-send".into())
-            .spawn(move || send_queued(&sender_shared, stream, sealer))
-            .map_err(|e| connect_err(&e))?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            writer: Mutex::new(Writer {
+                stream,
+                sealer: Sealer::new(session.clone(), Direction::ToSecondary),
+            }),
+        });
         let mut opener = Opener::new(session, Direction::ToPrimary);
         let reader_shared = shared.clone();
         let reader = std::thread::Builder::new()
@@ -255,13 +238,13 @@ impl TcpReplicator {
             shared,
             control,
             reader: Some(reader),
-            sender: Some(sender),
         })
     }
 }
 
 impl TcpReplicator {
-    /// Queues `message` after everything sent before; `waiter` gets its reply.
+    /// Queues `message` after everything sent before; `waiter` gets its
+    /// reply. Writes the queue out unless another submitter is doing so.
     fn send(&self, message: &Outgoing<'_>, waiter: Waiter) -> Result<(), ReplicationError> {
         let payload = postcard::to_allocvec(message)
             .map_err(|e| ReplicationError::Disconnected(format!("cannot encode change: {e}")))?;
@@ -274,9 +257,30 @@ impl TcpReplicator {
         state.next_seq += 1;
         state.pending.insert(seq, (Instant::now(), waiter));
         state.queue.push_back(payload);
-        drop(state);
-        self.shared.queued.notify_one();
-        Ok(())
+        if state.writing {
+            // Written by the submitter writing now, before it stops.
+            return Ok(());
+        }
+        state.writing = true;
+        loop {
+            let n = state.queue.len().min(BATCH);
+            let batch: Vec<Vec<u8>> = state.queue.drain(..n).collect();
+            drop(state);
+            let written = lock(&self.shared.writer).write(&batch);
+            state = lock(&self.shared.state);
+            if let Err(e) = written {
+                state.writing = false;
+                drop(state);
+                // Fails this change's waiter too: its Ack reports it.
+                self.shared
+                    .break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
+                return Ok(());
+            }
+            if state.queue.is_empty() || state.broken.is_some() {
+                state.writing = false;
+                return Ok(());
+            }
+        }
     }
 }
 
@@ -300,7 +304,7 @@ impl TcpReplicator {
     /// secondary does not read); past it the connection breaks. `None`:
     /// writes wait as long as it takes.
     pub fn set_send_timeout(&self, timeout: Option<std::time::Duration>) {
-        // A socket option: it applies to the sender thread's descriptor too.
+        // A socket option: it applies to the writer's descriptor too.
         if let Err(e) = self.control.set_write_timeout(timeout) {
             tracing::warn!("replication send timeout: {e}");
         }
@@ -339,15 +343,6 @@ impl Peer for TcpReplicator {
 
 impl Drop for TcpReplicator {
     fn drop(&mut self) {
-        lock(&self.shared.state).closing = true;
-        self.shared.queued.notify_all();
-        if let Some(sender) = self.sender.take() {
-            // What is queued goes out first, unless the secondary stopped
-            // reading: then closing the socket ends the sender's write.
-            wait_until(|| sender.is_finished());
-            let _ = self.control.shutdown(Shutdown::Both);
-            let _ = sender.join();
-        }
         let _ = self.control.shutdown(Shutdown::Both);
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
