@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
+use holdfast_membership::lease::{LeaseSettings, WitnessCore};
 use holdfast_membership::mirror::{
     Action, Command, CommandError, MirrorModule, MirrorSettings, Persistent, Script, ScriptOutcome,
     State,
@@ -23,6 +24,9 @@ struct Pair {
     start_prims: [usize; 2],
     /// The fencing script fails (its out-of-band interface is unreachable).
     fence_fails: bool,
+    /// A witness, and whether each node reaches it (instantly, both ways).
+    witness: Option<WitnessCore>,
+    reaches_witness: [bool; 2],
 }
 
 impl Pair {
@@ -48,6 +52,8 @@ impl Pair {
             seq: 0,
             start_prims: [0, 0],
             fence_fails: false,
+            witness: None,
+            reaches_witness: [true; 2],
         };
         pair.boot(0);
         pair.boot(1);
@@ -107,6 +113,24 @@ impl Pair {
                             progressed = true;
                         }
                         Action::Persist(p) => self.persistent[i] = p,
+                        Action::RequestLease { id, duration } if self.reaches_witness[i] => {
+                            let now = self.now;
+                            let node = format!("node{}", i + 1);
+                            if let Some(witness) = self.witness.as_mut() {
+                                let verdict = witness.request(now, "web", &node, duration);
+                                self.nodes[i]
+                                    .as_mut()
+                                    .unwrap()
+                                    .lease_reply(now, id, verdict);
+                                progressed = true;
+                            }
+                        }
+                        Action::ReleaseLease { .. } if self.reaches_witness[i] => {
+                            let node = format!("node{}", i + 1);
+                            if let Some(witness) = self.witness.as_mut() {
+                                witness.request(self.now, "web", &node, Duration::ZERO);
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -328,4 +352,80 @@ fn the_splitbrain_checker_gives_the_partition_to_the_side_that_pings() {
             "the keeper keeps the service"
         );
     }
+}
+
+const LEASE: Duration = Duration::from_secs(2);
+
+/// A pair with a witness (past its start-up quiet time), started: node1
+/// PRIM, node2 SECOND.
+fn pair_with_witness() -> Pair {
+    let mut pair = Pair::new(true, DefaultPrimary::Alone);
+    pair.settings.witness = Some(LeaseSettings {
+        duration: LEASE,
+        renew: STEP * 10,
+        stop_budget: Duration::from_millis(300),
+    });
+    pair.witness = Some(WitnessCore::new(LEASE, pair.now - LEASE));
+    pair.boot(0);
+    pair.boot(1);
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+    pair
+}
+
+/// Runs `duration`, checking at every step that the two applications never
+/// run at once; returns the first step (from now) at which node 2's
+/// application started, if it did.
+fn run_never_both(pair: &mut Pair, duration: Duration) -> Option<Duration> {
+    let start = pair.now;
+    let mut started = None;
+    for _ in 0..duration.as_millis() / STEP.as_millis() {
+        pair.run(STEP);
+        let active: Vec<bool> = (0..2).map(|i| pair.node(i).app_active()).collect();
+        assert!(
+            !(active[0] && active[1]),
+            "two applications at {:?}",
+            pair.now - start
+        );
+        if active[1] && started.is_none() {
+            started = Some(pair.now - start);
+        }
+    }
+    started
+}
+
+#[test]
+fn with_a_witness_an_isolated_primary_stops_before_the_other_takes_over() {
+    let mut pair = pair_with_witness();
+    // node1 loses its peer and the witness.
+    pair.linked = false;
+    pair.reaches_witness[0] = false;
+    let took_over = run_never_both(&mut pair, LEASE * 3).expect("node2 takes over");
+    assert!(took_over >= TIMEOUT, "not before the heartbeat timeout");
+    assert_eq!((pair.state(0), pair.state(1)), (State::Wait, State::Alone));
+    assert!(pair
+        .node(0)
+        .view()
+        .reason
+        .contains("neither node2 nor the witness"));
+    // Back together: node2 keeps the service, node1 joins as SECOND.
+    pair.linked = true;
+    pair.reaches_witness[0] = true;
+    run_never_both(&mut pair, TIMEOUT);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Second, State::Prim));
+}
+
+#[test]
+fn with_a_witness_a_partition_between_the_nodes_changes_nothing() {
+    let mut pair = pair_with_witness();
+    pair.linked = false;
+    assert_eq!(run_never_both(&mut pair, LEASE * 3), None);
+    assert_eq!(pair.state(0), State::Alone, "the primary keeps its lease");
+    assert!(pair.node(0).app_active());
+    assert_eq!(pair.start_prims, [1, 0]);
+    pair.linked = true;
+    run_never_both(&mut pair, TIMEOUT);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
 }
