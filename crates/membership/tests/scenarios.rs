@@ -320,12 +320,7 @@ fn the_splitbrain_checker_gives_the_partition_to_the_side_that_pings() {
     for primary_reaches in [true, false] {
         let mut pair = Pair::new(true, DefaultPrimary::Alone);
         pair.settings.splitbrain = true;
-        pair.boot(0);
-        pair.boot(1);
-        pair.command(0, Command::Start).unwrap();
-        pair.command(1, Command::Start).unwrap();
-        pair.run(TIMEOUT / 2);
-        assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+        start_rebooted(&mut pair);
         let now = pair.now;
         let cut_off = usize::from(primary_reaches);
         pair.node(cut_off).splitbrain_witness(now, false);
@@ -366,13 +361,19 @@ fn pair_with_witness() -> Pair {
         stop_budget: Duration::from_millis(300),
     });
     pair.witness = Some(WitnessCore::new(LEASE, pair.now - LEASE));
+    start_rebooted(&mut pair);
+    pair
+}
+
+/// Boots both nodes again (after a change of settings) and starts them:
+/// node1 PRIM, node2 SECOND.
+fn start_rebooted(pair: &mut Pair) {
     pair.boot(0);
     pair.boot(1);
     pair.command(0, Command::Start).unwrap();
     pair.command(1, Command::Start).unwrap();
     pair.run(TIMEOUT / 2);
     assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
-    pair
 }
 
 /// Runs `duration`, checking at every step that the two applications never
