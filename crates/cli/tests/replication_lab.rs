@@ -345,15 +345,13 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
     cluster.start_module().expect("start");
     let (prim, second) = cluster.wait_pair(SETTLE).expect("a pair");
     let refused = |cluster: &MirrorLab| {
-        cluster.state(prim).is_some_and(|s| {
-            s.replication.iter().any(|d| {
-                d.activity == "tracking"
-                    && d.problem.as_deref().is_some_and(|p| {
-                        p.contains("no shared history")
-                            && p.contains("holdfast second -m demo --discard-data")
-                    })
-            })
-        })
+        cluster.replication_problem(
+            prim,
+            &[
+                "no shared history",
+                "holdfast second -m demo --discard-data",
+            ],
+        )
     };
     assert!(
         wait_until(SETTLE, Duration::from_millis(50), || refused(&cluster)),

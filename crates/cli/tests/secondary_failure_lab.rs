@@ -85,20 +85,10 @@ fn mirroring(cluster: &MirrorLab) {
     }
 }
 
-/// The primary's status of the replicated directory says `what`.
-fn primary_reports(cluster: &MirrorLab, what: &str) -> bool {
-    cluster.state(PRIM).is_some_and(|s| {
-        s.replication
-            .iter()
-            .any(|d| d.problem.as_deref().is_some_and(|p| p.contains(what)))
-    })
-}
-
 fn wait_reported(cluster: &MirrorLab, what: &str) {
     assert!(
-        wait_until(SETTLE, Duration::from_millis(50), || primary_reports(
-            cluster, what
-        )),
+        wait_until(SETTLE, Duration::from_millis(50), || cluster
+            .replication_problem(PRIM, &[what])),
         "the primary reports {what:?}; state {:?}\nlog:\n{}\n{SECOND} log:\n{}\ndaemon:\n{}",
         cluster.state(PRIM),
         cluster.module_log(PRIM),

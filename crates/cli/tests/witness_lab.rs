@@ -245,13 +245,7 @@ fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritte
     assert_eq!(kept, second);
     assert!(cluster.module_log(lost).contains("split brain"));
     let refused = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
-        cluster.state(kept).is_some_and(|s| {
-            s.replication.iter().any(|d| {
-                d.problem
-                    .as_deref()
-                    .is_some_and(|p| p.contains("split brain") && p.contains("--discard-data"))
-            })
-        })
+        cluster.replication_problem(kept, &["split brain", "--discard-data"])
     });
     assert!(
         refused,

@@ -512,6 +512,18 @@ impl MirrorLab {
             .collect()
     }
 
+    /// A replicated directory on `host` reports a problem (`holdfast
+    /// state`'s `problem`) containing each of `words`.
+    pub fn replication_problem(&self, host: &str, words: &[&str]) -> bool {
+        self.state(host).is_some_and(|s| {
+            s.replication.iter().any(|d| {
+                d.problem
+                    .as_deref()
+                    .is_some_and(|p| words.iter().all(|w| p.contains(w)))
+            })
+        })
+    }
+
     /// The module log on `host`, read from its file (also when the daemon
     /// is down); empty if there is none.
     pub fn module_log(&self, host: &str) -> String {
