@@ -1301,3 +1301,38 @@ fn detach_stale_mounts(dir: &Dir, log: &ModuleLog) {
         let _ = std::fs::remove_file(dir.read_only_marker());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_is_up_to_date_only_while_every_directory_is_synchronised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[module]\nname = \"m\"\nmode = \"mirror\"\n\n\
+             [[node]]\nname = \"node1\"\naddress = {{ default = \"198.18.0.11\" }}\n\n\
+             [[node]]\nname = \"node2\"\naddress = {{ default = \"198.18.0.12\" }}\n\n\
+             [[replicated]]\ndir = \"{0}/a\"\n\n[[replicated]]\ndir = \"{0}/b\"\n",
+            tmp.path().display()
+        );
+        let config = holdfast_config::parse_module(&text, Path::new("m.toml")).unwrap();
+        let log = ModuleLog::new(tmp.path().join("module.log"));
+        let state_dir = tmp.path().join("state");
+        let mut r =
+            Replication::new(&config, "node2", &state_dir, ClusterKey::generate(), log).unwrap();
+        let flags = r.synced.clone();
+        let mut follow = || r.follow(State::Second, Some(State::Prim));
+        assert_eq!(follow(), Some(false), "not current on entering SECOND");
+        flags[0].store(true, Ordering::SeqCst);
+        assert_eq!(follow(), None, "one directory of two resynchronised");
+        flags[1].store(true, Ordering::SeqCst);
+        assert_eq!(follow(), Some(true));
+        // A resync begins again (or a change fails to apply): not current
+        // until it ends, even though it was before.
+        flags[1].store(false, Ordering::SeqCst);
+        assert_eq!(follow(), Some(false));
+        flags[1].store(true, Ordering::SeqCst);
+        assert_eq!(follow(), Some(true));
+    }
+}
