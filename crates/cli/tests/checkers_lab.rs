@@ -174,3 +174,75 @@ up_after = 1
     );
     assert_eq!(cluster.state(prim).unwrap().state, "PRIM");
 }
+
+/// A module checker (SafeKit's `<module>`): `demo` depends on the module
+/// `dep` of the same node. Stopping `dep` on demo's primary puts demo in
+/// WAIT there (the other node takes over); starting it again brings demo
+/// back by itself.
+#[test]
+fn a_module_checker_follows_the_module_it_depends_on() {
+    let cluster = MirrorLab::create(
+        EXE.as_ref(),
+        MirrorOptions {
+            tail: r#"
+[[checker]]
+name = "dep"
+type = "module"
+module = "dep"
+expected = ["PRIM", "ALONE", "SECOND"]
+interval = "200ms"
+"#
+            .into(),
+            ..MirrorOptions::default()
+        },
+    )
+    .expect("lab");
+    let dep = "[module]\nname = \"dep\"\nmode = \"mirror\"\n\n[heartbeat]\nport = 4802\npulse = \"100ms\"\ntimeout = \"1500ms\"\n\n[[node]]\nname = \"node1\"\naddress = { default = \"198.18.0.11\" }\n\n[[node]]\nname = \"node2\"\naddress = { default = \"198.18.0.12\" }\n";
+    for host in ["node1", "node2"] {
+        let path = cluster
+            .lab
+            .host_dir(host)
+            .unwrap()
+            .join("etc-holdfast/dep.toml");
+        std::fs::write(&path, dep).unwrap();
+        for args in [
+            &["module", "install", "/etc/holdfast/dep.toml"][..],
+            &["start", "-m", "dep"],
+        ] {
+            cluster.run_cli_checked(host, args).unwrap();
+        }
+    }
+    cluster.start_module().unwrap();
+    let (prim, second) = cluster.wait_pair(SETTLE).expect("a pair");
+
+    cluster
+        .run_cli_checked(prim, &["stop", "-m", "dep"])
+        .unwrap();
+    let (a, b) = cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
+            is(p, "WAIT") && is(s, "ALONE")
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "demo waits where dep stopped, the other node takes over: {e}\n{}",
+                module_log(&cluster, prim)
+            )
+        });
+    let waiting = if prim == "node1" { a } else { b };
+    assert!(
+        waiting.unwrap().reason.contains("module.dep"),
+        "the reason names the checker"
+    );
+    assert!(cluster.app_pid(prim).is_none() && cluster.wait_app(second, SETTLE));
+
+    cluster
+        .run_cli_checked(prim, &["start", "-m", "dep"])
+        .unwrap();
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
+            is(p, "SECOND") && is(s, "PRIM")
+        })
+        .expect("demo comes back by itself");
+}

@@ -177,7 +177,7 @@ impl FarmShell {
             }
             self.execute().await;
             self.follow_state();
-            self.view_tx.send_replace(self.core.view());
+            self.io.publish(&self.view_tx, self.core.view());
             if let Some(running) = self.shutdown {
                 if self.core.state() == State::Stop && !self.core.transient() {
                     self.persist_running(running);

@@ -13,9 +13,11 @@
 //! - [`modlog`]: the module log;
 //! - [`health`]: the cloud-mode health endpoint of a module;
 //! - [`supervision`]: a module's checkers and recovery policy;
-//! - [`witness`]: `holdfast witness`, the split-brain witness's server.
+//! - [`witness`]: `holdfast witness`, the split-brain witness's server;
+//! - [`board`]: this node's modules' states, for module checkers.
 
 pub mod api;
+pub mod board;
 pub mod client;
 pub mod farm;
 pub mod health;
@@ -121,6 +123,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         incarnation,
         paths: paths.clone(),
         exe,
+        modules: Default::default(),
     });
     let registry = Arc::new(registry::Registry::new(ctx.clone()));
     registry.load_installed().await;

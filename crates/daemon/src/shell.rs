@@ -40,6 +40,8 @@ pub struct NodeContext {
     pub paths: Paths,
     /// The `holdfast` executable, for scripts (`$SAFE/safekit`, PATH).
     pub exe: PathBuf,
+    /// This node's modules' states, for module checkers.
+    pub modules: Arc<crate::board::ModuleBoard>,
 }
 
 /// Messages to a module's task.
@@ -118,7 +120,7 @@ pub async fn spawn(
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
             .collect(),
-        modules: None,
+        modules: Some(ctx.modules.clone()),
         // On a real server the daemon shares the applications' network
         // namespace; in the lab, this keeps each host to its own processes.
         process_scope: ProcessScope::CallerNetns,
@@ -229,6 +231,14 @@ pub(crate) struct ModuleIo {
     pub tx: mpsc::Sender<ModuleMsg>,
 }
 
+impl Drop for ModuleIo {
+    /// The module's task ended: module checkers no longer find it (a
+    /// replacement task publishes itself again at its first event).
+    fn drop(&mut self) {
+        self.ctx.modules.remove(&self.config.name);
+    }
+}
+
 /// Where the module asks for its lease.
 struct WitnessLink {
     socket: UdpSocket,
@@ -301,7 +311,7 @@ impl Shell {
                 .follow(&mut self.core, &self.io.log, Instant::now());
             self.execute().await;
             self.follow_replication().await;
-            self.view_tx.send_replace(self.core.view());
+            self.io.publish(&self.view_tx, self.core.view());
             if let Some(running) = self.shutdown {
                 if self.core.state() == holdfast_membership::State::Stop && !self.core.transient() {
                     let mut persistent = self.core.persistent().clone();
@@ -538,7 +548,16 @@ impl ModuleIo {
         }
     }
 
+    /// Shows `view` to `holdfast state` and to other modules' checkers.
+    pub(crate) fn publish(&self, view_tx: &watch::Sender<ModuleView>, view: ModuleView) {
+        self.ctx.modules.publish(&self.config.name, view.state);
+        view_tx.send_replace(view);
+    }
+
     pub(crate) fn run_script(&self, run: ScriptRun) {
+        if matches!(run.script, Script::StartPrim | Script::StartBoth) {
+            self.ctx.modules.started(&self.config.name);
+        }
         let scripts = &self.config.scripts;
         let timeout = match (run.script.is_stop(), run.force) {
             (false, _) => scripts.start_timeout,

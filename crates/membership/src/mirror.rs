@@ -1449,6 +1449,11 @@ impl MirrorModule {
 
     fn decide_waiting(&mut self, reason: WaitReason, peer: Option<PeerStatus>) -> bool {
         let name = self.settings.peer.clone();
+        // Not even SECOND while a resource is missing: `decide_resources`
+        // ends this wait when it returns.
+        if reason == WaitReason::ResourceMissing {
+            return false;
+        }
         // The data layer or the recovery policy changed its mind: wait
         // again as an ordinary start.
         let unblocked = match reason {
@@ -1472,7 +1477,11 @@ impl MirrorModule {
                 self.settings.timeout
             ));
         };
-        if p.state.is_primary() {
+        // A node that may not take over (failover off, held back, stale)
+        // does not join a primary handing over: as SECOND it would only find
+        // again that it must not take over, and wait again, in a loop.
+        let handing_over = reason.passive() && p.handover != Handover::None;
+        if p.state.is_primary() && !handing_over {
             self.enter(
                 Role::Secondary,
                 format!("{name} is {}: joining as SECOND", p.state),

@@ -377,6 +377,9 @@ impl Sim {
                 Action::Persist(p) => self.nodes[i].persistent = p,
                 Action::SendHeartbeat => self.send(i, status.clone()),
                 Action::Log { message, .. } => {
+                    if message.contains("did not settle within one input") {
+                        self.fail(&format!("{}: {message}", NODES[i]));
+                    }
                     // The split-brain checker stops a primary for its own,
                     // logged, reason.
                     if message.starts_with("split-brain checker: no heartbeat") {
