@@ -1374,6 +1374,10 @@ impl Importer {
                 self.splitbrain = Some(self.splitbrain_checker(f, el)?);
                 continue;
             }
+            if kind == "module" {
+                checkers.extend(self.module_checker(f, el)?);
+                continue;
+            }
             if !matches!(kind, "tcp" | "ping" | "intf") {
                 self.unsupported_element(f, el);
                 continue;
@@ -1477,6 +1481,42 @@ impl Importer {
         Ok(checkers)
     }
 
+    /// `<module [ident] name>`: another module of this node (SafeKit
+    /// §13.17). With `<to addr port>` it would watch a module on another
+    /// server through its web service, which Holdfast does not do: reported.
+    fn module_checker(
+        &mut self,
+        f: &XmlFile<'_>,
+        el: Node<'_, '_>,
+    ) -> Result<Option<CheckerConfig>, ConfigError> {
+        self.check_attributes(f, el, &["ident", "name"]);
+        let Some(name) = self.attr(f, el, "name") else {
+            return Err(f.error(
+                el.range().start,
+                "<module>",
+                "the name attribute (the module to check) is required",
+            ));
+        };
+        if let Some(to) = el
+            .children()
+            .find(|c| c.is_element() && c.tag_name().name() == "to")
+        {
+            self.warn(
+                f,
+                to.range().start,
+                "<module><to>",
+                "checking a module on another server (through its web service) is not supported; checker ignored",
+            );
+            return Ok(None);
+        }
+        let ident = self.attr(f, el, "ident").map_or(name.value, |i| i.value);
+        let checker = CheckerConfig::module(ident, name.value);
+        checker
+            .validate()
+            .map_err(|e| f.error(el.range().start, "<module>", e.to_string()))?;
+        Ok(Some(checker))
+    }
+
     /// `<splitbrain ident exec="ping" arg="addr addr"/>` (SafeKit §13.18).
     fn splitbrain_checker(
         &mut self,
@@ -1573,6 +1613,7 @@ impl Importer {
             "farm" => "farm topology is for farm modules; ignored in a mirror module",
             "heart" => "a farm module's heartbeat networks are its <farm><lan>s; ignored",
             "macro" => "macros are not supported; ignored, and %NAME% references are not expanded",
+            "custom" => "SafeKit custom checkers run in a loop and set their resource with `safekit set`; Holdfast runs a custom checker once per interval and reads its exit code (0: up): adapt the program, then add a [[checker]] with type = \"custom\"; ignored",
             _ => "unknown or unsupported element; ignored",
         };
         self.warn(f, el.range().start, &element_name(el), message);

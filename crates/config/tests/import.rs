@@ -918,3 +918,23 @@ fn the_splitbrain_checker_is_imported_as_splitbrain_ping() {
     let e = import(&userconfig("", bad), CLUSTER_XML).unwrap_err();
     assert!(e.message.contains("only pings"), "{e}");
 }
+
+#[test]
+fn module_checkers_of_this_node_are_imported_remote_ones_reported() {
+    let body = "<check>\n<module name=\"mysql\"/>\n<module ident=\"db\" name=\"pg\"/>\n<module name=\"far\"><to addr=\"192.168.1.99\" port=\"9010\"/></module>\n</check>\n";
+    let Imported { config, warnings } = imported(&userconfig("", body), CLUSTER_XML);
+    let names: Vec<String> = config.checkers.iter().map(|c| c.resource()).collect();
+    assert_eq!(names, ["module.mysql", "module.db"]);
+    let holdfast_checkers::CheckerKind::Module(m) = &config.checkers[1].kind else {
+        panic!("module checker")
+    };
+    assert_eq!(m.module, "pg");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings[0].element, "<module><to>");
+    assert!(warnings[0].message.contains("another server"));
+    let toml = to_toml(&config);
+    assert_eq!(
+        parse_module(&toml, Path::new("web.toml")).unwrap().checkers,
+        config.checkers
+    );
+}
