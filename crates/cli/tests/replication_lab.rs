@@ -431,3 +431,70 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
         "{second_log}"
     );
 }
+
+#[test]
+fn a_copy_whose_resynchronisation_was_cut_short_is_never_promoted() {
+    let options = MirrorOptions {
+        module_extra: "default_primary = \"node1\"".into(),
+        ..options()
+    };
+    let (mut cluster, prim, second) =
+        MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair");
+    assert_eq!(prim, "node1");
+    // The secondary stops cleanly; the primary writes what it will have to
+    // bring back: a resynchronisation long enough to be cut.
+    cluster
+        .run_cli_checked(second, &["stop", "-m", "demo"])
+        .unwrap();
+    cluster
+        .wait_states(SETTLE, |_, b| settled(b, "STOP"))
+        .expect("stopped");
+    let out = sh(
+        &cluster,
+        prim,
+        &format!("dd if=/dev/urandom of={DATA}/big bs=1M count=32 conv=fsync status=none"),
+    );
+    assert!(out.status.success(), "{out:?}");
+    // The secondary's generation record (its /var/lib/holdfast).
+    let record = cluster
+        .lab
+        .host_dir(second)
+        .unwrap()
+        .join("var-lib-holdfast/modules/demo/replication/0/generations");
+    let incomplete =
+        || std::fs::read_to_string(&record).is_ok_and(|t| t.contains("\"incomplete\": true"));
+    cluster
+        .run_cli_checked(second, &["second", "-m", "demo"])
+        .unwrap();
+    // Killed as soon as the secondary recorded its copy incomplete: 32 MiB
+    // take far longer to send than this takes to notice.
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(2), incomplete),
+        "the resynchronisation begins: {:?}\n{}\n{}",
+        std::fs::read_to_string(&record),
+        module_log(&cluster, prim),
+        module_log(&cluster, second)
+    );
+    cluster.kill(prim).expect("kill -9 the primary mid-resync");
+    assert!(incomplete(), "the resynchronisation was cut short");
+    // Past the heartbeat timeout the secondary does not take over: it
+    // waits and says why.
+    let waiting = cluster.wait_states(SETTLE, |a, b| {
+        let s = if second == "node1" { a } else { b };
+        s.as_ref()
+            .is_some_and(|s| s.state == "WAIT" && s.reason.contains("not be up to date"))
+    });
+    if let Err(e) = waiting {
+        panic!("{e}\n{}", module_log(&cluster, second));
+    }
+    // The primary returns and finishes the job.
+    cluster.start_daemon(prim).unwrap();
+    let (p, _) = cluster.wait_pair(SETTLE).expect("pair again");
+    assert_eq!(p, prim, "the node with the complete copy is primary");
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(100), || {
+            tree(&real(&cluster, prim)) == tree(&real(&cluster, second))
+        }),
+        "trees identical after the resync completes"
+    );
+}
