@@ -314,15 +314,17 @@ impl Dirty {
 
     /// A change the secondary may or may not have applied (in flight when
     /// the connection failed): everything it touched is compared.
-    fn add_uncertain(&mut self, change: &Change) {
-        if let Op::Write { path, offset, data } = &change.op {
-            self.add_intent(&Intent::Data {
-                path,
-                offset: *offset,
-                len: data.len() as u64,
-            });
-            return;
-        }
+    fn add_uncertain(&mut self, touched: &Touched) {
+        let change = match touched {
+            Touched::Data { path, offset, len } => {
+                return self.add_intent(&Intent::Data {
+                    path,
+                    offset: *offset,
+                    len: *len,
+                })
+            }
+            Touched::Change(change) => change,
+        };
         for path in change.op.paths() {
             self.add_entry(path);
             self.dirs.insert(parent(path).to_path_buf());
@@ -346,6 +348,31 @@ impl Dirty {
                 self.dirs.insert(path.clone());
                 self.entries.insert(path.clone());
             }
+        }
+    }
+}
+
+/// What a change touched, kept while its acknowledgement is awaited: a
+/// write's range, not its data (no copy of every write in flight).
+#[derive(Debug)]
+enum Touched {
+    Data {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+    },
+    Change(Change),
+}
+
+impl Touched {
+    fn of(change: &Change) -> Self {
+        match &change.op {
+            Op::Write { path, offset, data } => Touched::Data {
+                path: path.clone(),
+                offset: *offset,
+                len: data.len() as u64,
+            },
+            _ => Touched::Change(change.clone()),
         }
     }
 }
@@ -680,20 +707,20 @@ impl ChangeLog {
     /// A change that may not have reached the peer (its replication
     /// failed): covered durably (the activity log) before the application
     /// may be told anything about it.
-    pub fn record_uncertain(&self, change: &Change) -> Result<(), TrackingError> {
-        match &change.op {
-            Op::Write { path, offset, data } => self.prepare(&Intent::Data {
+    fn record_uncertain(&self, touched: &Touched) -> Result<(), TrackingError> {
+        match touched {
+            Touched::Data { path, offset, len } => self.prepare(&Intent::Data {
                 path,
                 offset: *offset,
-                len: data.len() as u64,
+                len: *len,
             })?,
-            op => {
-                for path in op.paths() {
+            Touched::Change(change) => {
+                for path in change.op.paths() {
                     self.prepare(&Intent::Entry { path })?;
                 }
             }
         }
-        lock(&self.inner).dirty.add_uncertain(change);
+        lock(&self.inner).dirty.add_uncertain(touched);
         Ok(())
     }
 
@@ -965,10 +992,10 @@ impl Link {
     /// was awaited): recorded; returns the release count to wait past.
     fn record_failed(
         &self,
-        change: &Change,
+        touched: &Touched,
         in_flight: Option<InFlight>,
     ) -> Result<u64, ReplicationError> {
-        let recorded = self.0.log.record_uncertain(change);
+        let recorded = self.0.log.record_uncertain(touched);
         // Read before counting this change handled: any resync begun
         // after that includes it, and releases after this reading.
         let seen = lock(&self.0.counters).releases;
@@ -1052,12 +1079,12 @@ impl Replicator for Link {
             Mode::Mirror(peer) => match peer.submit(change) {
                 Ok(ack) => {
                     let in_flight = InFlight::new(self);
-                    let change = change.clone();
+                    let touched = Touched::of(change);
                     Ok(ack.map(move |r| match r {
                         Ok(()) => Ok(()),
                         Err(e) => {
                             let link = in_flight.link();
-                            let seen = link.record_failed(&change, Some(in_flight))?;
+                            let seen = link.record_failed(&touched, Some(in_flight))?;
                             link.failure_outcome(e, seen)
                         }
                     }))
@@ -1065,7 +1092,7 @@ impl Replicator for Link {
                 Err(e) => {
                     // Under the ordering lock: recorded now, waited for
                     // (if at all) with the acknowledgement.
-                    let seen = self.record_failed(change, None)?;
+                    let seen = self.record_failed(&Touched::of(change), None)?;
                     let link = self.clone();
                     Ok(Ack::done(Ok(())).map(move |_| link.failure_outcome(e, seen)))
                 }
