@@ -587,6 +587,8 @@ pub struct MirrorModule {
     lease_wanted: bool,
     /// The keep rule queued the stop of the application.
     stepping_down: bool,
+    /// The application runs without a lease (on the peer's promise).
+    lease_lapsed: bool,
     /// The split-brain checker's last verdict: some address answers.
     tiebreaker: bool,
 }
@@ -622,6 +624,7 @@ impl MirrorModule {
             lease: settings_witness.map(LeaseClient::new),
             lease_wanted: false,
             stepping_down: false,
+            lease_lapsed: false,
             tiebreaker: true,
         }
     }
@@ -999,6 +1002,7 @@ impl MirrorModule {
 
     /// The keep rule: stop the application while it is still time.
     fn keep(&mut self) {
+        self.note_lease_lapse();
         if !self.app_active || self.stepping_down || self.may_hold() {
             return;
         }
@@ -1022,6 +1026,36 @@ impl MirrorModule {
             self.steps
                 .push_back(Step::Enter(Role::Stopped, "stop command".into()));
         }
+    }
+
+    /// Says when the application runs on the peer's promise alone (the
+    /// witness does not answer), and when the lease is back: a witness
+    /// outage is visible before it matters.
+    fn note_lease_lapse(&mut self) {
+        if self.settings.witness.is_none() {
+            return;
+        }
+        if !self.app_active {
+            self.lease_lapsed = false;
+            return;
+        }
+        let lapsed = !self.may_start();
+        if lapsed == self.lease_lapsed {
+            return;
+        }
+        self.lease_lapsed = lapsed;
+        let (level, message) = if lapsed {
+            (
+                LogLevel::Error,
+                format!(
+                    "no lease from the witness: the application goes on only while {} hears this node",
+                    self.settings.peer
+                ),
+            )
+        } else {
+            (LogLevel::Info, "the witness grants the lease again".into())
+        };
+        self.log(level, message);
     }
 
     /// Asks the witness for the lease while the application may run or this

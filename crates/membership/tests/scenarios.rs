@@ -27,6 +27,8 @@ struct Pair {
     /// A witness, and whether each node reaches it (instantly, both ways).
     witness: Option<WitnessCore>,
     reaches_witness: [bool; 2],
+    /// Every log line, with its node.
+    logs: Vec<(usize, String)>,
 }
 
 impl Pair {
@@ -54,6 +56,7 @@ impl Pair {
             fence_fails: false,
             witness: None,
             reaches_witness: [true; 2],
+            logs: Vec::new(),
         };
         pair.boot(0);
         pair.boot(1);
@@ -113,6 +116,7 @@ impl Pair {
                             progressed = true;
                         }
                         Action::Persist(p) => self.persistent[i] = p,
+                        Action::Log { message, .. } => self.logs.push((i, message)),
                         Action::RequestLease { id, duration } if self.reaches_witness[i] => {
                             let now = self.now;
                             let node = format!("node{}", i + 1);
@@ -429,4 +433,37 @@ fn with_a_witness_a_partition_between_the_nodes_changes_nothing() {
     pair.linked = true;
     run_never_both(&mut pair, TIMEOUT);
     assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+}
+
+#[test]
+fn with_a_witness_down_the_primary_goes_on_while_its_peer_hears_it_and_says_so() {
+    let mut pair = pair_with_witness();
+    pair.reaches_witness = [false, false];
+    assert_eq!(run_never_both(&mut pair, LEASE * 3), None);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+    let lapse =
+        "no lease from the witness: the application goes on only while node2 hears this node";
+    assert!(
+        pair.logs.iter().any(|(i, m)| *i == 0 && m == lapse),
+        "{:?}",
+        pair.logs
+    );
+    // Then the peer goes too: nothing is left to hold the primary role on.
+    pair.linked = false;
+    assert_eq!(
+        run_never_both(&mut pair, LEASE * 3),
+        None,
+        "no lease for node2 either"
+    );
+    assert_eq!(pair.state(0), State::Wait);
+    assert!(!pair.node(0).app_active());
+    // The witness is back: the lease goes to one node, the other joins.
+    pair.reaches_witness = [true, true];
+    pair.linked = true;
+    run_never_both(&mut pair, LEASE * 2);
+    let states = [pair.state(0), pair.state(1)];
+    assert!(
+        states.contains(&State::Prim) && states.contains(&State::Second),
+        "{states:?}"
+    );
 }
