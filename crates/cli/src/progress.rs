@@ -1,6 +1,7 @@
 //! `holdfast progress -m M`: a live progress bar per replicated directory
 //! while the primary resynchronises its secondary, until every directory
-//! mirrors (or receives, on a secondary).
+//! mirrors (or receives, on a secondary). Without a terminal, a text line
+//! every 2 s instead.
 
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use holdfast_daemon::replication::{Activity, DirStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 const POLL: Duration = Duration::from_millis(250);
+/// Without a terminal (no bars drawn): a text line per directory this often, in polls.
+const PLAIN_EVERY: u32 = 8;
 
 /// Polls `get` until no directory is resynchronising or waiting for its
 /// secondary; each line says where a directory stands.
@@ -21,6 +24,7 @@ pub fn follow(mut get: impl FnMut() -> Result<ModuleSummary>) -> Result<()> {
     .expect("a valid template")
     .progress_chars("#>.");
     let mut shown: Vec<ProgressBar> = Vec::new();
+    let mut polls = 0u32;
     loop {
         let summary = get()?;
         if summary.replication.is_empty() {
@@ -35,6 +39,13 @@ pub fn follow(mut get: impl FnMut() -> Result<ModuleSummary>) -> Result<()> {
         for (bar, dir) in shown.iter().zip(&summary.replication) {
             update(bar, dir);
         }
+        // Logs and pipes get the same facts as text.
+        if bars.is_hidden() && polls.is_multiple_of(PLAIN_EVERY) {
+            for dir in summary.replication.iter().filter(|d| !settled(d)) {
+                println!("{}", crate::state::replicated(dir));
+            }
+        }
+        polls += 1;
         if summary.replication.iter().all(settled) {
             for (bar, dir) in shown.iter().zip(&summary.replication) {
                 bar.finish_and_clear();
