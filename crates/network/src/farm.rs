@@ -360,11 +360,7 @@ impl FarmFilter {
     pub fn ruleset(&self, owned: &BTreeSet<u8>, kept: &BTreeSet<u8>) -> String {
         let vmac = format_mac(&self.vmac);
         let vip = self.vip;
-        let mut script = String::new();
-        for family in ["netdev", "ip"] {
-            let table = format!("{family} {}", self.table);
-            let _ = writeln!(script, "table {table} {{}}\ndelete table {table}");
-        }
+        let mut script = self.removal();
         let _ = writeln!(script, "table netdev {} {{", self.table);
         bucket_set(&mut script, "kept", None, kept);
         script.push_str("  chain ingress {\n");

@@ -48,6 +48,8 @@ pub struct FarmNode {
     /// Every bucket owned since the start: connections may be open there.
     kept: BTreeSet<u8>,
     responder: Option<ArpResponder>,
+    /// `teardown` ran: dropping the node after `stop` does it only once.
+    cleared: bool,
 }
 
 impl FarmNode {
@@ -58,6 +60,7 @@ impl FarmNode {
             filter,
             kept: BTreeSet::new(),
             responder: None,
+            cleared: false,
         };
         for (path, value) in SYSCTLS {
             std::fs::write(path, value).map_err(|source| NetworkError::Sysctl {
@@ -95,6 +98,10 @@ impl FarmNode {
     }
 
     fn teardown(&mut self) -> Result<()> {
+        if self.cleared {
+            return Ok(());
+        }
+        self.cleared = true;
         if let Some(responder) = self.responder.take() {
             responder.stop();
         }
