@@ -323,13 +323,7 @@ impl Drop for FloorMount {
 
 /// Runs `script` with `sh -c` on `host`; fails with its output unless it succeeds.
 fn sh(cluster: &MirrorLab, host: &str, script: &str) -> Result<String> {
-    let out = cluster
-        .lab
-        .command(host, "sh")?
-        .args(["-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running on {host}: {script}"))?;
+    let out = cluster.sh(host, script)?;
     if !out.status.success() {
         bail!(
             "on {host}: `{script}` failed: {}{}",
@@ -498,16 +492,6 @@ struct Row {
     target: Option<f64>,
 }
 
-fn module_log(cluster: &MirrorLab, host: &str) -> Result<String> {
-    let path = cluster
-        .lab
-        .host_dir(host)?
-        .join("var-lib-holdfast/modules")
-        .join(MODULE)
-        .join("module.log");
-    Ok(std::fs::read_to_string(path).unwrap_or_default())
-}
-
 fn log_time(line: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339(line.split(" | ").next()?).ok()
 }
@@ -545,14 +529,15 @@ fn resync_part(
     })?;
     eprintln!("resync: {second} stopped, {prim} ALONE; modifying 1% of the tree");
     io(cluster, prim, exe, DATA, "modify", (mib, 0, seed))?;
-    let done_before = module_log(cluster, prim)?
+    let done_before = cluster
+        .module_log(prim)
         .matches(" resynchronised (")
         .count();
     let returned = Instant::now();
     cluster.run_cli_checked(second, &["start", "-m", MODULE])?;
     let mut log = String::new();
     let finished = wait_until(Duration::from_secs(1800), Duration::from_millis(20), || {
-        log = module_log(cluster, prim).unwrap_or_default();
+        log = cluster.module_log(prim);
         log.matches(" resynchronised (").count() > done_before
     });
     let return_seconds = returned.elapsed().as_secs_f64();
@@ -596,10 +581,7 @@ fn resync_part(
         cluster.run_cli_checked(host, &["stop", "-m", MODULE])?;
     }
     cluster.wait_states(settle, |a, b| settled(a, "STOP") && settled(b, "STOP"))?;
-    let copy = cluster
-        .lab
-        .host_dir(second)?
-        .join(DATA.trim_start_matches('/'));
+    let copy = cluster.host_path(second, DATA)?;
     restore_tree(&copy, mib, seed)?;
     let conf = cluster.lab.host_dir(second)?.join("srv/rsyncd.conf");
     std::fs::write(

@@ -55,10 +55,6 @@ fn real(cluster: &MirrorLab, host: &str) -> std::path::PathBuf {
     cluster.host_path(host, DATA).expect("host dir")
 }
 
-fn module_log(cluster: &MirrorLab, host: &str) -> String {
-    cluster.module_log(host)
-}
-
 /// The mounts on the replicated directory on `host` (`/proc/mounts` lines).
 fn mounts(cluster: &MirrorLab, host: &str) -> String {
     let out = sh(
@@ -130,7 +126,7 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
     assert!(
         reached,
         "the write reaches the secondary; primary log:\n{}",
-        module_log(&cluster, prim)
+        cluster.module_log(prim)
     );
 
     // Once mirroring, each acknowledged append is on the secondary when it
@@ -142,13 +138,12 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
     let acked = acknowledged(writer).into_iter().max().unwrap_or(0);
     assert!(acked > 10, "the writer made progress ({acked} lines)");
 
-    let (s1, s2) = cluster
+    cluster
         .wait_states(SETTLE, |a, b| {
             let survivor = if second == "node1" { a } else { b };
             settled(survivor, "ALONE")
         })
         .expect("the survivor becomes ALONE");
-    let _ = (s1, s2);
     let survived = std::fs::read_to_string(real(&cluster, second).join("log")).expect("log file");
     let lines: Vec<&str> = survived.lines().collect();
     for i in 1..=acked {
@@ -195,11 +190,12 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
         "trees identical after resynchronisation; old primary {:?}, survivor {:?}\nsurvivor log:\n{}",
         tree(&real(&cluster, prim)).keys().collect::<Vec<_>>(),
         tree(&real(&cluster, second)).keys().collect::<Vec<_>>(),
-        module_log(&cluster, second)
+        cluster.module_log(second)
     );
     // Only what changed was sent back: not the 4 MiB file both hold.
     let resyncs = |cluster: &MirrorLab| -> Vec<u64> {
-        module_log(cluster, second)
+        cluster
+            .module_log(second)
             .lines()
             .filter_map(|l| l.split("resynchronised (").nth(1))
             .filter_map(|rest| rest.split(' ').next()?.parse().ok())
@@ -307,7 +303,7 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
             tree(&real(&cluster, prim)) == tree(&real(&cluster, second))
         }),
         "trees identical after the return; primary log:\n{}",
-        module_log(&cluster, prim)
+        cluster.module_log(prim)
     );
     let out = sh(&cluster, prim, &format!("echo back > {DATA}/c && sync"));
     assert!(out.status.success());
@@ -356,7 +352,7 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
     assert!(
         wait_until(SETTLE, Duration::from_millis(50), || refused(&cluster)),
         "the primary refuses to replicate over unrelated data and names the command; log:\n{}",
-        module_log(&cluster, prim)
+        cluster.module_log(prim)
     );
     let shown = cluster
         .run_cli_checked(prim, &["state", "-m", "demo"])
@@ -405,7 +401,7 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
     assert!(
         ended && followed.status.success(),
         "holdfast progress ends when mirroring: {followed:?}\n{}",
-        module_log(&cluster, prim)
+        cluster.module_log(prim)
     );
     assert!(
         String::from_utf8_lossy(&followed.stdout).contains(&format!("{DATA} mirroring")),
@@ -416,7 +412,8 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
         "the discarded copy was replaced"
     );
     // Only the differing blocks travelled, not the common 8 MiB.
-    let sent: Vec<u64> = module_log(&cluster, prim)
+    let sent: Vec<u64> = cluster
+        .module_log(prim)
         .lines()
         .filter_map(|l| l.split("resynchronised (").nth(1))
         .filter_map(|rest| rest.split(' ').next()?.parse().ok())
@@ -425,7 +422,7 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
         sent.len() == 1 && sent[0] < 1 << 20,
         "one resynchronisation sending only what differs: {sent:?}"
     );
-    let second_log = module_log(&cluster, second);
+    let second_log = cluster.module_log(second);
     assert!(
         second_log.contains("discarded by the administrator"),
         "{second_log}"
@@ -472,8 +469,8 @@ fn a_copy_whose_resynchronisation_was_cut_short_is_never_promoted() {
         wait_until(SETTLE, Duration::from_millis(2), incomplete),
         "the resynchronisation begins: {:?}\n{}\n{}",
         std::fs::read_to_string(&record),
-        module_log(&cluster, prim),
-        module_log(&cluster, second)
+        cluster.module_log(prim),
+        cluster.module_log(second)
     );
     cluster.kill(prim).expect("kill -9 the primary mid-resync");
     assert!(incomplete(), "the resynchronisation was cut short");
@@ -485,7 +482,7 @@ fn a_copy_whose_resynchronisation_was_cut_short_is_never_promoted() {
             .is_some_and(|s| s.state == "WAIT" && s.reason.contains("not be up to date"))
     });
     if let Err(e) = waiting {
-        panic!("{e}\n{}", module_log(&cluster, second));
+        panic!("{e}\n{}", cluster.module_log(second));
     }
     // The primary returns and finishes the job.
     cluster.start_daemon(prim).unwrap();
