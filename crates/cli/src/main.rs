@@ -80,6 +80,10 @@ enum Cmd {
         /// for this long (leases granted before may still run).
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         max_lease: std::time::Duration,
+        /// Where the witness keeps the copies it was told are outdated
+        /// (they must outlive a restart of the witness).
+        #[arg(long, default_value = "/var/lib/holdfast/witness.json")]
+        state: PathBuf,
     },
     /// Cluster-wide settings.
     #[command(subcommand)]
@@ -225,11 +229,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             listen,
             key,
             max_lease,
+            state,
         } => {
             init_tracing();
             let key = ClusterKey::load(&key)
                 .with_context(|| "the witness needs the cluster key of the nodes")?;
-            runtime()?.block_on(holdfast_daemon::witness::serve(listen, key, max_lease))?;
+            runtime()?.block_on(holdfast_daemon::witness::serve(
+                listen, key, max_lease, &state,
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Cluster(ClusterCmd::Keygen { out }) => {

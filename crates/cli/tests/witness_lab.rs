@@ -295,3 +295,87 @@ fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
     let (kept, _) = cluster.wait_pair(SETTLE).expect("one PRIM, one SECOND");
     assert_eq!(kept, second);
 }
+
+/// With a witness and replicated data, a primary cut off from its peer
+/// (not from the witness) writes alone only once the witness has recorded
+/// the peer's copy as outdated. The peer then never takes over — even
+/// after the primary crashed — until the primary has come back and
+/// resynchronised it: no write acknowledged alone is ever lost.
+#[test]
+fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
+    const DATA: &str = "/srv/demo/data";
+    let (mut cluster, prim, second) = MirrorLab::started(
+        EXE.as_ref(),
+        MirrorOptions {
+            pulse: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            witness_lease: Some(Duration::from_secs(2)),
+            tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+            ..MirrorOptions::default()
+        },
+        SETTLE,
+    )
+    .expect("a running pair with a witness");
+    let mirroring = |cluster: &MirrorLab| {
+        holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+            holdfast_lab::cluster::replicating(&cluster.state(prim), "mirroring")
+        })
+    };
+    assert!(mirroring(&cluster), "the pair mirrors before the partition");
+
+    cluster.lab.partition(prim, second).expect("partition");
+    let fenced = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+        cluster
+            .module_log(prim)
+            .contains("the witness refuses the secondary the primary role")
+            && holdfast_lab::cluster::replicating(&cluster.state(prim), "tracking")
+    });
+    assert!(
+        fenced,
+        "the primary goes on alone once the peer is fenced; log:\n{}",
+        cluster.module_log(prim)
+    );
+    let out = cluster
+        .sh(prim, &format!("echo alone > {DATA}/written-alone"))
+        .expect("sh");
+    assert!(out.status.success(), "a write acknowledged alone: {out:?}");
+
+    // The primary crashes; its lease runs out, and the peer is refused.
+    cluster.kill(prim).expect("kill the primary");
+    let refused = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+        cluster
+            .module_log(second)
+            .contains("this node's copy of the replicated data is outdated")
+    });
+    assert!(
+        refused,
+        "the witness refuses the outdated copy; log:\n{}",
+        cluster.module_log(second)
+    );
+    let state = cluster.state(second);
+    assert!(
+        !runs_app(&cluster, second) && !is(&state, "ALONE") && !is(&state, "PRIM"),
+        "the outdated copy does not take over: {state:?}"
+    );
+
+    // The primary returns and resynchronises its peer, which then has the
+    // write and may take over.
+    cluster.lab.heal(prim, second).expect("heal");
+    cluster.start_daemon(prim).expect("restart the daemon");
+    let _ = cluster.cli(prim, &["start", "-m", "demo"]);
+    let (back, _) = cluster.wait_pair(SETTLE).expect("a pair again");
+    assert_eq!(back, prim, "the node with the newest data is primary");
+    assert!(mirroring(&cluster), "the peer is resynchronised");
+    let copy = cluster.host_path(second, DATA).expect("host dir");
+    assert!(
+        copy.join("written-alone").exists(),
+        "the write reached the peer"
+    );
+    cluster.kill(prim).expect("kill the primary again");
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (_, s) = ordered(prim, a, b);
+            is(s, "ALONE") && s.as_ref().is_some_and(|s| s.app_active)
+        })
+        .expect("the resynchronised peer takes over");
+}

@@ -246,7 +246,8 @@ impl FarmShell {
                     | Action::AcquirePrimaryResources
                     | Action::ReleasePrimaryResources
                     | Action::RequestLease { .. }
-                    | Action::ReleaseLease { .. },
+                    | Action::ReleaseLease { .. }
+                    | Action::PeerFenced { .. },
                 ) => {}
             }
         }

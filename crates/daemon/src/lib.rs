@@ -24,6 +24,7 @@ pub mod health;
 pub mod heartbeats;
 pub mod modlog;
 pub mod paths;
+pub mod peer_fence;
 pub mod registry;
 pub mod replication;
 pub mod scripts;

@@ -37,6 +37,7 @@ use holdfast_replication::{
 };
 
 use crate::modlog::ModuleLog;
+use crate::peer_fence::PeerFence;
 
 /// What a replicated directory is doing on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -268,6 +269,9 @@ pub struct Replication {
     last_state: State,
     receiver_error_logged: bool,
     status: ReplicationStatus,
+    /// With a witness: the peer's copy is fenced before changes it lacks
+    /// are acknowledged.
+    fence: Arc<PeerFence>,
 }
 
 impl std::fmt::Debug for Replication {
@@ -432,7 +436,16 @@ impl Replication {
             last_state: State::Stop,
             receiver_error_logged: false,
             status,
+            fence: Arc::new(PeerFence::new(
+                config.replicated.len(),
+                config.witness.is_some(),
+            )),
         })
+    }
+
+    /// Where the module task learns what to tell the witness of the peer's copy.
+    pub fn fence(&self) -> Arc<PeerFence> {
+        self.fence.clone()
     }
 
     /// What `holdfast state` shows.
@@ -691,10 +704,16 @@ impl Replication {
         generations.become_primary();
         store.save(&generations).map_err(|e| e.to_string())?;
         let link = Link::tracking(Arc::new(changelog));
+        let fencing = self.fence.outdated(dir.index).is_some();
+        // With a witness, nothing the peer lacks is acknowledged before
+        // its copy is fenced: changes wait, then the connector decides.
         link.set_on_failure(match self.policy.on_failure {
-            OnSecondaryFailure::Degrade => OnFailure::Track,
-            OnSecondaryFailure::Block => OnFailure::Wait,
+            OnSecondaryFailure::Degrade if !fencing => OnFailure::Track,
+            _ => OnFailure::Wait,
         });
+        if fencing {
+            link.hold();
+        }
         let guard = Mirror::mount(&dir.path, Arc::new(link.clone())).map_err(|e| e.to_string())?;
         self.log.write(
             LogLevel::Info,
@@ -719,6 +738,7 @@ impl Replication {
             log: self.log.clone(),
             status: self.status.clone(),
             policy: self.policy,
+            fence: self.fence.clone(),
         };
         let connector = std::thread::Builder::new()
             .name(format!("repl-conn-{}", dir.index))
@@ -760,11 +780,19 @@ impl Replication {
                     );
                 }
             }
+            let mut refused = false;
             if let Some(guard) = p.guard.take() {
                 {
                     let tree = guard.tree();
                     let _order = tree.lock();
-                    p.link.track();
+                    // Held changes the secondary never got: not
+                    // acknowledged now either (it may take over).
+                    refused = p.link.mode() == LinkMode::Hold;
+                    if refused {
+                        p.link.refuse_held();
+                    } else {
+                        p.link.track();
+                    }
                 }
                 let path = guard.path().display().to_string();
                 match guard.unmount() {
@@ -778,6 +806,19 @@ impl Replication {
                 self.log.write(LogLevel::Error, &e.to_string());
             }
             self.status.set(p.dir.index, Activity::Idle, None);
+            self.fence.unknown(p.dir.index);
+            if refused {
+                // Held changes were applied here: `unclean` makes the next
+                // resynchronisation into this copy compare checksums.
+                self.log.write(
+                    LogLevel::Error,
+                    &format!(
+                        "{}: changes held for the secondary were refused (not acknowledged)",
+                        p.dir.path.display()
+                    ),
+                );
+                continue;
+            }
             let store = p.dir.store();
             if let Ok(Some(mut g)) = store.load() {
                 g.stopped_cleanly();
@@ -937,6 +978,7 @@ struct Connector {
     log: ModuleLog,
     status: ReplicationStatus,
     policy: FailurePolicy,
+    fence: Arc<PeerFence>,
 }
 
 /// `[replication]`'s answer to a live secondary that fails.
@@ -989,6 +1031,12 @@ impl Connector {
                         if e != last_error {
                             self.log.write(LogLevel::Error, &e);
                             last_error = e;
+                        }
+                        // Held only for the fence: `degrade` goes on alone.
+                        if self.link.mode() == LinkMode::Hold
+                            && self.policy.on_failure == OnSecondaryFailure::Degrade
+                        {
+                            self.go_alone();
                         }
                     }
                     self.sleep(RETRY);
@@ -1209,6 +1257,7 @@ impl Connector {
         );
         // After the log line: who sees `mirroring` finds it.
         self.status.set(self.dir.index, Activity::Mirroring, None);
+        self.fence.current(self.dir.index);
         Ok(())
     }
 
@@ -1228,8 +1277,51 @@ impl Connector {
         }
     }
 
+    /// With a witness: holds changes until it has recorded the peer's
+    /// copy outdated; false if the module stops first (held changes are
+    /// then refused, see [`Replication::release`]).
+    fn fence_peer(&self) -> bool {
+        let Some(epoch) = self.fence.outdated(self.dir.index) else {
+            return true;
+        };
+        if self.fence.is_fenced(epoch) {
+            return true;
+        }
+        {
+            let _order = self.tree.lock();
+            if self.link.mode() != LinkMode::Hold {
+                self.link.hold();
+            }
+        }
+        self.status.set(self.dir.index, Activity::Holding, None);
+        self.log.write(
+            LogLevel::Info,
+            &format!(
+                "{}: writes wait until the witness records the secondary's copy as outdated",
+                self.dir.path.display()
+            ),
+        );
+        while !self.fence.is_fenced(epoch) {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
+        self.log.write(
+            LogLevel::Info,
+            &format!(
+                "{}: the witness refuses the secondary the primary role until it is resynchronised",
+                self.dir.path.display()
+            ),
+        );
+        true
+    }
+
     /// The secondary is gone: a new generation before changes it misses.
     fn go_alone(&self) {
+        if !self.fence_peer() {
+            return;
+        }
         let _order = self.tree.lock();
         if self.ack == AckMode::Receipt {
             if let Err(e) = std::fs::write(self.dir.compare_marker(), b"") {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
 use holdfast_config::{Boot, Mode, ModuleConfig};
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
-use holdfast_membership::lease::{LeaseReply, LeaseRequest};
+use holdfast_membership::lease::{LeaseReply, LeaseRequest, PeerCopy};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
     Action, ClusterKey, Command, CommandError, LogLevel, MirrorModule, MirrorSettings,
@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::heartbeats::{Heartbeats, Rejections};
 use crate::modlog::ModuleLog;
 use crate::paths::{write_atomic, ModulePaths, Paths};
+use crate::peer_fence::PeerFence;
 use crate::scripts::{self, ScriptJob};
 use crate::supervision::Supervisor;
 use crate::DaemonError;
@@ -164,6 +165,7 @@ pub async fn spawn(
         shutdown: None,
         _health: health,
         supervisor,
+        fence: replication.as_ref().map(|r| r.fence()),
         replication,
         witness,
     };
@@ -263,6 +265,8 @@ struct Shell {
     replication: Option<crate::replication::Replication>,
     /// The split-brain witness, if configured.
     witness: Option<WitnessLink>,
+    /// What replication says of the peer's copy (for the witness).
+    fence: Option<Arc<PeerFence>>,
 }
 
 impl Shell {
@@ -293,6 +297,11 @@ impl Shell {
                     Ok((len, from)) => self.on_datagram(&buf[..len], from),
                     Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.io.config.name),
                 },
+                () = peer_fence_changed(&self.fence) => {
+                    if let Some(fence) = &self.fence {
+                        self.core.peer_data(Instant::now(), fence.peer_data());
+                    }
+                }
                 received = recv_witness(&self.witness, &mut witness_buf) => match received {
                     Ok((len, from)) => self.on_lease_reply(&witness_buf[..len], from),
                     Err(e) => tracing::warn!("module {}: witness receive: {e}", self.io.config.name),
@@ -407,7 +416,7 @@ impl Shell {
 
     /// Sends a lease request (`duration` zero: a release) to every address
     /// of the witness.
-    async fn ask_witness(&self, id: u64, duration: Duration) {
+    async fn ask_witness(&self, id: u64, duration: Duration, peer_copy: PeerCopy) {
         let Some(witness) = &self.witness else { return };
         let bytes = LeaseRequest {
             module: self.io.config.name.clone(),
@@ -415,6 +424,7 @@ impl Shell {
             incarnation: self.io.ctx.incarnation,
             id,
             duration_ms: duration.as_millis() as u64,
+            peer_copy,
         }
         .encode(&self.io.ctx.key);
         for address in &witness.addresses {
@@ -454,8 +464,20 @@ impl Shell {
                         replication.release();
                     }
                 }
-                Action::RequestLease { id, duration } => self.ask_witness(id, duration).await,
-                Action::ReleaseLease { id } => self.ask_witness(id, Duration::ZERO).await,
+                Action::RequestLease {
+                    id,
+                    duration,
+                    peer_copy,
+                } => self.ask_witness(id, duration, peer_copy).await,
+                Action::ReleaseLease { id } => {
+                    self.ask_witness(id, Duration::ZERO, PeerCopy::Unknown)
+                        .await
+                }
+                Action::PeerFenced { epoch } => {
+                    if let Some(fence) = &self.fence {
+                        fence.fenced(epoch);
+                    }
+                }
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
                         self.io.persist(&persistent);
@@ -608,6 +630,13 @@ impl ModuleIo {
 }
 
 /// The next datagram from the witness; never, without one.
+async fn peer_fence_changed(fence: &Option<Arc<PeerFence>>) {
+    match fence {
+        Some(f) => f.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_witness(
     witness: &Option<WitnessLink>,
     buf: &mut [u8],

@@ -1,32 +1,73 @@
 //! `holdfast witness`: the split-brain witness on a third machine. A thin
 //! UDP shell around [`WitnessCore`]: authenticate each lease request with
-//! the cluster key, reject replays, ask the core, answer.
+//! the cluster key, reject replays, ask the core, store the outdated copies
+//! it records (synced, before answering), answer.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
-use holdfast_membership::lease::{LeaseReply, LeaseRequest, Verdict, WitnessCore};
+use holdfast_membership::lease::{LeaseReply, LeaseRequest, OutdatedCopy, Verdict, WitnessCore};
 use holdfast_membership::{ClusterKey, ReplayGuard};
 use tokio::net::UdpSocket;
 
+use crate::paths::write_atomic;
 use crate::DaemonError;
 
-/// Serves lease requests on `listen` until the process ends. Grants and
-/// changes of holder are logged (tracing, on stderr); rejected datagrams at
-/// most once per few seconds.
+type Outdated = BTreeMap<String, OutdatedCopy>;
+
+/// The outdated copies recorded before (none if `state` does not exist).
+fn load(state: &Path) -> Result<Outdated, DaemonError> {
+    match std::fs::read(state) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            DaemonError::Io(
+                format!("witness state {} (fix or remove it)", state.display()),
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Outdated::new()),
+        Err(e) => Err(DaemonError::Io(
+            format!("witness state {}", state.display()),
+            e,
+        )),
+    }
+}
+
+fn save(state: &Path, outdated: &Outdated) -> std::io::Result<()> {
+    if let Some(dir) = state.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let json = serde_json::to_vec_pretty(outdated).expect("plain data always encodes");
+    write_atomic(state, &json)
+}
+
+/// Serves lease requests on `listen` until the process ends, keeping the
+/// outdated copies in `state`. Grants, changes of holder and of outdated
+/// copies are logged (tracing, on stderr); rejected datagrams at most once
+/// per few seconds.
 pub async fn serve(
     listen: SocketAddr,
     key: ClusterKey,
     max_lease: Duration,
+    state: &Path,
 ) -> Result<(), DaemonError> {
+    let mut saved = load(state)?;
     let socket = UdpSocket::bind(listen)
         .await
         .map_err(|e| DaemonError::Io(format!("witness socket {listen}"), e))?;
     tracing::info!(
         "witness listening on {listen}; no lease granted for the first {max_lease:?} (leases granted before a restart may still run)"
     );
-    let mut core = WitnessCore::new(max_lease, Instant::now());
+    for (module, copy) in &saved {
+        tracing::info!(
+            "module {module}: the copy of {} is outdated (said {}): no lease for it",
+            copy.node,
+            copy.by
+        );
+    }
+    let mut core = WitnessCore::new(max_lease, Instant::now(), saved.clone());
     let mut replay = ReplayGuard::default();
     let mut last_rejection: Option<Instant> = None;
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
@@ -60,7 +101,30 @@ pub async fn serve(
         };
         let before = core.holder(now, &request.module).map(str::to_string);
         let duration = Duration::from_millis(request.duration_ms);
-        let verdict = core.request(now, &request.module, &request.node, duration);
+        let verdict = core.request(
+            now,
+            &request.module,
+            &request.node,
+            duration,
+            &request.peer_copy,
+        );
+        if core.outdated() != &saved {
+            // No grant that records a copy outdated is answered before
+            // the record is durable: the node acts on it.
+            if let Err(e) = save(state, core.outdated()) {
+                tracing::error!(
+                    "cannot store the witness state in {}: {e}; request not answered",
+                    state.display()
+                );
+                continue;
+            }
+            tracing::info!(
+                "module {}: outdated copies now {:?}",
+                request.module,
+                core.outdated().get(&request.module)
+            );
+            saved = core.outdated().clone();
+        }
         let after = core.holder(now, &request.module);
         if before.as_deref() != after {
             match after {

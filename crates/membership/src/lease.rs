@@ -15,8 +15,18 @@
 //!   heartbeats (HMAC-SHA256 with the cluster key); requests carry
 //!   `(incarnation, id)` for the witness's replay guard, replies echo them.
 //!
-//! A restarted witness remembers nothing, so it grants nothing for its
+//! A restarted witness remembers no lease, so it grants nothing for its
 //! longest lease (`max_lease`): every lease it granted before has expired by then.
+//!
+//! **Fencing the peer's copy** (like DRBD's fence-peer handler): before a
+//! primary acknowledges a change its peer does not receive (going ALONE),
+//! it tells the witness, in a lease request, that the peer's copy is
+//! outdated ([`PeerCopy::Outdated`]), and waits for the grant. From then
+//! on the witness refuses the lease to that peer ([`Verdict::Outdated`]),
+//! even after the primary's lease ends, until the primary reports the
+//! copy current again (resynchronised). Unlike leases, these marks outlive
+//! a restart of the witness (its shell stores them), since forgetting one
+//! would let a stale copy take over.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -25,8 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::heartbeat::{open, seal, ClusterKey, HeartbeatError};
 
-const REQUEST_MAGIC: &[u8; 4] = b"HFLQ";
-const REPLY_MAGIC: &[u8; 4] = b"HFLR";
+// Version 2: requests carry [`PeerCopy`], verdicts may be `Outdated`.
+const REQUEST_MAGIC: &[u8; 4] = b"HFQ2";
+const REPLY_MAGIC: &[u8; 4] = b"HFR2";
 
 /// Requests kept for matching grants: more than can be in flight.
 const PENDING: usize = 32;
@@ -44,12 +55,33 @@ pub struct LeaseSettings {
     pub stop_budget: Duration,
 }
 
+/// What a lease request says of the peer's copy of the replicated data.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PeerCopy {
+    /// Nothing new (no replication, or it is being brought up to date).
+    #[default]
+    Unknown,
+    /// The peer has every change: its copy may take over again.
+    Current,
+    /// This primary changes data `peer` does not receive: refuse it the
+    /// lease until it is current again.
+    Outdated { peer: String },
+}
+
+/// A request sent and not answered yet.
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    sent: Instant,
+    /// The fencing epoch the request carried `Outdated` for, if any.
+    fencing: Option<u64>,
+}
+
 /// The node side of the lease of one module.
 #[derive(Debug)]
 pub struct LeaseClient {
     settings: LeaseSettings,
-    /// Requests sent and not answered yet: `(id, sent at)`.
-    pending: VecDeque<(u64, Instant)>,
+    pending: VecDeque<Pending>,
     next_id: u64,
     last_request: Option<Instant>,
     /// This node's view of the end of its lease.
@@ -75,8 +107,9 @@ impl LeaseClient {
     }
 
     /// The id of a new request to send now, unless one was sent less than
-    /// a renew interval ago.
-    pub fn request(&mut self, now: Instant) -> Option<u64> {
+    /// a renew interval ago. `fencing`: the request reports the peer's copy
+    /// outdated as of that epoch (see [`Self::granted`]).
+    pub fn request(&mut self, now: Instant, fencing: Option<u64>) -> Option<u64> {
         if self
             .last_request
             .is_some_and(|t| now < t + self.settings.renew)
@@ -89,8 +122,18 @@ impl LeaseClient {
         if self.pending.len() == PENDING {
             self.pending.pop_front();
         }
-        self.pending.push_back((id, now));
+        self.pending.push_back(Pending {
+            id,
+            sent: now,
+            fencing,
+        });
         Some(id)
+    }
+
+    /// The next [`Self::request`] goes out at once (something to tell the
+    /// witness cannot wait for the renew pace).
+    pub fn hurry(&mut self) {
+        self.last_request = None;
     }
 
     /// When the next request may be sent.
@@ -99,25 +142,24 @@ impl LeaseClient {
     }
 
     /// The witness granted request `id`: the lease runs until the request's
-    /// send time plus the duration. False if `id` is unknown (answered
-    /// already, or too old).
-    pub fn granted(&mut self, id: u64) -> bool {
-        let Some(pos) = self.pending.iter().position(|(p, _)| *p == id) else {
-            return false;
-        };
-        let (_, sent) = self.pending[pos];
+    /// send time plus the duration. Returns the fencing epoch the witness
+    /// thereby recorded, if the request carried one. Nothing if `id` is
+    /// unknown (answered already, or too old).
+    pub fn granted(&mut self, id: u64) -> Option<u64> {
+        let pos = self.pending.iter().position(|p| p.id == id)?;
+        let Pending { sent, fencing, .. } = self.pending[pos];
         // Older requests can no longer extend the lease past this one.
         self.pending.drain(..=pos);
         let until = sent + self.settings.duration;
         self.valid_until = Some(self.valid_until.map_or(until, |v| v.max(until)));
         self.refused_by = None;
-        true
+        fencing
     }
 
     /// The witness refused request `id` because `holder` holds the lease.
     /// True when this is news (another holder than last time) worth a log line.
     pub fn refused(&mut self, id: u64, holder: &str) -> bool {
-        let Some(pos) = self.pending.iter().position(|(p, _)| *p == id) else {
+        let Some(pos) = self.pending.iter().position(|p| p.id == id) else {
             return false;
         };
         self.pending.remove(pos);
@@ -158,6 +200,19 @@ pub enum Verdict {
     TooLong {
         max_ms: u64,
     },
+    /// `by`, primary, changed data this node's copy lacks: it must not
+    /// take over until `by` has resynchronised it.
+    Outdated {
+        by: String,
+    },
+}
+
+/// A node whose copy of a module's replicated data is outdated, and the
+/// primary that said so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutdatedCopy {
+    pub node: String,
+    pub by: String,
 }
 
 /// The witness's memory: per module, who holds the lease and until when.
@@ -167,28 +222,39 @@ pub struct WitnessCore {
     /// Nothing is granted before this (a restart: earlier grants may live).
     quiet_until: Instant,
     holders: BTreeMap<String, (String, Instant)>,
+    /// Per module: whose copy is outdated (kept across restarts by the shell).
+    outdated: BTreeMap<String, OutdatedCopy>,
 }
 
 /// The holder named in refusals during the witness's start-up quiet time.
 pub const RESTARTED: &str = "(witness restarted: no grant until every earlier lease expired)";
 
 impl WitnessCore {
-    pub fn new(max_lease: Duration, now: Instant) -> Self {
+    /// A witness starting at `now`, with the outdated copies it recorded
+    /// before.
+    pub fn new(
+        max_lease: Duration,
+        now: Instant,
+        outdated: BTreeMap<String, OutdatedCopy>,
+    ) -> Self {
         Self {
             max_lease,
             quiet_until: now + max_lease,
             holders: BTreeMap::new(),
+            outdated,
         }
     }
 
     /// `node` asks for the lease of `module` for `duration`; zero releases
-    /// it (the holder's application is down).
+    /// it (the holder's application is down). A grant also records what
+    /// the request says of the peer's copy.
     pub fn request(
         &mut self,
         now: Instant,
         module: &str,
         node: &str,
         duration: Duration,
+        peer_copy: &PeerCopy,
     ) -> Verdict {
         if duration.is_zero() {
             if self.holders.get(module).is_some_and(|(h, _)| h == node) {
@@ -199,6 +265,11 @@ impl WitnessCore {
         if duration > self.max_lease {
             return Verdict::TooLong {
                 max_ms: self.max_lease.as_millis() as u64,
+            };
+        }
+        if let Some(copy) = self.outdated.get(module).filter(|c| c.node == node) {
+            return Verdict::Outdated {
+                by: copy.by.clone(),
             };
         }
         if now < self.quiet_until {
@@ -215,9 +286,30 @@ impl WitnessCore {
             _ => {
                 self.holders
                     .insert(module.to_string(), (node.to_string(), now + duration));
+                match peer_copy {
+                    PeerCopy::Unknown => {}
+                    PeerCopy::Current => {
+                        self.outdated.remove(module);
+                    }
+                    PeerCopy::Outdated { peer } => {
+                        self.outdated.insert(
+                            module.to_string(),
+                            OutdatedCopy {
+                                node: peer.clone(),
+                                by: node.to_string(),
+                            },
+                        );
+                    }
+                }
                 Verdict::Granted
             }
         }
+    }
+
+    /// The outdated copies, to store before answering a request that
+    /// changed them.
+    pub fn outdated(&self) -> &BTreeMap<String, OutdatedCopy> {
+        &self.outdated
     }
 
     /// Who holds `module`'s lease now.
@@ -238,6 +330,7 @@ pub struct LeaseRequest {
     /// Grows with every request of this incarnation.
     pub id: u64,
     pub duration_ms: u64,
+    pub peer_copy: PeerCopy,
 }
 
 /// The witness's answer to one [`LeaseRequest`].
@@ -288,23 +381,27 @@ mod tests {
     fn the_node_counts_from_sending_and_requests_at_the_renew_pace() {
         let t0 = Instant::now();
         let mut lease = LeaseClient::new(settings());
-        let first = lease.request(t0).unwrap();
-        assert_eq!(lease.request(t0 + 50 * MS), None);
-        let second = lease.request(t0 + 100 * MS).unwrap();
+        let first = lease.request(t0, Some(1)).unwrap();
+        assert_eq!(lease.request(t0 + 50 * MS, None), None);
+        let second = lease.request(t0 + 100 * MS, Some(2)).unwrap();
         // The grant of the second arrives first; the first's is then stale.
-        assert!(lease.granted(second));
+        assert_eq!(lease.granted(second), Some(2), "its fencing epoch");
         assert_eq!(lease.valid_until(), Some(t0 + 1100 * MS));
-        assert!(!lease.granted(first));
+        assert_eq!(lease.granted(first), None);
         assert_eq!(lease.valid_until(), Some(t0 + 1100 * MS));
-        assert!(!lease.granted(second), "a replayed grant is ignored");
+        assert_eq!(lease.granted(second), None, "a replayed grant is ignored");
+        // Hurried: the next request goes out before the renew pace.
+        assert_eq!(lease.request(t0 + 150 * MS, None), None);
+        lease.hurry();
+        assert!(lease.request(t0 + 150 * MS, None).is_some());
     }
 
     #[test]
     fn refusals_are_news_once_per_holder() {
         let t0 = Instant::now();
         let mut lease = LeaseClient::new(settings());
-        let a = lease.request(t0).unwrap();
-        let b = lease.request(t0 + 100 * MS).unwrap();
+        let a = lease.request(t0, None).unwrap();
+        let b = lease.request(t0 + 100 * MS, None).unwrap();
         assert!(lease.refused(a, "node1"));
         assert!(!lease.refused(b, "node1"));
         assert_eq!(lease.valid_until(), None);
@@ -313,18 +410,24 @@ mod tests {
     #[test]
     fn the_witness_grants_another_node_only_after_expiry() {
         let t0 = Instant::now();
-        let mut w = WitnessCore::new(2000 * MS, t0);
+        let mut w = WitnessCore::new(2000 * MS, t0, BTreeMap::new());
         let after_quiet = t0 + 2000 * MS;
         assert!(matches!(
-            w.request(t0, "web", "node1", 1000 * MS),
+            w.request(t0, "web", "node1", 1000 * MS, &PeerCopy::Unknown),
             Verdict::Refused { .. }
         ));
         assert_eq!(
-            w.request(after_quiet, "web", "node1", 1000 * MS),
+            w.request(after_quiet, "web", "node1", 1000 * MS, &PeerCopy::Unknown),
             Verdict::Granted
         );
         assert_eq!(
-            w.request(after_quiet + 999 * MS, "web", "node2", 1000 * MS),
+            w.request(
+                after_quiet + 999 * MS,
+                "web",
+                "node2",
+                1000 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Refused {
                 holder: "node1".into(),
                 remaining_ms: 1
@@ -332,38 +435,122 @@ mod tests {
         );
         // Renewal by the holder, another module is independent.
         assert_eq!(
-            w.request(after_quiet + 500 * MS, "web", "node1", 1000 * MS),
+            w.request(
+                after_quiet + 500 * MS,
+                "web",
+                "node1",
+                1000 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Granted
         );
         assert_eq!(
-            w.request(after_quiet + 500 * MS, "db", "node2", 1000 * MS),
+            w.request(
+                after_quiet + 500 * MS,
+                "db",
+                "node2",
+                1000 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Granted
         );
         assert_eq!(w.holder(after_quiet + 1499 * MS, "web"), Some("node1"));
         assert_eq!(
-            w.request(after_quiet + 1500 * MS, "web", "node2", 1000 * MS),
+            w.request(
+                after_quiet + 1500 * MS,
+                "web",
+                "node2",
+                1000 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Granted
         );
         assert_eq!(
-            w.request(after_quiet, "web", "node1", 2001 * MS),
+            w.request(after_quiet, "web", "node1", 2001 * MS, &PeerCopy::Unknown),
             Verdict::TooLong { max_ms: 2000 }
         );
         // Only the holder releases.
         let later = after_quiet + 1600 * MS;
-        w.request(later, "web", "node1", Duration::ZERO);
+        w.request(later, "web", "node1", Duration::ZERO, &PeerCopy::Unknown);
         assert_eq!(w.holder(later, "web"), Some("node2"));
-        w.request(later, "web", "node2", Duration::ZERO);
+        w.request(later, "web", "node2", Duration::ZERO, &PeerCopy::Unknown);
         assert_eq!(w.holder(later, "web"), None);
+    }
+
+    #[test]
+    fn an_outdated_copy_is_refused_the_lease_until_reported_current() {
+        let t0 = Instant::now();
+        let mut w = WitnessCore::new(1000 * MS, t0, BTreeMap::new());
+        let t = t0 + 1000 * MS;
+        let outdated = PeerCopy::Outdated {
+            peer: "node2".into(),
+        };
+        // Refused requests record nothing.
+        assert!(matches!(
+            w.request(t0, "web", "node1", 500 * MS, &outdated),
+            Verdict::Refused { .. }
+        ));
+        assert_eq!(
+            w.request(t, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            Verdict::Granted
+        );
+        w.request(t, "web", "node2", Duration::ZERO, &PeerCopy::Unknown);
+        assert_eq!(
+            w.request(t, "web", "node1", 500 * MS, &outdated),
+            Verdict::Granted
+        );
+        // node1's lease ends (a crash, a release): node2 stays refused.
+        let later = t + 2000 * MS;
+        assert_eq!(w.holder(later, "web"), None);
+        let refused = Verdict::Outdated { by: "node1".into() };
+        assert_eq!(
+            w.request(later, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            refused
+        );
+        assert_eq!(
+            w.request(later, "db", "node2", 500 * MS, &PeerCopy::Unknown),
+            Verdict::Granted,
+            "per module"
+        );
+        // A restarted witness keeps the mark, and node1 may renew without news.
+        let mut w = WitnessCore::new(1000 * MS, later, w.outdated().clone());
+        let restarted = later + 1000 * MS;
+        assert_eq!(
+            w.request(restarted, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            refused
+        );
+        assert_eq!(
+            w.request(restarted, "web", "node1", 500 * MS, &PeerCopy::Unknown),
+            Verdict::Granted
+        );
+        assert_eq!(
+            w.request(restarted, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            refused
+        );
+        // Resynchronised: node1 says so, and node2 may take over after it.
+        w.request(restarted, "web", "node1", 500 * MS, &PeerCopy::Current);
+        assert!(w.outdated().is_empty());
+        w.request(
+            restarted,
+            "web",
+            "node1",
+            Duration::ZERO,
+            &PeerCopy::Unknown,
+        );
+        assert_eq!(
+            w.request(restarted, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            Verdict::Granted
+        );
     }
 
     #[test]
     fn a_release_voids_the_lease_and_late_grants() {
         let t0 = Instant::now();
         let mut lease = LeaseClient::new(settings());
-        let id = lease.request(t0).unwrap();
+        let id = lease.request(t0, None).unwrap();
         let release = lease.release();
         assert!(release > id);
-        assert!(!lease.granted(id));
+        assert_eq!(lease.granted(id), None);
         assert_eq!(lease.valid_until(), None);
     }
 
@@ -376,6 +563,9 @@ mod tests {
             incarnation: 3,
             id: 9,
             duration_ms: 1000,
+            peer_copy: PeerCopy::Outdated {
+                peer: "node2".into(),
+            },
         };
         let bytes = request.encode(&key);
         assert_eq!(LeaseRequest::decode(&bytes, &key).unwrap(), request);

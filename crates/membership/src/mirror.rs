@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 use holdfast_config::{DefaultPrimary, ModuleConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::lease::{LeaseClient, LeaseSettings, Verdict};
+use crate::lease::{LeaseClient, LeaseSettings, PeerCopy, Verdict};
 
 /// The states users see (SafeKit's names and colours).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -295,12 +295,32 @@ pub enum Action {
     RequestLease {
         id: u64,
         duration: Duration,
+        peer_copy: PeerCopy,
+    },
+    /// The peer's copy is fenced as of `epoch` (see [`PeerData`]): the
+    /// witness granted a request saying it is outdated — or there is no
+    /// witness to tell. Changes the peer lacks may now be acknowledged.
+    PeerFenced {
+        epoch: u64,
     },
     /// Tell the witness the application is down here: a request `id` for
     /// zero time, which releases the lease.
     ReleaseLease {
         id: u64,
     },
+}
+
+/// What replication says of the peer's copy of the data, for the witness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerData {
+    /// Nothing to report (no replication, or being brought up to date).
+    #[default]
+    Unknown,
+    /// Mirroring: the peer has every change.
+    Current,
+    /// Replication is about to acknowledge changes the peer lacks; it
+    /// waits for [`Action::PeerFenced`] with this epoch (or a later one).
+    Outdated { epoch: u64 },
 }
 
 /// What a node remembers across daemon restarts.
@@ -591,6 +611,8 @@ pub struct MirrorModule {
     lease_lapsed: bool,
     /// The split-brain checker's last verdict: some address answers.
     tiebreaker: bool,
+    /// What lease requests say of the peer's copy.
+    peer_data: PeerData,
 }
 
 impl MirrorModule {
@@ -626,6 +648,7 @@ impl MirrorModule {
             stepping_down: false,
             lease_lapsed: false,
             tiebreaker: true,
+            peer_data: PeerData::Unknown,
         }
     }
 
@@ -900,8 +923,20 @@ impl MirrorModule {
             };
             let note = match verdict {
                 Verdict::Granted => {
-                    lease.granted(id);
+                    if let Some(epoch) = lease.granted(id) {
+                        m.outbox.push(Action::PeerFenced { epoch });
+                    }
                     None
+                }
+                Verdict::Outdated { by } => {
+                    // Stale data wins no election: the returning primary
+                    // does not wait for this node to agree.
+                    m.uptodate = false;
+                    lease.refused(id, &format!("outdated:{by}")).then(|| {
+                    (LogLevel::Info, format!(
+                        "the witness refuses the lease: this node's copy of the replicated data is outdated ({by} changed it without this node); not taking over until {by} has resynchronised it"
+                    ))
+                })
                 }
                 Verdict::Refused {
                     holder,
@@ -920,6 +955,26 @@ impl MirrorModule {
             };
             if let Some((level, message)) = note {
                 m.log(level, message);
+            }
+            Ok(())
+        })
+        .unwrap_or(())
+    }
+
+    /// Replication's news of the peer's copy. Outdated: the witness is
+    /// told at once, and [`Action::PeerFenced`] follows its grant (at once
+    /// without a witness).
+    pub fn peer_data(&mut self, now: Instant, data: PeerData) {
+        self.input(now, |m| {
+            if m.peer_data == data {
+                return Ok(());
+            }
+            m.peer_data = data;
+            match (data, m.lease.as_mut()) {
+                (PeerData::Outdated { epoch }, None) => m.outbox.push(Action::PeerFenced { epoch }),
+                (PeerData::Unknown, _) => {}
+                (_, Some(lease)) => lease.hurry(),
+                (_, None) => {}
             }
             Ok(())
         })
@@ -1072,10 +1127,24 @@ impl MirrorModule {
             return;
         }
         let now = self.now;
+        let (fencing, peer_copy) = match self.peer_data {
+            PeerData::Unknown => (None, PeerCopy::Unknown),
+            PeerData::Current => (None, PeerCopy::Current),
+            PeerData::Outdated { epoch } => (
+                Some(epoch),
+                PeerCopy::Outdated {
+                    peer: self.settings.peer.clone(),
+                },
+            ),
+        };
         if let Some(lease) = self.lease.as_mut() {
-            if let Some(id) = lease.request(now) {
+            if let Some(id) = lease.request(now, fencing) {
                 let duration = lease.settings().duration;
-                self.outbox.push(Action::RequestLease { id, duration });
+                self.outbox.push(Action::RequestLease {
+                    id,
+                    duration,
+                    peer_copy,
+                });
             }
         }
     }

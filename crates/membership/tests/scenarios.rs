@@ -4,10 +4,10 @@
 use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
-use holdfast_membership::lease::{LeaseSettings, WitnessCore};
+use holdfast_membership::lease::{LeaseSettings, PeerCopy, WitnessCore};
 use holdfast_membership::mirror::{
-    Action, Command, CommandError, MirrorModule, MirrorSettings, Persistent, Script, ScriptOutcome,
-    State,
+    Action, Command, CommandError, MirrorModule, MirrorSettings, PeerData, Persistent, Script,
+    ScriptOutcome, State,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -29,6 +29,8 @@ struct Pair {
     reaches_witness: [bool; 2],
     /// Every log line, with its node.
     logs: Vec<(usize, String)>,
+    /// Per node, the epochs of its `PeerFenced` actions.
+    fenced: [Vec<u64>; 2],
 }
 
 impl Pair {
@@ -57,6 +59,7 @@ impl Pair {
             witness: None,
             reaches_witness: [true; 2],
             logs: Vec::new(),
+            fenced: Default::default(),
         };
         pair.boot(0);
         pair.boot(1);
@@ -117,11 +120,17 @@ impl Pair {
                         }
                         Action::Persist(p) => self.persistent[i] = p,
                         Action::Log { message, .. } => self.logs.push((i, message)),
-                        Action::RequestLease { id, duration } if self.reaches_witness[i] => {
+                        Action::PeerFenced { epoch } => self.fenced[i].push(epoch),
+                        Action::RequestLease {
+                            id,
+                            duration,
+                            peer_copy,
+                        } if self.reaches_witness[i] => {
                             let now = self.now;
                             let node = format!("node{}", i + 1);
                             if let Some(witness) = self.witness.as_mut() {
-                                let verdict = witness.request(now, "web", &node, duration);
+                                let verdict =
+                                    witness.request(now, "web", &node, duration, &peer_copy);
                                 self.nodes[i]
                                     .as_mut()
                                     .unwrap()
@@ -132,7 +141,13 @@ impl Pair {
                         Action::ReleaseLease { .. } if self.reaches_witness[i] => {
                             let node = format!("node{}", i + 1);
                             if let Some(witness) = self.witness.as_mut() {
-                                witness.request(self.now, "web", &node, Duration::ZERO);
+                                witness.request(
+                                    self.now,
+                                    "web",
+                                    &node,
+                                    Duration::ZERO,
+                                    &PeerCopy::Unknown,
+                                );
                             }
                         }
                         _ => {}
@@ -364,7 +379,11 @@ fn pair_with_witness() -> Pair {
         renew: STEP * 10,
         stop_budget: Duration::from_millis(300),
     });
-    pair.witness = Some(WitnessCore::new(LEASE, pair.now - LEASE));
+    pair.witness = Some(WitnessCore::new(
+        LEASE,
+        pair.now - LEASE,
+        Default::default(),
+    ));
     start_rebooted(&mut pair);
     pair
 }
@@ -466,4 +485,65 @@ fn with_a_witness_down_the_primary_goes_on_while_its_peer_hears_it_and_says_so()
         states.contains(&State::Prim) && states.contains(&State::Second),
         "{states:?}"
     );
+}
+
+#[test]
+fn without_a_witness_a_peer_copy_is_fenced_at_once() {
+    let mut pair = Pair::new(true, DefaultPrimary::Alone);
+    pair.command(0, Command::Start).unwrap();
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT / 2);
+    let now = pair.now;
+    pair.node(0).peer_data(now, PeerData::Outdated { epoch: 1 });
+    pair.settle_actions();
+    assert_eq!(pair.fenced, [vec![1], vec![]]);
+}
+
+/// The primary loses its peer (not the witness) and changes data alone:
+/// replication waits for the witness to record the peer's copy outdated.
+/// After that the peer never takes over — even once the primary is gone —
+/// until the primary has resynchronised it.
+#[test]
+fn with_a_witness_an_outdated_copy_never_takes_over() {
+    let mut pair = pair_with_witness();
+    pair.linked = false;
+    let now = pair.now;
+    pair.node(0).peer_data(now, PeerData::Outdated { epoch: 7 });
+    pair.settle_actions();
+    assert_eq!(
+        pair.fenced[0],
+        vec![7],
+        "granted at once, not at the renew pace"
+    );
+    assert_eq!(run_never_both(&mut pair, LEASE), None);
+    // The primary crashes: its lease runs out, and still node2 waits.
+    pair.nodes[0] = None;
+    pair.run(LEASE * 3);
+    assert!(!pair.state(1).is_primary() && !pair.node(1).app_active());
+    let refusal = "this node's copy of the replicated data is outdated (node1 changed it";
+    assert!(
+        pair.logs
+            .iter()
+            .any(|(i, m)| *i == 1 && m.contains(refusal)),
+        "{:?}",
+        pair.logs
+    );
+    // node1 returns, resynchronises node2 and says so: node2 may take over.
+    pair.linked = true;
+    pair.boot(0);
+    pair.command(0, Command::Start).unwrap();
+    run_never_both(&mut pair, LEASE * 2);
+    assert_eq!(
+        (pair.state(0), pair.state(1)),
+        (State::Prim, State::Second),
+        "{}",
+        pair.node(0).view().reason
+    );
+    let now = pair.now;
+    pair.node(1).data_state(now, true);
+    pair.node(0).peer_data(now, PeerData::Current);
+    pair.settle_actions();
+    pair.nodes[0] = None;
+    pair.run(LEASE * 3);
+    assert_eq!(pair.state(1), State::Alone, "node2 takes over once current");
 }

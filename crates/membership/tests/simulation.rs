@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
-use holdfast_membership::lease::{LeaseSettings, Verdict, WitnessCore};
+use holdfast_membership::lease::{LeaseSettings, PeerCopy, Verdict, WitnessCore};
 use holdfast_membership::mirror::{
     Action, Command, MirrorModule, MirrorSettings, PeerStatus, Persistent, Script, ScriptOutcome,
     State,
@@ -242,7 +242,8 @@ impl Sim {
             excused_until: 0,
         };
         if with_witness {
-            let core = WitnessCore::new(Duration::from_millis(LEASE_MS), sim.t0);
+            let core =
+                WitnessCore::new(Duration::from_millis(LEASE_MS), sim.t0, Default::default());
             sim.witness = Some(Witness {
                 core: Some(core),
                 link: [[true; 2]; 2],
@@ -422,9 +423,11 @@ impl Sim {
                 Action::ReleaseLease { id } => {
                     self.send_to_witness(i, life, id, Duration::ZERO);
                 }
-                Action::RequestLease { id, duration } => {
+                Action::RequestLease { id, duration, .. } => {
                     self.send_to_witness(i, life, id, duration)
                 }
+                // Replication is not simulated here.
+                Action::PeerFenced { .. } => {}
             }
         }
         if let Some(deadline) = deadline {
@@ -692,7 +695,7 @@ impl Sim {
                 let now = self.instant();
                 let Some(w) = &mut self.witness else { return };
                 let Some(core) = &mut w.core else { return };
-                let verdict = core.request(now, "web", NODES[from], duration);
+                let verdict = core.request(now, "web", NODES[from], duration, &PeerCopy::Unknown);
                 if w.link[from][1] {
                     let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
                     self.schedule(
@@ -726,7 +729,7 @@ impl Sim {
                 let now = self.instant();
                 if let Some(w) = &mut self.witness {
                     w.core.get_or_insert_with(|| {
-                        WitnessCore::new(Duration::from_millis(LEASE_MS), now)
+                        WitnessCore::new(Duration::from_millis(LEASE_MS), now, Default::default())
                     });
                 }
             }

@@ -230,6 +230,10 @@ pub enum ReplicationError {
     Tracking(String),
     #[error("the secondary answered {0} unexpectedly")]
     UnexpectedAnswer(String),
+    #[error(
+        "the primary role ended before the change could be acknowledged without the secondary"
+    )]
+    Withdrawn,
 }
 
 /// The secondary's acknowledgement of one submitted change, to wait for.

@@ -826,6 +826,9 @@ struct Counters {
     /// Bumped when the link tracks or mirrors again (after a resync): a
     /// change waiting for the secondary ([`OnFailure::Wait`]) is covered.
     releases: u64,
+    /// The release that refused the held changes instead
+    /// ([`Link::refuse_held`]).
+    refused: Option<u64>,
 }
 
 /// What a mirroring [`Link`] does with an operation whose change the
@@ -932,8 +935,9 @@ impl Link {
         }
     }
 
-    /// Blocks until the link releases changes recorded before `seen`.
-    fn wait_release(&self, seen: u64) {
+    /// Blocks until the link releases changes recorded before `seen`;
+    /// an error if that release refused them.
+    fn wait_release(&self, seen: u64) -> Result<(), ReplicationError> {
         let mut counters = lock(&self.0.counters);
         while counters.releases == seen {
             counters = self
@@ -942,6 +946,22 @@ impl Link {
                 .wait(counters)
                 .unwrap_or_else(|e| e.into_inner());
         }
+        // The first release after `seen` is the one that ended the wait.
+        if counters.refused == Some(seen + 1) {
+            return Err(ReplicationError::Withdrawn);
+        }
+        Ok(())
+    }
+
+    /// The primary role ends while changes are held: they fail (`EIO`),
+    /// never acknowledged — the secondary may be taking over without them.
+    /// They stay recorded. Call under the tree's ordering lock.
+    pub fn refuse_held(&self) {
+        *lock(&self.0.mode) = Mode::Track;
+        let mut counters = lock(&self.0.counters);
+        counters.releases += 1;
+        counters.refused = Some(counters.releases);
+        self.0.changed.notify_all();
     }
 
     /// Goes ALONE: from the next change on, record instead of send. Call
@@ -1011,10 +1031,7 @@ impl Link {
         match policy {
             OnFailure::Fail => Err(error),
             OnFailure::Track => Ok(()),
-            OnFailure::Wait => {
-                self.wait_release(seen);
-                Ok(())
-            }
+            OnFailure::Wait => self.wait_release(seen).map_err(|_| error),
         }
     }
 }
@@ -1043,10 +1060,7 @@ impl Replicator for Link {
                 // includes the change, and releases after this reading.
                 let seen = lock(&self.0.counters).releases;
                 let link = self.clone();
-                Ok(Ack::done(Ok(())).map(move |r| {
-                    link.wait_release(seen);
-                    r
-                }))
+                Ok(Ack::done(Ok(())).map(move |r| link.wait_release(seen).and(r)))
             }
             Mode::Forward(peer) => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
@@ -1066,7 +1080,7 @@ impl Replicator for Link {
                         }
                     }
                     if hold {
-                        link.wait_release(seen);
+                        link.wait_release(seen)?;
                     }
                     Ok(())
                 };
