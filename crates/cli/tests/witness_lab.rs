@@ -200,7 +200,6 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
 /// left as it is — never merged, never silently overwritten.
 #[test]
 fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritten() {
-    const DATA: &str = "/srv/demo/data";
     let (cluster, prim, second) = MirrorLab::started(
         EXE.as_ref(),
         MirrorOptions {
@@ -296,15 +295,11 @@ fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
     assert_eq!(kept, second);
 }
 
-/// With a witness and replicated data, a primary cut off from its peer
-/// (not from the witness) writes alone only once the witness has recorded
-/// the peer's copy as outdated. The peer then never takes over — even
-/// after the primary crashed — until the primary has come back and
-/// resynchronised it: no write acknowledged alone is ever lost.
-#[test]
-fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
-    const DATA: &str = "/srv/demo/data";
-    let (mut cluster, prim, second) = MirrorLab::started(
+const DATA: &str = "/srv/demo/data";
+
+/// A started pair with a witness and `DATA` replicated, mirroring.
+fn replicated_pair_with_witness() -> (MirrorLab, &'static str, &'static str) {
+    let (cluster, prim, second) = MirrorLab::started(
         EXE.as_ref(),
         MirrorOptions {
             pulse: Duration::from_millis(100),
@@ -316,13 +311,27 @@ fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
         SETTLE,
     )
     .expect("a running pair with a witness");
-    let mirroring = |cluster: &MirrorLab| {
-        holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
-            holdfast_lab::cluster::replicating(&cluster.state(prim), "mirroring")
-        })
-    };
-    assert!(mirroring(&cluster), "the pair mirrors before the partition");
+    assert!(
+        mirroring(&cluster, prim),
+        "the pair mirrors before the partition"
+    );
+    (cluster, prim, second)
+}
 
+fn mirroring(cluster: &MirrorLab, prim: &str) -> bool {
+    holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
+        holdfast_lab::cluster::replicating(&cluster.state(prim), "mirroring")
+    })
+}
+
+/// With a witness and replicated data, a primary cut off from its peer
+/// (not from the witness) writes alone only once the witness has recorded
+/// the peer's copy as outdated. The peer then never takes over — even
+/// after the primary crashed — until the primary has come back and
+/// resynchronised it: no write acknowledged alone is ever lost.
+#[test]
+fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
+    let (mut cluster, prim, second) = replicated_pair_with_witness();
     cluster.lab.partition(prim, second).expect("partition");
     let fenced = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
         cluster
@@ -365,7 +374,7 @@ fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
     let _ = cluster.cli(prim, &["start", "-m", "demo"]);
     let (back, _) = cluster.wait_pair(SETTLE).expect("a pair again");
     assert_eq!(back, prim, "the node with the newest data is primary");
-    assert!(mirroring(&cluster), "the peer is resynchronised");
+    assert!(mirroring(&cluster, prim), "the peer is resynchronised");
     let copy = cluster.host_path(second, DATA).expect("host dir");
     assert!(
         copy.join("written-alone").exists(),
@@ -378,4 +387,91 @@ fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
             is(s, "ALONE") && s.as_ref().is_some_and(|s| s.app_active)
         })
         .expect("the resynchronised peer takes over");
+}
+
+/// A primary cut off from its peer and from the witness, while an
+/// application appends records: its writes wait for a fence it cannot get,
+/// it steps down, and they fail. The node that takes over has every record
+/// the application saw acknowledged; at heal the old primary's copy (which
+/// applied the refused ones) is brought back to the new primary's.
+#[test]
+fn with_a_witness_every_write_an_isolated_primary_acknowledged_is_on_the_node_taking_over() {
+    let (cluster, prim, second) = replicated_pair_with_witness();
+    // One descriptor on the mount: once it is gone, writes fail rather
+    // than reach the directory underneath.
+    let mut writer = cluster
+        .lab
+        .command(prim, "sh")
+        .expect("host")
+        .args([
+            "-c",
+            &format!("exec 3>>{DATA}/log; i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo line$i >&3 && echo $i; done"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("writer");
+    let log_on = |host: &str| {
+        std::fs::read_to_string(cluster.host_path(host, DATA).expect("dir").join("log"))
+            .unwrap_or_default()
+    };
+    let writing = holdfast_lab::wait_until(SETTLE, Duration::from_millis(20), || {
+        log_on(second).lines().count() >= 100
+    });
+    assert!(writing, "records reach the secondary");
+    for peer in [second, CLIENT] {
+        cluster.lab.partition(prim, peer).expect("partition");
+    }
+    let took_over = stepped_down(&cluster, prim);
+    let _ = writer.kill();
+    took_over.expect("the isolated primary steps down, the other takes over");
+    let output = writer.wait_with_output().expect("writer output");
+    let acknowledged: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let kept = cluster.sh(second, &format!("cat {DATA}/log")).expect("sh");
+    let kept: std::collections::HashSet<String> = String::from_utf8_lossy(&kept.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    let lost: Vec<u64> = acknowledged
+        .iter()
+        .copied()
+        .filter(|i| !kept.contains(&format!("line{i}")))
+        .collect();
+    eprintln!(
+        "{} records acknowledged, {} on the node that took over",
+        acknowledged.len(),
+        kept.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, from {:?}; the old primary's log:\n{}",
+        lost.len(),
+        lost.first(),
+        cluster.module_log(prim)
+    );
+    assert!(
+        cluster
+            .module_log(prim)
+            .contains("the witness records the secondary's copy as outdated"),
+        "the isolated primary held its writes for the fence; log:\n{}",
+        cluster.module_log(prim)
+    );
+
+    for peer in [second, CLIENT] {
+        cluster.lab.heal(prim, peer).expect("heal");
+    }
+    let (kept_prim, _) = cluster.wait_pair(SETTLE).expect("a pair again");
+    assert_eq!(kept_prim, second);
+    assert!(
+        mirroring(&cluster, second),
+        "the old primary is resynchronised"
+    );
+    assert_eq!(
+        log_on(prim),
+        log_on(second),
+        "the old primary's copy is the new primary's"
+    );
 }

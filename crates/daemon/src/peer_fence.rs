@@ -87,6 +87,16 @@ impl PeerFence {
         self.set(dir, PeerData::Unknown);
     }
 
+    /// With a witness, whether a change of `dir` the peer lacks would now
+    /// be acknowledged without the fence (nothing fenced yet, or mirroring).
+    pub fn unfenced(&self, dir: usize) -> bool {
+        if !self.witness {
+            return false;
+        }
+        let state = self.state();
+        !matches!(state.dirs[dir], PeerData::Outdated { epoch } if state.fenced >= epoch)
+    }
+
     pub fn is_fenced(&self, epoch: u64) -> bool {
         self.state().fenced >= epoch
     }
@@ -137,8 +147,10 @@ mod tests {
         assert_eq!(fence.outdated(0), Some(first), "asked again: same epoch");
         let second = fence.outdated(1).unwrap();
         assert_eq!(fence.peer_data(), PeerData::Outdated { epoch: second });
+        assert!(fence.unfenced(0));
         fence.fenced(first);
         assert!(fence.is_fenced(first) && !fence.is_fenced(second));
+        assert!(!fence.unfenced(0) && fence.unfenced(1));
         fence.fenced(second);
         assert!(fence.is_fenced(first) && fence.is_fenced(second));
         fence.current(0);
@@ -150,6 +162,7 @@ mod tests {
     fn without_a_witness_nothing_waits() {
         let fence = PeerFence::new(1, false);
         assert_eq!(fence.outdated(0), None);
+        assert!(!fence.unfenced(0));
         assert_eq!(fence.peer_data(), PeerData::Unknown);
     }
 }

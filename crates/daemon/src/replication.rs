@@ -780,16 +780,16 @@ impl Replication {
                     );
                 }
             }
-            let mut refused = false;
             if let Some(guard) = p.guard.take() {
                 {
                     let tree = guard.tree();
                     let _order = tree.lock();
-                    // Held changes the secondary never got: not
-                    // acknowledged now either (it may take over).
-                    refused = p.link.mode() == LinkMode::Hold;
-                    if refused {
-                        p.link.refuse_held();
+                    // Held changes the secondary never got, and any change
+                    // until unmounted, are not acknowledged: the secondary
+                    // may take over — unless the witness fenced it.
+                    let unfenced = self.fence.unfenced(p.dir.index);
+                    if unfenced || p.link.mode() == LinkMode::Hold {
+                        p.link.close();
                     } else {
                         p.link.track();
                     }
@@ -807,14 +807,15 @@ impl Replication {
             }
             self.status.set(p.dir.index, Activity::Idle, None);
             self.fence.unknown(p.dir.index);
-            if refused {
+            if p.link.refused() > 0 {
                 // Held changes were applied here: `unclean` makes the next
                 // resynchronisation into this copy compare checksums.
                 self.log.write(
                     LogLevel::Error,
                     &format!(
-                        "{}: changes held for the secondary were refused (not acknowledged)",
-                        p.dir.path.display()
+                        "{}: {} changes the secondary lacks were refused (not acknowledged)",
+                        p.dir.path.display(),
+                        p.link.refused()
                     ),
                 );
                 continue;

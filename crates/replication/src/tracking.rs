@@ -795,6 +795,9 @@ enum Mode {
     /// acknowledged once a resynchronisation brought it to the secondary
     /// (or the link tracks).
     Hold,
+    /// The primary role is ending and the secondary may take over without
+    /// what it lacks: recorded, and failed ([`Link::close`]).
+    Closed,
 }
 
 impl std::fmt::Debug for Mode {
@@ -804,6 +807,7 @@ impl std::fmt::Debug for Mode {
             Mode::Track => "Track",
             Mode::Forward(_) => "Forward",
             Mode::Hold => "Hold",
+            Mode::Closed => "Closed",
         })
     }
 }
@@ -826,9 +830,10 @@ struct Counters {
     /// Bumped when the link tracks or mirrors again (after a resync): a
     /// change waiting for the secondary ([`OnFailure::Wait`]) is covered.
     releases: u64,
-    /// The release that refused the held changes instead
-    /// ([`Link::refuse_held`]).
-    refused: Option<u64>,
+    /// The release that closed the link ([`Link::close`]).
+    closed: Option<u64>,
+    /// Changes failed because the link was closed.
+    refused: u64,
 }
 
 /// What a mirroring [`Link`] does with an operation whose change the
@@ -860,6 +865,7 @@ pub enum LinkMode {
     Track,
     Forward,
     Hold,
+    Closed,
 }
 
 impl Link {
@@ -916,6 +922,7 @@ impl Link {
             Mode::Track => LinkMode::Track,
             Mode::Forward(_) => LinkMode::Forward,
             Mode::Hold => LinkMode::Hold,
+            Mode::Closed => LinkMode::Closed,
         }
     }
 
@@ -939,29 +946,38 @@ impl Link {
     /// an error if that release refused them.
     fn wait_release(&self, seen: u64) -> Result<(), ReplicationError> {
         let mut counters = lock(&self.0.counters);
-        while counters.releases == seen {
+        while counters.releases == seen && counters.closed.is_none() {
             counters = self
                 .0
                 .changed
                 .wait(counters)
                 .unwrap_or_else(|e| e.into_inner());
         }
-        // The first release after `seen` is the one that ended the wait.
-        if counters.refused == Some(seen + 1) {
+        // Refused if the first release after `seen` (the one ending the
+        // wait) closed the link, or it was closed before.
+        if counters.closed.is_some_and(|at| at <= seen + 1) {
+            counters.refused += 1;
             return Err(ReplicationError::Withdrawn);
         }
         Ok(())
     }
 
-    /// The primary role ends while changes are held: they fail (`EIO`),
-    /// never acknowledged — the secondary may be taking over without them.
-    /// They stay recorded. Call under the tree's ordering lock.
-    pub fn refuse_held(&self) {
-        *lock(&self.0.mode) = Mode::Track;
+    /// The primary role ends and the secondary may take over without what
+    /// it lacks: held changes, and any change from now on, fail (`EIO`) —
+    /// never acknowledged. They stay recorded (and applied here). Call
+    /// under the tree's ordering lock.
+    pub fn close(&self) {
+        *lock(&self.0.mode) = Mode::Closed;
         let mut counters = lock(&self.0.counters);
         counters.releases += 1;
-        counters.refused = Some(counters.releases);
+        counters.closed = Some(counters.releases);
         self.0.changed.notify_all();
+    }
+
+    /// How many changes failed because the link was closed: this copy then
+    /// holds changes no one acknowledged.
+    pub fn refused(&self) -> u64 {
+        lock(&self.0.counters).refused
     }
 
     /// Goes ALONE: from the next change on, record instead of send. Call
@@ -1041,7 +1057,7 @@ impl Replicator for Link {
         let mode = lock(&self.0.mode).clone();
         match mode {
             Mode::Mirror(_) => Ok(()),
-            Mode::Track | Mode::Forward(_) | Mode::Hold => {
+            Mode::Track | Mode::Forward(_) | Mode::Hold | Mode::Closed => {
                 self.0.log.prepare(intent).map_err(Self::tracking_error)
             }
         }
@@ -1053,6 +1069,11 @@ impl Replicator for Link {
             Mode::Track => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
                 Ok(Ack::done(Ok(())))
+            }
+            Mode::Closed => {
+                self.0.log.record(change).map_err(Self::tracking_error)?;
+                lock(&self.0.counters).refused += 1;
+                Err(ReplicationError::Withdrawn)
             }
             Mode::Hold => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
