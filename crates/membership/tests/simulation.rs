@@ -14,7 +14,13 @@
 //!   primaries meeting again (a split brain) are logged as a split brain
 //!   before one of them is no longer primary — never resolved silently;
 //! - every change of the displayed state comes with a Transition action that
-//!   has a reason.
+//!   has a reason;
+//! - with a witness, no acknowledged write is lost: a node becoming primary
+//!   (unless forced) holds every write acknowledged so far. The data layer
+//!   is modelled: a primary's application writes every pulse; a write is
+//!   acknowledged when mirrored (peer SECOND, resynchronised, connected) or,
+//!   alone, once the witness has fenced the peer's copy (`PeerData`,
+//!   `Action::PeerFenced`); a resynchronisation copies the primary's data.
 //!
 //! And at the end of every schedule, once faults are healed and both modules
 //! started: exactly one PRIM running the application and one SECOND.
@@ -27,8 +33,8 @@ use std::time::{Duration, Instant};
 use holdfast_config::DefaultPrimary;
 use holdfast_membership::lease::{LeaseSettings, PeerCopy, Verdict, WitnessCore};
 use holdfast_membership::mirror::{
-    Action, Command, MirrorModule, MirrorSettings, PeerStatus, Persistent, Script, ScriptOutcome,
-    State,
+    Action, Command, MirrorModule, MirrorSettings, PeerData, PeerStatus, Persistent, Script,
+    ScriptOutcome, State,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -106,6 +112,7 @@ enum Ev {
         life: u64,
         id: u64,
         duration: Duration,
+        peer_copy: PeerCopy,
     },
     LeaseReply {
         to: usize,
@@ -132,6 +139,8 @@ enum Ev {
 struct Witness {
     /// `None` while crashed.
     core: Option<WitnessCore>,
+    /// What it stores across restarts: the outdated copies.
+    stored: std::collections::BTreeMap<String, holdfast_membership::lease::OutdatedCopy>,
     /// link[node][0]: node → witness passes; link[node][1]: witness → node.
     link: [[bool; 2]; 2],
 }
@@ -169,6 +178,15 @@ struct Node {
     /// Virtual times of the ticks scheduled, so that inputs sharing a
     /// deadline schedule one tick, not one each.
     ticks: std::collections::BTreeSet<u64>,
+    /// The writes this node's copy holds (kept across crashes: on disk).
+    copy: std::collections::BTreeSet<u64>,
+    /// What replication last told the module of the peer's copy.
+    peer_data: PeerData,
+    /// The newest fencing epoch the module reported fenced.
+    fenced: u64,
+    /// As primary: its peer's copy has every write (resynchronised, and
+    /// connected since).
+    mirroring: bool,
 }
 
 struct Sim {
@@ -190,6 +208,10 @@ struct Sim {
     /// A node logged a split brain since both became primary.
     split_brain_logged: bool,
     excused_until: u64,
+    /// The application's writes so far, and those acknowledged.
+    writes: u64,
+    acknowledged: std::collections::BTreeSet<u64>,
+    next_epoch: u64,
 }
 
 impl Sim {
@@ -240,12 +262,16 @@ impl Sim {
             divergence: None,
             split_brain_logged: false,
             excused_until: 0,
+            writes: 0,
+            acknowledged: Default::default(),
+            next_epoch: 1,
         };
         if with_witness {
             let core =
                 WitnessCore::new(Duration::from_millis(LEASE_MS), sim.t0, Default::default());
             sim.witness = Some(Witness {
                 core: Some(core),
+                stored: Default::default(),
                 link: [[true; 2]; 2],
             });
         }
@@ -261,6 +287,10 @@ impl Sim {
                 resource_missing: false,
                 suspended: false,
                 ticks: Default::default(),
+                copy: Default::default(),
+                peer_data: PeerData::Unknown,
+                fenced: 0,
+                mirroring: false,
             });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
@@ -294,6 +324,9 @@ impl Sim {
             node.persistent.clone(),
             self.t0 + Duration::from_millis(self.q.now()),
         ));
+        node.peer_data = PeerData::Unknown;
+        node.fenced = 0;
+        node.mirroring = false;
         let life = node.life;
         // A fresh pair (never started) has the same, empty, data.
         node.uptodate = life == 0 || node.persistent.last_primary;
@@ -405,6 +438,15 @@ impl Sim {
                             NODES[i], n.uptodate, n.resource_missing, n.suspended
                         ));
                     }
+                    if self.witness.is_some() && !n.forced {
+                        let copy = &self.nodes[i].copy;
+                        if let Some(lost) = self.acknowledged.iter().find(|w| !copy.contains(w)) {
+                            self.fail(&format!(
+                                "{} becomes primary without acknowledged write {lost}",
+                                NODES[i]
+                            ));
+                        }
+                    }
                     self.nodes[i].forced = false;
                 }
                 Action::Transition {
@@ -421,13 +463,16 @@ impl Sim {
                 Action::AcquirePrimaryResources => self.nodes[i].vip_held = true,
                 Action::ReleasePrimaryResources => self.nodes[i].vip_held = false,
                 Action::ReleaseLease { id } => {
-                    self.send_to_witness(i, life, id, Duration::ZERO);
+                    self.send_to_witness(i, life, id, Duration::ZERO, PeerCopy::Unknown);
                 }
-                Action::RequestLease { id, duration, .. } => {
-                    self.send_to_witness(i, life, id, duration)
+                Action::RequestLease {
+                    id,
+                    duration,
+                    peer_copy,
+                } => self.send_to_witness(i, life, id, duration, peer_copy),
+                Action::PeerFenced { epoch } => {
+                    self.nodes[i].fenced = self.nodes[i].fenced.max(epoch)
                 }
-                // Replication is not simulated here.
-                Action::PeerFenced { .. } => {}
             }
         }
         if let Some(deadline) = deadline {
@@ -442,7 +487,14 @@ impl Sim {
     }
 
     /// A lease request (or release) from node `i` on its way to the witness.
-    fn send_to_witness(&mut self, i: usize, life: u64, id: u64, duration: Duration) {
+    fn send_to_witness(
+        &mut self,
+        i: usize,
+        life: u64,
+        id: u64,
+        duration: Duration,
+        peer_copy: PeerCopy,
+    ) {
         if self.witness.as_ref().is_some_and(|w| w.link[i][0]) {
             let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
             self.schedule(
@@ -452,6 +504,7 @@ impl Sim {
                     life,
                     id,
                     duration,
+                    peer_copy,
                 },
             );
         }
@@ -605,6 +658,9 @@ impl Sim {
                 .checked_sub(1)
                 .unwrap_or_else(|| self.fail("event budget exhausted"));
             self.handle(ev);
+            for i in 0..2 {
+                self.follow_replication(i);
+            }
             if !self.connected() || !was_connected {
                 self.last_disconnected = self.q.now();
             }
@@ -621,6 +677,7 @@ impl Sim {
                     self.schedule(PULSE_MS, Ev::Pulse { node, life });
                 }
                 self.input(node, |m, now| m.tick(now));
+                self.application_writes(node);
             }
             Ev::Tick { node, life } if life == self.nodes[node].life => {
                 let now = self.q.now();
@@ -691,11 +748,13 @@ impl Sim {
                 life,
                 id,
                 duration,
+                peer_copy,
             } => {
                 let now = self.instant();
                 let Some(w) = &mut self.witness else { return };
                 let Some(core) = &mut w.core else { return };
-                let verdict = core.request(now, "web", NODES[from], duration, &PeerCopy::Unknown);
+                let verdict = core.request(now, "web", NODES[from], duration, &peer_copy);
+                w.stored = core.outdated().clone();
                 if w.link[from][1] {
                     let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
                     self.schedule(
@@ -728,8 +787,9 @@ impl Sim {
             Ev::WitnessRestart => {
                 let now = self.instant();
                 if let Some(w) = &mut self.witness {
+                    let stored = w.stored.clone();
                     w.core.get_or_insert_with(|| {
-                        WitnessCore::new(Duration::from_millis(LEASE_MS), now, Default::default())
+                        WitnessCore::new(Duration::from_millis(LEASE_MS), now, stored)
                     });
                 }
             }
@@ -765,6 +825,82 @@ impl Sim {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Primary node `i` (its resources up) can reach its SECOND.
+    fn reaches_second(&self, i: usize) -> bool {
+        self.connected()
+            && self.nodes[1 - i]
+                .module
+                .as_ref()
+                .is_some_and(|m| m.state() == State::Second)
+    }
+
+    fn replicates(&self, i: usize) -> bool {
+        let n = &self.nodes[i];
+        n.vip_held && n.module.as_ref().is_some_and(|m| m.state().is_primary())
+    }
+
+    /// The data layer of node `i` tells its module what it says of the
+    /// peer's copy, as the daemon's replication does.
+    fn follow_replication(&mut self, i: usize) {
+        let reaches = self.replicates(i) && self.reaches_second(i);
+        if !reaches {
+            self.nodes[i].mirroring = false;
+        } else if !self.nodes[i].mirroring {
+            // The connector resynchronises the SECOND (at once here).
+            if self.trace {
+                eprintln!(
+                    "{:>6} {} resynchronises {}",
+                    self.q.now(),
+                    NODES[i],
+                    NODES[1 - i]
+                );
+            }
+            self.nodes[1 - i].copy = self.nodes[i].copy.clone();
+            self.nodes[i].mirroring = true;
+        }
+        let data = match (self.replicates(i), self.nodes[i].mirroring) {
+            (false, _) => PeerData::Unknown,
+            (true, true) => PeerData::Current,
+            (true, false) => match self.nodes[i].peer_data {
+                outdated @ PeerData::Outdated { .. } => outdated,
+                _ => {
+                    let epoch = self.next_epoch;
+                    self.next_epoch += 1;
+                    PeerData::Outdated { epoch }
+                }
+            },
+        };
+        if data != self.nodes[i].peer_data {
+            self.nodes[i].peer_data = data;
+            self.input(i, |m, now| m.peer_data(now, data));
+        }
+    }
+
+    /// The primary's application writes once: mirrored, or alone once the
+    /// peer is fenced (acknowledged); otherwise held (applied here only).
+    fn application_writes(&mut self, i: usize) {
+        if !self.replicates(i) || !self.nodes[i].app_running {
+            return;
+        }
+        self.writes += 1;
+        let w = self.writes;
+        self.nodes[i].copy.insert(w);
+        let how = if self.nodes[i].mirroring {
+            self.nodes[1 - i].copy.insert(w);
+            self.acknowledged.insert(w);
+            "mirrored"
+        } else if matches!(self.nodes[i].peer_data, PeerData::Outdated { epoch } if self.nodes[i].fenced >= epoch)
+        {
+            self.acknowledged.insert(w);
+            "alone, peer fenced"
+        } else {
+            "held"
+        };
+        if self.trace {
+            eprintln!("{:>6} {} write {w}: {how}", self.q.now(), NODES[i]);
         }
     }
 
@@ -877,8 +1013,16 @@ impl Sim {
                 .is_some_and(|m| m.waits_for_administrator())
         };
         if waiting(self, 0) && waiting(self, 1) {
-            self.nodes[0].forced = true;
-            self.input(0, |m, now| {
+            // The administrator forces the node the witness does not call
+            // outdated (it refuses the lease to the other, as it says).
+            let outdated = self
+                .witness
+                .as_ref()
+                .and_then(|w| w.stored.get("web"))
+                .map(|c| c.node.clone());
+            let pick = usize::from(outdated.as_deref() == Some(NODES[0]));
+            self.nodes[pick].forced = true;
+            self.input(pick, |m, now| {
                 m.command(now, Command::Prim)
                     .expect("prim on a waiting pair")
             });
