@@ -44,7 +44,7 @@
 //! mkdir, unlink, rmdir, rename (with `RENAME_NOREPLACE` and
 //! `RENAME_EXCHANGE`), hard links, symbolic links, chmod, chown, truncate,
 //! timestamps, fallocate (including hole punching), extended attributes, and
-//! fsync (acknowledged only once durable on the secondary). Each change
+//! fsync (performed on the secondary too, acknowledged per the mode). Each change
 //! carries the modification times it produced, so the secondary's tree is
 //! identical: content, mode, owner, mtime, link targets, link counts, xattrs.
 //! Data written to a file after all its names were unlinked is not sent:

@@ -119,8 +119,9 @@ pub enum Op {
         #[serde(with = "serde_bytes")]
         name: Vec<u8>,
     },
-    /// The application asked for durability: the secondary acknowledges
-    /// this one only after its own fsync, whatever the acknowledgement mode.
+    /// The application asked for durability: the secondary performs its own
+    /// fsync in stream order, and acknowledges it as any change (on receipt,
+    /// or after the sync with [`crate::AckMode::Durable`]).
     Fsync {
         #[serde(with = "path_bytes")]
         path: PathBuf,

@@ -23,11 +23,13 @@ use crate::resync::{Answer, Request};
 /// When the secondary acknowledges a change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AckMode {
-    /// As soon as it is received (and checked), before applying: the write
-    /// survives the loss of either node, not of both at once.
+    /// As soon as it is received (and checked), before applying — an
+    /// explicit fsync too (the secondary still performs it, in order): a
+    /// change survives the loss of either node, not of both at once.
     #[default]
     Receipt,
-    /// After it is applied and synced to disk on the secondary.
+    /// After it is applied and synced to disk on the secondary: a change
+    /// survives the loss of both nodes at once (a double power cut).
     Durable,
 }
 
@@ -182,8 +184,9 @@ impl Receiver {
                 })?;
                 return Err(error);
             }
-            // An explicit fsync is acknowledged once durable, in any mode.
-            let ack_first = self.mode == AckMode::Receipt && !matches!(change.op, Op::Fsync { .. });
+            // Receipt: what each mode promises holds for an fsync as for any
+            // change (the primary's own fsync completes before the call returns).
+            let ack_first = self.mode == AckMode::Receipt;
             if ack_first {
                 reply(Reply::Ack { seq })?;
             }

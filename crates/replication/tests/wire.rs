@@ -15,11 +15,20 @@ use holdfast_replication::{
     AckMode, Change, Op, Receiver, ReceiverError, ReplicationError, Replicator, TcpReplicator,
 };
 
-/// A receiver serving one connection on 127.0.0.1 into `dir`.
+/// A receiver acknowledging after the durable apply, serving one
+/// connection on 127.0.0.1 into `dir`.
 fn receiver(dir: &Path, key: &ClusterKey) -> (SocketAddr, JoinHandle<Result<(), ReceiverError>>) {
+    receiver_in(dir, key, AckMode::Durable)
+}
+
+fn receiver_in(
+    dir: &Path,
+    key: &ClusterKey,
+    mode: AckMode,
+) -> (SocketAddr, JoinHandle<Result<(), ReceiverError>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let receiver = Receiver::new(dir, key.clone(), AckMode::Durable).unwrap();
+    let receiver = Receiver::new(dir, key.clone(), mode).unwrap();
     let handle = std::thread::spawn(move || {
         let (stream, _) = listener.accept().unwrap();
         receiver.serve_connection(stream)
@@ -76,6 +85,41 @@ fn replicated_changes_are_applied_in_order() {
     assert!(dir.join("a/f").is_file() && dir.join("a/g").is_file());
     drop(tx);
     rx.join().unwrap().unwrap();
+}
+
+#[test]
+fn an_fsync_is_acknowledged_as_the_mode_says() {
+    // An fsync in a directory the secondary lacks fails there: the outcome
+    // the primary sees tells whether the acknowledgement waited for the sync.
+    let fsync = Change {
+        op: Op::Fsync {
+            path: "missing/f".into(),
+        },
+        stamps: vec![],
+    };
+    for mode in [AckMode::Receipt, AckMode::Durable] {
+        let (_tmp, dir) = dirs();
+        let key = ClusterKey::generate();
+        let (addr, rx) = receiver_in(&dir, &key, mode);
+        let tx = TcpReplicator::connect(addr, &key).unwrap();
+        let acked = tx.replicate(&fsync);
+        match mode {
+            // On receipt, before the secondary's own fsync.
+            AckMode::Receipt => assert_eq!(acked, Ok(()), "{mode:?}"),
+            // Only once synced there: this one never is.
+            AckMode::Durable => assert!(
+                matches!(acked, Err(ReplicationError::Refused { seq: 0, .. })),
+                "{mode:?}: {acked:?}"
+            ),
+        }
+        // Either way the failure stops the stream: the copies may differ.
+        assert!(matches!(
+            rx.join().unwrap(),
+            Err(ReceiverError::Apply { seq: 0, .. })
+        ));
+        assert!(tx.replicate(&mkdir("after")).is_err(), "{mode:?}");
+        assert!(!dir.join("after").exists());
+    }
 }
 
 #[test]
