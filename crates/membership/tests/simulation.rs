@@ -141,6 +141,9 @@ struct Witness {
     core: Option<WitnessCore>,
     /// What it stores across restarts: the outdated copies.
     stored: std::collections::BTreeMap<String, holdfast_membership::lease::OutdatedCopy>,
+    /// Its replay guard: the newest `(life, id)` per node; older requests
+    /// (overtaken on the way) are dropped, as the real witness does.
+    newest: [Option<(u64, u64)>; 2],
     /// link[node][0]: node → witness passes; link[node][1]: witness → node.
     link: [[bool; 2]; 2],
 }
@@ -272,6 +275,7 @@ impl Sim {
             sim.witness = Some(Witness {
                 core: Some(core),
                 stored: Default::default(),
+                newest: [None; 2],
                 link: [[true; 2]; 2],
             });
         }
@@ -753,8 +757,19 @@ impl Sim {
                 let now = self.instant();
                 let Some(w) = &mut self.witness else { return };
                 let Some(core) = &mut w.core else { return };
+                if w.newest[from].is_some_and(|newest| (life, id) <= newest) {
+                    return;
+                }
+                w.newest[from] = Some((life, id));
                 let verdict = core.request(now, "web", NODES[from], duration, &peer_copy);
                 w.stored = core.outdated().clone();
+                if self.trace {
+                    eprintln!(
+                        "{:>6} witness: {} asks {duration:?} ({peer_copy:?}): {verdict:?}",
+                        self.q.now(),
+                        NODES[from]
+                    );
+                }
                 if w.link[from][1] {
                     let delay = self.rng.gen_range(0..=DELAY_MAX_MS);
                     self.schedule(
@@ -788,6 +803,9 @@ impl Sim {
                 let now = self.instant();
                 if let Some(w) = &mut self.witness {
                     let stored = w.stored.clone();
+                    if w.core.is_none() {
+                        w.newest = [None; 2];
+                    }
                     w.core.get_or_insert_with(|| {
                         WitnessCore::new(Duration::from_millis(LEASE_MS), now, stored)
                     });
