@@ -31,9 +31,9 @@ use holdfast_config::{AckPolicy, ModuleConfig, OnSecondaryFailure};
 use holdfast_membership::{ClusterKey, LogLevel, State};
 use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{
-    decide, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations, Link, LinkMode,
-    Mirror, MountGuard, OnFailure, Peer, Progress, Receiver, ReceiverError, Recovery,
-    TcpReplicator, TrackingConfig,
+    compare_reason, decide, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations,
+    Link, LinkMode, Mirror, MountGuard, OnFailure, Peer, Progress, Receiver, ReceiverError,
+    Recovery, TcpReplicator, TrackingConfig,
 };
 
 use crate::modlog::ModuleLog;
@@ -207,13 +207,6 @@ struct Dir {
 }
 
 impl Dir {
-    /// Present when the last mirroring session broke while the secondary
-    /// acknowledged on receipt: changes it acknowledged may never have
-    /// been applied there, and no change log covers them.
-    fn compare_marker(&self) -> PathBuf {
-        self.state.join("compare-next")
-    }
-
     /// Present while this node keeps the directory read-only ([`ReadOnly`]):
     /// a daemon killed meanwhile leaves the mount, detached at the next start.
     fn read_only_marker(&self) -> PathBuf {
@@ -286,6 +279,7 @@ impl std::fmt::Debug for Replication {
 }
 
 struct ReceiverTask {
+    receiver: Arc<Receiver>,
     stop: Arc<AtomicBool>,
     current: Arc<Mutex<Option<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
@@ -301,6 +295,11 @@ impl ReceiverTask {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // A clean stop: what was applied goes to disk, so a restart of this
+        // host does not make the next resynchronisation compare checksums.
+        if let Err(e) = self.receiver.sync() {
+            log.write(LogLevel::Error, &e.to_string());
         }
         if let Some(read_only) = self.read_only.take() {
             read_only.remove(log);
@@ -612,7 +611,7 @@ impl Replication {
             let peers = self.peer_addresses.clone();
             let log = self.log.clone();
             let target = Target {
-                receiver,
+                receiver: receiver.clone(),
                 store: dir.store(),
                 synced: self.synced[dir.index].clone(),
                 path: dir.path.clone(),
@@ -623,6 +622,7 @@ impl Replication {
                 .spawn(move || receive(listeners, target, peers, stop2, current2, log))
                 .ok();
             tasks.push(ReceiverTask {
+                receiver,
                 stop,
                 current,
                 thread,
@@ -726,7 +726,6 @@ impl Replication {
         let peer = Arc::new(Mutex::new(None));
         let connector = Connector {
             module: self.module.clone(),
-            ack: self.ack,
             key: self.key.clone(),
             dir: dir.clone(),
             link: link.clone(),
@@ -967,7 +966,6 @@ fn receive(
 /// The primary's connection to the secondary, for one directory.
 struct Connector {
     module: String,
-    ack: AckMode,
     key: ClusterKey,
     dir: Dir,
     link: Link,
@@ -1175,8 +1173,8 @@ impl Connector {
     }
 
     fn bring_up_to_date(&self, peer: &Arc<TcpReplicator>, path: &str) -> Result<(), String> {
-        let theirs = match peer.ask(&Request::Generations) {
-            Ok(Answer::Generations(g)) => g,
+        let (theirs, kept) = match peer.ask(&Request::Generations) {
+            Ok(Answer::Generations { record, kept }) => (record, kept),
             Ok(other) => {
                 return Err(format!(
                     "replication of {path}: unexpected answer {other:?}"
@@ -1186,12 +1184,9 @@ impl Connector {
         };
         let store = self.dir.store();
         let ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
-        let compare_all = match decide(&self.module, &ours, &theirs) {
-            Ok(Decision::InSync) => false,
-            Ok(Decision::Send(basis)) => {
-                basis == holdfast_replication::Basis::Compare
-                    || self.dir.compare_marker().exists()
-            }
+        let decided = match decide(&self.module, &ours, &theirs) {
+            Ok(Decision::InSync) => None,
+            Ok(Decision::Send(basis)) => Some(basis),
             Ok(Decision::Receive(_)) => {
                 return Err(format!(
                     "replication of {path}: the secondary holds newer data than this primary; not replicating (stop this node and let the other one become primary)"
@@ -1199,16 +1194,16 @@ impl Connector {
             }
             Err(refusal) => return Err(format!("replication of {path}: {refusal}")),
         };
+        let lost = self.link.log().lost();
+        let compare = compare_reason(&ours, &theirs, decided, kept, lost);
         self.log.write(
             LogLevel::Info,
-            &format!(
-                "resynchronising {path} to the secondary ({})",
-                if compare_all {
-                    "comparing checksums"
-                } else {
-                    "tracked changes"
+            &match compare {
+                Some(why) => {
+                    format!("resynchronising {path} to the secondary (comparing checksums: {why})")
                 }
-            ),
+                None => format!("resynchronising {path} to the secondary (tracked changes)"),
+            },
         );
         let progress = Arc::new(Progress::default());
         self.status.set(
@@ -1224,7 +1219,7 @@ impl Connector {
                 &self.link,
                 peer.clone(),
                 ours.current,
-                compare_all,
+                compare.is_some(),
                 &progress,
             );
             finished.store(true, Ordering::SeqCst);
@@ -1248,7 +1243,6 @@ impl Connector {
         let mut ours = store.load().map_err(|e| e.to_string())?.unwrap_or_default();
         ours.peer_synced();
         store.save(&ours).map_err(|e| e.to_string())?;
-        let _ = std::fs::remove_file(self.dir.compare_marker());
         self.log.write(
             LogLevel::Info,
             &format!(
@@ -1324,14 +1318,6 @@ impl Connector {
             return;
         }
         let _order = self.tree.lock();
-        if self.ack == AckMode::Receipt {
-            if let Err(e) = std::fs::write(self.dir.compare_marker(), b"") {
-                self.log.write(
-                    LogLevel::Error,
-                    &format!("{}: {e}", self.dir.compare_marker().display()),
-                );
-            }
-        }
         let store = self.dir.store();
         match store.load() {
             Ok(Some(mut g)) => {

@@ -447,8 +447,12 @@ impl Root {
                         st.st_rdev == want.rdev
                     }
                     // Created while alone: whatever has this name here is
-                    // another file.
-                    rfs::FileType::RegularFile => !want.fresh,
+                    // another file. One name there, several here: this
+                    // file is (also) another one (writing it would change
+                    // that one too).
+                    rfs::FileType::RegularFile => {
+                        !(want.fresh || want.nlink == 1 && st.st_nlink > 1)
+                    }
                     _ => true,
                 }
         });

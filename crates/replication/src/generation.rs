@@ -39,6 +39,12 @@ pub struct Generations {
     /// holds is to be replaced (until a resynchronisation completes).
     #[serde(default)]
     pub discarded: bool,
+    /// This copy applied changes that may not be on its disk yet (received
+    /// with acknowledgement on receipt), under the kernel with this boot
+    /// id ([`boot_id`]): they are there only as long as that kernel runs
+    /// or once synced (`None`: synced since).
+    #[serde(default)]
+    pub unsynced: Option<String>,
 }
 
 /// What to do when two nodes meet.
@@ -177,6 +183,29 @@ impl Generations {
         self.discarded = false;
     }
 
+    /// About to apply changes that stay in the page cache for a while,
+    /// under the kernel `boot`. A record of another boot stays: what was
+    /// applied then may be lost, which the next resynchronisation must know.
+    pub fn receiving(&mut self, boot: &str) {
+        if self.unsynced.is_none() {
+            self.unsynced = Some(boot.to_string());
+        }
+    }
+
+    /// Everything applied is on disk (synced).
+    pub fn synced(&mut self) {
+        self.unsynced = None;
+    }
+
+    /// Whether everything this copy applied is still there: synced, or its
+    /// kernel (boot id `boot`) has not restarted since.
+    pub fn kept_applied(&self, boot: Option<&str>) -> bool {
+        match &self.unsynced {
+            None => true,
+            Some(recorded) => boot == Some(recorded.as_str()),
+        }
+    }
+
     /// The source side of a completed resynchronisation: the peer now
     /// holds `current`; the change log is emptied with it.
     pub fn peer_synced(&mut self) {
@@ -305,6 +334,49 @@ pub fn decide(module: &str, local: &Generations, peer: &Generations) -> Result<D
         local: local.current,
         peer: peer.current,
     })
+}
+
+/// Why a resynchronisation from `source` into `target` must compare
+/// checksums, or `None` when the source's change log covers every
+/// difference. `decided`: the basis [`decide`] gave (`None`: in sync);
+/// `kept`: the target kept everything it applied ([`Generations::kept_applied`]
+/// on its side); `log_lost`: the source's change log is lost.
+pub fn compare_reason(
+    source: &Generations,
+    target: &Generations,
+    decided: Option<Basis>,
+    kept: bool,
+    log_lost: bool,
+) -> Option<&'static str> {
+    if decided == Some(Basis::Compare) {
+        return Some(if target.discarded {
+            "the secondary's data was discarded by the administrator"
+        } else if target.current == 0 {
+            "the secondary has no data yet"
+        } else if target.unclean {
+            "the secondary was a primary that stopped uncleanly (changes it made then are in no log)"
+        } else if target.incomplete && source.bitmap != Some(target.current) {
+            "the secondary's copy is incomplete and older than this primary's change log"
+        } else {
+            "this primary's change log does not cover the secondary's data (tracking lost, or an older copy)"
+        });
+    }
+    if !kept {
+        return Some(
+            "the secondary's host restarted since it applied changes it had not synced to disk",
+        );
+    }
+    log_lost.then_some("this primary's change log was lost")
+}
+
+/// The running kernel's boot id: a new one at every boot, so a copy can
+/// tell whether its host restarted (losing its page cache) since it
+/// applied changes. `None` if it cannot be read.
+pub fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -557,6 +629,70 @@ mod tests {
         assert!(both(&data, &loser).is_err());
         loser.discard();
         assert_eq!(both(&data, &loser), Ok(Decision::Send(Basis::Compare)));
+    }
+
+    #[test]
+    fn applied_changes_are_kept_only_by_the_same_boot_or_a_sync() {
+        let mut copy = g(5, None, &[]);
+        assert!(copy.kept_applied(Some("boot-1")), "nothing unsynced");
+        copy.receiving("boot-1");
+        assert!(copy.kept_applied(Some("boot-1")));
+        assert!(!copy.kept_applied(Some("boot-2")), "the host restarted");
+        assert!(!copy.kept_applied(None), "unknown boot: assume lost");
+        // Receiving again after the restart keeps the older boot on record.
+        copy.receiving("boot-2");
+        assert!(!copy.kept_applied(Some("boot-2")));
+        copy.synced();
+        assert!(copy.kept_applied(Some("boot-2")));
+        copy.receiving("boot-2");
+        assert!(copy.kept_applied(Some("boot-2")));
+        // An older record without the field reads as synced.
+        let old: Generations = serde_json::from_str(
+            r#"{"current":5,"bitmap":null,"history":[],"incomplete":false,"unclean":false}"#,
+        )
+        .unwrap();
+        assert_eq!(old.unsynced, None);
+        assert!(boot_id().is_some_and(|b| b.len() == 36), "{:?}", boot_id());
+    }
+
+    #[test]
+    fn checksums_are_compared_only_when_something_is_unknown() {
+        let mut primary = g(5, None, &[]);
+        let secondary = primary.clone();
+        primary.start_tracking();
+        let decided = |a: &Generations, b: &Generations| match decide(M, a, b) {
+            Ok(Decision::Send(basis)) => Some(basis),
+            Ok(Decision::InSync) => None,
+            other => panic!("{other:?}"),
+        };
+        let basis = decided(&primary, &secondary);
+        // Module stopped and started, daemon killed, link cut: tracked.
+        assert_eq!(
+            compare_reason(&primary, &secondary, basis, true, false),
+            None
+        );
+        let why = compare_reason(&primary, &secondary, basis, false, false).unwrap();
+        assert!(why.contains("host restarted"), "{why}");
+        let why = compare_reason(&primary, &secondary, basis, true, true).unwrap();
+        assert!(why.contains("change log was lost"), "{why}");
+        // In sync, but the secondary lost what it applied.
+        assert!(compare_reason(&secondary, &secondary, None, false, false).is_some());
+        assert_eq!(
+            compare_reason(&secondary, &secondary, None, true, false),
+            None
+        );
+        // What decide says comes first, with its reason.
+        let mut lost = primary.clone();
+        lost.tracking_lost();
+        let why = compare_reason(&lost, &secondary, decided(&lost, &secondary), true, false);
+        assert!(why.unwrap().contains("does not cover"), "{why:?}");
+        let empty = Generations::fresh(false);
+        let why = compare_reason(&primary, &empty, decided(&primary, &empty), true, false);
+        assert!(why.unwrap().contains("no data yet"), "{why:?}");
+        let mut crashed = secondary.clone();
+        crashed.become_primary();
+        let why = compare_reason(&primary, &crashed, decided(&primary, &crashed), true, false);
+        assert!(why.unwrap().contains("stopped uncleanly"), "{why:?}");
     }
 
     #[test]

@@ -64,6 +64,11 @@
 //! reordered). Progress: [`Progress::report`]. Who resynchronises whom is
 //! decided by [`decide`] from recorded [`Generations`] (`generation.rs`);
 //! the secondary records its copy incomplete for the whole resync.
+//! Mirrored changes the secondary may not have applied when it left
+//! (acknowledged on receipt: each acknowledgement says how far it applied)
+//! are recorded in the log then; the secondary records the boot id it
+//! applies unsynced changes under, so only a restart of its host makes the
+//! next resync compare checksums ([`compare_reason`]).
 //!
 //! # Not yet
 //!
@@ -87,7 +92,9 @@ pub mod sender;
 pub mod tracking;
 
 pub use fs::{Mirror, MountError, MountGuard, Ordered, Tree};
-pub use generation::{decide, Basis, Decision, GenerationStore, Generations, Refusal};
+pub use generation::{
+    boot_id, compare_reason, decide, Basis, Decision, GenerationStore, Generations, Refusal,
+};
 pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time, Unreplicated};
 pub use receiver::{AckMode, Receiver, ReceiverError};
 pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Stats};

@@ -239,7 +239,12 @@ pub enum ReplicationError {
 
 /// The secondary's acknowledgement of one submitted change, to wait for.
 #[derive(Debug)]
-pub struct Ack(AckState);
+pub struct Ack {
+    state: AckState,
+    /// The change's position in the replication stream, for a replicator
+    /// that numbers them (see [`Replicator::applied`]).
+    seq: Option<u64>,
+}
 
 type AckHook = Box<dyn FnOnce(Result<(), ReplicationError>) -> Result<(), ReplicationError> + Send>;
 
@@ -263,13 +268,30 @@ impl std::fmt::Debug for AckState {
 impl Ack {
     /// An acknowledgement already known (a replicator that works synchronously).
     pub fn done(result: Result<(), ReplicationError>) -> Self {
-        Ack(AckState::Done(result))
+        Ack {
+            state: AckState::Done(result),
+            seq: None,
+        }
     }
 
     /// An acknowledgement that arrives later through `receiver`; if its
     /// sender is dropped unanswered, the connection is considered lost.
     pub fn waiting(receiver: mpsc::Receiver<Result<(), ReplicationError>>) -> Self {
-        Ack(AckState::Waiting(receiver))
+        Ack {
+            state: AckState::Waiting(receiver),
+            seq: None,
+        }
+    }
+
+    /// The same acknowledgement, for the change numbered `seq` in the stream.
+    pub fn numbered(mut self, seq: u64) -> Self {
+        self.seq = Some(seq);
+        self
+    }
+
+    /// The change's position in the stream, if the replicator numbers them.
+    pub fn seq(&self) -> Option<u64> {
+        self.seq
     }
 
     /// The same acknowledgement, its outcome passed through `hook` when
@@ -278,12 +300,16 @@ impl Ack {
         self,
         hook: impl FnOnce(Result<(), ReplicationError>) -> Result<(), ReplicationError> + Send + 'static,
     ) -> Self {
-        Ack(AckState::Mapped(Box::new(self), Box::new(hook)))
+        let seq = self.seq;
+        Ack {
+            state: AckState::Mapped(Box::new(self), Box::new(hook)),
+            seq,
+        }
     }
 
     /// Blocks until the secondary acknowledged (or the replication failed).
     pub fn wait(self) -> Result<(), ReplicationError> {
-        match self.0 {
+        match self.state {
             AckState::Done(result) => result,
             AckState::Mapped(inner, hook) => hook(inner.wait()),
             AckState::Waiting(rx) => rx.recv().unwrap_or_else(|_| {
@@ -313,6 +339,13 @@ pub trait Replicator: Send + Sync {
 
     /// Queues `change` after every change submitted before it.
     fn submit(&self, change: &Change) -> Result<Ack, ReplicationError>;
+
+    /// Every change numbered (by [`Ack::seq`]) below the returned one is
+    /// applied on the secondary — which may acknowledge a change on receipt,
+    /// before applying it. `None`: an acknowledged change is applied.
+    fn applied(&self) -> Option<u64> {
+        None
+    }
 
     /// Submits and returns only once the secondary acknowledged.
     fn replicate(&self, change: &Change) -> Result<(), ReplicationError> {

@@ -33,7 +33,9 @@ type HmacSha256 = Hmac<Sha256>;
 const MAGIC: &[u8; 4] = b"HFRP";
 /// 2: frames carry a [`Message`] (changes and resynchronisation requests).
 /// 3: frames are authenticated with keyed BLAKE3 instead of HMAC-SHA256.
-const VERSION: u8 = 3;
+/// 4: acknowledgements say how far the secondary has applied; the answer
+/// to `Generations` says whether its copy kept everything it applied.
+const VERSION: u8 = 4;
 const NONCE: usize = 32;
 const TAG: usize = 32;
 /// A frame's length prefix and sequence number.
@@ -48,7 +50,10 @@ pub enum ProtocolError {
     Io(#[from] io::Error),
     #[error("the peer does not speak the Holdfast replication protocol")]
     BadMagic,
-    #[error("the peer speaks replication protocol version {0}, this node {VERSION}")]
+    #[error(
+        "the peer speaks replication protocol version {0}, this node {VERSION}: \
+         run the same Holdfast version on both nodes"
+    )]
     Version(u8),
     #[error("the peer could not prove it holds the cluster key")]
     Unauthenticated,
@@ -180,8 +185,16 @@ pub fn secondary_handshake<S: Read + Write>(
     stream: &mut S,
     key: &ClusterKey,
 ) -> Result<SessionKey, ProtocolError> {
-    let theirs = read_hello(stream)?;
     let ours = nonce();
+    let theirs = match read_hello(stream) {
+        Ok(theirs) => theirs,
+        Err(e @ ProtocolError::Version(_)) => {
+            // Best effort: our version tells the primary why we close.
+            let _ = stream.write_all(&hello(&ours));
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let mut out = hello(&ours);
     out.extend_from_slice(&proof(key, b"server", &theirs, &ours)?);
     stream.write_all(&out)?;
@@ -320,8 +333,10 @@ pub enum Message {
 /// What the secondary answers about one change (payload of its frames).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
-    /// Received (or applied and synced, in durable mode).
-    Ack { seq: u64 },
+    /// Received (or applied and synced, in durable mode). Every frame
+    /// numbered below `applied` is applied (with receipt acks, `applied`
+    /// may be `seq`: this change is not yet).
+    Ack { seq: u64, applied: u64 },
     /// The answer to a [`Message::Resync`] request, after it was handled.
     Answer { seq: u64, answer: Answer },
     /// Not applied, or failed to apply: the copies may differ from here on.

@@ -13,7 +13,7 @@ use holdfast_membership::ClusterKey;
 use crate::apply::Root;
 use std::os::unix::ffi::OsStringExt;
 
-use crate::generation::{GenerationStore, Generations, StoreError};
+use crate::generation::{boot_id, GenerationStore, Generations, StoreError};
 use crate::op::{is_relative_inside, Change, Op};
 use crate::protocol::{
     secondary_handshake, Direction, Message, Opener, ProtocolError, Reply, Sealer,
@@ -48,6 +48,8 @@ pub enum ReceiverError {
     NoGenerations { seq: u64 },
     #[error(transparent)]
     Generations(#[from] StoreError),
+    #[error("cannot flush the copy to disk: {0}")]
+    Sync(std::io::Error),
     #[error("change {seq} ({op}) failed to apply: {source}")]
     Apply {
         seq: u64,
@@ -74,6 +76,8 @@ pub struct Receiver {
     generations: Option<GenerationStore>,
     /// Set false when a resynchronisation begins, true when it ends.
     synced: Option<Arc<AtomicBool>>,
+    /// The running kernel's ([`boot_id`]).
+    boot: Option<String>,
 }
 
 impl Receiver {
@@ -88,6 +92,7 @@ impl Receiver {
             mode,
             generations: None,
             synced: None,
+            boot: boot_id(),
         })
     }
 
@@ -131,6 +136,10 @@ impl Receiver {
     pub fn serve_connection(&self, mut stream: TcpStream) -> Result<(), ReceiverError> {
         stream.set_nodelay(true).map_err(ProtocolError::from)?;
         let session = secondary_handshake(&mut stream, &self.key)?;
+        if self.mode == AckMode::Receipt {
+            // Before anything is applied unsynced: which kernel holds it.
+            self.update_record(|g| g.receiving(self.boot()))?;
+        }
         let mut writer = stream.try_clone().map_err(ProtocolError::from)?;
         let mut sealer = Sealer::new(session.clone(), Direction::ToPrimary);
         let mut opener = Opener::new(session, Direction::ToSecondary);
@@ -143,6 +152,9 @@ impl Receiver {
         // Between `Begin` and `End`: changes live on the primary arrive
         // while the resynchronisation has not yet brought every entry.
         let mut resyncing = false;
+        // Every frame numbered below it is applied: the primary learns from
+        // it which changes acknowledged on receipt may be missing here.
+        let mut applied = 0;
         // Many small frames arrive in one read.
         let mut incoming = std::io::BufReader::with_capacity(256 << 10, stream);
         while let Some((seq, payload)) = opener.read(&mut incoming)? {
@@ -160,7 +172,10 @@ impl Receiver {
                         _ => {}
                     }
                     match self.handle(seq, &request) {
-                        Ok(answer) => reply(Reply::Answer { seq, answer })?,
+                        Ok(answer) => {
+                            applied = seq + 1;
+                            reply(Reply::Answer { seq, answer })?
+                        }
                         Err(error) => {
                             tracing::error!("{error}");
                             reply(Reply::Refused {
@@ -188,7 +203,7 @@ impl Receiver {
             // change (the primary's own fsync completes before the call returns).
             let ack_first = self.mode == AckMode::Receipt;
             if ack_first {
-                reply(Reply::Ack { seq })?;
+                reply(Reply::Ack { seq, applied })?;
             }
             if let Err(error) = self.apply(seq, &change) {
                 // A live change to an entry this copy lacks yet: the
@@ -196,8 +211,9 @@ impl Receiver {
                 // the primary then — this change included.
                 if resyncing && error.is_missing_entry() {
                     tracing::debug!("{error}: left to the resynchronisation");
+                    applied = seq + 1;
                     if !ack_first {
-                        reply(Reply::Ack { seq })?;
+                        reply(Reply::Ack { seq, applied })?;
                     }
                     continue;
                 }
@@ -208,8 +224,9 @@ impl Receiver {
                 })?;
                 return Err(error);
             }
+            applied = seq + 1;
             if !ack_first {
-                reply(Reply::Ack { seq })?;
+                reply(Reply::Ack { seq, applied })?;
             }
         }
         Ok(())
@@ -255,13 +272,24 @@ impl Receiver {
                     .generations
                     .as_ref()
                     .ok_or(ReceiverError::NoGenerations { seq })?;
-                Ok(Answer::Generations(store.load()?.unwrap_or_default()))
+                let record = store.load()?.unwrap_or_default();
+                Ok(Answer::Generations {
+                    kept: record.kept_applied(self.boot.as_deref()),
+                    record,
+                })
             }
             Request::End { source } => {
                 self.root
                     .syncfs()
                     .map_err(|e| failed("sync", Path::new(""), e))?;
-                self.update_generations(seq, |g| g.resync_done(*source))?;
+                self.update_generations(seq, |g| {
+                    g.resync_done(*source);
+                    g.synced();
+                    if self.mode == AckMode::Receipt {
+                        // The stream goes on, unsynced again.
+                        g.receiving(self.boot());
+                    }
+                })?;
                 if let Some(flag) = &self.synced {
                     flag.store(true, Ordering::SeqCst);
                 }
@@ -306,6 +334,37 @@ impl Receiver {
                 Ok(Answer::Hashes(hashes))
             }
         }
+    }
+
+    fn boot(&self) -> &str {
+        // Unknown: never taken for the boot of a later check.
+        self.boot.as_deref().unwrap_or("unknown")
+    }
+
+    /// Updates the generation record, if there is one (saved only if
+    /// changed).
+    fn update_record(&self, update: impl FnOnce(&mut Generations)) -> Result<(), ReceiverError> {
+        let Some(store) = &self.generations else {
+            return Ok(());
+        };
+        let before = store.load()?.unwrap_or_default();
+        let mut after = before.clone();
+        update(&mut after);
+        if after != before {
+            store.save(&after)?;
+        }
+        Ok(())
+    }
+
+    /// No connection is served any more (a clean stop): flushes the copy
+    /// to disk and records that everything applied is there, so a later
+    /// resynchronisation needs no comparison even after a restart of this
+    /// host.
+    pub fn sync(&self) -> Result<(), ReceiverError> {
+        self.root
+            .syncfs()
+            .map_err(|errno| ReceiverError::Sync(errno.into()))?;
+        self.update_record(Generations::synced)
     }
 
     fn update_generations(

@@ -110,7 +110,12 @@ pub enum Answer {
     },
     Listed(Vec<serde_bytes::ByteBuf>),
     Hashes(Vec<[u8; 32]>),
-    Generations(crate::generation::Generations),
+    Generations {
+        record: crate::generation::Generations,
+        /// Everything this copy applied is still there: its host did not
+        /// restart since it applied changes it had not synced.
+        kept: bool,
+    },
 }
 
 /// An entry as the primary has it.
@@ -127,6 +132,8 @@ pub struct Entry {
     pub uid: u32,
     pub gid: u32,
     pub size: u64,
+    /// Its number of names (hard links).
+    pub nlink: u64,
     pub rdev: u64,
     pub mtime: Time,
     #[serde(with = "serde_bytes")]
@@ -756,6 +763,7 @@ pub(crate) fn entry_state(root: &Root, path: &Path) -> Result<EntryState, Errno>
         } else {
             0
         },
+        nlink: st.st_nlink,
         rdev: st.st_rdev,
         mtime: mtime_of(&st),
         target,

@@ -63,6 +63,8 @@ struct State {
     broken: Option<ReplicationError>,
     /// A submitter is writing the queue out.
     writing: bool,
+    /// Every frame numbered below it is applied by the secondary.
+    applied: u64,
 }
 
 #[derive(Debug)]
@@ -192,14 +194,14 @@ impl TcpReplicator {
                             ))
                         }
                     };
-                    let take = |seq| {
-                        lock(&reader_shared.state)
-                            .pending
-                            .remove(&seq)
-                            .map(|(_, w)| w)
+                    // Replies come in order: `applied` only grows.
+                    let take = |seq, applied: u64| {
+                        let mut state = lock(&reader_shared.state);
+                        state.applied = state.applied.max(applied);
+                        state.pending.remove(&seq).map(|(_, w)| w)
                     };
                     match reply {
-                        Reply::Ack { seq } => match take(seq) {
+                        Reply::Ack { seq, applied } => match take(seq, applied) {
                             Some(Waiter::Ack(tx)) => {
                                 let _ = tx.send(Ok(()));
                             }
@@ -210,7 +212,8 @@ impl TcpReplicator {
                             }
                             None => {}
                         },
-                        Reply::Answer { seq, answer } => match take(seq) {
+                        // A request is answered once handled, after all before it.
+                        Reply::Answer { seq, answer } => match take(seq, seq + 1) {
                             Some(Waiter::Answer(tx)) => {
                                 let _ = tx.send(Ok(answer));
                             }
@@ -224,7 +227,7 @@ impl TcpReplicator {
                         Reply::Refused { seq, reason } => {
                             // The copies may differ from here on: stop.
                             let error = ReplicationError::Refused { seq, reason };
-                            if let Some(waiter) = take(seq) {
+                            if let Some(waiter) = take(seq, 0) {
                                 waiter.fail(error.clone());
                             }
                             break error;
@@ -245,7 +248,8 @@ impl TcpReplicator {
 impl TcpReplicator {
     /// Queues `message` after everything sent before; `waiter` gets its
     /// reply. Writes the queue out unless another submitter is doing so.
-    fn send(&self, message: &Outgoing<'_>, waiter: Waiter) -> Result<(), ReplicationError> {
+    /// Returns the message's sequence number.
+    fn send(&self, message: &Outgoing<'_>, waiter: Waiter) -> Result<u64, ReplicationError> {
         let payload = postcard::to_allocvec(message)
             .map_err(|e| ReplicationError::Disconnected(format!("cannot encode change: {e}")))?;
         let mut state = lock(&self.shared.state);
@@ -259,7 +263,7 @@ impl TcpReplicator {
         state.queue.push_back(payload);
         if state.writing {
             // Written by the submitter writing now, before it stops.
-            return Ok(());
+            return Ok(seq);
         }
         state.writing = true;
         loop {
@@ -274,11 +278,11 @@ impl TcpReplicator {
                 // Fails this change's waiter too: its Ack reports it.
                 self.shared
                     .break_with(ReplicationError::Disconnected(format!("send failed: {e}")));
-                return Ok(());
+                return Ok(seq);
             }
             if state.queue.is_empty() || state.broken.is_some() {
                 state.writing = false;
-                return Ok(());
+                return Ok(seq);
             }
         }
     }
@@ -316,6 +320,7 @@ impl TcpReplicator {
     pub fn tell(&self, request: &Request) -> Result<(), ReplicationError> {
         let (tx, _) = mpsc::channel();
         self.send(&Outgoing::Resync(request), Waiter::Answer(tx))
+            .map(drop)
     }
 
     /// Closes the connection: every waiting and later change fails.
@@ -327,8 +332,12 @@ impl TcpReplicator {
 impl Replicator for TcpReplicator {
     fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
         let (tx, rx) = mpsc::channel();
-        self.send(&Outgoing::Change(change), Waiter::Ack(tx))?;
-        Ok(Ack::waiting(rx))
+        let seq = self.send(&Outgoing::Change(change), Waiter::Ack(tx))?;
+        Ok(Ack::waiting(rx).numbered(seq))
+    }
+
+    fn applied(&self) -> Option<u64> {
+        Some(lock(&self.shared.state).applied)
     }
 }
 

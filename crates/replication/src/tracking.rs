@@ -29,7 +29,7 @@
 //! A state that cannot be read (damaged, foreign) is reported as lost: the
 //! caller then compares the whole tree by checksums ([`Dirty::everything`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -312,24 +312,39 @@ impl Dirty {
         }
     }
 
-    /// A change the secondary may or may not have applied (in flight when
-    /// the connection failed): everything it touched is compared.
-    fn add_uncertain(&mut self, touched: &Touched) {
-        let change = match touched {
-            Touched::Data { path, offset, len } => {
-                return self.add_intent(&Intent::Data {
-                    path,
-                    offset: *offset,
-                    len: *len,
-                })
+    /// Follows a change the peer may or may not have applied (it applied
+    /// a prefix of the changes in flight, unknown): like [`Self::follow`],
+    /// so re-sending what it has is harmless — entries are made identical,
+    /// blocks rewritten with what they hold now — except that a rename is
+    /// not replayed: whether the names bear the same files on both sides is
+    /// unknown, so what they name now is compared (a file by checksums, a
+    /// directory entry by entry). A hard link is replayed (skipped where its
+    /// name exists), both names compared.
+    fn follow_unapplied(&mut self, op: &Op) {
+        let names: Vec<&PathBuf> = match op {
+            Op::Rename { from, to, flags } => {
+                let exchange = flags & rustix::fs::RenameFlags::EXCHANGE.bits() != 0;
+                self.rename(from, to, exchange);
+                self.add_entry(from);
+                self.add_entry(to);
+                if exchange {
+                    vec![from, to]
+                } else {
+                    vec![to]
+                }
             }
-            Touched::Change(change) => change,
+            Op::Link { from, to } => {
+                self.follow(op);
+                vec![from, to]
+            }
+            _ => return self.follow(op),
         };
-        for path in change.op.paths() {
-            self.add_entry(path);
-            self.dirs.insert(parent(path).to_path_buf());
-            if !matches!(change.op, Op::Unlink { .. } | Op::Rmdir { .. }) {
-                self.file(path).compare = true;
+        let renamed = matches!(op, Op::Rename { .. });
+        for name in names {
+            self.file(name).compare = true;
+            if renamed {
+                // Listing a file finds nothing on either side: harmless.
+                self.dirs.insert(name.clone());
             }
         }
     }
@@ -352,9 +367,10 @@ impl Dirty {
     }
 }
 
-/// What a change touched, kept while its acknowledgement is awaited: a
-/// write's range, not its data (no copy of every write in flight).
-#[derive(Debug)]
+/// What a mirrored change touched, kept until the secondary is known to
+/// have applied it: a write's range, not its data (no copy of every write
+/// in flight).
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Touched {
     Data {
         path: PathBuf,
@@ -374,6 +390,94 @@ impl Touched {
             },
             _ => Touched::Change(change.clone()),
         }
+    }
+
+    /// What the change touched, as the file system announces it before
+    /// applying (where the size it had before is unknown, from the new one
+    /// to any end).
+    fn intents(&self) -> Vec<Intent<'_>> {
+        let change = match self {
+            Touched::Data { path, offset, len } => {
+                return vec![Intent::Data {
+                    path,
+                    offset: *offset,
+                    len: *len,
+                }]
+            }
+            Touched::Change(change) => change,
+        };
+        match &change.op {
+            Op::Write { path, offset, data } => vec![Intent::Data {
+                path,
+                offset: *offset,
+                len: data.len() as u64,
+            }],
+            Op::SetAttr {
+                path,
+                size: Some(size),
+                ..
+            } => vec![
+                Intent::Entry { path },
+                Intent::Data {
+                    path,
+                    offset: *size,
+                    len: u64::MAX - size,
+                },
+            ],
+            Op::Fallocate {
+                path,
+                offset,
+                length,
+                mode,
+            } => {
+                let shifting = rustix::fs::FallocateFlags::COLLAPSE_RANGE
+                    | rustix::fs::FallocateFlags::INSERT_RANGE;
+                let shifts =
+                    rustix::fs::FallocateFlags::from_bits_retain(*mode as u32).intersects(shifting);
+                vec![Intent::Data {
+                    path,
+                    offset: *offset,
+                    len: if shifts { u64::MAX - offset } else { *length },
+                }]
+            }
+            Op::Rename { from, to, .. } | Op::Link { from, to } => {
+                vec![Intent::Move { from, to }]
+            }
+            Op::Fsync { .. } => vec![],
+            // Existence, attributes, xattrs.
+            op => op
+                .paths()
+                .into_iter()
+                .map(|path| Intent::Entry { path })
+                .collect(),
+        }
+    }
+}
+
+/// Mirrored changes, in stream order, that the secondary may not have
+/// applied: it acknowledges on receipt (before applying), or did not
+/// acknowledge yet. It applies in order, so they are those numbered from
+/// the last "applied up to" it reported. Pure.
+#[derive(Debug, Default)]
+struct Unapplied(VecDeque<(u64, Touched)>);
+
+impl Unapplied {
+    fn push(&mut self, seq: u64, touched: Touched) {
+        self.0.push_back((seq, touched));
+    }
+
+    /// The secondary applied every change numbered below `upto`.
+    fn applied(&mut self, upto: u64) {
+        while self.0.front().is_some_and(|(seq, _)| *seq < upto) {
+            self.0.pop_front();
+        }
+    }
+
+    fn take(&mut self) -> Vec<Touched> {
+        std::mem::take(&mut self.0)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
     }
 }
 
@@ -704,24 +808,33 @@ impl ChangeLog {
         }
     }
 
-    /// A change that may not have reached the peer (its replication
-    /// failed): covered durably (the activity log) before the application
-    /// may be told anything about it.
-    fn record_uncertain(&self, touched: &Touched) -> Result<(), TrackingError> {
-        match touched {
-            Touched::Data { path, offset, len } => self.prepare(&Intent::Data {
-                path,
-                offset: *offset,
-                len: *len,
-            })?,
-            Touched::Change(change) => {
-                for path in change.op.paths() {
-                    self.prepare(&Intent::Entry { path })?;
-                }
+    /// Mirrored changes the peer may lack — some of them, a prefix, it
+    /// may have applied —, in stream order: covered durably (the activity
+    /// log) before returning, tracked so that re-sending them is harmless
+    /// ([`Dirty::follow_unapplied`]). If they cannot be recorded, the next
+    /// resynchronisation compares everything.
+    fn record_unapplied(&self, changes: &[Touched]) -> Result<(), TrackingError> {
+        for touched in changes {
+            let recorded = touched
+                .intents()
+                .iter()
+                .try_for_each(|intent| self.prepare(intent));
+            if let Err(e) = recorded {
+                lock(&self.inner).dirty = Dirty::everything();
+                return Err(e);
+            }
+            if let Touched::Change(change) = touched {
+                let mut inner = lock(&self.inner);
+                inner.dirty.follow_unapplied(&change.op);
+                Self::follow_pending(&mut inner, &change.op);
             }
         }
-        lock(&self.inner).dirty.add_uncertain(touched);
         Ok(())
+    }
+
+    /// Whether the state is lost: everything must be compared.
+    pub fn lost(&self) -> bool {
+        lock(&self.inner).dirty.everything
     }
 
     /// A copy of the current state.
@@ -820,6 +933,9 @@ struct LinkInner {
     counters: Mutex<Counters>,
     /// Notified when a counter changes.
     changed: Condvar,
+    /// Mirrored changes the secondary may not have applied; recorded in
+    /// the log (in stream order, under this lock) when mirroring ends.
+    unapplied: Mutex<Unapplied>,
 }
 
 #[derive(Debug, Default)]
@@ -876,6 +992,7 @@ impl Link {
             on_failure: Mutex::new(OnFailure::default()),
             counters: Mutex::new(Counters::default()),
             changed: Condvar::new(),
+            unapplied: Mutex::new(Unapplied::default()),
         }))
     }
 
@@ -897,6 +1014,7 @@ impl Link {
     /// Waits until every failed mirrored change is recorded: call under
     /// the tree's ordering lock before taking the resync's work list.
     pub(crate) fn settle(&self) {
+        self.record_unapplied_now();
         let mut counters = lock(&self.0.counters);
         while counters.in_flight > 0 {
             counters = self
@@ -929,6 +1047,7 @@ impl Link {
     /// The secondary failed, [`OnFailure::Wait`]: from the next change on,
     /// record and wait for it. Call under the tree's ordering lock.
     pub fn hold(&self) {
+        self.record_unapplied_now();
         *lock(&self.0.mode) = Mode::Hold;
     }
 
@@ -983,6 +1102,7 @@ impl Link {
     /// Goes ALONE: from the next change on, record instead of send. Call
     /// under the tree's ordering lock so no change is half-way.
     pub fn track(&self) {
+        self.record_unapplied_now();
         *lock(&self.0.mode) = Mode::Track;
         self.release();
     }
@@ -998,6 +1118,34 @@ impl Link {
 
     fn tracking_error(e: TrackingError) -> ReplicationError {
         ReplicationError::Tracking(e.to_string())
+    }
+
+    /// Records the mirrored changes the secondary may not have applied,
+    /// then `own` (a change of a replicator that does not number them);
+    /// the order of the stream is kept by holding the window's lock.
+    fn record_unapplied(&self, own: Option<Touched>) -> Result<(), TrackingError> {
+        let mut window = lock(&self.0.unapplied);
+        let mut changes = window.take();
+        changes.extend(own);
+        self.0.log.record_unapplied(&changes)
+    }
+
+    /// Mirroring ends (or a resynchronisation takes its work list): what
+    /// the secondary may lack is recorded first.
+    fn record_unapplied_now(&self) {
+        if let Err(e) = self.record_unapplied(None) {
+            tracing::error!("recording the changes the secondary may lack: {e}");
+        }
+    }
+
+    /// A mirrored change was sent as number `seq`; the secondary has
+    /// applied those below `applied`.
+    fn sent(&self, seq: u64, applied: Option<u64>, change: &Change) {
+        let mut window = lock(&self.0.unapplied);
+        if let Some(applied) = applied {
+            window.applied(applied);
+        }
+        window.push(seq, Touched::of(change));
     }
 }
 
@@ -1028,10 +1176,10 @@ impl Link {
     /// was awaited): recorded; returns the release count to wait past.
     fn record_failed(
         &self,
-        touched: &Touched,
+        own: Option<Touched>,
         in_flight: Option<InFlight>,
     ) -> Result<u64, ReplicationError> {
-        let recorded = self.0.log.record_uncertain(touched);
+        let recorded = self.record_unapplied(own);
         // Read before counting this change handled: any resync begun
         // after that includes it, and releases after this reading.
         let seen = lock(&self.0.counters).releases;
@@ -1114,12 +1262,21 @@ impl Replicator for Link {
             Mode::Mirror(peer) => match peer.submit(change) {
                 Ok(ack) => {
                     let in_flight = InFlight::new(self);
-                    let touched = Touched::of(change);
+                    // Numbered: kept until known applied. Otherwise an
+                    // acknowledged change is applied; a failed one is
+                    // recorded from here.
+                    let own = match ack.seq() {
+                        Some(seq) => {
+                            self.sent(seq, peer.applied(), change);
+                            None
+                        }
+                        None => Some(Touched::of(change)),
+                    };
                     Ok(ack.map(move |r| match r {
                         Ok(()) => Ok(()),
                         Err(e) => {
                             let link = in_flight.link();
-                            let seen = link.record_failed(&touched, Some(in_flight))?;
+                            let seen = link.record_failed(own, Some(in_flight))?;
                             link.failure_outcome(e, seen)
                         }
                     }))
@@ -1127,7 +1284,7 @@ impl Replicator for Link {
                 Err(e) => {
                     // Under the ordering lock: recorded now, waited for
                     // (if at all) with the acknowledgement.
-                    let seen = self.record_failed(&Touched::of(change), None)?;
+                    let seen = self.record_failed(Some(Touched::of(change)), None)?;
                     let link = self.clone();
                     Ok(Ack::done(Ok(())).map(move |_| link.failure_outcome(e, seen)))
                 }
@@ -1199,6 +1356,89 @@ mod tests {
         d.add_intent(&data("t", 0, 1));
         d.follow(&Op::Unlink { path: "t".into() });
         assert!(!d.linked_lost);
+    }
+
+    fn write(path: &str, offset: u64, len: usize) -> Change {
+        change(Op::Write {
+            path: path.into(),
+            offset,
+            data: vec![0; len],
+        })
+    }
+
+    #[test]
+    fn the_window_keeps_what_is_not_known_applied_in_stream_order() {
+        let mut window = Unapplied::default();
+        for (seq, offset) in [(3, 0), (4, 4096), (7, 8192)] {
+            window.push(seq, Touched::of(&write("f", offset, 10)));
+        }
+        // Applied below 4: change 3 is, 4 (acknowledged on receipt) not.
+        window.applied(4);
+        window.applied(2);
+        let left: Vec<u64> = window.0.iter().map(|(s, _)| *s).collect();
+        assert_eq!(left, vec![4, 7]);
+        let taken = window.take();
+        assert_eq!(taken[0], Touched::of(&write("f", 4096, 10)));
+        assert_eq!(taken.len(), 2);
+        assert!(window.take().is_empty(), "taken once");
+    }
+
+    #[test]
+    fn unapplied_changes_are_tracked_without_replaying_renames() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
+        let changes = [
+            write("a", 10, 10),
+            change(Op::Rename {
+                from: "a".into(),
+                to: "b".into(),
+                flags: 0,
+            }),
+            change(Op::Link {
+                from: "b".into(),
+                to: "c".into(),
+            }),
+            change(Op::SetAttr {
+                path: "d".into(),
+                mode: None,
+                uid: None,
+                gid: None,
+                size: Some(8192),
+                atime: None,
+                mtime: None,
+            }),
+            change(Op::Fsync { path: "b".into() }),
+        ];
+        let touched: Vec<Touched> = changes.iter().map(Touched::of).collect();
+        log.record_unapplied(&touched).unwrap();
+        let d = log.dirty();
+        // The write's block followed the rename; both names of the linked
+        // file are compared (the secondary may hold other files there).
+        assert_eq!(ranges(&d.files[Path::new("b")].blocks), vec![(0, 1)]);
+        assert!(d.files[Path::new("b")].compare && d.files[Path::new("c")].compare);
+        assert!(
+            d.dirs.contains(Path::new("b")),
+            "a renamed directory is listed"
+        );
+        assert!(!d.files.contains_key(Path::new("a")));
+        assert!(
+            d.entries.contains(Path::new("a")),
+            "its old name is made absent"
+        );
+        // Only the hard link is replayed (skipped where it exists).
+        assert_eq!(d.moves.len(), 1);
+        assert_eq!(d.moves[0].rename_flags, None);
+        // A truncation: from the new size on, whatever the old one was.
+        assert_eq!(
+            d.files[Path::new("d")].blocks.iter().next().unwrap().0,
+            2,
+            "{d:?}"
+        );
+        // Covered durably: the activity log has the marks.
+        drop(log);
+        let (log, recovery) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
+        assert!(matches!(recovery, Recovery::Recovered { .. }));
+        assert!(!log.dirty().is_empty());
     }
 
     #[test]

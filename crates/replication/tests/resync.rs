@@ -538,3 +538,139 @@ fn interrupted_resync_leaves_the_secondary_marked_incomplete() {
     let err = record.may_promote("app").unwrap_err();
     assert!(err.to_string().contains("incomplete"), "{err}");
 }
+
+/// Forwards the first `apply` changes to a real secondary, then none, and
+/// never reports any applied: every change stays "in flight", of which the
+/// secondary applied a prefix — as when it died between acknowledging
+/// changes on receipt and applying them.
+struct Prefix {
+    real: Arc<TcpReplicator>,
+    apply: usize,
+    count: std::sync::atomic::AtomicUsize,
+}
+
+impl holdfast_replication::Replicator for Prefix {
+    fn submit(
+        &self,
+        change: &holdfast_replication::Change,
+    ) -> Result<holdfast_replication::Ack, holdfast_replication::ReplicationError> {
+        let n = self.count.fetch_add(1, Ordering::SeqCst);
+        if n < self.apply {
+            self.real.replicate(change)?;
+        }
+        Ok(holdfast_replication::Ack::done(Ok(())).numbered(n as u64))
+    }
+
+    fn applied(&self) -> Option<u64> {
+        Some(0)
+    }
+}
+
+/// The changes of `in_flight_operations`, through the mount at `p`.
+fn in_flight_operations(p: &Path) {
+    let data = OpenOptions::new().write(true).open(p.join("data")).unwrap();
+    data.write_at(&[1u8; 8192], 4096).unwrap();
+    // Replayed where the secondary applied both, the rename would put the
+    // new file in the place of the old one.
+    fs::rename(p.join("conf"), p.join("conf.bak")).unwrap();
+    fs::write(p.join("conf"), b"new conf\n").unwrap();
+    fs::write(p.join("new"), vec![2u8; 10_000]).unwrap();
+    // Replaces a file whose data the secondary has under that name.
+    fs::rename(p.join("new"), p.join("conf")).unwrap();
+    fs::rename(p.join("dir"), p.join("dir2")).unwrap();
+    // Over one of two hard links: the other keeps the old data.
+    fs::rename(p.join("victim"), p.join("linked-a")).unwrap();
+    fs::hard_link(p.join("data"), p.join("data-link")).unwrap();
+    fs::remove_file(p.join("dir2/x")).unwrap();
+    data.set_len(100_000).unwrap();
+    fs::set_permissions(
+        p.join("dir2/y"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    fs::create_dir(p.join("made")).unwrap();
+    fs::write(p.join("made/f"), b"made").unwrap();
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        p.join("conf"),
+        rustix::fs::CWD,
+        p.join("made/f"),
+        rustix::fs::RenameFlags::EXCHANGE,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("conf", p.join("sym")).unwrap();
+    rustix::fs::setxattr(
+        p.join("data"),
+        "user.tag",
+        b"v",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    data.write_at(&[3u8; 100], 99_950).unwrap();
+}
+
+/// One run: the secondary applied the first `apply` changes in flight.
+/// Returns how many changes the operations made.
+fn in_flight_run(apply: usize) -> usize {
+    let mut pair = Pair::new(|d| {
+        random_file(&d.join("data"), MIB, 7);
+        fs::write(d.join("conf"), b"old conf\n").unwrap();
+        fs::write(d.join("victim"), b"victim\n").unwrap();
+        fs::write(d.join("linked-a"), b"shared\n").unwrap();
+        fs::hard_link(d.join("linked-a"), d.join("linked-b")).unwrap();
+        fs::create_dir(d.join("dir")).unwrap();
+        fs::write(d.join("dir/x"), b"x").unwrap();
+        fs::write(d.join("dir/y"), b"y").unwrap();
+    });
+    let (real, first) = pair.secondary();
+    let real = Arc::new(real);
+    let prefix = Arc::new(Prefix {
+        real: real.clone(),
+        apply,
+        count: Default::default(),
+    });
+    pair.primary_gen.start_tracking();
+    let (log, _) = ChangeLog::open(&pair.state(), TrackingConfig::default()).unwrap();
+    let link = Link::mirroring(Arc::new(log), prefix.clone());
+    pair.mount = Some(Mirror::mount(&pair.primary, Arc::new(link.clone())).unwrap());
+    pair.link = Some(link.clone());
+    let p = pair.primary.clone();
+    in_flight_operations(&p);
+    {
+        // The secondary is gone: what it may lack is recorded, then tracked.
+        let tree = pair.mount.as_ref().unwrap().tree();
+        let _order = tree.lock();
+        link.track();
+    }
+    drop(link);
+    let made = prefix.count.load(Ordering::SeqCst);
+    drop(prefix);
+    drop(real);
+    first.join().unwrap().unwrap();
+    // More while alone, on top.
+    fs::write(p.join("conf"), b"alone\n").unwrap();
+    fs::rename(p.join("made"), p.join("made2")).unwrap();
+
+    let (peer, receiver) = pair.secondary();
+    let stats = pair.resync(Arc::new(peer), &Progress::default());
+    eprintln!(
+        "{apply} of {made} applied: resync sent {} B",
+        stats.bytes_sent
+    );
+    assert!(
+        stats.bytes_sent < 256 << 10,
+        "{} B sent: not the whole data file",
+        stats.bytes_sent
+    );
+    pair.finish(receiver);
+    made
+}
+
+#[test]
+fn changes_in_flight_are_resent_harmlessly_whatever_the_secondary_applied() {
+    let made = in_flight_run(usize::MAX);
+    assert!(made > 15, "{made} changes");
+    for apply in 0..made {
+        in_flight_run(apply);
+    }
+}

@@ -153,7 +153,7 @@ fn forged_and_replayed_frames_are_rejected() {
         let (_, reply) = opener.read(&mut stream).unwrap().unwrap();
         assert_eq!(
             postcard::from_bytes::<Reply>(&reply).unwrap(),
-            Reply::Ack { seq: 0 }
+            Reply::Ack { seq: 0, applied: 1 }
         );
 
         let bad = match tamper {
