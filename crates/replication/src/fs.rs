@@ -28,14 +28,14 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     AccessFlags, BackgroundSession, Config, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
-    Generation, INodeNo, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
@@ -85,6 +85,7 @@ impl Mirror {
         };
         let root = Root::new(dir).map_err(open_err)?;
         let st = rfs::fstat(root.fd()).map_err(|e| open_err(e.into()))?;
+        let notifier = Arc::new(OnceLock::new());
         let tree = Tree(Arc::new(TreeInner {
             root,
             order: Mutex::new(()),
@@ -96,6 +97,8 @@ impl Mirror {
             nodes: Mutex::new(Nodes::new()),
             handles: RwLock::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            notifier: notifier.clone(),
+            drops_privileges: false,
         };
         let mut config = Config::default();
         config.mount_options = vec![
@@ -112,9 +115,9 @@ impl Mirror {
             path: dir.to_path_buf(),
             source,
         };
-        let session = fuser::Session::new(fs, dir, &config)
-            .and_then(fuser::Session::spawn)
-            .map_err(mount_err)?;
+        let session = fuser::Session::new(fs, dir, &config).map_err(mount_err)?;
+        let _ = notifier.set(session.notifier());
+        let session = session.spawn().map_err(mount_err)?;
         Ok(MountGuard {
             dir: dir.to_path_buf(),
             session: Some(session),
@@ -397,6 +400,11 @@ struct MirrorFs {
     nodes: Mutex<Nodes>,
     handles: RwLock<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
+    /// Tells the kernel about changes it did not ask for; set once mounted.
+    notifier: Arc<OnceLock<Notifier>>,
+    /// The kernel leaves dropping privileges on write and truncation to us
+    /// (`FUSE_HANDLE_KILLPRIV_V2`, see [`MirrorFs::drop_privileges`]).
+    drops_privileges: bool,
 }
 
 /// A change submitted to the replicator, its acknowledgement not yet awaited.
@@ -758,6 +766,79 @@ impl MirrorFs {
         Ok(Some(path))
     }
 
+    /// Does for a regular file written or truncated by a process without
+    /// CAP_FSETID what the kernel does for a local one, and replicates it
+    /// (the secondary applies as root, which keeps them): clears the
+    /// set-user-ID bit, and the set-group-ID bit if the file is
+    /// group-executable or the caller is not in its group. With
+    /// `FUSE_HANDLE_KILLPRIV_V2` this is the file system's job; the kernel
+    /// still removes file capabilities itself (it asks for them only while
+    /// a file may have some).
+    fn drop_privileges(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+    ) -> Result<(), fuser::Errno> {
+        // The kernel passes the handle of an open directory too (fchmod).
+        let handle = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .filter(|h| matches!(**h, Handle::File(_)));
+        let fd = handle.as_deref().map(file_fd);
+        // Almost every file has nothing to drop: checked without the lock.
+        if let Some(fd) = fd {
+            if dropped_mode(req, &rfs::fstat(fd).map_err(fuse_err)?).is_none() {
+                return Ok(());
+            }
+        }
+        let dropped = self.mutate(|| {
+            let path = match fd {
+                Some(fd) => self.open_file_path(ino, fd)?,
+                None => Some(self.path(ino)?),
+            };
+            let opened;
+            let obj = match (fd, &path) {
+                (Some(fd), _) => fd,
+                (None, Some(path)) => {
+                    opened = self.root().open(path, OFlags::PATH)?;
+                    &opened
+                }
+                (None, None) => return Err(Errno::NOENT),
+            };
+            let Some(mode) = dropped_mode(req, &rfs::fstat(obj)?) else {
+                return Ok((false, None));
+            };
+            if let Some(path) = &path {
+                self.prepare(Intent::Entry { path })?;
+            }
+            // An O_PATH descriptor accepts no fchmod; its /proc link does.
+            rfs::chmod(proc_path(obj), Mode::from_raw_mode(mode))?;
+            // A file with no name left: nothing to replicate.
+            let change = path.map(|path| Change {
+                op: Op::SetAttr {
+                    path,
+                    mode: Some(mode),
+                    uid: None,
+                    gid: None,
+                    size: None,
+                    atime: None,
+                    mtime: None,
+                },
+                stamps: vec![],
+            });
+            Ok((true, change))
+        })?;
+        // The kernel did not ask for this change: its cached mode is stale.
+        if dropped {
+            if let Some(notifier) = self.notifier.get() {
+                if let Err(e) = notifier.inval_inode(ino, -1, 0) {
+                    tracing::warn!("cannot refresh the kernel's attributes of {ino:?}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn find(&self, ino: INodeNo, dir: &Path) -> Result<Option<PathBuf>, Errno> {
         for item in self.read_dir(dir)? {
             if item.name == "." || item.name == ".." {
@@ -777,6 +858,32 @@ impl MirrorFs {
     }
 }
 
+/// The mode a regular file with attributes `st` gets when written or
+/// truncated by `req`'s caller (without CAP_FSETID), if it changes.
+fn dropped_mode(req: &Request, st: &Stat) -> Option<u32> {
+    if rfs::FileType::from_raw_mode(st.st_mode) != rfs::FileType::RegularFile {
+        return None;
+    }
+    let mut kill = 0o4000;
+    if st.st_mode & 0o2000 != 0 && (st.st_mode & 0o010 != 0 || !in_group(req, st.st_gid)) {
+        kill |= 0o2000;
+    }
+    (st.st_mode & kill != 0).then_some(st.st_mode & 0o7777 & !kill)
+}
+
+/// Whether the caller of `req` has `gid` as its group or one of its
+/// supplementary groups (read from /proc: FUSE passes only the first).
+fn in_group(req: &Request, gid: u32) -> bool {
+    if req.gid() == gid {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", req.pid())).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g == gid.to_string()))
+}
+
 fn file_fd(h: &Handle) -> &OwnedFd {
     match h {
         Handle::File(fd) => fd,
@@ -788,6 +895,15 @@ impl Filesystem for MirrorFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Keeps frames (one write = one change) at a predictable size.
         let _ = config.set_max_write(MAX_WRITE);
+        // Dropping privileges on write is ours (see `drop_privileges`):
+        // otherwise the kernel asks for `security.capability` before
+        // every write, a round trip each.
+        self.drops_privileges = config
+            .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            .is_ok();
+        if !self.drops_privileges {
+            tracing::warn!("kernel without FUSE_HANDLE_KILLPRIV_V2: a getxattr before each write");
+        }
         Ok(())
     }
 
@@ -822,7 +938,7 @@ impl Filesystem for MirrorFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -839,6 +955,14 @@ impl Filesystem for MirrorFs {
         reply: ReplyAttr,
     ) {
         let mode = mode.map(|m| m & 0o7777);
+        // The kernel asks this of a truncation by a process without
+        // CAP_FSETID, with a flag fuser does not pass on: the caller's uid
+        // stands for its capability.
+        if self.drops_privileges && size.is_some() && req.uid() != 0 {
+            if let Err(e) = self.drop_privileges(req, ino, fh) {
+                return reply.error(e);
+            }
+        }
         let result = self.mutate(|| {
             // The kernel passes the handle of an open directory too (fchmod).
             let handle = fh
@@ -1137,16 +1261,21 @@ impl Filesystem for MirrorFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            if let Err(e) = self.drop_privileges(req, ino, Some(fh)) {
+                return reply.error(e);
+            }
+        }
         let result = self.mutate(|| {
             let h = self.file(fh)?;
             let fd = file_fd(&h);

@@ -648,6 +648,60 @@ const CASES: &[(&str, Case)] = &[
         );
         log(o, "list", list(d));
     }),
+    ("writes_by_another_user_drop_privileges", |d, o| {
+        use std::os::unix::process::CommandExt;
+        let p = d.join("f");
+        fs::write(&p, b"x").unwrap();
+        // A capability set as file capabilities are (VFS_CAP_REVISION_2,
+        // effective, CAP_NET_BIND_SERVICE permitted).
+        let mut caps = Vec::new();
+        for word in [0x0200_0001u32, 1 << 10, 0, 0, 0] {
+            caps.extend_from_slice(&word.to_le_bytes());
+        }
+        // `script` run by `nobody` with the file as its standard output
+        // (opened here, so no directory needs to be reachable by it).
+        let by_nobody = |o: &mut Vec<String>, what: &str, mode: u32, group: u32, script: &str| {
+            std::os::unix::fs::chown(&p, None, Some(group)).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+            rfs::setxattr(&p, "security.capability", &caps, XattrFlags::empty()).unwrap();
+            let out = OpenOptions::new().append(true).open(&p).unwrap();
+            let status = std::process::Command::new("sh")
+                .args(["-c", script])
+                .uid(65534)
+                .gid(65534)
+                .stdout(out)
+                .status()
+                .map(|s| s.success());
+            log(o, what, status);
+            // The mode alone, which the kernel may answer from its cache.
+            log(
+                o,
+                "statx mode",
+                errno(rfs::statx(
+                    CWD,
+                    &p,
+                    rfs::AtFlags::empty(),
+                    rfs::StatxFlags::MODE,
+                ))
+                .map(|s| format!("{:o}", s.stx_mode)),
+            );
+            log(o, "stat", stat(&p));
+            log(
+                o,
+                "capabilities",
+                errno(rfs::getxattr_query(&p, "security.capability")),
+            );
+        };
+        by_nobody(o, "write, capabilities only", 0o777, 0, "printf w");
+        by_nobody(o, "write setuid", 0o6777, 0, "printf w");
+        by_nobody(o, "write setgid, not in group", 0o2767, 0, "printf w");
+        by_nobody(o, "write setgid, in group", 0o2767, 65534, "printf w");
+        by_nobody(o, "truncate", 0o6777, 0, "truncate -s 1 /dev/stdout");
+        by_nobody(o, "O_TRUNC", 0o6777, 0, ": > /dev/stdout");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6777)).unwrap();
+        log(o, "write by root", fs::write(&p, b"root"));
+        log(o, "stat", stat(&p));
+    }),
     ("fsync", |d, o| {
         let mut f = File::create(d.join("f")).unwrap();
         log(o, "write", f.write_all(b"durable"));
