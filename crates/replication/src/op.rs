@@ -307,6 +307,15 @@ impl Ack {
         }
     }
 
+    /// Whether the outcome is already known: waiting returns at once.
+    pub fn is_done(&self) -> bool {
+        match &self.0 {
+            AckState::Done(_) => true,
+            AckState::Waiting(_) => false,
+            AckState::Mapped(inner, _) => inner.is_done(),
+        }
+    }
+
     /// Blocks until the secondary acknowledged (or the replication failed).
     pub fn wait(self) -> Result<(), ReplicationError> {
         match self.state {
