@@ -309,7 +309,7 @@ impl Ack {
 
     /// Whether the outcome is already known: waiting returns at once.
     pub fn is_done(&self) -> bool {
-        match &self.0 {
+        match &self.state {
             AckState::Done(_) => true,
             AckState::Waiting(_) => false,
             AckState::Mapped(inner, _) => inner.is_done(),
