@@ -23,9 +23,10 @@
 //!       │            one reader thread matches acks to waiters
 //!       │                                          │ protocol.rs: frames with
 //!       │                                          ▼ seq + MAC(session key)
-//!       │            receiver.rs: Receiver — verifies, applies in seq order
-//!       │            to its copy (again via a held directory fd), acks on
-//!       └──────────  receipt (default) or after apply + fsync (Durable)
+//!       │            receiver.rs: Receiver — a reader verifies and acks
+//!       │            on receipt (default: all frames at hand in one reply);
+//!       │            an applier applies in seq order to its copy (again via
+//!       └──────────  a held directory fd), acking after fsync (Durable)
 //! ```
 //!
 //! The secondary's directory is read-only to its local processes: the

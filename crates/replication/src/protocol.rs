@@ -35,7 +35,8 @@ const MAGIC: &[u8; 4] = b"HFRP";
 /// 3: frames are authenticated with keyed BLAKE3 instead of HMAC-SHA256.
 /// 4: acknowledgements say how far the secondary has applied; the answer
 /// to `Generations` says whether its copy kept everything it applied.
-const VERSION: u8 = 4;
+/// 5: an acknowledgement covers every change up to the one it names.
+const VERSION: u8 = 5;
 const NONCE: usize = 32;
 const TAG: usize = 32;
 /// A frame's length prefix and sequence number.
@@ -333,10 +334,11 @@ pub enum Message {
 /// What the secondary answers about one change (payload of its frames).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Reply {
-    /// Received (or applied and synced, in durable mode). Every frame
-    /// numbered below `applied` is applied (with receipt acks, `applied`
-    /// may be `seq`: this change is not yet).
-    Ack { seq: u64, applied: u64 },
+    /// Every change up to and including `upto` was received (or applied
+    /// and synced, in durable mode); the requests among them are answered
+    /// on their own. Every frame numbered below `applied` is applied (with
+    /// receipt acks, `applied` may be `upto` or less: these are not yet).
+    Ack { upto: u64, applied: u64 },
     /// The answer to a [`Message::Resync`] request, after it was handled.
     Answer { seq: u64, answer: Answer },
     /// Not applied, or failed to apply: the copies may differ from here on.

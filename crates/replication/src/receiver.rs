@@ -2,11 +2,11 @@
 //! the directory, reached through a held descriptor like on the primary.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use holdfast_membership::ClusterKey;
 
@@ -63,6 +63,86 @@ impl ReceiverError {
     fn is_missing_entry(&self) -> bool {
         matches!(self, ReceiverError::Apply { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
     }
+}
+
+/// What the reader hands to the applier, in stream order.
+#[derive(Debug)]
+enum Item {
+    Change(u64, Change),
+    Request(u64, Request),
+    /// Refused on reading (a path leaving the directory): refused in its
+    /// place, after everything before it was applied.
+    Refuse(u64, ReceiverError),
+}
+
+/// Batches queued for the applier at most: bounds what is received but not
+/// yet applied (the reader waits, and TCP holds the primary back), in
+/// memory and in what a secondary taking over must apply first — while
+/// leaving room for a lone writer's write + fsync pairs (a batch each)
+/// to be acknowledged while the secondary's disk flushes.
+const QUEUED_BATCHES: usize = 32;
+/// A batch is passed on once it holds this many bytes of frames.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Frames read and not yet passed on to the applier.
+#[derive(Debug, Default)]
+struct Batch {
+    items: Vec<Item>,
+    bytes: usize,
+    /// The last change to acknowledge on receipt, if any since the last flush.
+    received: Option<u64>,
+}
+
+impl Batch {
+    /// Acknowledges what was received (one reply for all), then passes the
+    /// batch on. False when the applier has stopped (it reports why).
+    fn flush(
+        &mut self,
+        applier: &mpsc::SyncSender<Vec<Item>>,
+        replies: &Replies,
+    ) -> Result<bool, ReceiverError> {
+        if let Some(upto) = self.received.take() {
+            let applied = replies.applied.load(Ordering::SeqCst);
+            replies.send(&Reply::Ack { upto, applied })?;
+        }
+        self.bytes = 0;
+        Ok(applier.send(std::mem::take(&mut self.items)).is_ok())
+    }
+}
+
+/// Whether `buffered` starts with a whole frame (reading it will not wait).
+fn holds_a_frame(buffered: &[u8]) -> bool {
+    buffered.len() >= 4
+        && (u32::from_be_bytes([buffered[0], buffered[1], buffered[2], buffered[3]]) as usize)
+            <= buffered.len() - 4
+}
+
+/// The secondary's replies, written by the reader (acknowledgements on
+/// receipt) and the applier (the rest): sealed and written under one lock,
+/// so their sequence numbers follow the order on the wire.
+#[derive(Debug)]
+struct Replies {
+    out: Mutex<(TcpStream, Sealer)>,
+    /// Every frame numbered below it is applied: the primary learns from
+    /// it which changes acknowledged on receipt may be missing here.
+    applied: AtomicU64,
+}
+
+impl Replies {
+    fn send(&self, reply: &Reply) -> Result<(), ReceiverError> {
+        let payload = postcard::to_allocvec(reply).expect("replies always encode");
+        let mut out = lock(&self.out);
+        let (stream, sealer) = &mut *out;
+        let frame = sealer.seal(&payload);
+        stream
+            .write_all(&frame)
+            .map_err(|e| ProtocolError::from(e).into())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking holder leaves a stream and a counter, both usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Applies what one primary sends to one directory.
@@ -133,6 +213,13 @@ impl Receiver {
     /// Serves one primary until it closes the connection (`Ok`) or
     /// something is wrong (forged frame, path escaping, apply failure). A
     /// refused change is reported to the primary before returning.
+    ///
+    /// Two threads: this one reads, checks and (on receipt) acknowledges
+    /// every complete frame at hand with one reply, then hands them to an
+    /// applier that applies them in order — so an acknowledgement never
+    /// waits for earlier changes to be applied (an fsync, a large write),
+    /// while answers and refusals keep their place in the stream. Everything
+    /// received is applied before this returns, whatever ended the session.
     pub fn serve_connection(&self, mut stream: TcpStream) -> Result<(), ReceiverError> {
         stream.set_nodelay(true).map_err(ProtocolError::from)?;
         let session = secondary_handshake(&mut stream, &self.key)?;
@@ -140,32 +227,154 @@ impl Receiver {
             // Before anything is applied unsynced: which kernel holds it.
             self.update_record(|g| g.receiving(self.boot()))?;
         }
-        let mut writer = stream.try_clone().map_err(ProtocolError::from)?;
-        let mut sealer = Sealer::new(session.clone(), Direction::ToPrimary);
+        let replies = Replies {
+            out: Mutex::new((
+                stream.try_clone().map_err(ProtocolError::from)?,
+                Sealer::new(session.clone(), Direction::ToPrimary),
+            )),
+            applied: AtomicU64::new(0),
+        };
         let mut opener = Opener::new(session, Direction::ToSecondary);
-        let mut reply = |r: Reply| -> Result<(), ReceiverError> {
-            let payload = postcard::to_allocvec(&r).expect("replies always encode");
-            writer
-                .write_all(&sealer.seal(&payload))
-                .map_err(|e| ProtocolError::from(e).into())
+        // Many small frames arrive in one read.
+        let mut incoming = std::io::BufReader::with_capacity(256 << 10, stream);
+        std::thread::scope(|scope| {
+            let (to_applier, items) = mpsc::sync_channel(QUEUED_BATCHES);
+            let applier = std::thread::Builder::new()
+                .name("repl-apply".into())
+                .spawn_scoped(scope, || self.apply_stream(items, &replies))
+                .map_err(ProtocolError::from)?;
+            let read = self.read_stream(&mut opener, &mut incoming, &to_applier, &replies);
+            drop(to_applier);
+            // The applier's failure concerns an earlier change than the
+            // reader's, and ends the reading: it is the one to report.
+            let applied = applier
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            applied.and(read)
+        })
+    }
+
+    /// The reading half of [`Self::serve_connection`]: frames checked and
+    /// passed on in batches, each acknowledged before it is passed on in
+    /// [`AckMode::Receipt`] (so no refusal of the applier can precede it).
+    fn read_stream(
+        &self,
+        opener: &mut Opener,
+        incoming: &mut std::io::BufReader<TcpStream>,
+        applier: &mpsc::SyncSender<Vec<Item>>,
+        replies: &Replies,
+    ) -> Result<(), ReceiverError> {
+        let mut batch = Batch::default();
+        loop {
+            // Before waiting for more: what is at hand is acknowledged and
+            // applied now, not after the next frame.
+            if !batch.items.is_empty()
+                && !holds_a_frame(incoming.buffer())
+                && !batch.flush(applier, replies)?
+            {
+                return Ok(());
+            }
+            let (seq, payload) = match opener.read(incoming) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    // The frames before a bad one are good: kept.
+                    batch.flush(applier, replies)?;
+                    return Err(e.into());
+                }
+            };
+            let message: Message = match postcard::from_bytes(&payload) {
+                Ok(message) => message,
+                Err(e) => {
+                    batch.flush(applier, replies)?;
+                    return Err(ProtocolError::Decode {
+                        seq,
+                        reason: e.to_string(),
+                    }
+                    .into());
+                }
+            };
+            batch.bytes += payload.len();
+            match message {
+                Message::Change(change) => {
+                    if let Some(path) = change.escaping_path() {
+                        // Refused in order, once everything before is applied.
+                        let error = ReceiverError::Escape {
+                            seq,
+                            path: path.to_path_buf(),
+                        };
+                        batch.items.push(Item::Refuse(seq, error));
+                        batch.flush(applier, replies)?;
+                        return Ok(());
+                    }
+                    if self.mode == AckMode::Receipt {
+                        batch.received = Some(seq);
+                    }
+                    batch.items.push(Item::Change(seq, change));
+                }
+                Message::Resync(request) => batch.items.push(Item::Request(seq, request)),
+            }
+            if batch.bytes >= BATCH_BYTES && !batch.flush(applier, replies)? {
+                return Ok(());
+            }
+        }
+        batch.flush(applier, replies)?;
+        Ok(())
+    }
+
+    /// The applying half of [`Self::serve_connection`]: every item in
+    /// stream order, then acknowledged ([`AckMode::Durable`]), answered or
+    /// refused. A refusal ends the session: the reader is stopped.
+    fn apply_stream(
+        &self,
+        items: mpsc::Receiver<Vec<Item>>,
+        replies: &Replies,
+    ) -> Result<(), ReceiverError> {
+        let result = self.apply_items(items, replies);
+        if result.is_err() {
+            // Wakes the reader (its read returns the end of the stream).
+            let _ = lock(&replies.out).0.shutdown(Shutdown::Read);
+        }
+        result
+    }
+
+    fn apply_items(
+        &self,
+        items: mpsc::Receiver<Vec<Item>>,
+        replies: &Replies,
+    ) -> Result<(), ReceiverError> {
+        let refuse = |seq: u64, error: ReceiverError| -> Result<(), ReceiverError> {
+            tracing::error!("{error}");
+            replies.send(&Reply::Refused {
+                seq,
+                reason: error.to_string(),
+            })?;
+            Err(error)
         };
         // Between `Begin` and `End`: changes live on the primary arrive
         // while the resynchronisation has not yet brought every entry.
         let mut resyncing = false;
-        // Every frame numbered below it is applied: the primary learns from
-        // it which changes acknowledged on receipt may be missing here.
-        let mut applied = 0;
-        // Many small frames arrive in one read.
-        let mut incoming = std::io::BufReader::with_capacity(256 << 10, stream);
-        while let Some((seq, payload)) = opener.read(&mut incoming)? {
-            let message: Message =
-                postcard::from_bytes(&payload).map_err(|e| ProtocolError::Decode {
-                    seq,
-                    reason: e.to_string(),
-                })?;
-            let change = match message {
-                Message::Change(change) => change,
-                Message::Resync(request) => {
+        for item in items.into_iter().flatten() {
+            match item {
+                Item::Change(seq, change) => {
+                    if let Err(error) = self.apply(seq, &change) {
+                        // A live change to an entry this copy lacks yet: the
+                        // resynchronisation brings the entry later, as it is
+                        // on the primary then — this change included.
+                        if !(resyncing && error.is_missing_entry()) {
+                            return refuse(seq, error);
+                        }
+                        tracing::debug!("{error}: left to the resynchronisation");
+                    }
+                    replies.applied.store(seq + 1, Ordering::SeqCst);
+                    if self.mode == AckMode::Durable {
+                        replies.send(&Reply::Ack {
+                            upto: seq,
+                            applied: seq + 1,
+                        })?;
+                    }
+                }
+                Item::Request(seq, request) => {
                     match &request {
                         Request::Begin { .. } => resyncing = true,
                         Request::End { .. } => resyncing = false,
@@ -173,60 +382,13 @@ impl Receiver {
                     }
                     match self.handle(seq, &request) {
                         Ok(answer) => {
-                            applied = seq + 1;
-                            reply(Reply::Answer { seq, answer })?
+                            replies.applied.store(seq + 1, Ordering::SeqCst);
+                            replies.send(&Reply::Answer { seq, answer })?
                         }
-                        Err(error) => {
-                            tracing::error!("{error}");
-                            reply(Reply::Refused {
-                                seq,
-                                reason: error.to_string(),
-                            })?;
-                            return Err(error);
-                        }
+                        Err(error) => return refuse(seq, error),
                     }
-                    continue;
                 }
-            };
-            if let Some(path) = change.escaping_path() {
-                let error = ReceiverError::Escape {
-                    seq,
-                    path: path.to_path_buf(),
-                };
-                reply(Reply::Refused {
-                    seq,
-                    reason: error.to_string(),
-                })?;
-                return Err(error);
-            }
-            // Receipt: what each mode promises holds for an fsync as for any
-            // change (the primary's own fsync completes before the call returns).
-            let ack_first = self.mode == AckMode::Receipt;
-            if ack_first {
-                reply(Reply::Ack { seq, applied })?;
-            }
-            if let Err(error) = self.apply(seq, &change) {
-                // A live change to an entry this copy lacks yet: the
-                // resynchronisation brings the entry later, as it is on
-                // the primary then — this change included.
-                if resyncing && error.is_missing_entry() {
-                    tracing::debug!("{error}: left to the resynchronisation");
-                    applied = seq + 1;
-                    if !ack_first {
-                        reply(Reply::Ack { seq, applied })?;
-                    }
-                    continue;
-                }
-                tracing::error!("{error}");
-                reply(Reply::Refused {
-                    seq,
-                    reason: error.to_string(),
-                })?;
-                return Err(error);
-            }
-            applied = seq + 1;
-            if !ack_first {
-                reply(Reply::Ack { seq, applied })?;
+                Item::Refuse(seq, error) => return refuse(seq, error),
             }
         }
         Ok(())

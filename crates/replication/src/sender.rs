@@ -9,7 +9,9 @@
 //! queue (many small changes in flight become one TCP write, and a lone
 //! writer pays no hand-over to another thread; a large write's data is sent
 //! from where it lies, not copied into a frame). One reader thread matches
-//! the secondary's replies to waiters by sequence number. When the connection fails, every
+//! the secondary's replies to waiters by sequence number (one
+//! acknowledgement covers every change up to the one it names). When the
+//! connection fails, every
 //! waiter and every later submission gets the error: nothing is reported
 //! acknowledged that was not.
 
@@ -97,6 +99,38 @@ impl Shared {
         for (_, (_, waiter)) in std::mem::take(&mut state.pending) {
             waiter.fail(error.clone());
         }
+    }
+}
+
+impl Shared {
+    /// Every change up to `upto` is acknowledged (requests among them wait
+    /// for their answers), every frame below `applied` applied.
+    fn acknowledge(&self, upto: u64, applied: u64) -> Result<(), ReplicationError> {
+        let mut state = lock(&self.state);
+        if upto >= state.next_seq || applied > state.next_seq {
+            return Err(ReplicationError::UnexpectedAnswer(format!(
+                "an acknowledgement of {upto} (applied below {applied}), never sent"
+            )));
+        }
+        // Replies come in order: `applied` only grows.
+        state.applied = state.applied.max(applied);
+        let acked: Vec<u64> = state
+            .pending
+            .range(..=upto)
+            .filter(|(_, (_, w))| matches!(w, Waiter::Ack(_)))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let waiters: Vec<_> = acked
+            .iter()
+            .filter_map(|seq| state.pending.remove(seq))
+            .collect();
+        drop(state);
+        for (_, waiter) in waiters {
+            if let Waiter::Ack(tx) = waiter {
+                let _ = tx.send(Ok(()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -201,17 +235,11 @@ impl TcpReplicator {
                         state.pending.remove(&seq).map(|(_, w)| w)
                     };
                     match reply {
-                        Reply::Ack { seq, applied } => match take(seq, applied) {
-                            Some(Waiter::Ack(tx)) => {
-                                let _ = tx.send(Ok(()));
-                            }
-                            Some(w @ Waiter::Answer(_)) => {
-                                let e = ReplicationError::UnexpectedAnswer(format!("ack {seq}"));
-                                w.fail(e.clone());
+                        Reply::Ack { upto, applied } => {
+                            if let Err(e) = reader_shared.acknowledge(upto, applied) {
                                 break e;
                             }
-                            None => {}
-                        },
+                        }
                         // A request is answered once handled, after all before it.
                         Reply::Answer { seq, answer } => match take(seq, seq + 1) {
                             Some(Waiter::Answer(tx)) => {

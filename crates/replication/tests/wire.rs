@@ -123,6 +123,47 @@ fn an_fsync_is_acknowledged_as_the_mode_says() {
 }
 
 #[test]
+fn frames_received_together_are_acknowledged_together_and_all_applied() {
+    let (_tmp, dir) = dirs();
+    let key = ClusterKey::generate();
+    let (addr, rx) = receiver_in(&dir, &key, AckMode::Receipt);
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let session = primary_handshake(&mut stream, &key).unwrap();
+    let mut sealer = Sealer::new(session.clone(), Direction::ToSecondary);
+    let mut opener = Opener::new(session, Direction::ToPrimary);
+    let mut frames = Vec::new();
+    for path in ["a", "a/b", "a/b/c"] {
+        frames.extend(sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir(path))).unwrap()));
+    }
+    // One write: the secondary reads the three frames at once.
+    stream.write_all(&frames).unwrap();
+    let (_, reply) = opener.read(&mut stream).unwrap().unwrap();
+    assert_eq!(
+        postcard::from_bytes::<Reply>(&reply).unwrap(),
+        Reply::Ack {
+            upto: 2,
+            applied: 0
+        },
+        "one acknowledgement for the three, before applying them"
+    );
+    // A forged frame ends the session; what was acknowledged is applied.
+    let mut forged = sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir("x"))).unwrap());
+    let last = forged.len() - 40;
+    forged[last] ^= 0x55;
+    stream.write_all(&forged).unwrap();
+    let result = rx.join().unwrap();
+    assert!(
+        matches!(
+            result,
+            Err(ReceiverError::Protocol(ProtocolError::BadTag { seq: 3 }))
+        ),
+        "{result:?}"
+    );
+    assert!(dir.join("a/b/c").is_dir());
+    assert!(!dir.join("x").exists());
+}
+
+#[test]
 fn wrong_key_is_refused_at_connection() {
     let (_tmp, dir) = dirs();
     let (addr, rx) = receiver(&dir, &ClusterKey::generate());
@@ -153,7 +194,10 @@ fn forged_and_replayed_frames_are_rejected() {
         let (_, reply) = opener.read(&mut stream).unwrap().unwrap();
         assert_eq!(
             postcard::from_bytes::<Reply>(&reply).unwrap(),
-            Reply::Ack { seq: 0, applied: 1 }
+            Reply::Ack {
+                upto: 0,
+                applied: 1
+            }
         );
 
         let bad = match tamper {
