@@ -58,6 +58,9 @@ pub struct Settings {
     /// Size of the resynchronised tree (MiB); 0 skips the resync part.
     #[arg(long, default_value_t = 1024)]
     pub tree_mib: u64,
+    /// Only the resync part: skips every workload (and pgbench).
+    #[arg(long)]
+    pub resync_only: bool,
 }
 
 /// One of the workloads, run inside a lab host by `bench-io`.
@@ -261,6 +264,10 @@ fn restore_tree(dir: &Path, mib: u64, seed: u64) -> Result<()> {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         f.write_all_at(&original_chunk(seed, file, chunk), chunk * CHUNK)?;
+        // Older than the primary's modification, as before it: rsync's
+        // quick check (size, mtime in seconds) must see the file changed
+        // even when all this happened within one second.
+        f.set_modified(SystemTime::now() - Duration::from_secs(3600))?;
     }
     Ok(())
 }
@@ -557,8 +564,8 @@ fn resync_part(
         _ => bail!("unreadable times in the module log: {begin} / {end}"),
     };
     let how = begin
-        .rsplit('(')
-        .next()
+        .split(" to the secondary (")
+        .nth(1)
         .unwrap_or_default()
         .trim_end_matches(')')
         .to_string();
@@ -660,15 +667,103 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
     };
     eprintln!("starting a mirror module with {DATA} replicated on two lab hosts...");
     let (cluster, prim, second) = MirrorLab::started(exe, options, Duration::from_secs(60))?;
-    sh(&cluster, prim, &format!("mkdir -p {LOCAL} {FLOOR}"))?;
-    let floor = FloorMount::start(&cluster, prim, exe)?;
-    let targets = [LOCAL, FLOOR, DATA];
     let s = settings;
+    let rows = if s.resync_only {
+        Vec::new()
+    } else {
+        workloads(&cluster, prim, exe, s)?
+    };
+    let resync = if s.tree_mib > 0 {
+        Some(resync_part(&cluster, exe, (prim, second), s.tree_mib)?)
+    } else {
+        None
+    };
+
+    if !rows.is_empty() {
+        println!(
+            "\nReplication: the same workloads on the primary's lab host in a plain local directory,"
+        );
+        println!(
+            "in Holdfast's file system with replication off (FUSE floor), and in the replicated"
+        );
+        println!(
+            "directory (mirrored to the secondary host, acknowledged on receipt). Each figure is the"
+        );
+        println!(
+            "median of {} runs, the directories taking turns.\n",
+            s.rounds
+        );
+        println!("| workload | local | FUSE floor | replicated | floor / local | replicated / local | target | met |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for row in &rows {
+            let [local, floor, repl] = row.values;
+            let ratio = |v: f64| v / local;
+            let (target, met) = match row.target {
+                Some(t) => (
+                    format!("≥ {:.0}%", t * 100.0),
+                    if ratio(repl) >= t { "yes" } else { "no" }.to_string(),
+                ),
+                None => ("—".into(), "—".into()),
+            };
+            let note = if row.higher_better {
+                ""
+            } else {
+                " (lower is better)"
+            };
+            println!(
+                "| {}{note} | {} | {} | {} | {:.0}% | {:.0}% | {target} | {met} |",
+                row.what,
+                fmt(local),
+                fmt(floor),
+                fmt(repl),
+                ratio(floor) * 100.0,
+                ratio(repl) * 100.0,
+            );
+        }
+    }
+    if let Some((tree_mbps, resync, rsync)) = resync {
+        let mib = s.tree_mib;
+        println!(
+            "\nResynchronisation after 1% of a {mib} MiB tree ({} files) changed while ALONE",
+            TREE_FILES
+        );
+        println!(
+            "(64 KiB rewrites at random places), beside `rsync -a` of the same change between the same hosts.\n"
+        );
+        println!("| method | time | bytes sent | rsync time / resync time | target | met |");
+        println!("|---|---|---|---|---|---|");
+        let speedup = rsync.seconds / resync.seconds;
+        println!(
+            "| Holdfast resynchronisation ({}) | {:.2} s | {} | {:.1}× | ≥ 5× | {} |",
+            resync.how,
+            resync.seconds,
+            resync.bytes_sent,
+            speedup,
+            if speedup >= 5.0 { "yes" } else { "no" }
+        );
+        println!(
+            "| rsync -a ({} files transferred) | {:.2} s | {} | 1.0× | — | — |",
+            rsync.files, rsync.seconds, rsync.bytes_sent
+        );
+        println!(
+            "\nFrom `holdfast start` on the returning node to mirroring again: {:.1} s. \
+             Writing the tree through the mirror: {tree_mbps:.0} MB/s.",
+            resync.return_seconds
+        );
+    }
+    Ok(())
+}
+
+/// The workloads in the three directories: one table row each.
+fn workloads(cluster: &MirrorLab, prim: &str, exe: &Path, s: &Settings) -> Result<Vec<Row>> {
+    sh(cluster, prim, &format!("mkdir -p {LOCAL} {FLOOR}"))?;
+    let floor = FloorMount::start(cluster, prim, exe)?;
+    let targets = [LOCAL, FLOOR, DATA];
     let each = |workload: &str, mib: u64| -> Result<Vec<Vec<IoResult>>> {
         rounds(s.rounds, targets.len(), |k| {
             eprintln!("{workload} in {}", targets[k]);
             io(
-                &cluster,
+                cluster,
                 prim,
                 exe,
                 targets[k],
@@ -719,7 +814,7 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
             eprintln!("pgbench: initdb and pgbench -i in {dir}");
             let port = PG_PORT + k as u16;
             servers.push(Postgres::start(
-                &cluster,
+                cluster,
                 prim,
                 (dir, name, port),
                 s.pgbench_scale,
@@ -738,81 +833,7 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
         });
     }
     drop(floor);
-    let resync = if s.tree_mib > 0 {
-        Some(resync_part(&cluster, exe, (prim, second), s.tree_mib)?)
-    } else {
-        None
-    };
-
-    println!(
-        "\nReplication: the same workloads on the primary's lab host in a plain local directory,"
-    );
-    println!("in Holdfast's file system with replication off (FUSE floor), and in the replicated");
-    println!(
-        "directory (mirrored to the secondary host, acknowledged on receipt). Each figure is the"
-    );
-    println!(
-        "median of {} runs, the directories taking turns.\n",
-        s.rounds
-    );
-    println!("| workload | local | FUSE floor | replicated | floor / local | replicated / local | target | met |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for row in &rows {
-        let [local, floor, repl] = row.values;
-        let ratio = |v: f64| v / local;
-        let (target, met) = match row.target {
-            Some(t) => (
-                format!("≥ {:.0}%", t * 100.0),
-                if ratio(repl) >= t { "yes" } else { "no" }.to_string(),
-            ),
-            None => ("—".into(), "—".into()),
-        };
-        let note = if row.higher_better {
-            ""
-        } else {
-            " (lower is better)"
-        };
-        println!(
-            "| {}{note} | {} | {} | {} | {:.0}% | {:.0}% | {target} | {met} |",
-            row.what,
-            fmt(local),
-            fmt(floor),
-            fmt(repl),
-            ratio(floor) * 100.0,
-            ratio(repl) * 100.0,
-        );
-    }
-    if let Some((tree_mbps, resync, rsync)) = resync {
-        let mib = s.tree_mib;
-        println!(
-            "\nResynchronisation after 1% of a {mib} MiB tree ({} files) changed while ALONE",
-            TREE_FILES
-        );
-        println!(
-            "(64 KiB rewrites at random places), beside `rsync -a` of the same change between the same hosts.\n"
-        );
-        println!("| method | time | bytes sent | rsync time / resync time | target | met |");
-        println!("|---|---|---|---|---|---|");
-        let speedup = rsync.seconds / resync.seconds;
-        println!(
-            "| Holdfast resynchronisation ({}) | {:.2} s | {} | {:.1}× | ≥ 5× | {} |",
-            resync.how,
-            resync.seconds,
-            resync.bytes_sent,
-            speedup,
-            if speedup >= 5.0 { "yes" } else { "no" }
-        );
-        println!(
-            "| rsync -a ({} files transferred) | {:.2} s | {} | 1.0× | — | — |",
-            rsync.files, rsync.seconds, rsync.bytes_sent
-        );
-        println!(
-            "\nFrom `holdfast start` on the returning node to mirroring again: {:.1} s. \
-             Writing the tree through the mirror: {tree_mbps:.0} MB/s.",
-            resync.return_seconds
-        );
-    }
-    Ok(())
+    Ok(rows)
 }
 
 fn fmt(v: f64) -> String {
