@@ -288,7 +288,9 @@ struct ReceiverTask {
 }
 
 impl ReceiverTask {
-    fn stop(mut self, log: &ModuleLog) {
+    /// `sync`: a clean stop (not a promotion, which must not wait for the
+    /// disk): what was applied goes to disk first, recorded.
+    fn stop(mut self, log: &ModuleLog, sync: bool) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(stream) = lock(&self.current).take() {
             let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -296,10 +298,12 @@ impl ReceiverTask {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        // A clean stop: what was applied goes to disk, so a restart of this
-        // host does not make the next resynchronisation compare checksums.
-        if let Err(e) = self.receiver.sync() {
-            log.write(LogLevel::Error, &e.to_string());
+        // So a restart of this host does not make the next
+        // resynchronisation compare checksums.
+        if sync {
+            if let Err(e) = self.receiver.sync() {
+                log.write(LogLevel::Error, &e.to_string());
+            }
         }
         if let Some(read_only) = self.read_only.take() {
             read_only.remove(log);
@@ -561,7 +565,7 @@ impl Replication {
         if want_receivers && self.receivers.is_empty() {
             self.start_receivers();
         } else if !want_receivers && !self.receivers.is_empty() {
-            self.stop_receivers();
+            self.stop_receivers(!matches!(state, State::Prim | State::Alone));
         }
         data_state
     }
@@ -632,7 +636,7 @@ impl Replication {
         match failed {
             Some(e) => {
                 for t in tasks {
-                    t.stop(&self.log);
+                    t.stop(&self.log, false);
                 }
                 if !self.receiver_error_logged {
                     self.receiver_error_logged = true;
@@ -652,9 +656,9 @@ impl Replication {
         }
     }
 
-    fn stop_receivers(&mut self) {
+    fn stop_receivers(&mut self, sync: bool) {
         for t in self.receivers.drain(..) {
-            t.stop(&self.log);
+            t.stop(&self.log, sync);
         }
         for dir in &self.dirs {
             self.status.set(dir.index, Activity::Idle, None);
@@ -666,7 +670,8 @@ impl Replication {
         if !self.primary.is_empty() {
             return;
         }
-        self.stop_receivers();
+        // Becoming primary: no wait for the disk.
+        self.stop_receivers(false);
         let dirs = self.dirs.clone();
         for dir in dirs {
             match self.mount(&dir) {
@@ -832,7 +837,7 @@ impl Replication {
     /// Module task ending: everything stopped.
     pub fn shutdown(&mut self) {
         self.release();
-        self.stop_receivers();
+        self.stop_receivers(true);
     }
 }
 

@@ -383,6 +383,44 @@ mod tests {
     }
 
     #[test]
+    fn another_protocol_version_is_refused_on_both_sides_with_a_clear_error() {
+        let key = ClusterKey::generate();
+        let old_hello = |stream: &mut UnixStream| {
+            let mut hello = MAGIC.to_vec();
+            hello.push(VERSION - 1);
+            hello.extend_from_slice(&[0; NONCE]);
+            stream.write_all(&hello).unwrap();
+        };
+        // An older primary: the secondary refuses, and says its version.
+        let (mut primary, mut secondary) = UnixStream::pair().unwrap();
+        let k = key.clone();
+        let t = std::thread::spawn(move || secondary_handshake(&mut secondary, &k));
+        old_hello(&mut primary);
+        let err = t.join().unwrap().unwrap_err();
+        assert!(
+            matches!(err, ProtocolError::Version(v) if v == VERSION - 1),
+            "{err}"
+        );
+        assert!(err.to_string().contains("same Holdfast version"), "{err}");
+        // Its hello tells the older primary which version it speaks.
+        let mut head = [0u8; 5];
+        primary.read_exact(&mut head).unwrap();
+        assert_eq!((&head[..4], head[4]), (&MAGIC[..], VERSION));
+        // An older secondary: the primary refuses.
+        let (mut primary, mut secondary) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            read_hello(&mut secondary).unwrap();
+            old_hello(&mut secondary);
+        });
+        let err = primary_handshake(&mut primary, &key).unwrap_err();
+        t.join().unwrap();
+        assert!(
+            matches!(err, ProtocolError::Version(v) if v == VERSION - 1),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn frames_detect_forgery_replay_and_reflection() {
         let key = SessionKey([7; 32]);
         let mut sealer = Sealer::new(key.clone(), Direction::ToSecondary);
