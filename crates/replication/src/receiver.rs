@@ -81,6 +81,9 @@ enum Item {
 /// leaving room for a lone writer's write + fsync pairs (a batch each)
 /// to be acknowledged while the secondary's disk flushes.
 const QUEUED_BATCHES: usize = 32;
+/// After this long without anything to apply, the secondary tells the
+/// primary how far it has applied (acknowledgements on receipt go before).
+const IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// A batch is passed on once it holds this many bytes of frames.
 const BATCH_BYTES: usize = 1 << 20;
 
@@ -354,41 +357,63 @@ impl Receiver {
         // Between `Begin` and `End`: changes live on the primary arrive
         // while the resynchronisation has not yet brought every entry.
         let mut resyncing = false;
-        for item in items.into_iter().flatten() {
-            match item {
-                Item::Change(seq, change) => {
-                    if let Err(error) = self.apply(seq, &change) {
-                        // A live change to an entry this copy lacks yet: the
-                        // resynchronisation brings the entry later, as it is
-                        // on the primary then — this change included.
-                        if !(resyncing && error.is_missing_entry()) {
-                            return refuse(seq, error);
-                        }
-                        tracing::debug!("{error}: left to the resynchronisation");
-                    }
-                    replies.applied.store(seq + 1, Ordering::SeqCst);
-                    if self.mode == AckMode::Durable {
+        // How far the primary was last told this copy has applied.
+        let mut reported = 0;
+        loop {
+            let batch = match items.recv_timeout(IDLE) {
+                Ok(batch) => batch,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Idle: the primary learns that everything received is
+                    // applied (so it would not re-send it, should this copy
+                    // leave now); once per idle period.
+                    let applied = replies.applied.load(Ordering::SeqCst);
+                    if self.mode == AckMode::Receipt && applied > reported {
                         replies.send(&Reply::Ack {
-                            upto: seq,
-                            applied: seq + 1,
+                            upto: applied - 1,
+                            applied,
                         })?;
+                        reported = applied;
                     }
+                    continue;
                 }
-                Item::Request(seq, request) => {
-                    match &request {
-                        Request::Begin { .. } => resyncing = true,
-                        Request::End { .. } => resyncing = false,
-                        _ => {}
-                    }
-                    match self.handle(seq, &request) {
-                        Ok(answer) => {
-                            replies.applied.store(seq + 1, Ordering::SeqCst);
-                            replies.send(&Reply::Answer { seq, answer })?
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            for item in batch {
+                match item {
+                    Item::Change(seq, change) => {
+                        if let Err(error) = self.apply(seq, &change) {
+                            // A live change to an entry this copy lacks yet: the
+                            // resynchronisation brings the entry later, as it is
+                            // on the primary then — this change included.
+                            if !(resyncing && error.is_missing_entry()) {
+                                return refuse(seq, error);
+                            }
+                            tracing::debug!("{error}: left to the resynchronisation");
                         }
-                        Err(error) => return refuse(seq, error),
+                        replies.applied.store(seq + 1, Ordering::SeqCst);
+                        if self.mode == AckMode::Durable {
+                            replies.send(&Reply::Ack {
+                                upto: seq,
+                                applied: seq + 1,
+                            })?;
+                        }
                     }
+                    Item::Request(seq, request) => {
+                        match &request {
+                            Request::Begin { .. } => resyncing = true,
+                            Request::End { .. } => resyncing = false,
+                            _ => {}
+                        }
+                        match self.handle(seq, &request) {
+                            Ok(answer) => {
+                                replies.applied.store(seq + 1, Ordering::SeqCst);
+                                replies.send(&Reply::Answer { seq, answer })?
+                            }
+                            Err(error) => return refuse(seq, error),
+                        }
+                    }
+                    Item::Refuse(seq, error) => return refuse(seq, error),
                 }
-                Item::Refuse(seq, error) => return refuse(seq, error),
             }
         }
         Ok(())

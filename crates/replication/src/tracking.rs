@@ -1124,7 +1124,15 @@ impl Link {
     /// then `own` (a change of a replicator that does not number them);
     /// the order of the stream is kept by holding the window's lock.
     fn record_unapplied(&self, own: Option<Touched>) -> Result<(), TrackingError> {
+        // What the secondary said last, maybe after the last change sent.
+        let applied = match &*lock(&self.0.mode) {
+            Mode::Mirror(peer) => peer.applied(),
+            _ => None,
+        };
         let mut window = lock(&self.0.unapplied);
+        if let Some(applied) = applied {
+            window.applied(applied);
+        }
         let mut changes = window.take();
         changes.extend(own);
         self.0.log.record_unapplied(&changes)

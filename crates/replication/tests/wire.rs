@@ -164,6 +164,27 @@ fn frames_received_together_are_acknowledged_together_and_all_applied() {
 }
 
 #[test]
+fn an_idle_secondary_says_it_applied_what_it_acknowledged_on_receipt() {
+    let (_tmp, dir) = dirs();
+    let key = ClusterKey::generate();
+    let (addr, rx) = receiver_in(&dir, &key, AckMode::Receipt);
+    let tx = TcpReplicator::connect(addr, &key).unwrap();
+    for name in ["a", "b", "c"] {
+        tx.replicate(&mkdir(name)).unwrap();
+    }
+    // Acknowledged on receipt: applied once the applier is done, which the
+    // primary learns when the stream goes quiet (it would not re-send them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tx.applied() != Some(3) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(tx.applied(), Some(3));
+    assert!(dir.join("c").is_dir());
+    drop(tx);
+    rx.join().unwrap().unwrap();
+}
+
+#[test]
 fn wrong_key_is_refused_at_connection() {
     let (_tmp, dir) = dirs();
     let (addr, rx) = receiver(&dir, &ClusterKey::generate());
