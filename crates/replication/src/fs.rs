@@ -56,6 +56,9 @@ const WAITERS: usize = 8;
 const OPENED: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 /// Largest write the kernel sends in one request (and so one change).
 const MAX_WRITE: u32 = 1 << 20;
+/// A large write is applied and replicated in chunks of this size, so the
+/// secondary receives and checks one while the next is written here.
+const CHUNK: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -504,6 +507,35 @@ impl Pending {
     }
 }
 
+/// A write applied in chunks, each submitted as soon as it is applied.
+struct Written {
+    /// Bytes applied locally (fewer than asked: a short write).
+    bytes: usize,
+    chunks: Vec<Pending>,
+}
+
+impl Written {
+    /// `bytes` applied, nothing to replicate.
+    fn all(bytes: usize) -> Self {
+        Written {
+            bytes,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Waits for every chunk (each one's failure is recorded when waited
+    /// for, see [`Ack::map`]); bytes written, or EIO if any chunk failed.
+    fn acknowledged(self) -> Result<u32, fuser::Errno> {
+        let mut result = Ok(self.bytes as u32);
+        for chunk in self.chunks {
+            if let Err(e) = chunk.acknowledged() {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Holders only do table updates: the data stays consistent after a panic.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -692,6 +724,85 @@ impl MirrorFs {
             value,
             Pending(change.map(|c| (self.replicator.submit(&c), c))),
         ))
+    }
+
+    /// Under the ordering lock: applies `data` in chunks of [`CHUNK`] and
+    /// submits each but the last as soon as it is applied (the last is
+    /// returned for [`Self::ordered`] to submit), so the secondary receives
+    /// and checks one chunk while the next is written here. A local failure
+    /// after some bytes were applied is a short write of those bytes, all
+    /// replicated: never an error leaving applied bytes unreported.
+    fn write_chunks(
+        &self,
+        path: &Path,
+        fd: &OwnedFd,
+        data: &[u8],
+        offset: u64,
+    ) -> Result<(Written, Option<Change>), Errno> {
+        let mut written = Written::all(0);
+        let mut last: Option<Change> = None;
+        for chunk in data.chunks(CHUNK) {
+            if let Some(change) = last.take() {
+                written
+                    .chunks
+                    .push(Pending(Some((self.replicator.submit(&change), change))));
+            }
+            let at = offset + written.bytes as u64;
+            let (applied, failed) = self.write_chunk(path, fd, chunk, at);
+            if applied > 0 {
+                written.bytes += applied;
+                let op = Op::Write {
+                    path: path.to_path_buf(),
+                    offset: at,
+                    data: chunk[..applied].to_vec(),
+                };
+                // Without the time (fstat failed), the secondary's mtime
+                // differs; the bytes must still go.
+                let stamps = stamp(path, fd).into_iter().collect();
+                last = Some(Change { op, stamps });
+            }
+            if let Some(e) = failed {
+                if written.bytes == 0 {
+                    return Err(e);
+                }
+                tracing::debug!("short write of {}: {e}", path.display());
+                break;
+            }
+        }
+        Ok((written, last))
+    }
+
+    /// Announces and applies one chunk: how many bytes were written, and
+    /// the error that stopped it before the end, if any.
+    fn write_chunk(
+        &self,
+        path: &Path,
+        fd: &OwnedFd,
+        mut chunk: &[u8],
+        mut at: u64,
+    ) -> (usize, Option<Errno>) {
+        let intent = Intent::Data {
+            path,
+            offset: at,
+            len: chunk.len() as u64,
+        };
+        if let Err(e) = self.prepare(intent) {
+            return (0, Some(e));
+        }
+        let mut applied = 0;
+        while !chunk.is_empty() {
+            match rustix::io::pwrite(fd, chunk, at) {
+                Ok(0) => return (applied, Some(Errno::IO)),
+                Ok(n) => {
+                    applied += n;
+                    chunk = &chunk[n..];
+                    at += n as u64;
+                }
+                Err(Errno::INTR) => {}
+                Err(e) => return (applied, Some(e)),
+            }
+        }
+        (applied, None)
     }
 
     /// fsync and fdatasync of a file or directory: the secondary is asked
@@ -1400,34 +1511,31 @@ impl Filesystem for Served {
                 return reply.error(e);
             }
         }
-        let written = data.len() as u32;
-        self.mutate_then(
-            || {
-                let h = self.file(fh)?;
-                let fd = file_fd(&h);
-                let Some(path) = self.open_file_path(ino, fd)? else {
-                    write_all_at(fd, data, offset)?;
-                    return Ok(((), None));
-                };
-                self.prepare(Intent::Data {
-                    path: &path,
-                    offset,
-                    len: data.len() as u64,
-                })?;
+        let written = self.ordered(|| {
+            let h = self.file(fh)?;
+            let fd = file_fd(&h);
+            let Some(path) = self.open_file_path(ino, fd)? else {
                 write_all_at(fd, data, offset)?;
-                let stamps = vec![stamp(&path, fd)?];
-                let op = Op::Write {
-                    path,
-                    offset,
-                    data: data.to_vec(),
+                return Ok((Written::all(data.len()), None));
+            };
+            self.write_chunks(&path, fd, data, offset)
+        });
+        match written {
+            Err(e) => reply.error(e),
+            Ok((mut written, last)) => {
+                written.chunks.push(last);
+                let known = written.chunks.iter().all(Pending::is_done);
+                let finish = move || match written.acknowledged() {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(e),
                 };
-                Ok(((), Some(Change { op, stamps })))
-            },
-            move |result| match result {
-                Ok(()) => reply.written(written),
-                Err(e) => reply.error(e),
-            },
-        );
+                if known {
+                    finish()
+                } else {
+                    self.waiters.run(finish)
+                }
+            }
+        }
     }
 
     fn flush(

@@ -879,6 +879,32 @@ fn concurrent_appending_writers_are_all_replicated() {
 }
 
 #[test]
+fn a_large_write_cut_short_by_a_full_disk_is_replicated_as_far_as_it_went() {
+    let mut fixture = Fixture::on_small_disk(AckMode::Receipt, "600k");
+    let mut f = File::create(fixture.primary.join("big")).unwrap();
+    // One write(2) of 1 MiB: several chunks, the disk fills during one.
+    let data: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let written = f.write(&data).unwrap();
+    assert!(
+        written > 0 && written < data.len(),
+        "a short write, not an error: {written}"
+    );
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        written as u64,
+        "the file holds what was reported written"
+    );
+    drop(f);
+    fixture.finish().unwrap();
+    // Everything written on the primary reached the secondary.
+    fixture.assert_replicated();
+    assert_eq!(
+        fs::read(fixture.secondary.join("big")).unwrap(),
+        &data[..written]
+    );
+}
+
+#[test]
 fn writes_after_unlink_reach_a_link_never_looked_up() {
     let mut fixture = Fixture::new(AckMode::Durable);
     fs::write(fixture.primary.join("f"), b"before").unwrap();

@@ -24,15 +24,40 @@ pub struct Fixture {
     backing: File,
     mount: Option<MountGuard>,
     receiver: Option<JoinHandle<Result<(), ReceiverError>>>,
+    /// A tmpfs under the primary's directory, unmounted last.
+    disk: Option<PathBuf>,
 }
 
 impl Fixture {
     pub fn new(mode: AckMode) -> Self {
+        Self::build(mode, None)
+    }
+
+    /// The primary's directory on a tmpfs of `size` (as `mount -o size=`),
+    /// to run out of space there.
+    pub fn on_small_disk(mode: AckMode, size: &str) -> Self {
+        Self::build(mode, Some(size))
+    }
+
+    fn build(mode: AckMode, disk_size: Option<&str>) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let primary = tmp.path().join("primary");
         let secondary = tmp.path().join("secondary");
         std::fs::create_dir(&primary).unwrap();
         std::fs::create_dir(&secondary).unwrap();
+        let disk = disk_size.map(|size| {
+            rustix::mount::mount(
+                "holdfast-test",
+                &primary,
+                "tmpfs",
+                rustix::mount::MountFlags::empty(),
+                std::ffi::CString::new(format!("size={size}"))
+                    .unwrap()
+                    .as_c_str(),
+            )
+            .unwrap();
+            primary.clone()
+        });
         let backing = File::open(&primary).unwrap();
         let key = ClusterKey::generate();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -51,6 +76,7 @@ impl Fixture {
             backing,
             mount: Some(mount),
             receiver: Some(receiver),
+            disk,
         }
     }
 
@@ -92,6 +118,10 @@ impl Drop for Fixture {
         // Also on panic: the mount guard unmounts; the receiver thread ends
         // when the connection closes and is not waited for.
         drop(self.mount.take());
+        if let Some(disk) = self.disk.take() {
+            // Lazily: the descriptor of the backing directory is still open.
+            let _ = rustix::mount::unmount(&disk, rustix::mount::UnmountFlags::DETACH);
+        }
         let mounted = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         assert!(
             !mounted.contains(self.primary.to_str().unwrap()) || std::thread::panicking(),
