@@ -181,6 +181,8 @@ impl Generations {
         self.incomplete = false;
         self.unclean = false;
         self.discarded = false;
+        // Its copy is the source's, synced (whatever was lost before).
+        self.unsynced = None;
     }
 
     /// About to apply changes that stay in the page cache for a while,
@@ -192,9 +194,12 @@ impl Generations {
         }
     }
 
-    /// Everything applied is on disk (synced).
-    pub fn synced(&mut self) {
-        self.unsynced = None;
+    /// Everything applied under the kernel `boot` is on disk (synced).
+    /// What was applied under an earlier one stays possibly lost.
+    pub fn synced(&mut self, boot: &str) {
+        if self.unsynced.as_deref() == Some(boot) {
+            self.unsynced = None;
+        }
     }
 
     /// Whether everything this copy applied is still there: synced, or its
@@ -639,13 +644,18 @@ mod tests {
         assert!(copy.kept_applied(Some("boot-1")));
         assert!(!copy.kept_applied(Some("boot-2")), "the host restarted");
         assert!(!copy.kept_applied(None), "unknown boot: assume lost");
-        // Receiving again after the restart keeps the older boot on record.
+        // Receiving again after the restart keeps the older boot on record,
+        // and so does a sync now: what the old boot applied may be gone.
         copy.receiving("boot-2");
+        copy.synced("boot-2");
         assert!(!copy.kept_applied(Some("boot-2")));
-        copy.synced();
+        // Only a resynchronisation brings it back.
+        copy.resync_done(5);
         assert!(copy.kept_applied(Some("boot-2")));
         copy.receiving("boot-2");
         assert!(copy.kept_applied(Some("boot-2")));
+        copy.synced("boot-2");
+        assert_eq!(copy.unsynced, None);
         // An older record without the field reads as synced.
         let old: Generations = serde_json::from_str(
             r#"{"current":5,"bitmap":null,"history":[],"incomplete":false,"unclean":false}"#,

@@ -471,7 +471,6 @@ impl Receiver {
                     .map_err(|e| failed("sync", Path::new(""), e))?;
                 self.update_generations(seq, |g| {
                     g.resync_done(*source);
-                    g.synced();
                     if self.mode == AckMode::Receipt {
                         // The stream goes on, unsynced again.
                         g.receiving(self.boot());
@@ -544,14 +543,14 @@ impl Receiver {
     }
 
     /// No connection is served any more (a clean stop): flushes the copy
-    /// to disk and records that everything applied is there, so a later
-    /// resynchronisation needs no comparison even after a restart of this
-    /// host.
+    /// to disk and records that what was applied under this boot is there,
+    /// so a later resynchronisation needs no comparison even after a
+    /// restart of this host (unless an earlier restart lost some already).
     pub fn sync(&self) -> Result<(), ReceiverError> {
         self.root
             .syncfs()
             .map_err(|errno| ReceiverError::Sync(errno.into()))?;
-        self.update_record(Generations::synced)
+        self.update_record(|g| g.synced(self.boot()))
     }
 
     fn update_generations(
