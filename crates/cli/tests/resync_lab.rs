@@ -124,6 +124,20 @@ fn succeeded(mut writers: std::process::Child) -> u64 {
     String::from_utf8_lossy(&out.stdout).lines().count() as u64
 }
 
+/// The secondary's generation record (in its /var/lib/holdfast).
+fn record_path(cluster: &MirrorLab) -> std::path::PathBuf {
+    cluster
+        .lab
+        .host_dir(SECOND)
+        .unwrap()
+        .join("var-lib-holdfast/modules/demo/replication/0/generations")
+}
+
+fn record(cluster: &MirrorLab) -> serde_json::Value {
+    let text = std::fs::read_to_string(record_path(cluster)).expect("the secondary's record");
+    serde_json::from_str(&text).expect("JSON")
+}
+
 /// A write of 1 MiB while the primary is alone (what must travel at least).
 fn write_alone(cluster: &MirrorLab) {
     let alone = cluster.wait_states(SETTLE, |a, _| settled(a, "ALONE"));
@@ -188,6 +202,18 @@ fn a_secondary_whose_module_stopped_and_started_gets_only_the_tracked_changes() 
         .run_cli_checked(SECOND, &["stop", "-m", "demo"])
         .expect("stop the secondary's module");
     write_alone(&cluster);
+    // A clean stop synced its copy: even a restart of its host now would
+    // leave nothing to compare.
+    let synced = wait_until(SETTLE, Duration::from_millis(50), || {
+        record(&cluster)["unsynced"].is_null()
+    });
+    assert!(
+        synced,
+        "{}
+{}",
+        record(&cluster),
+        logs(&cluster)
+    );
     let written = succeeded(writing);
     cluster
         .run_cli_checked(SECOND, &["second", "-m", "demo"])
@@ -219,19 +245,13 @@ fn a_secondary_whose_host_restarted_is_compared_by_checksums() {
         .expect("kill -9 the secondary's daemon");
     // Its page cache "lost": the boot id it recorded is no longer the
     // running kernel's.
-    let record = cluster
-        .lab
-        .host_dir(SECOND)
-        .unwrap()
-        .join("var-lib-holdfast/modules/demo/replication/0/generations");
-    let text = std::fs::read_to_string(&record).expect("the secondary's record");
-    let mut json: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let mut json = record(&cluster);
     assert!(
         json["unsynced"].is_string(),
-        "it recorded applying unsynced changes: {text}"
+        "it recorded applying unsynced changes: {json}"
     );
     json["unsynced"] = "00000000-0000-0000-0000-000000000000".into();
-    std::fs::write(&record, json.to_string()).unwrap();
+    std::fs::write(record_path(&cluster), json.to_string()).unwrap();
     write_alone(&cluster);
     cluster.start_daemon(SECOND).expect("restart it");
     let (how, sent) = returned(&cluster);
