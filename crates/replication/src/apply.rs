@@ -40,6 +40,41 @@ pub(crate) struct Entry {
     pub name: CString,
 }
 
+impl Entry {
+    /// Sets owner then mode of a node just made here (no symbolic link
+    /// when `mode` is given), as [`Root::set_owner_mode`] does by path.
+    pub fn set_owner_mode(&self, uid: u32, gid: u32, mode: Option<u32>) -> Result<(), Errno> {
+        rfs::chownat(
+            &self.dir,
+            &self.name,
+            Some(Uid::from_raw(uid)),
+            Some(Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        if let Some(mode) = mode {
+            rfs::chmodat(
+                &self.dir,
+                &self.name,
+                Mode::from_raw_mode(mode & 0o7777),
+                AtFlags::empty(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Sets owner then mode of the open file `fd` (chown clears set-user-ID
+/// bits: the mode comes last).
+pub(crate) fn set_file_owner_mode(
+    fd: &OwnedFd,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+) -> Result<(), Errno> {
+    rfs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))?;
+    rfs::fchmod(fd, Mode::from_raw_mode(mode & 0o7777))
+}
+
 impl Root {
     pub fn new(dir: &Path) -> std::io::Result<Self> {
         let fd = rfs::open(
@@ -159,7 +194,7 @@ impl Root {
                 gid,
             } => {
                 let e = self.entry(path)?;
-                rfs::openat(
+                let fd = rfs::openat(
                     &e.dir,
                     &e.name,
                     OFlags::CREATE
@@ -169,7 +204,7 @@ impl Root {
                         | OFlags::CLOEXEC,
                     Mode::from_raw_mode(mode & 0o777),
                 )?;
-                self.set_owner_mode(path, Some(*uid), Some(*gid), Some(*mode))?;
+                set_file_owner_mode(&fd, *uid, *gid, *mode)?;
             }
             Op::Mknod {
                 path,
@@ -186,7 +221,7 @@ impl Root {
                     Mode::from_raw_mode(mode & 0o777),
                     *rdev,
                 )?;
-                self.set_owner_mode(path, Some(*uid), Some(*gid), Some(*mode))?;
+                e.set_owner_mode(*uid, *gid, Some(*mode))?;
             }
             Op::Mkdir {
                 path,
@@ -196,7 +231,7 @@ impl Root {
             } => {
                 let e = self.entry(path)?;
                 rfs::mkdirat(&e.dir, &e.name, Mode::from_raw_mode(mode & 0o777))?;
-                self.set_owner_mode(path, Some(*uid), Some(*gid), Some(*mode))?;
+                e.set_owner_mode(*uid, *gid, Some(*mode))?;
             }
             Op::Unlink { path } => {
                 let e = self.entry(path)?;
@@ -223,7 +258,7 @@ impl Root {
             } => {
                 let e = self.entry(path)?;
                 rfs::symlinkat(target.as_path(), &e.dir, &e.name)?;
-                self.set_owner_mode(path, Some(*uid), Some(*gid), None)?;
+                e.set_owner_mode(*uid, *gid, None)?;
             }
             Op::SetAttr {
                 path,

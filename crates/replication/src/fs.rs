@@ -40,7 +40,7 @@ use fuser::{
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use crate::apply::{atime_of, mtime_of, proc_path, write_all_at, Root};
+use crate::apply::{atime_of, mtime_of, proc_path, set_file_owner_mode, write_all_at, Root};
 use crate::op::{Ack, Change, Intent, Op, Replicator, Stamp, Time};
 
 /// How long the kernel keeps names and attributes. Only a program writing
@@ -850,36 +850,25 @@ impl MirrorFs {
         f().map_err(fuse_err)
     }
 
-    fn new_node(
-        &self,
-        req: &Request,
-        parent: &Path,
-        mode: u32,
-        umask: u32,
-        dir: bool,
-    ) -> Result<NewNode, Errno> {
-        let pst = self.root().stat(parent)?;
+    fn new_node(&self, req: &Request, parent: &Stat, mode: u32, umask: u32, dir: bool) -> NewNode {
+        let pst = parent;
         let setgid = pst.st_mode & 0o2000 != 0;
         let mut perm = mode & !umask & 0o7777;
         if dir && setgid {
             perm |= 0o2000;
         }
-        Ok(NewNode {
+        NewNode {
             perm,
             uid: req.uid(),
             gid: if setgid { pst.st_gid } else { req.gid() },
-        })
+        }
     }
 
-    fn entry_reply(&self, path: &Path, reply: ReplyEntry) {
-        match self.root().stat(path) {
-            Ok(st) => {
-                let attr = self.attr(&st);
-                lock(&self.nodes).remember(attr.ino.0, path);
-                reply.entry(&TTL, &attr, Generation(0));
-            }
-            Err(e) => reply.error(fuse_err(e)),
-        }
+    /// Replies with the node `st` found or made at `path`.
+    fn made_reply(&self, path: &Path, st: &Stat, reply: ReplyEntry) {
+        let attr = self.attr(st);
+        lock(&self.nodes).remember(attr.ino.0, path);
+        reply.entry(&TTL, &attr, Generation(0));
     }
 
     /// Creates a node of any kind but regular file opened (mkdir, mknod,
@@ -899,18 +888,17 @@ impl MirrorFs {
         self.mutate_then(
             || {
                 let path = self.child(parent, name)?;
-                let node = self.new_node(req, parent_of(&path), mode, umask, is_dir)?;
                 let entry = self.root().entry(&path)?;
+                let node = self.new_node(req, &rfs::fstat(&entry.dir)?, mode, umask, is_dir);
                 self.prepare(Intent::Entry { path: &path })?;
                 let op = make(&entry, &node, path.clone())?;
                 let perm = (!is_link).then_some(node.perm);
-                self.root()
-                    .set_owner_mode(&path, Some(node.uid), Some(node.gid), perm)?;
-                let stamps = self.stamps(&[&path, parent_of(&path)]);
-                Ok((path, Some(Change { op, stamps })))
+                entry.set_owner_mode(node.uid, node.gid, perm)?;
+                let (st, stamps) = made_stamps(&path, &entry)?;
+                Ok(((path, st), Some(Change { op, stamps })))
             },
             move |result| match result {
-                Ok(path) => fs.entry_reply(&path, reply),
+                Ok((path, st)) => fs.made_reply(&path, &st, reply),
                 Err(e) => reply.error(e),
             },
         );
@@ -929,7 +917,10 @@ impl MirrorFs {
                 self.prepare(Intent::Entry { path: &path })?;
                 rfs::unlinkat(&entry.dir, &entry.name, flags)?;
                 lock(&self.nodes).unlinked(&path);
-                let stamps = self.stamps(&[parent_of(&path)]);
+                let stamps = vec![Stamp {
+                    path: parent_of(&path).to_path_buf(),
+                    mtime: mtime_of(&rfs::fstat(&entry.dir)?),
+                }];
                 let op = if dir {
                     Op::Rmdir { path }
                 } else {
@@ -1101,6 +1092,24 @@ fn in_group(req: &Request, gid: u32) -> bool {
         .lines()
         .find_map(|l| l.strip_prefix("Groups:"))
         .is_some_and(|groups| groups.split_whitespace().any(|g| g == gid.to_string()))
+}
+
+/// The node just made at `path` (through `entry`, its directory and name),
+/// and the modification times of both for the secondary.
+fn made_stamps(path: &Path, entry: &crate::apply::Entry) -> Result<(Stat, Vec<Stamp>), Errno> {
+    let st = rfs::statat(&entry.dir, &entry.name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let dir = rfs::fstat(&entry.dir)?;
+    let stamps = vec![
+        Stamp {
+            path: path.to_path_buf(),
+            mtime: mtime_of(&st),
+        },
+        Stamp {
+            path: parent_of(path).to_path_buf(),
+            mtime: mtime_of(&dir),
+        },
+    ];
+    Ok((st, stamps))
 }
 
 /// The modification time of the open file `fd`, named `path` for the secondary.
@@ -1434,15 +1443,17 @@ impl Filesystem for Served {
                     to: &to,
                 })?;
                 rfs::linkat(&a.dir, &a.name, &b.dir, &b.name, AtFlags::empty())?;
-                let stamps = self.stamps(&[parent_of(&to)]);
+                let (st, mut stamps) = made_stamps(&to, &b)?;
+                // The file's own time did not change.
+                stamps.remove(0);
                 let op = Op::Link {
                     from,
                     to: to.clone(),
                 };
-                Ok((to, Some(Change { op, stamps })))
+                Ok(((to, st), Some(Change { op, stamps })))
             },
             move |result| match result {
-                Ok(path) => fs.entry_reply(&path, reply),
+                Ok((path, st)) => fs.made_reply(&path, &st, reply),
                 Err(e) => reply.error(e),
             },
         );
@@ -1802,8 +1813,8 @@ impl Filesystem for Served {
         self.mutate_then(
             || {
                 let path = self.child(parent, name)?;
-                let node = self.new_node(req, parent_of(&path), mode, umask, false)?;
                 let entry = self.root().entry(&path)?;
+                let node = self.new_node(req, &rfs::fstat(&entry.dir)?, mode, umask, false);
                 let access = OFlags::from_bits_retain((flags & libc_accmode()) as u32);
                 self.prepare(Intent::Entry { path: &path })?;
                 let fd = rfs::openat(
@@ -1812,14 +1823,8 @@ impl Filesystem for Served {
                     access | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::from_raw_mode(node.perm & 0o777),
                 )?;
-                self.root().set_owner_mode(
-                    &path,
-                    Some(node.uid),
-                    Some(node.gid),
-                    Some(node.perm),
-                )?;
-                let st = rfs::fstat(&fd)?;
-                let stamps = self.stamps(&[&path, parent_of(&path)]);
+                set_file_owner_mode(&fd, node.uid, node.gid, node.perm)?;
+                let (st, stamps) = made_stamps(&path, &entry)?;
                 let op = Op::Create {
                     path: path.clone(),
                     mode: node.perm,
