@@ -76,7 +76,9 @@
 //! - tracking while mirroring (in-flight changes at a primary crash): today
 //!   the returning old primary is resynchronised by checksum comparison;
 //! - hard links created while ALONE whose first name was created while
-//!   ALONE too may come back as separate files after a crash;
+//!   ALONE too may come back as separate files after a crash (so may one
+//!   made, with its first name, among the changes in flight when the
+//!   secondary left);
 //! - kernel passthrough (`FOPEN_PASSTHROUGH`) for read-only opens: the
 //!   kernel refuses mixing passthrough and cached opens of one inode, so it
 //!   needs care; every read goes through the daemon for now;
