@@ -67,6 +67,24 @@ fn dirs() -> (tempfile::TempDir, PathBuf) {
     (tmp, secondary)
 }
 
+/// A primary speaking the protocol by hand: its stream, sealer and opener.
+fn raw_primary(addr: SocketAddr, key: &ClusterKey) -> (TcpStream, Sealer, Opener) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let session = primary_handshake(&mut stream, key).unwrap();
+    let sealer = Sealer::new(session.clone(), Direction::ToSecondary);
+    (stream, sealer, Opener::new(session, Direction::ToPrimary))
+}
+
+/// The next frame carrying `change`, its payload altered if `forged`.
+fn frame(sealer: &mut Sealer, change: Change, forged: bool) -> Vec<u8> {
+    let mut frame = sealer.seal(&postcard::to_allocvec(&Message::Change(change)).unwrap());
+    if forged {
+        let last = frame.len() - 40;
+        frame[last] ^= 0x55; // inside the payload
+    }
+    frame
+}
+
 #[test]
 fn replicated_changes_are_applied_in_order() {
     let (_tmp, dir) = dirs();
@@ -127,13 +145,10 @@ fn frames_received_together_are_acknowledged_together_and_all_applied() {
     let (_tmp, dir) = dirs();
     let key = ClusterKey::generate();
     let (addr, rx) = receiver_in(&dir, &key, AckMode::Receipt);
-    let mut stream = TcpStream::connect(addr).unwrap();
-    let session = primary_handshake(&mut stream, &key).unwrap();
-    let mut sealer = Sealer::new(session.clone(), Direction::ToSecondary);
-    let mut opener = Opener::new(session, Direction::ToPrimary);
+    let (mut stream, mut sealer, mut opener) = raw_primary(addr, &key);
     let mut frames = Vec::new();
     for path in ["a", "a/b", "a/b/c"] {
-        frames.extend(sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir(path))).unwrap()));
+        frames.extend(frame(&mut sealer, mkdir(path), false));
     }
     // One write: the secondary reads the three frames at once.
     stream.write_all(&frames).unwrap();
@@ -147,10 +162,9 @@ fn frames_received_together_are_acknowledged_together_and_all_applied() {
         "one acknowledgement for the three, before applying them"
     );
     // A forged frame ends the session; what was acknowledged is applied.
-    let mut forged = sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir("x"))).unwrap());
-    let last = forged.len() - 40;
-    forged[last] ^= 0x55;
-    stream.write_all(&forged).unwrap();
+    stream
+        .write_all(&frame(&mut sealer, mkdir("x"), true))
+        .unwrap();
     let result = rx.join().unwrap();
     assert!(
         matches!(
@@ -204,13 +218,9 @@ fn forged_and_replayed_frames_are_rejected() {
         let (_tmp, dir) = dirs();
         let key = ClusterKey::generate();
         let (addr, rx) = receiver(&dir, &key);
-        let mut stream = TcpStream::connect(addr).unwrap();
-        let session = primary_handshake(&mut stream, &key).unwrap();
-        let mut sealer = Sealer::new(session.clone(), Direction::ToSecondary);
-        let mut opener = Opener::new(session, Direction::ToPrimary);
+        let (mut stream, mut sealer, mut opener) = raw_primary(addr, &key);
 
-        let genuine =
-            sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir("genuine"))).unwrap());
+        let genuine = frame(&mut sealer, mkdir("genuine"), false);
         stream.write_all(&genuine).unwrap();
         let (_, reply) = opener.read(&mut stream).unwrap().unwrap();
         assert_eq!(
@@ -222,13 +232,7 @@ fn forged_and_replayed_frames_are_rejected() {
         );
 
         let bad = match tamper {
-            "forge" => {
-                let mut frame =
-                    sealer.seal(&postcard::to_allocvec(&Message::Change(mkdir("forged"))).unwrap());
-                let last = frame.len() - 40;
-                frame[last] ^= 0x55; // inside the payload
-                frame
-            }
+            "forge" => frame(&mut sealer, mkdir("forged"), true),
             _ => genuine,
         };
         stream.write_all(&bad).unwrap();
