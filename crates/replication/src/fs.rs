@@ -22,6 +22,7 @@
 //! against the real files); without the cache, every path component of
 //! every call cost a round trip to the daemon.
 
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
@@ -754,7 +755,7 @@ impl MirrorFs {
                 let op = Op::Write {
                     path: path.to_path_buf(),
                     offset: at,
-                    data: chunk[..applied].to_vec(),
+                    data: Bytes::copy_from_slice(&chunk[..applied]),
                 };
                 // Without the time (fstat failed), the secondary's mtime
                 // differs; the bytes must still go.

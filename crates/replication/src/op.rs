@@ -6,6 +6,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// A point in time as the file system stores it (seconds since the epoch and
@@ -25,9 +26,9 @@ pub enum Op {
         #[serde(with = "path_bytes")]
         path: PathBuf,
         offset: u64,
-        /// Only the bytes written, not the whole file.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// Only the bytes written, not the whole file; shared, so queueing
+        /// and sending it copies nothing.
+        data: Bytes,
     },
     /// A regular file; `mode` is the permission bits after creation.
     Create {
@@ -428,7 +429,7 @@ mod tests {
         let c = change(Op::Write {
             path: PathBuf::from(name),
             offset: 7,
-            data: vec![1, 2, 3],
+            data: vec![1, 2, 3].into(),
         });
         let bytes = postcard::to_allocvec(&c).unwrap();
         assert_eq!(postcard::from_bytes::<Change>(&bytes).unwrap(), c);

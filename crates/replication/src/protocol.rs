@@ -25,7 +25,13 @@ use holdfast_membership::ClusterKey;
 use rand::RngCore;
 use sha2::Sha256;
 
-use crate::op::Change;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::op::{Change, Op, Stamp};
 use crate::resync::{Answer, Request};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -212,11 +218,13 @@ pub fn secondary_handshake<S: Read + Write>(
 
 /// BLAKE3 keyed with the session key: a MAC several times faster than
 /// HMAC-SHA256 on large writes (the handshake keeps HMAC-SHA256).
-fn frame_mac(key: &SessionKey, direction: Direction, seq: u64, payload: &[u8]) -> blake3::Hash {
+fn frame_mac(key: &SessionKey, direction: Direction, seq: u64, payload: &[&[u8]]) -> blake3::Hash {
     let mut mac = blake3::Hasher::new_keyed(&key.0);
     mac.update(&[direction.byte()]);
     mac.update(&seq.to_be_bytes());
-    mac.update(payload);
+    for part in payload {
+        mac.update(part);
+    }
     mac.finalize()
 }
 
@@ -244,7 +252,7 @@ impl Sealer {
 
     /// The complete frame (length prefix included) for `payload`.
     pub fn seal(&mut self, payload: &[u8]) -> Vec<u8> {
-        let (head, tag) = self.seal_parts(payload);
+        let (head, tag) = self.seal_parts(&[payload]);
         let mut frame = Vec::with_capacity(head.len() + payload.len() + TAG);
         frame.extend_from_slice(&head);
         frame.extend_from_slice(payload);
@@ -252,13 +260,14 @@ impl Sealer {
         frame
     }
 
-    /// What goes before and after `payload` in its frame, so a large
-    /// payload can be sent where it is, without copying it into a frame.
-    pub fn seal_parts(&mut self, payload: &[u8]) -> ([u8; HEAD], [u8; TAG]) {
+    /// What goes before and after the payload (the concatenation of
+    /// `parts`) in its frame, so a large payload can be sent where it
+    /// lies, in pieces, without copying it into a frame.
+    pub fn seal_parts(&mut self, parts: &[&[u8]]) -> ([u8; HEAD], [u8; TAG]) {
         let seq = self.next;
         self.next += 1;
-        let tag = frame_mac(&self.key, self.direction, seq, payload);
-        let len = 8 + payload.len() + TAG;
+        let tag = frame_mac(&self.key, self.direction, seq, parts);
+        let len = 8 + parts.iter().map(|p| p.len()).sum::<usize>() + TAG;
         let mut head = [0u8; HEAD];
         head[..4].copy_from_slice(&(len as u32).to_be_bytes());
         head[4..].copy_from_slice(&seq.to_be_bytes());
@@ -303,12 +312,17 @@ impl Opener {
         let mut seq = [0u8; 8];
         stream.read_exact(&mut seq)?;
         let seq = u64::from_be_bytes(seq);
-        let mut payload = vec![0u8; len - 8 - TAG];
-        stream.read_exact(&mut payload)?;
+        // Not zeroed first: filled from the stream directly.
+        let want = len - 8 - TAG;
+        let mut payload = Vec::with_capacity(want);
+        stream.take(want as u64).read_to_end(&mut payload)?;
+        if payload.len() != want {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
         let mut tag = [0u8; TAG];
         stream.read_exact(&mut tag)?;
         // Constant-time comparison (blake3::Hash's equality).
-        if frame_mac(&self.key, self.direction, seq, &payload) != blake3::Hash::from_bytes(tag) {
+        if frame_mac(&self.key, self.direction, seq, &[&payload]) != blake3::Hash::from_bytes(tag) {
             return Err(ProtocolError::BadTag { seq });
         }
         if seq != self.expected {
@@ -329,6 +343,33 @@ pub enum Message {
     Change(Change),
     /// A resynchronisation request, answered in stream order.
     Resync(Request),
+}
+
+impl Message {
+    /// Decodes a message; a write's data is not copied but shared with
+    /// `payload` (the frame as read).
+    pub fn decode(payload: Vec<u8>) -> Result<Message, postcard::Error> {
+        // A write's encoding (see the sender's `Payload`): `Message::Change`
+        // (0), `Op::Write` (0), path, offset and the data's length; the
+        // data; the stamps.
+        type WriteHead<'a> = (u32, u32, &'a [u8], u64, usize);
+        let write = match postcard::take_from_bytes::<WriteHead<'_>>(&payload) {
+            Ok(((0, 0, path, offset, len), rest)) if len <= rest.len() => {
+                let stamps: Vec<Stamp> = postcard::from_bytes(&rest[len..])?;
+                let path = PathBuf::from(OsString::from_vec(path.to_vec()));
+                Some((path, offset, payload.len() - rest.len(), len, stamps))
+            }
+            _ => None,
+        };
+        let Some((path, offset, start, len, stamps)) = write else {
+            return postcard::from_bytes(&payload);
+        };
+        let data = Bytes::from(payload).slice(start..start + len);
+        Ok(Message::Change(Change {
+            op: Op::Write { path, offset, data },
+            stamps,
+        }))
+    }
 }
 
 /// What the secondary answers about one change (payload of its frames).
@@ -418,6 +459,47 @@ mod tests {
             matches!(err, ProtocolError::Version(v) if v == VERSION - 1),
             "{err}"
         );
+    }
+
+    #[test]
+    fn messages_decode_as_they_were_encoded() {
+        use crate::op::Time;
+        let stamps = vec![Stamp {
+            path: "d/f".into(),
+            mtime: Time { sec: -1, nsec: 7 },
+        }];
+        let write = |data: Vec<u8>| {
+            Message::Change(Change {
+                op: Op::Write {
+                    path: PathBuf::from(OsString::from_vec(b"d/f\xff".to_vec())),
+                    offset: u64::MAX,
+                    data: data.into(),
+                },
+                stamps: stamps.clone(),
+            })
+        };
+        let others = [
+            Message::Change(Change {
+                op: Op::Fsync { path: "".into() },
+                stamps: stamps.clone(),
+            }),
+            Message::Change(Change {
+                op: Op::Unlink { path: "x".into() },
+                stamps: vec![],
+            }),
+            Message::Resync(Request::Generations),
+        ];
+        for message in [write(vec![]), write(vec![9; 100_000])]
+            .into_iter()
+            .chain(others)
+        {
+            let encoded = postcard::to_allocvec(&message).unwrap();
+            assert_eq!(Message::decode(encoded).unwrap(), message);
+        }
+        // Cut short: an error, as for any message.
+        let mut short = postcard::to_allocvec(&write(vec![1; 10])).unwrap();
+        short.truncate(short.len() - 12);
+        assert!(Message::decode(short).is_err());
     }
 
     #[test]

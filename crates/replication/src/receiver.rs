@@ -286,7 +286,8 @@ impl Receiver {
                     return Err(e.into());
                 }
             };
-            let message: Message = match postcard::from_bytes(&payload) {
+            let size = payload.len();
+            let message = match Message::decode(payload) {
                 Ok(message) => message,
                 Err(e) => {
                     batch.flush(applier, replies)?;
@@ -297,7 +298,7 @@ impl Receiver {
                     .into());
                 }
             };
-            batch.bytes += payload.len();
+            batch.bytes += size;
             match message {
                 Message::Change(change) => {
                     if let Some(path) = change.escaping_path() {

@@ -603,7 +603,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             op: Op::Write {
                 path: path.to_path_buf(),
                 offset,
-                data,
+                data: data.into(),
             },
             stamps: vec![],
         })?;

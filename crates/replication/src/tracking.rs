@@ -1370,7 +1370,7 @@ mod tests {
         change(Op::Write {
             path: path.into(),
             offset,
-            data: vec![0; len],
+            data: vec![0; len].into(),
         })
     }
 

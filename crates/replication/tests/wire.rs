@@ -339,7 +339,7 @@ fn a_live_change_to_an_entry_not_yet_resynchronised_is_left_to_the_resync() {
         op: Op::Write {
             path: path.into(),
             offset: 0,
-            data: b"x".to_vec(),
+            data: b"x".to_vec().into(),
         },
         stamps: vec![],
     };
