@@ -20,6 +20,8 @@ const MIB: u64 = 1 << 20;
 /// The tree both copies hold before the secondary leaves: 16 files of 4 MiB.
 const FILES: u64 = 16;
 const FILE_BLOCKS: u64 = 1024;
+/// Size of an appended record.
+const RECORD: u64 = 512;
 
 fn options() -> MirrorOptions {
     MirrorOptions {
@@ -226,15 +228,34 @@ fn a_secondary_whose_module_stopped_and_started_gets_only_the_tracked_changes() 
 fn a_secondary_killed_amid_writes_gets_only_the_tracked_changes() {
     let mut cluster = pair();
     let writing = writers(&cluster, 4, 300);
+    // And 8 threads appending records with fsync: many changes in flight.
+    let mut appending = cluster
+        .lab
+        .command(PRIM, EXE)
+        .expect("host")
+        .args(["lab", "append-records", "--dir", DATA, "--writers", "8"])
+        .args(["--size", &RECORD.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("appenders");
     std::thread::sleep(Duration::from_millis(500));
     cluster
         .kill(SECOND)
         .expect("kill -9 the secondary's daemon");
     write_alone(&cluster);
     let written = succeeded(writing);
+    let _ = appending.kill();
+    let out = appending.wait_with_output().expect("appenders' output");
+    let records = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+    assert!(records > 100, "the appenders made progress: {records}");
     cluster.start_daemon(SECOND).expect("restart it");
     let (how, sent) = returned(&cluster);
-    assert_tracked(&cluster, &how, sent, written);
+    // Appended records fill blocks one after the other: their blocks,
+    // plus one partly filled per writer (and one in flight each).
+    let appended = (records + 8) * RECORD / 4096 + 2 * 8;
+    assert_tracked(&cluster, &how, sent, written + appended);
 }
 
 #[test]
