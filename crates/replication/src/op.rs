@@ -308,13 +308,10 @@ impl Ack {
         }
     }
 
-    /// Whether the outcome is already known: waiting returns at once.
+    /// Whether the outcome is already known and waiting returns at once (a
+    /// hook may block: a held change waits for the resynchronisation).
     pub fn is_done(&self) -> bool {
-        match &self.state {
-            AckState::Done(_) => true,
-            AckState::Waiting(_) => false,
-            AckState::Mapped(inner, _) => inner.is_done(),
-        }
+        matches!(self.state, AckState::Done(_))
     }
 
     /// Blocks until the secondary acknowledged (or the replication failed).

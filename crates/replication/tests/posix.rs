@@ -949,6 +949,67 @@ fn failed_replication_is_an_io_error_for_the_application() {
 }
 
 #[test]
+fn requests_go_on_while_a_change_waits_for_its_acknowledgement() {
+    use std::sync::{mpsc, Mutex};
+    type Release = mpsc::Sender<Result<(), ReplicationError>>;
+    /// Acknowledges when the test says: through a channel, or through a
+    /// hook that blocks (as a change held during a resynchronisation).
+    struct Held(Mutex<Vec<Release>>, bool);
+    impl Replicator for Held {
+        fn submit(&self, _: &Change) -> Result<Ack, ReplicationError> {
+            let (tx, rx) = mpsc::channel();
+            self.0.lock().unwrap().push(tx);
+            Ok(if self.1 {
+                Ack::done(Ok(())).map(move |r| rx.recv().unwrap_or(Ok(())).and(r))
+            } else {
+                Ack::waiting(rx)
+            })
+        }
+    }
+    for hook in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("a"), b"there before").unwrap();
+        let held = Arc::new(Held(Mutex::new(Vec::new()), hook));
+        let guard = Mirror::mount(tmp.path(), held.clone()).unwrap();
+        // Looked up now: the kernel locks the directory while the create
+        // below waits, and a lookup there would wait for it too.
+        fs::metadata(tmp.path().join("a")).unwrap();
+        let dir = tmp.path().to_path_buf();
+        let writer = std::thread::spawn(move || fs::write(dir.join("b"), b"held"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while held.0.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the write never reached the replicator"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The create waits for its acknowledgement; a read must not.
+        let (tx, rx) = mpsc::channel();
+        let path = tmp.path().join("a");
+        std::thread::spawn(move || tx.send(fs::read(path).map_err(|e| e.to_string())));
+        let read = rx.recv_timeout(Duration::from_secs(5));
+        // Released whatever happened, so the mount can go.
+        while !writer.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the held write never returned"
+            );
+            for tx in held.0.lock().unwrap().drain(..) {
+                let _ = tx.send(Ok(()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        writer.join().unwrap().unwrap();
+        let read = read.unwrap_or_else(|_| {
+            panic!("a read waited for another change's acknowledgement (hook: {hook})")
+        });
+        assert_eq!(read, Ok(b"there before".to_vec()));
+        guard.unmount().unwrap();
+    }
+}
+
+#[test]
 fn a_panicking_test_leaves_no_mount_behind() {
     let mut mount_point = None;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
