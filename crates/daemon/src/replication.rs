@@ -293,7 +293,9 @@ impl ReceiverTask {
     fn stop(mut self, log: &ModuleLog, sync: bool) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(stream) = lock(&self.current).take() {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            // Reading only: what was received is applied, and the primary
+            // told so, before the connection closes.
+            let _ = stream.shutdown(std::net::Shutdown::Read);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();

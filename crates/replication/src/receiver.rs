@@ -360,24 +360,33 @@ impl Receiver {
         let mut resyncing = false;
         // How far the primary was last told this copy has applied.
         let mut reported = 0;
+        // Tells the primary that everything received is applied (so it
+        // would not re-send it, should this copy leave now), unless it knows.
+        let tell_applied = |reported: &mut u64| -> Result<(), ReceiverError> {
+            let applied = replies.applied.load(Ordering::SeqCst);
+            if self.mode == AckMode::Receipt && applied > *reported {
+                replies.send(&Reply::Ack {
+                    upto: applied - 1,
+                    applied,
+                })?;
+                *reported = applied;
+            }
+            Ok(())
+        };
         loop {
             let batch = match items.recv_timeout(IDLE) {
                 Ok(batch) => batch,
+                // Idle: once per idle period.
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Idle: the primary learns that everything received is
-                    // applied (so it would not re-send it, should this copy
-                    // leave now); once per idle period.
-                    let applied = replies.applied.load(Ordering::SeqCst);
-                    if self.mode == AckMode::Receipt && applied > reported {
-                        replies.send(&Reply::Ack {
-                            upto: applied - 1,
-                            applied,
-                        })?;
-                        reported = applied;
-                    }
+                    tell_applied(&mut reported)?;
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                // Nothing more to read (a clean stop closes the reading
+                // side only): the last word, if the connection carries it.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = tell_applied(&mut reported);
+                    break;
+                }
             };
             for item in batch {
                 match item {

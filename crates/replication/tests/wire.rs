@@ -199,6 +199,38 @@ fn an_idle_secondary_says_it_applied_what_it_acknowledged_on_receipt() {
 }
 
 #[test]
+fn a_secondary_stopping_says_it_applied_everything_it_received() {
+    let (_tmp, dir) = dirs();
+    let key = ClusterKey::generate();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let receiver = Receiver::new(&dir, key.clone(), AckMode::Receipt).unwrap();
+    let (tx_stream, rx_stream) = std::sync::mpsc::channel();
+    let rx = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        tx_stream.send(stream.try_clone().unwrap()).unwrap();
+        receiver.serve_connection(stream)
+    });
+    let tx = TcpReplicator::connect(addr, &key).unwrap();
+    let served = rx_stream.recv().unwrap();
+    let acks: Vec<_> = (0..200)
+        .map(|i| tx.submit(&mkdir(&format!("d{i}"))).unwrap())
+        .collect();
+    for ack in acks {
+        ack.wait().unwrap();
+    }
+    // Stopped as the daemon stops it: its reading side closed.
+    served.shutdown(std::net::Shutdown::Read).unwrap();
+    rx.join().unwrap().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tx.applied() != Some(200) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(tx.applied(), Some(200));
+    assert!(dir.join("d199").is_dir());
+}
+
+#[test]
 fn wrong_key_is_refused_at_connection() {
     let (_tmp, dir) = dirs();
     let (addr, rx) = receiver(&dir, &ClusterKey::generate());
