@@ -53,8 +53,10 @@ const TTL: Duration = Duration::from_secs(1);
 const WAITERS: usize = 8;
 /// How open files are served: with no flush request at each close (every
 /// write was applied and acknowledged before it returned: nothing to
-/// flush), one round trip fewer per open file.
-const OPENED: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+/// flush), one round trip fewer per open file; and keeping the kernel's
+/// cached data across opens: every write passes through the mount and
+/// through that cache (write-through), so it never holds stale data.
+const OPENED: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_KEEP_CACHE);
 /// Largest write the kernel sends in one request (and so one change).
 const MAX_WRITE: u32 = 1 << 20;
 /// A large write is applied and replicated in chunks of this size, so the

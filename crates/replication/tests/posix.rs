@@ -702,6 +702,41 @@ const CASES: &[(&str, Case)] = &[
         log(o, "write by root", fs::write(&p, b"root"));
         log(o, "stat", stat(&p));
     }),
+    ("cached_data_follows_every_change", |d, o| {
+        // Each read after the first may come from the kernel's cache.
+        let p = d.join("f");
+        fs::write(&p, b"one two three").unwrap();
+        log(o, "read", fs::read(&p));
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        log(o, "overwrite", f.write_at(b"ONE", 0));
+        drop(f);
+        log(o, "read", fs::read(&p));
+        log(
+            o,
+            "truncate",
+            File::options()
+                .write(true)
+                .open(&p)
+                .and_then(|f| f.set_len(3)),
+        );
+        log(o, "read", fs::read(&p));
+        fs::hard_link(&p, d.join("g")).unwrap();
+        log(o, "write other name", fs::write(d.join("g"), b"via g"));
+        log(o, "read", fs::read(&p));
+        let f = File::options().write(true).open(&p).unwrap();
+        log(
+            o,
+            "punch",
+            errno(rfs::fallocate(
+                &f,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                0,
+                2,
+            )),
+        );
+        drop(f);
+        log(o, "read", fs::read(&p));
+    }),
     ("fsync", |d, o| {
         let mut f = File::create(d.join("f")).unwrap();
         log(o, "write", f.write_all(b"durable"));
