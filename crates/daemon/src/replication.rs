@@ -194,6 +194,9 @@ impl ReplicationStatus {
 const POLL: Duration = Duration::from_millis(50);
 const BREAK_POLL: Duration = Duration::from_millis(5);
 const RETRY: Duration = Duration::from_millis(500);
+/// How long a stopping receiver may take to apply what it received and
+/// tell the primary, before its connection is closed.
+const LAST_WORD: Duration = Duration::from_secs(5);
 /// How often a running resynchronisation logs its progress.
 const PROGRESS_LOG: Duration = Duration::from_secs(5);
 
@@ -292,12 +295,22 @@ impl ReceiverTask {
     /// disk): what was applied goes to disk first, recorded.
     fn stop(mut self, log: &ModuleLog, sync: bool) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(stream) = lock(&self.current).take() {
+        let stream = lock(&self.current).take();
+        if let Some(stream) = &stream {
             // Reading only: what was received is applied, and the primary
             // told so, before the connection closes.
             let _ = stream.shutdown(std::net::Shutdown::Read);
         }
         if let Some(t) = self.thread.take() {
+            // Bounded: a primary gone without a word (its host cut off) must
+            // not hold the stop in a write to it.
+            let deadline = std::time::Instant::now() + LAST_WORD;
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(stream) = &stream {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
             let _ = t.join();
         }
         // So a restart of this host does not make the next
