@@ -142,11 +142,7 @@ fn by_host<'a>(
 
 /// Waits until `prim` is PRIM and mirrors to `second`, which is SECOND.
 fn wait_mirroring(cluster: &MirrorLab, prim: &str, second: &str) {
-    let result = cluster.wait_states(SETTLE, |a, b| {
-        let (p, s) = (by_host(prim, a, b), by_host(second, a, b));
-        settled(p, "PRIM") && settled(s, "SECOND") && replicating(p, "mirroring")
-    });
-    if let Err(e) = result {
+    if let Err(e) = cluster.wait_mirroring(prim, SETTLE) {
         panic!(
             "{e}\n{prim} log:\n{}\n{second} log:\n{}",
             cluster.module_log(prim),

@@ -8,7 +8,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use holdfast_lab::cluster::{replicating, settled, MirrorLab, MirrorOptions};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::wait_until;
 
 const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
@@ -48,19 +48,11 @@ fn logs(cluster: &MirrorLab) -> String {
 /// Content checksums of every file of the replicated directory as `host`
 /// sees it (on the secondary: its read-only view of its copy).
 fn checksums(cluster: &MirrorLab, host: &str) -> String {
-    let out = sh(
-        cluster,
-        host,
-        &format!("cd {DATA} && find . | sort && find . -type f | sort | xargs -r sha256sum"),
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    cluster.tree_digest(host, DATA).expect("sh")
 }
 
 fn mirroring(cluster: &MirrorLab) {
-    let result = cluster.wait_states(SETTLE, |a, b| {
-        settled(a, "PRIM") && settled(b, "SECOND") && replicating(a, "mirroring")
-    });
-    if let Err(e) = result {
+    if let Err(e) = cluster.wait_mirroring(PRIM, SETTLE) {
         panic!("{e}\n{}", logs(cluster));
     }
 }

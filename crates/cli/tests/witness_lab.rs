@@ -209,10 +209,10 @@ fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritte
         SETTLE,
     )
     .expect("a running pair");
-    let mirroring = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
-        holdfast_lab::cluster::replicating(&cluster.state(prim), "mirroring")
-    });
-    assert!(mirroring, "the pair mirrors before the partition");
+    assert!(
+        mirroring(&cluster, prim),
+        "the pair mirrors before the partition"
+    );
 
     cluster.lab.partition(prim, second).expect("partition");
     cluster
@@ -319,9 +319,7 @@ fn replicated_pair_with_witness() -> (MirrorLab, &'static str, &'static str) {
 }
 
 fn mirroring(cluster: &MirrorLab, prim: &str) -> bool {
-    holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
-        holdfast_lab::cluster::replicating(&cluster.state(prim), "mirroring")
-    })
+    cluster.wait_mirroring(prim, SETTLE).is_ok()
 }
 
 /// With a witness and replicated data, a primary cut off from its peer

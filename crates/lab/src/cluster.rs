@@ -465,6 +465,35 @@ impl MirrorLab {
         Ok((states[0].clone(), states[1].clone()))
     }
 
+    /// Waits until `prim` is PRIM mirroring every replicated directory, and
+    /// the other nodes SECOND.
+    pub fn wait_mirroring(&self, prim: &str, timeout: Duration) -> Result<()> {
+        let p = self
+            .lab
+            .nodes()
+            .iter()
+            .position(|h| h == prim)
+            .ok_or_else(|| LabError::Cluster(format!("no node {prim}")))?;
+        self.wait_all(timeout, |s| {
+            settled(&s[p], "PRIM")
+                && replicating(&s[p], "mirroring")
+                && s.iter()
+                    .enumerate()
+                    .all(|(i, st)| i == p || settled(st, "SECOND"))
+        })
+        .map(drop)
+    }
+
+    /// Every path under `dir` on `host`, then each file's SHA-256: equal on
+    /// two hosts when their trees hold the same names and contents.
+    pub fn tree_digest(&self, host: &str, dir: &str) -> Result<String> {
+        let out = self.sh(
+            host,
+            &format!("cd {dir} && find . | sort && find . -type f | sort | xargs -r sha256sum"),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `host` holds the virtual IP [`VIP`] (on its network 0 interface).
     pub fn holds_vip(&self, host: &str) -> Result<bool> {
         self.lab
