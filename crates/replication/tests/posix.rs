@@ -940,6 +940,53 @@ fn a_large_write_cut_short_by_a_full_disk_is_replicated_as_far_as_it_went() {
 }
 
 #[test]
+fn a_change_held_for_the_secondary_does_not_hold_other_requests() {
+    use holdfast_replication::{ChangeLog, Link, TrackingConfig};
+    use std::os::fd::AsRawFd;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("primary");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("other"), b"readable").unwrap();
+    let backing = File::open(&dir).unwrap();
+    let (log, _) = ChangeLog::open(&tmp.path().join("state"), TrackingConfig::default()).unwrap();
+    let link = Link::tracking(Arc::new(log));
+    let guard = Mirror::mount(&dir, Arc::new(link.clone())).unwrap();
+    // A write (a create would hold its directory in the kernel meanwhile).
+    let mut file = File::create(dir.join("held")).unwrap();
+    {
+        let tree = guard.tree();
+        let _order = tree.lock();
+        // As with `on_secondary_failure = "block"`: changes wait for a resync.
+        link.hold();
+    }
+    let held = std::thread::spawn(move || file.write_all(b"held"));
+    let written =
+        std::path::PathBuf::from(format!("/proc/self/fd/{}", backing.as_raw_fd())).join("held");
+    let applied = || fs::read(&written).is_ok_and(|d| d == b"held");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !applied() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(applied(), "the write was applied, then held");
+    // Another request meanwhile: answered, not queued behind the held one.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let other = dir.join("other");
+    std::thread::spawn(move || tx.send(fs::read(other)));
+    let read = rx.recv_timeout(Duration::from_secs(5));
+    let still_held = !held.is_finished();
+    // Released (the link tracks again) before asserting, so nothing hangs.
+    link.track();
+    assert!(held.join().unwrap().is_ok(), "released, the write returns");
+    assert!(still_held, "the write was held until the release");
+    assert_eq!(
+        read.expect("a read answered while a change is held")
+            .unwrap(),
+        b"readable"
+    );
+    guard.unmount().unwrap();
+}
+
+#[test]
 fn writes_after_unlink_reach_a_link_never_looked_up() {
     let mut fixture = Fixture::new(AckMode::Durable);
     fs::write(fixture.primary.join("f"), b"before").unwrap();
