@@ -1086,6 +1086,7 @@ impl Link {
     /// never acknowledged. They stay recorded (and applied here). Call
     /// under the tree's ordering lock.
     pub fn close(&self) {
+        self.record_unapplied_now();
         *lock(&self.0.mode) = Mode::Closed;
         let mut counters = lock(&self.0.counters);
         counters.releases += 1;
