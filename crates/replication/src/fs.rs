@@ -706,12 +706,19 @@ impl MirrorFs {
     ) {
         match self.ordered(apply) {
             Err(e) => done(Err(e)),
-            Ok((value, pending)) if pending.is_done() => {
+            Ok((value, pending)) => self.finish(pending.is_done(), move || {
                 done(pending.acknowledged().map(|()| value))
-            }
-            Ok((value, pending)) => self
-                .waiters
-                .run(move || done(pending.acknowledged().map(|()| value))),
+            }),
+        }
+    }
+
+    /// Runs `finish` here if what it waits for is already `known`, else on
+    /// a waiter (this thread goes on serving requests).
+    fn finish(&self, known: bool, finish: impl FnOnce() + Send + 'static) {
+        if known {
+            finish()
+        } else {
+            self.waiters.run(finish)
         }
     }
 
@@ -759,10 +766,7 @@ impl MirrorFs {
                     offset: at,
                     data: Bytes::copy_from_slice(&chunk[..applied]),
                 };
-                // Without the time (fstat failed), the secondary's mtime
-                // differs; the bytes must still go.
-                let stamps = stamp(path, fd).into_iter().collect();
-                last = Some(Change { op, stamps });
+                last = Some(Change { op, stamps: vec![] });
             }
             if let Some(e) = failed {
                 if written.bytes == 0 {
@@ -771,6 +775,12 @@ impl MirrorFs {
                 tracing::debug!("short write of {}: {e}", path.display());
                 break;
             }
+        }
+        // Only the last chunk carries the file's time: the chunks before it
+        // are followed at once by it in the stream. Without the time (fstat
+        // failed), the secondary's mtime differs; the bytes must still go.
+        if let Some(change) = last.as_mut() {
+            change.stamps = stamp(path, fd).into_iter().collect();
         }
         Ok((written, last))
     }
@@ -1539,15 +1549,10 @@ impl Filesystem for Served {
             Ok((mut written, last)) => {
                 written.chunks.push(last);
                 let known = written.chunks.iter().all(Pending::is_done);
-                let finish = move || match written.acknowledged() {
+                self.finish(known, move || match written.acknowledged() {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(e),
-                };
-                if known {
-                    finish()
-                } else {
-                    self.waiters.run(finish)
-                }
+                });
             }
         }
     }
