@@ -109,7 +109,7 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
         },
         SETTLE,
     )
-    .expect("a running pair with a witness");
+    .expect("a running pair");
 
     let stop = AtomicBool::new(false);
     let violations = Mutex::new(Vec::<String>::new());
@@ -200,19 +200,7 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
 /// left as it is — never merged, never silently overwritten.
 #[test]
 fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritten() {
-    let (cluster, prim, second) = MirrorLab::started(
-        EXE.as_ref(),
-        MirrorOptions {
-            tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
-            ..MirrorOptions::default()
-        },
-        SETTLE,
-    )
-    .expect("a running pair");
-    assert!(
-        mirroring(&cluster, prim),
-        "the pair mirrors before the partition"
-    );
+    let (cluster, prim, second) = replicated_pair(None);
 
     cluster.lab.partition(prim, second).expect("partition");
     cluster
@@ -297,20 +285,21 @@ fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
 
 const DATA: &str = "/srv/demo/data";
 
-/// A started pair with a witness and `DATA` replicated, mirroring.
-fn replicated_pair_with_witness() -> (MirrorLab, &'static str, &'static str) {
+/// A started pair with `DATA` replicated, mirroring; a witness granting
+/// leases of `witness_lease`, if any.
+fn replicated_pair(witness_lease: Option<Duration>) -> (MirrorLab, &'static str, &'static str) {
     let (cluster, prim, second) = MirrorLab::started(
         EXE.as_ref(),
         MirrorOptions {
             pulse: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
-            witness_lease: Some(Duration::from_secs(2)),
+            witness_lease,
             tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
             ..MirrorOptions::default()
         },
         SETTLE,
     )
-    .expect("a running pair with a witness");
+    .expect("a running pair");
     assert!(
         mirroring(&cluster, prim),
         "the pair mirrors before the partition"
@@ -329,7 +318,7 @@ fn mirroring(cluster: &MirrorLab, prim: &str) -> bool {
 /// resynchronised it: no write acknowledged alone is ever lost.
 #[test]
 fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
-    let (mut cluster, prim, second) = replicated_pair_with_witness();
+    let (mut cluster, prim, second) = replicated_pair(Some(Duration::from_secs(2)));
     cluster.lab.partition(prim, second).expect("partition");
     let fenced = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
         cluster
@@ -394,7 +383,7 @@ fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
 /// applied the refused ones) is brought back to the new primary's.
 #[test]
 fn with_a_witness_every_write_an_isolated_primary_acknowledged_is_on_the_node_taking_over() {
-    let (cluster, prim, second) = replicated_pair_with_witness();
+    let (cluster, prim, second) = replicated_pair(Some(Duration::from_secs(2)));
     // One descriptor on the mount: once it is gone, writes fail rather
     // than reach the directory underneath.
     let mut writer = cluster
