@@ -60,18 +60,12 @@ pub async fn spawn(
         // A freshly built machine is stopped, so Start cannot be refused.
         let _ = core.command(Instant::now(), Command::Start);
     }
-    let (tx, rx) = mpsc::channel(64);
     let (view_tx, view) = watch::channel(core.view());
     let health = shell::health(&config, &view).await?;
-    let config = Arc::new(config);
+    let (io, rx) = ModuleIo::new(ctx, config, paths, log);
+    let handle = io.handle(view, None);
     let shell = FarmShell {
-        io: ModuleIo {
-            ctx,
-            config: config.clone(),
-            paths,
-            log,
-            tx: tx.clone(),
-        },
+        io,
         core,
         heartbeats,
         view_tx,
@@ -82,14 +76,7 @@ pub async fn spawn(
         kernel_error: None,
         _health: health,
     };
-    let task = tokio::spawn(shell.run(rx));
-    Ok(ModuleHandle {
-        config,
-        tx,
-        view,
-        replication: None,
-        task,
-    })
+    Ok(handle(tokio::spawn(shell.run(rx))))
 }
 
 /// The module's filter, if it has a VIP: the interface configured or found

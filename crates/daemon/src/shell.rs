@@ -111,7 +111,6 @@ pub async fn spawn(
         // A freshly built machine is stopped, so Start cannot be refused.
         let _ = core.command(Instant::now(), Command::Start);
     }
-    let (tx, rx) = mpsc::channel(64);
     let (view_tx, view) = watch::channel(core.view());
     let health = health(&config, &view).await?;
     let (checker_tx, checker_rx) = mpsc::channel(64);
@@ -149,15 +148,10 @@ pub async fn spawn(
         core.data_state(Instant::now(), uptodate);
     }
     let replication_status = replication.as_ref().map(|r| r.status());
-    let config = Arc::new(config);
+    let (io, rx) = ModuleIo::new(ctx, config, paths, log);
+    let handle = io.handle(view, replication_status);
     let shell = Shell {
-        io: ModuleIo {
-            ctx,
-            config: config.clone(),
-            paths,
-            log,
-            tx: tx.clone(),
-        },
+        io,
         core,
         heartbeats,
         view_tx,
@@ -169,14 +163,7 @@ pub async fn spawn(
         replication,
         witness,
     };
-    let task = tokio::spawn(shell.run(rx, checker_rx));
-    Ok(ModuleHandle {
-        config,
-        tx,
-        view,
-        replication: replication_status,
-        task,
-    })
+    Ok(handle(tokio::spawn(shell.run(rx, checker_rx))))
 }
 
 /// Creates the module's directories and reads its persisted state.
@@ -231,6 +218,43 @@ pub(crate) struct ModuleIo {
     pub paths: ModulePaths,
     pub log: ModuleLog,
     pub tx: mpsc::Sender<ModuleMsg>,
+}
+
+impl ModuleIo {
+    /// The I/O of a module's task, and the receiving end of its commands.
+    pub(crate) fn new(
+        ctx: Arc<NodeContext>,
+        config: ModuleConfig,
+        paths: ModulePaths,
+        log: ModuleLog,
+    ) -> (Self, mpsc::Receiver<ModuleMsg>) {
+        let (tx, rx) = mpsc::channel(64);
+        let io = ModuleIo {
+            ctx,
+            config: Arc::new(config),
+            paths,
+            log,
+            tx,
+        };
+        (io, rx)
+    }
+
+    /// What the daemon will keep of the task serving this module, once
+    /// spawned (the task takes this `ModuleIo`).
+    pub(crate) fn handle(
+        &self,
+        view: watch::Receiver<ModuleView>,
+        replication: Option<crate::replication::ReplicationStatus>,
+    ) -> impl FnOnce(tokio::task::JoinHandle<()>) -> ModuleHandle {
+        let (config, tx) = (self.config.clone(), self.tx.clone());
+        move |task| ModuleHandle {
+            config,
+            tx,
+            view,
+            replication,
+            task,
+        }
+    }
 }
 
 impl Drop for ModuleIo {
