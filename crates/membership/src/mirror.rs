@@ -751,14 +751,14 @@ impl MirrorModule {
         let timeout = self.settings.timeout;
         let peer_lost = self.peer.as_ref().map(|p| p.last_heard + timeout);
         let wait_over = matches!(self.role, Role::Waiting(_)).then(|| self.waiting_since + timeout);
-        let (step_down, renew) = match (&self.settings.witness, &self.lease) {
-            (Some(witness), Some(lease)) => (
+        let (step_down, renew) = match &self.lease {
+            Some(lease) => (
                 (self.app_active && !self.stepping_down)
-                    .then(|| self.keep_until().map(|k| k - witness.stop_budget))
+                    .then(|| self.keep_until().map(|k| k - lease.settings().stop_budget))
                     .flatten(),
                 self.wants_lease().then(|| lease.next_request()).flatten(),
             ),
-            _ => (None, None),
+            None => (None, None),
         };
         [peer_lost, wait_over, step_down, renew]
             .into_iter()
@@ -1045,10 +1045,10 @@ impl MirrorModule {
     }
 
     fn lasts(&self, until: Option<Instant>) -> bool {
-        let Some(witness) = &self.settings.witness else {
+        let Some(lease) = &self.lease else {
             return true;
         };
-        until.is_some_and(|k| self.now + witness.stop_budget < k)
+        until.is_some_and(|k| self.now + lease.settings().stop_budget < k)
     }
 
     fn wants_lease(&self) -> bool {
@@ -1094,7 +1094,7 @@ impl MirrorModule {
     /// witness does not answer), and when the lease is back: a witness
     /// outage is visible before it matters.
     fn note_lease_lapse(&mut self) {
-        if self.settings.witness.is_none() {
+        if self.lease.is_none() {
             return;
         }
         if !self.app_active {
