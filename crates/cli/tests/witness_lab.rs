@@ -462,3 +462,49 @@ fn with_a_witness_every_write_an_isolated_primary_acknowledged_is_on_the_node_ta
         "the old primary's copy is the new primary's"
     );
 }
+
+/// A module installed again while its daemon runs numbers its lease
+/// requests afresh; the witness, which takes only requests newer than the
+/// last of each module and node, must still take them: the module gets
+/// its lease and the pair settles, with no request rejected.
+#[test]
+fn a_module_installed_again_still_gets_its_lease() {
+    let (cluster, _, _) = MirrorLab::started(
+        EXE.as_ref(),
+        MirrorOptions {
+            pulse: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            witness_lease: Some(Duration::from_secs(2)),
+            ..MirrorOptions::default()
+        },
+        SETTLE,
+    )
+    .expect("a running pair");
+    let module = cluster.options.module.clone();
+    let file = format!("/etc/holdfast/{module}/module.toml");
+    for host in ["node1", "node2"] {
+        cluster
+            .run_cli_checked(host, &["stop", "-m", &module])
+            .expect("stop");
+    }
+    let stopped = cluster.wait_states(SETTLE, |a, b| is(a, "STOP") && is(b, "STOP"));
+    assert!(stopped.is_ok(), "both stop: {:?}", cluster.states());
+    for host in ["node1", "node2"] {
+        cluster
+            .run_cli_checked(host, &["module", "install", &file])
+            .expect("install again");
+    }
+    cluster.start_module().expect("start");
+    let pair = cluster.wait_pair(SETTLE);
+    let witness_log = cluster.lab.host_dir(CLIENT).unwrap().join("witness.log");
+    let witness_log = std::fs::read_to_string(witness_log).unwrap_or_default();
+    assert!(
+        pair.is_ok(),
+        "a pair again: {:?}\n{witness_log}",
+        cluster.states()
+    );
+    assert!(
+        !witness_log.contains("rejected lease request"),
+        "the witness took every request:\n{witness_log}"
+    );
+}

@@ -102,6 +102,7 @@ pub async fn spawn(
                 .iter()
                 .map(|a| SocketAddr::new(*a, witness.port))
                 .collect(),
+            first_id: monotonic_micros(),
         }),
         None => None,
     };
@@ -270,6 +271,21 @@ struct WitnessLink {
     socket: UdpSocket,
     /// The witness's address and port on each network.
     addresses: Vec<SocketAddr>,
+    /// Added to the module's request ids on the wire. The witness takes
+    /// only requests newer than the last one of this module and node, and
+    /// a module installed again in the same daemon incarnation counts its
+    /// ids from 1 again: counting them from the monotonic clock's
+    /// microseconds at the module's start keeps them growing (a module
+    /// never asks more than once a microsecond).
+    first_id: u64,
+}
+
+/// Microseconds of the monotonic clock (since boot): only grows while
+/// the daemon runs.
+fn monotonic_micros() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there on Linux");
+    now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
 }
 
 struct Shell {
@@ -417,15 +433,17 @@ impl Shell {
         }
     }
 
+    /// The reply, its id the module's own (see [`WitnessLink::first_id`]).
     fn accept_lease_reply(&self, datagram: &[u8], from: SocketAddr) -> Result<LeaseReply, String> {
-        let known = self
+        let Some(witness) = self
             .witness
             .as_ref()
-            .is_some_and(|w| w.addresses.contains(&from));
-        if !known {
+            .filter(|w| w.addresses.contains(&from))
+        else {
             return Err(format!("{from} is not an address of the witness"));
-        }
-        let reply = LeaseReply::decode(datagram, &self.io.ctx.key).map_err(|e| e.to_string())?;
+        };
+        let mut reply =
+            LeaseReply::decode(datagram, &self.io.ctx.key).map_err(|e| e.to_string())?;
         if reply.module != self.io.config.name
             || reply.node != self.io.ctx.node
             || reply.incarnation != self.io.ctx.incarnation
@@ -435,6 +453,12 @@ impl Shell {
                 reply.module, reply.node, reply.incarnation
             ));
         }
+        reply.id = reply.id.checked_sub(witness.first_id).ok_or_else(|| {
+            format!(
+                "reply to request {}, of an earlier start of the module",
+                reply.id
+            )
+        })?;
         Ok(reply)
     }
 
@@ -446,7 +470,7 @@ impl Shell {
             module: self.io.config.name.clone(),
             node: self.io.ctx.node.clone(),
             incarnation: self.io.ctx.incarnation,
-            id,
+            id: witness.first_id + id,
             duration_ms: duration.as_millis() as u64,
             peer_copy,
         }

@@ -105,6 +105,7 @@ pub async fn serve(
             now,
             &request.module,
             &request.node,
+            (request.incarnation, request.id),
             duration,
             &request.peer_copy,
         );

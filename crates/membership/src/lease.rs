@@ -213,7 +213,18 @@ pub enum Verdict {
 pub struct OutdatedCopy {
     pub node: String,
     pub by: String,
+    /// The stamp of `by`'s request that recorded it: only a newer request
+    /// of `by` clears it. The witness's replay guard is in memory, so a
+    /// request delayed across a restart of the witness could otherwise
+    /// report the copy current long after it stopped being so. (Absent
+    /// from files written before: any request of `by` clears those.)
+    #[serde(default)]
+    pub since: Stamp,
 }
+
+/// A request's `(incarnation, id)`: grows with every request of a node,
+/// across its restarts.
+pub type Stamp = (u64, u64);
 
 /// The witness's memory: per module, who holds the lease and until when.
 #[derive(Debug)]
@@ -247,12 +258,13 @@ impl WitnessCore {
 
     /// `node` asks for the lease of `module` for `duration`; zero releases
     /// it (the holder's application is down). A grant also records what
-    /// the request says of the peer's copy.
+    /// the request (`stamp`) says of the peer's copy.
     pub fn request(
         &mut self,
         now: Instant,
         module: &str,
         node: &str,
+        stamp: Stamp,
         duration: Duration,
         peer_copy: &PeerCopy,
     ) -> Verdict {
@@ -286,8 +298,14 @@ impl WitnessCore {
             _ => {
                 self.holders
                     .insert(module.to_string(), (node.to_string(), now + duration));
+                // What `node` said after this request outweighs it.
+                let stale = self
+                    .outdated
+                    .get(module)
+                    .is_some_and(|m| m.by == node && stamp <= m.since);
                 match peer_copy {
                     PeerCopy::Unknown => {}
+                    _ if stale => {}
                     PeerCopy::Current => {
                         self.outdated.remove(module);
                     }
@@ -297,6 +315,7 @@ impl WitnessCore {
                             OutdatedCopy {
                                 node: peer.clone(),
                                 by: node.to_string(),
+                                since: stamp,
                             },
                         );
                     }
@@ -413,11 +432,18 @@ mod tests {
         let mut w = WitnessCore::new(2000 * MS, t0, BTreeMap::new());
         let after_quiet = t0 + 2000 * MS;
         assert!(matches!(
-            w.request(t0, "web", "node1", 1000 * MS, &PeerCopy::Unknown),
+            w.request(t0, "web", "node1", (1, 0), 1000 * MS, &PeerCopy::Unknown),
             Verdict::Refused { .. }
         ));
         assert_eq!(
-            w.request(after_quiet, "web", "node1", 1000 * MS, &PeerCopy::Unknown),
+            w.request(
+                after_quiet,
+                "web",
+                "node1",
+                (1, 0),
+                1000 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Granted
         );
         assert_eq!(
@@ -425,6 +451,7 @@ mod tests {
                 after_quiet + 999 * MS,
                 "web",
                 "node2",
+                (1, 0),
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
@@ -439,6 +466,7 @@ mod tests {
                 after_quiet + 500 * MS,
                 "web",
                 "node1",
+                (1, 0),
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
@@ -449,6 +477,7 @@ mod tests {
                 after_quiet + 500 * MS,
                 "db",
                 "node2",
+                (1, 0),
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
@@ -460,20 +489,42 @@ mod tests {
                 after_quiet + 1500 * MS,
                 "web",
                 "node2",
+                (1, 0),
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
             Verdict::Granted
         );
         assert_eq!(
-            w.request(after_quiet, "web", "node1", 2001 * MS, &PeerCopy::Unknown),
+            w.request(
+                after_quiet,
+                "web",
+                "node1",
+                (1, 0),
+                2001 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::TooLong { max_ms: 2000 }
         );
         // Only the holder releases.
         let later = after_quiet + 1600 * MS;
-        w.request(later, "web", "node1", Duration::ZERO, &PeerCopy::Unknown);
+        w.request(
+            later,
+            "web",
+            "node1",
+            (1, 0),
+            Duration::ZERO,
+            &PeerCopy::Unknown,
+        );
         assert_eq!(w.holder(later, "web"), Some("node2"));
-        w.request(later, "web", "node2", Duration::ZERO, &PeerCopy::Unknown);
+        w.request(
+            later,
+            "web",
+            "node2",
+            (1, 0),
+            Duration::ZERO,
+            &PeerCopy::Unknown,
+        );
         assert_eq!(w.holder(later, "web"), None);
     }
 
@@ -487,16 +538,23 @@ mod tests {
         };
         // Refused requests record nothing.
         assert!(matches!(
-            w.request(t0, "web", "node1", 500 * MS, &outdated),
+            w.request(t0, "web", "node1", (1, 0), 500 * MS, &outdated),
             Verdict::Refused { .. }
         ));
         assert_eq!(
-            w.request(t, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            w.request(t, "web", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
             Verdict::Granted
         );
-        w.request(t, "web", "node2", Duration::ZERO, &PeerCopy::Unknown);
+        w.request(
+            t,
+            "web",
+            "node2",
+            (1, 0),
+            Duration::ZERO,
+            &PeerCopy::Unknown,
+        );
         assert_eq!(
-            w.request(t, "web", "node1", 500 * MS, &outdated),
+            w.request(t, "web", "node1", (1, 1), 500 * MS, &outdated),
             Verdict::Granted
         );
         // node1's lease ends (a crash, a release): node2 stays refused.
@@ -504,11 +562,11 @@ mod tests {
         assert_eq!(w.holder(later, "web"), None);
         let refused = Verdict::Outdated { by: "node1".into() };
         assert_eq!(
-            w.request(later, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            w.request(later, "web", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
             refused
         );
         assert_eq!(
-            w.request(later, "db", "node2", 500 * MS, &PeerCopy::Unknown),
+            w.request(later, "db", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
             Verdict::Granted,
             "per module"
         );
@@ -516,31 +574,108 @@ mod tests {
         let mut w = WitnessCore::new(1000 * MS, later, w.outdated().clone());
         let restarted = later + 1000 * MS;
         assert_eq!(
-            w.request(restarted, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            w.request(
+                restarted,
+                "web",
+                "node2",
+                (1, 0),
+                500 * MS,
+                &PeerCopy::Unknown
+            ),
             refused
         );
         assert_eq!(
-            w.request(restarted, "web", "node1", 500 * MS, &PeerCopy::Unknown),
+            w.request(
+                restarted,
+                "web",
+                "node1",
+                (1, 2),
+                500 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Granted
         );
         assert_eq!(
-            w.request(restarted, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            w.request(
+                restarted,
+                "web",
+                "node2",
+                (1, 0),
+                500 * MS,
+                &PeerCopy::Unknown
+            ),
             refused
         );
         // Resynchronised: node1 says so, and node2 may take over after it.
-        w.request(restarted, "web", "node1", 500 * MS, &PeerCopy::Current);
+        w.request(
+            restarted,
+            "web",
+            "node1",
+            (2, 1),
+            500 * MS,
+            &PeerCopy::Current,
+        );
         assert!(w.outdated().is_empty());
         w.request(
             restarted,
             "web",
             "node1",
+            (1, 0),
             Duration::ZERO,
             &PeerCopy::Unknown,
         );
         assert_eq!(
-            w.request(restarted, "web", "node2", 500 * MS, &PeerCopy::Unknown),
+            w.request(
+                restarted,
+                "web",
+                "node2",
+                (1, 0),
+                500 * MS,
+                &PeerCopy::Unknown
+            ),
             Verdict::Granted
         );
+    }
+
+    #[test]
+    fn only_a_newer_request_of_the_fencing_node_clears_its_mark() {
+        let t0 = Instant::now();
+        let mut w = WitnessCore::new(1000 * MS, t0, BTreeMap::new());
+        let t = t0 + 1000 * MS;
+        let outdated = PeerCopy::Outdated {
+            peer: "node2".into(),
+        };
+        w.request(t, "web", "node1", (3, 7), 500 * MS, &outdated);
+        // The witness restarts and forgets its replay guard; an older
+        // request of node1, delayed in the network, arrives after its
+        // quiet time: it neither clears the mark nor replaces it.
+        let mut w = WitnessCore::new(1000 * MS, t, w.outdated().clone());
+        let restarted = t + 2000 * MS;
+        for stale in [(3, 6), (2, 99)] {
+            assert_eq!(
+                w.request(
+                    restarted,
+                    "web",
+                    "node1",
+                    stale,
+                    500 * MS,
+                    &PeerCopy::Current
+                ),
+                Verdict::Granted
+            );
+            w.request(restarted, "web", "node1", stale, 500 * MS, &outdated);
+            assert_eq!(w.outdated()["web"].since, (3, 7), "{stale:?}");
+        }
+        // A newer one (the next life of node1) does.
+        w.request(
+            restarted,
+            "web",
+            "node1",
+            (4, 1),
+            500 * MS,
+            &PeerCopy::Current,
+        );
+        assert!(w.outdated().is_empty());
     }
 
     #[test]

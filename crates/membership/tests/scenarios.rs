@@ -31,6 +31,8 @@ struct Pair {
     logs: Vec<(usize, String)>,
     /// Per node, the epochs of its `PeerFenced` actions.
     fenced: [Vec<u64>; 2],
+    /// Per node, how many times it booted (its incarnation).
+    lives: [u64; 2],
 }
 
 impl Pair {
@@ -60,6 +62,7 @@ impl Pair {
             reaches_witness: [true; 2],
             logs: Vec::new(),
             fenced: Default::default(),
+            lives: [0; 2],
         };
         pair.boot(0);
         pair.boot(1);
@@ -70,6 +73,7 @@ impl Pair {
         let mut settings = self.settings.clone();
         settings.local = format!("node{}", i + 1);
         settings.peer = format!("node{}", 2 - i);
+        self.lives[i] += 1;
         self.nodes[i] = Some(MirrorModule::new(
             settings,
             self.persistent[i].clone(),
@@ -129,8 +133,9 @@ impl Pair {
                             let now = self.now;
                             let node = format!("node{}", i + 1);
                             if let Some(witness) = self.witness.as_mut() {
+                                let stamp = (self.lives[i], id);
                                 let verdict =
-                                    witness.request(now, "web", &node, duration, &peer_copy);
+                                    witness.request(now, "web", &node, stamp, duration, &peer_copy);
                                 self.nodes[i]
                                     .as_mut()
                                     .unwrap()
@@ -138,13 +143,14 @@ impl Pair {
                                 progressed = true;
                             }
                         }
-                        Action::ReleaseLease { .. } if self.reaches_witness[i] => {
+                        Action::ReleaseLease { id } if self.reaches_witness[i] => {
                             let node = format!("node{}", i + 1);
                             if let Some(witness) = self.witness.as_mut() {
                                 witness.request(
                                     self.now,
                                     "web",
                                     &node,
+                                    (self.lives[i], id),
                                     Duration::ZERO,
                                     &PeerCopy::Unknown,
                                 );

@@ -761,7 +761,8 @@ impl Sim {
                     return;
                 }
                 w.newest[from] = Some((life, id));
-                let verdict = core.request(now, "web", NODES[from], duration, &peer_copy);
+                let verdict =
+                    core.request(now, "web", NODES[from], (life, id), duration, &peer_copy);
                 w.stored = core.outdated().clone();
                 if self.trace {
                     eprintln!(
