@@ -312,3 +312,39 @@ fn orderly_daemon_shutdown_hands_over_and_restart_rejoins() {
     cluster.start_daemon(prim).unwrap();
     assert_eq!(pair(&cluster), (second, prim));
 }
+
+/// A rolling change of configuration: the module is stopped on the
+/// secondary, installed again there and started, while the primary runs
+/// on. The new module numbers its heartbeats afresh; the primary must
+/// still take them (it takes only heartbeats newer than the last of each
+/// node) and the pair forms again at once.
+#[test]
+fn a_module_installed_again_on_one_node_is_heard_by_its_peer() {
+    let cluster = lab(MirrorOptions::default());
+    start_both(&cluster);
+    let (prim, second) = pair(&cluster);
+    cluster
+        .run_cli_checked(second, &["stop", "-m", "demo"])
+        .expect("stop the secondary");
+    cluster
+        .wait_states(SETTLE, |a, b| {
+            let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
+            is(p, "ALONE") && is(s, "STOP")
+        })
+        .expect("the primary goes on alone");
+    cluster
+        .run_cli_checked(
+            second,
+            &["module", "install", "/etc/holdfast/demo/module.toml"],
+        )
+        .expect("install again");
+    cluster
+        .run_cli_checked(second, &["start", "-m", "demo"])
+        .expect("start");
+    assert_eq!(pair(&cluster), (prim, second), "the pair forms again");
+    let log = module_log(&cluster, prim);
+    assert!(
+        !log.contains("replayed"),
+        "the primary took every heartbeat:\n{log}"
+    );
+}

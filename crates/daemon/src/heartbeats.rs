@@ -107,7 +107,7 @@ impl Heartbeats {
             fingerprint: config.fingerprint()[..8]
                 .try_into()
                 .expect("8 bytes of a 32-byte hash"),
-            seq: 0,
+            seq: counter_start(),
             replay: ReplayGuard::default(),
             log,
             rejected: Rejections::default(),
@@ -199,4 +199,17 @@ impl Heartbeats {
             }
         }
     }
+}
+
+/// Where a module's numbering of its datagrams (heartbeats, lease
+/// requests) starts: the monotonic clock's microseconds (since boot).
+/// Receivers take from each module and node only datagrams newer than the
+/// last, by `(incarnation, number)`; a module installed again in the same
+/// daemon incarnation (a rolling change of configuration) must go on from
+/// above its last number, not from 1 — it never sends more than one a
+/// microsecond.
+pub(crate) fn counter_start() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always there on Linux");
+    now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
 }

@@ -102,7 +102,7 @@ pub async fn spawn(
                 .iter()
                 .map(|a| SocketAddr::new(*a, witness.port))
                 .collect(),
-            first_id: monotonic_micros(),
+            first_id: crate::heartbeats::counter_start(),
         }),
         None => None,
     };
@@ -271,21 +271,11 @@ struct WitnessLink {
     socket: UdpSocket,
     /// The witness's address and port on each network.
     addresses: Vec<SocketAddr>,
-    /// Added to the module's request ids on the wire. The witness takes
-    /// only requests newer than the last one of this module and node, and
-    /// a module installed again in the same daemon incarnation counts its
-    /// ids from 1 again: counting them from the monotonic clock's
-    /// microseconds at the module's start keeps them growing (a module
-    /// never asks more than once a microsecond).
+    /// Added to the module's request ids on the wire, so that they keep
+    /// growing when the module is installed again (see
+    /// [`crate::heartbeats::counter_start`]): the witness takes only
+    /// requests newer than the last of each module and node.
     first_id: u64,
-}
-
-/// Microseconds of the monotonic clock (since boot): only grows while
-/// the daemon runs.
-fn monotonic_micros() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .expect("CLOCK_MONOTONIC is always there on Linux");
-    now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1_000
 }
 
 struct Shell {
