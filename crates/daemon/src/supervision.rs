@@ -85,18 +85,9 @@ impl Supervisor {
     pub fn follow(&mut self, core: &mut MirrorModule, log: &ModuleLog, now: Instant) {
         let state = core.state();
         let want_pre = state != State::Stop;
-        if want_pre != self.splitbrain_runner.is_some() && !self.splitbrain.is_empty() {
+        if want_pre != self.splitbrain_runner.is_some() {
             self.splitbrain_runner = if want_pre {
-                match Runner::start(&self.splitbrain, &self.context, self.events.clone()) {
-                    Ok(runner) => Some(runner),
-                    Err(e) => {
-                        log.write(
-                            LogLevel::Error,
-                            &format!("split-brain checker not started: {e}"),
-                        );
-                        None
-                    }
-                }
+                self.run(&self.splitbrain, log, "split-brain checker")
             } else {
                 None
             };
@@ -152,13 +143,19 @@ impl Supervisor {
             .filter(|c| class(c.when))
             .cloned()
             .collect();
-        if selected.is_empty() {
+        self.run(&selected, log, "checkers")
+    }
+
+    /// A runner of `checkers` (none if there are none); a failure to start
+    /// them is logged, naming `what`.
+    fn run(&self, checkers: &[CheckerConfig], log: &ModuleLog, what: &str) -> Option<Runner> {
+        if checkers.is_empty() {
             return None;
         }
-        match Runner::start(&selected, &self.context, self.events.clone()) {
+        match Runner::start(checkers, &self.context, self.events.clone()) {
             Ok(runner) => Some(runner),
             Err(e) => {
-                log.write(LogLevel::Error, &format!("checkers not started: {e}"));
+                log.write(LogLevel::Error, &format!("{what} not started: {e}"));
                 None
             }
         }
