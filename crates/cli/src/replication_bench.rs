@@ -1,10 +1,11 @@
 //! `holdfast lab bench-replication`: what synchronous replication costs an
 //! application, on real lab hosts. A mirror module runs on two hosts with a
 //! replicated directory; on the primary's host the same workloads run in
-//! three directories of the same disk: a plain local directory (the
-//! baseline), Holdfast's file system mounted with replication off (the FUSE
-//! floor) and the replicated directory (mirroring to the secondary over the
-//! lab network). Then the resynchronisation of a returning secondary after
+//! four directories of the same disk: a plain local directory (the
+//! baseline), a `bindfs` mount (libfuse's single-threaded passthrough: what
+//! a plain FUSE file system costs here), Holdfast's file system mounted
+//! with replication off (the FUSE floor) and the replicated directory
+//! (mirroring to the secondary over the lab network). Then the resynchronisation of a returning secondary after
 //! 1% of a tree changed while ALONE, beside `rsync` of the same change
 //! between the same hosts.
 
@@ -27,13 +28,16 @@ const DATA: &str = "/srv/demo/data";
 const LOCAL: &str = "/srv/local";
 /// Holdfast's file system without replication.
 const FLOOR: &str = "/srv/floor";
+/// A `bindfs` mount of [`BINDFS_REAL`]: a plain passthrough FUSE file system.
+const BINDFS: &str = "/srv/bindfs";
+const BINDFS_REAL: &str = "/srv/bindfs-real";
 const MODULE: &str = "demo";
 /// Granularity of the tree's content and of its modifications.
 const CHUNK: u64 = 64 << 10;
 /// Files in the resynchronisation tree (16 directories of 16).
 const TREE_FILES: u64 = 256;
 const RSYNC_PORT: u16 = 8730;
-/// The first of three PostgreSQL servers' ports.
+/// The first of four PostgreSQL servers' ports.
 const PG_PORT: u16 = 5433;
 
 /// What `bench-replication` measures, and how long.
@@ -328,6 +332,55 @@ impl Drop for FloorMount {
     }
 }
 
+/// `bindfs` (libfuse 2, one thread, 128 KiB writes) of [`BINDFS_REAL`] on
+/// [`BINDFS`] on a host; dropping it unmounts.
+struct BindfsMount<'a> {
+    cluster: &'a MirrorLab,
+    host: &'a str,
+    child: Child,
+}
+
+impl<'a> BindfsMount<'a> {
+    fn start(cluster: &'a MirrorLab, host: &'a str) -> Result<Self> {
+        sh(cluster, host, &format!("mkdir -p {BINDFS} {BINDFS_REAL}"))?;
+        let child = cluster
+            .lab
+            .command(host, "bindfs")?
+            .args(["-f", "-o", "big_writes", BINDFS_REAL, BINDFS])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting bindfs (is it installed? ./scripts/bench installs it)")?;
+        let this = BindfsMount {
+            cluster,
+            host,
+            child,
+        };
+        let mounted = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+            sh(cluster, host, &format!("mountpoint -q {BINDFS}")).is_ok()
+        });
+        if !mounted {
+            bail!("bindfs on {host}:{BINDFS} did not mount");
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for BindfsMount<'_> {
+    fn drop(&mut self) {
+        // bindfs ends once its mount is gone.
+        let _ = sh(self.cluster, self.host, &format!("umount {BINDFS}"));
+        let done = wait_until(Duration::from_secs(20), Duration::from_millis(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !done {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = sh(self.cluster, self.host, &format!("umount -l {BINDFS}"));
+        }
+    }
+}
+
 /// Runs `script` with `sh -c` on `host`; fails with its output unless it succeeds.
 fn sh(cluster: &MirrorLab, host: &str, script: &str) -> Result<String> {
     let out = cluster.sh(host, script)?;
@@ -484,15 +537,17 @@ fn rounds<T>(
 }
 
 /// The median of `f` over each target's results.
-fn medians<T>(results: &[Vec<T>], f: impl Fn(&T) -> f64) -> [f64; 3] {
-    let m = |k: usize| crate::lab::median(&results[k].iter().map(&f).collect::<Vec<_>>());
-    [m(0), m(1), m(2)]
+fn medians<T>(results: &[Vec<T>], f: impl Fn(&T) -> f64) -> [f64; TARGETS] {
+    std::array::from_fn(|k| crate::lab::median(&results[k].iter().map(&f).collect::<Vec<_>>()))
 }
 
-/// A figure per target: local, floor, replicated.
+/// The directories the workloads run in, in the table's order.
+const TARGETS: usize = 4;
+
+/// A figure per target: local, bindfs, floor, replicated.
 struct Row {
     what: &'static str,
-    values: [f64; 3],
+    values: [f64; TARGETS],
     /// Higher is better (throughput) or lower (latency).
     higher_better: bool,
     /// Minimum replicated / local ratio wanted (issue 3), if any.
@@ -684,19 +739,20 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
             "\nReplication: the same workloads on the primary's lab host in a plain local directory,"
         );
         println!(
-            "in Holdfast's file system with replication off (FUSE floor), and in the replicated"
+            "a bindfs mount (libfuse passthrough), Holdfast's file system with replication off (FUSE"
         );
         println!(
-            "directory (mirrored to the secondary host, acknowledged on receipt). Each figure is the"
+            "floor), and the replicated directory (mirrored to the secondary host, acknowledged on"
         );
+        println!("receipt). Each figure is the");
         println!(
             "median of {} runs, the directories taking turns.\n",
             s.rounds
         );
-        println!("| workload | local | FUSE floor | replicated | floor / local | replicated / local | target | met |");
-        println!("|---|---|---|---|---|---|---|---|");
+        println!("| workload | local | bindfs | FUSE floor | replicated | bindfs / local | floor / local | replicated / local | target | met |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for row in &rows {
-            let [local, floor, repl] = row.values;
+            let [local, bindfs, floor, repl] = row.values;
             let ratio = |v: f64| v / local;
             let (target, met) = match row.target {
                 Some(t) => (
@@ -711,11 +767,13 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
                 " (lower is better)"
             };
             println!(
-                "| {}{note} | {} | {} | {} | {:.0}% | {:.0}% | {target} | {met} |",
+                "| {}{note} | {} | {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {target} | {met} |",
                 row.what,
                 fmt(local),
+                fmt(bindfs),
                 fmt(floor),
                 fmt(repl),
+                ratio(bindfs) * 100.0,
                 ratio(floor) * 100.0,
                 ratio(repl) * 100.0,
             );
@@ -754,11 +812,12 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
     Ok(())
 }
 
-/// The workloads in the three directories: one table row each.
+/// The workloads in the four directories: one table row each.
 fn workloads(cluster: &MirrorLab, prim: &str, exe: &Path, s: &Settings) -> Result<Vec<Row>> {
     sh(cluster, prim, &format!("mkdir -p {LOCAL} {FLOOR}"))?;
     let floor = FloorMount::start(cluster, prim, exe)?;
-    let targets = [LOCAL, FLOOR, DATA];
+    let bindfs = BindfsMount::start(cluster, prim)?;
+    let targets: [&str; TARGETS] = [LOCAL, BINDFS, FLOOR, DATA];
     let each = |workload: &str, mib: u64| -> Result<Vec<Vec<IoResult>>> {
         rounds(s.rounds, targets.len(), |k| {
             eprintln!("{workload} in {}", targets[k]);
@@ -808,7 +867,7 @@ fn workloads(cluster: &MirrorLab, prim: &str, exe: &Path, s: &Settings) -> Resul
         target: Some(0.25),
     });
     if s.pgbench_seconds > 0 {
-        let names = ["local", "floor", "replicated"];
+        let names = ["local", "bindfs", "floor", "replicated"];
         let mut servers = Vec::new();
         for (k, (dir, name)) in targets.iter().zip(names).enumerate() {
             eprintln!("pgbench: initdb and pgbench -i in {dir}");
@@ -832,6 +891,7 @@ fn workloads(cluster: &MirrorLab, prim: &str, exe: &Path, s: &Settings) -> Resul
             target: Some(0.55),
         });
     }
+    drop(bindfs);
     drop(floor);
     Ok(rows)
 }
