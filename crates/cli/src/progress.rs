@@ -70,7 +70,7 @@ fn update(bar: &ProgressBar, dir: &DirStatus) {
         Some(p) => {
             bar.set_length(p.bytes_total);
             bar.set_position(p.bytes_total - p.bytes_left);
-            bar.set_message(String::new());
+            bar.set_message(dir.basis.clone().unwrap_or_default());
         }
         None => bar.set_message(crate::state::replicated(dir)),
     }

@@ -85,6 +85,9 @@ pub fn replicated(dir: &DirStatus) -> String {
         Activity::Holding => "holding writes for the secondary",
     };
     let mut line = format!("{} {activity}", dir.dir.display());
+    if let Some(basis) = &dir.basis {
+        line.push_str(&format!(" ({basis})"));
+    }
     if let Some(p) = &dir.progress {
         let filled = (p.fraction() * BAR as f64).round() as usize;
         line.push_str(&format!(
@@ -124,12 +127,13 @@ mod tests {
                 rate: 512.0 * 1024.0,
                 eta_seconds: Some(5.5),
             }),
+            basis: Some("tracked changes and the secondary's activity log: 3 regions".into()),
             problem: None,
         };
         assert_eq!(
             replicated(&dir),
             format!(
-                "/srv/app/data resynchronising [{}{}] 25% (3.0 MiB left of 4.0 MiB, 512.0 KiB/s, about 6 s left)",
+                "/srv/app/data resynchronising (tracked changes and the secondary's activity log: 3 regions) [{}{}] 25% (3.0 MiB left of 4.0 MiB, 512.0 KiB/s, about 6 s left)",
                 "#".repeat(8),
                 ".".repeat(22)
             )
@@ -137,6 +141,7 @@ mod tests {
         let refused = DirStatus {
             activity: Activity::Tracking,
             progress: None,
+            basis: None,
             problem: Some("no shared history".into()),
             ..dir
         };

@@ -31,9 +31,9 @@ use holdfast_config::{AckPolicy, ModuleConfig, OnSecondaryFailure};
 use holdfast_membership::{ClusterKey, LogLevel, State};
 use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{
-    compare_reason, decide, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations,
-    Link, LinkMode, Mirror, MountGuard, OnFailure, Peer, Progress, Receiver, ReceiverError,
-    Recovery, TcpReplicator, TrackingConfig,
+    decide, plan, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations, Link,
+    LinkMode, Mirror, MountGuard, OnFailure, Peer, Plan, Progress, Receiver, ReceiverError,
+    Recovery, Scope, TcpReplicator, TrackingConfig,
 };
 
 use crate::modlog::ModuleLog;
@@ -130,6 +130,10 @@ pub struct DirStatus {
     pub activity: Activity,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<ResyncProgress>,
+    /// While resynchronising: what it covers ("tracked changes", "...
+    /// activity log: N regions", "comparing checksums: why").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<String>,
     /// What keeps it from mirroring (a refusal, the secondary unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -140,6 +144,7 @@ struct LiveDir {
     dir: PathBuf,
     activity: Activity,
     progress: Option<Arc<Progress>>,
+    basis: Option<String>,
     problem: Option<String>,
 }
 
@@ -156,6 +161,7 @@ impl ReplicationStatus {
                     dir: d.path.clone(),
                     activity: Activity::Idle,
                     progress: None,
+                    basis: None,
                     problem: None,
                 })
                 .collect(),
@@ -168,7 +174,15 @@ impl ReplicationStatus {
                 d.problem = None;
             }
             d.activity = activity;
+            d.basis = progress.as_ref().and(d.basis.take());
             d.progress = progress;
+        }
+    }
+
+    /// What the resynchronisation about to start covers.
+    fn basis(&self, index: usize, basis: String) {
+        if let Some(d) = lock(&self.0).get_mut(index) {
+            d.basis = Some(basis);
         }
     }
 
@@ -185,6 +199,7 @@ impl ReplicationStatus {
                 dir: d.dir.clone(),
                 activity: d.activity,
                 progress: d.progress.as_ref().map(|p| p.report().into()),
+                basis: d.basis.clone(),
                 problem: d.problem.clone(),
             })
             .collect()
@@ -235,6 +250,11 @@ impl Dir {
         };
         store.save(&g).map_err(|e| e.to_string())?;
         Ok(g)
+    }
+
+    /// Its change log, and the activity log kept while mirroring.
+    fn log_dir(&self) -> PathBuf {
+        self.state.join("log")
     }
 
     fn store(&self) -> GenerationStore {
@@ -607,6 +627,7 @@ impl Replication {
             let receiver = Receiver::new(&dir.path, self.key.clone(), self.ack)
                 .map(|r| {
                     r.with_generations(dir.store())
+                        .with_activity(&dir.log_dir())
                         .with_synced(self.synced[dir.index].clone())
                 })
                 .map_err(|e| e.to_string());
@@ -706,9 +727,8 @@ impl Replication {
         detach_stale_mounts(dir, &self.log);
         let store = dir.store();
         let mut generations = dir.record_unknown_data()?;
-        let (changelog, recovery) =
-            ChangeLog::open(&dir.state.join("log"), TrackingConfig::default())
-                .map_err(|e| e.to_string())?;
+        let (changelog, recovery) = ChangeLog::open(&dir.log_dir(), TrackingConfig::default())
+            .map_err(|e| e.to_string())?;
         if let Recovery::Lost { reason } = &recovery {
             self.log.write(
                 LogLevel::Error,
@@ -827,8 +847,16 @@ impl Replication {
             self.status.set(p.dir.index, Activity::Idle, None);
             self.fence.unknown(p.dir.index);
             if p.link.refused() > 0 {
-                // Held changes were applied here: `unclean` makes the next
-                // resynchronisation into this copy compare checksums.
+                // Held changes were applied here, and are in no activity
+                // log: the next resynchronisation into this copy compares
+                // checksums.
+                let lost = p
+                    .link
+                    .log()
+                    .lose_activity("changes refused when the primary role ended are not in it");
+                if let Err(e) = lost {
+                    self.log.write(LogLevel::Error, &e.to_string());
+                }
                 self.log.write(
                     LogLevel::Error,
                     &format!(
@@ -845,6 +873,11 @@ impl Replication {
                 if let Err(e) = store.save(&g) {
                     self.log.write(LogLevel::Error, &e.to_string());
                 }
+            }
+            // After the record says clean: whatever was mirrored was
+            // acknowledged or is in the change log.
+            if let Err(e) = p.link.log().clear_activity() {
+                self.log.write(LogLevel::Error, &e.to_string());
             }
         }
     }
@@ -1193,8 +1226,12 @@ impl Connector {
     }
 
     fn bring_up_to_date(&self, peer: &Arc<TcpReplicator>, path: &str) -> Result<(), String> {
-        let (theirs, kept) = match peer.ask(&Request::Generations) {
-            Ok(Answer::Generations { record, kept }) => (record, kept),
+        let (theirs, kept, activity) = match peer.ask(&Request::Generations) {
+            Ok(Answer::Generations {
+                record,
+                kept,
+                activity,
+            }) => (record, kept, activity),
             Ok(other) => {
                 return Err(format!(
                     "replication of {path}: unexpected answer {other:?}"
@@ -1215,15 +1252,26 @@ impl Connector {
             Err(refusal) => return Err(format!("replication of {path}: {refusal}")),
         };
         let lost = self.link.log().lost();
-        let compare = compare_reason(&ours, &theirs, decided, kept, lost);
+        let regions = activity.usable();
+        let plan = plan(
+            &ours,
+            &theirs,
+            decided,
+            kept,
+            lost,
+            regions.as_ref().map(|r| r.len()).map_err(|e| e.clone()),
+        );
+        let covers = match (&plan, regions) {
+            (Plan::Tracked, _) => Scope::Tracked,
+            (Plan::ActivityLog { .. }, Ok(regions)) => Scope::Regions(regions.to_vec()),
+            _ => Scope::Everything,
+        };
         self.log.write(
             LogLevel::Info,
-            &match compare {
-                Some(why) => {
-                    format!("resynchronising {path} to the secondary (comparing checksums: {why})")
-                }
-                None => format!("resynchronising {path} to the secondary (tracked changes)"),
-            },
+            &format!(
+                "resynchronising {path} to the secondary ({})",
+                plan.describe()
+            ),
         );
         let progress = Arc::new(Progress::default());
         self.status.set(
@@ -1231,6 +1279,7 @@ impl Connector {
             Activity::Resynchronising,
             Some(progress.clone()),
         );
+        self.status.basis(self.dir.index, plan.describe());
         let finished = AtomicBool::new(false);
         let stats = std::thread::scope(|scope| {
             scope.spawn(|| self.log_progress(path, &progress, &finished));
@@ -1239,7 +1288,7 @@ impl Connector {
                 &self.link,
                 peer.clone(),
                 ours.current,
-                compare.is_some(),
+                &covers,
                 &progress,
             );
             finished.store(true, Ordering::SeqCst);

@@ -63,6 +63,12 @@ pub enum Decision {
 pub enum Basis {
     /// The source's change log covers every difference.
     Tracked,
+    /// The source's change log covers every difference but the changes
+    /// the receiver made as a primary that stopped uncleanly (in flight,
+    /// never acknowledged): those are in the receiver's activity log,
+    /// whose regions are resynchronised too — or, if that log is lost,
+    /// everything is compared ([`plan`]).
+    ActivityLog,
     /// No log covers the differences: compare block checksums (only the
     /// differing blocks travel — never a blind full copy).
     Compare,
@@ -270,8 +276,12 @@ pub fn decide(module: &str, local: &Generations, peer: &Generations) -> Result<D
         (true, false) => {
             // Only the interrupted source may finish what it started: the
             // incomplete node's generation is its log's base, or an ancestor.
-            return if peer.bitmap == Some(local.current) && !local.unclean {
-                Ok(Decision::Receive(Basis::Tracked))
+            return if peer.bitmap == Some(local.current) {
+                Ok(Decision::Receive(if local.unclean {
+                    Basis::ActivityLog
+                } else {
+                    Basis::Tracked
+                }))
             } else if peer.current == local.current
                 || peer.knows(local.current)
                 || local.current == 0
@@ -301,8 +311,8 @@ pub fn decide(module: &str, local: &Generations, peer: &Generations) -> Result<D
     }
     let basis = |receiver_unclean: bool| {
         if receiver_unclean {
-            // Its in-flight changes are in no log of the source: compare.
-            Basis::Compare
+            // Its in-flight changes are in no log of the source: in its own.
+            Basis::ActivityLog
         } else {
             Basis::Tracked
         }
@@ -342,7 +352,8 @@ pub fn decide(module: &str, local: &Generations, peer: &Generations) -> Result<D
 }
 
 /// Why a resynchronisation from `source` into `target` must compare
-/// checksums, or `None` when the source's change log covers every
+/// checksums, or `None` when the change logs (the source's, and with
+/// [`Basis::ActivityLog`] the target's activity log) cover every
 /// difference. `decided`: the basis [`decide`] gave (`None`: in sync);
 /// `kept`: the target kept everything it applied ([`Generations::kept_applied`]
 /// on its side); `log_lost`: the source's change log is lost.
@@ -359,7 +370,7 @@ pub fn compare_reason(
         } else if target.current == 0 {
             "the secondary has no data yet"
         } else if target.unclean {
-            "the secondary was a primary that stopped uncleanly (changes it made then are in no log)"
+            "the secondary was a primary that stopped uncleanly and its copy is older than this primary's change log"
         } else if target.incomplete && source.bitmap != Some(target.current) {
             "the secondary's copy is incomplete and older than this primary's change log"
         } else {
@@ -372,6 +383,54 @@ pub fn compare_reason(
         );
     }
     log_lost.then_some("this primary's change log was lost")
+}
+
+/// How a resynchronisation goes about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// The source's change log only.
+    Tracked,
+    /// The source's change log and the target's activity log's `regions`.
+    ActivityLog { regions: usize },
+    /// Compare the whole tree by checksums, for this reason.
+    Compare(String),
+}
+
+impl Plan {
+    /// For the log and `holdfast state`.
+    pub fn describe(&self) -> String {
+        match self {
+            Plan::Tracked => "tracked changes".into(),
+            Plan::ActivityLog { regions } => {
+                format!("tracked changes and the secondary's activity log: {regions} regions")
+            }
+            Plan::Compare(why) => format!("comparing checksums: {why}"),
+        }
+    }
+}
+
+/// The whole choice of [`compare_reason`], with the target's activity log:
+/// `target_log` is its regions' count, or why it cannot be used (lost,
+/// damaged, refused). A [`Basis::ActivityLog`] decision without a usable
+/// log compares the whole tree, never copies blindly.
+pub fn plan(
+    source: &Generations,
+    target: &Generations,
+    decided: Option<Basis>,
+    kept: bool,
+    log_lost: bool,
+    target_log: Result<usize, String>,
+) -> Plan {
+    if let Some(why) = compare_reason(source, target, decided, kept, log_lost) {
+        return Plan::Compare(why.into());
+    }
+    match (decided, target_log) {
+        (Some(Basis::ActivityLog), Ok(regions)) => Plan::ActivityLog { regions },
+        (Some(Basis::ActivityLog), Err(why)) => Plan::Compare(format!(
+            "the secondary was a primary that stopped uncleanly and its {why}"
+        )),
+        _ => Plan::Tracked,
+    }
 }
 
 /// The running kernel's boot id: a new one at every boot, so a copy can
@@ -536,10 +595,11 @@ mod tests {
         old_primary.become_primary();
         let mut new_primary = g(5, None, &[]);
         new_primary.start_tracking();
-        // The old primary crashed: its in-flight changes are in no log.
+        // The old primary crashed: its in-flight changes are in its
+        // activity log.
         assert_eq!(
             both(&new_primary, &old_primary),
-            Ok(Decision::Send(Basis::Compare))
+            Ok(Decision::Send(Basis::ActivityLog))
         );
         old_primary.stopped_cleanly();
         assert_eq!(
@@ -701,8 +761,77 @@ mod tests {
         assert!(why.unwrap().contains("no data yet"), "{why:?}");
         let mut crashed = secondary.clone();
         crashed.become_primary();
-        let why = compare_reason(&primary, &crashed, decided(&primary, &crashed), true, false);
+        let basis = decided(&primary, &crashed);
+        assert_eq!(basis, Some(Basis::ActivityLog));
+        assert_eq!(compare_reason(&primary, &crashed, basis, true, false), None);
+        // Older than this primary's log as well: compare.
+        let mut older = crashed.clone();
+        older.current = 3;
+        older.history = vec![];
+        let mut newer = primary.clone();
+        newer.history = vec![3];
+        let why = compare_reason(&newer, &older, decided(&newer, &older), true, false);
         assert!(why.unwrap().contains("stopped uncleanly"), "{why:?}");
+    }
+
+    #[test]
+    fn a_primary_crashed_while_mirroring_is_resynchronised_by_its_activity_log() {
+        let mut old_primary = g(5, None, &[]);
+        old_primary.become_primary();
+        let mut new_primary = g(5, None, &[]);
+        new_primary.start_tracking();
+        let basis = match decide(M, &new_primary, &old_primary) {
+            Ok(Decision::Send(b)) => Some(b),
+            other => panic!("{other:?}"),
+        };
+        let plan = |kept, lost, log| plan(&new_primary, &old_primary, basis, kept, lost, log);
+        assert_eq!(plan(true, false, Ok(3)), Plan::ActivityLog { regions: 3 });
+        assert!(plan(true, false, Ok(3))
+            .describe()
+            .contains("activity log: 3 regions"));
+        // A lost, damaged or refused log: the whole tree, and why.
+        let lost = plan(
+            true,
+            false,
+            Err("activity log lost: damaged record at byte 40".into()),
+        );
+        match &lost {
+            Plan::Compare(why) => {
+                assert!(why.contains("stopped uncleanly"), "{why}");
+                assert!(why.contains("damaged record"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(lost.describe().starts_with("comparing checksums: "));
+        // The reasons of compare_reason come first.
+        assert!(matches!(plan(false, false, Ok(3)), Plan::Compare(w) if w.contains("restarted")));
+        assert!(
+            matches!(plan(true, true, Ok(3)), Plan::Compare(w) if w.contains("change log was lost"))
+        );
+        // A clean secondary: the log is not needed, whatever it says.
+        old_primary.stopped_cleanly();
+        let basis = Some(Basis::Tracked);
+        assert_eq!(
+            super::plan(
+                &new_primary,
+                &old_primary,
+                basis,
+                true,
+                false,
+                Err("x".into())
+            ),
+            Plan::Tracked
+        );
+        // An interrupted resync into the crashed node restarts the same way.
+        let mut interrupted = g(5, None, &[]);
+        interrupted.become_primary();
+        interrupted.resync_begin();
+        assert_eq!(
+            both(&new_primary, &interrupted),
+            Ok(Decision::Send(Basis::ActivityLog))
+        );
+        interrupted.resync_done(new_primary.current);
+        assert!(!interrupted.unclean);
     }
 
     #[test]

@@ -84,6 +84,7 @@
 //!   needs care; every read goes through the daemon for now;
 //! - nested mount points inside a replicated directory (refused: `EXDEV`).
 
+pub mod activity;
 mod apply;
 pub mod fs;
 pub mod generation;
@@ -96,12 +97,13 @@ pub mod tracking;
 
 pub use fs::{Mirror, MountError, MountGuard, Ordered, Tree};
 pub use generation::{
-    boot_id, compare_reason, decide, Basis, Decision, GenerationStore, Generations, Refusal,
+    boot_id, compare_reason, decide, plan, Basis, Decision, GenerationStore, Generations, Plan,
+    Refusal,
 };
 pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time, Unreplicated};
 pub use receiver::{AckMode, Receiver, ReceiverError};
-pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Stats};
+pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Scope, Stats};
 pub use sender::TcpReplicator;
 pub use tracking::{
-    ChangeLog, Dirty, Link, LinkMode, OnFailure, Recovery, TrackingConfig, TrackingError,
+    ChangeLog, Dirty, Link, LinkMode, Mark, OnFailure, Recovery, TrackingConfig, TrackingError,
 };

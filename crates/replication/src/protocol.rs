@@ -42,7 +42,7 @@ const MAGIC: &[u8; 4] = b"HFRP";
 /// 4: acknowledgements say how far the secondary has applied; the answer
 /// to `Generations` says whether its copy kept everything it applied.
 /// 5: an acknowledgement covers every change up to the one it names.
-const VERSION: u8 = 5;
+const VERSION: u8 = 6;
 const NONCE: usize = 32;
 const TAG: usize = 32;
 /// A frame's length prefix and sequence number.

@@ -13,6 +13,7 @@ use holdfast_membership::ClusterKey;
 use crate::apply::Root;
 use std::os::unix::ffi::OsStringExt;
 
+use crate::activity::Recorded;
 use crate::generation::{boot_id, GenerationStore, Generations, StoreError};
 use crate::op::{is_relative_inside, Change, Op};
 use crate::protocol::{
@@ -48,6 +49,8 @@ pub enum ReceiverError {
     NoGenerations { seq: u64 },
     #[error(transparent)]
     Generations(#[from] StoreError),
+    #[error(transparent)]
+    Activity(#[from] crate::activity::ActivityError),
     #[error("cannot flush the copy to disk: {0}")]
     Sync(std::io::Error),
     #[error("change {seq} ({op}) failed to apply: {source}")]
@@ -157,6 +160,9 @@ pub struct Receiver {
     /// Where this copy's generation (and "incomplete") is recorded; a
     /// resynchronisation is refused without it.
     generations: Option<GenerationStore>,
+    /// Where this copy's activity log lives (its change log's directory),
+    /// reported at connection and emptied once resynchronised.
+    activity: Option<PathBuf>,
     /// Set false when a resynchronisation begins, true when it ends.
     synced: Option<Arc<AtomicBool>>,
     /// The running kernel's ([`boot_id`]).
@@ -174,6 +180,7 @@ impl Receiver {
             key,
             mode,
             generations: None,
+            activity: None,
             synced: None,
             boot: boot_id(),
         })
@@ -188,6 +195,13 @@ impl Receiver {
 
     /// `flag` becomes false when a resynchronisation into this copy
     /// begins and true when it completes: whether the copy is current.
+    /// `dir`: where this node's activity log lives (the directory of the
+    /// change log it keeps as a primary).
+    pub fn with_activity(mut self, dir: &Path) -> Self {
+        self.activity = Some(dir.to_path_buf());
+        self
+    }
+
     pub fn with_synced(mut self, flag: Arc<AtomicBool>) -> Self {
         self.synced = Some(flag);
         self
@@ -470,9 +484,16 @@ impl Receiver {
                     .as_ref()
                     .ok_or(ReceiverError::NoGenerations { seq })?;
                 let record = store.load()?.unwrap_or_default();
+                // Only a primary that stopped uncleanly needs it read.
+                let activity = match &self.activity {
+                    _ if !record.unclean => Recorded::Regions(Vec::new()),
+                    Some(dir) => crate::activity::load(dir),
+                    None => Recorded::Lost("this node keeps no activity log".into()),
+                };
                 Ok(Answer::Generations {
                     kept: record.kept_applied(self.boot.as_deref()),
                     record,
+                    activity,
                 })
             }
             Request::End { source } => {
@@ -486,6 +507,10 @@ impl Receiver {
                         g.receiving(self.boot());
                     }
                 })?;
+                // Only now (the record says clean): its regions are moot.
+                if let Some(dir) = &self.activity {
+                    crate::activity::clear(dir)?;
+                }
                 if let Some(flag) = &self.synced {
                     flag.store(true, Ordering::SeqCst);
                 }

@@ -63,7 +63,7 @@ use sha2::{Digest, Sha256};
 use crate::apply::{mtime_of, Root};
 use crate::fs::Tree;
 use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
-use crate::tracking::{Dirty, Link, Move, BLOCK};
+use crate::tracking::{Dirty, Link, Mark, Move, BLOCK};
 
 /// Block size of checksum comparison: 32 bytes of hash per 64 KiB keeps
 /// the exchange at 0.05% of the data compared.
@@ -115,6 +115,9 @@ pub enum Answer {
         /// Everything this copy applied is still there: its host did not
         /// restart since it applied changes it had not synced.
         kept: bool,
+        /// Its activity log, when it was a primary that stopped uncleanly
+        /// (empty otherwise).
+        activity: crate::activity::Recorded,
     },
 }
 
@@ -228,6 +231,19 @@ impl Progress {
     }
 }
 
+/// What a resynchronisation covers besides the source's change log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The change log covers every difference.
+    Tracked,
+    /// And these regions of the target's activity log (it was a primary
+    /// that stopped uncleanly while mirroring): extents are sent, listed
+    /// directories' entries made identical, moved names compared.
+    Regions(Vec<Mark>),
+    /// Nothing is trusted: every file is compared by checksum.
+    Everything,
+}
+
 /// What a completed resynchronisation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -240,9 +256,7 @@ pub struct Stats {
 /// Brings `peer` up to date from `tree`, then leaves `link` mirroring to it.
 ///
 /// `source` is the primary's current generation, taken by the peer at the
-/// end. With `compare_all`, the change log is not trusted (tracking lost,
-/// or the peer may hold changes no log covers): every file is compared by
-/// checksum. On error the link is back to tracking (holding, with
+/// end; `scope` what is covered besides the change log. On error the link is back to tracking (holding, with
 /// [`crate::OnFailure::Wait`]) and the log still covers everything: run
 /// again later.
 pub fn resync<P: Peer + 'static>(
@@ -250,7 +264,7 @@ pub fn resync<P: Peer + 'static>(
     link: &Link,
     peer: Arc<P>,
     source: u64,
-    compare_all: bool,
+    scope: &Scope,
     progress: &Progress,
 ) -> Result<Stats, ResyncError> {
     *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -265,7 +279,7 @@ pub fn resync<P: Peer + 'static>(
         stamp_dirs: BTreeSet::new(),
         recursive: false,
     };
-    let result = pass.run(peer, source, compare_all);
+    let result = pass.run(peer, source, scope);
     if result.is_err() {
         let _order = tree.lock();
         link.fall_back();
@@ -291,14 +305,20 @@ struct Pass<'a, P: Peer> {
 
 /// The next piece of work, chosen under the lock.
 enum Work {
-    Dir(PathBuf),
+    /// A directory; `listed`: its entries are made identical, their data
+    /// not compared.
+    Dir {
+        path: PathBuf,
+        listed: bool,
+    },
     Entry(PathBuf),
     File(PathBuf),
     Linked,
 }
 
 impl<'a, P: Peer + 'static> Pass<'a, P> {
-    fn run(&mut self, peer: Arc<P>, source: u64, compare_all: bool) -> Result<(), ResyncError> {
+    fn run(&mut self, peer: Arc<P>, source: u64, scope: &Scope) -> Result<(), ResyncError> {
+        let compare_all = *scope == Scope::Everything;
         self.peer.ask(&Request::Begin { source })?;
         {
             let tree = self.tree;
@@ -306,9 +326,14 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             let log = self.link.log();
             // Changes the secondary failed before this resync are in it.
             self.link.settle();
-            let dirty = log.begin_pending();
+            let mut dirty = log.begin_pending();
             if compare_all || dirty.everything {
                 log.with_pending(|p, _| *p = Dirty::everything());
+            } else if let Scope::Regions(regions) = scope {
+                for region in regions {
+                    dirty.add_mark(region);
+                }
+                log.with_pending(|p, _| *p = dirty.clone());
             }
             self.recursive = compare_all || dirty.everything;
             log.with_pending(|p, _| {
@@ -335,7 +360,8 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             let order = tree.lock();
             let work = self.link.log().with_pending(|p, current| {
                 let work = if let Some(d) = p.dirs.pop_first() {
-                    Work::Dir(d)
+                    let listed = p.listed.remove(&d);
+                    Work::Dir { path: d, listed }
                 } else if let Some(e) = p.entries.pop_first() {
                     Work::Entry(e)
                 } else if let Some(f) = current.clone().or_else(|| p.files.keys().next().cloned()) {
@@ -354,7 +380,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
                 break;
             };
             match work {
-                Work::Dir(d) => self.dir(&d)?,
+                Work::Dir { path, listed } => self.dir(&path, listed)?,
                 Work::Entry(e) => self.entry(&e)?,
                 Work::File(f) => self.file_step(&f)?,
                 Work::Linked => self.linked()?,
@@ -431,7 +457,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
         })
     }
 
-    fn dir(&mut self, dir: &Path) -> Result<(), ResyncError> {
+    fn dir(&mut self, dir: &Path, listed: bool) -> Result<(), ResyncError> {
         let mut names: BTreeSet<OsString> = self
             .root()
             .list(dir)
@@ -444,7 +470,9 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             names.extend(theirs.into_iter().map(|n| OsString::from_vec(n.into_vec())));
         }
         let children: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
-        self.uncertain.extend(children.iter().cloned());
+        if !listed {
+            self.uncertain.extend(children.iter().cloned());
+        }
         self.link
             .log()
             .with_pending(|p, _| p.entries.extend(children));

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::activity::{self, ActivityError, ActivityLog};
 use crate::generation::write_atomically;
 use crate::op::{Ack, Change, Intent, Op, ReplicationError, Replicator};
 
@@ -58,6 +59,8 @@ pub enum TrackingError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Activity(#[from] ActivityError),
 }
 
 /// When the fine state is written to disk and the activity log emptied.
@@ -158,6 +161,11 @@ pub struct Dirty {
     pub entries: BTreeSet<PathBuf>,
     /// Directories whose every entry (both sides' listings) is compared.
     pub dirs: BTreeSet<PathBuf>,
+    /// Of `dirs`, those whose entries are made identical without comparing
+    /// their data (regions of a returning primary's activity log: its data
+    /// changes have regions of their own). Only in a resync's work list.
+    #[serde(skip)]
+    pub listed: BTreeSet<PathBuf>,
     pub moves: Vec<Move>,
     /// Tracked data lost its name (unlinked, replaced) while another hard
     /// link may still hold it: compare every multiply-linked file.
@@ -290,6 +298,7 @@ impl Dirty {
         };
         rekey(&mut self.entries);
         rekey(&mut self.dirs);
+        rekey(&mut self.listed);
     }
 
     /// Where `path` is after `op` (for a resynchronisation's item in
@@ -349,8 +358,8 @@ impl Dirty {
         }
     }
 
-    /// Merges what the activity log says (after a crash) into the state.
-    fn add_mark(&mut self, mark: &Mark) {
+    /// Merges what an activity log says (after a crash) into the state.
+    pub(crate) fn add_mark(&mut self, mark: &Mark) {
         match mark {
             Mark::Extent { path, index } => {
                 let per = EXTENT / BLOCK;
@@ -360,8 +369,24 @@ impl Dirty {
             }
             Mark::Tail { path, from } => self.file(path).blocks.insert(from / BLOCK, u64::MAX),
             Mark::Dir { path } => {
+                self.listed.remove(path);
                 self.dirs.insert(path.clone());
                 self.entries.insert(path.clone());
+            }
+            Mark::Listing { path } => {
+                if !self.dirs.contains(path) {
+                    self.listed.insert(path.clone());
+                }
+                self.dirs.insert(path.clone());
+                self.entries.insert(path.clone());
+            }
+            Mark::Moved { path } => {
+                // Whether the name bears the same file on both sides is
+                // unknown: compared (a directory entry by entry).
+                self.add_entry(path);
+                self.file(path).compare = true;
+                self.listed.remove(path);
+                self.dirs.insert(path.clone());
             }
         }
     }
@@ -493,9 +518,9 @@ fn parent(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new(""))
 }
 
-/// One record of the activity log: a coarse region that may differ.
+/// One record of an activity log: a coarse region that may differ.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-enum Mark {
+pub enum Mark {
     Extent {
         path: PathBuf,
         index: u64,
@@ -506,12 +531,60 @@ enum Mark {
         path: PathBuf,
         from: u64,
     },
+    /// A directory whose every entry is compared, regular files by
+    /// checksum (change tracking: a rename may have replaced one).
     Dir {
+        path: PathBuf,
+    },
+    /// A directory whose entries are made identical, data not compared
+    /// (the activity log while mirroring: data has regions of its own).
+    Listing {
+        path: PathBuf,
+    },
+    /// A name renamed or hard-linked (the activity log while mirroring):
+    /// compared by checksum, a directory entry by entry.
+    Moved {
         path: PathBuf,
     },
 }
 
 impl Mark {
+    pub fn path(&self) -> &Path {
+        match self {
+            Mark::Extent { path, .. }
+            | Mark::Tail { path, .. }
+            | Mark::Dir { path }
+            | Mark::Listing { path }
+            | Mark::Moved { path } => path,
+        }
+    }
+
+    /// The marks of the activity log kept while mirroring for an intent:
+    /// data by extent, an entry by its directory's listing, a move by
+    /// both names.
+    pub(crate) fn mirrored(intent: &Intent<'_>) -> Vec<Mark> {
+        match *intent {
+            Intent::Data { .. } => Mark::covering(intent),
+            Intent::Entry { path } => vec![Mark::Listing {
+                path: parent(path).to_path_buf(),
+            }],
+            Intent::Move { from, to } => vec![
+                Mark::Listing {
+                    path: parent(from).to_path_buf(),
+                },
+                Mark::Listing {
+                    path: parent(to).to_path_buf(),
+                },
+                Mark::Moved {
+                    path: from.to_path_buf(),
+                },
+                Mark::Moved {
+                    path: to.to_path_buf(),
+                },
+            ],
+        }
+    }
+
     /// The marks covering an intent.
     fn covering(intent: &Intent<'_>) -> Vec<Mark> {
         match *intent {
@@ -586,7 +659,7 @@ impl Inner {
                     path: parent(path).to_path_buf(),
                 })
             }
-            Mark::Dir { .. } => false,
+            Mark::Dir { .. } | Mark::Listing { .. } | Mark::Moved { .. } => false,
         }
     }
 }
@@ -596,6 +669,8 @@ impl Inner {
 pub struct ChangeLog {
     inner: Mutex<Inner>,
     config: TrackingConfig,
+    /// The regions changed while mirroring (see `activity.rs`).
+    activity: Mutex<ActivityLog>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -641,7 +716,32 @@ impl ChangeLog {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
-        let (mut dirty, recovery) = Self::recover(dir).map_err(io)?;
+        let (mut dirty, mut recovery) = Self::recover(dir).map_err(io)?;
+        // Regions changed while mirroring before a crash: the peer may
+        // lack them too (this node is the source if it is opening this).
+        let (activity, recorded) = ActivityLog::open(dir, activity::CAPACITY)?;
+        match (recorded, &mut recovery) {
+            (_, Recovery::Lost { .. }) => {}
+            (activity::Recorded::Lost(reason), _) => {
+                recovery = Recovery::Lost {
+                    reason: format!("activity log: {reason}"),
+                }
+            }
+            (activity::Recorded::Regions(regions), _) if !regions.is_empty() => {
+                for region in &regions {
+                    dirty.add_mark(region);
+                }
+                recovery = match recovery {
+                    Recovery::Recovered { marks } => Recovery::Recovered {
+                        marks: marks + regions.len(),
+                    },
+                    _ => Recovery::Recovered {
+                        marks: regions.len(),
+                    },
+                };
+            }
+            _ => {}
+        }
         if let Recovery::Lost { reason } = &recovery {
             tracing::warn!(
                 "change log in {} lost ({reason}): comparing everything",
@@ -671,6 +771,7 @@ impl ChangeLog {
             ChangeLog {
                 inner: Mutex::new(inner),
                 config,
+                activity: Mutex::new(activity),
             },
             recovery,
         ))
@@ -884,6 +985,35 @@ impl ChangeLog {
         let mut inner = lock(&self.inner);
         inner.pending = None;
         inner.current = None;
+    }
+
+    /// While mirroring, before a change is applied: its regions are in
+    /// the activity log, durably. `busy`: see [`ActivityLog::prepare`].
+    fn prepare_mirrored(
+        &self,
+        intent: &Intent<'_>,
+        busy: impl FnOnce() -> Option<HashSet<Mark>>,
+    ) -> Result<(), TrackingError> {
+        let marks = Mark::mirrored(intent);
+        Ok(lock(&self.activity).prepare(marks, busy)?)
+    }
+
+    /// A clean stop: everything mirrored was acknowledged or is in the
+    /// change log; the activity log is emptied.
+    pub fn clear_activity(&self) -> Result<(), TrackingError> {
+        Ok(lock(&self.activity).clear()?)
+    }
+
+    /// This copy holds changes the activity log does not cover (refused
+    /// when the primary role ended): it is lost for `reason`.
+    pub fn lose_activity(&self, reason: &str) -> Result<(), TrackingError> {
+        let dir = lock(&self.inner).dir.clone();
+        Ok(activity::lose(&dir, reason)?)
+    }
+
+    /// Size of the activity log kept while mirroring, in bytes.
+    pub fn activity_len(&self) -> u64 {
+        lock(&self.activity).len()
     }
 
     /// Size of the activity log in bytes (for tests and diagnostics).
@@ -1147,6 +1277,27 @@ impl Link {
         }
     }
 
+    /// The activity-log regions of mirrored changes the secondary may not
+    /// have applied; `None` when that is unknown (the peer does not number
+    /// its changes and some are in flight).
+    fn busy(&self, peer: &dyn Replicator) -> Option<HashSet<Mark>> {
+        let applied = peer.applied();
+        let mut window = lock(&self.0.unapplied);
+        match applied {
+            Some(applied) => window.applied(applied),
+            None if lock(&self.0.counters).in_flight > 0 => return None,
+            None => {}
+        }
+        Some(
+            window
+                .0
+                .iter()
+                .flat_map(|(_, touched)| touched.intents())
+                .flat_map(|intent| Mark::mirrored(&intent))
+                .collect(),
+        )
+    }
+
     /// A mirrored change was sent as number `seq`; the secondary has
     /// applied those below `applied`.
     fn sent(&self, seq: u64, applied: Option<u64>, change: &Change) {
@@ -1213,7 +1364,11 @@ impl Replicator for Link {
     fn prepare(&self, intent: &Intent<'_>) -> Result<(), ReplicationError> {
         let mode = lock(&self.0.mode).clone();
         match mode {
-            Mode::Mirror(_) => Ok(()),
+            Mode::Mirror(peer) => self
+                .0
+                .log
+                .prepare_mirrored(intent, || self.busy(peer.as_ref()))
+                .map_err(Self::tracking_error),
             Mode::Track | Mode::Forward(_) | Mode::Hold | Mode::Closed => {
                 self.0.log.prepare(intent).map_err(Self::tracking_error)
             }

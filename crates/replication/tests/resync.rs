@@ -110,7 +110,7 @@ impl Pair {
             link,
             peer,
             self.primary_gen.current,
-            false,
+            &holdfast_replication::Scope::Tracked,
             progress,
         )
         .unwrap()

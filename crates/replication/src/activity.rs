@@ -1,0 +1,468 @@
+//! The activity log kept while mirroring (DRBD's "activity log"): the
+//! regions where this primary may hold changes its secondary never
+//! acknowledged, durable before the first change to a region is applied.
+//!
+//! If the primary crashes while mirroring and its secondary takes over,
+//! the changes that were in flight exist only on the crashed node; when it
+//! returns, its new primary sends its own tracked changes *and* these
+//! regions ([`crate::Basis::ActivityLog`]), not the whole tree.
+//!
+//! # Regions
+//!
+//! [`Mark`]s: 4 MiB extents of a file (or a file's tail), directory
+//! listings (a create, unlink, attribute change of an entry: its
+//! directory's entries are made identical, without comparing data), and
+//! renamed or hard-linked names (compared by checksum). A region stays in
+//! the log while it is hot (least recently used first out), so a steady
+//! workload — fsync'd overwrites, a database — touches only regions
+//! already logged and writes nothing here; only a cold region costs a
+//! synced append before its change. Past [`CAPACITY`] regions, those whose
+//! changes the secondary has all applied are evicted (a quarter at once)
+//! and the file is rewritten atomically; regions with changes in flight
+//! are never evicted (the log then grows beyond the capacity).
+//!
+//! # Format
+//!
+//! `HFAM` + version (u32 LE), then records: length (u32 LE), a postcard
+//! [`Record`], the first 8 bytes of its SHA-256. An append torn by a crash
+//! (the last record, incomplete or failing its check) was never acted
+//! upon and is ignored; any other damage, an unknown version, a missing
+//! file, or a [`Record::Lost`] means the log is lost: the comparison then
+//! covers the whole tree.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::generation::write_atomically;
+use crate::op::is_relative_inside;
+use crate::tracking::Mark;
+
+/// File name of the activity log, in the change log's directory.
+pub const FILE: &str = "activity-mirror.log";
+const MAGIC: &[u8; 4] = b"HFAM";
+const VERSION: u32 = 1;
+/// Regions kept hot (DRBD's default `al-extents` is 1237 of 4 MiB).
+pub const CAPACITY: usize = 1024;
+/// The most regions a returning node's log may name (the capacity plus
+/// what had changes in flight): more is refused as damaged.
+pub const MAX_REGIONS: usize = 16 * CAPACITY;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Record {
+    /// Regions added to the log.
+    Regions(Vec<Mark>),
+    /// What this copy holds is not covered any more (changes refused when
+    /// the primary role ended).
+    Lost(String),
+}
+
+/// What a node's activity log says, as read at start or sent to the peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Recorded {
+    /// The regions that may hold changes the peer lacks.
+    Regions(Vec<Mark>),
+    /// They cannot be known: compare the whole tree.
+    Lost(String),
+}
+
+impl Recorded {
+    /// The regions, if the log is usable: at most [`MAX_REGIONS`], each
+    /// naming a path inside the replicated directory. The error says why
+    /// not (for the log line explaining the whole-tree comparison).
+    pub fn usable(&self) -> Result<&[Mark], String> {
+        let regions = match self {
+            Recorded::Lost(reason) => return Err(format!("activity log lost: {reason}")),
+            Recorded::Regions(r) => r,
+        };
+        if regions.len() > MAX_REGIONS {
+            return Err(format!(
+                "activity log refused: {} regions, more than {MAX_REGIONS}",
+                regions.len()
+            ));
+        }
+        if let Some(bad) = regions.iter().find(|m| !is_relative_inside(m.path())) {
+            return Err(format!(
+                "activity log refused: a region names {:?}, outside the directory",
+                bad.path()
+            ));
+        }
+        Ok(regions)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("activity log {path}: {source}")]
+pub struct ActivityError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn header() -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out
+}
+
+fn sealed(record: &Record) -> Vec<u8> {
+    let bytes = postcard::to_allocvec(record).expect("plain data serialises");
+    let mut out = Vec::with_capacity(bytes.len() + 12);
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&bytes);
+    out.extend_from_slice(&Sha256::digest(&bytes)[..8]);
+    out
+}
+
+/// Decodes a whole log file. Pure.
+fn parse(data: &[u8]) -> Recorded {
+    let lost = |why: String| Recorded::Lost(why);
+    if data.len() < 8 || &data[..4] != MAGIC {
+        return lost("not an activity log (bad header)".into());
+    }
+    let version = u32::from_le_bytes(data[4..8].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return lost(format!(
+            "activity log version {version}, expected {VERSION}"
+        ));
+    }
+    let mut regions = HashSet::new();
+    let mut rest = &data[8..];
+    while !rest.is_empty() {
+        let Some(len) = rest.get(..4) else {
+            break; // torn length
+        };
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let end = 4usize.saturating_add(len).saturating_add(8);
+        if rest.len() < end {
+            break; // the last append, torn
+        }
+        let (body, check) = (&rest[4..4 + len], &rest[4 + len..end]);
+        if Sha256::digest(body)[..8] != *check {
+            if rest.len() == end {
+                break; // the last append, torn
+            }
+            return lost(format!(
+                "damaged record at byte {}",
+                data.len() - rest.len()
+            ));
+        }
+        match postcard::from_bytes::<Record>(body) {
+            Ok(Record::Regions(r)) => regions.extend(r),
+            Ok(Record::Lost(reason)) => return lost(reason),
+            Err(e) => return lost(format!("undecodable record: {e}")),
+        }
+        rest = &rest[end..];
+    }
+    let mut regions: Vec<Mark> = regions.into_iter().collect();
+    regions.sort_by(|a, b| a.path().cmp(b.path()));
+    Recorded::Regions(regions)
+}
+
+/// Reads the activity log in `dir` (the change log's directory).
+pub fn load(dir: &Path) -> Recorded {
+    match std::fs::read(dir.join(FILE)) {
+        Ok(bytes) => parse(&bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Recorded::Lost("no activity log (never mirrored with one)".into())
+        }
+        Err(e) => Recorded::Lost(format!("cannot read it: {e}")),
+    }
+}
+
+/// Empties the log in `dir`: nothing this copy holds is missing on the
+/// peer (a clean stop, a completed resynchronisation into it).
+pub fn clear(dir: &Path) -> Result<(), ActivityError> {
+    replace(dir, &header())
+}
+
+/// Records that the log no longer covers what this copy holds.
+pub fn lose(dir: &Path, reason: &str) -> Result<(), ActivityError> {
+    let mut bytes = header();
+    bytes.extend(sealed(&Record::Lost(reason.into())));
+    replace(dir, &bytes)
+}
+
+fn replace(dir: &Path, bytes: &[u8]) -> Result<(), ActivityError> {
+    let path = dir.join(FILE);
+    std::fs::create_dir_all(dir)
+        .and_then(|()| write_atomically(&path, bytes))
+        .map_err(|source| ActivityError { path, source })
+}
+
+/// The open log of a primary: the hot regions, all on disk.
+#[derive(Debug)]
+pub(crate) struct ActivityLog {
+    dir: PathBuf,
+    file: File,
+    /// Region → when last used.
+    hot: HashMap<Mark, u64>,
+    tick: u64,
+    /// Regions written in the file (with repeats).
+    written: usize,
+    capacity: usize,
+}
+
+impl ActivityLog {
+    /// Opens the log in `dir`; returns what it held (for the change log to
+    /// merge: a primary that crashed while mirroring and starts again as
+    /// primary must send those regions too). Regions recovered stay hot.
+    pub(crate) fn open(dir: &Path, capacity: usize) -> Result<(Self, Recorded), ActivityError> {
+        let path = dir.join(FILE);
+        let err = |source| ActivityError {
+            path: path.clone(),
+            source,
+        };
+        let recorded = match std::fs::read(&path) {
+            Ok(bytes) => parse(&bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Recorded::Regions(Vec::new()),
+            Err(e) => return Err(err(e)),
+        };
+        let kept = match &recorded {
+            Recorded::Regions(r) => r.clone(),
+            // Its content is in the change log now (compared everything).
+            Recorded::Lost(_) => Vec::new(),
+        };
+        let mut log = ActivityLog {
+            dir: dir.to_path_buf(),
+            file: File::open("/dev/null").map_err(err)?,
+            hot: kept.into_iter().map(|m| (m, 0)).collect(),
+            tick: 0,
+            written: 0,
+            capacity,
+        };
+        log.rewrite().map_err(err)?;
+        Ok((log, recorded))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// Replaces the file with the hot regions, atomically.
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let mut bytes = header();
+        let mut regions: Vec<Mark> = self.hot.keys().cloned().collect();
+        regions.sort_by(|a, b| a.path().cmp(b.path()));
+        self.written = regions.len();
+        if !regions.is_empty() {
+            bytes.extend(sealed(&Record::Regions(regions)));
+        }
+        write_atomically(&self.path(), &bytes)?;
+        self.file = OpenOptions::new().append(true).open(self.path())?;
+        Ok(())
+    }
+
+    /// Before a mirrored change is applied: its regions are on disk when
+    /// this returns. `busy` gives the regions with changes the secondary
+    /// may not have applied (`None`: unknown, evict nothing); it is asked
+    /// only when regions must be evicted.
+    pub(crate) fn prepare(
+        &mut self,
+        marks: Vec<Mark>,
+        busy: impl FnOnce() -> Option<HashSet<Mark>>,
+    ) -> Result<(), ActivityError> {
+        self.tick += 1;
+        let mut new = Vec::new();
+        for m in marks {
+            match self.hot.get_mut(&m) {
+                Some(t) => *t = self.tick,
+                None if !new.contains(&m) => new.push(m),
+                None => {}
+            }
+        }
+        if new.is_empty() {
+            return Ok(());
+        }
+        let path = self.path();
+        let err = |source| ActivityError { path, source };
+        if self.hot.len() + new.len() > self.capacity {
+            if let Some(busy) = busy() {
+                let mut idle: Vec<(u64, Mark)> = self
+                    .hot
+                    .iter()
+                    // Neither busy nor touched by this very change.
+                    .filter(|(m, t)| **t != self.tick && !busy.contains(m))
+                    .map(|(m, t)| (*t, m.clone()))
+                    .collect();
+                idle.sort_by_key(|(t, _)| *t);
+                let target = (self.capacity * 3 / 4).saturating_sub(new.len());
+                let excess = self.hot.len().saturating_sub(target);
+                for (_, m) in idle.into_iter().take(excess) {
+                    self.hot.remove(&m);
+                }
+            }
+            self.add(new);
+            return self.rewrite().map_err(err);
+        }
+        if self.written + new.len() > 2 * self.capacity {
+            self.add(new);
+            return self.rewrite().map_err(err);
+        }
+        let bytes = sealed(&Record::Regions(new.clone()));
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .map_err(err)?;
+        self.written += new.len();
+        self.add(new);
+        Ok(())
+    }
+
+    fn add(&mut self, new: Vec<Mark>) {
+        for m in new {
+            self.hot.insert(m, self.tick);
+        }
+    }
+
+    /// Empties the log (clean stop).
+    pub(crate) fn clear(&mut self) -> Result<(), ActivityError> {
+        self.hot.clear();
+        let path = self.path();
+        self.rewrite()
+            .map_err(|source| ActivityError { path, source })
+    }
+
+    /// Bytes in the file (for tests and diagnostics).
+    pub(crate) fn len(&self) -> u64 {
+        self.file.metadata().map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[cfg(test)]
+    fn hot(&self) -> usize {
+        self.hot.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extent(path: &str, index: u64) -> Mark {
+        Mark::Extent {
+            path: path.into(),
+            index,
+        }
+    }
+
+    fn regions(r: Recorded) -> Vec<Mark> {
+        match r {
+            Recorded::Regions(r) => r,
+            Recorded::Lost(why) => panic!("lost: {why}"),
+        }
+    }
+
+    #[test]
+    fn hot_regions_are_logged_once_and_survive_a_crash() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (mut log, recorded) = ActivityLog::open(tmp.path(), 8).unwrap();
+            assert_eq!(recorded, Recorded::Regions(vec![]));
+            let empty = log.len();
+            log.prepare(vec![extent("f", 0)], || None).unwrap();
+            let one = log.len();
+            assert!(one > empty);
+            // Hot: nothing written.
+            log.prepare(vec![extent("f", 0)], || panic!("no eviction"))
+                .unwrap();
+            assert_eq!(log.len(), one);
+            log.prepare(vec![Mark::Listing { path: "d".into() }], || None)
+                .unwrap();
+            // Dropped without clearing: a crash.
+        }
+        let mut got = regions(load(tmp.path()));
+        got.sort_by(|a, b| a.path().cmp(b.path()));
+        assert_eq!(
+            got,
+            vec![Mark::Listing { path: "d".into() }, extent("f", 0)]
+        );
+        // Reopened: they stay, on disk too.
+        let (mut log, recorded) = ActivityLog::open(tmp.path(), 8).unwrap();
+        assert_eq!(regions(recorded).len(), 2);
+        assert_eq!(regions(load(tmp.path())).len(), 2);
+        log.clear().unwrap();
+        assert_eq!(regions(load(tmp.path())), vec![]);
+    }
+
+    #[test]
+    fn cold_regions_evict_idle_ones_never_busy_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = ActivityLog::open(tmp.path(), 8).unwrap();
+        for i in 0..8 {
+            log.prepare(vec![extent("f", i)], || None).unwrap();
+        }
+        // Unknown what is busy: nothing evicted, the log grows.
+        log.prepare(vec![extent("f", 8)], || None).unwrap();
+        assert_eq!(log.hot(), 9);
+        // Extent 0 (the oldest) has a change in flight: it stays.
+        let busy: HashSet<Mark> = [extent("f", 0)].into();
+        log.prepare(vec![extent("f", 9)], || Some(busy)).unwrap();
+        assert_eq!(log.hot(), 6);
+        let on_disk = regions(load(tmp.path()));
+        assert_eq!(on_disk.len(), 6);
+        assert!(on_disk.contains(&extent("f", 0)));
+        assert!(on_disk.contains(&extent("f", 9)));
+        assert!(!on_disk.contains(&extent("f", 1)), "idle and oldest");
+        // The file stays bounded under a stream of cold regions.
+        for i in 10..200 {
+            log.prepare(vec![extent("g", i)], || Some(HashSet::new()))
+                .unwrap();
+        }
+        assert!(log.hot() <= 8);
+        assert!(regions(load(tmp.path())).len() <= 8);
+        assert!(log.len() < 2 * 8 * 64 + 64, "{}", log.len());
+    }
+
+    #[test]
+    fn a_torn_last_append_is_ignored_other_damage_loses_the_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (mut log, _) = ActivityLog::open(tmp.path(), 8).unwrap();
+            log.prepare(vec![extent("f", 0)], || None).unwrap();
+            log.prepare(vec![extent("f", 1)], || None).unwrap();
+        }
+        let path = tmp.path().join(FILE);
+        let good = std::fs::read(&path).unwrap();
+        // Torn append: a partial record at the end.
+        let mut torn = good.clone();
+        torn.extend_from_slice(&[40, 0, 0, 0, 1, 2, 3]);
+        assert_eq!(regions(parse(&torn)).len(), 2);
+        // The last record failing its check: torn too (its change never ran).
+        let mut last = good.clone();
+        let n = last.len();
+        last[n - 1] ^= 1;
+        assert_eq!(regions(parse(&last)).len(), 1);
+        // A damaged record followed by another: lost.
+        let mut middle = good.clone();
+        middle[8 + 5] ^= 0xff;
+        assert!(matches!(parse(&middle), Recorded::Lost(w) if w.contains("damaged")));
+        // Unknown version, foreign file, missing file: lost, and why.
+        let mut version = good.clone();
+        version[4] = 9;
+        assert!(matches!(parse(&version), Recorded::Lost(w) if w.contains("version 9")));
+        assert!(matches!(parse(b"garbage!"), Recorded::Lost(w) if w.contains("header")));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(load(tmp.path()), Recorded::Lost(w) if w.contains("no activity log")));
+        lose(tmp.path(), "changes refused").unwrap();
+        assert_eq!(load(tmp.path()), Recorded::Lost("changes refused".into()));
+    }
+
+    #[test]
+    fn only_bounded_logs_inside_the_directory_are_usable() {
+        let ok = Recorded::Regions(vec![extent("a/f", 0)]);
+        assert_eq!(ok.usable().unwrap().len(), 1);
+        let outside = Recorded::Regions(vec![extent("../etc/passwd", 0)]);
+        assert!(outside.usable().unwrap_err().contains("outside"));
+        let huge = Recorded::Regions(
+            (0..MAX_REGIONS as u64 + 1)
+                .map(|i| extent("f", i))
+                .collect(),
+        );
+        assert!(huge.usable().unwrap_err().contains("more than"));
+        let lost = Recorded::Lost("damaged record at byte 12".into());
+        assert!(lost.usable().unwrap_err().contains("damaged record"));
+    }
+}
