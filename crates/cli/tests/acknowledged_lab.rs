@@ -12,14 +12,10 @@
 //! `HOLDFAST_ACK_TRIALS` sets the number of trials per fault (default 20);
 //! each run prints its seed, `HOLDFAST_ACK_SEED` replays one.
 
-use std::io::BufRead;
-use std::os::unix::fs::FileExt;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use holdfast_lab::cluster::{replicating, settled, MirrorLab, MirrorOptions};
+use holdfast_lab::records::{Appenders, Records};
 use holdfast_lab::wait_until;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -52,80 +48,13 @@ fn env_number(name: &str) -> Option<u64> {
     })
 }
 
-/// Records acknowledged to the writers, each with when the test read it.
-struct Writers {
-    child: Child,
-    seen: Arc<Mutex<Vec<(Instant, usize, u64)>>>,
-    reader: JoinHandle<()>,
-}
-
-impl Writers {
-    fn start(cluster: &MirrorLab, host: &str, writers: usize) -> Writers {
-        let mut child = cluster
-            .lab
-            .command(host, EXE)
-            .expect("host")
-            .args(["lab", "append-records", "--dir", DATA, "--size"])
-            .arg(SIZE.to_string())
-            .arg("--writers")
-            .arg(writers.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("writers start");
-        let stdout = child.stdout.take().expect("piped");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let mut fields = line.split(' ').map(|f| f.parse::<u64>());
-                if let (Some(Ok(w)), Some(Ok(n))) = (fields.next(), fields.next()) {
-                    sink.lock().unwrap().push((Instant::now(), w as usize, n));
-                }
-            }
-        });
-        Writers {
-            child,
-            seen,
-            reader,
-        }
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// After the writers were killed: the records read before `before`
-    /// (all of them without a bound).
-    fn acknowledged(mut self, before: Option<Instant>) -> Vec<(usize, u64)> {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reader.join().expect("reader");
-        let seen = self.seen.lock().unwrap();
-        seen.iter()
-            .filter(|(t, _, _)| before.is_none_or(|b| *t < b))
-            .map(|&(_, w, n)| (w, n))
-            .collect()
-    }
+fn start_writers(cluster: &MirrorLab, host: &str, writers: usize) -> Appenders {
+    Appenders::start(cluster, host, DATA, writers, SIZE).expect("writers start")
 }
 
 /// The acknowledged records missing from `host`'s real directory.
-fn missing(cluster: &MirrorLab, host: &str, records: &[(usize, u64)]) -> Vec<String> {
-    let dir = cluster.host_path(host, DATA).expect("host dir");
-    let mut missing = Vec::new();
-    for &(w, n) in records {
-        let mut buf = vec![0u8; SIZE as usize];
-        let expected = format!("w{w} r{n} ");
-        let ok = std::fs::File::open(dir.join(format!("records-{w}")))
-            .and_then(|f| f.read_exact_at(&mut buf, n * SIZE))
-            .is_ok_and(|()| buf.starts_with(expected.as_bytes()) && buf.ends_with(b".\n"));
-        if !ok {
-            missing.push(format!("writer {w} record {n}"));
-        }
-    }
-    missing
+fn missing(cluster: &MirrorLab, host: &str, records: &Records) -> Vec<String> {
+    records.missing(cluster, host).expect("host dir")
 }
 
 fn by_host<'a>(
@@ -192,7 +121,7 @@ fn trials(fault: Fault) {
     for trial in 0..count {
         wait_mirroring(&cluster, prim, second);
         let writers = if trial % 2 == 0 { 1 } else { 8 };
-        let running = Writers::start(&cluster, prim, writers);
+        let running = start_writers(&cluster, prim, writers);
         assert!(
             wait_until(SETTLE, Duration::from_millis(5), || running.count() > 0),
             "trial {trial}: the writers on {prim} make progress"

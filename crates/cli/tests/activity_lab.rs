@@ -9,14 +9,10 @@
 //! each way); each run prints its seed, `HOLDFAST_ACTIVITY_SEED` replays
 //! one (the moment of the kill).
 
-use std::io::BufRead;
-use std::os::unix::fs::FileExt;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, ResyncLine};
+use holdfast_lab::records::{Appenders, Records};
 use holdfast_lab::wait_until;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -62,83 +58,18 @@ fn sh(cluster: &MirrorLab, host: &str, script: &str) {
     assert!(out.status.success(), "{script} on {host}: {out:?}");
 }
 
-/// Writers appending records with fsync in `dir` on `host`, each
-/// acknowledged record read back from their output.
-struct Writers {
-    child: Child,
-    seen: Arc<Mutex<Vec<(usize, u64)>>>,
-    reader: JoinHandle<()>,
-    dir: String,
+/// Writers appending records with fsync in `dir` on `host`, once they
+/// made progress.
+fn writers(cluster: &MirrorLab, host: &str, dir: &str) -> Appenders {
+    sh(cluster, host, &format!("mkdir -p {dir}"));
+    let running = Appenders::start(cluster, host, dir, WRITERS, SIZE).expect("writers start");
+    let progress = wait_until(SETTLE, Duration::from_millis(5), || running.count() > 20);
+    assert!(progress, "the writers on {host} make progress");
+    running
 }
 
-impl Writers {
-    fn start(cluster: &MirrorLab, host: &str, dir: &str) -> Writers {
-        sh(cluster, host, &format!("mkdir -p {dir}"));
-        let mut child = cluster
-            .lab
-            .command(host, EXE)
-            .expect("host")
-            .args(["lab", "append-records", "--dir", dir, "--size"])
-            .arg(SIZE.to_string())
-            .arg("--writers")
-            .arg(WRITERS.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("writers start");
-        let stdout = child.stdout.take().expect("piped");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let reader = std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let mut fields = line.split(' ').map(|f| f.parse::<u64>());
-                if let (Some(Ok(w)), Some(Ok(n))) = (fields.next(), fields.next()) {
-                    sink.lock().unwrap().push((w as usize, n));
-                }
-            }
-        });
-        let running = Writers {
-            child,
-            seen,
-            reader,
-            dir: dir.into(),
-        };
-        let progress = wait_until(SETTLE, Duration::from_millis(5), || running.count() > 20);
-        assert!(progress, "the writers on {host} make progress");
-        running
-    }
-
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// Stops them (if their host was not killed already): what was
-    /// acknowledged.
-    fn acknowledged(mut self) -> (String, Vec<(usize, u64)>) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.reader.join().expect("reader");
-        let seen = self.seen.lock().unwrap().clone();
-        (self.dir, seen)
-    }
-}
-
-/// The acknowledged records missing from `host`'s real directory.
-fn missing(cluster: &MirrorLab, host: &str, dir: &str, records: &[(usize, u64)]) -> usize {
-    let dir = cluster.host_path(host, dir).expect("host dir");
-    records
-        .iter()
-        .filter(|&&(w, n)| {
-            let mut buf = vec![0u8; SIZE as usize];
-            let expected = format!("w{w} r{n} ");
-            let ok = std::fs::File::open(dir.join(format!("records-{w}")))
-                .and_then(|f| f.read_exact_at(&mut buf, n * SIZE))
-                .is_ok_and(|()| buf.starts_with(expected.as_bytes()) && buf.ends_with(b".\n"));
-            !ok
-        })
-        .count()
+fn missing(cluster: &MirrorLab, host: &str, records: &Records) -> usize {
+    records.missing(cluster, host).expect("host dir").len()
 }
 
 fn mirroring(cluster: &MirrorLab, prim: &str) {
@@ -153,28 +84,6 @@ fn identical(cluster: &MirrorLab) {
         digest("node1") == digest("node2")
     });
     assert!(same, "trees identical\n{}", logs(cluster));
-}
-
-/// The last resynchronisation `host` logged: how (the words in
-/// parentheses), the bytes sent and the blocks compared.
-fn last_resync(cluster: &MirrorLab, host: &str) -> (String, u64, u64) {
-    let log = cluster.module_log(host);
-    let how = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split("to the secondary (").nth(1))
-        .map(|rest| rest.trim_end_matches(')').to_string())
-        .unwrap_or_default();
-    let (sent, compared) = log
-        .lines()
-        .rev()
-        .find_map(|l| {
-            let rest = l.split("resynchronised (").nth(1)?;
-            let words: Vec<&str> = rest.split(' ').collect();
-            Some((words.first()?.parse().ok()?, words.get(3)?.parse().ok()?))
-        })
-        .unwrap_or((u64::MAX, u64::MAX));
-    (how, sent, compared)
 }
 
 #[test]
@@ -211,11 +120,10 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
     mirroring(&cluster, prim);
     identical(&cluster);
     for trial in 0..trials {
-        let dir = format!("{DATA}/t{trial}");
-        let writers = Writers::start(&cluster, prim, &dir);
+        let running = writers(&cluster, prim, &format!("{DATA}/t{trial}"));
         std::thread::sleep(Duration::from_millis(rng.gen_range(100..800)));
         cluster.kill(prim).expect("kill -9 the primary host");
-        let (dir, before) = writers.acknowledged();
+        let before = running.acknowledged(None);
         let took_over = cluster.wait_states(SETTLE, |a, b| {
             settled(if second == "node1" { a } else { b }, "ALONE")
         });
@@ -223,19 +131,29 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
             panic!("trial {trial}: {e}\n{}", logs(&cluster));
         }
         assert_eq!(
-            missing(&cluster, second, &dir, &before),
+            missing(&cluster, second, &before),
             0,
             "trial {trial}: acknowledged records missing on the new primary {second}"
         );
         // The new primary keeps writing, during the return too.
-        let after = Writers::start(&cluster, second, &format!("{DATA}/a{trial}"));
+        let running = writers(&cluster, second, &format!("{DATA}/a{trial}"));
         cluster
             .start_daemon(prim)
             .expect("the old primary restarts");
         mirroring(&cluster, second);
-        let (after_dir, after) = after.acknowledged();
+        let after = running.acknowledged(None);
         identical(&cluster);
-        let (how, sent, compared) = last_resync(&cluster, second);
+        let Some(ResyncLine {
+            how,
+            sent,
+            compared,
+        }) = cluster.last_resync(second)
+        else {
+            panic!(
+                "trial {trial}: no resynchronisation logged\n{}",
+                logs(&cluster)
+            );
+        };
         eprintln!(
             "trial {trial}: {} records acknowledged before the kill, {} after; resync ({how}): {sent} B sent, {compared} blocks compared",
             before.len(),
@@ -252,8 +170,10 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
             .and_then(|r| r.split(' ').next()?.parse().ok())
             .unwrap_or(0);
         assert!(regions >= 1, "{how}");
-        // What travelled: the records (written before and after the kill)
-        // — far less than the tree. Nothing compared whole.
+        // What was compared: the files appended to while mirroring (their
+        // logged extents, up to their ends); what travelled: the records
+        // written after the kill and those in flight at it — both far less
+        // than the tree.
         let records = (hot_records + before.len() + after.len() + 4 * WRITERS) as u64 * SIZE;
         let bound = 2 * records + (64 << 10);
         assert!(
@@ -261,18 +181,20 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
             "trial {trial}: sent {sent} B, at most {bound} B (tree {BULK} B)\n{}",
             logs(&cluster)
         );
-        assert_eq!(compared, 0, "trial {trial}: {}", logs(&cluster));
-        for (host, dir, records) in [
-            (second, &dir, &before),
-            (prim, &dir, &before),
-            (second, &after_dir, &after),
-            (prim, &after_dir, &after),
-        ] {
-            assert_eq!(
-                missing(&cluster, host, dir, records),
-                0,
-                "trial {trial}: acknowledged records of {dir} missing on {host}"
-            );
+        assert!(
+            compared >= 1 && compared * 4096 <= bound && compared * 4096 < BULK / 4,
+            "trial {trial}: {compared} blocks compared, at most {bound} B (tree {BULK} B)\n{}",
+            logs(&cluster)
+        );
+        for host in [prim, second] {
+            for records in [&before, &after] {
+                assert_eq!(
+                    missing(&cluster, host, records),
+                    0,
+                    "trial {trial}: acknowledged records of {} missing on {host}",
+                    records.dir
+                );
+            }
         }
         hot_records = after.len();
         (prim, second) = (second, prim);

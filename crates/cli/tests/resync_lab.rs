@@ -148,22 +148,12 @@ fn write_alone(cluster: &MirrorLab) {
 }
 
 /// The last resynchronisation the primary logged: how it went about it
-/// (the words in parentheses) and the bytes it sent.
+/// and the bytes it sent.
 fn last_resync(cluster: &MirrorLab) -> (String, u64) {
-    let log = cluster.module_log(PRIM);
-    let how = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split("to the secondary (").nth(1))
-        .map(|rest| rest.trim_end_matches(')').to_string())
-        .unwrap_or_default();
-    let sent = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split("resynchronised (").nth(1))
-        .and_then(|rest| rest.split(' ').next()?.parse().ok())
-        .unwrap_or(0);
-    (how, sent)
+    cluster
+        .last_resync(PRIM)
+        .map(|r| (r.how, r.sent))
+        .unwrap_or_default()
 }
 
 /// The secondary came back: mirroring, identical, and what was sent.

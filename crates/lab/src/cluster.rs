@@ -138,6 +138,18 @@ pub fn settled(state: &Option<NodeState>, name: &str) -> bool {
         .is_some_and(|s| s.state == name && !s.transient)
 }
 
+/// What a primary logged of a resynchronisation ([`MirrorLab::last_resync`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncLine {
+    /// "tracked changes", "tracked changes and the secondary's activity
+    /// log: N regions", "comparing checksums: why".
+    pub how: String,
+    /// Data bytes sent.
+    pub sent: u64,
+    /// Blocks compared by checksum.
+    pub compared: u64,
+}
+
 /// Two hosts (node1, node2) and a client running a mirror module.
 #[derive(Debug)]
 pub struct MirrorLab {
@@ -300,6 +312,11 @@ impl MirrorLab {
             .map_err(|e| LabError::io(format!("starting holdfast {} on {host}", args[0]), e))?;
         self.daemons.push((host.to_string(), child));
         Ok(log_path)
+    }
+
+    /// The `holdfast` executable the hosts run.
+    pub fn exe(&self) -> &Path {
+        &self.exe
     }
 
     /// Starts `host`'s daemon and waits until its API answers.
@@ -572,6 +589,31 @@ impl MirrorLab {
     /// underneath.
     pub fn host_path(&self, host: &str, path: &str) -> Result<PathBuf> {
         Ok(self.lab.host_dir(host)?.join(path.trim_start_matches('/')))
+    }
+
+    /// The last resynchronisation `host` logged as a primary, once ended:
+    /// how it went about it (the words in parentheses of its
+    /// "resynchronising" line), and the figures of its "resynchronised" line.
+    pub fn last_resync(&self, host: &str) -> Option<ResyncLine> {
+        let log = self.module_log(host);
+        let how = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split("to the secondary (").nth(1))?
+            .trim_end_matches(')')
+            .to_string();
+        let words: Vec<u64> = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split("resynchronised (").nth(1))?
+            .split(' ')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        Some(ResyncLine {
+            how,
+            sent: *words.first()?,
+            compared: *words.get(1)?,
+        })
     }
 
     /// Runs `script` with `sh -c` on `host` (in its namespaces).

@@ -31,6 +31,7 @@ mod handle;
 mod lab;
 mod mounts;
 mod netns;
+pub mod records;
 mod registry;
 
 pub use cleanup::{attach, clean_stale, list_labs};

@@ -551,7 +551,15 @@ impl Root {
     }
 
     /// SHA-256 of each `block`-sized block of the regular file `rel`.
-    pub fn hashes(&self, rel: &Path, block: u64) -> Result<Vec<[u8; 32]>, Errno> {
+    /// SHA-256 of each `block`-sized block of `rel` from `offset`, up to
+    /// `len` bytes or its end.
+    pub fn hashes(
+        &self,
+        rel: &Path,
+        block: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<[u8; 32]>, Errno> {
         use sha2::Digest;
         let fd = match self.open(rel, OFlags::RDONLY) {
             Ok(fd) => fd,
@@ -560,11 +568,15 @@ impl Root {
         };
         let mut out = Vec::new();
         let mut buf = vec![0u8; block as usize];
-        let mut offset = 0u64;
-        loop {
+        let end = offset.saturating_add(len);
+        let mut offset = offset;
+        while offset < end {
+            let want = buf
+                .len()
+                .min((end - offset).try_into().unwrap_or(usize::MAX));
             let mut done = 0;
-            while done < buf.len() {
-                match rustix::io::pread(&fd, &mut buf[done..], offset + done as u64) {
+            while done < want {
+                match rustix::io::pread(&fd, &mut buf[done..want], offset + done as u64) {
                     Ok(0) => break,
                     Ok(n) => done += n,
                     Err(Errno::INTR) => {}
@@ -572,11 +584,12 @@ impl Root {
                 }
             }
             if done == 0 {
-                return Ok(out);
+                break;
             }
             out.push(sha2::Sha256::digest(&buf[..done]).into());
             offset += done as u64;
         }
+        Ok(out)
     }
 
     /// Replays renames and hard links; returns how many did not apply.

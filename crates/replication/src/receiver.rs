@@ -543,14 +543,19 @@ impl Receiver {
                         .collect(),
                 ))
             }
-            Request::Hashes { path, block } => {
+            Request::Hashes {
+                path,
+                block,
+                offset,
+                len,
+            } => {
                 checked(path)?;
                 if !(4096..=(16 << 20)).contains(block) {
                     return Err(failed("hash", path, rustix::io::Errno::INVAL));
                 }
                 let hashes = self
                     .root
-                    .hashes(path, *block)
+                    .hashes(path, *block, *offset, *len)
                     .map_err(|e| failed("hash", path, e))?;
                 Ok(Answer::Hashes(hashes))
             }

@@ -86,8 +86,14 @@ pub enum Request {
     Ensure { path: PathBuf, state: EntryState },
     /// Names in a directory (none if it does not exist).
     List { path: PathBuf },
-    /// SHA-256 of each `block`-sized block of a regular file.
-    Hashes { path: PathBuf, block: u64 },
+    /// SHA-256 of each `block`-sized block of a regular file, from
+    /// `offset` up to `len` bytes or its end.
+    Hashes {
+        path: PathBuf,
+        block: u64,
+        offset: u64,
+        len: u64,
+    },
     /// All sent: sync, and take generation `source`.
     End { source: u64 },
     /// This copy's recorded generations (asked at connection, before
@@ -237,8 +243,9 @@ pub enum Scope {
     /// The change log covers every difference.
     Tracked,
     /// And these regions of the target's activity log (it was a primary
-    /// that stopped uncleanly while mirroring): extents are sent, listed
-    /// directories' entries made identical, moved names compared.
+    /// that stopped uncleanly while mirroring): extents are compared by
+    /// 4 KiB checksums (differing blocks sent), listed directories'
+    /// entries made identical, moved names compared whole.
     Regions(Vec<Mark>),
     /// Nothing is trusted: every file is compared by checksum.
     Everything,
@@ -331,7 +338,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
                 log.with_pending(|p, _| *p = Dirty::everything());
             } else if let Scope::Regions(regions) = scope {
                 for region in regions {
-                    dirty.add_mark(region);
+                    dirty.add_region(region);
                 }
                 log.with_pending(|p, _| *p = dirty.clone());
             }
@@ -429,10 +436,11 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
                 .stat(path)
                 .map(|st| st.st_size as u64)
                 .unwrap_or(0);
+            let end = size.div_ceil(BLOCK);
             total += if f.compare {
                 size
             } else {
-                f.blocks.blocks_below(size.div_ceil(BLOCK)) * BLOCK
+                (f.blocks.blocks_below(end) + f.check.blocks_below(end)) * BLOCK
             };
         }
         self.progress.add_total(total);
@@ -556,10 +564,10 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             }
         };
         let size = st.st_size as u64;
-        let Some(Some(compare)) = self
+        let Some(Some((compare, check))) = self
             .link
             .log()
-            .with_pending(|p, _| p.files.get(path).map(|f| f.compare))
+            .with_pending(|p, _| p.files.get(path).map(|f| (f.compare, !f.check.is_empty())))
         else {
             self.finish_file(path);
             return Ok(());
@@ -568,13 +576,19 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
         self.send_change(size_change(path, size))?;
         if compare {
             self.compare_file(path, size)?;
+        } else if check {
+            self.check_regions(path, size)?;
         } else {
             self.tracked_blocks(path, size)?;
         }
         let more = self
             .link
             .log()
-            .with_pending(|p, _| p.files.get(path).is_some_and(|f| !f.blocks.is_empty()))
+            .with_pending(|p, _| {
+                p.files
+                    .get(path)
+                    .is_some_and(|f| !f.blocks.is_empty() || !f.check.is_empty())
+            })
             .unwrap_or(false);
         if !more {
             let mtime = mtime_of(
@@ -669,15 +683,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
 
     /// Compares the whole file with the peer's block checksums (one step).
     fn compare_file(&mut self, path: &Path, size: u64) -> Result<(), ResyncError> {
-        let theirs = match self.peer.ask(&Request::Hashes {
-            path: path.to_path_buf(),
-            block: COMPARE_BLOCK,
-        })? {
-            Answer::Hashes(h) => h,
-            other => {
-                return Err(ReplicationError::UnexpectedAnswer(format!("{other:?}")).into());
-            }
-        };
+        let theirs = self.hashes(path, COMPARE_BLOCK, 0, u64::MAX)?;
         // The differing blocks become tracked ones, read and sent step by
         // step at their then current state. (The comparison itself holds
         // the lock for the whole file: a live write waits for it.)
@@ -704,8 +710,68 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
                 // that turned out equal need not travel.
                 f.compare = false;
                 f.blocks = Default::default();
+                f.check = Default::default();
                 for o in differing {
                     f.blocks.insert(o / BLOCK, o / BLOCK + per);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// The peer's checksums of `len` bytes of `path` from `offset`.
+    fn hashes(
+        &self,
+        path: &Path,
+        block: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<[u8; 32]>, ResyncError> {
+        match self.peer.ask(&Request::Hashes {
+            path: path.to_path_buf(),
+            block,
+            offset,
+            len,
+        })? {
+            Answer::Hashes(h) => Ok(h),
+            other => Err(ReplicationError::UnexpectedAnswer(format!("{other:?}")).into()),
+        }
+    }
+
+    /// One step of the regions of `path` to check (a returning primary's
+    /// activity log): compared by 4 KiB checksums, the differing blocks
+    /// become tracked ones, read and sent at their then current state.
+    fn check_regions(&mut self, path: &Path, size: u64) -> Result<(), ResyncError> {
+        let end_block = size.div_ceil(BLOCK);
+        let run = self.link.log().with_pending(|p, _| {
+            let f = p.files.get_mut(path)?;
+            let run = f.check.pop_front(STEP / BLOCK)?;
+            if run.0 >= end_block {
+                // Past the end of the file here: its size was sent.
+                f.check = Default::default();
+                return None;
+            }
+            Some(run)
+        });
+        let Some(Some((start, end))) = run else {
+            return Ok(());
+        };
+        let end = end.min(end_block);
+        let (offset, len) = (start * BLOCK, (end - start) * BLOCK);
+        let theirs = self.hashes(path, BLOCK, offset, len)?;
+        let data = self.read(path, offset, len)?;
+        let differing: Vec<u64> = data
+            .chunks(BLOCK as usize)
+            .enumerate()
+            .filter(|(i, chunk)| theirs.get(*i) != Some(&<[u8; 32]>::from(Sha256::digest(chunk))))
+            .map(|(i, _)| start + i as u64)
+            .collect();
+        self.stats.blocks_compared += end - start;
+        self.progress.add_done(len);
+        self.link.log().with_pending(|p, _| {
+            if let Some(f) = p.files.get_mut(path) {
+                for b in differing {
+                    f.blocks.insert(b, b + 1);
                 }
             }
         });

@@ -142,6 +142,10 @@ pub struct FileDirty {
     /// Created while tracking and never hard-linked: no other name can
     /// hold its data.
     pub fresh: bool,
+    /// Blocks to compare by checksum, those differing then sent (regions
+    /// of a returning primary's activity log). Only in a resync's work list.
+    #[serde(skip)]
+    pub check: Ranges,
 }
 
 /// A rename or hard link made while tracking, replayed on the peer first.
@@ -355,6 +359,19 @@ impl Dirty {
                 // Listing a file finds nothing on either side: harmless.
                 self.dirs.insert(name.clone());
             }
+        }
+    }
+
+    /// Merges a region of a returning primary's activity log into a
+    /// resync's work list: its data is compared by checksum, not sent.
+    pub(crate) fn add_region(&mut self, mark: &Mark) {
+        let per = EXTENT / BLOCK;
+        match mark {
+            Mark::Extent { path, index } => {
+                self.file(path).check.insert(index * per, (index + 1) * per)
+            }
+            Mark::Tail { path, from } => self.file(path).check.insert(from / BLOCK, u64::MAX),
+            other => self.add_mark(other),
         }
     }
 
