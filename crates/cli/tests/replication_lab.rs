@@ -495,3 +495,44 @@ fn a_copy_whose_resynchronisation_was_cut_short_is_never_promoted() {
         "trees identical after the resync completes"
     );
 }
+
+/// What the configuration excludes (SafeKit's `<notreplicated>`) stays on
+/// the primary; the rest is mirrored; a hard link across the boundary is
+/// refused as between two file systems.
+#[test]
+fn excluded_paths_stay_on_the_primary() {
+    let options = MirrorOptions {
+        tail: format!(
+            "\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\nexclude = [\"logs\"]\nexclude_names = ['\\.tmp$']\n"
+        ),
+        ..MirrorOptions::default()
+    };
+    let (cluster, prim, second) =
+        MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair");
+    let out = sh(
+        &cluster,
+        prim,
+        &format!(
+            "mkdir {DATA}/logs && echo x > {DATA}/logs/app.log && echo t > {DATA}/scratch.tmp && echo kept > {DATA}/kept && sync"
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = sh(&cluster, prim, &format!("ln {DATA}/kept {DATA}/logs/kept"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cross-device"),
+        "a link across the boundary is refused: {out:?}"
+    );
+    assert!(
+        wait_until(SETTLE, Duration::from_millis(50), || {
+            std::fs::read(real(&cluster, second).join("kept")).ok() == Some(b"kept\n".to_vec())
+        }),
+        "the rest is mirrored"
+    );
+    let on_second = tree(&real(&cluster, second));
+    assert_eq!(
+        on_second.keys().collect::<Vec<_>>(),
+        ["kept"],
+        "only what is replicated reached the secondary"
+    );
+    assert!(real(&cluster, prim).join("logs/app.log").exists());
+}

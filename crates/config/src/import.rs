@@ -1269,14 +1269,55 @@ impl Importer {
             let index = config.replicated.len();
             self.note_attr(&format!("replicated[{index}].dir"), f, &dir);
             self.note_attr(&format!("replicated[{index}]"), f, &dir);
-            config.replicated.push(crate::model::ReplicatedDir {
+            let mut replicated = crate::model::ReplicatedDir {
                 dir: dir.value.into(),
-            });
+                ..Default::default()
+            };
             for child in el.children().filter(Node::is_element) {
-                self.unsupported_element(f, child);
+                if child.tag_name().name() == "notreplicated" {
+                    self.notreplicated(f, child, index, &mut replicated);
+                } else {
+                    self.unsupported_element(f, child);
+                }
             }
+            config.replicated.push(replicated);
         }
         Ok(())
+    }
+
+    /// `<notreplicated path>` or `<notreplicated regexpath>` of the
+    /// `index`th `<replicated>`: an exclusion (SafeKit §13.7.3). A
+    /// `regexpath="!..."` (replicate only what matches) is reported.
+    fn notreplicated(
+        &mut self,
+        f: &XmlFile<'_>,
+        el: Node<'_, '_>,
+        index: usize,
+        replicated: &mut crate::model::ReplicatedDir,
+    ) {
+        self.check_attributes(f, el, &["path", "regexpath"]);
+        if let Some(path) = self.attr(f, el, "path") {
+            let field = format!("replicated[{index}].exclude[{}]", replicated.exclude.len());
+            self.note_attr(&field, f, &path);
+            replicated.exclude.push(path.value.into());
+        }
+        if let Some(regex) = self.attr(f, el, "regexpath") {
+            if regex.value.starts_with('!') {
+                self.warn(
+                    f,
+                    regex.offset,
+                    &regex.field,
+                    "replicating only the entries that match is not supported; ignored (they are all replicated)",
+                );
+            } else {
+                let field = format!(
+                    "replicated[{index}].exclude_names[{}]",
+                    replicated.exclude_names.len()
+                );
+                self.note_attr(&field, f, &regex);
+                replicated.exclude_names.push(regex.value.to_string());
+            }
+        }
     }
 
     /// `<errd>`: one process checker per `<proc>` (SafeKit §13.10).
@@ -1604,7 +1645,7 @@ impl Importer {
     /// Warns about an element (and so its whole subtree) that is not imported.
     fn unsupported_element(&mut self, f: &XmlFile<'_>, el: Node<'_, '_>) {
         let message = match el.tag_name().name() {
-            "notreplicated" => "excluding paths from replication is not supported; the whole directory is replicated",
+"notreplicated" => "<notreplicated> belongs in a <replicated>; ignored",
             "loadbalancing_list" | "virtual_interface" => {
                 "load balancing is for farm modules; ignored in a mirror module"
             }

@@ -105,9 +105,16 @@ pub enum AckPolicy {
 }
 
 /// One `[[replicated]]` directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReplicatedDir {
     pub dir: PathBuf,
+    /// Paths relative to `dir` not replicated, each with everything under
+    /// it (SafeKit `<notreplicated path>`).
+    pub exclude: Vec<PathBuf>,
+    /// Regular expressions: entries whose name matches one are not
+    /// replicated, nor anything under them (SafeKit `<notreplicated
+    /// regexpath>`).
+    pub exclude_names: Vec<String>,
 }
 
 /// The virtual IP of a module. Mirror: added on the primary only, and

@@ -75,7 +75,7 @@ const CHECKER_KEYS: &[&str] = &[
 const VIP_KEYS: &[&str] = &["address", "prefix", "interface", "vmac"];
 const HEALTH_KEYS: &[&str] = &["port"];
 const REPLICATION_KEYS: &[&str] = &["port", "ack", "ack_timeout", "on_secondary_failure"];
-const REPLICATED_KEYS: &[&str] = &["dir"];
+const REPLICATED_KEYS: &[&str] = &["dir", "exclude", "exclude_names"];
 const MODULE_KEYS: &[&str] = &[
     "name",
     "mode",
@@ -286,6 +286,13 @@ pub fn to_toml(config: &ModuleConfig) -> String {
         for r in &config.replicated {
             let mut t = Table::new();
             t.insert("dir", value(r.dir.display().to_string()));
+            if !r.exclude.is_empty() {
+                let paths = r.exclude.iter().map(|p| p.display().to_string());
+                t.insert("exclude", value(Array::from_iter(paths)));
+            }
+            if !r.exclude_names.is_empty() {
+                t.insert("exclude_names", value(Array::from_iter(&r.exclude_names)));
+            }
             tables.push(t);
         }
         doc.insert("replicated", Item::ArrayOfTables(tables));
@@ -750,7 +757,17 @@ impl<'a> Reader<'a> {
         for section in sections {
             self.check_keys(&section, REPLICATED_KEYS)?;
             let dir = self.req(&section, "dir", Self::string)?;
-            dirs.push(ReplicatedDir { dir: dir.into() });
+            let exclude = self.opt(&section, "exclude", Self::strings)?;
+            let exclude_names = self.opt(&section, "exclude_names", Self::strings)?;
+            dirs.push(ReplicatedDir {
+                dir: dir.into(),
+                exclude: exclude
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(PathBuf::from)
+                    .collect(),
+                exclude_names: exclude_names.unwrap_or_default(),
+            });
         }
         Ok(dirs)
     }

@@ -231,6 +231,30 @@ impl ModuleConfig {
                     ),
                 );
             }
+            for (k, path) in r.exclude.iter().enumerate() {
+                let relative = !path.as_os_str().is_empty()
+                    && path
+                        .components()
+                        .all(|c| matches!(c, std::path::Component::Normal(_)));
+                if !relative {
+                    return invalid(
+                        format!("replicated[{i}].exclude[{k}]"),
+                        format!(
+                            "{:?}: expected a path relative to {}, without . or ..",
+                            path,
+                            r.dir.display()
+                        ),
+                    );
+                }
+            }
+            for (k, pattern) in r.exclude_names.iter().enumerate() {
+                if let Err(e) = regex_automata::meta::Regex::new(pattern) {
+                    return invalid(
+                        format!("replicated[{i}].exclude_names[{k}]"),
+                        format!("{pattern:?} is not a regular expression: {e}"),
+                    );
+                }
+            }
             for (j, other) in self.replicated[..i].iter().enumerate() {
                 if other.dir == r.dir {
                     return invalid(

@@ -147,9 +147,11 @@ fn the_safekit_sample_imports() {
         replicated: vec![
             ReplicatedDir {
                 dir: "/test1replicated".into(),
+                ..Default::default()
             },
             ReplicatedDir {
                 dir: "/test2replicated".into(),
+                ..Default::default()
             },
         ],
         load_balancing: Vec::new(),
@@ -937,4 +939,33 @@ fn module_checkers_of_this_node_are_imported_remote_ones_reported() {
         parse_module(&toml, Path::new("web.toml")).unwrap().checkers,
         config.checkers
     );
+}
+
+#[test]
+fn notreplicated_entries_become_exclusions() {
+    let text = SAMPLE.replace(
+        r#"<replicated dir="/test1replicated" mode="read_only"/>"#,
+        r#"<replicated dir="/test1replicated" mode="read_only">
+<notreplicated path="logs"/>
+<notreplicated regexpath=".*\.tmp$"/>
+<notreplicated regexpath="!.*\.mdf$"/>
+</replicated>"#,
+    );
+    let Imported { config, warnings } = imported(&text, CLUSTER_XML);
+    assert_eq!(
+        config.replicated[0].exclude,
+        vec![std::path::PathBuf::from("logs")]
+    );
+    assert_eq!(config.replicated[0].exclude_names, vec![r".*\.tmp$"]);
+    assert!(config.replicated[1].exclude.is_empty());
+    let reported: Vec<&str> = warnings.iter().map(|w| w.element.as_str()).collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.element == "<notreplicated regexpath>" && w.message.contains("only")),
+        "{warnings:#?}"
+    );
+    assert!(!reported.contains(&"<notreplicated>"), "{warnings:#?}");
+    let rendered = holdfast_config::to_toml(&config);
+    assert!(rendered.contains("exclude = [\"logs\"]"), "{rendered}");
 }

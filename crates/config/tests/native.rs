@@ -802,10 +802,12 @@ fn replication_parses_round_trips_and_defaults() {
         config.replicated,
         vec![
             ReplicatedDir {
-                dir: "/srv/app/data".into()
+                dir: "/srv/app/data".into(),
+                ..Default::default()
             },
             ReplicatedDir {
-                dir: "/srv/app/logs".into()
+                dir: "/srv/app/logs".into(),
+                ..Default::default()
             },
         ]
     );
@@ -828,6 +830,46 @@ fn replication_parses_round_trips_and_defaults() {
     assert!(minimal.replicated.is_empty());
     assert_eq!(minimal.replication, ReplicationConfig::default());
     assert!(!to_toml(&minimal).contains("replica"));
+}
+
+#[test]
+fn exclusions_of_a_replicated_directory_round_trip_and_bad_ones_are_placed() {
+    let config = parse(&minimal_plus(
+        "[[replicated]]\ndir = \"/srv/a\"\nexclude = [\"logs\", \"cache/tmp\"]\nexclude_names = ['\\.tmp$', '^core$']\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.replicated,
+        vec![ReplicatedDir {
+            dir: "/srv/a".into(),
+            exclude: vec!["logs".into(), "cache/tmp".into()],
+            exclude_names: vec![r"\.tmp$".into(), "^core$".into()],
+        }]
+    );
+    let rendered = to_toml(&config);
+    assert_eq!(parse(&rendered).unwrap(), config, "{rendered}");
+    // Line 12 is the first line after MINIMAL.
+    assert_error(
+        &minimal_plus("[[replicated]]\ndir = \"/srv/a\"\nexclude = [\"ok\", \"/srv/a/logs\"]\n"),
+        14,
+        18,
+        "replicated[0].exclude[1]",
+        "relative to /srv/a",
+    );
+    assert_error(
+        &minimal_plus("[[replicated]]\ndir = \"/srv/a\"\nexclude = [\"../b\"]\n"),
+        14,
+        12,
+        "replicated[0].exclude[0]",
+        "without . or ..",
+    );
+    assert_error(
+        &minimal_plus("[[replicated]]\ndir = \"/srv/a\"\nexclude_names = [\"(tmp\"]\n"),
+        14,
+        18,
+        "replicated[0].exclude_names[0]",
+        "not a regular expression",
+    );
 }
 
 #[test]

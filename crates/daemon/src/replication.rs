@@ -31,8 +31,8 @@ use holdfast_config::{AckPolicy, ModuleConfig, OnSecondaryFailure};
 use holdfast_membership::{ClusterKey, LogLevel, State};
 use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{
-    decide, plan, resync, AckMode, ChangeLog, Decision, GenerationStore, Generations, Link,
-    LinkMode, Mirror, MountGuard, OnFailure, Peer, Plan, Progress, Receiver, ReceiverError,
+    decide, plan, resync, AckMode, ChangeLog, Decision, Exclusions, GenerationStore, Generations,
+    Link, LinkMode, Mirror, MountGuard, OnFailure, Peer, Plan, Progress, Receiver, ReceiverError,
     Recovery, Scope, TcpReplicator, TrackingConfig,
 };
 
@@ -222,6 +222,8 @@ struct Dir {
     path: PathBuf,
     port: u16,
     state: PathBuf,
+    /// What of it is not replicated.
+    exclusions: Exclusions,
 }
 
 impl Dir {
@@ -446,6 +448,15 @@ impl Replication {
                 path: r.dir.clone(),
                 port: config.replication_port(index),
                 state: module_dir.join("replication").join(index.to_string()),
+                // Checked when the configuration was validated; replicating
+                // too much loses nothing.
+                exclusions: Exclusions::new(&r.exclude, &r.exclude_names).unwrap_or_else(|e| {
+                    log.write(
+                        LogLevel::Error,
+                        &format!("{}: exclusion ignored: {e}", r.dir.display()),
+                    );
+                    Exclusions::default()
+                }),
             })
             .collect();
         let status = ReplicationStatus::new(&dirs);
@@ -754,7 +765,9 @@ impl Replication {
         if fencing {
             link.hold();
         }
-        let guard = Mirror::mount(&dir.path, Arc::new(link.clone())).map_err(|e| e.to_string())?;
+        let guard =
+            Mirror::mount_excluding(&dir.path, Arc::new(link.clone()), dir.exclusions.clone())
+                .map_err(|e| e.to_string())?;
         self.log.write(
             LogLevel::Info,
             &format!(

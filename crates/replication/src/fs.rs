@@ -42,6 +42,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use crate::apply::{atime_of, mtime_of, proc_path, set_file_owner_mode, write_all_at, Root};
+use crate::exclusions::Exclusions;
 use crate::op::{Ack, Change, Intent, Op, Replicator, Stamp, Time};
 
 /// How long the kernel keeps names and attributes. Only a program writing
@@ -90,6 +91,15 @@ impl Mirror {
     /// Opens `dir`, then mounts the mirror file system on the same path:
     /// from then on every operation on `dir` passes through `replicator`.
     pub fn mount(dir: &Path, replicator: Arc<dyn Replicator>) -> Result<MountGuard, MountError> {
+        Self::mount_excluding(dir, replicator, Exclusions::default())
+    }
+
+    /// [`Mirror::mount`], with what `exclusions` excludes applied here only.
+    pub fn mount_excluding(
+        dir: &Path,
+        replicator: Arc<dyn Replicator>,
+        exclusions: Exclusions,
+    ) -> Result<MountGuard, MountError> {
         let open_err = |source| MountError::Open {
             path: dir.to_path_buf(),
             source,
@@ -100,6 +110,7 @@ impl Mirror {
         let tree = Tree(Arc::new(TreeInner {
             root,
             order: Mutex::new(()),
+            exclusions,
         }));
         let fs = MirrorFs {
             tree: tree.clone(),
@@ -216,6 +227,8 @@ pub struct Tree(Arc<TreeInner>);
 struct TreeInner {
     root: Root,
     order: Mutex<()>,
+    /// What of the directory is not replicated.
+    exclusions: Exclusions,
 }
 
 /// Proof of holding the ordering lock of a [`Tree`].
@@ -237,6 +250,11 @@ impl Tree {
     /// the ordering lock is held.
     pub(crate) fn root(&self) -> &Root {
         &self.0.root
+    }
+
+    /// What of the directory is not replicated.
+    pub(crate) fn exclusions(&self) -> &Exclusions {
+        &self.0.exclusions
     }
 }
 
@@ -730,10 +748,20 @@ impl MirrorFs {
     ) -> Result<(T, Pending), fuser::Errno> {
         let _order = lock(&self.tree.0.order);
         let (value, change) = apply().map_err(fuse_err)?;
-        Ok((
-            value,
-            Pending(change.map(|c| (self.replicator.submit(&c), c))),
-        ))
+        Ok((value, self.submit(change)))
+    }
+
+    /// Submits `change` unless it touches only what is not replicated.
+    fn submit(&self, change: Option<Change>) -> Pending {
+        let excluded = |c: &Change| {
+            let x = self.tree.exclusions();
+            !x.is_empty() && c.op.paths().iter().all(|p| x.excludes(p))
+        };
+        Pending(
+            change
+                .filter(|c| !excluded(c))
+                .map(|c| (self.replicator.submit(&c), c)),
+        )
     }
 
     /// Under the ordering lock: applies `data` in chunks of [`CHUNK`] and
@@ -753,9 +781,7 @@ impl MirrorFs {
         let mut last: Option<Change> = None;
         for chunk in data.chunks(CHUNK) {
             if let Some(change) = last.take() {
-                written
-                    .chunks
-                    .push(Pending(Some((self.replicator.submit(&change), change))));
+                written.chunks.push(self.submit(Some(change)));
             }
             let at = offset + written.bytes as u64;
             let (applied, failed) = self.write_chunk(path, fd, chunk, at);
@@ -849,8 +875,27 @@ impl MirrorFs {
         }
     }
 
-    /// Announces a change before it is applied (see [`Replicator::prepare`]).
+    /// A rename or link between what is replicated and what is not is
+    /// refused as between two file systems (see [`Exclusions`]).
+    fn same_side(&self, from: &Path, to: &Path) -> Result<(), Errno> {
+        if self.tree.exclusions().same_side(from, to) {
+            Ok(())
+        } else {
+            Err(Errno::XDEV)
+        }
+    }
+
+    /// Announces a change before it is applied (see [`Replicator::prepare`]),
+    /// unless it touches only what is not replicated.
     fn prepare(&self, intent: Intent<'_>) -> Result<(), Errno> {
+        let x = self.tree.exclusions();
+        let excluded = match intent {
+            Intent::Data { path, .. } | Intent::Entry { path } => x.excludes(path),
+            Intent::Move { from, to } => x.excludes(from) && x.excludes(to),
+        };
+        if excluded {
+            return Ok(());
+        }
         self.replicator.prepare(&intent).map_err(|e| {
             tracing::error!("cannot record {intent:?}: {e}");
             Errno::IO
@@ -1409,6 +1454,7 @@ impl Filesystem for Served {
                 }
                 let from = self.child(parent, name)?;
                 let to = self.child(newparent, newname)?;
+                self.same_side(&from, &to)?;
                 let (a, b) = (self.root().entry(&from)?, self.root().entry(&to)?);
                 let rflags = rfs::RenameFlags::from_bits(flags.bits()).ok_or(Errno::INVAL)?;
                 self.prepare(Intent::Move {
@@ -1450,6 +1496,7 @@ impl Filesystem for Served {
             || {
                 let from = self.path(ino)?;
                 let to = self.child(newparent, newname)?;
+                self.same_side(&from, &to)?;
                 let (a, b) = (self.root().entry(&from)?, self.root().entry(&to)?);
                 self.prepare(Intent::Move {
                     from: &from,

@@ -51,6 +51,10 @@
 //! Data written to a file after all its names were unlinked is not sent:
 //! nobody can reach it.
 //!
+//! What is excluded (SafeKit's `<notreplicated>`, [`Exclusions`]) is
+//! applied locally and never sent; renames and links across the boundary
+//! are refused with `EXDEV`.
+//!
 //! # ALONE, reintegration, generations (invariants 3 and 4)
 //!
 //! The file system is mounted with a [`Link`] (a [`Replicator`]): it
@@ -86,6 +90,7 @@
 
 pub mod activity;
 mod apply;
+pub mod exclusions;
 pub mod fs;
 pub mod generation;
 pub mod op;
@@ -95,6 +100,7 @@ pub mod resync;
 pub mod sender;
 pub mod tracking;
 
+pub use exclusions::{ExclusionError, Exclusions};
 pub use fs::{Mirror, MountError, MountGuard, Ordered, Tree};
 pub use generation::{
     boot_id, compare_reason, decide, plan, Basis, Decision, GenerationStore, Generations, Plan,

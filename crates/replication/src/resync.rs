@@ -477,7 +477,13 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
         })? {
             names.extend(theirs.into_iter().map(|n| OsString::from_vec(n.into_vec())));
         }
-        let children: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+        // What is not replicated is left alone on both sides.
+        let excluded = self.tree.exclusions();
+        let children: Vec<PathBuf> = names
+            .iter()
+            .map(|n| dir.join(n))
+            .filter(|c| !excluded.excludes(c))
+            .collect();
         if !listed {
             self.uncertain.extend(children.iter().cloned());
         }
@@ -782,7 +788,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
     /// compare every multiply-linked file.
     fn linked(&mut self) -> Result<(), ResyncError> {
         let mut found = Vec::new();
-        walk_linked(self.root(), Path::new(""), &mut found);
+        walk_linked(self.tree, Path::new(""), &mut found);
         self.link.log().with_pending(|p, _| {
             for path in found {
                 p.files.entry(path).or_default().compare = true;
@@ -792,12 +798,17 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
     }
 }
 
-fn walk_linked(root: &Root, dir: &Path, out: &mut Vec<PathBuf>) {
-    for name in root.list(dir).unwrap_or_default() {
+fn walk_linked(tree: &Tree, dir: &Path, out: &mut Vec<PathBuf>) {
+    for name in tree.root().list(dir).unwrap_or_default() {
         let path = dir.join(&name);
-        let Ok(st) = root.stat(&path) else { continue };
+        if tree.exclusions().excludes(&path) {
+            continue;
+        }
+        let Ok(st) = tree.root().stat(&path) else {
+            continue;
+        };
         match rustix::fs::FileType::from_raw_mode(st.st_mode) {
-            rustix::fs::FileType::Directory => walk_linked(root, &path, out),
+            rustix::fs::FileType::Directory => walk_linked(tree, &path, out),
             rustix::fs::FileType::RegularFile if st.st_nlink > 1 => out.push(path),
             _ => {}
         }

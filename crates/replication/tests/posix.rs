@@ -2,6 +2,8 @@
 //! the same results, and the secondary's tree must equal the primary's.
 //! Runs real FUSE mounts (root, /dev/fuse).
 
+// Shared by several test crates, each using a part of it.
+#[allow(dead_code)]
 mod common;
 
 use std::fmt::Debug;

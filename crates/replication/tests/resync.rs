@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use holdfast_membership::ClusterKey;
 use holdfast_replication::tracking::{BLOCK, EXTENT};
 use holdfast_replication::{
-    resync, AckMode, ChangeLog, GenerationStore, Generations, Link, LinkMode, Mirror, MountGuard,
-    Peer, Progress, Receiver, ReceiverError, Recovery, TcpReplicator, TrackingConfig,
+    resync, AckMode, ChangeLog, Exclusions, GenerationStore, Generations, Link, LinkMode, Mirror,
+    MountGuard, Peer, Progress, Receiver, ReceiverError, Recovery, TcpReplicator, TrackingConfig,
 };
 use rand::{Rng, SeedableRng};
 
@@ -76,10 +76,16 @@ impl Pair {
 
     /// The primary goes ALONE: new generation, tracking, mounted.
     fn go_alone(&mut self, config: TrackingConfig) -> Recovery {
+        self.go_alone_excluding(config, Exclusions::default())
+    }
+
+    /// [`Pair::go_alone`], with what `exclusions` excludes not replicated.
+    fn go_alone_excluding(&mut self, config: TrackingConfig, exclusions: Exclusions) -> Recovery {
         self.primary_gen.start_tracking();
         let (log, recovery) = ChangeLog::open(&self.state(), config).unwrap();
         let link = Link::tracking(Arc::new(log));
-        self.mount = Some(Mirror::mount(&self.primary, Arc::new(link.clone())).unwrap());
+        let mount = Mirror::mount_excluding(&self.primary, Arc::new(link.clone()), exclusions);
+        self.mount = Some(mount.unwrap());
         self.link = Some(link);
         recovery
     }
@@ -118,10 +124,15 @@ impl Pair {
 
     /// Unmounts (ending the replication session) and compares the trees.
     fn finish(&mut self, receiver: JoinHandle<Result<(), ReceiverError>>) {
+        self.stop(receiver);
+        assert_same_trees(&self.backing(), &self.secondary);
+    }
+
+    /// Unmounts, ending the replication session.
+    fn stop(&mut self, receiver: JoinHandle<Result<(), ReceiverError>>) {
         self.link = None;
         self.mount.take().unwrap().unmount().unwrap();
         receiver.join().unwrap().unwrap();
-        assert_same_trees(&self.backing(), &self.secondary);
     }
 }
 
@@ -523,6 +534,53 @@ fn lost_tracking_compares_checksums_and_sends_only_differences() {
     assert!(stats.bytes_sent >= 4 * 65536, "{stats:?}");
     assert!(stats.bytes_sent <= 4 * 65536 + 4096, "{stats:?}");
     pair.finish(receiver);
+}
+
+/// What is not replicated (SafeKit's `<notreplicated>`) is left alone on
+/// both sides, even by a resynchronisation comparing the whole tree:
+/// nothing excluded of the primary's is sent, nothing excluded of the
+/// secondary's is removed or overwritten.
+#[test]
+fn resync_leaves_what_is_excluded_alone_on_both_sides() {
+    let mut pair = Pair::new(|d| {
+        small_files(d);
+        fs::create_dir(d.join("logs")).unwrap();
+        fs::write(d.join("logs/shared.log"), b"both\n").unwrap();
+    });
+    let s = pair.secondary.clone();
+    fs::write(s.join("logs/shared.log"), b"the secondary's own\n").unwrap();
+    fs::write(s.join("own.tmp"), b"the secondary's\n").unwrap();
+    fs::write(s.join("stray"), b"replicated, only there: removed\n").unwrap();
+    // Tracking lost: the whole tree is compared.
+    {
+        let (log, _) = ChangeLog::open(&pair.state(), TrackingConfig::default()).unwrap();
+        log.checkpoint().unwrap();
+    }
+    fs::write(pair.state().join("dirty.snapshot"), b"garbage").unwrap();
+    let exclusions = Exclusions::new(&[PathBuf::from("logs")], &[r"\.tmp$".into()]).unwrap();
+    let recovery = pair.go_alone_excluding(TrackingConfig::default(), exclusions.clone());
+    assert!(matches!(recovery, Recovery::Lost { .. }), "{recovery:?}");
+    let p = pair.primary.clone();
+    fs::write(p.join("logs/new.log"), b"the primary's\n").unwrap();
+    fs::write(p.join("scratch.tmp"), b"the primary's\n").unwrap();
+    fs::write(p.join("etc/conf-3"), b"changed\n").unwrap();
+    let (peer, receiver) = pair.secondary();
+    pair.resync(Arc::new(peer), &Progress::default());
+    pair.stop(receiver);
+    let read = |path: &str| fs::read_to_string(s.join(path)).ok();
+    assert_eq!(
+        read("logs/shared.log").as_deref(),
+        Some("the secondary's own\n")
+    );
+    assert_eq!(read("own.tmp").as_deref(), Some("the secondary's\n"));
+    assert_eq!(read("logs/new.log"), None);
+    assert_eq!(read("scratch.tmp"), None);
+    assert_eq!(read("stray"), None);
+    assert_eq!(read("etc/conf-3").as_deref(), Some("changed\n"));
+    assert_eq!(
+        common::replicated_part(&pair.backing(), &exclusions),
+        common::replicated_part(&s, &exclusions)
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use holdfast_membership::ClusterKey;
-use holdfast_replication::{AckMode, Mirror, MountGuard, Receiver, ReceiverError, TcpReplicator};
+use holdfast_replication::{
+    AckMode, Exclusions, Mirror, MountGuard, Receiver, ReceiverError, TcpReplicator,
+};
 
 pub struct Fixture {
     _tmp: tempfile::TempDir,
@@ -30,16 +32,21 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(mode: AckMode) -> Self {
-        Self::build(mode, None)
+        Self::build(mode, None, Exclusions::default())
+    }
+
+    /// What `exclusions` excludes is not replicated.
+    pub fn excluding(exclusions: Exclusions) -> Self {
+        Self::build(AckMode::Receipt, None, exclusions)
     }
 
     /// The primary's directory on a tmpfs of `size` (as `mount -o size=`),
     /// to run out of space there.
     pub fn on_small_disk(mode: AckMode, size: &str) -> Self {
-        Self::build(mode, Some(size))
+        Self::build(mode, Some(size), Exclusions::default())
     }
 
-    fn build(mode: AckMode, disk_size: Option<&str>) -> Self {
+    fn build(mode: AckMode, disk_size: Option<&str>, exclusions: Exclusions) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let primary = tmp.path().join("primary");
         let secondary = tmp.path().join("secondary");
@@ -68,7 +75,7 @@ impl Fixture {
             receiver.serve_connection(stream)
         });
         let replicator = TcpReplicator::connect(addr, &key).unwrap();
-        let mount = Mirror::mount(&primary, Arc::new(replicator)).unwrap();
+        let mount = Mirror::mount_excluding(&primary, Arc::new(replicator), exclusions).unwrap();
         Fixture {
             _tmp: tmp,
             primary,
@@ -144,6 +151,20 @@ pub struct EntryInfo {
     target: Option<PathBuf>,
     content: Option<Vec<u8>>,
     xattrs: BTreeMap<OsString, Vec<u8>>,
+}
+
+/// What replication must reproduce under `root` when `exclusions` apply:
+/// the entries not excluded, directory times and link counts aside (an
+/// excluded entry changes its directory's time, and an excluded
+/// subdirectory its link count, on one side only).
+pub fn replicated_part(root: &Path, exclusions: &Exclusions) -> BTreeMap<PathBuf, EntryInfo> {
+    let mut all = snapshot(root);
+    all.retain(|path, _| !exclusions.excludes(path));
+    for info in all.values_mut().filter(|i| i.kind == "dir") {
+        info.mtime = (0, 0);
+        info.nlink = 0;
+    }
+    all
 }
 
 /// Everything under `root` that replication must reproduce.
