@@ -640,6 +640,7 @@ impl Replication {
                     r.with_generations(dir.store())
                         .with_activity(&dir.log_dir())
                         .with_synced(self.synced[dir.index].clone())
+                        .with_exclusions(dir.exclusions.clone())
                 })
                 .map_err(|e| e.to_string());
             let receiver = match (receiver, failed.is_none()) {

@@ -11,6 +11,7 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use holdfast_membership::ClusterKey;
 
 use crate::apply::Root;
+use crate::exclusions::Exclusions;
 use std::os::unix::ffi::OsStringExt;
 
 use crate::activity::Recorded;
@@ -167,6 +168,8 @@ pub struct Receiver {
     synced: Option<Arc<AtomicBool>>,
     /// The running kernel's ([`boot_id`]).
     boot: Option<String>,
+    /// What of the directory is not replicated: this copy's own.
+    exclusions: Exclusions,
 }
 
 impl Receiver {
@@ -183,7 +186,15 @@ impl Receiver {
             activity: None,
             synced: None,
             boot: boot_id(),
+            exclusions: Exclusions::default(),
         })
+    }
+
+    /// What `exclusions` excludes is this copy's own: a directory the
+    /// primary removes goes with the excluded entries it holds here.
+    pub fn with_exclusions(mut self, exclusions: Exclusions) -> Self {
+        self.exclusions = exclusions;
+        self
     }
 
     /// Records this copy's generation in `store`: needed to accept a
@@ -609,14 +620,21 @@ impl Receiver {
     }
 
     fn apply(&self, seq: u64, change: &Change) -> Result<(), ReceiverError> {
-        let result = self.root.apply(change).and_then(|()| {
-            if self.mode == AckMode::Durable {
-                for path in change.op.paths() {
-                    self.root.fsync(path)?;
+        let result = self
+            .root
+            .apply(change)
+            .or_else(|e| {
+                self.clear_excluded(change, e)?;
+                self.root.apply(change)
+            })
+            .and_then(|()| {
+                if self.mode == AckMode::Durable {
+                    for path in change.op.paths() {
+                        self.root.fsync(path)?;
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            });
         result.map_err(|errno| {
             let path = change.op.paths()[0].to_path_buf();
             // The path walk refuses symbolic links (ELOOP) and leaving the
@@ -631,6 +649,46 @@ impl Receiver {
                 }
             }
         })
+    }
+
+    /// A directory the primary removed or replaced (its own excluded
+    /// entries removed first) may hold, here, excluded entries only this
+    /// copy had: they go with it. Any other failure is `error`.
+    fn clear_excluded(
+        &self,
+        change: &Change,
+        error: rustix::io::Errno,
+    ) -> Result<(), rustix::io::Errno> {
+        let dir = match &change.op {
+            Op::Rmdir { path } => path,
+            Op::Rename { to, .. } => to,
+            _ => return Err(error),
+        };
+        if !matches!(
+            error,
+            rustix::io::Errno::NOTEMPTY | rustix::io::Errno::EXIST
+        ) || self.exclusions.is_empty()
+        {
+            return Err(error);
+        }
+        let excluded: Vec<PathBuf> = self
+            .root
+            .list(dir)?
+            .into_iter()
+            .map(|name| dir.join(name))
+            .filter(|p| self.exclusions.excludes(p))
+            .collect();
+        if excluded.is_empty() {
+            return Err(error);
+        }
+        for path in excluded {
+            tracing::info!(
+                "removing {} (excluded from replication, only here) with its directory",
+                path.display()
+            );
+            self.root.remove_tree(&path)?;
+        }
+        Ok(())
     }
 }
 

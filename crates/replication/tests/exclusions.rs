@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::Fixture;
 use holdfast_replication::Exclusions;
@@ -79,4 +80,30 @@ fn excluded_entries_stay_on_the_primary_and_the_rest_is_replicated() {
         common::replicated_part(s, &x)
     );
     assert!(fx.backing().join(Path::new("app/cache/blob")).exists());
+}
+
+/// A directory removed on the primary goes on the secondary too, with
+/// the excluded entries only the secondary had in it (left from when it
+/// was primary): the stream goes on, no failure.
+#[test]
+fn a_removed_directory_goes_with_the_secondarys_own_excluded_entries() {
+    let mut fx = Fixture::excluding(exclusions());
+    fs::create_dir(fx.primary.join("work")).unwrap();
+    fs::write(fx.primary.join("work/f"), b"replicated").unwrap();
+    fs::write(fx.primary.join("work/mine.tmp"), b"the primary's own").unwrap();
+    // Acknowledged on receipt: wait until the secondary applied it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fx.secondary.join("work/f").exists() {
+        assert!(Instant::now() < deadline, "work/f never reached the secondary");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    fs::write(fx.secondary.join("work/old.tmp"), b"the secondary's own").unwrap();
+    fs::remove_dir_all(fx.primary.join("work")).unwrap();
+    fs::write(fx.primary.join("after"), b"still mirrored").unwrap();
+    fx.finish().unwrap();
+    assert!(!fx.secondary.join("work").exists());
+    assert_eq!(
+        fs::read(fx.secondary.join("after")).unwrap(),
+        b"still mirrored"
+    );
 }

@@ -69,7 +69,9 @@ impl Fixture {
         let key = ClusterKey::generate();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let receiver = Receiver::new(&secondary, key.clone(), mode).unwrap();
+        let receiver = Receiver::new(&secondary, key.clone(), mode)
+            .unwrap()
+            .with_exclusions(exclusions.clone());
         let receiver = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             receiver.serve_connection(stream)
