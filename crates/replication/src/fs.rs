@@ -434,13 +434,14 @@ struct MirrorFs {
     /// The kernel leaves dropping privileges on write and truncation to us
     /// (`FUSE_HANDLE_KILLPRIV_V2`, see [`MirrorFs::drop_privileges`]).
     drops_privileges: AtomicBool,
-    /// Where acknowledgements and local flushes are waited for.
+    /// Where what may block is finished (see [`Served`]).
     waiters: Waiters,
 }
 
-/// What the kernel talks to: one thread reads and serves every request,
-/// handing to [`Waiters`] only what has to wait (an acknowledgement, a
-/// local flush). Several threads reading the same FUSE queue contend for
+/// What the kernel talks to: one thread reads and serves every request;
+/// a request waiting for the secondary is answered by the thread that
+/// receives its acknowledgement, and only what may block (a local flush
+/// while mirroring, a failure's hook) goes to [`Waiters`]. Several threads reading the same FUSE queue contend for
 /// it and are woken in turn, each on a cold cache: one reader served
 /// create + unlink three times as fast here.
 struct Served(Arc<MirrorFs>);
@@ -454,9 +455,11 @@ impl std::ops::Deref for Served {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads finishing requests whose answer waits: each job wakes one idle
-/// thread (a channel behind a shared lock would wake a second one to take
-/// the next turn). They end once the file system is gone.
+/// Threads finishing requests that may block (a local flush, a change
+/// held for the secondary): each job wakes one idle thread (a channel
+/// behind a shared lock would wake a second one to take the next turn).
+/// They end once the file system is gone.
+#[derive(Clone)]
 struct Waiters(Arc<Jobs>);
 
 #[derive(Default)]
@@ -497,10 +500,10 @@ impl Waiters {
     }
 }
 
-impl Drop for Waiters {
+impl Drop for MirrorFs {
     fn drop(&mut self) {
-        lock(&self.0.queue).1 = true;
-        self.0.ready.notify_all();
+        lock(&self.waiters.0.queue).1 = true;
+        self.waiters.0.ready.notify_all();
     }
 }
 
@@ -518,13 +521,84 @@ impl Pending {
 
     /// Waits for the secondary; a failed replication is EIO.
     fn acknowledged(self) -> Result<(), fuser::Errno> {
-        if let Some((ack, change)) = self.0 {
-            if let Err(e) = ack.and_then(Ack::wait) {
-                tracing::error!("replication of {:?} failed: {e}", change.op.paths());
-                return Err(fuser::Errno::EIO);
+        match self.0 {
+            Some((ack, change)) => outcome(&change, ack.and_then(Ack::wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls `done` with what [`Self::acknowledged`] returns, once known:
+    /// here if it is, else on the thread that receives the secondary's
+    /// answer (no hand-over to another thread), or on a waiter if a hook
+    /// may block there (a failure to record, a change held).
+    fn then(self, waiters: &Waiters, done: impl FnOnce(Result<(), fuser::Errno>) + Send + 'static) {
+        let (ack, change) = match self.0 {
+            Some((Ok(ack), change)) => (ack, change),
+            unknown => return done(Pending(unknown).acknowledged()),
+        };
+        let waiters = waiters.clone();
+        ack.then(move |ack| {
+            let known = ack.is_done();
+            let finish = move || done(outcome(&change, ack.wait()));
+            if known {
+                finish()
+            } else {
+                waiters.run(finish)
+            }
+        });
+    }
+}
+
+/// A failed replication is EIO for the application.
+fn outcome(
+    change: &Change,
+    acknowledged: Result<(), crate::op::ReplicationError>,
+) -> Result<(), fuser::Errno> {
+    acknowledged.map_err(|e| {
+        tracing::error!("replication of {:?} failed: {e}", change.op.paths());
+        fuser::Errno::EIO
+    })
+}
+
+/// Several outcomes awaited together: `done` gets the first error, or
+/// success, once the last part reported (from whichever thread).
+struct Join(Arc<Mutex<Parts>>);
+
+struct Parts {
+    left: usize,
+    result: Result<(), fuser::Errno>,
+    done: Option<Done>,
+}
+
+/// What a request does once its outcome is known.
+type Done = Box<dyn FnOnce(Result<(), fuser::Errno>) + Send>;
+
+impl Join {
+    fn new(parts: usize, done: impl FnOnce(Result<(), fuser::Errno>) + Send + 'static) -> Self {
+        Join(Arc::new(Mutex::new(Parts {
+            left: parts,
+            result: Ok(()),
+            done: Some(Box::new(done)),
+        })))
+    }
+
+    /// One part's reporter.
+    fn part(&self) -> impl FnOnce(Result<(), fuser::Errno>) + Send + 'static {
+        let parts = self.0.clone();
+        move |result| {
+            let mut p = lock(&parts);
+            if p.result.is_ok() {
+                p.result = result;
+            }
+            p.left -= 1;
+            if p.left == 0 {
+                let (done, result) = (p.done.take(), p.result);
+                drop(p);
+                if let Some(done) = done {
+                    done(result);
+                }
             }
         }
-        Ok(())
     }
 }
 
@@ -544,16 +618,24 @@ impl Written {
         }
     }
 
-    /// Waits for every chunk (each one's failure is recorded when waited
-    /// for, see [`Ack::map`]); bytes written, or EIO if any chunk failed.
-    fn acknowledged(self) -> Result<u32, fuser::Errno> {
-        let mut result = Ok(self.bytes as u32);
-        for chunk in self.chunks {
-            if let Err(e) = chunk.acknowledged() {
-                result = Err(e);
-            }
+    /// Calls `done` once every chunk is acknowledged (each one's failure
+    /// is recorded when waited for, see [`Ack::map_failure`]): bytes
+    /// written, or EIO if any chunk failed.
+    fn then(
+        self,
+        waiters: &Waiters,
+        done: impl FnOnce(Result<u32, fuser::Errno>) + Send + 'static,
+    ) {
+        let bytes = self.bytes as u32;
+        let done = move |r: Result<(), fuser::Errno>| done(r.map(|()| bytes));
+        let mut chunks = self.chunks;
+        if chunks.len() == 1 {
+            return chunks.pop().expect("one").then(waiters, done);
         }
-        result
+        let join = Join::new(chunks.len(), done);
+        for chunk in chunks {
+            chunk.then(waiters, join.part());
+        }
     }
 }
 
@@ -714,9 +796,8 @@ impl MirrorFs {
 
     /// Runs `apply` (the local change) under the ordering lock, submits the
     /// change it describes, and calls `done` once the secondary
-    /// acknowledged: at once if it already has (no replication, changes
-    /// only recorded), else on a waiter, this thread serving other requests
-    /// meanwhile. A failed replication is EIO for the application.
+    /// acknowledged (see [`Pending::then`]), this thread serving other
+    /// requests meanwhile. A failed replication is EIO for the application.
     fn mutate_then<T: Send + 'static>(
         &self,
         apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
@@ -724,19 +805,9 @@ impl MirrorFs {
     ) {
         match self.ordered(apply) {
             Err(e) => done(Err(e)),
-            Ok((value, pending)) => self.finish(pending.is_done(), move || {
-                done(pending.acknowledged().map(|()| value))
-            }),
-        }
-    }
-
-    /// Runs `finish` here if what it waits for is already `known`, else on
-    /// a waiter (this thread goes on serving requests).
-    fn finish(&self, known: bool, finish: impl FnOnce() + Send + 'static) {
-        if known {
-            finish()
-        } else {
-            self.waiters.run(finish)
+            Ok((value, pending)) => {
+                pending.then(&self.waiters, move |r| done(r.map(|()| value)));
+            }
         }
     }
 
@@ -848,7 +919,9 @@ impl MirrorFs {
     /// first, in stream order after the changes it covers, then the local
     /// flush runs on a waiter while the secondary's does — outside the
     /// ordering lock, since a flush changes nothing and others may go on
-    /// meanwhile. `done` gets the outcome.
+    /// meanwhile —, or here if the answer is known already (no
+    /// replication: as a plain FUSE file system does, no hand-over).
+    /// `done` gets the outcome.
     fn flush_both(
         &self,
         path: impl FnOnce() -> Result<Option<PathBuf>, Errno>,
@@ -865,13 +938,18 @@ impl MirrorFs {
         });
         match ordered {
             Err(e) => done(Err(e)),
-            Ok((path, pending)) => self.waiters.run(move || {
-                done(
-                    local(path.as_deref())
-                        .map_err(fuse_err)
-                        .and_then(|()| pending.acknowledged()),
-                )
-            }),
+            Ok((path, pending)) if pending.is_done() => done(
+                local(path.as_deref())
+                    .map_err(fuse_err)
+                    .and_then(|()| pending.acknowledged()),
+            ),
+            Ok((path, pending)) => {
+                let join = Join::new(2, done);
+                pending.then(&self.waiters, join.part());
+                let flushed = join.part();
+                self.waiters
+                    .run(move || flushed(local(path.as_deref()).map_err(fuse_err)));
+            }
         }
     }
 
@@ -1595,8 +1673,7 @@ impl Filesystem for Served {
             Err(e) => reply.error(e),
             Ok((mut written, last)) => {
                 written.chunks.push(last);
-                let known = written.chunks.iter().all(Pending::is_done);
-                self.finish(known, move || match written.acknowledged() {
+                written.then(&self.waiters, move |r| match r {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(e),
                 });

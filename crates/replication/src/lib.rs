@@ -16,11 +16,12 @@
 //!       │                             fd opened before mounting (apply.rs)   │
 //!       │                          2. describe it as a Change (op.rs)        │
 //!       │                          3. submit to the Replicator ──────────────┘
-//!       │                          4. wait for the acknowledgement (no lock)
+//!       │                          4. reply once acknowledged (no lock)
 //!       │                                          │
 //!       │            sender.rs: TcpReplicator — seq numbers, a sender
 //!       │            thread writing queued frames together (pipelined);
-//!       │            one reader thread matches acks to waiters
+//!       │            one reader thread matches acks to changes
+//!       │            and replies to the kernel for them
 //!       │                                          │ protocol.rs: frames with
 //!       │                                          ▼ seq + MAC(session key)
 //!       │            receiver.rs: Receiver — a reader verifies and acks
@@ -106,7 +107,9 @@ pub use generation::{
     boot_id, compare_reason, decide, plan, Basis, Decision, GenerationStore, Generations, Plan,
     Refusal,
 };
-pub use op::{Ack, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time, Unreplicated};
+pub use op::{
+    Ack, AckSender, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time, Unreplicated,
+};
 pub use receiver::{AckMode, Receiver, ReceiverError};
 pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Scope, Stats};
 pub use sender::TcpReplicator;

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -238,7 +238,8 @@ pub enum ReplicationError {
     Withdrawn,
 }
 
-/// The secondary's acknowledgement of one submitted change, to wait for.
+/// The secondary's acknowledgement of one submitted change, to wait for
+/// ([`Ack::wait`]) or to be called back with ([`Ack::then`]).
 #[derive(Debug)]
 pub struct Ack {
     state: AckState,
@@ -247,13 +248,22 @@ pub struct Ack {
     seq: Option<u64>,
 }
 
-type AckHook = Box<dyn FnOnce(Result<(), ReplicationError>) -> Result<(), ReplicationError> + Send>;
+type Outcome = Result<(), ReplicationError>;
+type AckHook = Box<dyn FnOnce(Outcome) -> Outcome + Send>;
+type Callback = Box<dyn FnOnce(Outcome) + Send>;
 
 enum AckState {
-    Done(Result<(), ReplicationError>),
-    Waiting(mpsc::Receiver<Result<(), ReplicationError>>),
+    Done(Outcome),
+    Waiting(Arc<Slot>),
     /// An acknowledgement whose outcome passes through a hook first.
-    Mapped(Box<Ack>, AckHook),
+    Mapped(Box<Ack>, Hook),
+}
+
+enum Hook {
+    /// May block, whatever the outcome.
+    Any(AckHook),
+    /// Only sees a failure: a success passes through untouched, at once.
+    Failure(AckHook),
 }
 
 impl std::fmt::Debug for AckState {
@@ -266,22 +276,94 @@ impl std::fmt::Debug for AckState {
     }
 }
 
+/// Where one acknowledgement meets whoever awaits it.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    arrived: Condvar,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    Arrived(Outcome),
+    /// Called by the thread delivering the outcome.
+    Callback(Callback),
+    Taken,
+}
+
+fn lock(slot: &Slot) -> MutexGuard<'_, SlotState> {
+    // Holders only move a value in or out: consistent after a panic.
+    slot.state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The delivering end of an [`Ack`] made by [`Ack::channel`]. Dropped
+/// without delivering, it reports the connection lost.
+pub struct AckSender(Option<Arc<Slot>>);
+
+impl std::fmt::Debug for AckSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AckSender")
+    }
+}
+
+impl AckSender {
+    /// Delivers the outcome: wakes the thread waiting for it, or runs the
+    /// callback registered with [`Ack::then`] on this thread.
+    pub fn send(mut self, outcome: Outcome) {
+        if let Some(slot) = self.0.take() {
+            deliver(&slot, outcome);
+        }
+    }
+}
+
+fn deliver(slot: &Slot, outcome: Outcome) {
+    let mut state = lock(slot);
+    match std::mem::take(&mut *state) {
+        SlotState::Callback(callback) => {
+            *state = SlotState::Taken;
+            drop(state);
+            callback(outcome);
+        }
+        _ => {
+            *state = SlotState::Arrived(outcome);
+            drop(state);
+            slot.arrived.notify_one();
+        }
+    }
+}
+
+impl Drop for AckSender {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            deliver(
+                &slot,
+                Err(ReplicationError::Disconnected(
+                    "acknowledgement abandoned".into(),
+                )),
+            );
+        }
+    }
+}
+
 impl Ack {
     /// An acknowledgement already known (a replicator that works synchronously).
-    pub fn done(result: Result<(), ReplicationError>) -> Self {
+    pub fn done(result: Outcome) -> Self {
         Ack {
             state: AckState::Done(result),
             seq: None,
         }
     }
 
-    /// An acknowledgement that arrives later through `receiver`; if its
-    /// sender is dropped unanswered, the connection is considered lost.
-    pub fn waiting(receiver: mpsc::Receiver<Result<(), ReplicationError>>) -> Self {
-        Ack {
-            state: AckState::Waiting(receiver),
+    /// An acknowledgement that arrives later through the returned sender.
+    pub fn channel() -> (AckSender, Self) {
+        let slot = Arc::new(Slot::default());
+        let ack = Ack {
+            state: AckState::Waiting(slot.clone()),
             seq: None,
-        }
+        };
+        (AckSender(Some(slot)), ack)
     }
 
     /// The same acknowledgement, for the change numbered `seq` in the stream.
@@ -296,14 +378,26 @@ impl Ack {
     }
 
     /// The same acknowledgement, its outcome passed through `hook` when
-    /// waited for (e.g. to record a change the secondary may have missed).
-    pub fn map(
+    /// waited for (e.g. a change held until a resynchronisation). The hook
+    /// may block: it never runs on the thread delivering the outcome.
+    pub fn map(self, hook: impl FnOnce(Outcome) -> Outcome + Send + 'static) -> Self {
+        self.mapped(Hook::Any(Box::new(hook)))
+    }
+
+    /// The same acknowledgement, a failure passed through `hook` when
+    /// waited for (e.g. to record a change the secondary may have missed);
+    /// a success is known as soon as it arrives.
+    pub fn map_failure(
         self,
-        hook: impl FnOnce(Result<(), ReplicationError>) -> Result<(), ReplicationError> + Send + 'static,
+        hook: impl FnOnce(ReplicationError) -> Outcome + Send + 'static,
     ) -> Self {
+        self.mapped(Hook::Failure(Box::new(move |r| r.or_else(hook))))
+    }
+
+    fn mapped(self, hook: Hook) -> Self {
         let seq = self.seq;
         Ack {
-            state: AckState::Mapped(Box::new(self), Box::new(hook)),
+            state: AckState::Mapped(Box::new(self), hook),
             seq,
         }
     }
@@ -311,19 +405,71 @@ impl Ack {
     /// Whether the outcome is already known and waiting returns at once (a
     /// hook may block: a held change waits for the resynchronisation).
     pub fn is_done(&self) -> bool {
-        matches!(self.state, AckState::Done(_))
+        match &self.state {
+            AckState::Done(_) => true,
+            AckState::Waiting(_) => false,
+            AckState::Mapped(inner, Hook::Failure(_)) => {
+                matches!(inner.state, AckState::Done(Ok(())))
+            }
+            AckState::Mapped(_, Hook::Any(_)) => false,
+        }
     }
 
     /// Blocks until the secondary acknowledged (or the replication failed).
-    pub fn wait(self) -> Result<(), ReplicationError> {
+    pub fn wait(self) -> Outcome {
         match self.state {
             AckState::Done(result) => result,
-            AckState::Mapped(inner, hook) => hook(inner.wait()),
-            AckState::Waiting(rx) => rx.recv().unwrap_or_else(|_| {
-                Err(ReplicationError::Disconnected(
-                    "acknowledgement abandoned".into(),
-                ))
-            }),
+            AckState::Mapped(inner, Hook::Any(hook) | Hook::Failure(hook)) => hook(inner.wait()),
+            AckState::Waiting(slot) => {
+                let mut state = lock(&slot);
+                loop {
+                    match std::mem::take(&mut *state) {
+                        SlotState::Arrived(outcome) => return outcome,
+                        other => *state = other,
+                    }
+                    state = slot.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    /// Calls `then` once the secondary's answer arrived, with this
+    /// acknowledgement in its final state: at once if it is known, else on
+    /// the thread delivering it — which must not be held up: `then` should
+    /// [`Ack::wait`] there only if [`Ack::is_done`] (a success, or a
+    /// failure without a hook), and hand the rest to a thread that may block.
+    /// Saves the hand-over to a waiting thread for every change.
+    pub fn then(self, then: impl FnOnce(Ack) + Send + 'static) {
+        self.then_boxed(Box::new(then))
+    }
+
+    fn then_boxed(self, then: Box<dyn FnOnce(Ack) + Send>) {
+        let seq = self.seq;
+        match self.state {
+            AckState::Done(_) => then(self),
+            AckState::Mapped(inner, hook) => inner.then_boxed(Box::new(move |inner| {
+                then(Ack {
+                    state: AckState::Mapped(Box::new(inner), hook),
+                    seq,
+                })
+            })),
+            AckState::Waiting(slot) => {
+                let arrived = move |outcome| {
+                    then(Ack {
+                        state: AckState::Done(outcome),
+                        seq,
+                    })
+                };
+                let mut state = lock(&slot);
+                match std::mem::take(&mut *state) {
+                    SlotState::Arrived(outcome) => {
+                        *state = SlotState::Taken;
+                        drop(state);
+                        arrived(outcome);
+                    }
+                    _ => *state = SlotState::Callback(Box::new(arrived)),
+                }
+            }
         }
     }
 }

@@ -26,7 +26,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use holdfast_membership::ClusterKey;
 
-use crate::op::{Ack, Change, Op, ReplicationError, Replicator};
+use crate::op::{Ack, AckSender, Change, Op, ReplicationError, Replicator};
 use crate::protocol::{primary_handshake, Direction, Opener, Reply, Sealer};
 use crate::resync::{Answer, Peer, Request};
 
@@ -86,7 +86,7 @@ impl Payload {
 /// Who waits for the reply to one frame.
 #[derive(Debug)]
 enum Waiter {
-    Ack(mpsc::Sender<Result<(), ReplicationError>>),
+    Ack(AckSender),
     Answer(mpsc::Sender<Result<Answer, ReplicationError>>),
 }
 
@@ -94,7 +94,7 @@ impl Waiter {
     fn fail(self, error: ReplicationError) {
         // A waiter that gave up is not an error.
         match self {
-            Waiter::Ack(tx) => drop(tx.send(Err(error))),
+            Waiter::Ack(tx) => tx.send(Err(error)),
             Waiter::Answer(tx) => drop(tx.send(Err(error))),
         }
     }
@@ -143,7 +143,10 @@ impl Shared {
             state.broken = Some(error.clone());
         }
         state.queue.clear();
-        for (_, (_, waiter)) in std::mem::take(&mut state.pending) {
+        let pending = std::mem::take(&mut state.pending);
+        // Outside the lock: a waiter's callback may run here.
+        drop(state);
+        for (_, (_, waiter)) in pending {
             waiter.fail(error.clone());
         }
     }
@@ -174,7 +177,8 @@ impl Shared {
         drop(state);
         for (_, waiter) in waiters {
             if let Waiter::Ack(tx) = waiter {
-                let _ = tx.send(Ok(()));
+                // Runs the change's callback here, if it has one.
+                tx.send(Ok(()));
             }
         }
         Ok(())
@@ -416,9 +420,9 @@ impl TcpReplicator {
 
 impl Replicator for TcpReplicator {
     fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
-        let (tx, rx) = mpsc::channel();
+        let (tx, ack) = Ack::channel();
         let seq = self.send(&Outgoing::Change(change), Waiter::Ack(tx))?;
-        Ok(Ack::waiting(rx).numbered(seq))
+        Ok(ack.numbered(seq))
     }
 
     fn applied(&self) -> Option<u64> {

@@ -1438,7 +1438,7 @@ impl Replicator for Link {
                     Ok(ack) => ack,
                     Err(e) => Ack::done(Err(e)),
                 };
-                Ok(ack.map(move |r| r.or_else(fallback)))
+                Ok(ack.map_failure(fallback))
             }
             Mode::Mirror(peer) => match peer.submit(change) {
                 Ok(ack) => {
@@ -1453,13 +1453,10 @@ impl Replicator for Link {
                         }
                         None => Some(Touched::of(change)),
                     };
-                    Ok(ack.map(move |r| match r {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            let link = in_flight.link();
-                            let seen = link.record_failed(own, Some(in_flight))?;
-                            link.failure_outcome(e, seen)
-                        }
+                    Ok(ack.map_failure(move |e| {
+                        let link = in_flight.link();
+                        let seen = link.record_failed(own, Some(in_flight))?;
+                        link.failure_outcome(e, seen)
                     }))
                 }
                 Err(e) => {

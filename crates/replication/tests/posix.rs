@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::Fixture;
-use holdfast_replication::{Ack, AckMode, Change, Mirror, ReplicationError, Replicator};
+use holdfast_replication::{Ack, AckMode, AckSender, Change, Mirror, ReplicationError, Replicator};
 use rustix::fs::{
     self as rfs, FallocateFlags, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags, CWD,
 };
@@ -1035,18 +1035,17 @@ fn failed_replication_is_an_io_error_for_the_application() {
 #[test]
 fn requests_go_on_while_a_change_waits_for_its_acknowledgement() {
     use std::sync::{mpsc, Mutex};
-    type Release = mpsc::Sender<Result<(), ReplicationError>>;
     /// Acknowledges when the test says: through a channel, or through a
     /// hook that blocks (as a change held during a resynchronisation).
-    struct Held(Mutex<Vec<Release>>, bool);
+    struct Held(Mutex<Vec<AckSender>>, bool);
     impl Replicator for Held {
         fn submit(&self, _: &Change) -> Result<Ack, ReplicationError> {
-            let (tx, rx) = mpsc::channel();
+            let (tx, ack) = Ack::channel();
             self.0.lock().unwrap().push(tx);
             Ok(if self.1 {
-                Ack::done(Ok(())).map(move |r| rx.recv().unwrap_or(Ok(())).and(r))
+                Ack::done(Ok(())).map(move |r| ack.wait().and(r))
             } else {
-                Ack::waiting(rx)
+                ack
             })
         }
     }
@@ -1080,7 +1079,7 @@ fn requests_go_on_while_a_change_waits_for_its_acknowledgement() {
                 "the held write never returned"
             );
             for tx in held.0.lock().unwrap().drain(..) {
-                let _ = tx.send(Ok(()));
+                tx.send(Ok(()));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
