@@ -7,7 +7,9 @@
 //! with replication off (the FUSE floor) and the replicated directory
 //! (mirroring to the secondary over the lab network). Then the resynchronisation of a returning secondary after
 //! 1% of a tree changed while ALONE, beside `rsync` of the same change
-//! between the same hosts.
+//! between the same hosts; and the return of a primary killed while
+//! mirroring, by its activity log, beside the same return comparing the
+//! whole tree.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
+use holdfast_lab::records::Appenders;
 use holdfast_lab::wait_until;
 use rand::{Rng, RngCore, SeedableRng};
 
@@ -560,11 +563,105 @@ fn log_time(line: &str) -> Option<SystemTime> {
 
 /// The resynchronisation's figures, from the primary's module log.
 struct Resync {
-    seconds: f64,
     /// From `holdfast start` on the returning node to mirroring again.
     return_seconds: f64,
+    span: Span,
+}
+
+/// The last resynchronisation in a primary's module log: from its
+/// "resynchronising" line to its "resynchronised" line.
+struct Span {
+    seconds: f64,
     bytes_sent: u64,
+    blocks_compared: u64,
     how: String,
+}
+
+impl Span {
+    fn last(log: &str) -> Result<Span> {
+        let begin = log
+            .lines()
+            .rfind(|l| l.contains("resynchronising ") && l.contains(" to the secondary ("))
+            .context("no start of resynchronisation in the log")?;
+        let end = log
+            .lines()
+            .rfind(|l| l.contains(" resynchronised ("))
+            .context("no end of resynchronisation in the log")?;
+        let seconds = match (log_time(begin), log_time(end)) {
+            (Some(b), Some(e)) => e.duration_since(b).unwrap_or_default().as_secs_f64(),
+            _ => bail!("unreadable times in the module log: {begin} / {end}"),
+        };
+        let how = begin
+            .split(" to the secondary (")
+            .nth(1)
+            .unwrap_or_default()
+            .trim_end_matches(')')
+            .to_string();
+        let figures: Vec<u64> = end
+            .split(" resynchronised (")
+            .nth(1)
+            .unwrap_or_default()
+            .split(' ')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        Ok(Span {
+            seconds,
+            bytes_sent: figures.first().copied().unwrap_or(0),
+            blocks_compared: figures.get(1).copied().unwrap_or(0),
+            how,
+        })
+    }
+}
+
+/// Waits until `host` logged one more resynchronisation than `before`.
+fn wait_resynchronised(cluster: &MirrorLab, host: &str, before: usize) -> Result<String> {
+    let mut log = String::new();
+    let finished = wait_until(Duration::from_secs(1800), Duration::from_millis(20), || {
+        log = cluster.module_log(host);
+        log.matches(" resynchronised (").count() > before
+    });
+    if !finished {
+        bail!("{host} did not finish resynchronising its secondary within 30 min");
+    }
+    Ok(log)
+}
+
+/// Writers append records on `prim` while it mirrors, its host is killed
+/// (`kill -9`), `second` takes over, and `prim`'s daemon starts again: the
+/// new primary's resynchronisation of it. With `drop_log`, its activity
+/// log is removed first (as before it existed): the whole tree compared.
+fn crash_return(
+    cluster: &mut MirrorLab,
+    (prim, second): (&'static str, &'static str),
+    drop_log: bool,
+) -> Result<Span> {
+    let settle = Duration::from_secs(120);
+    cluster.wait_mirroring(prim, settle)?;
+    let dir = format!("{DATA}/crash-{prim}");
+    sh(cluster, prim, &format!("mkdir -p {dir}"))?;
+    let writers = Appenders::start(cluster, prim, &dir, 4, 512)?;
+    if !wait_until(Duration::from_secs(30), Duration::from_millis(10), || {
+        writers.count() > 200
+    }) {
+        bail!("the writers on {prim} made no progress");
+    }
+    let before = cluster
+        .module_log(second)
+        .matches(" resynchronised (")
+        .count();
+    cluster.kill(prim)?;
+    drop(writers.acknowledged(None));
+    cluster.wait_states(settle, |a, b| {
+        settled(if second == "node1" { a } else { b }, "ALONE")
+    })?;
+    if drop_log {
+        let log = cluster.lab.host_dir(prim)?.join(format!(
+            "var-lib-holdfast/modules/{MODULE}/replication/0/log/activity-mirror.log"
+        ));
+        std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
+    }
+    cluster.start_daemon(prim)?;
+    Span::last(&wait_resynchronised(cluster, second, before)?)
 }
 
 struct Rsync {
@@ -574,11 +671,11 @@ struct Rsync {
 }
 
 fn resync_part(
-    cluster: &MirrorLab,
+    cluster: &mut MirrorLab,
     exe: &Path,
-    (prim, second): (&str, &str),
+    (prim, second): (&'static str, &'static str),
     mib: u64,
-) -> Result<(f64, Resync, Rsync)> {
+) -> Result<(f64, Resync, Rsync, [Span; 2])> {
     let seed = rand::random::<u32>() as u64;
     let settle = Duration::from_secs(120);
     eprintln!("resync: writing a {mib} MiB tree through the mirror");
@@ -597,44 +694,18 @@ fn resync_part(
         .count();
     let returned = Instant::now();
     cluster.run_cli_checked(second, &["start", "-m", MODULE])?;
-    let mut log = String::new();
-    let finished = wait_until(Duration::from_secs(1800), Duration::from_millis(20), || {
-        log = cluster.module_log(prim);
-        log.matches(" resynchronised (").count() > done_before
-    });
-    let return_seconds = returned.elapsed().as_secs_f64();
-    if !finished {
-        bail!("{prim} did not finish resynchronising {second} within 30 min");
-    }
-    let begin = log
-        .lines()
-        .rfind(|l| l.contains("resynchronising ") && l.contains(" to the secondary ("))
-        .context("no start of resynchronisation in the log")?;
-    let end = log
-        .lines()
-        .rfind(|l| l.contains(" resynchronised ("))
-        .context("no end of resynchronisation in the log")?;
-    let seconds = match (log_time(begin), log_time(end)) {
-        (Some(b), Some(e)) => e.duration_since(b).unwrap_or_default().as_secs_f64(),
-        _ => bail!("unreadable times in the module log: {begin} / {end}"),
-    };
-    let how = begin
-        .split(" to the secondary (")
-        .nth(1)
-        .unwrap_or_default()
-        .trim_end_matches(')')
-        .to_string();
-    let bytes_sent = end
-        .split(" resynchronised (")
-        .nth(1)
-        .and_then(|r| r.split(' ').next()?.parse().ok())
-        .unwrap_or(0);
+    let log = wait_resynchronised(cluster, prim, done_before)?;
     let resync = Resync {
-        seconds,
-        return_seconds,
-        bytes_sent,
-        how,
+        return_seconds: returned.elapsed().as_secs_f64(),
+        span: Span::last(&log)?,
     };
+    // A primary killed while mirroring returns: by its activity log, then
+    // the other way round with that log removed (the whole tree compared).
+    eprintln!("resync: {prim} killed while mirroring, returning by its activity log");
+    let by_log = crash_return(cluster, (prim, second), false)?;
+    eprintln!("resync: {second} killed while mirroring, returning without its activity log");
+    let whole = crash_return(cluster, (second, prim), true)?;
+    cluster.wait_mirroring(prim, settle)?;
 
     // rsync of the same change between the same hosts: the secondary's copy
     // gets its original chunks back (so it differs by the modification),
@@ -693,7 +764,7 @@ fn resync_part(
     if rsync.files == 0 {
         bail!("rsync transferred no file: the copy was not restored?\n{out}");
     }
-    Ok((tree_mbps, resync, rsync))
+    Ok((tree_mbps, resync, rsync, [by_log, whole]))
 }
 
 struct RsyncDaemon(Child);
@@ -721,7 +792,7 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
         ..MirrorOptions::default()
     };
     eprintln!("starting a mirror module with {DATA} replicated on two lab hosts...");
-    let (cluster, prim, second) = MirrorLab::started(exe, options, Duration::from_secs(60))?;
+    let (mut cluster, prim, second) = MirrorLab::started(exe, options, Duration::from_secs(60))?;
     let s = settings;
     let rows = if s.resync_only {
         Vec::new()
@@ -729,7 +800,7 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
         workloads(&cluster, prim, exe, s)?
     };
     let resync = if s.tree_mib > 0 {
-        Some(resync_part(&cluster, exe, (prim, second), s.tree_mib)?)
+        Some(resync_part(&mut cluster, exe, (prim, second), s.tree_mib)?)
     } else {
         None
     };
@@ -779,7 +850,7 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
             );
         }
     }
-    if let Some((tree_mbps, resync, rsync)) = resync {
+    if let Some((tree_mbps, resync, rsync, [by_log, whole])) = resync {
         let mib = s.tree_mib;
         println!(
             "\nResynchronisation after 1% of a {mib} MiB tree ({} files) changed while ALONE",
@@ -790,12 +861,12 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
         );
         println!("| method | time | bytes sent | rsync time / resync time | target | met |");
         println!("|---|---|---|---|---|---|");
-        let speedup = rsync.seconds / resync.seconds;
+        let speedup = rsync.seconds / resync.span.seconds;
         println!(
             "| Holdfast resynchronisation ({}) | {:.2} s | {} | {:.1}× | ≥ 5× | {} |",
-            resync.how,
-            resync.seconds,
-            resync.bytes_sent,
+            resync.span.how,
+            resync.span.seconds,
+            resync.span.bytes_sent,
             speedup,
             if speedup >= 5.0 { "yes" } else { "no" }
         );
@@ -808,6 +879,27 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
              Writing the tree through the mirror: {tree_mbps:.0} MB/s.",
             resync.return_seconds
         );
+        println!(
+            "\nThe return of a primary killed (`kill -9` of its host) while mirroring, 4 writers appending"
+        );
+        println!(
+            "512-byte records with fsync: resynchronised by its activity log, beside the same return with"
+        );
+        println!(
+            "that log removed (the whole {mib} MiB tree compared, as before the log existed).\n"
+        );
+        println!("| method | time | bytes sent | blocks compared | whole-tree time / time |");
+        println!("|---|---|---|---|---|");
+        for span in [&by_log, &whole] {
+            println!(
+                "| {} | {:.2} s | {} | {} | {:.1}× |",
+                span.how,
+                span.seconds,
+                span.bytes_sent,
+                span.blocks_compared,
+                whole.seconds / span.seconds.max(1e-3)
+            );
+        }
     }
     Ok(())
 }

@@ -85,6 +85,12 @@ impl Recorded {
                 regions.len()
             ));
         }
+        let beyond = |m: &Mark| matches!(m, Mark::Extent { index, .. } if index.checked_add(1).and_then(|i| i.checked_mul(crate::tracking::EXTENT)).is_none());
+        if let Some(bad) = regions.iter().find(|m| beyond(m)) {
+            return Err(format!(
+                "activity log refused: {bad:?} lies beyond any file"
+            ));
+        }
         if let Some(bad) = regions.iter().find(|m| !is_relative_inside(m.path())) {
             return Err(format!(
                 "activity log refused: a region names {:?}, outside the directory",
@@ -207,9 +213,11 @@ pub(crate) struct ActivityLog {
 }
 
 impl ActivityLog {
-    /// Opens the log in `dir`; returns what it held (for the change log to
+    /// Reads the log in `dir`; returns what it held (for the change log to
     /// merge: a primary that crashed while mirroring and starts again as
     /// primary must send those regions too). Regions recovered stay hot.
+    /// Nothing is written before [`Self::start`] (called once what it held
+    /// is recorded elsewhere).
     pub(crate) fn open(dir: &Path, capacity: usize) -> Result<(Self, Recorded), ActivityError> {
         let path = dir.join(FILE);
         let err = |source| ActivityError {
@@ -226,16 +234,23 @@ impl ActivityLog {
             // Its content is in the change log now (compared everything).
             Recorded::Lost(_) => Vec::new(),
         };
-        let mut log = ActivityLog {
+        let log = ActivityLog {
             dir: dir.to_path_buf(),
+            // Replaced by `start`.
             file: File::open("/dev/null").map_err(err)?,
             hot: kept.into_iter().map(|m| (m, 0)).collect(),
             tick: 0,
             written: 0,
             capacity,
         };
-        log.rewrite().map_err(err)?;
         Ok((log, recorded))
+    }
+
+    /// Rewrites the file with the hot regions and opens it for appending.
+    pub(crate) fn start(&mut self) -> Result<(), ActivityError> {
+        let path = self.path();
+        self.rewrite()
+            .map_err(|source| ActivityError { path, source })
     }
 
     fn path(&self) -> PathBuf {
@@ -361,6 +376,7 @@ mod tests {
         {
             let (mut log, recorded) = ActivityLog::open(tmp.path(), 8).unwrap();
             assert_eq!(recorded, Recorded::Regions(vec![]));
+            log.start().unwrap();
             let empty = log.len();
             log.prepare(vec![extent("f", 0)], || None).unwrap();
             let one = log.len();
@@ -382,6 +398,7 @@ mod tests {
         // Reopened: they stay, on disk too.
         let (mut log, recorded) = ActivityLog::open(tmp.path(), 8).unwrap();
         assert_eq!(regions(recorded).len(), 2);
+        log.start().unwrap();
         assert_eq!(regions(load(tmp.path())).len(), 2);
         log.clear().unwrap();
         assert_eq!(regions(load(tmp.path())), vec![]);
@@ -391,6 +408,7 @@ mod tests {
     fn cold_regions_evict_idle_ones_never_busy_ones() {
         let tmp = tempfile::tempdir().unwrap();
         let (mut log, _) = ActivityLog::open(tmp.path(), 8).unwrap();
+        log.start().unwrap();
         for i in 0..8 {
             log.prepare(vec![extent("f", i)], || None).unwrap();
         }
@@ -421,6 +439,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         {
             let (mut log, _) = ActivityLog::open(tmp.path(), 8).unwrap();
+            log.start().unwrap();
             log.prepare(vec![extent("f", 0)], || None).unwrap();
             log.prepare(vec![extent("f", 1)], || None).unwrap();
         }
@@ -462,6 +481,8 @@ mod tests {
                 .collect(),
         );
         assert!(huge.usable().unwrap_err().contains("more than"));
+        let far = Recorded::Regions(vec![extent("f", u64::MAX / 2)]);
+        assert!(far.usable().unwrap_err().contains("beyond any file"));
         let lost = Recorded::Lost("damaged record at byte 12".into());
         assert!(lost.usable().unwrap_err().contains("damaged record"));
     }

@@ -736,7 +736,7 @@ impl ChangeLog {
         let (mut dirty, mut recovery) = Self::recover(dir).map_err(io)?;
         // Regions changed while mirroring before a crash: the peer may
         // lack them too (this node is the source if it is opening this).
-        let (activity, recorded) = ActivityLog::open(dir, activity::CAPACITY)?;
+        let (mut activity, recorded) = ActivityLog::open(dir, activity::CAPACITY)?;
         match (recorded, &mut recovery) {
             (_, Recovery::Lost { .. }) => {}
             (activity::Recorded::Lost(reason), _) => {
@@ -784,6 +784,9 @@ impl ChangeLog {
         };
         // The recovered state becomes the snapshot; the log starts empty.
         Self::write_checkpoint(&mut inner).map_err(io)?;
+        // Only now (what it held is in the snapshot) is the activity log
+        // rewritten.
+        activity.start()?;
         Ok((
             ChangeLog {
                 inner: Mutex::new(inner),
@@ -1692,6 +1695,51 @@ mod tests {
         std::fs::write(&snap, bytes).unwrap();
         let (log, recovery) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
         assert!(matches!(recovery, Recovery::Lost { .. }), "{recovery:?}");
+        assert!(log.dirty().everything);
+    }
+
+    #[test]
+    fn regions_changed_while_mirroring_are_covered_when_a_crashed_primary_reopens() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let (log, _) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
+            log.prepare_mirrored(&data("f", EXTENT + 5, 10), || None)
+                .unwrap();
+            log.prepare_mirrored(
+                &Intent::Entry {
+                    path: Path::new("d/x"),
+                },
+                || None,
+            )
+            .unwrap();
+            assert!(log.dirty().is_empty(), "mirrored: nothing tracked");
+            assert!(log.activity_len() > 8);
+            // Dropped: a crash.
+        }
+        let (log, recovery) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
+        assert_eq!(recovery, Recovery::Recovered { marks: 2 });
+        let d = log.dirty();
+        let per = EXTENT / BLOCK;
+        assert_eq!(
+            ranges(&d.files[Path::new("f")].blocks),
+            vec![(per, 2 * per)]
+        );
+        assert!(d.dirs.contains(Path::new("d")));
+        // A clean stop empties the activity log (the change log keeps its
+        // own state).
+        log.clear_activity().unwrap();
+        assert_eq!(
+            activity::load(tmp.path()),
+            activity::Recorded::Regions(vec![])
+        );
+        drop(log);
+        // A damaged activity log: everything is compared.
+        std::fs::write(tmp.path().join(activity::FILE), b"HFAM\x09\0\0\0").unwrap();
+        let (log, recovery) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
+        assert!(
+            matches!(&recovery, Recovery::Lost { reason } if reason.contains("version 9")),
+            "{recovery:?}"
+        );
         assert!(log.dirty().everything);
     }
 
