@@ -1389,7 +1389,17 @@ impl Replicator for Link {
                 .log
                 .prepare_mirrored(intent, || self.busy(peer.as_ref()))
                 .map_err(Self::tracking_error),
-            Mode::Track | Mode::Forward(_) | Mode::Hold | Mode::Closed => {
+            Mode::Hold => {
+                self.0.log.prepare(intent).map_err(Self::tracking_error)?;
+                // Applied here, acknowledged to no one yet: if this node
+                // crashes and the secondary takes over, they are to undo
+                // here. Kept (nothing evicted) while holding.
+                self.0
+                    .log
+                    .prepare_mirrored(intent, || None)
+                    .map_err(Self::tracking_error)
+            }
+            Mode::Track | Mode::Forward(_) | Mode::Closed => {
                 self.0.log.prepare(intent).map_err(Self::tracking_error)
             }
         }
