@@ -337,7 +337,9 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             if compare_all || dirty.everything {
                 log.with_pending(|p, _| *p = Dirty::everything());
             } else if let Scope::Regions(regions) = scope {
-                for region in regions {
+                // What is not replicated here is left alone.
+                let excluded = tree.exclusions();
+                for region in regions.iter().filter(|r| !excluded.excludes(r.path())) {
                     dirty.add_region(region);
                 }
                 log.with_pending(|p, _| *p = dirty.clone());

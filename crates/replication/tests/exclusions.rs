@@ -94,7 +94,10 @@ fn a_removed_directory_goes_with_the_secondarys_own_excluded_entries() {
     // Acknowledged on receipt: wait until the secondary applied it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !fx.secondary.join("work/f").exists() {
-        assert!(Instant::now() < deadline, "work/f never reached the secondary");
+        assert!(
+            Instant::now() < deadline,
+            "work/f never reached the secondary"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     fs::write(fx.secondary.join("work/old.tmp"), b"the secondary's own").unwrap();
