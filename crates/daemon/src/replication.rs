@@ -1329,8 +1329,8 @@ impl Connector {
         self.log.write(
             LogLevel::Info,
             &format!(
-                "{path} resynchronised ({} bytes sent, {} blocks compared, {} entries): mirroring",
-                stats.bytes_sent, stats.blocks_compared, stats.entries
+                "{path} resynchronised ({} bytes sent, {} blocks compared, {} entries, {} bytes compared): mirroring",
+                stats.bytes_sent, stats.blocks_compared, stats.entries, stats.bytes_compared
             ),
         );
         // After the log line: who sees `mirroring` finds it.

@@ -599,9 +599,8 @@ impl MirrorLab {
         let how = log
             .lines()
             .rev()
-            .find_map(|l| l.split("to the secondary (").nth(1))?
-            .trim_end_matches(')')
-            .to_string();
+            .find_map(|l| l.split("to the secondary (").nth(1))?;
+        let how = how.strip_suffix(')').unwrap_or(how).to_string();
         let words: Vec<u64> = log
             .lines()
             .rev()

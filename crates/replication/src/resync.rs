@@ -256,6 +256,9 @@ pub enum Scope {
 pub struct Stats {
     pub bytes_sent: u64,
     pub blocks_compared: u64,
+    /// Bytes those blocks hold (64 KiB for a whole file, 4 KiB for the
+    /// regions of an activity log).
+    pub bytes_compared: u64,
     pub entries: u64,
     pub moves_skipped: u32,
 }
@@ -707,6 +710,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
                 differing.push(offset);
             }
             self.stats.blocks_compared += 1;
+            self.stats.bytes_compared += data.len() as u64;
             self.progress.add_done(data.len() as u64);
             offset += COMPARE_BLOCK;
             index += 1;
@@ -775,6 +779,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             .map(|(i, _)| start + i as u64)
             .collect();
         self.stats.blocks_compared += end - start;
+        self.stats.bytes_compared += data.len() as u64;
         self.progress.add_done(len);
         self.link.log().with_pending(|p, _| {
             if let Some(f) = p.files.get_mut(path) {
