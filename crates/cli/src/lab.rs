@@ -150,6 +150,11 @@ pub enum LabCmd {
     BenchMount {
         #[arg(long)]
         dir: std::path::PathBuf,
+        /// Replicates instead to a receiver of this directory, in the same
+        /// process over loopback (acknowledged on receipt): for measuring
+        /// the replication path by hand without lab hosts.
+        #[arg(long)]
+        replicate_to: Option<std::path::PathBuf>,
     },
     /// Benchmark: failover time over repeated primary crashes.
     BenchFailover {
@@ -273,7 +278,9 @@ pub fn run(cmd: LabCmd) -> Result<ExitCode> {
             seconds,
             seed,
         } => crate::replication_bench::run_io(&dir, workload, mib, seconds, seed)?,
-        LabCmd::BenchMount { dir } => crate::replication_bench::run_floor_mount(&dir)?,
+        LabCmd::BenchMount { dir, replicate_to } => {
+            crate::replication_bench::run_floor_mount(&dir, replicate_to.as_deref())?
+        }
         LabCmd::BenchFailover {
             trials,
             load_seconds,

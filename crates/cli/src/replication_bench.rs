@@ -279,13 +279,27 @@ fn restore_tree(dir: &Path, mib: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// `bench-mount`: Holdfast's file system over `dir` with replication off,
-/// until standard input closes.
-pub fn run_floor_mount(dir: &Path) -> Result<()> {
-    let guard = holdfast_replication::Mirror::mount(
-        dir,
-        std::sync::Arc::new(holdfast_replication::Unreplicated),
-    )?;
+/// `bench-mount`: Holdfast's file system over `dir` with replication off
+/// — or to a receiver of `replica` in this process, over loopback —, until
+/// standard input closes.
+pub fn run_floor_mount(dir: &Path, replica: Option<&Path>) -> Result<()> {
+    use holdfast_replication::{AckMode, Receiver, Replicator, TcpReplicator, Unreplicated};
+    let replicator: std::sync::Arc<dyn Replicator> = match replica {
+        None => std::sync::Arc::new(Unreplicated),
+        Some(replica) => {
+            let key = holdfast_membership::ClusterKey::generate();
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let receiver = Receiver::new(replica, key.clone(), AckMode::Receipt)?;
+            // Ends with the connection, when the mount goes.
+            std::thread::spawn(move || match listener.accept() {
+                Ok((stream, _)) => receiver.serve_connection(stream).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            });
+            std::sync::Arc::new(TcpReplicator::connect(addr, &key)?)
+        }
+    };
+    let guard = holdfast_replication::Mirror::mount(dir, replicator)?;
     println!("mounted");
     std::io::stdout().flush()?;
     let mut sink = Vec::new();

@@ -317,23 +317,30 @@ impl Root {
         Ok(())
     }
 
-    /// Makes `rel` and the directory naming it durable. Only regular files
-    /// and directories are opened (opening a device or a fifo has effects);
-    /// for other nodes and for a path gone (unlinked), only the directory
-    /// naming it is synced.
+    /// Makes `rel` and the directory naming it durable (see
+    /// [`Self::flush_targets`]).
     pub fn fsync(&self, rel: &Path) -> Result<(), Errno> {
+        self.flush_targets(rel)?.iter().try_for_each(rfs::fsync)
+    }
+
+    /// What makes `rel` durable, opened now (a later rename does not change
+    /// what is synced): `rel` if a regular file or a directory (opening a
+    /// device or a fifo has effects), and the directory naming it — only
+    /// that one for other nodes and for a path gone (unlinked).
+    pub fn flush_targets(&self, rel: &Path) -> Result<Vec<OwnedFd>, Errno> {
         let kind = match self.stat(rel) {
             Ok(st) => Some(rfs::FileType::from_raw_mode(st.st_mode)),
             Err(Errno::NOENT) => None,
             Err(e) => return Err(e),
         };
+        let mut targets = Vec::new();
         if let Some(rfs::FileType::RegularFile | rfs::FileType::Directory) = kind {
-            rfs::fsync(self.open(rel, OFlags::RDONLY)?)?;
+            targets.push(self.open(rel, OFlags::RDONLY)?);
         }
         if let Some(parent) = rel.parent() {
-            rfs::fsync(self.open(parent, OFlags::RDONLY | OFlags::DIRECTORY)?)?;
+            targets.push(self.open(parent, OFlags::RDONLY | OFlags::DIRECTORY)?);
         }
-        Ok(())
+        Ok(targets)
     }
 }
 

@@ -1,8 +1,10 @@
 //! The secondary's end: applies changes in sequence order to its copy of
 //! the directory, reached through a held descriptor like on the primary.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,8 +28,9 @@ use crate::resync::{Answer, Request};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum AckMode {
     /// As soon as it is received (and checked), before applying — an
-    /// explicit fsync too (the secondary still performs it, in order): a
-    /// change survives the loss of either node, not of both at once.
+    /// explicit fsync too (the secondary still performs it, within
+    /// [`FLUSH_DELAY`]): a change survives the loss of either node, not
+    /// of both at once.
     #[default]
     Receipt,
     /// After it is applied and synced to disk on the secondary: a change
@@ -90,6 +93,46 @@ const QUEUED_BATCHES: usize = 32;
 const IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// A batch is passed on once it holds this many bytes of frames.
 const BATCH_BYTES: usize = 1 << 20;
+/// With receipt acknowledgements, how long the secondary may hold an
+/// fsync to perform it together with the next ones: nobody waits for it
+/// (what a restart of its host may lose is compared by checksums anyway,
+/// see [`crate::compare_reason`]), and one flush per fsync of a lone
+/// writer doubled the flushes of the disk both nodes may share.
+const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Flushes asked for with receipt acknowledgements and not yet performed:
+/// what each makes durable, opened when asked, each object once.
+#[derive(Debug, Default)]
+struct Flushes {
+    since: Option<std::time::Instant>,
+    /// By inode number (one file system: nested mounts are refused).
+    objects: HashMap<u64, OwnedFd>,
+}
+
+impl Flushes {
+    fn defer(&mut self, targets: Vec<OwnedFd>) -> Result<(), rustix::io::Errno> {
+        for fd in targets {
+            let ino = rustix::fs::fstat(&fd)?.st_ino;
+            self.objects.entry(ino).or_insert(fd);
+        }
+        self.since.get_or_insert_with(std::time::Instant::now);
+        Ok(())
+    }
+
+    /// How long until they are due; `None` when none waits.
+    fn due_in(&self) -> Option<std::time::Duration> {
+        self.since
+            .map(|since| FLUSH_DELAY.saturating_sub(since.elapsed()))
+    }
+
+    fn perform(&mut self) -> Result<(), ReceiverError> {
+        self.since = None;
+        for (_, fd) in self.objects.drain() {
+            rustix::fs::fsync(&fd).map_err(|e| ReceiverError::Sync(e.into()))?;
+        }
+        Ok(())
+    }
+}
 
 /// Frames read and not yet passed on to the applier.
 #[derive(Debug, Default)]
@@ -398,17 +441,25 @@ impl Receiver {
             }
             Ok(())
         };
+        // Fsyncs held a little (receipt acknowledgements).
+        let mut flushes = Flushes::default();
         loop {
-            let batch = match items.recv_timeout(IDLE) {
+            let due = flushes.due_in();
+            let batch = match items.recv_timeout(due.unwrap_or(IDLE).min(IDLE)) {
                 Ok(batch) => batch,
-                // Idle: once per idle period.
+                // Idle, or the held fsyncs are due.
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    tell_applied(&mut reported)?;
+                    flushes.perform()?;
+                    if due.is_none_or(|due| due >= IDLE) {
+                        // Idle: once per idle period.
+                        tell_applied(&mut reported)?;
+                    }
                     continue;
                 }
                 // Nothing more to read (a clean stop closes the reading
                 // side only): the last word, if the connection carries it.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    flushes.perform()?;
                     let _ = tell_applied(&mut reported);
                     break;
                 }
@@ -416,7 +467,15 @@ impl Receiver {
             for item in batch {
                 match item {
                     Item::Change(seq, change) => {
-                        if let Err(error) = self.apply(seq, &change) {
+                        let applied = match &change.op {
+                            Op::Fsync { path } if self.mode == AckMode::Receipt => self
+                                .root
+                                .flush_targets(path)
+                                .and_then(|targets| flushes.defer(targets))
+                                .map_err(|errno| apply_error(seq, &change, errno)),
+                            _ => self.apply(seq, &change),
+                        };
+                        if let Err(error) = applied {
                             // A live change to an entry this copy lacks yet: the
                             // resynchronisation brings the entry later, as it is
                             // on the primary then — this change included.
@@ -434,6 +493,9 @@ impl Receiver {
                         }
                     }
                     Item::Request(seq, request) => {
+                        // Requests record this copy's state: after the
+                        // flushes asked for before them.
+                        flushes.perform()?;
                         match &request {
                             Request::Begin { .. } => resyncing = true,
                             Request::End { .. } => resyncing = false,
@@ -449,6 +511,9 @@ impl Receiver {
                     }
                     Item::Refuse(seq, error) => return refuse(seq, error),
                 }
+            }
+            if flushes.due_in() == Some(std::time::Duration::ZERO) {
+                flushes.perform()?;
             }
         }
         Ok(())
@@ -635,20 +700,7 @@ impl Receiver {
                 }
                 Ok(())
             });
-        result.map_err(|errno| {
-            let path = change.op.paths()[0].to_path_buf();
-            // The path walk refuses symbolic links (ELOOP) and leaving the
-            // directory or its mount (EXDEV): the primary never sends such paths.
-            if matches!(errno, rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) {
-                ReceiverError::Escape { seq, path }
-            } else {
-                ReceiverError::Apply {
-                    seq,
-                    op: format!("{} {}", op_name(&change.op), path.display()),
-                    source: errno.into(),
-                }
-            }
-        })
+        result.map_err(|errno| apply_error(seq, change, errno))
     }
 
     /// A directory the primary removed or replaced (its own excluded
@@ -689,6 +741,22 @@ impl Receiver {
             self.root.remove_tree(&path)?;
         }
         Ok(())
+    }
+}
+
+/// Why change `seq` could not be applied.
+fn apply_error(seq: u64, change: &Change, errno: rustix::io::Errno) -> ReceiverError {
+    let path = change.op.paths()[0].to_path_buf();
+    // The path walk refuses symbolic links (ELOOP) and leaving the
+    // directory or its mount (EXDEV): the primary never sends such paths.
+    if matches!(errno, rustix::io::Errno::LOOP | rustix::io::Errno::XDEV) {
+        ReceiverError::Escape { seq, path }
+    } else {
+        ReceiverError::Apply {
+            seq,
+            op: format!("{} {}", op_name(&change.op), path.display()),
+            source: errno.into(),
+        }
     }
 }
 
