@@ -19,7 +19,10 @@
 //! synced append before its change. Past [`CAPACITY`] regions, those whose
 //! changes the secondary has all applied are evicted (a quarter at once)
 //! and the file is rewritten atomically; regions with changes in flight
-//! are never evicted (the log then grows beyond the capacity).
+//! are never evicted (the log then grows beyond the capacity). Regions
+//! without a change for [`IDLE`] leave too, at the next cold region (at
+//! most once per [`COOL_EVERY`]): a bulk load long past is not compared
+//! after a crash.
 //!
 //! # Format
 //!
@@ -34,6 +37,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -52,6 +56,12 @@ pub const CAPACITY: usize = 1024;
 /// extent hot): one synced append per 32 MiB, not per 4 MiB. Past the end
 /// of the file they cost nothing at resynchronisation.
 const AHEAD: u64 = 8;
+/// A region without a change for this long leaves the log (its changes
+/// all applied by the secondary).
+pub const IDLE: Duration = Duration::from_secs(60);
+/// How often idle regions may be removed (a rewrite of the file, on the
+/// path of a change to a cold region).
+const COOL_EVERY: Duration = Duration::from_secs(10);
 /// The most regions a returning node's log may name (the capacity plus
 /// what had changes in flight): more is refused as damaged.
 pub const MAX_REGIONS: usize = 16 * CAPACITY;
@@ -208,9 +218,16 @@ fn replace(dir: &Path, bytes: &[u8]) -> Result<(), ActivityError> {
 pub(crate) struct ActivityLog {
     dir: PathBuf,
     file: File,
-    /// Region → when last used.
-    hot: HashMap<Mark, u64>,
+    /// Region → when last used (a counter, and the time).
+    hot: HashMap<Mark, (u64, Instant)>,
     tick: u64,
+    /// When idle regions were last removed.
+    cooled: Instant,
+    /// A write failed: the file in hand may not be the log any more; the
+    /// next cold region rewrites it whole.
+    broken: bool,
+    idle: Duration,
+    cool_every: Duration,
     /// Regions written in the file (with repeats).
     written: usize,
     capacity: usize,
@@ -242,8 +259,12 @@ impl ActivityLog {
             dir: dir.to_path_buf(),
             // Replaced by `start`.
             file: File::open("/dev/null").map_err(err)?,
-            hot: kept.into_iter().map(|m| (m, 0)).collect(),
+            hot: kept.into_iter().map(|m| (m, (0, Instant::now()))).collect(),
             tick: 0,
+            cooled: Instant::now(),
+            broken: false,
+            idle: IDLE,
+            cool_every: COOL_EVERY,
             written: 0,
             capacity,
         };
@@ -263,6 +284,7 @@ impl ActivityLog {
 
     /// Replaces the file with the hot regions, atomically.
     fn rewrite(&mut self) -> std::io::Result<()> {
+        self.broken = true;
         let mut bytes = header();
         let mut regions: Vec<Mark> = self.hot.keys().cloned().collect();
         regions.sort_by(|a, b| a.path().cmp(b.path()));
@@ -272,7 +294,21 @@ impl ActivityLog {
         }
         write_atomically(&self.path(), &bytes)?;
         self.file = OpenOptions::new().append(true).open(self.path())?;
+        self.broken = false;
         Ok(())
+    }
+
+    /// Adds `new` to the hot regions and rewrites the file; if that fails
+    /// they are not hot (their change fails, and the next one retries).
+    fn add_rewriting(&mut self, new: Vec<Mark>) -> std::io::Result<()> {
+        self.add(new.clone());
+        let result = self.rewrite();
+        if result.is_err() {
+            for m in &new {
+                self.hot.remove(m);
+            }
+        }
+        result
     }
 
     /// Before a mirrored change is applied: its regions are on disk when
@@ -285,10 +321,11 @@ impl ActivityLog {
         busy: impl FnOnce() -> Option<HashSet<Mark>>,
     ) -> Result<(), ActivityError> {
         self.tick += 1;
+        let now = Instant::now();
         let mut new = Vec::new();
         for m in marks {
             match self.hot.get_mut(&m) {
-                Some(t) => *t = self.tick,
+                Some(used) => *used = (self.tick, now),
                 None if !new.contains(&m) => new.push(m),
                 None => {}
             }
@@ -319,42 +356,59 @@ impl ActivityLog {
         new.extend(ahead);
         let path = self.path();
         let err = |source| ActivityError { path, source };
-        if self.hot.len() + new.len() > self.capacity {
+        let full = self.hot.len() + new.len() > self.capacity;
+        let cool = now.duration_since(self.cooled) >= self.cool_every
+            && self
+                .hot
+                .values()
+                .any(|(_, at)| now.duration_since(*at) >= self.idle);
+        if self.broken || full || cool {
             if let Some(busy) = busy() {
-                let mut idle: Vec<(u64, Mark)> = self
+                // Neither busy nor touched by this very change.
+                let mut idle: Vec<(u64, Instant, Mark)> = self
                     .hot
                     .iter()
-                    // Neither busy nor touched by this very change.
-                    .filter(|(m, t)| **t != self.tick && !busy.contains(m))
-                    .map(|(m, t)| (*t, m.clone()))
+                    .filter(|(m, (t, _))| *t != self.tick && !busy.contains(m))
+                    .map(|(m, (t, at))| (*t, *at, m.clone()))
                     .collect();
-                idle.sort_by_key(|(t, _)| *t);
+                idle.sort_by_key(|(t, _, _)| *t);
                 let target = (self.capacity * 3 / 4).saturating_sub(new.len());
-                let excess = self.hot.len().saturating_sub(target);
-                for (_, m) in idle.into_iter().take(excess) {
-                    self.hot.remove(&m);
+                let excess = if full {
+                    self.hot.len().saturating_sub(target)
+                } else {
+                    0
+                };
+                for (i, (_, at, m)) in idle.into_iter().enumerate() {
+                    if i < excess || now.duration_since(at) >= self.idle {
+                        self.hot.remove(&m);
+                    }
                 }
             }
-            self.add(new);
-            return self.rewrite().map_err(err);
+            self.cooled = now;
+            return self.add_rewriting(new).map_err(err);
         }
         if self.written + new.len() > 2 * self.capacity {
-            self.add(new);
-            return self.rewrite().map_err(err);
+            return self.add_rewriting(new).map_err(err);
         }
         let bytes = sealed(&Record::Regions(new.clone()));
-        self.file
+        let appended = self
+            .file
             .write_all(&bytes)
-            .and_then(|()| self.file.sync_data())
-            .map_err(err)?;
+            .and_then(|()| self.file.sync_data());
+        if let Err(e) = appended {
+            // Maybe partly written: a damaged record unless rewritten.
+            self.broken = true;
+            return Err(err(e));
+        }
         self.written += new.len();
         self.add(new);
         Ok(())
     }
 
     fn add(&mut self, new: Vec<Mark>) {
+        let now = Instant::now();
         for m in new {
-            self.hot.insert(m, self.tick);
+            self.hot.insert(m, (self.tick, now));
         }
     }
 
@@ -447,6 +501,31 @@ mod tests {
         log.prepare(vec![extent("rnd", 5)], || None).unwrap();
         log.prepare(vec![extent("rnd", 2)], || None).unwrap();
         assert_eq!(regions(load(tmp.path())).len(), 39);
+    }
+
+    #[test]
+    fn regions_idle_for_long_leave_at_the_next_cold_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, _) = ActivityLog::open(tmp.path(), 1024).unwrap();
+        log.start().unwrap();
+        log.idle = Duration::from_millis(50);
+        log.cool_every = Duration::ZERO;
+        log.prepare(vec![extent("bulk", 0)], || None).unwrap();
+        log.prepare(vec![extent("busy", 0)], || None).unwrap();
+        log.prepare(vec![extent("hot", 0)], || None).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        // Still in use: stays.
+        log.prepare(vec![extent("hot", 0)], || None).unwrap();
+        // The next cold region: the idle ones leave, but one with a
+        // change the secondary may lack.
+        let busy: HashSet<Mark> = [extent("busy", 0)].into();
+        log.prepare(vec![extent("new", 0)], || Some(busy)).unwrap();
+        let mut on_disk = regions(load(tmp.path()));
+        on_disk.sort_by(|a, b| a.path().cmp(b.path()));
+        assert_eq!(
+            on_disk,
+            vec![extent("busy", 0), extent("hot", 0), extent("new", 0)]
+        );
     }
 
     #[test]
