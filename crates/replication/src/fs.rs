@@ -876,7 +876,7 @@ impl MirrorFs {
         // Only the last chunk carries the file's time: the chunks before it
         // are followed at once by it in the stream. Without the time (fstat
         // failed), the secondary's mtime differs; the bytes must still go.
-        if let Some(change) = last.as_mut() {
+        if let Some(change) = last.as_mut().filter(|_| self.replicator.stamps()) {
             change.stamps = stamp(path, fd).into_iter().collect();
         }
         Ok((written, last))
@@ -2006,7 +2006,10 @@ impl Filesystem for Served {
                     len: if shifts { u64::MAX - offset } else { length },
                 })?;
                 rfs::fallocate(fd, flags, offset, length)?;
-                let stamps = vec![stamp(&path, fd)?];
+                let stamps = match self.replicator.stamps() {
+                    true => vec![stamp(&path, fd)?],
+                    false => vec![],
+                };
                 let op = Op::Fallocate {
                     path,
                     offset,

@@ -500,6 +500,16 @@ pub trait Replicator: Send + Sync {
         None
     }
 
+    /// Whether changes go to a peer now, so a write must carry the
+    /// modification time it left ([`Change::stamps`]). Reading a file's
+    /// time has a cost: the kernel then gives the next write a
+    /// fine-grained time (multigrain timestamps), which dirties the inode
+    /// at every write instead of once per clock tick, and the next fsync
+    /// writes the inode too (on ext4, a second disk write per fsync).
+    fn stamps(&self) -> bool {
+        true
+    }
+
     /// Submits and returns only once the secondary acknowledged.
     fn replicate(&self, change: &Change) -> Result<(), ReplicationError> {
         self.submit(change)?.wait()
@@ -514,6 +524,10 @@ pub struct Unreplicated;
 impl Replicator for Unreplicated {
     fn submit(&self, _change: &Change) -> Result<Ack, ReplicationError> {
         Ok(Ack::done(Ok(())))
+    }
+
+    fn stamps(&self) -> bool {
+        false
     }
 }
 

@@ -1405,6 +1405,13 @@ impl Replicator for Link {
         }
     }
 
+    /// Tracked changes need no times: a resynchronisation sends what the
+    /// files hold then. (Modes change under the tree's ordering lock, under
+    /// which the file system asks.)
+    fn stamps(&self) -> bool {
+        matches!(*lock(&self.0.mode), Mode::Mirror(_) | Mode::Forward(_))
+    }
+
     fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
         let mode = lock(&self.0.mode).clone();
         match mode {
