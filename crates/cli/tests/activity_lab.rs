@@ -86,33 +86,35 @@ fn identical(cluster: &MirrorLab) {
     assert!(same, "trees identical\n{}", logs(cluster));
 }
 
+/// node1 started alone, `alone` run there, then node2 started.
+fn pair(alone: &str) -> MirrorLab {
+    let cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
+    cluster
+        .run_cli_checked("node1", &["start", "-m", "demo"])
+        .expect("start node1");
+    let settled_alone = cluster.wait_states(SETTLE, |a, _| settled(a, "ALONE"));
+    if let Err(e) = settled_alone {
+        panic!("{e}\n{}", logs(&cluster));
+    }
+    sh(&cluster, "node1", alone);
+    cluster
+        .run_cli_checked("node2", &["start", "-m", "demo"])
+        .expect("start node2");
+    cluster
+}
+
 #[test]
 fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
     let trials = env_number("HOLDFAST_ACTIVITY_TRIALS").unwrap_or(2);
     let seed = env_number("HOLDFAST_ACTIVITY_SEED").unwrap_or_else(rand::random);
     eprintln!("{trials} trials, seed {seed} (replay with HOLDFAST_ACTIVITY_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
     // The bulk of the tree is written while node1 is alone: tracked, then
     // sent to node2 when it joins; no activity log ever names it.
-    cluster
-        .run_cli_checked("node1", &["start", "-m", "demo"])
-        .expect("start node1");
-    let alone = cluster.wait_states(SETTLE, |a, _| settled(a, "ALONE"));
-    if let Err(e) = alone {
-        panic!("{e}\n{}", logs(&cluster));
-    }
-    sh(
-        &cluster,
-        "node1",
-        &format!(
-            "mkdir -p {DATA}/bulk && for i in $(seq 1 {BULK_FILES}); do \
-             head -c {BULK_KIB}K /dev/urandom > {DATA}/bulk/f$i; done"
-        ),
-    );
-    cluster
-        .run_cli_checked("node2", &["start", "-m", "demo"])
-        .expect("start node2");
+    let mut cluster = pair(&format!(
+        "mkdir -p {DATA}/bulk && for i in $(seq 1 {BULK_FILES}); do \
+         head -c {BULK_KIB}K /dev/urandom > {DATA}/bulk/f$i; done"
+    ));
     let (mut prim, mut second) = ("node1", "node2");
     // Records written by the last writers while mirroring: their regions
     // are hot in the activity log of the next primary to be killed.
@@ -208,17 +210,7 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
 /// acknowledged record ends on both, the trees identical.
 #[test]
 fn a_primary_back_first_after_the_pair_was_killed_sends_its_activity_log_regions() {
-    let mut cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
-    cluster
-        .run_cli_checked("node1", &["start", "-m", "demo"])
-        .expect("start node1");
-    let alone = cluster.wait_states(SETTLE, |a, _| settled(a, "ALONE"));
-    if let Err(e) = alone {
-        panic!("{e}\n{}", logs(&cluster));
-    }
-    cluster
-        .run_cli_checked("node2", &["start", "-m", "demo"])
-        .expect("start node2");
+    let mut cluster = pair("true");
     mirroring(&cluster, "node1");
     let running = writers(&cluster, "node1", &format!("{DATA}/w"));
     std::thread::sleep(Duration::from_millis(300));
