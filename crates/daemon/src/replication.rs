@@ -861,16 +861,9 @@ impl Replication {
             self.status.set(p.dir.index, Activity::Idle, None);
             self.fence.unknown(p.dir.index);
             if p.link.refused() > 0 {
-                // Held changes were applied here, and are in no activity
-                // log: the next resynchronisation into this copy compares
-                // checksums.
-                let lost = p
-                    .link
-                    .log()
-                    .lose_activity("changes refused when the primary role ended are not in it");
-                if let Err(e) = lost {
-                    self.log.write(LogLevel::Error, &e.to_string());
-                }
+                // They were applied here: this copy stays `unclean`, its
+                // activity log (which holds them) kept for the next
+                // resynchronisation into it.
                 self.log.write(
                     LogLevel::Error,
                     &format!(

@@ -30,7 +30,7 @@
 //! [`Record`], the first 8 bytes of its SHA-256. An append torn by a crash
 //! (the last record, incomplete or failing its check) was never acted
 //! upon and is ignored; any other damage, an unknown version, a missing
-//! file, or a [`Record::Lost`] means the log is lost: the comparison then
+//! file means the log is lost: the comparison then
 //! covers the whole tree.
 
 use std::collections::{HashMap, HashSet};
@@ -66,13 +66,11 @@ const COOL_EVERY: Duration = Duration::from_secs(10);
 /// what had changes in flight): more is refused as damaged.
 pub const MAX_REGIONS: usize = 16 * CAPACITY;
 
+/// One record of the file (an enum: later versions may add kinds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 enum Record {
     /// Regions added to the log.
     Regions(Vec<Mark>),
-    /// What this copy holds is not covered any more (changes refused when
-    /// the primary role ended).
-    Lost(String),
 }
 
 /// What a node's activity log says, as read at start or sent to the peer.
@@ -172,7 +170,6 @@ fn parse(data: &[u8]) -> Recorded {
         }
         match postcard::from_bytes::<Record>(body) {
             Ok(Record::Regions(r)) => regions.extend(r),
-            Ok(Record::Lost(reason)) => return lost(reason),
             Err(e) => return lost(format!("undecodable record: {e}")),
         }
         rest = &rest[end..];
@@ -197,13 +194,6 @@ pub fn load(dir: &Path) -> Recorded {
 /// peer (a clean stop, a completed resynchronisation into it).
 pub fn clear(dir: &Path) -> Result<(), ActivityError> {
     replace(dir, &header())
-}
-
-/// Records that the log no longer covers what this copy holds.
-pub fn lose(dir: &Path, reason: &str) -> Result<(), ActivityError> {
-    let mut bytes = header();
-    bytes.extend(sealed(&Record::Lost(reason.into())));
-    replace(dir, &bytes)
 }
 
 fn replace(dir: &Path, bytes: &[u8]) -> Result<(), ActivityError> {
@@ -590,8 +580,6 @@ mod tests {
         assert!(matches!(parse(b"garbage!"), Recorded::Lost(w) if w.contains("header")));
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(load(tmp.path()), Recorded::Lost(w) if w.contains("no activity log")));
-        lose(tmp.path(), "changes refused").unwrap();
-        assert_eq!(load(tmp.path()), Recorded::Lost("changes refused".into()));
     }
 
     #[test]

@@ -1024,13 +1024,6 @@ impl ChangeLog {
         Ok(lock(&self.activity).clear()?)
     }
 
-    /// This copy holds changes the activity log does not cover (refused
-    /// when the primary role ended): it is lost for `reason`.
-    pub fn lose_activity(&self, reason: &str) -> Result<(), TrackingError> {
-        let dir = lock(&self.inner).dir.clone();
-        Ok(activity::lose(&dir, reason)?)
-    }
-
     /// Size of the activity log kept while mirroring, in bytes.
     pub fn activity_len(&self) -> u64 {
         lock(&self.activity).len()
@@ -1389,17 +1382,17 @@ impl Replicator for Link {
                 .log
                 .prepare_mirrored(intent, || self.busy(peer.as_ref()))
                 .map_err(Self::tracking_error),
-            Mode::Hold => {
+            Mode::Hold | Mode::Closed => {
                 self.0.log.prepare(intent).map_err(Self::tracking_error)?;
-                // Applied here, acknowledged to no one yet: if this node
-                // crashes and the secondary takes over, they are to undo
-                // here. Kept (nothing evicted) while holding.
+                // Applied here, acknowledged to no one (yet, or ever): if
+                // the secondary takes over, they are to undo here. Kept
+                // (nothing evicted) meanwhile.
                 self.0
                     .log
                     .prepare_mirrored(intent, || None)
                     .map_err(Self::tracking_error)
             }
-            Mode::Track | Mode::Forward(_) | Mode::Closed => {
+            Mode::Track | Mode::Forward(_) => {
                 self.0.log.prepare(intent).map_err(Self::tracking_error)
             }
         }
