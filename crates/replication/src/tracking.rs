@@ -1754,6 +1754,33 @@ mod tests {
     }
 
     #[test]
+    fn held_and_refused_changes_are_in_the_activity_log_tracked_ones_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (log, _) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
+        let link = Link::tracking(Arc::new(log));
+        let regions = || match activity::load(tmp.path()) {
+            activity::Recorded::Regions(r) => r,
+            lost => panic!("{lost:?}"),
+        };
+        // ALONE: the change log covers it, the activity log has no say.
+        link.prepare(&data("alone", 0, 1)).unwrap();
+        assert!(regions().is_empty());
+        // Held for the secondary, then refused as the primary role ends:
+        // applied here, acknowledged to no one.
+        link.hold();
+        link.prepare(&data("held", 0, 1)).unwrap();
+        link.close();
+        link.prepare(&data("refused", EXTENT, 1)).unwrap();
+        let paths: Vec<PathBuf> = regions().iter().map(|m| m.path().to_path_buf()).collect();
+        assert_eq!(paths, vec![PathBuf::from("held"), PathBuf::from("refused")]);
+        // Both are tracked for when this node sends, too.
+        let d = link.log().dirty();
+        assert!(
+            d.files.contains_key(Path::new("held")) && d.files.contains_key(Path::new("refused"))
+        );
+    }
+
+    #[test]
     fn torn_last_record_is_ignored() {
         let tmp = tempfile::tempdir().unwrap();
         {
