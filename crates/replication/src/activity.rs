@@ -184,7 +184,7 @@ pub fn load(dir: &Path) -> Recorded {
     match std::fs::read(dir.join(FILE)) {
         Ok(bytes) => parse(&bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Recorded::Lost("no activity log: this node never mirrored with one".into())
+            Recorded::Lost(format!("{FILE} is missing"))
         }
         Err(e) => Recorded::Lost(format!("cannot read it: {e}")),
     }
