@@ -579,7 +579,7 @@ mod tests {
         assert!(matches!(parse(&version), Recorded::Lost(w) if w.contains("version 9")));
         assert!(matches!(parse(b"garbage!"), Recorded::Lost(w) if w.contains("header")));
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(load(tmp.path()), Recorded::Lost(w) if w.contains("no activity log")));
+        assert!(matches!(load(tmp.path()), Recorded::Lost(w) if w.contains("is missing")));
     }
 
     #[test]
