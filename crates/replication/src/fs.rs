@@ -49,8 +49,7 @@ use crate::op::{Ack, Change, Intent, Op, Replicator, Stamp, Time};
 /// through a descriptor opened before the mount bypasses the kernel (and
 /// replication); what it changes shows through the mount after this long.
 const TTL: Duration = Duration::from_secs(1);
-/// Threads waiting for acknowledgements and local flushes at once (more
-/// wait in line, in order).
+/// Threads finishing blocked requests at once (more wait in line, in order).
 const WAITERS: usize = 8;
 /// How open files are served: with no flush request at each close (every
 /// write was applied and acknowledged before it returned: nothing to
@@ -440,8 +439,8 @@ struct MirrorFs {
 
 /// What the kernel talks to: one thread reads and serves every request;
 /// a request waiting for the secondary is answered by the thread that
-/// receives its acknowledgement, and only what may block (a local flush
-/// while mirroring, a failure's hook) goes to [`Waiters`]. Several threads reading the same FUSE queue contend for
+/// receives its acknowledgement, and only what may block (a failure's
+/// hook) goes to [`Waiters`]. Several threads reading the same FUSE queue contend for
 /// it and are woken in turn, each on a cold cache: one reader served
 /// create + unlink three times as fast here.
 struct Served(Arc<MirrorFs>);
@@ -455,8 +454,8 @@ impl std::ops::Deref for Served {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Threads finishing requests that may block (a local flush, a change
-/// held for the secondary): each job wakes one idle thread (a channel
+/// Threads finishing requests that may block (a change held for the
+/// secondary, a failure to record): each job wakes one idle thread (a channel
 /// behind a shared lock would wake a second one to take the next turn).
 /// They end once the file system is gone.
 #[derive(Clone)]
@@ -511,14 +510,6 @@ impl Drop for MirrorFs {
 struct Pending(Option<(Result<Ack, crate::op::ReplicationError>, Change)>);
 
 impl Pending {
-    /// Whether the secondary's answer is already known (waiting returns at once).
-    fn is_done(&self) -> bool {
-        match &self.0 {
-            None | Some((Err(_), _)) => true,
-            Some((Ok(ack), _)) => ack.is_done(),
-        }
-    }
-
     /// Waits for the secondary; a failed replication is EIO.
     fn acknowledged(self) -> Result<(), fuser::Errno> {
         match self.0 {
@@ -917,11 +908,11 @@ impl MirrorFs {
 
     /// fsync and fdatasync of a file or directory: the secondary is asked
     /// first, in stream order after the changes it covers, then the local
-    /// flush runs on a waiter while the secondary's does — outside the
-    /// ordering lock, since a flush changes nothing and others may go on
-    /// meanwhile —, or here if the answer is known already (no
-    /// replication: as a plain FUSE file system does, no hand-over).
-    /// `done` gets the outcome.
+    /// flush runs here while the secondary's does — outside the ordering
+    /// lock, since a flush changes nothing. Here, not on a waiter: the
+    /// hand-over cost more than other requests lose waiting (a database
+    /// commits one flush at a time anyway). `done` gets the outcome, from
+    /// whichever of this thread and the acknowledgement's finishes last.
     fn flush_both(
         &self,
         path: impl FnOnce() -> Result<Option<PathBuf>, Errno>,
@@ -938,17 +929,10 @@ impl MirrorFs {
         });
         match ordered {
             Err(e) => done(Err(e)),
-            Ok((path, pending)) if pending.is_done() => done(
-                local(path.as_deref())
-                    .map_err(fuse_err)
-                    .and_then(|()| pending.acknowledged()),
-            ),
             Ok((path, pending)) => {
                 let join = Join::new(2, done);
                 pending.then(&self.waiters, join.part());
-                let flushed = join.part();
-                self.waiters
-                    .run(move || flushed(local(path.as_deref()).map_err(fuse_err)));
+                join.part()(local(path.as_deref()).map_err(fuse_err));
             }
         }
     }

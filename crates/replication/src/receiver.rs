@@ -7,7 +7,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use holdfast_membership::ClusterKey;
@@ -91,6 +91,11 @@ const QUEUED_BATCHES: usize = 32;
 const IDLE: std::time::Duration = std::time::Duration::from_millis(50);
 /// A batch is passed on once it holds this many bytes of frames.
 const BATCH_BYTES: usize = 1 << 20;
+/// With receipt acknowledgements, the reader applies a batch of changes
+/// up to this size itself when the applier has nothing left to do: waking
+/// the applier costs more here than writing that much (an idle vCPU halts
+/// at once), while a larger batch would hold up reading what follows.
+const INLINE_BYTES: usize = 64 << 10;
 /// With receipt acknowledgements, how long the secondary may hold an
 /// fsync to perform it together with the next ones: nobody waits for it
 /// (what a restart of its host may lose is compared by checksums anyway,
@@ -142,20 +147,24 @@ struct Batch {
 }
 
 impl Batch {
-    /// Acknowledges what was received (one reply for all), then passes the
-    /// batch on. False when the applier has stopped (it reports why).
-    fn flush(
-        &mut self,
-        applier: &mpsc::SyncSender<Vec<Item>>,
-        replies: &Replies,
-    ) -> Result<bool, ReceiverError> {
-        if let Some(upto) = self.received.take() {
-            let applied = replies.applied.load(Ordering::SeqCst);
-            replies.send(&Reply::Ack { upto, applied })?;
-        }
-        self.bytes = 0;
-        Ok(applier.send(std::mem::take(&mut self.items)).is_ok())
+    /// Whether the reader may apply it itself: plain changes only (a
+    /// deferred fsync and the requests are the applier's), and small.
+    fn is_light(&self) -> bool {
+        self.bytes <= INLINE_BYTES
+            && self.items.iter().all(|item| {
+                matches!(item, Item::Change(_, change) if !matches!(change.op, Op::Fsync { .. }))
+            })
     }
+}
+
+/// What the reader knows of the applier's progress.
+#[derive(Debug, Default)]
+struct Handover {
+    /// Batches handed over and not yet applied: at zero, the reader may
+    /// apply the next batch itself, in order.
+    queued: AtomicUsize,
+    /// Between a resynchronisation's `Begin` and `End`, as last applied.
+    resyncing: AtomicBool,
 }
 
 /// Whether `buffered` starts with a whole frame (reading it will not wait).
@@ -177,6 +186,16 @@ struct Replies {
 }
 
 impl Replies {
+    /// Refuses change or request `seq`: the session ends with `error`.
+    fn refuse(&self, seq: u64, error: ReceiverError) -> Result<(), ReceiverError> {
+        tracing::error!("{error}");
+        self.send(&Reply::Refused {
+            seq,
+            reason: error.to_string(),
+        })?;
+        Err(error)
+    }
+
     fn send(&self, reply: &Reply) -> Result<(), ReceiverError> {
         let payload = postcard::to_allocvec(reply).expect("replies always encode");
         let mut out = lock(&self.out);
@@ -306,13 +325,15 @@ impl Receiver {
         let mut opener = Opener::new(session, Direction::ToSecondary);
         // Many small frames arrive in one read.
         let mut incoming = std::io::BufReader::with_capacity(256 << 10, stream);
+        let handover = Handover::default();
         std::thread::scope(|scope| {
             let (to_applier, items) = mpsc::sync_channel(QUEUED_BATCHES);
             let applier = std::thread::Builder::new()
                 .name("repl-apply".into())
-                .spawn_scoped(scope, || self.apply_stream(items, &replies))
+                .spawn_scoped(scope, || self.apply_stream(items, &handover, &replies))
                 .map_err(ProtocolError::from)?;
-            let read = self.read_stream(&mut opener, &mut incoming, &to_applier, &replies);
+            let applier_at = (&to_applier, &handover);
+            let read = self.read_stream(&mut opener, &mut incoming, applier_at, &replies);
             drop(to_applier);
             // The applier's failure concerns an earlier change than the
             // reader's, and ends the reading: it is the one to report.
@@ -330,7 +351,7 @@ impl Receiver {
         &self,
         opener: &mut Opener,
         incoming: &mut std::io::BufReader<TcpStream>,
-        applier: &mpsc::SyncSender<Vec<Item>>,
+        applier: (&mpsc::SyncSender<Vec<Item>>, &Handover),
         replies: &Replies,
     ) -> Result<(), ReceiverError> {
         let mut batch = Batch::default();
@@ -339,7 +360,7 @@ impl Receiver {
             // applied now, not after the next frame.
             if !batch.items.is_empty()
                 && !holds_a_frame(incoming.buffer())
-                && !batch.flush(applier, replies)?
+                && !self.pass_on(&mut batch, applier, replies)?
             {
                 return Ok(());
             }
@@ -348,7 +369,7 @@ impl Receiver {
                 Ok(None) => break,
                 Err(e) => {
                     // The frames before a bad one are good: kept.
-                    batch.flush(applier, replies)?;
+                    self.pass_on(&mut batch, applier, replies)?;
                     return Err(e.into());
                 }
             };
@@ -356,7 +377,7 @@ impl Receiver {
             let message = match Message::decode(payload) {
                 Ok(message) => message,
                 Err(e) => {
-                    batch.flush(applier, replies)?;
+                    self.pass_on(&mut batch, applier, replies)?;
                     return Err(ProtocolError::Decode {
                         seq,
                         reason: e.to_string(),
@@ -374,7 +395,7 @@ impl Receiver {
                             path: path.to_path_buf(),
                         };
                         batch.items.push(Item::Refuse(seq, error));
-                        batch.flush(applier, replies)?;
+                        self.pass_on(&mut batch, applier, replies)?;
                         return Ok(());
                     }
                     if self.mode == AckMode::Receipt {
@@ -384,11 +405,72 @@ impl Receiver {
                 }
                 Message::Resync(request) => batch.items.push(Item::Request(seq, request)),
             }
-            if batch.bytes >= BATCH_BYTES && !batch.flush(applier, replies)? {
+            if batch.bytes >= BATCH_BYTES && !self.pass_on(&mut batch, applier, replies)? {
                 return Ok(());
             }
         }
-        batch.flush(applier, replies)?;
+        self.pass_on(&mut batch, applier, replies)?;
+        Ok(())
+    }
+
+    /// Acknowledges what was received (one reply for all), then applies
+    /// the batch here if it is light and the applier idle (see
+    /// [`INLINE_BYTES`]), else passes it on. False when the applier has
+    /// stopped (it reports why).
+    fn pass_on(
+        &self,
+        batch: &mut Batch,
+        (to_applier, applier): (&mpsc::SyncSender<Vec<Item>>, &Handover),
+        replies: &Replies,
+    ) -> Result<bool, ReceiverError> {
+        if let Some(upto) = batch.received.take() {
+            let applied = replies.applied.load(Ordering::SeqCst);
+            replies.send(&Reply::Ack { upto, applied })?;
+        }
+        let inline = self.mode == AckMode::Receipt
+            && batch.is_light()
+            && applier.queued.load(Ordering::SeqCst) == 0;
+        batch.bytes = 0;
+        let items = std::mem::take(&mut batch.items);
+        if !inline {
+            applier.queued.fetch_add(1, Ordering::SeqCst);
+            return Ok(to_applier.send(items).is_ok());
+        }
+        let resyncing = applier.resyncing.load(Ordering::SeqCst);
+        for item in items {
+            if let Item::Change(seq, change) = item {
+                let applied = self.apply(seq, &change);
+                self.settle(seq, applied, resyncing, replies)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// After change `seq` was applied (or deferred): recorded as applied,
+    /// and acknowledged if [`AckMode::Durable`] — or refused (the error).
+    fn settle(
+        &self,
+        seq: u64,
+        applied: Result<(), ReceiverError>,
+        resyncing: bool,
+        replies: &Replies,
+    ) -> Result<(), ReceiverError> {
+        if let Err(error) = applied {
+            // A live change to an entry this copy lacks yet: the
+            // resynchronisation brings the entry later, as it is
+            // on the primary then — this change included.
+            if !(resyncing && error.is_missing_entry()) {
+                return replies.refuse(seq, error);
+            }
+            tracing::debug!("{error}: left to the resynchronisation");
+        }
+        replies.applied.store(seq + 1, Ordering::SeqCst);
+        if self.mode == AckMode::Durable {
+            replies.send(&Reply::Ack {
+                upto: seq,
+                applied: seq + 1,
+            })?;
+        }
         Ok(())
     }
 
@@ -398,9 +480,10 @@ impl Receiver {
     fn apply_stream(
         &self,
         items: mpsc::Receiver<Vec<Item>>,
+        handover: &Handover,
         replies: &Replies,
     ) -> Result<(), ReceiverError> {
-        let result = self.apply_items(items, replies);
+        let result = self.apply_items(items, handover, replies);
         if result.is_err() {
             // Wakes the reader (its read returns the end of the stream).
             let _ = lock(&replies.out).0.shutdown(Shutdown::Read);
@@ -411,16 +494,9 @@ impl Receiver {
     fn apply_items(
         &self,
         items: mpsc::Receiver<Vec<Item>>,
+        handover: &Handover,
         replies: &Replies,
     ) -> Result<(), ReceiverError> {
-        let refuse = |seq: u64, error: ReceiverError| -> Result<(), ReceiverError> {
-            tracing::error!("{error}");
-            replies.send(&Reply::Refused {
-                seq,
-                reason: error.to_string(),
-            })?;
-            Err(error)
-        };
         // Between `Begin` and `End`: changes live on the primary arrive
         // while the resynchronisation has not yet brought every entry.
         let mut resyncing = false;
@@ -473,22 +549,7 @@ impl Receiver {
                                 .map_err(|errno| apply_error(seq, &change, errno)),
                             _ => self.apply(seq, &change),
                         };
-                        if let Err(error) = applied {
-                            // A live change to an entry this copy lacks yet: the
-                            // resynchronisation brings the entry later, as it is
-                            // on the primary then — this change included.
-                            if !(resyncing && error.is_missing_entry()) {
-                                return refuse(seq, error);
-                            }
-                            tracing::debug!("{error}: left to the resynchronisation");
-                        }
-                        replies.applied.store(seq + 1, Ordering::SeqCst);
-                        if self.mode == AckMode::Durable {
-                            replies.send(&Reply::Ack {
-                                upto: seq,
-                                applied: seq + 1,
-                            })?;
-                        }
+                        self.settle(seq, applied, resyncing, replies)?;
                     }
                     Item::Request(seq, request) => {
                         // Requests record this copy's state: after the
@@ -504,12 +565,15 @@ impl Receiver {
                                 replies.applied.store(seq + 1, Ordering::SeqCst);
                                 replies.send(&Reply::Answer { seq, answer })?
                             }
-                            Err(error) => return refuse(seq, error),
+                            Err(error) => return replies.refuse(seq, error),
                         }
                     }
-                    Item::Refuse(seq, error) => return refuse(seq, error),
+                    Item::Refuse(seq, error) => return replies.refuse(seq, error),
                 }
             }
+            handover.resyncing.store(resyncing, Ordering::SeqCst);
+            // Last: the reader may apply the next batch itself from now on.
+            handover.queued.fetch_sub(1, Ordering::SeqCst);
             if flushes.due_in() == Some(std::time::Duration::ZERO) {
                 flushes.perform()?;
             }
