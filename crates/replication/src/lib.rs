@@ -26,7 +26,8 @@
 //!       │                                          ▼ seq + MAC(session key)
 //!       │            receiver.rs: Receiver — a reader verifies and acks
 //!       │            on receipt (default: all frames at hand in one reply);
-//!       │            an applier applies in seq order to its copy (again via
+//!       │            an applier (or the reader, for light changes when the
+//!       │            applier is idle) applies in seq order to its copy (via
 //!       └──────────  a held directory fd), acking after fsync (Durable)
 //! ```
 //!
@@ -74,12 +75,15 @@
 //! (acknowledged on receipt: each acknowledgement says how far it applied)
 //! are recorded in the log then; the secondary records the boot id it
 //! applies unsynced changes under, so only a restart of its host makes the
-//! next resync compare checksums ([`compare_reason`]).
+//! next resync compare checksums ([`compare_reason`]). While mirroring,
+//! the primary keeps an activity log too (`activity.rs`: the regions that
+//! may hold changes the secondary never acknowledged), so a primary killed
+//! while mirroring returns by comparing only those regions ([`plan`]).
 //!
 //! # Not yet
 //!
-//! - tracking while mirroring (in-flight changes at a primary crash): today
-//!   the returning old primary is resynchronised by checksum comparison;
+//! - a primary that crashed while mirroring and restarts as primary sends
+//!   the extents of its activity log whole (a returning one compares them);
 //! - hard links created while ALONE whose first name was created while
 //!   ALONE too may come back as separate files after a crash (so may one
 //!   made, with its first name, among the changes in flight when the

@@ -353,13 +353,24 @@ fn connection_loss_fails_every_waiter() {
 
 #[test]
 fn a_live_change_to_an_entry_not_yet_resynchronised_is_left_to_the_resync() {
+    live_change_during_a_resync(AckMode::Durable);
+}
+
+/// The same with receipt acknowledgements, where the secondary's reader
+/// applies light changes itself when its applier is idle.
+#[test]
+fn a_live_change_acknowledged_on_receipt_is_left_to_the_resync_too() {
+    live_change_during_a_resync(AckMode::Receipt);
+}
+
+fn live_change_during_a_resync(mode: AckMode) {
     use holdfast_replication::resync::{Peer, Request};
     use holdfast_replication::GenerationStore;
     let (tmp, dir) = dirs();
     let key = ClusterKey::generate();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let receiver = Receiver::new(&dir, key.clone(), AckMode::Durable)
+    let receiver = Receiver::new(&dir, key.clone(), mode)
         .unwrap()
         .with_generations(GenerationStore::new(&tmp.path().join("gen")));
     let rx = std::thread::spawn(move || {
@@ -380,8 +391,12 @@ fn a_live_change_to_an_entry_not_yet_resynchronised_is_left_to_the_resync() {
     tx.replicate(&write("not-yet/f")).unwrap();
     tx.ask(&Request::End { source: 7 }).unwrap();
     assert!(!dir.join("not-yet").exists());
-    // Outside one, the copies would differ: refused.
-    let err = tx.replicate(&write("missing")).unwrap_err();
+    // Outside one, the copies would differ: refused — at once, or, when
+    // acknowledged on receipt, in answer to what follows.
+    let err = tx
+        .replicate(&write("missing"))
+        .and_then(|()| tx.ask(&Request::End { source: 7 }).map(drop))
+        .unwrap_err();
     assert!(
         matches!(&err, ReplicationError::Refused { reason, .. } if reason.contains("No such file")),
         "{err}"
