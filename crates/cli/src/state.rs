@@ -97,6 +97,9 @@ pub fn replicated(dir: &DirStatus) -> String {
             p.describe()
         ));
     }
+    if let Some(tracked) = &dir.tracked {
+        line.push_str(&format!(": {}", tracked.describe()));
+    }
     if let Some(problem) = &dir.problem {
         line.push_str(&format!(": {problem}"));
     }
@@ -113,7 +116,8 @@ fn networks_text(up: &[bool]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast_daemon::replication::ResyncProgress;
+    use holdfast_daemon::replication::{ResyncProgress, TrackedChanges};
+    use holdfast_replication::TrackedSummary;
 
     #[test]
     fn a_resynchronising_directory_shows_a_bar_and_what_is_left() {
@@ -129,6 +133,7 @@ mod tests {
             }),
             basis: Some("tracked changes and the secondary's activity log: 3 regions".into()),
             problem: None,
+            tracked: None,
         };
         assert_eq!(
             replicated(&dir),
@@ -149,5 +154,49 @@ mod tests {
             replicated(&refused),
             "/srv/app/data tracking changes (no secondary): no shared history"
         );
+    }
+
+    fn alone(summary: TrackedSummary, rate: Option<f64>, eta: Option<f64>) -> String {
+        replicated(&DirStatus {
+            dir: "/srv/app/data".into(),
+            activity: Activity::Tracking,
+            progress: None,
+            basis: None,
+            problem: None,
+            tracked: Some(TrackedChanges {
+                summary,
+                rate,
+                eta_seconds: eta,
+            }),
+        })
+    }
+
+    #[test]
+    fn an_alone_directory_tells_what_the_secondary_will_be_sent() {
+        let tracked = TrackedSummary {
+            files: 12,
+            bytes: 3 << 20,
+            entries: 4,
+            ..TrackedSummary::default()
+        };
+        assert_eq!(
+            alone(tracked, Some(1024.0 * 1024.0), Some(3.0)),
+            "/srv/app/data tracking changes (no secondary): 12 files, 3.0 MiB to send, 4 entries since the secondary left: about 3 s at the last resynchronisation's 1.0 MiB/s"
+        );
+        let after_crash = TrackedSummary {
+            directories: 2,
+            ..tracked
+        };
+        assert_eq!(
+            alone(after_crash, None, None),
+            "/srv/app/data tracking changes (no secondary): 12 files, 3.0 MiB to send, 4 entries since the secondary left, and 2 directories compared entry by entry (what differs there is unknown until compared)"
+        );
+        let lost = TrackedSummary {
+            everything: true,
+            ..TrackedSummary::default()
+        };
+        assert!(alone(lost, None, None).ends_with(
+            "unknown until compared (change tracking was lost: every file is compared by checksum)"
+        ));
     }
 }

@@ -8,7 +8,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, TrackedState};
 use holdfast_lab::wait_until;
 
 const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
@@ -165,11 +165,43 @@ fn returned(cluster: &MirrorLab) -> (String, u64) {
     resync
 }
 
+/// The 1 MiB written alone, and at most every 4 KiB block written around
+/// the departure (acknowledged or in flight), not the 64 MiB.
+fn most(written: u64) -> u64 {
+    MIB + (written + 64) * 4096
+}
+
+/// What the primary's `holdfast state` says it will send the secondary,
+/// once it tracks (SafeKit's `rfsdiff`); its text line says the same.
+fn tracked_alone(cluster: &MirrorLab) -> TrackedState {
+    let mut tracked = None;
+    let seen = wait_until(SETTLE, Duration::from_millis(50), || {
+        tracked = cluster.state(PRIM).and_then(|s| {
+            let dir = s.replication.first()?;
+            (dir.activity == "tracking").then(|| dir.tracked.clone())?
+        });
+        tracked.is_some()
+    });
+    assert!(seen, "tracked changes in the state\n{}", logs(cluster));
+    let tracked = tracked.expect("seen");
+    eprintln!("announced while alone: {tracked:?}");
+    assert!(!tracked.everything, "{tracked:?}");
+    assert!((1..=FILES).contains(&tracked.files), "{tracked:?}");
+    let text = cluster
+        .run_cli_checked(PRIM, &["state", "-m", "demo"])
+        .expect("state");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("{} files, ", tracked.files))
+            && text.contains(" to send since the secondary left"),
+        "{text}"
+    );
+    tracked
+}
+
 fn assert_tracked(cluster: &MirrorLab, how: &str, sent: u64, written: u64) {
     assert_eq!(how, "tracked changes", "{}", logs(cluster));
-    // The 1 MiB written alone, and at most every 4 KiB block written
-    // around the departure (acknowledged or in flight), not the 64 MiB.
-    let most = MIB + (written + 64) * 4096;
+    let most = most(written);
     assert!(
         (MIB..=most).contains(&sent),
         "sent {sent} B: between {MIB} and {most}\n{}",
@@ -199,11 +231,28 @@ fn a_secondary_whose_module_stopped_and_started_gets_only_the_tracked_changes() 
         logs(&cluster)
     );
     let written = succeeded(writing);
+    let tracked = tracked_alone(&cluster);
+    assert!(
+        (MIB..=most(written)).contains(&tracked.bytes),
+        "{tracked:?}\n{}",
+        logs(&cluster)
+    );
     cluster
         .run_cli_checked(SECOND, &["second", "-m", "demo"])
         .expect("start it again");
     let (how, sent) = returned(&cluster);
     assert_tracked(&cluster, &how, sent, written);
+    // Nothing changed since: the resync sent what the state announced,
+    // and logged it first.
+    assert_eq!(sent, tracked.bytes, "{tracked:?}");
+    let announced = format!("{DATA}: {} files, ", tracked.files);
+    assert!(
+        cluster.module_log(PRIM).contains(&announced),
+        "{announced}\n{}",
+        logs(&cluster)
+    );
+    let state = cluster.state(PRIM).expect("state");
+    assert!(state.replication[0].tracked.is_none(), "{state:?}");
 }
 
 #[test]

@@ -33,7 +33,7 @@ use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{
     decide, plan, resync, AckMode, ChangeLog, Decision, Exclusions, GenerationStore, Generations,
     Link, LinkMode, Mirror, MountGuard, OnFailure, Peer, Plan, Progress, Receiver, ReceiverError,
-    Recovery, Scope, TcpReplicator, TrackingConfig,
+    Recovery, Scope, TcpReplicator, TrackedSummary, TrackingConfig, Tree,
 };
 
 use crate::modlog::ModuleLog;
@@ -123,6 +123,79 @@ impl From<holdfast_replication::ProgressReport> for ResyncProgress {
     }
 }
 
+/// While ALONE (or holding writes): what the next resynchronisation will
+/// send, from the change log (SafeKit's `rfsdiff`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrackedChanges {
+    #[serde(flatten)]
+    pub summary: TrackedSummary,
+    /// The last resynchronisation's rate (bytes examined per second), if
+    /// one ran since the daemon started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// At that rate, when the figures are the whole of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+}
+
+impl TrackedChanges {
+    fn new(summary: TrackedSummary, rate: Option<f64>) -> Self {
+        let work = summary.bytes + summary.bytes_compared;
+        let eta_seconds = rate
+            .filter(|r| *r > 0.0 && work > 0 && summary.known())
+            .map(|r| work as f64 / r);
+        TrackedChanges {
+            summary,
+            rate,
+            eta_seconds,
+        }
+    }
+
+    /// "12 files, 3.2 MiB to send since the secondary left"; never a
+    /// figure where only a comparison will tell.
+    pub fn describe(&self) -> String {
+        let s = &self.summary;
+        if s.everything {
+            return "what changed since the secondary left is unknown until compared (change tracking was lost: every file is compared by checksum)".into();
+        }
+        let mut parts = vec![format!(
+            "{} files, {} to send",
+            s.files,
+            bytes(s.bytes as f64)
+        )];
+        if s.bytes_compared > 0 {
+            parts.push(format!(
+                "{} to compare by checksum",
+                bytes(s.bytes_compared as f64)
+            ));
+        }
+        if s.entries > 0 {
+            parts.push(format!("{} entries", s.entries));
+        }
+        if s.moves > 0 {
+            parts.push(format!("{} renames or links", s.moves));
+        }
+        let mut text = format!("{} since the secondary left", parts.join(", "));
+        if s.directories > 0 {
+            text.push_str(&format!(
+                ", and {} directories compared entry by entry (what differs there is unknown until compared)",
+                s.directories
+            ));
+        }
+        if s.linked {
+            text.push_str(", and hard-linked files compared (unknown until compared)");
+        }
+        if let (Some(eta), Some(rate)) = (self.eta_seconds, self.rate) {
+            text.push_str(&format!(
+                ": about {} s at the last resynchronisation's {}/s",
+                eta.ceil() as u64,
+                bytes(rate)
+            ));
+        }
+        text
+    }
+}
+
 /// One replicated directory in `holdfast state`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DirStatus {
@@ -137,6 +210,9 @@ pub struct DirStatus {
     /// What keeps it from mirroring (a refusal, the secondary unreachable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// While tracking or holding: what the secondary will be sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracked: Option<TrackedChanges>,
 }
 
 #[derive(Debug)]
@@ -146,6 +222,10 @@ struct LiveDir {
     progress: Option<Arc<Progress>>,
     basis: Option<String>,
     problem: Option<String>,
+    /// While primary: its change log and directory, for [`TrackedChanges`].
+    primary: Option<(Link, Tree)>,
+    /// The last resynchronisation's rate, bytes per second.
+    last_rate: Option<f64>,
 }
 
 /// The live status of a module's replicated directories, shared with the
@@ -163,6 +243,8 @@ impl ReplicationStatus {
                     progress: None,
                     basis: None,
                     problem: None,
+                    primary: None,
+                    last_rate: None,
                 })
                 .collect(),
         )))
@@ -192,15 +274,51 @@ impl ReplicationStatus {
         }
     }
 
+    /// The directory is mounted as primary (`None`: no longer).
+    fn primary(&self, index: usize, primary: Option<(Link, Tree)>) {
+        if let Some(d) = lock(&self.0).get_mut(index) {
+            d.primary = primary;
+        }
+    }
+
+    fn last_rate(&self, index: usize) -> Option<f64> {
+        lock(&self.0).get(index).and_then(|d| d.last_rate)
+    }
+
+    /// A resynchronisation completed at `rate` bytes per second.
+    fn resynchronised(&self, index: usize, rate: f64) {
+        if let Some(d) = lock(&self.0).get_mut(index) {
+            // One with nothing to examine measured nothing.
+            if rate > 0.0 {
+                d.last_rate = Some(rate);
+            }
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<DirStatus> {
-        lock(&self.0)
+        let read: Vec<_> = lock(&self.0)
             .iter()
-            .map(|d| DirStatus {
-                dir: d.dir.clone(),
-                activity: d.activity,
-                progress: d.progress.as_ref().map(|p| p.report().into()),
-                basis: d.basis.clone(),
-                problem: d.problem.clone(),
+            .map(|d| {
+                let status = DirStatus {
+                    dir: d.dir.clone(),
+                    activity: d.activity,
+                    progress: d.progress.as_ref().map(|p| p.report().into()),
+                    basis: d.basis.clone(),
+                    problem: d.problem.clone(),
+                    tracked: None,
+                };
+                let tracking = matches!(d.activity, Activity::Tracking | Activity::Holding);
+                let primary = d.primary.clone().filter(|_| tracking);
+                (status, primary, d.last_rate)
+            })
+            .collect();
+        // Outside the lock: the change log's counts (and a few sizes).
+        read.into_iter()
+            .map(|(mut status, primary, rate)| {
+                status.tracked = primary.map(|(link, tree)| {
+                    TrackedChanges::new(holdfast_replication::tracked(&tree, link.log()), rate)
+                });
+                status
             })
             .collect()
     }
@@ -725,6 +843,9 @@ impl Replication {
             match self.mount(&dir) {
                 Ok(p) => {
                     self.status.set(dir.index, Activity::Tracking, None);
+                    let tree = p.guard.as_ref().map(|g| g.tree());
+                    self.status
+                        .primary(dir.index, tree.map(|t| (p.link.clone(), t)));
                     self.primary.push(p)
                 }
                 Err(e) => self.log.write(
@@ -859,6 +980,7 @@ impl Replication {
                 self.log.write(LogLevel::Error, &e.to_string());
             }
             self.status.set(p.dir.index, Activity::Idle, None);
+            self.status.primary(p.dir.index, None);
             self.fence.unknown(p.dir.index);
             if p.link.refused() > 0 {
                 // They were applied here: this copy stays `unclean`, its
@@ -1273,6 +1395,14 @@ impl Connector {
             (Plan::ActivityLog { .. }, Ok(regions)) => Scope::Regions(regions.to_vec()),
             _ => Scope::Everything,
         };
+        if covers != Scope::Everything {
+            let tracked = holdfast_replication::tracked(&self.tree, self.link.log());
+            let rate = self.status.last_rate(self.dir.index);
+            self.log.write(
+                LogLevel::Info,
+                &format!("{path}: {}", TrackedChanges::new(tracked, rate).describe()),
+            );
+        }
         self.log.write(
             LogLevel::Info,
             &format!(
@@ -1326,6 +1456,8 @@ impl Connector {
                 stats.bytes_sent, stats.blocks_compared, stats.entries, stats.bytes_compared
             ),
         );
+        self.status
+            .resynchronised(self.dir.index, progress.report().rate);
         // After the log line: who sees `mirroring` finds it.
         self.status.set(self.dir.index, Activity::Mirroring, None);
         self.fence.current(self.dir.index);
@@ -1460,6 +1592,31 @@ fn detach_stale_mounts(dir: &Dir, log: &ModuleLog) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_estimate_of_the_duration_needs_a_measured_rate_and_known_figures() {
+        let known = TrackedSummary {
+            files: 1,
+            bytes: 4 << 20,
+            bytes_compared: 4 << 20,
+            ..TrackedSummary::default()
+        };
+        let rate = 2.0 * 1024.0 * 1024.0;
+        assert_eq!(
+            TrackedChanges::new(known, Some(rate)).eta_seconds,
+            Some(4.0)
+        );
+        assert_eq!(TrackedChanges::new(known, None).eta_seconds, None);
+        let unknown = TrackedSummary {
+            linked: true,
+            ..known
+        };
+        assert_eq!(TrackedChanges::new(unknown, Some(rate)).eta_seconds, None);
+        // The JSON of the API: the summary's fields, flat.
+        let json = serde_json::to_value(TrackedChanges::new(known, None)).unwrap();
+        assert_eq!(json["bytes"], 4 << 20);
+        assert!(json.get("eta_seconds").is_none());
+    }
 
     #[test]
     fn a_second_is_up_to_date_only_while_every_directory_is_synchronised() {

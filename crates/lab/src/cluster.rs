@@ -122,6 +122,19 @@ pub struct DirState {
     /// What keeps it from mirroring.
     #[serde(default)]
     pub problem: Option<String>,
+    /// While tracking: what the next resynchronisation will send.
+    #[serde(default)]
+    pub tracked: Option<TrackedState>,
+}
+
+/// The `tracked` part of a [`DirState`] (some of its fields).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct TrackedState {
+    pub files: u64,
+    /// Tracked bytes to send.
+    pub bytes: u64,
+    /// Tracking was lost: the amount is unknown until compared.
+    pub everything: bool,
 }
 
 /// Every replicated directory of `state` is `activity`.

@@ -68,7 +68,8 @@
 //! [`resync()`] brings a returning secondary up to date from the real
 //! directory ([`Tree`], under the file system's ordering lock) while the
 //! application keeps writing (`resync.rs` explains why nothing is lost or
-//! reordered). Progress: [`Progress::report`]. Who resynchronises whom is
+//! reordered). Progress: [`Progress::report`]; what the next one will
+//! send, read from the change log while ALONE: [`tracked`]. Who resynchronises whom is
 //! decided by [`decide`] from recorded [`Generations`] (`generation.rs`);
 //! the secondary records its copy incomplete for the whole resync.
 //! Mirrored changes the secondary may not have applied when it left
@@ -103,6 +104,7 @@ pub mod protocol;
 pub mod receiver;
 pub mod resync;
 pub mod sender;
+pub mod summary;
 pub mod tracking;
 
 pub use exclusions::{ExclusionError, Exclusions};
@@ -117,6 +119,7 @@ pub use op::{
 pub use receiver::{AckMode, Receiver, ReceiverError};
 pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Scope, Stats};
 pub use sender::TcpReplicator;
+pub use summary::{tracked, TrackedSummary};
 pub use tracking::{
     ChangeLog, Dirty, Link, LinkMode, Mark, OnFailure, Recovery, TrackingConfig, TrackingError,
 };

@@ -958,6 +958,11 @@ impl ChangeLog {
         lock(&self.inner).dirty.everything
     }
 
+    /// Runs `f` on the current state (briefly: changes wait meanwhile).
+    pub(crate) fn inspect<T>(&self, f: impl FnOnce(&Dirty) -> T) -> T {
+        f(&lock(&self.inner).dirty)
+    }
+
     /// A copy of the current state.
     pub fn dirty(&self) -> Dirty {
         lock(&self.inner).dirty.clone()
