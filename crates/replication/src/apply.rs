@@ -41,6 +41,16 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
+    /// Creates a regular file of this name, which must not exist.
+    pub fn create_file(&self, mode: u32) -> Result<OwnedFd, Errno> {
+        rfs::openat(
+            &self.dir,
+            &self.name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode & 0o777),
+        )
+    }
+
     /// Sets owner then mode of a node just made here (no symbolic link
     /// when `mode` is given), as [`Root::set_owner_mode`] does by path.
     pub fn set_owner_mode(&self, uid: u32, gid: u32, mode: Option<u32>) -> Result<(), Errno> {
@@ -193,17 +203,7 @@ impl Root {
                 uid,
                 gid,
             } => {
-                let e = self.entry(path)?;
-                let fd = rfs::openat(
-                    &e.dir,
-                    &e.name,
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(mode & 0o777),
-                )?;
+                let fd = self.entry(path)?.create_file(*mode)?;
                 set_file_owner_mode(&fd, *uid, *gid, *mode)?;
             }
             Op::Mknod {
@@ -467,7 +467,9 @@ impl Root {
     }
 
     /// Makes `rel` what the primary has; `true` if it had to be created
-    /// (so it holds none of the primary's content yet).
+    /// (so it holds none of the primary's content yet) or linked to
+    /// [`Entry::link`](crate::resync::Entry::link) (so it holds that
+    /// name's).
     pub fn ensure(&self, rel: &Path, state: &EntryState) -> Result<bool, Errno> {
         let current = match self.stat(rel) {
             Ok(st) => Some(st),
@@ -481,22 +483,42 @@ impl Root {
             return Ok(false);
         };
         let kind = rfs::FileType::from_raw_mode(want.mode);
-        let same = current.as_ref().is_some_and(|st| {
-            rfs::FileType::from_raw_mode(st.st_mode) == kind
-                && match kind {
-                    rfs::FileType::Symlink => self.link_target(rel).is_ok_and(|t| t == want.target),
-                    rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => {
-                        st.st_rdev == want.rdev
-                    }
-                    // Created while alone: whatever has this name here is
-                    // another file. One name there, several here: this
-                    // file is (also) another one (writing it would change
-                    // that one too).
-                    rfs::FileType::RegularFile => {
-                        !(want.fresh || want.nlink == 1 && st.st_nlink > 1)
-                    }
-                    _ => true,
+        // Checked before anything changes: only a regular file is linked,
+        // to another name holding one.
+        let first = match &want.link {
+            Some(first) => {
+                let st = self.stat(first)?;
+                let regular =
+                    |mode| rfs::FileType::from_raw_mode(mode) == rfs::FileType::RegularFile;
+                if first == rel || !regular(want.mode) || !regular(st.st_mode) {
+                    return Err(Errno::INVAL);
                 }
+                Some((st.st_dev, st.st_ino))
+            }
+            None => None,
+        };
+        let same = current.as_ref().is_some_and(|st| match first {
+            // That name's file here too.
+            Some(id) => (st.st_dev, st.st_ino) == id,
+            None => {
+                rfs::FileType::from_raw_mode(st.st_mode) == kind
+                    && match kind {
+                        rfs::FileType::Symlink => {
+                            self.link_target(rel).is_ok_and(|t| t == want.target)
+                        }
+                        rfs::FileType::CharacterDevice | rfs::FileType::BlockDevice => {
+                            st.st_rdev == want.rdev
+                        }
+                        // Created while alone: whatever has this name here is
+                        // another file. One name there, several here: this
+                        // file is (also) another one (writing it would change
+                        // that one too).
+                        rfs::FileType::RegularFile => {
+                            !(want.fresh || want.nlink == 1 && st.st_nlink > 1)
+                        }
+                        _ => true,
+                    }
+            }
         });
         let created = !same;
         if created {
@@ -505,24 +527,20 @@ impl Root {
             }
             let e = self.entry(rel)?;
             let perm = Mode::from_raw_mode(want.mode & 0o777);
-            match kind {
-                rfs::FileType::RegularFile => {
-                    rfs::openat(
-                        &e.dir,
-                        &e.name,
-                        OFlags::CREATE
-                            | OFlags::EXCL
-                            | OFlags::WRONLY
-                            | OFlags::NOFOLLOW
-                            | OFlags::CLOEXEC,
-                        perm,
-                    )?;
+            if let Some(first) = &want.link {
+                let first = self.entry(first)?;
+                rfs::linkat(&first.dir, &first.name, &e.dir, &e.name, AtFlags::empty())?;
+            } else {
+                match kind {
+                    rfs::FileType::RegularFile => {
+                        e.create_file(want.mode)?;
+                    }
+                    rfs::FileType::Directory => rfs::mkdirat(&e.dir, &e.name, perm)?,
+                    rfs::FileType::Symlink => {
+                        rfs::symlinkat(OsStr::from_bytes(&want.target), &e.dir, &e.name)?
+                    }
+                    _ => rfs::mknodat(&e.dir, &e.name, kind, perm, want.rdev)?,
                 }
-                rfs::FileType::Directory => rfs::mkdirat(&e.dir, &e.name, perm)?,
-                rfs::FileType::Symlink => {
-                    rfs::symlinkat(OsStr::from_bytes(&want.target), &e.dir, &e.name)?
-                }
-                _ => rfs::mknodat(&e.dir, &e.name, kind, perm, want.rdev)?,
             }
         }
         if kind == rfs::FileType::RegularFile {

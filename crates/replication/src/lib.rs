@@ -85,10 +85,6 @@
 //!
 //! - a primary that crashed while mirroring and restarts as primary sends
 //!   the extents of its activity log whole (a returning one compares them);
-//! - hard links created while ALONE whose first name was created while
-//!   ALONE too may come back as separate files after a crash (so may one
-//!   made, with its first name, among the changes in flight when the
-//!   secondary left);
 //! - kernel passthrough (`FOPEN_PASSTHROUGH`) for read-only opens: the
 //!   kernel refuses mixing passthrough and cached opens of one inode, so it
 //!   needs care; every read goes through the daemon for now;

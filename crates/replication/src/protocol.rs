@@ -42,7 +42,9 @@ const MAGIC: &[u8; 4] = b"HFRP";
 /// 4: acknowledgements say how far the secondary has applied; the answer
 /// to `Generations` says whether its copy kept everything it applied.
 /// 5: an acknowledgement covers every change up to the one it names.
-const VERSION: u8 = 6;
+/// 6: the answer to `Generations` carries an unclean primary's activity log.
+/// 7: `Ensure` may make a name a hard link of another one.
+const VERSION: u8 = 7;
 const NONCE: usize = 32;
 const TAG: usize = 32;
 /// A frame's length prefix and sequence number.

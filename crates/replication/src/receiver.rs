@@ -22,7 +22,7 @@ use crate::op::{is_relative_inside, Change, Op};
 use crate::protocol::{
     secondary_handshake, Direction, Message, Opener, ProtocolError, Reply, Sealer,
 };
-use crate::resync::{Answer, Request};
+use crate::resync::{Answer, Entry, EntryState, Request};
 
 /// When the secondary acknowledges a change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -669,6 +669,12 @@ impl Receiver {
             }
             Request::Ensure { path, state } => {
                 checked(path)?;
+                if let EntryState::Present(Entry {
+                    link: Some(first), ..
+                }) = state
+                {
+                    checked(first)?;
+                }
                 let created = self
                     .root
                     .ensure(path, state)

@@ -40,7 +40,11 @@
 //! 4. Entries, parents first: `Ensure` makes the peer's entry what the
 //!    primary has (type, mode, owner, xattrs, size, mtime); a directory
 //!    the peer lacked brings its children, a file the peer lacked all its
-//!    blocks.
+//!    blocks. A file with several names is made once: the names ensured
+//!    after the first become hard links of it ([`Entry::link`]; compared
+//!    by checksums, not sent again), whatever the replay managed — a link
+//!    whose first name was made alone finds nothing to link to there, and
+//!    after a crash there are no moves at all, only directories to examine.
 //! 5. Files: tracked blocks (4 KiB) are read and sent; files of uncertain
 //!    lineage are compared by 64 KiB block checksums and only differing
 //!    blocks are sent.
@@ -48,7 +52,7 @@
 //!    takes the primary's generation); under the lock the log is cleared
 //!    and the link switched to mirroring.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
@@ -110,7 +114,8 @@ pub enum Answer {
         skipped: u32,
     },
     /// `created`: the entry was missing or of another kind (or had to be
-    /// recreated): it holds nothing of the primary's yet.
+    /// recreated): it holds nothing of the primary's yet — or, linked to
+    /// [`Entry::link`], only what that name holds.
     Ensured {
         created: bool,
     },
@@ -151,6 +156,10 @@ pub struct Entry {
     /// A file created while alone: whatever the peer has under this name
     /// is another file, to be replaced.
     pub fresh: bool,
+    /// Another name of this (regular) file, made what the primary has
+    /// earlier in this resynchronisation: this name becomes a hard link
+    /// to it, not a file of its own.
+    pub link: Option<PathBuf>,
 }
 
 /// A [`Replicator`] that also answers resynchronisation requests.
@@ -288,6 +297,7 @@ pub fn resync<P: Peer + 'static>(
         uncertain: BTreeSet::new(),
         stamp_dirs: BTreeSet::new(),
         recursive: false,
+        names: HashMap::new(),
     };
     let result = pass.run(peer, source, scope);
     if result.is_err() {
@@ -311,6 +321,9 @@ struct Pass<'a, P: Peer> {
     stamp_dirs: BTreeSet<PathBuf>,
     /// Examine directories recursively (nothing tracked at all).
     recursive: bool,
+    /// The first name ensured of each file with several, by the primary's
+    /// (device, inode): its other names are made links to it.
+    names: HashMap<(u64, u64), PathBuf>,
 }
 
 /// The next piece of work, chosen under the lock.
@@ -508,6 +521,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             .unwrap_or(false);
         if let EntryState::Present(e) = &mut state {
             e.fresh = fresh;
+            e.link = self.other_name(path, e);
         }
         let answer = self.peer.ask(&Request::Ensure {
             path: path.to_path_buf(),
@@ -518,6 +532,10 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
         let EntryState::Present(e) = state else {
             return Ok(());
         };
+        // A name the peer lacked holds nothing yet: all its blocks. One
+        // just linked holds the other name's data, which live changes made
+        // through this name before did not reach: compared.
+        let whole = created && e.link.is_none();
         match rustix::fs::FileType::from_raw_mode(e.mode) {
             rustix::fs::FileType::Directory => {
                 self.stamp_dirs.insert(path.to_path_buf());
@@ -539,7 +557,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
                     } else {
                         f.blocks.blocks_below(end) * BLOCK
                     };
-                    if created {
+                    if whole {
                         f.blocks.insert(0, end);
                     } else {
                         f.compare = true;
@@ -557,6 +575,27 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Another name of `path`'s file, ensured earlier in this pass and
+    /// still naming it; `None` (and `path` becomes the name others link
+    /// to) for the first, or a file with one name.
+    fn other_name(&mut self, path: &Path, e: &Entry) -> Option<PathBuf> {
+        if e.nlink < 2
+            || rustix::fs::FileType::from_raw_mode(e.mode) != rustix::fs::FileType::RegularFile
+        {
+            return None;
+        }
+        let root = self.root();
+        let id = |p: &Path| root.stat(p).ok().map(|st| (st.st_dev, st.st_ino));
+        let mine = id(path)?;
+        match self.names.get(&mine) {
+            Some(first) if first != path && id(first) == Some(mine) => Some(first.clone()),
+            _ => {
+                self.names.insert(mine, path.to_path_buf());
+                None
+            }
+        }
     }
 
     /// One step of one file: a run of tracked blocks, or its comparison.
@@ -881,5 +920,6 @@ pub(crate) fn entry_state(root: &Root, path: &Path) -> Result<EntryState, Errno>
         target,
         xattrs: root.xattrs(path)?,
         fresh: false,
+        link: None,
     }))
 }

@@ -5,11 +5,12 @@
 #[allow(dead_code)]
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +189,27 @@ fn assert_same_trees(a: &Path, b: &Path) {
         }
         panic!("trees differ");
     }
+    // Equal link counts could still be other groupings: the names of
+    // each multiply-linked file must be the same on both sides.
+    assert_eq!(link_groups(a), link_groups(b), "hard links differ");
+}
+
+/// The names of each regular file with several, under `root`.
+fn link_groups(root: &Path) -> BTreeSet<BTreeSet<PathBuf>> {
+    fn walk(root: &Path, rel: &Path, out: &mut BTreeMap<u64, BTreeSet<PathBuf>>) {
+        for entry in fs::read_dir(root.join(rel)).unwrap() {
+            let rel = rel.join(entry.unwrap().file_name());
+            let md = fs::symlink_metadata(root.join(&rel)).unwrap();
+            if md.is_dir() {
+                walk(root, &rel, out);
+            } else if md.is_file() && md.nlink() > 1 {
+                out.entry(md.ino()).or_default().insert(rel);
+            }
+        }
+    }
+    let mut by_inode = BTreeMap::new();
+    walk(root, Path::new(""), &mut by_inode);
+    by_inode.into_values().collect()
 }
 
 fn random_file(path: &Path, len: u64, seed: u64) {
@@ -289,6 +311,64 @@ fn resync_sends_only_changed_blocks_and_namespace_changes() {
     // Mirroring again, with no gap.
     fs::write(p.join("after"), b"mirrored").unwrap();
     pair.finish(receiver);
+}
+
+/// Hard links made while ALONE come back as names of one file — first
+/// names made alone too or existing before, in one directory or across
+/// two — whether the lone primary stopped cleanly or crashed (its memory
+/// lost, only the durable log left).
+fn links_made_alone_run(crash: bool) {
+    let mut pair = Pair::new(small_files);
+    // Never a checkpoint: after the crash only the activity log speaks.
+    pair.go_alone(TrackingConfig {
+        interval: Duration::from_secs(3600),
+        max_marks: 1 << 20,
+    });
+    let p = pair.primary.clone();
+    fs::write(p.join("a"), vec![5u8; 10_000]).unwrap();
+    fs::hard_link(p.join("a"), p.join("b")).unwrap();
+    fs::create_dir(p.join("new")).unwrap();
+    fs::write(p.join("new/c"), b"c").unwrap();
+    fs::hard_link(p.join("new/c"), p.join("etc/c-link")).unwrap();
+    fs::hard_link(p.join("etc/conf-1"), p.join("etc/conf-1-link")).unwrap();
+    // Written through the second name.
+    let b = OpenOptions::new().write(true).open(p.join("b")).unwrap();
+    b.write_at(b"through b", 4096).unwrap();
+    drop(b);
+    if crash {
+        pair.link = None;
+        pair.mount.take().unwrap().unmount().unwrap();
+        let recovery = pair.go_alone(TrackingConfig::default());
+        assert!(
+            matches!(recovery, Recovery::Recovered { marks } if marks > 0),
+            "{recovery:?}"
+        );
+    }
+    let (peer, receiver) = pair.secondary();
+    let stats = pair.resync(Arc::new(peer), &Progress::default());
+    eprintln!("links made alone (crash: {crash}): {stats:?}");
+    pair.finish(receiver);
+    let s = &pair.secondary;
+    for (first, other) in [("a", "b"), ("new/c", "etc/c-link")] {
+        let (x, y) = (
+            fs::metadata(s.join(first)).unwrap(),
+            fs::metadata(s.join(other)).unwrap(),
+        );
+        assert_eq!((x.ino(), x.nlink()), (y.ino(), 2), "{first} and {other}");
+    }
+    // One file: a write through one name shows through the other.
+    fs::write(s.join("b"), b"after failover").unwrap();
+    assert_eq!(fs::read(s.join("a")).unwrap(), b"after failover");
+}
+
+#[test]
+fn links_made_alone_come_back_as_links() {
+    links_made_alone_run(false);
+}
+
+#[test]
+fn links_made_alone_come_back_as_links_after_a_crash() {
+    links_made_alone_run(true);
 }
 
 #[test]
@@ -703,6 +783,9 @@ fn in_flight_operations(p: &Path) {
     // Over one of two hard links: the other keeps the old data.
     fs::rename(p.join("victim"), p.join("linked-a")).unwrap();
     fs::hard_link(p.join("data"), p.join("data-link")).unwrap();
+    // A link whose first name is in flight too.
+    fs::write(p.join("fresh"), vec![4u8; 5000]).unwrap();
+    fs::hard_link(p.join("fresh"), p.join("fresh-link")).unwrap();
     fs::remove_file(p.join("dir2/x")).unwrap();
     data.set_len(100_000).unwrap();
     fs::set_permissions(

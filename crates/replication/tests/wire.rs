@@ -407,3 +407,71 @@ fn live_change_during_a_resync(mode: AckMode) {
         Err(ReceiverError::Apply { .. })
     ));
 }
+
+/// An `Ensure` making a name a hard link of another that leaves the
+/// directory, names no regular file, or names itself is refused with a
+/// clear error, and changes nothing.
+#[test]
+fn a_bad_link_in_an_ensure_is_refused_and_changes_nothing() {
+    use holdfast_replication::resync::{Entry, EntryState, Peer, Request};
+    let (tmp, dir) = dirs();
+    std::fs::write(tmp.path().join("outside"), b"outside").unwrap();
+    std::fs::write(dir.join("victim"), b"victim").unwrap();
+    std::fs::create_dir(dir.join("d")).unwrap();
+    let file = Entry {
+        mode: 0o100644,
+        uid: 0,
+        gid: 0,
+        size: 7,
+        nlink: 2,
+        rdev: 0,
+        mtime: holdfast_replication::Time { sec: 0, nsec: 0 },
+        target: Vec::new(),
+        xattrs: Vec::new(),
+        fresh: false,
+        link: None,
+    };
+    let cases = [
+        (
+            "victim",
+            0o100644,
+            "../outside",
+            "outside the replicated directory",
+        ),
+        ("victim", 0o100644, "d", "Invalid argument"),
+        ("victim", 0o100644, "missing", "No such file"),
+        ("victim", 0o100644, "victim", "Invalid argument"),
+        // Only a regular file is linked.
+        ("new-dir", 0o040755, "victim", "Invalid argument"),
+    ];
+    for (path, mode, link, reason) in cases {
+        let key = ClusterKey::generate();
+        let (addr, rx) = receiver(&dir, &key);
+        let tx = TcpReplicator::connect(addr, &key).unwrap();
+        let state = EntryState::Present(Entry {
+            mode,
+            link: Some(link.into()),
+            ..file.clone()
+        });
+        let err = tx
+            .ask(&Request::Ensure {
+                path: path.into(),
+                state,
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&err, ReplicationError::Refused { reason: r, .. } if r.contains(reason)),
+            "{link}: {err}"
+        );
+        drop(tx);
+        assert!(rx.join().unwrap().is_err(), "{link}");
+        assert_eq!(std::fs::read(dir.join("victim")).unwrap(), b"victim");
+        let md = std::fs::metadata(dir.join("victim")).unwrap();
+        assert_eq!(std::os::unix::fs::MetadataExt::nlink(&md), 1, "{link}");
+        assert!(!dir.join("new-dir").exists());
+    }
+    assert_eq!(
+        std::fs::read(tmp.path().join("outside")).unwrap(),
+        b"outside"
+    );
+}
