@@ -193,7 +193,7 @@ fn tracked_alone(cluster: &MirrorLab) -> TrackedState {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains(&format!("{} files, ", tracked.files))
-            && text.contains(" to send since the secondary left"),
+            && text.contains(" since the secondary left"),
         "{text}"
     );
     tracked
@@ -253,6 +253,39 @@ fn a_secondary_whose_module_stopped_and_started_gets_only_the_tracked_changes() 
     );
     let state = cluster.state(PRIM).expect("state");
     assert!(state.replication[0].tracked.is_none(), "{state:?}");
+}
+
+#[test]
+fn a_lone_primary_killed_amid_changes_says_what_only_a_comparison_will_tell() {
+    let mut cluster = pair();
+    cluster
+        .run_cli_checked(SECOND, &["stop", "-m", "demo"])
+        .expect("stop the secondary's module");
+    write_alone(&cluster);
+    // Two changes in a row: if the first checkpoints the change log, the
+    // second's directory mark is only in its activity log at the kill.
+    sh(
+        &cluster,
+        PRIM,
+        &format!("mkdir {DATA}/d && echo new > {DATA}/d/new"),
+    );
+    cluster.kill(PRIM).expect("kill -9 the primary's daemon");
+    cluster.start_daemon(PRIM).expect("restart it");
+    let tracked = tracked_alone(&cluster);
+    assert!(tracked.directories >= 1, "{tracked:?}");
+    let most = tracked.bytes + tracked.bytes_compared;
+    assert!(most >= MIB, "the 1 MiB is still known: {tracked:?}");
+    let text = cluster
+        .run_cli_checked(PRIM, &["state", "-m", "demo"])
+        .expect("state");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("unknown until compared"), "{text}");
+    cluster
+        .run_cli_checked(SECOND, &["second", "-m", "demo"])
+        .expect("start it again");
+    let (how, sent) = returned(&cluster);
+    assert_eq!(how, "tracked changes", "{}", logs(&cluster));
+    assert!((MIB..=most).contains(&sent), "sent {sent} B, {tracked:?}");
 }
 
 #[test]

@@ -95,6 +95,11 @@ impl ResyncProgress {
     }
 }
 
+/// "1 file", "2 files".
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// `n` bytes with a binary unit, for people.
 fn bytes(n: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -159,8 +164,8 @@ impl TrackedChanges {
             return "what changed since the secondary left is unknown until compared (change tracking was lost: every file is compared by checksum)".into();
         }
         let mut parts = vec![format!(
-            "{} files, {} to send",
-            s.files,
+            "{}, {} to send",
+            counted(s.files, "file", "files"),
             bytes(s.bytes as f64)
         )];
         if s.bytes_compared > 0 {
@@ -170,16 +175,16 @@ impl TrackedChanges {
             ));
         }
         if s.entries > 0 {
-            parts.push(format!("{} entries", s.entries));
+            parts.push(counted(s.entries, "entry", "entries"));
         }
         if s.moves > 0 {
-            parts.push(format!("{} renames or links", s.moves));
+            parts.push(counted(s.moves, "rename or link", "renames or links"));
         }
         let mut text = format!("{} since the secondary left", parts.join(", "));
         if s.directories > 0 {
             text.push_str(&format!(
-                ", and {} directories compared entry by entry (what differs there is unknown until compared)",
-                s.directories
+                ", and {} compared entry by entry (what differs there is unknown until compared)",
+                counted(s.directories, "directory", "directories")
             ));
         }
         if s.linked {

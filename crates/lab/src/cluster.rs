@@ -133,6 +133,11 @@ pub struct TrackedState {
     pub files: u64,
     /// Tracked bytes to send.
     pub bytes: u64,
+    /// Tracked bytes to compare by checksum (only differing blocks sent).
+    pub bytes_compared: u64,
+    /// Directories compared entry by entry (after a crash of the lone
+    /// primary): what differs there is unknown until compared.
+    pub directories: u64,
     /// Tracking was lost: the amount is unknown until compared.
     pub everything: bool,
 }

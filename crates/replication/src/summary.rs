@@ -22,8 +22,9 @@ pub struct TrackedSummary {
     /// reaches past what was written (a truncation, whole extents after a
     /// crash, a long write).
     pub bytes: u64,
-    /// Bytes of files whose content on the secondary is uncertain:
-    /// compared by checksum, only differing blocks sent.
+    /// Bytes of tracked files whose content on the secondary is uncertain
+    /// (or in a compared directory): compared by checksum, only differing
+    /// blocks sent.
     pub bytes_compared: u64,
     /// Names made identical (existence, type, attributes).
     pub entries: u64,
@@ -82,8 +83,14 @@ impl TrackedSummary {
             .filter(|(_, f)| f.compare || !f.blocks.is_empty());
         for (path, f) in with_data {
             summary.files += 1;
-            if f.compare || f.blocks.iter().any(|(s, e)| e - s >= EXTENT / BLOCK) {
-                sized.push((path.clone(), f.clone()));
+            // A compared directory's files are compared, not sent (the
+            // secondary's may hold the same data).
+            let parent = path.parent().unwrap_or(Path::new(""));
+            let compare = f.compare || dirty.dirs.contains(parent);
+            if compare || f.blocks.iter().any(|(s, e)| e - s >= EXTENT / BLOCK) {
+                let mut f = f.clone();
+                f.compare = compare;
+                sized.push((path.clone(), f));
             } else {
                 summary.bytes += f.blocks.blocks_below(u64::MAX) * BLOCK;
             }
@@ -194,6 +201,8 @@ mod tests {
         };
         {
             let (log, _) = ChangeLog::open(tmp.path(), config).unwrap();
+            log.prepare(&data("d/y", 0, 10)).unwrap();
+            log.checkpoint().unwrap();
             log.prepare(&data("f", 10, 10)).unwrap();
             log.prepare(&Intent::Entry {
                 path: Path::new("d/x"),
@@ -203,9 +212,19 @@ mod tests {
         }
         let (log, recovery) = ChangeLog::open(tmp.path(), config).unwrap();
         assert_eq!(recovery, Recovery::Recovered { marks: 2 });
-        // The whole first extent of f is tracked: as much as f holds.
-        let summary = TrackedSummary::read(&log, |_| Some(3 * BLOCK - 1));
-        assert_eq!((summary.files, summary.bytes), (1, 3 * BLOCK));
+        // The whole first extent of f is tracked: as much as f holds; d/y,
+        // in the directory compared, is compared.
+        let summary = TrackedSummary::read(&log, |p| {
+            Some(if p == Path::new("f") {
+                3 * BLOCK - 1
+            } else {
+                10
+            })
+        });
+        assert_eq!(
+            (summary.files, summary.bytes, summary.bytes_compared),
+            (2, 3 * BLOCK, 10)
+        );
         assert_eq!(summary.directories, 1);
         assert!(!summary.known(), "d's entries are compared");
     }
