@@ -192,7 +192,7 @@ fn tracked_alone(cluster: &MirrorLab) -> TrackedState {
         .expect("state");
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
-        text.contains(&format!("{} files, ", tracked.files))
+        text.contains(&format!(": {} file", tracked.files))
             && text.contains(" since the secondary left"),
         "{text}"
     );
@@ -245,7 +245,7 @@ fn a_secondary_whose_module_stopped_and_started_gets_only_the_tracked_changes() 
     // Nothing changed since: the resync sent what the state announced,
     // and logged it first.
     assert_eq!(sent, tracked.bytes, "{tracked:?}");
-    let announced = format!("{DATA}: {} files, ", tracked.files);
+    let announced = format!("{DATA}: {} file", tracked.files);
     assert!(
         cluster.module_log(PRIM).contains(&announced),
         "{announced}\n{}",
@@ -253,6 +253,13 @@ fn a_secondary_whose_module_stopped_and_started_gets_only_the_tracked_changes() 
     );
     let state = cluster.state(PRIM).expect("state");
     assert!(state.replication[0].tracked.is_none(), "{state:?}");
+    // It leaves again: an estimate, at the rate just measured.
+    cluster
+        .run_cli_checked(SECOND, &["stop", "-m", "demo"])
+        .expect("stop the secondary's module again");
+    write_alone(&cluster);
+    let again = tracked_alone(&cluster);
+    assert!(again.eta_seconds.is_some_and(|s| s > 0.0), "{again:?}");
 }
 
 #[test]

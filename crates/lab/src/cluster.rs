@@ -140,6 +140,9 @@ pub struct TrackedState {
     pub directories: u64,
     /// Tracking was lost: the amount is unknown until compared.
     pub everything: bool,
+    /// At the rate of the last resynchronisation (if one measured it).
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
 }
 
 /// Every replicated directory of `state` is `activity`.
