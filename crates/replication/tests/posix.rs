@@ -872,6 +872,38 @@ fn metadata_through_the_mount_is_never_stale() {
     fixture.finish().unwrap();
 }
 
+/// Write-only opens bypass the kernel's page cache (`FOPEN_DIRECT_IO`):
+/// what they write must still show through a descriptor that cached the
+/// file's data, and through the secondary.
+#[test]
+fn data_cached_by_a_reader_is_never_stale_after_a_write_only_open_writes() {
+    let mut fixture = Fixture::new(AckMode::Receipt);
+    let (mount, real) = (fixture.primary.clone(), fixture.backing());
+    let path = mount.join("f");
+    fs::write(&path, vec![b'a'; 8192]).unwrap();
+    let reader = File::open(&path).unwrap();
+    let cached = |at: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        let n = reader.read_at(&mut buf, at).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    assert_eq!(cached(0, 8192), vec![b'a'; 8192]);
+    let writer = OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(b"bbbb", 100).unwrap();
+    writer.write_all_at(b"cccc", 8190).unwrap();
+    let mut appender = OpenOptions::new().append(true).open(&path).unwrap();
+    appender.write_all(b"dd").unwrap();
+    let whole = fs::read(real.join("f")).unwrap();
+    assert_eq!(whole.len(), 8196);
+    assert_eq!(&whole[100..104], b"bbbb");
+    assert_eq!(&whole[8190..], b"ccccdd");
+    assert_eq!(cached(0, 16384), whole, "through the reader that cached it");
+    assert_eq!(reader.metadata().unwrap().len(), 8196);
+    drop((reader, writer, appender));
+    fixture.finish().unwrap();
+}
+
 #[test]
 fn concurrent_appending_writers_are_all_replicated() {
     const THREADS: usize = 8;
