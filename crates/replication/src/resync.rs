@@ -28,7 +28,9 @@
 //! secondary skips it while resynchronising (`ENOENT` between `Begin` and
 //! `End`), since the pass later brings that entry — a file it lacked with
 //! all its blocks, a directory with its children — as the primary has it
-//! then, this change included.
+//! then, this change included. A live hard link skipped so (its first
+//! name not there yet) leaves its new name to the pass too: the work
+//! list takes it, with its directories.
 //!
 //! # Steps
 //!

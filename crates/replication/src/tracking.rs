@@ -920,6 +920,12 @@ impl ChangeLog {
                     let exchange = flags & rustix::fs::RenameFlags::EXCHANGE.bits() != 0;
                     pending.rename(from, to, exchange);
                 }
+                // Skipped by the peer if it lacks the first name yet: the
+                // pass brings the new one too (as a link), after its
+                // directories, which the peer may lack as well.
+                Op::Link { to, .. } => pending
+                    .entries
+                    .extend(to.ancestors().map(Path::to_path_buf)),
                 _ => {}
             }
             pending.linked_lost = lost;
