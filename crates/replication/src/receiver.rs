@@ -104,7 +104,8 @@ const INLINE_BYTES: usize = 64 << 10;
 const FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Flushes asked for with receipt acknowledgements and not yet performed:
-/// what each makes durable, opened when asked, each object once.
+/// what each makes durable, opened when asked, each object once. Deferred
+/// by whichever thread applies the fsync, performed by the applier.
 #[derive(Debug, Default)]
 struct Flushes {
     since: Option<std::time::Instant>,
@@ -113,13 +114,16 @@ struct Flushes {
 }
 
 impl Flushes {
-    fn defer(&mut self, targets: Vec<OwnedFd>) -> Result<(), rustix::io::Errno> {
+    /// True when none was held before (the applier does not know when
+    /// these are due).
+    fn defer(&mut self, targets: Vec<OwnedFd>) -> Result<bool, rustix::io::Errno> {
         for fd in targets {
             let ino = rustix::fs::fstat(&fd)?.st_ino;
             self.objects.entry(ino).or_insert(fd);
         }
+        let first = self.since.is_none();
         self.since.get_or_insert_with(std::time::Instant::now);
-        Ok(())
+        Ok(first)
     }
 
     /// How long until they are due; `None` when none waits.
@@ -128,12 +132,11 @@ impl Flushes {
             .map(|since| FLUSH_DELAY.saturating_sub(since.elapsed()))
     }
 
-    fn perform(&mut self) -> Result<(), ReceiverError> {
+    /// What is held, to flush outside the lock (the reader may defer
+    /// more meanwhile).
+    fn take(&mut self) -> Vec<OwnedFd> {
         self.since = None;
-        for (_, fd) in self.objects.drain() {
-            rustix::fs::fsync(&fd).map_err(|e| ReceiverError::Sync(e.into()))?;
-        }
-        Ok(())
+        self.objects.drain().map(|(_, fd)| fd).collect()
     }
 }
 
@@ -147,13 +150,10 @@ struct Batch {
 }
 
 impl Batch {
-    /// Whether the reader may apply it itself: plain changes only (a
-    /// deferred fsync and the requests are the applier's), and small.
+    /// Whether the reader may apply it itself: changes only (requests
+    /// and refusals are the applier's), and small.
     fn is_light(&self) -> bool {
-        self.bytes <= INLINE_BYTES
-            && self.items.iter().all(|item| {
-                matches!(item, Item::Change(_, change) if !matches!(change.op, Op::Fsync { .. }))
-            })
+        self.bytes <= INLINE_BYTES && self.items.iter().all(|i| matches!(i, Item::Change(..)))
     }
 }
 
@@ -165,6 +165,22 @@ struct Handover {
     queued: AtomicUsize,
     /// Between a resynchronisation's `Begin` and `End`, as last applied.
     resyncing: AtomicBool,
+    flushes: Mutex<Flushes>,
+}
+
+impl Handover {
+    /// Performs the held flushes.
+    fn flush(&self) -> Result<(), ReceiverError> {
+        let held = lock(&self.flushes).take();
+        for fd in held {
+            rustix::fs::fsync(&fd).map_err(|e| ReceiverError::Sync(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn flushes_due_in(&self) -> Option<std::time::Duration> {
+        lock(&self.flushes).due_in()
+    }
 }
 
 /// Whether `buffered` starts with a whole frame (reading it will not wait).
@@ -437,13 +453,44 @@ impl Receiver {
             return Ok(to_applier.send(items).is_ok());
         }
         let resyncing = applier.resyncing.load(Ordering::SeqCst);
+        let mut wake = false;
         for item in items {
             if let Item::Change(seq, change) = item {
-                let applied = self.apply(seq, &change);
+                let applied = match &change.op {
+                    Op::Fsync { path } => {
+                        self.defer_flush(seq, &change, path, applier).map(|first| {
+                            wake |= first;
+                        })
+                    }
+                    _ => self.apply(seq, &change),
+                };
                 self.settle(seq, applied, resyncing, replies)?;
             }
         }
+        if wake {
+            // Nothing to apply: the applier learns when the flushes are due.
+            applier.queued.fetch_add(1, Ordering::SeqCst);
+            return Ok(to_applier.send(Vec::new()).is_ok());
+        }
         Ok(true)
+    }
+
+    /// An fsync acknowledged on receipt: its flush held (see
+    /// [`FLUSH_DELAY`]); true if it is the first held.
+    fn defer_flush(
+        &self,
+        seq: u64,
+        change: &Change,
+        path: &Path,
+        handover: &Handover,
+    ) -> Result<bool, ReceiverError> {
+        let targets = self
+            .root
+            .flush_targets(path)
+            .map_err(|errno| apply_error(seq, change, errno))?;
+        lock(&handover.flushes)
+            .defer(targets)
+            .map_err(|errno| apply_error(seq, change, errno))
     }
 
     /// After change `seq` was applied (or deferred): recorded as applied,
@@ -515,15 +562,13 @@ impl Receiver {
             }
             Ok(())
         };
-        // Fsyncs held a little (receipt acknowledgements).
-        let mut flushes = Flushes::default();
         loop {
-            let due = flushes.due_in();
+            let due = handover.flushes_due_in();
             let batch = match items.recv_timeout(due.unwrap_or(IDLE).min(IDLE)) {
                 Ok(batch) => batch,
                 // Idle, or the held fsyncs are due.
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    flushes.perform()?;
+                    handover.flush()?;
                     if due.is_none_or(|due| due >= IDLE) {
                         // Idle: once per idle period.
                         tell_applied(&mut reported)?;
@@ -533,7 +578,7 @@ impl Receiver {
                 // Nothing more to read (a clean stop closes the reading
                 // side only): the last word, if the connection carries it.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    flushes.perform()?;
+                    handover.flush()?;
                     let _ = tell_applied(&mut reported);
                     break;
                 }
@@ -542,11 +587,9 @@ impl Receiver {
                 match item {
                     Item::Change(seq, change) => {
                         let applied = match &change.op {
-                            Op::Fsync { path } if self.mode == AckMode::Receipt => self
-                                .root
-                                .flush_targets(path)
-                                .and_then(|targets| flushes.defer(targets))
-                                .map_err(|errno| apply_error(seq, &change, errno)),
+                            Op::Fsync { path } if self.mode == AckMode::Receipt => {
+                                self.defer_flush(seq, &change, path, handover).map(drop)
+                            }
                             _ => self.apply(seq, &change),
                         };
                         self.settle(seq, applied, resyncing, replies)?;
@@ -554,7 +597,7 @@ impl Receiver {
                     Item::Request(seq, request) => {
                         // Requests record this copy's state: after the
                         // flushes asked for before them.
-                        flushes.perform()?;
+                        handover.flush()?;
                         match &request {
                             Request::Begin { .. } => resyncing = true,
                             Request::End { .. } => resyncing = false,
@@ -574,8 +617,8 @@ impl Receiver {
             handover.resyncing.store(resyncing, Ordering::SeqCst);
             // Last: the reader may apply the next batch itself from now on.
             handover.queued.fetch_sub(1, Ordering::SeqCst);
-            if flushes.due_in() == Some(std::time::Duration::ZERO) {
-                flushes.perform()?;
+            if handover.flushes_due_in() == Some(std::time::Duration::ZERO) {
+                handover.flush()?;
             }
         }
         Ok(())
