@@ -322,8 +322,10 @@ impl Receiver {
     /// every complete frame at hand with one reply, then hands them to an
     /// applier that applies them in order — so an acknowledgement never
     /// waits for earlier changes to be applied (an fsync, a large write),
-    /// while answers and refusals keep their place in the stream. Everything
-    /// received is applied before this returns, whatever ended the session.
+    /// while answers and refusals keep their place in the stream. A light
+    /// batch finding the applier idle is applied here instead (see
+    /// [`INLINE_BYTES`]): no wake-up. Everything received is applied
+    /// before this returns, whatever ended the session.
     pub fn serve_connection(&self, mut stream: TcpStream) -> Result<(), ReceiverError> {
         stream.set_nodelay(true).map_err(ProtocolError::from)?;
         let session = secondary_handshake(&mut stream, &self.key)?;
