@@ -20,7 +20,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, ResyncLine};
 use holdfast_lab::records::Appenders;
 use holdfast_lab::wait_until;
 use rand::{Rng, RngCore, SeedableRng};
@@ -593,9 +593,10 @@ struct Span {
 
 impl Span {
     fn last(log: &str) -> Result<Span> {
+        let line = ResyncLine::last_in(log).context("no whole resynchronisation in the log")?;
         let begin = log
             .lines()
-            .rfind(|l| l.contains("resynchronising ") && l.contains(" to the secondary ("))
+            .rfind(|l| l.contains(" to the secondary ("))
             .context("no start of resynchronisation in the log")?;
         let end = log
             .lines()
@@ -605,23 +606,11 @@ impl Span {
             (Some(b), Some(e)) => e.duration_since(b).unwrap_or_default().as_secs_f64(),
             _ => bail!("unreadable times in the module log: {begin} / {end}"),
         };
-        let how = begin
-            .split(" to the secondary (")
-            .nth(1)
-            .unwrap_or_default();
-        let how = how.strip_suffix(')').unwrap_or(how).to_string();
-        let figures: Vec<u64> = end
-            .split(" resynchronised (")
-            .nth(1)
-            .unwrap_or_default()
-            .split(' ')
-            .filter_map(|w| w.parse().ok())
-            .collect();
         Ok(Span {
             seconds,
-            bytes_sent: figures.first().copied().unwrap_or(0),
-            bytes_compared: figures.get(3).copied().unwrap_or(0),
-            how,
+            bytes_sent: line.sent,
+            bytes_compared: line.bytes_compared,
+            how: line.how,
         })
     }
 }

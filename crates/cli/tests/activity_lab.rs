@@ -149,6 +149,7 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
             how,
             sent,
             compared,
+            ..
         }) = cluster.last_resync(second)
         else {
             panic!(

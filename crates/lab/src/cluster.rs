@@ -169,6 +169,34 @@ pub struct ResyncLine {
     pub sent: u64,
     /// Blocks compared by checksum.
     pub compared: u64,
+    /// Bytes those blocks hold.
+    pub bytes_compared: u64,
+}
+
+impl ResyncLine {
+    /// The last resynchronisation in a primary's module log, once ended:
+    /// how it went about it (the words in parentheses of its
+    /// "resynchronising" line), and the figures of its "resynchronised" line.
+    pub fn last_in(log: &str) -> Option<Self> {
+        let how = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split(" to the secondary (").nth(1))?;
+        let how = how.strip_suffix(')').unwrap_or(how).to_string();
+        let words: Vec<u64> = log
+            .lines()
+            .rev()
+            .find_map(|l| l.split(" resynchronised (").nth(1))?
+            .split(' ')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        Some(ResyncLine {
+            how,
+            sent: *words.first()?,
+            compared: *words.get(1)?,
+            bytes_compared: *words.get(3)?,
+        })
+    }
 }
 
 /// Two hosts (node1, node2) and a client running a mirror module.
@@ -612,28 +640,10 @@ impl MirrorLab {
         Ok(self.lab.host_dir(host)?.join(path.trim_start_matches('/')))
     }
 
-    /// The last resynchronisation `host` logged as a primary, once ended:
-    /// how it went about it (the words in parentheses of its
-    /// "resynchronising" line), and the figures of its "resynchronised" line.
+    /// The last resynchronisation `host` logged as a primary, once ended
+    /// ([`ResyncLine::last_in`] its module log).
     pub fn last_resync(&self, host: &str) -> Option<ResyncLine> {
-        let log = self.module_log(host);
-        let how = log
-            .lines()
-            .rev()
-            .find_map(|l| l.split("to the secondary (").nth(1))?;
-        let how = how.strip_suffix(')').unwrap_or(how).to_string();
-        let words: Vec<u64> = log
-            .lines()
-            .rev()
-            .find_map(|l| l.split("resynchronised (").nth(1))?
-            .split(' ')
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        Some(ResyncLine {
-            how,
-            sent: *words.first()?,
-            compared: *words.get(1)?,
-        })
+        ResyncLine::last_in(&self.module_log(host))
     }
 
     /// Runs `script` with `sh -c` on `host` (in its namespaces).

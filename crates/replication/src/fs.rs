@@ -879,10 +879,24 @@ impl MirrorFs {
         // Only the last chunk carries the file's time: the chunks before it
         // are followed at once by it in the stream. Without the time (fstat
         // failed), the secondary's mtime differs; the bytes must still go.
-        if let Some(change) = last.as_mut().filter(|_| self.replicator.stamps()) {
-            change.stamps = stamp(path, fd).into_iter().collect();
+        if let Some(change) = last.as_mut() {
+            change.stamps = self
+                .sent_stamp(path, fd)
+                .ok()
+                .flatten()
+                .into_iter()
+                .collect();
         }
         Ok((written, last))
+    }
+
+    /// The file's modification time for the secondary, if changes go to
+    /// one (see [`Replicator::stamps`]: reading it has a cost).
+    fn sent_stamp(&self, path: &Path, fd: &OwnedFd) -> Result<Option<Stamp>, Errno> {
+        self.replicator
+            .stamps()
+            .then(|| stamp(path, fd))
+            .transpose()
     }
 
     /// Announces and applies one chunk: how many bytes were written, and
@@ -2002,10 +2016,7 @@ impl Filesystem for Served {
                     len: if shifts { u64::MAX - offset } else { length },
                 })?;
                 rfs::fallocate(fd, flags, offset, length)?;
-                let stamps = match self.replicator.stamps() {
-                    true => vec![stamp(&path, fd)?],
-                    false => vec![],
-                };
+                let stamps = self.sent_stamp(&path, fd)?.into_iter().collect();
                 let op = Op::Fallocate {
                     path,
                     offset,

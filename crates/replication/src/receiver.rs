@@ -458,15 +458,9 @@ impl Receiver {
         let mut wake = false;
         for item in items {
             if let Item::Change(seq, change) = item {
-                let applied = match &change.op {
-                    Op::Fsync { path } => {
-                        self.defer_flush(seq, &change, path, applier).map(|first| {
-                            wake |= first;
-                        })
-                    }
-                    _ => self.apply(seq, &change),
-                };
-                self.settle(seq, applied, resyncing, replies)?;
+                let applied = self.apply_or_hold(seq, &change, applier);
+                wake |= applied.as_ref().is_ok_and(|first| *first);
+                self.settle(seq, applied.map(drop), resyncing, replies)?;
             }
         }
         if wake {
@@ -477,22 +471,23 @@ impl Receiver {
         Ok(true)
     }
 
-    /// An fsync acknowledged on receipt: its flush held (see
-    /// [`FLUSH_DELAY`]); true if it is the first held.
-    fn defer_flush(
+    /// Applies change `seq` — or, an fsync acknowledged on receipt, holds
+    /// its flush (see [`FLUSH_DELAY`]): true if it is the first held (the
+    /// applier does not know when they are due).
+    fn apply_or_hold(
         &self,
         seq: u64,
         change: &Change,
-        path: &Path,
         handover: &Handover,
     ) -> Result<bool, ReceiverError> {
-        let targets = self
-            .root
-            .flush_targets(path)
-            .map_err(|errno| apply_error(seq, change, errno))?;
-        lock(&handover.flushes)
-            .defer(targets)
-            .map_err(|errno| apply_error(seq, change, errno))
+        match &change.op {
+            Op::Fsync { path } if self.mode == AckMode::Receipt => self
+                .root
+                .flush_targets(path)
+                .and_then(|targets| lock(&handover.flushes).defer(targets))
+                .map_err(|errno| apply_error(seq, change, errno)),
+            _ => self.apply(seq, change).map(|()| false),
+        }
     }
 
     /// After change `seq` was applied (or deferred): recorded as applied,
@@ -588,13 +583,8 @@ impl Receiver {
             for item in batch {
                 match item {
                     Item::Change(seq, change) => {
-                        let applied = match &change.op {
-                            Op::Fsync { path } if self.mode == AckMode::Receipt => {
-                                self.defer_flush(seq, &change, path, handover).map(drop)
-                            }
-                            _ => self.apply(seq, &change),
-                        };
-                        self.settle(seq, applied, resyncing, replies)?;
+                        let applied = self.apply_or_hold(seq, &change, handover);
+                        self.settle(seq, applied.map(drop), resyncing, replies)?;
                     }
                     Item::Request(seq, request) => {
                         // Requests record this copy's state: after the
