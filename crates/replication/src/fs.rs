@@ -29,7 +29,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -38,6 +38,7 @@ use fuser::{
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
@@ -253,7 +254,7 @@ impl Tree {
     /// out until the returned guard is dropped.
     pub fn lock(&self) -> Ordered<'_> {
         Ordered {
-            _guard: lock(&self.0.order),
+            _guard: self.0.order.lock(),
         }
     }
 
@@ -487,15 +488,13 @@ impl Waiters {
             std::thread::Builder::new()
                 .name("mirror-wait".into())
                 .spawn(move || loop {
-                    let mut queue = lock(&jobs.queue);
+                    let mut queue = jobs.queue.lock();
                     let job = loop {
                         match queue.0.pop_front() {
                             Some(job) => break job,
                             // Closed, and nothing left to finish.
                             None if queue.1 => return,
-                            None => {
-                                queue = jobs.ready.wait(queue).unwrap_or_else(|e| e.into_inner())
-                            }
+                            None => jobs.ready.wait(&mut queue),
                         }
                     };
                     drop(queue);
@@ -506,14 +505,14 @@ impl Waiters {
     }
 
     fn run(&self, job: impl FnOnce() + Send + 'static) {
-        lock(&self.0.queue).0.push_back(Box::new(job));
+        self.0.queue.lock().0.push_back(Box::new(job));
         self.0.ready.notify_one();
     }
 }
 
 impl Drop for MirrorFs {
     fn drop(&mut self) {
-        lock(&self.waiters.0.queue).1 = true;
+        self.waiters.0.queue.lock().1 = true;
         self.waiters.0.ready.notify_all();
     }
 }
@@ -589,7 +588,7 @@ impl Join {
     fn part(&self) -> impl FnOnce(Result<(), fuser::Errno>) + Send + 'static {
         let parts = self.0.clone();
         move |result| {
-            let mut p = lock(&parts);
+            let mut p = parts.lock();
             if p.result.is_ok() {
                 p.result = result;
             }
@@ -640,11 +639,6 @@ impl Written {
             chunk.then(waiters, join.part());
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Holders only do table updates: the data stays consistent after a panic.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn fuse_err(e: Errno) -> fuser::Errno {
@@ -704,10 +698,7 @@ struct NewNode {
 impl MirrorFs {
     /// Drops an open file or directory handle (release, releasedir).
     fn drop_handle(&self, fh: FileHandle) {
-        self.handles
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&fh.0);
+        self.handles.write().remove(&fh.0);
     }
 
     fn root(&self) -> &Root {
@@ -753,15 +744,15 @@ impl MirrorFs {
     }
 
     fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
-        lock(&self.nodes).path(ino)
+        self.nodes.lock().path(ino)
     }
 
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
-        lock(&self.nodes).child(parent, name)
+        self.nodes.lock().child(parent, name)
     }
 
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
+        let handles = self.handles.read();
         handles.get(&fh.0).cloned().ok_or(Errno::BADF)
     }
 
@@ -775,7 +766,7 @@ impl MirrorFs {
 
     fn add_handle(&self, handle: Handle) -> FileHandle {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
+        let mut handles = self.handles.write();
         handles.insert(fh, Arc::new(handle));
         FileHandle(fh)
     }
@@ -820,7 +811,7 @@ impl MirrorFs {
         &self,
         apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
     ) -> Result<(T, Pending), fuser::Errno> {
-        let _order = lock(&self.tree.0.order);
+        let _order = self.tree.0.order.lock();
         let (value, change) = apply().map_err(fuse_err)?;
         Ok((value, self.submit(change)))
     }
@@ -992,7 +983,7 @@ impl MirrorFs {
 
     /// Reads under the ordering lock, so the inode's path cannot change midway.
     fn inspect<T>(&self, f: impl FnOnce() -> Result<T, Errno>) -> Result<T, fuser::Errno> {
-        let _order = lock(&self.tree.0.order);
+        let _order = self.tree.0.order.lock();
         f().map_err(fuse_err)
     }
 
@@ -1013,7 +1004,7 @@ impl MirrorFs {
     /// Replies with the node `st` found or made at `path`.
     fn made_reply(&self, path: &Path, st: &Stat, reply: ReplyEntry) {
         let attr = self.attr(st);
-        lock(&self.nodes).remember(attr.ino.0, path);
+        self.nodes.lock().remember(attr.ino.0, path);
         reply.entry(&TTL, &attr, Generation(0));
     }
 
@@ -1062,7 +1053,7 @@ impl MirrorFs {
                 };
                 self.prepare(Intent::Entry { path: &path })?;
                 rfs::unlinkat(&entry.dir, &entry.name, flags)?;
-                lock(&self.nodes).unlinked(&path);
+                self.nodes.lock().unlinked(&path);
                 let stamps = vec![Stamp {
                     path: parent_of(&path).to_path_buf(),
                     mtime: mtime_of(&rfs::fstat(&entry.dir)?),
@@ -1115,7 +1106,7 @@ impl MirrorFs {
         // Still linked under a name the kernel never looked up (a hard link
         // made before mounting): find it, or fail rather than diverge.
         let path = self.find(ino, Path::new(""))?.ok_or(Errno::IO)?;
-        lock(&self.nodes).add_path(ino.0, &path);
+        self.nodes.lock().add_path(ino.0, &path);
         Ok(Some(path))
     }
 
@@ -1295,7 +1286,7 @@ impl Filesystem for Served {
             let path = self.child(parent, name)?;
             let st = self.root().stat(&path)?;
             let attr = self.attr(&st);
-            lock(&self.nodes).remember(attr.ino.0, &path);
+            self.nodes.lock().remember(attr.ino.0, &path);
             Ok(attr)
         });
         match result {
@@ -1305,7 +1296,7 @@ impl Filesystem for Served {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        lock(&self.nodes).forget(ino.0, nlookup);
+        self.nodes.lock().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -1551,7 +1542,7 @@ impl Filesystem for Served {
                 })?;
                 rfs::renameat_with(&a.dir, &a.name, &b.dir, &b.name, rflags)?;
                 let exchange = flags.contains(RenameFlags::RENAME_EXCHANGE);
-                lock(&self.nodes).renamed(&from, &to, exchange);
+                self.nodes.lock().renamed(&from, &to, exchange);
                 let mut touched = vec![parent_of(&from), parent_of(&to), to.as_path()];
                 if exchange {
                     touched.push(&from);
@@ -1778,7 +1769,7 @@ impl Filesystem for Served {
         let Handle::Dir(items) = &*handle else {
             return reply.error(fuser::Errno::ENOTDIR);
         };
-        let mut items = lock(items);
+        let mut items = items.lock();
         if offset == 0 {
             match self.inspect(|| self.read_dir(&self.path(ino)?)) {
                 Ok(fresh) => *items = fresh,
@@ -1978,7 +1969,7 @@ impl Filesystem for Served {
             move |result| match result {
                 Ok((fd, st, path, how)) => {
                     let attr = fs.attr(&st);
-                    lock(&fs.nodes).remember(attr.ino.0, &path);
+                    fs.nodes.lock().remember(attr.ino.0, &path);
                     let fh = fs.add_handle(Handle::File(fd));
                     reply.created(&TTL, &attr, Generation(0), fh, how);
                 }

@@ -4,9 +4,10 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 
 /// A point in time as the file system stores it (seconds since the epoch and
@@ -293,11 +294,6 @@ enum SlotState {
     Taken,
 }
 
-fn lock(slot: &Slot) -> MutexGuard<'_, SlotState> {
-    // Holders only move a value in or out: consistent after a panic.
-    slot.state.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The delivering end of an [`Ack`] made by [`Ack::channel`]. Dropped
 /// without delivering, it reports the connection lost.
 pub struct AckSender(Option<Arc<Slot>>);
@@ -319,7 +315,7 @@ impl AckSender {
 }
 
 fn deliver(slot: &Slot, outcome: Outcome) {
-    let mut state = lock(slot);
+    let mut state = slot.state.lock();
     match std::mem::take(&mut *state) {
         SlotState::Callback(callback) => {
             *state = SlotState::Taken;
@@ -421,13 +417,13 @@ impl Ack {
             AckState::Done(result) => result,
             AckState::Mapped(inner, Hook::Any(hook) | Hook::Failure(hook)) => hook(inner.wait()),
             AckState::Waiting(slot) => {
-                let mut state = lock(&slot);
+                let mut state = slot.state.lock();
                 loop {
                     match std::mem::take(&mut *state) {
                         SlotState::Arrived(outcome) => return outcome,
                         other => *state = other,
                     }
-                    state = slot.arrived.wait(state).unwrap_or_else(|e| e.into_inner());
+                    slot.arrived.wait(&mut state);
                 }
             }
         }
@@ -460,7 +456,7 @@ impl Ack {
                         seq,
                     })
                 };
-                let mut state = lock(&slot);
+                let mut state = slot.state.lock();
                 match std::mem::take(&mut *state) {
                     SlotState::Arrived(outcome) => {
                         *state = SlotState::Taken;

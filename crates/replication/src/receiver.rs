@@ -8,9 +8,10 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc};
 
 use holdfast_membership::ClusterKey;
+use parking_lot::Mutex;
 
 use crate::apply::Root;
 use crate::exclusions::Exclusions;
@@ -171,7 +172,7 @@ struct Handover {
 impl Handover {
     /// Performs the held flushes.
     fn flush(&self) -> Result<(), ReceiverError> {
-        let held = lock(&self.flushes).take();
+        let held = self.flushes.lock().take();
         for fd in held {
             rustix::fs::fsync(&fd).map_err(|e| ReceiverError::Sync(e.into()))?;
         }
@@ -179,7 +180,7 @@ impl Handover {
     }
 
     fn flushes_due_in(&self) -> Option<std::time::Duration> {
-        lock(&self.flushes).due_in()
+        self.flushes.lock().due_in()
     }
 }
 
@@ -214,18 +215,13 @@ impl Replies {
 
     fn send(&self, reply: &Reply) -> Result<(), ReceiverError> {
         let payload = postcard::to_allocvec(reply).expect("replies always encode");
-        let mut out = lock(&self.out);
+        let mut out = self.out.lock();
         let (stream, sealer) = &mut *out;
         let frame = sealer.seal(&payload);
         stream
             .write_all(&frame)
             .map_err(|e| ProtocolError::from(e).into())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder leaves a stream and a counter, both usable.
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Applies what one primary sends to one directory.
@@ -484,7 +480,7 @@ impl Receiver {
             Op::Fsync { path } if self.mode == AckMode::Receipt => self
                 .root
                 .flush_targets(path)
-                .and_then(|targets| lock(&handover.flushes).defer(targets))
+                .and_then(|targets| handover.flushes.lock().defer(targets))
                 .map_err(|errno| apply_error(seq, change, errno)),
             _ => self.apply(seq, change).map(|()| false),
         }
@@ -530,7 +526,7 @@ impl Receiver {
         let result = self.apply_items(items, handover, replies);
         if result.is_err() {
             // Wakes the reader (its read returns the end of the stream).
-            let _ = lock(&replies.out).0.shutdown(Shutdown::Read);
+            let _ = replies.out.lock().0.shutdown(Shutdown::Read);
         }
         result
     }

@@ -59,9 +59,10 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -221,7 +222,6 @@ impl Progress {
         let elapsed = self
             .started
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .map(|t| t.elapsed().as_secs_f64())
             .unwrap_or(0.0);
         let rate = if elapsed > 0.0 {
@@ -288,7 +288,7 @@ pub fn resync<P: Peer + 'static>(
     scope: &Scope,
     progress: &Progress,
 ) -> Result<Stats, ResyncError> {
-    *progress.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    *progress.started.lock() = Some(Instant::now());
     let mut pass = Pass {
         tree,
         link,

@@ -19,12 +19,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{BufReader, IoSlice, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
 use holdfast_membership::ClusterKey;
+use parking_lot::Mutex;
 
 use crate::op::{Ack, AckSender, Change, Op, ReplicationError, Replicator};
 use crate::protocol::{primary_handshake, Direction, Opener, Reply, Sealer};
@@ -129,15 +130,10 @@ struct Shared {
     writer: Mutex<Writer>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panicking holder leaves consistent data here (plain inserts/removes).
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     /// Fails every waiting caller and every later submission with `error`.
     fn break_with(&self, error: ReplicationError) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.broken.is_none() {
             tracing::warn!("replication stopped: {error}");
             state.broken = Some(error.clone());
@@ -156,7 +152,7 @@ impl Shared {
     /// Every change up to `upto` is acknowledged (requests among them wait
     /// for their answers), every frame below `applied` applied.
     fn acknowledge(&self, upto: u64, applied: u64) -> Result<(), ReplicationError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if upto >= state.next_seq || applied > state.next_seq {
             return Err(ReplicationError::UnexpectedAnswer(format!(
                 "an acknowledgement of {upto} (applied below {applied}), never sent"
@@ -291,7 +287,7 @@ impl TcpReplicator {
                     };
                     // Replies come in order: `applied` only grows.
                     let take = |seq, applied: u64| {
-                        let mut state = lock(&reader_shared.state);
+                        let mut state = reader_shared.state.lock();
                         state.applied = state.applied.max(applied);
                         state.pending.remove(&seq).map(|(_, w)| w)
                     };
@@ -341,7 +337,7 @@ impl TcpReplicator {
     fn send(&self, message: &Outgoing<'_>, waiter: Waiter) -> Result<u64, ReplicationError> {
         let payload = Payload::of(message)
             .map_err(|e| ReplicationError::Disconnected(format!("cannot encode change: {e}")))?;
-        let mut state = lock(&self.shared.state);
+        let mut state = self.shared.state.lock();
         if let Some(error) = &state.broken {
             return Err(error.clone());
         }
@@ -359,8 +355,8 @@ impl TcpReplicator {
             let n = state.queue.len().min(BATCH);
             let batch: Vec<Payload> = state.queue.drain(..n).collect();
             drop(state);
-            let written = lock(&self.shared.writer).write(&batch);
-            state = lock(&self.shared.state);
+            let written = self.shared.writer.lock().write(&batch);
+            state = self.shared.state.lock();
             if let Err(e) = written {
                 state.writing = false;
                 drop(state);
@@ -380,13 +376,15 @@ impl TcpReplicator {
 impl TcpReplicator {
     /// Why the connection no longer works, once it does not.
     pub fn broken(&self) -> Option<ReplicationError> {
-        lock(&self.shared.state).broken.clone()
+        self.shared.state.lock().broken.clone()
     }
 
     /// Since when the oldest change not yet acknowledged waits (resync
     /// requests, which may take long on the secondary, do not count).
     pub fn oldest_unacknowledged(&self) -> Option<Instant> {
-        lock(&self.shared.state)
+        self.shared
+            .state
+            .lock()
             .pending
             .values()
             .find(|(_, w)| matches!(w, Waiter::Ack(_)))
@@ -426,7 +424,7 @@ impl Replicator for TcpReplicator {
     }
 
     fn applied(&self) -> Option<u64> {
-        Some(lock(&self.shared.state).applied)
+        Some(self.shared.state.lock().applied)
     }
 }
 

@@ -33,9 +33,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -690,11 +691,6 @@ pub struct ChangeLog {
     activity: Mutex<ActivityLog>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Holders leave the state consistent between statements.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn sealed(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 12);
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -870,7 +866,7 @@ impl ChangeLog {
     /// Before a change is applied: logs (and syncs) the marks covering it
     /// that are not logged yet, then records it in memory.
     pub fn prepare(&self, intent: &Intent<'_>) -> Result<(), TrackingError> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         let new: Vec<Mark> = Mark::covering(intent)
             .into_iter()
             .filter(|m| !inner.marked.contains(m) && !inner.covered_by_dir(m))
@@ -894,7 +890,7 @@ impl ChangeLog {
     /// After a change succeeded locally (still under the ordering lock):
     /// follows renames and removals; checkpoints when due.
     pub fn record(&self, change: &Change) -> Result<(), TrackingError> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         inner.dirty.follow(&change.op);
         Self::follow_pending(&mut inner, &change.op);
         let due = inner.marked.len() >= self.config.max_marks
@@ -947,11 +943,11 @@ impl ChangeLog {
                 .iter()
                 .try_for_each(|intent| self.prepare(intent));
             if let Err(e) = recorded {
-                lock(&self.inner).dirty = Dirty::everything();
+                self.inner.lock().dirty = Dirty::everything();
                 return Err(e);
             }
             if let Touched::Change(change) = touched {
-                let mut inner = lock(&self.inner);
+                let mut inner = self.inner.lock();
                 inner.dirty.follow_unapplied(&change.op);
                 Self::follow_pending(&mut inner, &change.op);
             }
@@ -961,28 +957,28 @@ impl ChangeLog {
 
     /// Whether the state is lost: everything must be compared.
     pub fn lost(&self) -> bool {
-        lock(&self.inner).dirty.everything
+        self.inner.lock().dirty.everything
     }
 
     /// Runs `f` on the current state (briefly: changes wait meanwhile).
     pub(crate) fn inspect<T>(&self, f: impl FnOnce(&Dirty) -> T) -> T {
-        f(&lock(&self.inner).dirty)
+        f(&self.inner.lock().dirty)
     }
 
     /// A copy of the current state.
     pub fn dirty(&self) -> Dirty {
-        lock(&self.inner).dirty.clone()
+        self.inner.lock().dirty.clone()
     }
 
     /// Writes the fine state and empties the activity log (clean shutdown).
     pub fn checkpoint(&self) -> Result<(), TrackingError> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         Self::write_checkpoint(&mut inner).map_err(|e| Self::io_err(&inner, e))
     }
 
     /// Starts a resynchronisation's work list: a copy of the state.
     pub(crate) fn begin_pending(&self) -> Dirty {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         let snapshot = inner.dirty.clone();
         inner.pending = Some(snapshot.clone());
         inner.current = None;
@@ -994,7 +990,7 @@ impl ChangeLog {
         &self,
         f: impl FnOnce(&mut Dirty, &mut Option<PathBuf>) -> T,
     ) -> Option<T> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         let Inner {
             pending, current, ..
         } = &mut *inner;
@@ -1004,7 +1000,7 @@ impl ChangeLog {
     /// The peer holds everything: forget the state (under the ordering
     /// lock, once every change submitted before was acknowledged).
     pub(crate) fn clear(&self) -> Result<(), TrackingError> {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         inner.dirty = Dirty::default();
         inner.pending = None;
         inner.current = None;
@@ -1013,7 +1009,7 @@ impl ChangeLog {
 
     /// The resynchronisation stopped unfinished: the state still covers it.
     pub(crate) fn abandon_pending(&self) {
-        let mut inner = lock(&self.inner);
+        let mut inner = self.inner.lock();
         inner.pending = None;
         inner.current = None;
     }
@@ -1026,23 +1022,23 @@ impl ChangeLog {
         busy: impl FnOnce() -> Option<HashSet<Mark>>,
     ) -> Result<(), TrackingError> {
         let marks = Mark::mirrored(intent);
-        Ok(lock(&self.activity).prepare(marks, busy)?)
+        Ok(self.activity.lock().prepare(marks, busy)?)
     }
 
     /// A clean stop: everything mirrored was acknowledged or is in the
     /// change log; the activity log is emptied.
     pub fn clear_activity(&self) -> Result<(), TrackingError> {
-        Ok(lock(&self.activity).clear()?)
+        Ok(self.activity.lock().clear()?)
     }
 
     /// Size of the activity log kept while mirroring, in bytes.
     pub fn activity_len(&self) -> u64 {
-        lock(&self.activity).len()
+        self.activity.lock().len()
     }
 
     /// Size of the activity log in bytes (for tests and diagnostics).
     pub fn log_len(&self) -> u64 {
-        let inner = lock(&self.inner);
+        let inner = self.inner.lock();
         inner.log.metadata().map(|m| m.len()).unwrap_or(0)
     }
 }
@@ -1162,25 +1158,21 @@ impl Link {
 
     /// What an operation does when the secondary fails it (from now on).
     pub fn set_on_failure(&self, policy: OnFailure) {
-        *lock(&self.0.on_failure) = policy;
+        *self.0.on_failure.lock() = policy;
     }
 
     /// Waits until every failed mirrored change is recorded: call under
     /// the tree's ordering lock before taking the resync's work list.
     pub(crate) fn settle(&self) {
         self.record_unapplied_now();
-        let mut counters = lock(&self.0.counters);
+        let mut counters = self.0.counters.lock();
         while counters.in_flight > 0 {
-            counters = self
-                .0
-                .changed
-                .wait(counters)
-                .unwrap_or_else(|e| e.into_inner());
+            self.0.changed.wait(&mut counters);
         }
     }
 
     fn release(&self) {
-        lock(&self.0.counters).releases += 1;
+        self.0.counters.lock().releases += 1;
         self.0.changed.notify_all();
     }
 
@@ -1189,7 +1181,7 @@ impl Link {
     }
 
     pub fn mode(&self) -> LinkMode {
-        match *lock(&self.0.mode) {
+        match *self.0.mode.lock() {
             Mode::Mirror(_) => LinkMode::Mirror,
             Mode::Track => LinkMode::Track,
             Mode::Forward(_) => LinkMode::Forward,
@@ -1202,13 +1194,13 @@ impl Link {
     /// record and wait for it. Call under the tree's ordering lock.
     pub fn hold(&self) {
         self.record_unapplied_now();
-        *lock(&self.0.mode) = Mode::Hold;
+        *self.0.mode.lock() = Mode::Hold;
     }
 
     /// A resynchronisation failed: back to tracking, or to holding with
     /// [`OnFailure::Wait`]. Call under the tree's ordering lock.
     pub(crate) fn fall_back(&self) {
-        if *lock(&self.0.on_failure) == OnFailure::Wait {
+        if *self.0.on_failure.lock() == OnFailure::Wait {
             self.hold();
         } else {
             self.track();
@@ -1218,13 +1210,9 @@ impl Link {
     /// Blocks until the link releases changes recorded before `seen`;
     /// an error if that release refused them.
     fn wait_release(&self, seen: u64) -> Result<(), ReplicationError> {
-        let mut counters = lock(&self.0.counters);
+        let mut counters = self.0.counters.lock();
         while counters.releases == seen && counters.closed.is_none() {
-            counters = self
-                .0
-                .changed
-                .wait(counters)
-                .unwrap_or_else(|e| e.into_inner());
+            self.0.changed.wait(&mut counters);
         }
         // Refused if the first release after `seen` (the one ending the
         // wait) closed the link, or it was closed before.
@@ -1241,8 +1229,8 @@ impl Link {
     /// under the tree's ordering lock.
     pub fn close(&self) {
         self.record_unapplied_now();
-        *lock(&self.0.mode) = Mode::Closed;
-        let mut counters = lock(&self.0.counters);
+        *self.0.mode.lock() = Mode::Closed;
+        let mut counters = self.0.counters.lock();
         counters.releases += 1;
         counters.closed = Some(counters.releases);
         self.0.changed.notify_all();
@@ -1251,23 +1239,23 @@ impl Link {
     /// How many changes failed because the link was closed: this copy then
     /// holds changes no one acknowledged.
     pub fn refused(&self) -> u64 {
-        lock(&self.0.counters).refused
+        self.0.counters.lock().refused
     }
 
     /// Goes ALONE: from the next change on, record instead of send. Call
     /// under the tree's ordering lock so no change is half-way.
     pub fn track(&self) {
         self.record_unapplied_now();
-        *lock(&self.0.mode) = Mode::Track;
+        *self.0.mode.lock() = Mode::Track;
         self.release();
     }
 
     pub(crate) fn forward(&self, peer: Arc<dyn Replicator>) {
-        *lock(&self.0.mode) = Mode::Forward(peer);
+        *self.0.mode.lock() = Mode::Forward(peer);
     }
 
     pub(crate) fn mirror(&self, peer: Arc<dyn Replicator>) {
-        *lock(&self.0.mode) = Mode::Mirror(peer);
+        *self.0.mode.lock() = Mode::Mirror(peer);
         self.release();
     }
 
@@ -1280,11 +1268,11 @@ impl Link {
     /// the order of the stream is kept by holding the window's lock.
     fn record_unapplied(&self, own: Option<Touched>) -> Result<(), TrackingError> {
         // What the secondary said last, maybe after the last change sent.
-        let applied = match &*lock(&self.0.mode) {
+        let applied = match &*self.0.mode.lock() {
             Mode::Mirror(peer) => peer.applied(),
             _ => None,
         };
-        let mut window = lock(&self.0.unapplied);
+        let mut window = self.0.unapplied.lock();
         if let Some(applied) = applied {
             window.applied(applied);
         }
@@ -1306,10 +1294,10 @@ impl Link {
     /// its changes and some are in flight).
     fn busy(&self, peer: &dyn Replicator) -> Option<HashSet<Mark>> {
         let applied = peer.applied();
-        let mut window = lock(&self.0.unapplied);
+        let mut window = self.0.unapplied.lock();
         match applied {
             Some(applied) => window.applied(applied),
-            None if lock(&self.0.counters).in_flight > 0 => return None,
+            None if self.0.counters.lock().in_flight > 0 => return None,
             None => {}
         }
         Some(
@@ -1325,7 +1313,7 @@ impl Link {
     /// A mirrored change was sent as number `seq`; the secondary has
     /// applied those below `applied`.
     fn sent(&self, seq: u64, applied: Option<u64>, change: &Change) {
-        let mut window = lock(&self.0.unapplied);
+        let mut window = self.0.unapplied.lock();
         if let Some(applied) = applied {
             window.applied(applied);
         }
@@ -1339,7 +1327,7 @@ struct InFlight(Link);
 
 impl InFlight {
     fn new(link: &Link) -> Self {
-        lock(&link.0.counters).in_flight += 1;
+        link.0.counters.lock().in_flight += 1;
         InFlight(link.clone())
     }
 
@@ -1350,7 +1338,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        lock(&self.0 .0.counters).in_flight -= 1;
+        self.0 .0.counters.lock().in_flight -= 1;
         self.0 .0.changed.notify_all();
     }
 }
@@ -1366,7 +1354,7 @@ impl Link {
         let recorded = self.record_unapplied(own);
         // Read before counting this change handled: any resync begun
         // after that includes it, and releases after this reading.
-        let seen = lock(&self.0.counters).releases;
+        let seen = self.0.counters.lock().releases;
         drop(in_flight);
         recorded.map_err(Self::tracking_error)?;
         Ok(seen)
@@ -1375,7 +1363,7 @@ impl Link {
     /// What the operation of a failed, recorded change returns, by
     /// [`OnFailure`]. Never call under the tree's ordering lock: it may wait.
     fn failure_outcome(&self, error: ReplicationError, seen: u64) -> Result<(), ReplicationError> {
-        let policy = *lock(&self.0.on_failure);
+        let policy = *self.0.on_failure.lock();
         match policy {
             OnFailure::Fail => Err(error),
             OnFailure::Track => Ok(()),
@@ -1386,7 +1374,7 @@ impl Link {
 
 impl Replicator for Link {
     fn prepare(&self, intent: &Intent<'_>) -> Result<(), ReplicationError> {
-        let mode = lock(&self.0.mode).clone();
+        let mode = self.0.mode.lock().clone();
         match mode {
             Mode::Mirror(peer) => self
                 .0
@@ -1413,11 +1401,11 @@ impl Replicator for Link {
     /// files hold then. (Modes change under the tree's ordering lock, under
     /// which the file system asks.)
     fn stamps(&self) -> bool {
-        matches!(*lock(&self.0.mode), Mode::Mirror(_) | Mode::Forward(_))
+        matches!(*self.0.mode.lock(), Mode::Mirror(_) | Mode::Forward(_))
     }
 
     fn submit(&self, change: &Change) -> Result<Ack, ReplicationError> {
-        let mode = lock(&self.0.mode).clone();
+        let mode = self.0.mode.lock().clone();
         match mode {
             Mode::Track => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
@@ -1425,14 +1413,14 @@ impl Replicator for Link {
             }
             Mode::Closed => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
-                lock(&self.0.counters).refused += 1;
+                self.0.counters.lock().refused += 1;
                 Err(ReplicationError::Withdrawn)
             }
             Mode::Hold => {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
                 // Under the ordering lock: a resync begun after this
                 // includes the change, and releases after this reading.
-                let seen = lock(&self.0.counters).releases;
+                let seen = self.0.counters.lock().releases;
                 let link = self.clone();
                 Ok(Ack::done(Ok(())).map(move |r| link.wait_release(seen).and(r)))
             }
@@ -1440,15 +1428,15 @@ impl Replicator for Link {
                 self.0.log.record(change).map_err(Self::tracking_error)?;
                 // Under the ordering lock: if this change fails, the
                 // resync running fails too, and the next one includes it.
-                let seen = lock(&self.0.counters).releases;
+                let seen = self.0.counters.lock().releases;
                 let link = self.clone();
                 // Recorded above: the application's change is safe; with
                 // `OnFailure::Wait` it waits for the secondary all the same.
                 let fallback = move |e: ReplicationError| {
                     tracing::warn!("resynchronisation interrupted ({e}): tracking again");
-                    let hold = *lock(&link.0.on_failure) == OnFailure::Wait;
+                    let hold = *link.0.on_failure.lock() == OnFailure::Wait;
                     {
-                        let mut mode = lock(&link.0.mode);
+                        let mut mode = link.0.mode.lock();
                         if matches!(*mode, Mode::Forward(_)) {
                             *mode = if hold { Mode::Hold } else { Mode::Track };
                         }
