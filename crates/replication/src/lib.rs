@@ -11,7 +11,7 @@
 //!  application ── write(2) ──▶ kernel VFS ──▶ FUSE (/dev/fuse)
 //!       ▲                                          │
 //!       │ reply (only after the ack)               ▼
-//!       │                         fs.rs: MirrorFs ── ordering lock ──────────┐
+//!       │                         fs/: MirrorFs ── ordering lock ────────────┐
 //!       │                          1. apply locally, through the directory   │
 //!       │                             fd opened before mounting (apply.rs)   │
 //!       │                          2. describe it as a Change (op.rs)        │
@@ -104,7 +104,8 @@ pub mod summary;
 pub mod tracking;
 
 pub use exclusions::{ExclusionError, Exclusions};
-pub use fs::{Mirror, MountError, MountGuard, Ordered, Tree};
+pub use fs::mount::{Mirror, MountError, MountGuard};
+pub use fs::tree::{Ordered, Tree};
 pub use generation::{
     boot_id, compare_reason, decide, plan, Basis, Decision, GenerationStore, Generations, Plan,
     Refusal,

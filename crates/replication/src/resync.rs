@@ -68,7 +68,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apply::{mtime_of, Root};
-use crate::fs::Tree;
+use crate::fs::tree::Tree;
 use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
 use crate::tracking::{Dirty, Link, Mark, Move, BLOCK};
 

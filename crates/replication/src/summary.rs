@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fs::Tree;
+use crate::fs::tree::Tree;
 use crate::tracking::{ChangeLog, Dirty, FileDirty, BLOCK, EXTENT};
 
 /// The changes a returning secondary lacks, as far as the change log knows

@@ -1,0 +1,200 @@
+//! The FUSE file system mounted over the replicated directory itself.
+//!
+//! The real directory is opened before mounting; every operation reaches the
+//! real files through that descriptor (see [`crate::apply`]). Mutations are
+//! applied locally, turned into a [`Change`] and submitted to the
+//! [`Replicator`] under one ordering lock, so the secondary applies them in
+//! the order they happened here; the reply to the application waits for the
+//! secondary's acknowledgement, outside the lock.
+//!
+//! Inode numbers are the real files' own (the directory itself is FUSE's
+//! root, 1), so hard links share one inode and `st_ino` stays meaningful to
+//! applications.
+//!
+//! The kernel caches names and attributes for [`TTL`]: every change to the
+//! tree passes through this mount (the real directory is only reachable
+//! through descriptors opened before mounting), and the kernel refreshes
+//! what each change it forwards makes stale — the inode written or
+//! truncated (size, mtime, ctime), both names' inode on link and unlink
+//! (nlink, ctime), the parent directories of entries created, removed or
+//! renamed. Hard links share one inode number, hence one cached inode. So
+//! metadata seen through the mount is never stale (tests/posix.rs checks it
+//! against the real files); without the cache, every path component of
+//! every call cost a round trip to the daemon.
+
+mod changes;
+pub mod mount;
+mod nodes;
+mod operations;
+mod replies;
+pub mod tree;
+
+use parking_lot::{Mutex, RwLock};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileHandle, FileType, INodeNo, Notifier};
+use rustix::fs::{self as rfs, Stat};
+use rustix::io::Errno;
+
+use crate::apply::Root;
+use crate::op::{Replicator, Time};
+use nodes::Nodes;
+use replies::Waiters;
+use tree::Tree;
+
+/// How long the kernel keeps names and attributes. Only a program writing
+/// through a descriptor opened before the mount bypasses the kernel (and
+/// replication); what it changes shows through the mount after this long.
+const TTL: Duration = Duration::from_secs(1);
+
+struct MirrorFs {
+    /// Its ordering lock is held while applying a change locally and
+    /// submitting it, so changes reach the secondary in the order they were
+    /// applied here, and while turning an inode into a path, so no rename
+    /// slips in between.
+    tree: Tree,
+    root_ino: u64,
+    replicator: Arc<dyn Replicator>,
+    nodes: Mutex<Nodes>,
+    handles: RwLock<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    /// Tells the kernel about changes it did not ask for; set once mounted.
+    notifier: Arc<OnceLock<Notifier>>,
+    /// The kernel leaves dropping privileges on write and truncation to us
+    /// (`FUSE_HANDLE_KILLPRIV_V2`, see [`MirrorFs::drop_privileges`]).
+    drops_privileges: AtomicBool,
+    /// Where what may block is finished (see [`Served`]).
+    waiters: Waiters,
+}
+
+#[derive(Debug)]
+enum Handle {
+    File(OwnedFd),
+    /// A snapshot of the entries, taken when reading from offset 0.
+    Dir(Mutex<Vec<DirItem>>),
+}
+
+#[derive(Debug)]
+struct DirItem {
+    ino: u64,
+    kind: FileType,
+    name: OsString,
+}
+
+impl MirrorFs {
+    /// Drops an open file or directory handle (release, releasedir).
+    fn drop_handle(&self, fh: FileHandle) {
+        self.handles.write().remove(&fh.0);
+    }
+
+    fn root(&self) -> &Root {
+        self.tree.root()
+    }
+
+    /// The root directory is FUSE's inode 1; a real inode 1 elsewhere (if
+    /// any) takes the root's real number, so the mapping stays one-to-one.
+    fn ino(&self, real: u64) -> u64 {
+        if real == self.root_ino {
+            INodeNo::ROOT.0
+        } else if real == INodeNo::ROOT.0 {
+            self.root_ino
+        } else {
+            real
+        }
+    }
+
+    fn attr(&self, st: &Stat) -> FileAttr {
+        let time = |sec: i64, nsec: u64| {
+            system_time(Time {
+                sec,
+                nsec: nsec as u32,
+            })
+        };
+        FileAttr {
+            ino: INodeNo(self.ino(st.st_ino)),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: time(st.st_atime, st.st_atime_nsec),
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: kind_of(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<PathBuf, Errno> {
+        self.nodes.lock().path(ino)
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        self.nodes.lock().child(parent, name)
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        let handles = self.handles.read();
+        handles.get(&fh.0).cloned().ok_or(Errno::BADF)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        let h = self.handle(fh)?;
+        match *h {
+            Handle::File(_) => Ok(h),
+            Handle::Dir(_) => Err(Errno::ISDIR),
+        }
+    }
+
+    fn add_handle(&self, handle: Handle) -> FileHandle {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let mut handles = self.handles.write();
+        handles.insert(fh, Arc::new(handle));
+        FileHandle(fh)
+    }
+}
+
+fn file_fd(h: &Handle) -> &OwnedFd {
+    match h {
+        Handle::File(fd) => fd,
+        Handle::Dir(_) => unreachable!("checked by MirrorFs::file"),
+    }
+}
+
+fn fuse_err(e: Errno) -> fuser::Errno {
+    fuser::Errno::from_i32(e.raw_os_error())
+}
+
+fn kind_of(mode: u32) -> FileType {
+    match rfs::FileType::from_raw_mode(mode) {
+        rfs::FileType::Directory => FileType::Directory,
+        rfs::FileType::Symlink => FileType::Symlink,
+        rfs::FileType::Fifo => FileType::NamedPipe,
+        rfs::FileType::Socket => FileType::Socket,
+        rfs::FileType::CharacterDevice => FileType::CharDevice,
+        rfs::FileType::BlockDevice => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn system_time(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + Duration::from_nanos(t.nsec.into())
+    }
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
+}
