@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use holdfast_daemon::registry::ModuleSummary;
-use holdfast_daemon::replication::{Activity, DirStatus};
+use holdfast_daemon::replication::status::{Activity, DirStatus};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 const POLL: Duration = Duration::from_millis(250);

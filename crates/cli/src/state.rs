@@ -2,7 +2,7 @@
 //! (PRIM/SECOND green, ALONE orange, STOP/WAIT red).
 
 use holdfast_daemon::registry::ModuleSummary;
-use holdfast_daemon::replication::{Activity, DirStatus};
+use holdfast_daemon::replication::status::{Activity, DirStatus};
 use holdfast_membership::State;
 use owo_colors::{OwoColorize, Stream};
 
@@ -116,7 +116,7 @@ fn networks_text(up: &[bool]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast_daemon::replication::{ResyncProgress, TrackedChanges};
+    use holdfast_daemon::replication::status::{ResyncProgress, TrackedChanges};
     use holdfast_replication::TrackedSummary;
 
     #[test]

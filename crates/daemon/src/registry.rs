@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::modlog::{LogEntry, ModuleLog};
 use crate::paths::write_atomic;
-use crate::replication::DirStatus;
+use crate::replication::status::DirStatus;
 use crate::shell::{self, ModuleHandle, ModuleMsg, NodeContext};
 use crate::DaemonError;
 

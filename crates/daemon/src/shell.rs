@@ -70,7 +70,7 @@ pub struct ModuleHandle {
     pub tx: mpsc::Sender<ModuleMsg>,
     pub view: watch::Receiver<ModuleView>,
     /// The replicated directories' status, for a module that has some.
-    pub replication: Option<crate::replication::ReplicationStatus>,
+    pub replication: Option<crate::replication::status::ReplicationStatus>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -245,7 +245,7 @@ impl ModuleIo {
     pub(crate) fn handle(
         &self,
         view: watch::Receiver<ModuleView>,
-        replication: Option<crate::replication::ReplicationStatus>,
+        replication: Option<crate::replication::status::ReplicationStatus>,
     ) -> impl FnOnce(tokio::task::JoinHandle<()>) -> ModuleHandle {
         let (config, tx) = (self.config.clone(), self.tx.clone());
         move |task| ModuleHandle {
