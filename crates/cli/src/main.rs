@@ -5,12 +5,7 @@
 //! scripts), it accepts the same commands, so SafeKit scripts calling
 //! `"$SAFE/safekit" printi "msg"` work unchanged.
 
-mod farm_bench;
-mod lab;
-mod outage;
 mod progress;
-mod records;
-mod replication_bench;
 mod state;
 
 use std::collections::BTreeMap;
@@ -153,9 +148,6 @@ enum Cmd {
         module: String,
         message: Vec<String>,
     },
-    /// Test hosts on this machine: demo, faults, benchmarks.
-    #[command(subcommand)]
-    Lab(lab::LabCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -296,7 +288,6 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Cmd::Printi { module, message } => print(&client, &module, LogLevel::Info, message),
         Cmd::Printe { module, message } => print(&client, &module, LogLevel::Error, message),
-        Cmd::Lab(cmd) => lab::run(cmd),
     }
 }
 

@@ -12,17 +12,16 @@
 //! `HOLDFAST_ACK_TRIALS` sets the number of trials per fault (default 20);
 //! each run prints its seed, `HOLDFAST_ACK_SEED` replays one.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{env_number, mirroring, ordered, replicated, started, DATA, SETTLE};
 use holdfast_lab::cluster::{replicating, settled, MirrorLab, MirrorOptions};
 use holdfast_lab::records::{Appenders, Records};
 use holdfast_lab::wait_until;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-const DATA: &str = "/srv/demo/data";
 /// Bytes per record (the appender's `--size`).
 const SIZE: u64 = 64;
 
@@ -36,16 +35,9 @@ fn options() -> MirrorOptions {
     MirrorOptions {
         pulse: Duration::from_millis(100),
         timeout: Duration::from_millis(1000),
-        tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+        tail: replicated(4900),
         ..MirrorOptions::default()
     }
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-    })
 }
 
 fn start_writers(cluster: &MirrorLab, host: &str, writers: usize) -> Appenders {
@@ -55,29 +47,6 @@ fn start_writers(cluster: &MirrorLab, host: &str, writers: usize) -> Appenders {
 /// The acknowledged records missing from `host`'s real directory.
 fn missing(cluster: &MirrorLab, host: &str, records: &Records) -> Vec<String> {
     records.missing(cluster, host).expect("host dir")
-}
-
-fn by_host<'a>(
-    host: &str,
-    node1: &'a Option<holdfast_lab::cluster::NodeState>,
-    node2: &'a Option<holdfast_lab::cluster::NodeState>,
-) -> &'a Option<holdfast_lab::cluster::NodeState> {
-    if host == "node1" {
-        node1
-    } else {
-        node2
-    }
-}
-
-/// Waits until `prim` is PRIM and mirrors to `second`, which is SECOND.
-fn wait_mirroring(cluster: &MirrorLab, prim: &str, second: &str) {
-    if let Err(e) = cluster.wait_mirroring(prim, SETTLE) {
-        panic!(
-            "{e}\n{prim} log:\n{}\n{second} log:\n{}",
-            cluster.module_log(prim),
-            cluster.module_log(second)
-        );
-    }
 }
 
 /// After a link cut the cut-off primary usually changed its copy too (it
@@ -103,7 +72,7 @@ fn settle_split_brain(cluster: &MirrorLab, old: &str, new: &str) {
         .run_cli_checked(old, &["stop", "-m", "demo"])
         .expect("stop");
     cluster
-        .wait_states(SETTLE, |a, b| settled(by_host(old, a, b), "STOP"))
+        .wait_states(SETTLE, |a, b| settled(ordered(old, a, b).0, "STOP"))
         .expect("stopped");
     cluster
         .run_cli_checked(old, &["second", "-m", "demo", "--discard-data"])
@@ -115,11 +84,10 @@ fn trials(fault: Fault) {
     let seed = env_number("HOLDFAST_ACK_SEED").unwrap_or_else(rand::random);
     eprintln!("{fault:?}: {count} trials, seed {seed} (replay with HOLDFAST_ACK_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let (mut cluster, mut prim, mut second) =
-        MirrorLab::started(EXE.as_ref(), options(), SETTLE).expect("a running pair");
+    let (mut cluster, mut prim, mut second) = started(options());
     let mut checked = 0;
     for trial in 0..count {
-        wait_mirroring(&cluster, prim, second);
+        mirroring(&cluster, prim);
         let writers = if trial % 2 == 0 { 1 } else { 8 };
         let running = start_writers(&cluster, prim, writers);
         assert!(
@@ -139,7 +107,8 @@ fn trials(fault: Fault) {
                 // the cut-off primary's writers keep writing there. Only
                 // what was acknowledged before the cut must survive.
                 let both_alone = cluster.wait_states(SETTLE, |a, b| {
-                    settled(by_host(prim, a, b), "ALONE") && settled(by_host(second, a, b), "ALONE")
+                    settled(ordered(prim, a, b).0, "ALONE")
+                        && settled(ordered(second, a, b).0, "ALONE")
                 });
                 if let Err(e) = both_alone {
                     panic!(
@@ -151,7 +120,8 @@ fn trials(fault: Fault) {
                 running.acknowledged(Some(lost_at))
             }
         };
-        let took_over = cluster.wait_states(SETTLE, |a, b| settled(by_host(second, a, b), "ALONE"));
+        let took_over =
+            cluster.wait_states(SETTLE, |a, b| settled(ordered(second, a, b).0, "ALONE"));
         if let Err(e) = took_over {
             panic!(
                 "trial {trial}: {e}\n{second} log:\n{}",
@@ -182,7 +152,7 @@ fn trials(fault: Fault) {
         }
         (prim, second) = (second, prim);
     }
-    wait_mirroring(&cluster, prim, second);
+    mirroring(&cluster, prim);
     eprintln!("{fault:?}: {count} trials, {checked} acknowledged records checked");
 }
 

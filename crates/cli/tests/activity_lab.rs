@@ -9,17 +9,16 @@
 //! each way); each run prints its seed, `HOLDFAST_ACTIVITY_SEED` replays
 //! one (the moment of the kill).
 
+mod common;
+
 use std::time::Duration;
 
+use common::{env_number, identical, lab, logs, mirroring, replicated, sh, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, ResyncLine};
 use holdfast_lab::records::{Appenders, Records};
 use holdfast_lab::wait_until;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-const DATA: &str = "/srv/demo/data";
 /// The tree both copies hold before the writers start, never written
 /// while mirroring: 32 files of 512 KiB.
 const BULK_FILES: u64 = 32;
@@ -33,29 +32,9 @@ fn options() -> MirrorOptions {
     MirrorOptions {
         pulse: Duration::from_millis(100),
         timeout: Duration::from_millis(1000),
-        tail: format!("\n[replication]\nport = 4940\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+        tail: replicated(4940),
         ..MirrorOptions::default()
     }
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-    })
-}
-
-fn logs(cluster: &MirrorLab) -> String {
-    format!(
-        "node1 log:\n{}\nnode2 log:\n{}",
-        cluster.module_log("node1"),
-        cluster.module_log("node2")
-    )
-}
-
-fn sh(cluster: &MirrorLab, host: &str, script: &str) {
-    let out = cluster.sh(host, script).expect("sh runs");
-    assert!(out.status.success(), "{script} on {host}: {out:?}");
 }
 
 /// Writers appending records with fsync in `dir` on `host`, once they
@@ -72,23 +51,9 @@ fn missing(cluster: &MirrorLab, host: &str, records: &Records) -> usize {
     records.missing(cluster, host).expect("host dir").len()
 }
 
-fn mirroring(cluster: &MirrorLab, prim: &str) {
-    if let Err(e) = cluster.wait_mirroring(prim, SETTLE) {
-        panic!("{e}\n{}", logs(cluster));
-    }
-}
-
-fn identical(cluster: &MirrorLab) {
-    let digest = |host| cluster.tree_digest(host, DATA).expect("digest");
-    let same = wait_until(SETTLE, Duration::from_millis(100), || {
-        digest("node1") == digest("node2")
-    });
-    assert!(same, "trees identical\n{}", logs(cluster));
-}
-
 /// node1 started alone, `alone` run there, then node2 started.
 fn pair(alone: &str) -> MirrorLab {
-    let cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
+    let cluster = lab(options());
     cluster
         .run_cli_checked("node1", &["start", "-m", "demo"])
         .expect("start node1");

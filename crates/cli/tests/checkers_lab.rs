@@ -3,30 +3,12 @@
 //! (ping) checker putting the module in WAIT and back; a TCP checker
 //! catching a hung application.
 
+mod common;
+
 use std::time::Duration;
 
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState};
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn is(state: &Option<NodeState>, name: &str) -> bool {
-    settled(state, name)
-}
-
-fn started(options: MirrorOptions) -> (MirrorLab, &'static str, &'static str) {
-    MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair")
-}
-
-fn module_log(cluster: &MirrorLab, host: &str) -> String {
-    String::from_utf8_lossy(
-        &cluster
-            .cli(host, &["log", "-m", "demo"])
-            .expect("log")
-            .stdout,
-    )
-    .into_owned()
-}
+use common::{api_log, executables, started, SETTLE};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 
 fn kill_app(pid: i32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
@@ -48,8 +30,8 @@ const PROCESS_CHECKER: &str = r#"
 [[checker]]
 name = "app"
 type = "process"
-command = "holdfast"
-args_regex = "lab sample-app"
+command = "holdfast-lab"
+args_regex = "sample-app"
 action = "restart"
 interval = "200ms"
 "#;
@@ -77,11 +59,11 @@ fn a_dying_process_is_restarted_maxloop_times_then_fails_over_and_is_held_back()
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
-            is(p, "SECOND") && is(s, "PRIM")
+            settled(p, "SECOND") && settled(s, "PRIM")
         })
         .expect("failover to the peer");
     assert!(cluster.wait_app(second, SETTLE));
-    let log = module_log(&cluster, prim);
+    let log = api_log(&cluster, prim);
     assert_eq!(log.matches("action restart (failure").count(), 3, "{log}");
     assert!(log.contains("exceed maxloop 3"), "{log}");
 
@@ -90,7 +72,7 @@ fn a_dying_process_is_restarted_maxloop_times_then_fails_over_and_is_held_back()
     cluster.kill(second).unwrap();
     let (a, b) = cluster
         .wait_states(SETTLE, |a, b| {
-            is(if prim == "node1" { a } else { b }, "WAIT")
+            settled(if prim == "node1" { a } else { b }, "WAIT")
         })
         .expect("held back in WAIT");
     let held = if prim == "node1" { a } else { b };
@@ -125,7 +107,7 @@ up_after = 1
     // The "gateway" (the client host) disappears from both nodes.
     cluster.lab.link_down("client", 0).unwrap();
     let (a, _) = cluster
-        .wait_states(SETTLE, |a, b| is(a, "WAIT") && is(b, "WAIT"))
+        .wait_states(SETTLE, |a, b| settled(a, "WAIT") && settled(b, "WAIT"))
         .expect("both WAIT");
     assert!(
         a.unwrap().reason.contains("ping.gateway"),
@@ -135,10 +117,11 @@ up_after = 1
     cluster.lab.link_up("client", 0).unwrap();
     cluster
         .wait_states(SETTLE, |a, b| {
-            (is(a, "PRIM") && is(b, "SECOND")) || (is(a, "SECOND") && is(b, "PRIM"))
+            (settled(a, "PRIM") && settled(b, "SECOND"))
+                || (settled(a, "SECOND") && settled(b, "PRIM"))
         })
         .expect("back by itself");
-    assert!(module_log(&cluster, prim).contains("resource ping.gateway is back"));
+    assert!(api_log(&cluster, prim).contains("resource ping.gateway is back"));
 }
 
 #[test]
@@ -167,7 +150,7 @@ up_after = 1
     kill_app(pid, nix::sys::signal::Signal::SIGSTOP);
     let new = restarted(&cluster, prim, pid);
     assert_ne!(new, pid);
-    let log = module_log(&cluster, prim);
+    let log = api_log(&cluster, prim);
     assert!(
         log.contains("checker tcp.app") && log.contains("action restart"),
         "{log}"
@@ -182,7 +165,7 @@ up_after = 1
 #[test]
 fn a_module_checker_follows_the_module_it_depends_on() {
     let cluster = MirrorLab::create(
-        EXE.as_ref(),
+        &executables(),
         MirrorOptions {
             tail: r#"
 [[checker]]
@@ -221,12 +204,12 @@ interval = "200ms"
     let (a, b) = cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
-            is(p, "WAIT") && is(s, "ALONE")
+            settled(p, "WAIT") && settled(s, "ALONE")
         })
         .unwrap_or_else(|e| {
             panic!(
                 "demo waits where dep stopped, the other node takes over: {e}\n{}",
-                module_log(&cluster, prim)
+                api_log(&cluster, prim)
             )
         });
     let waiting = if prim == "node1" { a } else { b };
@@ -242,7 +225,7 @@ interval = "200ms"
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
-            is(p, "SECOND") && is(s, "PRIM")
+            settled(p, "SECOND") && settled(s, "PRIM")
         })
         .expect("demo comes back by itself");
 }

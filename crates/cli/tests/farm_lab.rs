@@ -5,20 +5,21 @@
 //! timeout and come back with it, without resetting the connections opened
 //! meanwhile; a mirror module runs beside the farm with its own VIP.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use common::{executables, SETTLE};
 use holdfast_lab::cluster::{
     settled, FarmOptions, MirrorLab, MirrorOptions, APP_PORT, ECHO_PORT, HEALTH_PORT, VIP,
 };
 use holdfast_network::Vip;
 use socket2::{Domain, Socket, Type};
 
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_millis(1000);
 /// node3 has half the traffic.
 const POWERS: [u32; 3] = [1, 1, 2];
@@ -40,7 +41,7 @@ fn farm() -> MirrorLab {
         "\n[[load_balancing]]\nprotocol = \"tcp\"\nport = {APP_PORT}\nby = \"client_ip_port\"\n\n[[load_balancing]]\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nby = \"client_ip\"\n"
     );
     let cluster = MirrorLab::create(
-        EXE.as_ref(),
+        &executables(),
         MirrorOptions {
             timeout: TIMEOUT,
             vip: true,

@@ -2,21 +2,13 @@
 //! real daemon per host, the real CLI, the sample application's scripts.
 //! Needs root, iproute2, util-linux and nftables (see `.ci/run`).
 
+mod common;
+
 use std::time::Duration;
 
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState};
+use common::{api_log, lab, SETTLE};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_membership::{ClusterKey, Heartbeat, PeerStatus, State};
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn is(state: &Option<NodeState>, name: &str) -> bool {
-    settled(state, name)
-}
-
-fn lab(options: MirrorOptions) -> MirrorLab {
-    MirrorLab::create(EXE.as_ref(), options).expect("lab with two daemons")
-}
 
 fn start_both(cluster: &MirrorLab) {
     cluster.start_module().expect("start");
@@ -33,11 +25,6 @@ fn count(cluster: &MirrorLab, host: &str, script: &str) -> usize {
         .iter()
         .filter(|(_, s, args)| s == script && !args.starts_with("force"))
         .count()
-}
-
-fn module_log(cluster: &MirrorLab, host: &str) -> String {
-    let out = cluster.cli(host, &["log", "-m", "demo"]).expect("log");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]
@@ -63,14 +50,14 @@ fn start_failover_and_rejoin() {
         assert_eq!(out.status.code(), Some(code));
     }
     // start_prim wrote to the module log with `"$SAFE/safekit" printi`.
-    assert!(module_log(&cluster, prim).contains("sample application started"));
+    assert!(api_log(&cluster, prim).contains("sample application started"));
 
     // The primary's host crashes: daemon and application killed.
     cluster.kill(prim).unwrap();
     let (a, b) = cluster
         .wait_states(SETTLE, |a, b| {
             let survivor = if prim == "node1" { b } else { a };
-            is(survivor, "ALONE")
+            settled(survivor, "ALONE")
         })
         .unwrap();
     let crashed_state = if prim == "node1" { a } else { b };
@@ -84,7 +71,7 @@ fn start_failover_and_rejoin() {
     );
     assert_eq!(count(&cluster, second, "start_prim"), 1);
     assert!(
-        module_log(&cluster, second).contains("becoming primary"),
+        api_log(&cluster, second).contains("becoming primary"),
         "the takeover is logged with its reason"
     );
 
@@ -118,7 +105,7 @@ fn swap_and_clean_stop_hand_over() {
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
-            is(p, "SECOND") && is(s, "PRIM")
+            settled(p, "SECOND") && settled(s, "PRIM")
         })
         .expect("the primary moved");
     assert!(cluster.wait_app(second, SETTLE));
@@ -141,7 +128,7 @@ fn swap_and_clean_stop_hand_over() {
     let (a, b) = cluster
         .wait_states(SETTLE, |a, b| {
             let (stopped, other) = if second == "node1" { (a, b) } else { (b, a) };
-            is(stopped, "STOP") && is(other, "ALONE")
+            settled(stopped, "STOP") && settled(other, "ALONE")
         })
         .expect("stop hands over");
     let other = if second == "node1" { b } else { a };
@@ -167,7 +154,7 @@ fn link_cut_fails_over_and_heal_keeps_one_primary() {
 
     cluster.lab.link_down(prim, 0).unwrap();
     cluster
-        .wait_states(SETTLE, |a, b| is(a, "ALONE") && is(b, "ALONE"))
+        .wait_states(SETTLE, |a, b| settled(a, "ALONE") && settled(b, "ALONE"))
         .expect("both sides ALONE during the partition (no witness)");
     assert!(cluster.wait_app(second, SETTLE), "the secondary took over");
 
@@ -182,7 +169,7 @@ fn link_cut_fails_over_and_heal_keeps_one_primary() {
         "the loser stopped its application"
     );
     assert!(cluster.app_pid(second).is_some());
-    let log = module_log(&cluster, prim);
+    let log = api_log(&cluster, prim);
     assert!(log.contains("split brain"), "the loser says why: {log}");
 }
 
@@ -271,10 +258,10 @@ fn bad_input_is_refused_and_changes_nothing() {
         .unwrap();
     let logged =
         holdfast_lab::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            module_log(&cluster, prim).contains("rejected heartbeat")
+            api_log(&cluster, prim).contains("rejected heartbeat")
         });
     assert!(logged, "the forged heartbeat is logged");
-    assert!(module_log(&cluster, prim).contains("authentication failed"));
+    assert!(api_log(&cluster, prim).contains("authentication failed"));
 
     let after = cluster.state(prim).unwrap();
     assert_eq!(
@@ -296,7 +283,7 @@ fn orderly_daemon_shutdown_hands_over_and_restart_rejoins() {
     cluster.terminate(prim).unwrap();
     cluster
         .wait_states(SETTLE, |a, b| {
-            is(if prim == "node1" { b } else { a }, "ALONE")
+            settled(if prim == "node1" { b } else { a }, "ALONE")
         })
         .expect("the secondary takes over");
     assert!(
@@ -329,7 +316,7 @@ fn a_module_installed_again_on_one_node_is_heard_by_its_peer() {
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
-            is(p, "ALONE") && is(s, "STOP")
+            settled(p, "ALONE") && settled(s, "STOP")
         })
         .expect("the primary goes on alone");
     cluster
@@ -342,7 +329,7 @@ fn a_module_installed_again_on_one_node_is_heard_by_its_peer() {
         .run_cli_checked(second, &["start", "-m", "demo"])
         .expect("start");
     assert_eq!(pair(&cluster), (prim, second), "the pair forms again");
-    let log = module_log(&cluster, prim);
+    let log = api_log(&cluster, prim);
     assert!(
         !log.contains("replayed"),
         "the primary took every heartbeat:\n{log}"

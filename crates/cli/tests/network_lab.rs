@@ -2,24 +2,14 @@
 //! primary (netlink address + gratuitous ARP), and in cloud mode the health
 //! endpoint tells a load balancer which node serves.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use holdfast_lab::cluster::{
-    settled, MirrorLab, MirrorOptions, NodeState, APP_PORT, HEALTH_PORT, VIP,
-};
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-
-fn is(state: &Option<NodeState>, name: &str) -> bool {
-    settled(state, name)
-}
-
-fn started(options: MirrorOptions) -> (MirrorLab, &'static str, &'static str) {
-    MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair")
-}
+use common::{holds_vip, started, SETTLE};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, APP_PORT, HEALTH_PORT, VIP};
 
 /// One request from the client host to the VIP: the name of the node that answered.
 fn ask(cluster: &MirrorLab) -> Option<String> {
@@ -39,10 +29,6 @@ fn ask(cluster: &MirrorLab) -> Option<String> {
             Some(line.trim().to_string())
         })
         .expect("client namespace")
-}
-
-fn holds_vip(cluster: &MirrorLab, host: &str) -> bool {
-    cluster.holds_vip(host).expect("the host's addresses")
 }
 
 /// Polls the VIP until `node` answers (bounded), then checks that the next
@@ -87,7 +73,7 @@ fn the_virtual_ip_follows_the_primary_through_failover_and_swap() {
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, s) = if prim == "node1" { (a, b) } else { (b, a) };
-            is(p, "SECOND") && is(s, "PRIM")
+            settled(p, "SECOND") && settled(s, "PRIM")
         })
         .unwrap();
     assert!(

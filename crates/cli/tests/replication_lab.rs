@@ -3,21 +3,20 @@
 //! they return, no acknowledged write is lost when the primary is killed,
 //! and a returning node is resynchronised until both trees are identical.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{executables, lab, replicated, started, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::wait_until;
 
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-const DATA: &str = "/srv/demo/data";
-
 fn options() -> MirrorOptions {
     MirrorOptions {
-        tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+        tail: replicated(4900),
         ..MirrorOptions::default()
     }
 }
@@ -93,8 +92,7 @@ fn acknowledged(writer: std::process::Child) -> Vec<u64> {
 
 #[test]
 fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronised() {
-    let (mut cluster, prim, second) =
-        MirrorLab::started(EXE.as_ref(), options(), SETTLE).expect("a running pair");
+    let (mut cluster, prim, second) = started(options());
     assert!(
         mounts(&cluster, prim).contains("fuse"),
         "the primary mounts {DATA}"
@@ -244,8 +242,7 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
 
 #[test]
 fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() {
-    let (mut cluster, prim, second) =
-        MirrorLab::started(EXE.as_ref(), options(), SETTLE).expect("a running pair");
+    let (mut cluster, prim, second) = started(options());
     let out = sh(&cluster, prim, &format!("echo first > {DATA}/a && sync"));
     assert!(out.status.success(), "{out:?}");
     assert!(
@@ -329,7 +326,7 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
 
 #[test]
 fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
-    let cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
+    let cluster = lab(options());
     // Both nodes hold data of their own, with an 8 MiB file in common.
     let common: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
     for (host, own) in [("node1", "one"), ("node2", "two")] {
@@ -385,7 +382,7 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
     // `holdfast progress` follows the resynchronisation to its end.
     let mut follower = cluster
         .lab
-        .command(prim, EXE)
+        .command(prim, &executables().holdfast)
         .unwrap()
         .args(["progress", "-m", "demo"])
         .stdout(Stdio::piped())
@@ -435,8 +432,7 @@ fn a_copy_whose_resynchronisation_was_cut_short_is_never_promoted() {
         module_extra: "default_primary = \"node1\"".into(),
         ..options()
     };
-    let (mut cluster, prim, second) =
-        MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair");
+    let (mut cluster, prim, second) = started(options);
     assert_eq!(prim, "node1");
     // The secondary stops cleanly; the primary writes what it will have to
     // bring back: a resynchronisation long enough to be cut.
@@ -507,8 +503,7 @@ fn excluded_paths_stay_on_the_primary() {
         ),
         ..MirrorOptions::default()
     };
-    let (cluster, prim, second) =
-        MirrorLab::started(EXE.as_ref(), options, SETTLE).expect("a running pair");
+    let (cluster, prim, second) = started(options);
     let out = sh(
         &cluster,
         prim,

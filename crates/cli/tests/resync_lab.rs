@@ -5,15 +5,15 @@
 //! are compared only when its host restarted since it applied changes it
 //! had not synced (simulated by rewriting the boot id it recorded).
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{identical, lab, logs, replicated, sh, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, TrackedState};
+use holdfast_lab::records::Appenders;
 use holdfast_lab::wait_until;
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-const DATA: &str = "/srv/demo/data";
 const PRIM: &str = "node1";
 const SECOND: &str = "node2";
 const MIB: u64 = 1 << 20;
@@ -26,47 +26,18 @@ const RECORD: u64 = 512;
 fn options() -> MirrorOptions {
     MirrorOptions {
         module_extra: format!("default_primary = \"{PRIM}\""),
-        tail: format!("\n[replication]\nport = 4920\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+        tail: replicated(4920),
         ..MirrorOptions::default()
     }
 }
 
-fn sh(cluster: &MirrorLab, host: &str, script: &str) -> std::process::Output {
-    let out = cluster.sh(host, script).expect("sh runs");
-    assert!(out.status.success(), "{script} on {host}: {out:?}");
-    out
-}
-
-fn logs(cluster: &MirrorLab) -> String {
-    format!(
-        "{PRIM} log:\n{}\n{SECOND} log:\n{}",
-        cluster.module_log(PRIM),
-        cluster.module_log(SECOND)
-    )
-}
-
-/// Content checksums of every file of the replicated directory as `host`
-/// sees it (on the secondary: its read-only view of its copy).
-fn checksums(cluster: &MirrorLab, host: &str) -> String {
-    cluster.tree_digest(host, DATA).expect("sh")
-}
-
 fn mirroring(cluster: &MirrorLab) {
-    if let Err(e) = cluster.wait_mirroring(PRIM, SETTLE) {
-        panic!("{e}\n{}", logs(cluster));
-    }
-}
-
-fn identical(cluster: &MirrorLab) {
-    let same = wait_until(SETTLE, Duration::from_millis(100), || {
-        checksums(cluster, PRIM) == checksums(cluster, SECOND)
-    });
-    assert!(same, "trees identical\n{}", logs(cluster));
+    common::mirroring(cluster, PRIM);
 }
 
 /// A mirroring pair whose copies hold the same 64 MiB.
 fn pair() -> MirrorLab {
-    let cluster = MirrorLab::create(EXE.as_ref(), options()).expect("lab");
+    let cluster = lab(options());
     cluster.start_module().expect("start");
     mirroring(&cluster);
     sh(
@@ -300,26 +271,14 @@ fn a_secondary_killed_amid_writes_gets_only_the_tracked_changes() {
     let mut cluster = pair();
     let writing = writers(&cluster, 4, 300);
     // And 8 threads appending records with fsync: many changes in flight.
-    let mut appending = cluster
-        .lab
-        .command(PRIM, EXE)
-        .expect("host")
-        .args(["lab", "append-records", "--dir", DATA, "--writers", "8"])
-        .args(["--size", &RECORD.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("appenders");
+    let appending = Appenders::start(&cluster, PRIM, DATA, 8, RECORD).expect("appenders");
     std::thread::sleep(Duration::from_millis(500));
     cluster
         .kill(SECOND)
         .expect("kill -9 the secondary's daemon");
     write_alone(&cluster);
     let written = succeeded(writing);
-    let _ = appending.kill();
-    let out = appending.wait_with_output().expect("appenders' output");
-    let records = String::from_utf8_lossy(&out.stdout).lines().count() as u64;
+    let records = appending.acknowledged(None).len() as u64;
     assert!(records > 100, "the appenders made progress: {records}");
     cluster.start_daemon(SECOND).expect("restart it");
     let (how, sent) = returned(&cluster);

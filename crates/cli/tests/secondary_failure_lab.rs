@@ -5,15 +5,14 @@
 //! writes until the secondary has them (`"block"`); once the secondary
 //! recovers it is resynchronised and both trees are identical.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::{checksums, lab, sh, DATA, SETTLE};
 use holdfast_lab::cluster::{MirrorLab, MirrorOptions};
 use holdfast_lab::wait_until;
-
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
-const DATA: &str = "/srv/demo/data";
 const PRIM: &str = "node1";
 const SECOND: &str = "node2";
 
@@ -27,18 +26,6 @@ fn options(policy: &str) -> MirrorOptions {
     }
 }
 
-fn sh(cluster: &MirrorLab, host: &str, script: &str) -> std::process::Output {
-    let out = cluster.sh(host, script).expect("sh runs");
-    assert!(out.status.success(), "{script} on {host}: {out:?}");
-    out
-}
-
-/// Content checksums of every file of the replicated directory as `host`
-/// sees it (on the secondary: its read-only view of its copy).
-fn checksums(cluster: &MirrorLab, host: &str) -> String {
-    cluster.tree_digest(host, DATA).expect("sh")
-}
-
 /// Where `SECOND`'s small file system is mounted (its copy is `data` in
 /// it, bound at `DATA`; `filler` takes most of the room).
 const DISK: &str = "/srv/small";
@@ -46,7 +33,7 @@ const DISK: &str = "/srv/small";
 /// A pair with `SECOND`'s copy on an 8 MiB file system with 2 MiB free,
 /// mirroring, a small file written.
 fn pair_with_small_secondary(policy: &str) -> MirrorLab {
-    let cluster = MirrorLab::create(EXE.as_ref(), options(policy)).expect("lab");
+    let cluster = lab(options(policy));
     sh(
         &cluster,
         SECOND,
@@ -219,7 +206,7 @@ fn drop_replication(cluster: &MirrorLab, drop: bool) {
 
 /// A mirroring pair whose secondary then stops receiving replication.
 fn unresponsive_secondary(policy: &str) -> MirrorLab {
-    let cluster = MirrorLab::create(EXE.as_ref(), options(policy)).expect("lab");
+    let cluster = lab(options(policy));
     cluster.start_module().expect("start");
     mirroring(&cluster);
     drop_replication(&cluster, true);

@@ -8,42 +8,22 @@
 //!
 //! Reproduce a run: `HOLDFAST_LAB_SEED=<seed>` (printed at the start).
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, NodeState};
+use common::{executables, holds_vip, ordered, replicated, DATA, SETTLE};
+use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::CLIENT;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const EXE: &str = env!("CARGO_BIN_EXE_holdfast");
-const SETTLE: Duration = Duration::from_secs(30);
 const ROUNDS: usize = 10;
-
-fn holds_vip(cluster: &MirrorLab, host: &str) -> bool {
-    cluster.holds_vip(host).expect("the host's addresses")
-}
 
 fn runs_app(cluster: &MirrorLab, host: &str) -> bool {
     cluster.app_pid(host).is_some()
-}
-
-fn is(state: &Option<NodeState>, name: &str) -> bool {
-    settled(state, name)
-}
-
-/// The states of `(a, b)` out of the states of node1 and node2.
-fn ordered<'s>(
-    a: &str,
-    node1: &'s Option<NodeState>,
-    node2: &'s Option<NodeState>,
-) -> (&'s Option<NodeState>, &'s Option<NodeState>) {
-    if a == "node1" {
-        (node1, node2)
-    } else {
-        (node2, node1)
-    }
 }
 
 /// Waits until `prim` waits without its application and the other node
@@ -54,7 +34,7 @@ fn stepped_down(cluster: &MirrorLab, prim: &str) -> holdfast_lab::Result<()> {
             let (p, s) = ordered(prim, a, b);
             p.as_ref()
                 .is_some_and(|p| p.state == "WAIT" && !p.app_active)
-                && is(s, "ALONE")
+                && settled(s, "ALONE")
                 && s.as_ref().is_some_and(|s| s.app_active)
         })
         .map(drop)
@@ -99,7 +79,7 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
     eprintln!("witness lab: seed {seed} (HOLDFAST_LAB_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
     let (cluster, mut prim, mut second) = MirrorLab::started(
-        EXE.as_ref(),
+        &executables(),
         MirrorOptions {
             pulse: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
@@ -204,13 +184,13 @@ fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritte
 
     cluster.lab.partition(prim, second).expect("partition");
     cluster
-        .wait_states(SETTLE, |a, b| is(a, "ALONE") && is(b, "ALONE"))
+        .wait_states(SETTLE, |a, b| settled(a, "ALONE") && settled(b, "ALONE"))
         .expect("both ALONE during the partition");
     // The isolated primary has stopped mirroring and tracks changes alone.
     cluster
         .wait_states(SETTLE, |a, b| {
             let (p, _) = ordered(prim, a, b);
-            is(p, "ALONE")
+            settled(p, "ALONE")
                 && holdfast_lab::cluster::replicating(p, "tracking")
                 && p.as_ref().is_some_and(|p| p.app_active)
         })
@@ -252,7 +232,7 @@ fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritte
 fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
     // The client host's address on network 0 (see `LabHandle::address`).
     let (cluster, prim, second) = MirrorLab::started(
-        EXE.as_ref(),
+        &executables(),
         MirrorOptions {
             pulse: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
@@ -283,18 +263,16 @@ fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
     assert_eq!(kept, second);
 }
 
-const DATA: &str = "/srv/demo/data";
-
 /// A started pair with `DATA` replicated, mirroring; a witness granting
 /// leases of `witness_lease`, if any.
 fn replicated_pair(witness_lease: Option<Duration>) -> (MirrorLab, &'static str, &'static str) {
     let (cluster, prim, second) = MirrorLab::started(
-        EXE.as_ref(),
+        &executables(),
         MirrorOptions {
             pulse: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
             witness_lease,
-            tail: format!("\n[replication]\nport = 4900\n\n[[replicated]]\ndir = \"{DATA}\"\n"),
+            tail: replicated(4900),
             ..MirrorOptions::default()
         },
         SETTLE,
@@ -350,7 +328,7 @@ fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
     );
     let state = cluster.state(second);
     assert!(
-        !runs_app(&cluster, second) && !is(&state, "ALONE") && !is(&state, "PRIM"),
+        !runs_app(&cluster, second) && !settled(&state, "ALONE") && !settled(&state, "PRIM"),
         "the outdated copy does not take over: {state:?}"
     );
 
@@ -371,7 +349,7 @@ fn with_a_witness_a_copy_that_missed_writes_alone_never_takes_over() {
     cluster
         .wait_states(SETTLE, |a, b| {
             let (_, s) = ordered(prim, a, b);
-            is(s, "ALONE") && s.as_ref().is_some_and(|s| s.app_active)
+            settled(s, "ALONE") && s.as_ref().is_some_and(|s| s.app_active)
         })
         .expect("the resynchronised peer takes over");
 }
@@ -470,7 +448,7 @@ fn with_a_witness_every_write_an_isolated_primary_acknowledged_is_on_the_node_ta
 #[test]
 fn a_module_installed_again_still_gets_its_lease() {
     let (cluster, _, _) = MirrorLab::started(
-        EXE.as_ref(),
+        &executables(),
         MirrorOptions {
             pulse: Duration::from_millis(100),
             timeout: Duration::from_secs(1),
@@ -487,7 +465,7 @@ fn a_module_installed_again_still_gets_its_lease() {
             .run_cli_checked(host, &["stop", "-m", &module])
             .expect("stop");
     }
-    let stopped = cluster.wait_states(SETTLE, |a, b| is(a, "STOP") && is(b, "STOP"));
+    let stopped = cluster.wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"));
     assert!(stopped.is_ok(), "both stop: {:?}", cluster.states());
     for host in ["node1", "node2"] {
         cluster

@@ -2,13 +2,13 @@
 //! module) running on lab hosts: a daemon per host with its own state
 //! directory, the cluster key, the module installed through the real CLI,
 //! and the sample application's scripts. Used by the integration tests, the
-//! demo (`holdfast lab demo`) and the benchmarks.
+//! demo (`holdfast-lab demo`) and the benchmarks.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{wait_until, Lab, LabError, LabSpec, Result};
+use crate::{wait_until, Executables, Lab, LabError, LabSpec, Result};
 
 /// The sample application's scripts (also the demo's).
 pub const DEMO_SCRIPTS: [(&str, &str); 3] = [
@@ -204,14 +204,14 @@ impl ResyncLine {
 pub struct MirrorLab {
     pub lab: Lab,
     pub options: MirrorOptions,
-    exe: PathBuf,
+    exes: Executables,
     daemons: Vec<(String, Child)>,
 }
 
 impl MirrorLab {
     /// Builds the lab, installs the module on both nodes and starts the
     /// daemons (the module itself is not started).
-    pub fn create(exe: &Path, options: MirrorOptions) -> Result<Self> {
+    pub fn create(exes: &Executables, options: MirrorOptions) -> Result<Self> {
         let hosts = options.farm.as_ref().map_or(2, |f| f.powers.len());
         let lab = Lab::create(LabSpec {
             hosts,
@@ -221,7 +221,7 @@ impl MirrorLab {
         let mut this = Self {
             lab,
             options,
-            exe: exe.to_path_buf(),
+            exes: exes.clone(),
             daemons: Vec::new(),
         };
         let key = this
@@ -351,9 +351,10 @@ impl MirrorLab {
             .map_err(|e| LabError::io(log.to_string(), e))?;
         let child = self
             .lab
-            .command(host, &self.exe)?
+            .command(host, &self.exes.holdfast)?
             .args(args)
             .env("RUST_LOG", "info")
+            .env("PATH", self.exes.search_path())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -363,9 +364,9 @@ impl MirrorLab {
         Ok(log_path)
     }
 
-    /// The `holdfast` executable the hosts run.
-    pub fn exe(&self) -> &Path {
-        &self.exe
+    /// The product and the lab tool the hosts run.
+    pub fn executables(&self) -> &Executables {
+        &self.exes
     }
 
     /// Starts `host`'s daemon and waits until its API answers.
@@ -425,7 +426,7 @@ impl MirrorLab {
     /// Runs the CLI on `host`.
     pub fn cli(&self, host: &str, args: &[&str]) -> Result<Output> {
         self.lab
-            .command(host, &self.exe)?
+            .command(host, &self.exes.holdfast)?
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -461,11 +462,11 @@ impl MirrorLab {
     /// Builds the lab, starts the module on both nodes and waits until the
     /// primary runs the application: (lab, primary, secondary).
     pub fn started(
-        exe: &Path,
+        exes: &Executables,
         options: MirrorOptions,
         timeout: Duration,
     ) -> Result<(Self, &'static str, &'static str)> {
-        let cluster = Self::create(exe, options)?;
+        let cluster = Self::create(exes, options)?;
         cluster.start_module()?;
         let (prim, second) = cluster.wait_pair(timeout)?;
         if !cluster.wait_app(prim, timeout) {

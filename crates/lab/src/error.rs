@@ -56,6 +56,9 @@ pub enum LabError {
     /// (a daemon not answering, a CLI command failing, states not settling).
     #[error("{0}")]
     Cluster(String),
+    /// `holdfast` or `holdfast-lab` is not where it was looked for.
+    #[error("{} not found: build both executables (`cargo build --workspace`) or name holdfast's path (`holdfast-lab --holdfast PATH`)", .0.display())]
+    MissingExecutable(PathBuf),
     /// No lab with that id is registered.
     #[error("no lab with id {0:?} (see list_labs)")]
     NotFound(String),

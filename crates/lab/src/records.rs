@@ -1,10 +1,12 @@
-//! The application of the "no acknowledged write is lost" tests on a lab
-//! host: `holdfast lab append-records` writers appending fixed-size records
-//! with fsync, each acknowledged record read back from their output, and
-//! the check that those records are on a host's disk.
+//! The application of the "no acknowledged write is lost" tests, defined
+//! here once: the writers (`holdfast-lab append-records` runs [`append`]
+//! on a lab host) append fixed-size records with fsync, each acknowledged
+//! record is read back from their output ([`Appenders`]), and
+//! [`Records::missing`] checks that those records are on a host's disk.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -12,6 +14,80 @@ use std::time::Instant;
 
 use crate::cluster::MirrorLab;
 use crate::{LabError, Result};
+
+/// The smallest record: room for the writer's and the record's numbers.
+pub const MIN_SIZE: usize = 32;
+
+/// The file of writer `w`.
+fn file(dir: &Path, writer: usize) -> PathBuf {
+    dir.join(format!("records-{writer}"))
+}
+
+/// Record `n` of writer `w`: `size` bytes, recognisable and never blank.
+fn record(writer: usize, n: u64, size: usize) -> Vec<u8> {
+    let mut bytes = format!("w{writer} r{n} ").into_bytes();
+    bytes.resize(size - 1, b'.');
+    bytes.push(b'\n');
+    bytes
+}
+
+/// The line a writer prints once record `n` is on disk: `<writer> <record>`.
+fn acknowledgement(writer: usize, n: u64) -> String {
+    format!("{writer} {n}")
+}
+
+/// The writer and record of an [`acknowledgement`] line.
+fn acknowledged_record(line: &str) -> Option<(usize, u64)> {
+    let (w, n) = line.split_once(' ')?;
+    Some((w.parse().ok()?, n.parse().ok()?))
+}
+
+/// Runs `writers` writers appending `size`-byte records to their own file
+/// in `dir`, each followed by `fsync`, and prints an acknowledgement line
+/// on standard output once the `fsync` returned. Runs until killed (or
+/// until every writer failed: each stops and says why on stderr; the
+/// others go on).
+pub fn append(dir: &Path, writers: usize, size: usize) -> Result<()> {
+    if size < MIN_SIZE {
+        return Err(LabError::InvalidSpec(format!(
+            "records must be at least {MIN_SIZE} bytes, not {size}"
+        )));
+    }
+    let out = Arc::new(Mutex::new(std::io::stdout()));
+    let threads: Vec<_> = (0..writers)
+        .map(|w| {
+            let path = file(dir, w);
+            let out = out.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
+                let mut n = 0u64;
+                loop {
+                    f.write_all_at(&record(w, n, size), n * size as u64)
+                        .and_then(|()| f.sync_all())
+                        .map_err(|e| {
+                            LabError::io(format!("record {n} of {}", path.display()), e)
+                        })?;
+                    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                    writeln!(out, "{}", acknowledgement(w, n))
+                        .and_then(|()| out.flush())
+                        .map_err(|e| LabError::io("standard output", e))?;
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            eprintln!("writer stopped: {e}");
+        }
+    }
+    Ok(())
+}
 
 /// Writers running on a host; every record they acknowledged, with when
 /// it was read.
@@ -36,8 +112,8 @@ impl Appenders {
     ) -> Result<Self> {
         let mut child = cluster
             .lab
-            .command(host, cluster.exe())?
-            .args(["lab", "append-records", "--dir", dir, "--size"])
+            .command(host, &cluster.executables().lab)?
+            .args(["append-records", "--dir", dir, "--size"])
             .arg(size.to_string())
             .arg("--writers")
             .arg(writers.to_string())
@@ -52,10 +128,8 @@ impl Appenders {
         let reader = std::thread::spawn(move || {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let mut fields = line.split(' ').map(|f| f.parse::<u64>());
-                if let (Some(Ok(w)), Some(Ok(n))) = (fields.next(), fields.next()) {
-                    let mut seen = seen_lock(&sink);
-                    seen.push((Instant::now(), w as usize, n));
+                if let Some((w, n)) = acknowledged_record(&line) {
+                    seen_lock(&sink).push((Instant::now(), w, n));
                 }
             }
         });
@@ -116,17 +190,31 @@ impl Records {
     /// Those missing from `host`'s real directory, named.
     pub fn missing(&self, cluster: &MirrorLab, host: &str) -> Result<Vec<String>> {
         let dir = cluster.host_path(host, &self.dir)?;
+        let size = self.size as usize;
         let mut missing = Vec::new();
         for &(w, n) in &self.records {
-            let mut buf = vec![0u8; self.size as usize];
-            let expected = format!("w{w} r{n} ");
-            let ok = std::fs::File::open(dir.join(format!("records-{w}")))
+            let mut buf = vec![0u8; size];
+            let ok = std::fs::File::open(file(&dir, w))
                 .and_then(|f| f.read_exact_at(&mut buf, n * self.size))
-                .is_ok_and(|()| buf.starts_with(expected.as_bytes()) && buf.ends_with(b".\n"));
+                .is_ok_and(|()| buf == record(w, n, size));
             if !ok {
                 missing.push(format!("writer {w} record {n}"));
             }
         }
         Ok(missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_fills_its_size_and_an_acknowledgement_reads_back() {
+        let r = record(3, 41, MIN_SIZE);
+        assert_eq!(r.len(), MIN_SIZE);
+        assert!(r.starts_with(b"w3 r41 ") && r.ends_with(b".\n"));
+        assert_eq!(acknowledged_record(&acknowledgement(3, 41)), Some((3, 41)));
+        assert_eq!(acknowledged_record("3"), None);
     }
 }

@@ -1,4 +1,4 @@
-//! `holdfast lab bench-outage`: what a client sees when the primary's host
+//! `holdfast-lab bench-outage`: what a client sees when the primary's host
 //! crashes — the gap between its last successful request before the crash
 //! and its first one after, through the virtual IP — for Holdfast and for
 //! keepalived (VRRPv3) moving a VIP with the same detection time, in the same
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use holdfast_lab::cluster::{MirrorLab, MirrorOptions, APP_PORT, VIP};
-use holdfast_lab::{wait_until, Lab, LabHandle, LabSpec};
+use holdfast_lab::{wait_until, Executables, Lab, LabHandle, LabSpec};
 
-use crate::lab::{max, median};
+use crate::stats::{max, median};
 
 /// VRRPv3 with advert_int 0.1 s declares the master down after
 /// 3 × 0.1 s + skew ((256 − 100) / 256 × 0.1 s) ≈ 361 ms; Holdfast gets the
@@ -107,14 +107,14 @@ fn trial(
     Ok(after - before)
 }
 
-fn holdfast_trials(exe: &Path, trials: usize) -> Result<Vec<f64>> {
+fn holdfast_trials(exes: &Executables, trials: usize) -> Result<Vec<f64>> {
     let options = MirrorOptions {
         pulse: PULSE,
         timeout: DETECTION,
         vip: true,
         ..MirrorOptions::default()
     };
-    let mut cluster = MirrorLab::create(exe, options)?;
+    let mut cluster = MirrorLab::create(exes, options)?;
     cluster.start_module()?;
     let mut outages = Vec::new();
     for i in 0..trials {
@@ -143,7 +143,7 @@ fn keepalived_conf(priority: u8) -> String {
 }
 
 /// Starts keepalived and the sample application on `host` of the lab.
-fn keepalived_host(exe: &Path, lab: &Lab, host: &str, priority: u8) -> Result<()> {
+fn keepalived_host(lab_tool: &Path, lab: &Lab, host: &str, priority: u8) -> Result<()> {
     let srv = lab.host_dir(host)?.join("srv/ka");
     std::fs::create_dir_all(&srv)?;
     std::fs::write(srv.join("keepalived.conf"), keepalived_conf(priority))?;
@@ -168,9 +168,8 @@ fn keepalived_host(exe: &Path, lab: &Lab, host: &str, priority: u8) -> Result<()
         .stderr(log)
         .spawn()
         .context("starting keepalived (apt-get install keepalived)")?;
-    lab.command(host, exe)?
+    lab.command(host, lab_tool)?
         .args([
-            "lab",
             "sample-app",
             "--dir",
             "/srv/ka",
@@ -206,14 +205,14 @@ fn serving(handle: &LabHandle) -> Option<String> {
         .flatten()
 }
 
-fn keepalived_trials(exe: &Path, trials: usize) -> Result<Vec<f64>> {
+fn keepalived_trials(lab_tool: &Path, trials: usize) -> Result<Vec<f64>> {
     let lab = Lab::create(LabSpec {
         hosts: 2,
         networks: 1,
         client: true,
     })?;
-    keepalived_host(exe, &lab, "node1", 150)?;
-    keepalived_host(exe, &lab, "node2", 100)?;
+    keepalived_host(lab_tool, &lab, "node1", 150)?;
+    keepalived_host(lab_tool, &lab, "node2", 100)?;
     let handle = lab.handle().clone();
     let mut outages = Vec::new();
     for i in 0..trials {
@@ -264,7 +263,7 @@ fn keepalived_trials(exe: &Path, trials: usize) -> Result<Vec<f64>> {
             ])
             .status();
         keepalived_host(
-            exe,
+            lab_tool,
             &lab,
             &master,
             if master == "node1" { 150 } else { 100 },
@@ -273,11 +272,11 @@ fn keepalived_trials(exe: &Path, trials: usize) -> Result<Vec<f64>> {
     Ok(outages)
 }
 
-pub fn bench(exe: &Path, trials: usize) -> Result<()> {
+pub fn bench(exes: &Executables, trials: usize) -> Result<()> {
     eprintln!("holdfast: pulse {PULSE:?}, timeout {DETECTION:?}, {trials} crashes of the primary");
-    let holdfast = holdfast_trials(exe, trials)?;
+    let holdfast = holdfast_trials(exes, trials)?;
     eprintln!("keepalived: VRRPv3 advert_int {ADVERT_INT} s (master down after ~{DETECTION:?}), {trials} crashes of the master");
-    let keepalived = keepalived_trials(exe, trials)?;
+    let keepalived = keepalived_trials(&exes.lab, trials)?;
     let (h, k) = (median(&holdfast), median(&keepalived));
     println!("\nClient-visible outage on a crash of the primary host: last successful request before the crash");
     println!("to first successful one after (a TCP request every 10 ms from the client host to the VIP).\n");

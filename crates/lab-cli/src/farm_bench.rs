@@ -1,4 +1,4 @@
-//! `holdfast lab bench-farm`: HTTP requests per second through a farm
+//! `holdfast-lab bench-farm`: HTTP requests per second through a farm
 //! module's virtual IP with 1, 2 and 3 UP nodes, beside the same nginx
 //! reached directly on one node and HAProxy balancing the same nodes, all in
 //! one lab and run (rounds interleaved, so a noisy neighbour hits every
@@ -8,15 +8,14 @@
 //! they spend the same two CPUs on them).
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use holdfast_lab::cluster::{settled, FarmOptions, MirrorLab, MirrorOptions, VIP};
-use holdfast_lab::{wait_until, CLIENT};
+use holdfast_lab::{wait_until, Executables, CLIENT};
 
-use crate::lab::median;
+use crate::stats::median;
 
 /// How to run the benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -52,12 +51,12 @@ http {
 }
 ";
 
-pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
+pub fn bench(exes: &Executables, settings: &Settings) -> Result<()> {
     let rules = format!(
         "\n[[load_balancing]]\nprotocol = \"tcp\"\nport = {HTTP_PORT}\nby = \"client_ip_port\"\n"
     );
     let cluster = MirrorLab::create(
-        exe,
+        exes,
         MirrorOptions {
             module: MODULE.into(),
             // Loaded to saturation, this lab's two CPUs can delay or drop

@@ -1,4 +1,4 @@
-//! `holdfast lab bench-replication`: what synchronous replication costs an
+//! `holdfast-lab bench-replication`: what synchronous replication costs an
 //! application, on real lab hosts. A mirror module runs on two hosts with a
 //! replicated directory; on the primary's host the same workloads run in
 //! four directories of the same disk: a plain local directory (the
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, ResyncLine};
 use holdfast_lab::records::Appenders;
-use holdfast_lab::wait_until;
+use holdfast_lab::{wait_until, Executables};
 use rand::{Rng, RngCore, SeedableRng};
 
 /// The replicated directory (on both hosts).
@@ -315,11 +315,11 @@ struct FloorMount {
 }
 
 impl FloorMount {
-    fn start(cluster: &MirrorLab, host: &str, exe: &Path) -> Result<Self> {
+    fn start(cluster: &MirrorLab, host: &str, lab_tool: &Path) -> Result<Self> {
         let mut child = cluster
             .lab
-            .command(host, exe)?
-            .args(["lab", "bench-mount", "--dir", FLOOR])
+            .command(host, lab_tool)?
+            .args(["bench-mount", "--dir", FLOOR])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -414,15 +414,15 @@ fn sh(cluster: &MirrorLab, host: &str, script: &str) -> Result<String> {
 fn io(
     cluster: &MirrorLab,
     host: &str,
-    exe: &Path,
+    lab_tool: &Path,
     dir: &str,
     workload: &str,
     (mib, seconds, seed): (u64, u64, u64),
 ) -> Result<IoResult> {
     let out = cluster
         .lab
-        .command(host, exe)?
-        .args(["lab", "bench-io", "--dir", dir, "--workload", workload])
+        .command(host, lab_tool)?
+        .args(["bench-io", "--dir", dir, "--workload", workload])
         .args(["--mib", &mib.to_string(), "--seconds", &seconds.to_string()])
         .args(["--seed", &seed.to_string()])
         .stdin(Stdio::null())
@@ -555,7 +555,7 @@ fn rounds<T>(
 
 /// The median of `f` over each target's results.
 fn medians<T>(results: &[Vec<T>], f: impl Fn(&T) -> f64) -> [f64; TARGETS] {
-    std::array::from_fn(|k| crate::lab::median(&results[k].iter().map(&f).collect::<Vec<_>>()))
+    std::array::from_fn(|k| crate::stats::median(&results[k].iter().map(&f).collect::<Vec<_>>()))
 }
 
 /// The directories the workloads run in, in the table's order.
@@ -674,14 +674,14 @@ struct Rsync {
 
 fn resync_part(
     cluster: &mut MirrorLab,
-    exe: &Path,
+    lab_tool: &Path,
     (prim, second): (&'static str, &'static str),
     mib: u64,
 ) -> Result<(f64, Resync, Rsync, [Span; 2])> {
     let seed = rand::random::<u32>() as u64;
     let settle = Duration::from_secs(120);
     eprintln!("resync: writing a {mib} MiB tree through the mirror");
-    let tree = io(cluster, prim, exe, DATA, "tree", (mib, 0, seed))?;
+    let tree = io(cluster, prim, lab_tool, DATA, "tree", (mib, 0, seed))?;
     let tree_mbps = tree.bytes as f64 / tree.seconds / 1e6;
     cluster.run_cli_checked(second, &["stop", "-m", MODULE])?;
     cluster.wait_states(settle, |a, b| {
@@ -689,7 +689,7 @@ fn resync_part(
         settled(p, "ALONE")
     })?;
     eprintln!("resync: {second} stopped, {prim} ALONE; modifying 1% of the tree");
-    io(cluster, prim, exe, DATA, "modify", (mib, 0, seed))?;
+    io(cluster, prim, lab_tool, DATA, "modify", (mib, 0, seed))?;
     let done_before = cluster
         .module_log(prim)
         .matches(" resynchronised (")
@@ -787,7 +787,7 @@ impl Drop for RsyncDaemon {
     }
 }
 
-pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
+pub fn bench(exes: &Executables, settings: &Settings) -> Result<()> {
     let options = MirrorOptions {
         // Generous: the workloads keep both cores busy, and a false
         // failover would spoil the figures.
@@ -797,15 +797,20 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
         ..MirrorOptions::default()
     };
     eprintln!("starting a mirror module with {DATA} replicated on two lab hosts...");
-    let (mut cluster, prim, second) = MirrorLab::started(exe, options, Duration::from_secs(60))?;
+    let (mut cluster, prim, second) = MirrorLab::started(exes, options, Duration::from_secs(60))?;
     let s = settings;
     let rows = if s.resync_only {
         Vec::new()
     } else {
-        workloads(&cluster, prim, exe, s)?
+        workloads(&cluster, prim, &exes.lab, s)?
     };
     let resync = if s.tree_mib > 0 {
-        Some(resync_part(&mut cluster, exe, (prim, second), s.tree_mib)?)
+        Some(resync_part(
+            &mut cluster,
+            &exes.lab,
+            (prim, second),
+            s.tree_mib,
+        )?)
     } else {
         None
     };
@@ -910,9 +915,9 @@ pub fn bench(exe: &Path, settings: &Settings) -> Result<()> {
 }
 
 /// The workloads in the four directories: one table row each.
-fn workloads(cluster: &MirrorLab, prim: &str, exe: &Path, s: &Settings) -> Result<Vec<Row>> {
+fn workloads(cluster: &MirrorLab, prim: &str, lab_tool: &Path, s: &Settings) -> Result<Vec<Row>> {
     sh(cluster, prim, &format!("mkdir -p {LOCAL} {FLOOR}"))?;
-    let floor = FloorMount::start(cluster, prim, exe)?;
+    let floor = FloorMount::start(cluster, prim, lab_tool)?;
     let bindfs = BindfsMount::start(cluster, prim)?;
     let targets: [&str; TARGETS] = [LOCAL, BINDFS, FLOOR, DATA];
     let each = |workload: &str, mib: u64| -> Result<Vec<Vec<IoResult>>> {
@@ -921,7 +926,7 @@ fn workloads(cluster: &MirrorLab, prim: &str, exe: &Path, s: &Settings) -> Resul
             io(
                 cluster,
                 prim,
-                exe,
+                lab_tool,
                 targets[k],
                 workload,
                 (mib, s.seconds, 0),
