@@ -19,8 +19,8 @@ use rustix::io::Errno;
 
 use std::os::unix::ffi::OsStringExt;
 
+use crate::entry::EntryState;
 use crate::op::{Change, Op, Time};
-use crate::resync::EntryState;
 use crate::tracking::Move;
 
 /// The replicated directory, opened before anything is mounted on it.
@@ -372,20 +372,6 @@ fn timespec(time: Option<Time>) -> Timespec {
     }
 }
 
-pub(crate) fn mtime_of(st: &Stat) -> Time {
-    Time {
-        sec: st.st_mtime,
-        nsec: st.st_mtime_nsec as u32,
-    }
-}
-
-pub(crate) fn atime_of(st: &Stat) -> Time {
-    Time {
-        sec: st.st_atime,
-        nsec: st.st_atime_nsec as u32,
-    }
-}
-
 /// `pwrite` until every byte is written (a short write is not an error).
 pub(crate) fn write_all_at(fd: &impl AsFd, mut data: &[u8], mut offset: u64) -> Result<(), Errno> {
     while !data.is_empty() {
@@ -468,7 +454,7 @@ impl Root {
 
     /// Makes `rel` what the primary has; `true` if it had to be created
     /// (so it holds none of the primary's content yet) or linked to
-    /// [`Entry::link`](crate::resync::Entry::link) (so it holds that
+    /// [`Entry::link`](crate::entry::Entry::link) (so it holds that
     /// name's).
     pub fn ensure(&self, rel: &Path, state: &EntryState) -> Result<bool, Errno> {
         let current = match self.stat(rel) {

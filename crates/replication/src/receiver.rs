@@ -18,12 +18,13 @@ use crate::exclusions::Exclusions;
 use std::os::unix::ffi::OsStringExt;
 
 use crate::activity::Recorded;
+use crate::entry::{Entry, EntryState};
 use crate::generation::{boot_id, GenerationStore, Generations, StoreError};
 use crate::op::{is_relative_inside, Change, Op};
 use crate::protocol::{
     secondary_handshake, Direction, Message, Opener, ProtocolError, Reply, Sealer,
 };
-use crate::resync::{Answer, Entry, EntryState, Request};
+use crate::resync::{Answer, Request};
 
 /// When the secondary acknowledges a change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -67,7 +67,8 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::apply::{mtime_of, Root};
+use crate::apply::Root;
+use crate::entry::{mtime_of, Entry, EntryState};
 use crate::fs::tree::Tree;
 use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
 use crate::tracking::{Dirty, Link, Mark, Move, BLOCK};
@@ -133,36 +134,6 @@ pub enum Answer {
         /// (empty otherwise).
         activity: crate::activity::Recorded,
     },
-}
-
-/// An entry as the primary has it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EntryState {
-    Absent,
-    Present(Entry),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Type and permission bits (`st_mode`).
-    pub mode: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub size: u64,
-    /// Its number of names (hard links).
-    pub nlink: u64,
-    pub rdev: u64,
-    pub mtime: Time,
-    #[serde(with = "serde_bytes")]
-    pub target: Vec<u8>,
-    pub xattrs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>,
-    /// A file created while alone: whatever the peer has under this name
-    /// is another file, to be replaced.
-    pub fresh: bool,
-    /// Another name of this (regular) file, made what the primary has
-    /// earlier in this resynchronisation: this name becomes a hard link
-    /// to it, not a file of its own.
-    pub link: Option<PathBuf>,
 }
 
 /// A [`Replicator`] that also answers resynchronisation requests.

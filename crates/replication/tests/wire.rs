@@ -413,7 +413,8 @@ fn live_change_during_a_resync(mode: AckMode) {
 /// clear error, and changes nothing.
 #[test]
 fn a_bad_link_in_an_ensure_is_refused_and_changes_nothing() {
-    use holdfast_replication::resync::{Entry, EntryState, Peer, Request};
+    use holdfast_replication::entry::{Entry, EntryState};
+    use holdfast_replication::resync::{Peer, Request};
     let (tmp, dir) = dirs();
     std::fs::write(tmp.path().join("outside"), b"outside").unwrap();
     std::fs::write(dir.join("victim"), b"victim").unwrap();

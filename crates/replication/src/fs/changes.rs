@@ -15,7 +15,8 @@ use rustix::io::Errno;
 
 use super::replies::{Join, Pending, Written};
 use super::{file_fd, fuse_err, kind_of, parent_of, DirItem, Handle, MirrorFs, TTL};
-use crate::apply::{mtime_of, proc_path};
+use crate::apply::proc_path;
+use crate::entry::mtime_of;
 use crate::op::{Change, Intent, Op, Stamp};
 
 /// A large write is applied and replicated in chunks of this size, so the
