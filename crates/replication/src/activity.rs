@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::generation::write_atomically;
+use crate::mark::{Mark, EXTENT};
 use crate::op::is_relative_inside;
-use crate::tracking::Mark;
 
 /// File name of the activity log, in the change log's directory.
 pub const FILE: &str = "activity-mirror.log";
@@ -97,7 +97,7 @@ impl Recorded {
                 regions.len()
             ));
         }
-        let beyond = |m: &Mark| matches!(m, Mark::Extent { index, .. } if index.checked_add(1).and_then(|i| i.checked_mul(crate::tracking::EXTENT)).is_none());
+        let beyond = |m: &Mark| matches!(m, Mark::Extent { index, .. } if index.checked_add(1).and_then(|i| i.checked_mul(EXTENT)).is_none());
         if let Some(bad) = regions.iter().find(|m| beyond(m)) {
             return Err(format!(
                 "activity log refused: {bad:?} lies beyond any file"

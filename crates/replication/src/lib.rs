@@ -96,6 +96,7 @@ pub mod entry;
 pub mod exclusions;
 pub mod fs;
 pub mod generation;
+pub mod mark;
 pub mod op;
 pub mod protocol;
 pub mod receiver;
@@ -111,6 +112,7 @@ pub use generation::{
     boot_id, compare_reason, decide, plan, Basis, Decision, GenerationStore, Generations, Plan,
     Refusal,
 };
+pub use mark::Mark;
 pub use op::{
     Ack, AckSender, Change, Intent, Op, ReplicationError, Replicator, Stamp, Time, Unreplicated,
 };
@@ -119,5 +121,5 @@ pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Scope, Sta
 pub use sender::TcpReplicator;
 pub use summary::{tracked, TrackedSummary};
 pub use tracking::{
-    ChangeLog, Dirty, Link, LinkMode, Mark, OnFailure, Recovery, TrackingConfig, TrackingError,
+    ChangeLog, Dirty, Link, LinkMode, OnFailure, Recovery, TrackingConfig, TrackingError,
 };

@@ -220,6 +220,21 @@ pub(crate) fn is_relative_inside(path: &Path) -> bool {
         && !path.as_os_str().as_bytes().ends_with(b"/")
 }
 
+/// The directory holding `path` (`""` for a name at the top).
+pub(crate) fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
+}
+
+/// `base` joined with `rest`, `base` itself for an empty `rest` (where a
+/// name moved by a rename lands).
+pub(crate) fn join_rest(base: &Path, rest: &Path) -> PathBuf {
+    if rest.as_os_str().is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rest)
+    }
+}
+
 /// Why the secondary did not acknowledge an operation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicationError {

@@ -70,8 +70,9 @@ use sha2::{Digest, Sha256};
 use crate::apply::Root;
 use crate::entry::{mtime_of, Entry, EntryState};
 use crate::fs::tree::Tree;
+use crate::mark::Mark;
 use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
-use crate::tracking::{Dirty, Link, Mark, Move, BLOCK};
+use crate::tracking::{Dirty, Link, Move, BLOCK};
 
 /// Block size of checksum comparison: 32 bytes of hash per 64 KiB keeps
 /// the exchange at 0.05% of the data compared.

@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::fs::tree::Tree;
-use crate::tracking::{ChangeLog, Dirty, FileDirty, BLOCK, EXTENT};
+use crate::mark::EXTENT;
+use crate::tracking::{ChangeLog, Dirty, FileDirty, BLOCK};
 
 /// The changes a returning secondary lacks, as far as the change log knows
 /// (if it returns with the copy it left with: else the resynchronisation

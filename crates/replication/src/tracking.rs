@@ -42,12 +42,11 @@ use sha2::{Digest, Sha256};
 
 use crate::activity::{self, ActivityError, ActivityLog};
 use crate::generation::write_atomically;
-use crate::op::{Ack, Change, Intent, Op, ReplicationError, Replicator};
+use crate::mark::{Mark, EXTENT};
+use crate::op::{join_rest, parent_of, Ack, Change, Intent, Op, ReplicationError, Replicator};
 
 /// Unit of change tracking in memory, and of data sent for tracked changes.
 pub const BLOCK: u64 = 4096;
-/// Unit of the durable activity log.
-pub const EXTENT: u64 = 4 << 20;
 
 const LOG: &str = "activity.log";
 const SNAPSHOT: &str = "dirty.snapshot";
@@ -283,9 +282,9 @@ impl Dirty {
         }
         let map = |p: &Path| -> Option<PathBuf> {
             if let Ok(rest) = p.strip_prefix(from) {
-                Some(join(to, rest))
+                Some(join_rest(to, rest))
             } else if exchange {
-                p.strip_prefix(to).ok().map(|rest| join(from, rest))
+                p.strip_prefix(to).ok().map(|rest| join_rest(from, rest))
             } else {
                 None
             }
@@ -315,9 +314,9 @@ impl Dirty {
             Op::Rename { from, to, flags } => {
                 let exchange = flags & rustix::fs::RenameFlags::EXCHANGE.bits() != 0;
                 if let Ok(rest) = path.strip_prefix(from) {
-                    Some(join(to, rest))
+                    Some(join_rest(to, rest))
                 } else if let Ok(rest) = path.strip_prefix(to) {
-                    exchange.then(|| join(from, rest))
+                    exchange.then(|| join_rest(from, rest))
                 } else {
                     Some(path.to_path_buf())
                 }
@@ -524,119 +523,6 @@ impl Unapplied {
     }
 }
 
-fn join(base: &Path, rest: &Path) -> PathBuf {
-    if rest.as_os_str().is_empty() {
-        base.to_path_buf()
-    } else {
-        base.join(rest)
-    }
-}
-
-fn parent(path: &Path) -> &Path {
-    path.parent().unwrap_or(Path::new(""))
-}
-
-/// One record of an activity log: a coarse region that may differ.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Mark {
-    Extent {
-        path: PathBuf,
-        index: u64,
-    },
-    /// From `from` to the end of the file, however long (shifting
-    /// fallocate modes).
-    Tail {
-        path: PathBuf,
-        from: u64,
-    },
-    /// A directory whose every entry is compared, regular files by
-    /// checksum (change tracking: a rename may have replaced one).
-    Dir {
-        path: PathBuf,
-    },
-    /// A directory whose entries are made identical, data not compared
-    /// (the activity log while mirroring: data has regions of its own).
-    Listing {
-        path: PathBuf,
-    },
-    /// A name renamed or hard-linked (the activity log while mirroring):
-    /// compared by checksum, a directory entry by entry.
-    Moved {
-        path: PathBuf,
-    },
-}
-
-impl Mark {
-    pub fn path(&self) -> &Path {
-        match self {
-            Mark::Extent { path, .. }
-            | Mark::Tail { path, .. }
-            | Mark::Dir { path }
-            | Mark::Listing { path }
-            | Mark::Moved { path } => path,
-        }
-    }
-
-    /// The marks of the activity log kept while mirroring for an intent:
-    /// data by extent, an entry by its directory's listing, a move by
-    /// both names.
-    pub(crate) fn mirrored(intent: &Intent<'_>) -> Vec<Mark> {
-        match *intent {
-            Intent::Data { .. } => Mark::covering(intent),
-            Intent::Entry { path } => vec![Mark::Listing {
-                path: parent(path).to_path_buf(),
-            }],
-            Intent::Move { from, to } => vec![
-                Mark::Listing {
-                    path: parent(from).to_path_buf(),
-                },
-                Mark::Listing {
-                    path: parent(to).to_path_buf(),
-                },
-                Mark::Moved {
-                    path: from.to_path_buf(),
-                },
-                Mark::Moved {
-                    path: to.to_path_buf(),
-                },
-            ],
-        }
-    }
-
-    /// The marks covering an intent.
-    fn covering(intent: &Intent<'_>) -> Vec<Mark> {
-        match *intent {
-            Intent::Data { path, offset, len } => {
-                let end = offset.saturating_add(len);
-                let (first, last) = (offset / EXTENT, end.div_ceil(EXTENT));
-                if last - first > 64 {
-                    return vec![Mark::Tail {
-                        path: path.to_path_buf(),
-                        from: first * EXTENT,
-                    }];
-                }
-                (first..last)
-                    .map(|index| Mark::Extent {
-                        path: path.to_path_buf(),
-                        index,
-                    })
-                    .collect()
-            }
-            Intent::Entry { path } => vec![Mark::Dir {
-                path: parent(path).to_path_buf(),
-            }],
-            Intent::Move { from, to } => vec![
-                Mark::Dir {
-                    path: parent(from).to_path_buf(),
-                },
-                Mark::Dir {
-                    path: parent(to).to_path_buf(),
-                },
-            ],
-        }
-    }
-}
-
 /// What [`ChangeLog::open`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovery {
@@ -674,7 +560,7 @@ impl Inner {
         match mark {
             Mark::Extent { path, .. } | Mark::Tail { path, .. } => {
                 self.marked.contains(&Mark::Dir {
-                    path: parent(path).to_path_buf(),
+                    path: parent_of(path).to_path_buf(),
                 })
             }
             Mark::Dir { .. } | Mark::Listing { .. } | Mark::Moved { .. } => false,

@@ -19,7 +19,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use holdfast_membership::ClusterKey;
-use holdfast_replication::tracking::{BLOCK, EXTENT};
+use holdfast_replication::mark::EXTENT;
+use holdfast_replication::tracking::BLOCK;
 use holdfast_replication::{
     resync, AckMode, ChangeLog, Exclusions, GenerationStore, Generations, Link, LinkMode, Mark,
     Mirror, MountGuard, Peer, Progress, Receiver, ReceiverError, Recovery, Scope, TcpReplicator,

@@ -14,10 +14,10 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
 use super::replies::{Join, Pending, Written};
-use super::{file_fd, fuse_err, kind_of, parent_of, DirItem, Handle, MirrorFs, TTL};
+use super::{file_fd, fuse_err, kind_of, DirItem, Handle, MirrorFs, TTL};
 use crate::apply::proc_path;
 use crate::entry::mtime_of;
-use crate::op::{Change, Intent, Op, Stamp};
+use crate::op::{parent_of, Change, Intent, Op, Stamp};
 
 /// A large write is applied and replicated in chunks of this size, so the
 /// secondary receives and checks one while the next is written here.

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use fuser::INodeNo;
 use rustix::io::Errno;
 
+use crate::op::join_rest;
+
 /// What the kernel knows by inode number, and where each one is.
 #[derive(Debug)]
 pub(super) struct Nodes {
@@ -140,13 +142,5 @@ impl Nodes {
                 }
             }
         }
-    }
-}
-
-fn join_rest(base: &Path, rest: &Path) -> PathBuf {
-    if rest.as_os_str().is_empty() {
-        base.to_path_buf()
-    } else {
-        base.join(rest)
     }
 }

@@ -19,10 +19,10 @@ use rustix::io::Errno;
 
 use super::changes::made_stamps;
 use super::replies::Written;
-use super::{file_fd, fuse_err, parent_of, Handle, MirrorFs, TTL};
+use super::{file_fd, fuse_err, Handle, MirrorFs, TTL};
 use crate::apply::{proc_path, set_file_owner_mode, write_all_at};
 use crate::entry::{atime_of, mtime_of};
-use crate::op::{Change, Intent, Op, Time};
+use crate::op::{parent_of, Change, Intent, Op, Time};
 
 /// How open files are served: with no flush request at each close (every
 /// write was applied and acknowledged before it returned: nothing to
