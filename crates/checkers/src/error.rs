@@ -3,17 +3,14 @@
 
 use std::path::PathBuf;
 
+use holdfast_config::InvalidChecker;
+
 /// Why a checker could not be configured or started.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckerError {
     /// A configuration value that makes no sense.
-    #[error("checker {checker}: {field}: {message}")]
-    Invalid {
-        /// The checker's resource (`tcp.web`).
-        checker: String,
-        field: String,
-        message: String,
-    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidChecker),
     /// A module checker was configured but the daemon gave no way to read
     /// module states.
     #[error("checker {checker}: no source of module states was given to the runner")]

@@ -1,9 +1,10 @@
 //! holdfast-checkers: the failure detectors of a module and their verdict
 //! logic — not what the module does about them (the state machine decides,
-//! from [`CheckerConfig::action`]).
+//! from [`CheckerConfig::action`]). What a checker is configured to do is
+//! plain data in [`holdfast_config::checker`].
 //!
-//! - [`model`]: checker configurations as plain data, with SafeKit's
-//!   defaults (process, TCP, ping, interface, custom script, other module).
+//! [`CheckerConfig::action`]: holdfast_config::checker::CheckerConfig::action
+//!
 //! - [`Smoother`] (sans-IO): a probe result becomes a verdict change only
 //!   after `down_after` failures / `up_after` successes in a row.
 //! - [`Probe`]: one test per kind — `/proc` scan ([`ProcessProbe`]), TCP
@@ -21,29 +22,20 @@
 //! thread that builds and runs them, which lets lab tests run a whole
 //! runtime "on" one host.
 
-mod custom;
 mod error;
-mod interface;
-pub mod model;
-mod module;
-mod ping;
 mod probe;
-mod process;
 mod runner;
-mod tcp;
 mod verdict;
 
-pub use custom::CustomProbe;
 pub use error::CheckerError;
-pub use interface::{find_interface, link_verdict, InterfaceProbe, LinkFlags};
-pub use model::{
-    validate_all, Action, CheckerConfig, CheckerKind, CustomChecker, InterfaceChecker,
-    InterfaceTarget, ModuleChecker, PingChecker, ProcessChecker, TcpChecker, TcpExchange, When,
+pub use probe::custom::CustomProbe;
+pub use probe::interface::{find_interface, link_verdict, InterfaceProbe, LinkFlags};
+pub use probe::module::{ModuleJudge, ModuleProbe, ModuleStates, ModuleStatus};
+pub use probe::ping::{checksum, echo_request, parse_echo_reply, PingProbe};
+pub use probe::process::{
+    count_processes, count_verdict, ProcessMatcher, ProcessProbe, ProcessScope,
 };
-pub use module::{ModuleJudge, ModuleProbe, ModuleStates, ModuleStatus};
-pub use ping::{checksum, echo_request, parse_echo_reply, PingProbe};
+pub use probe::tcp::TcpProbe;
 pub use probe::{AnyProbe, Probe, ProbeContext};
-pub use process::{count_processes, count_verdict, ProcessMatcher, ProcessProbe, ProcessScope};
 pub use runner::{CheckerEvent, Runner};
-pub use tcp::TcpProbe;
 pub use verdict::{Smoother, Verdict};

@@ -8,9 +8,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
 use crate::error::CheckerError;
-use crate::model::{validate_all, CheckerConfig};
 use crate::probe::{AnyProbe, Probe, ProbeContext};
 use crate::verdict::{Smoother, Verdict};
+use holdfast_config::checker::{validate_all, CheckerConfig};
 
 /// Margin over a checker's timeout before the runner gives up on a probe
 /// itself: probes bound their own work, this only guards against one that

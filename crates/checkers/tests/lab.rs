@@ -9,8 +9,10 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use holdfast_checkers::{
-    AnyProbe, CheckerConfig, CheckerEvent, CheckerKind, InterfaceTarget, Probe, ProbeContext,
-    ProcessChecker, ProcessScope, Runner, TcpExchange, Verdict,
+    AnyProbe, CheckerEvent, Probe, ProbeContext, ProcessScope, Runner, Verdict,
+};
+use holdfast_config::checker::{
+    CheckerConfig, CheckerKind, InterfaceTarget, ProcessChecker, TcpExchange,
 };
 use holdfast_lab::{Lab, LabHandle, LabSpec};
 use tokio::sync::mpsc;

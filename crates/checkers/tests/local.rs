@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use holdfast_checkers::{
-    AnyProbe, CheckerConfig, CheckerError, CheckerEvent, CheckerKind, ModuleStates, ModuleStatus,
-    Probe, ProbeContext, ProcessChecker, Runner, Verdict,
+    AnyProbe, CheckerError, CheckerEvent, ModuleStates, ModuleStatus, Probe, ProbeContext, Runner,
+    Verdict,
 };
+use holdfast_config::checker::{CheckerConfig, CheckerKind, ProcessChecker};
 use tokio::sync::mpsc;
 
 /// Children killed and reaped even when the test fails.

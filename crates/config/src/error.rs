@@ -91,6 +91,17 @@ pub struct ValidationError {
     pub message: String,
 }
 
+/// A checker configuration value that makes no sense, found by
+/// [`CheckerConfig::validate`](crate::checker::CheckerConfig::validate).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("checker {checker}: {field}: {message}")]
+pub struct InvalidChecker {
+    /// The checker's resource (`tcp.web`).
+    pub checker: String,
+    pub field: String,
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

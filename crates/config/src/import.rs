@@ -14,11 +14,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use holdfast_checkers::{
-    Action as CheckerAction, CheckerConfig, CheckerKind, InterfaceTarget, When,
-};
 use roxmltree::{Document, Node, ParsingOptions};
 
+use crate::checker::{Action as CheckerAction, CheckerConfig, CheckerKind, InterfaceTarget, When};
 use crate::error::{line_column, ConfigError, ValidationError};
 use crate::model::{
     Balance, Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, NodeConfig, Protocol, Rule,

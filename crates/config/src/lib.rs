@@ -14,13 +14,14 @@
 //! a [`ConfigError`] naming the file, line, column and field. The format is
 //! documented for users in `docs/configuration.md`.
 
+pub mod checker;
 mod error;
 mod import;
 pub mod model;
 mod native;
 mod validate;
 
-pub use error::{ConfigError, ValidationError};
+pub use error::{ConfigError, InvalidChecker, ValidationError};
 pub use import::{import_userconfig, ImportWarning, Imported};
 pub use model::*;
 pub use native::{load_module, parse_module, to_toml};

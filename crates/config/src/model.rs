@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::checker::CheckerConfig;
+
 /// One module: the unit of high availability for one application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModuleConfig {
@@ -35,7 +37,7 @@ pub struct ModuleConfig {
     /// Cloud mode: an HTTP health endpoint for a cloud load balancer's probe.
     pub health: Option<HealthConfig>,
     /// Failure detectors (process, TCP, ping, interface, custom, module).
-    pub checkers: Vec<holdfast_checkers::CheckerConfig>,
+    pub checkers: Vec<CheckerConfig>,
     /// How replicated directories are replicated (`[replication]`).
     pub replication: ReplicationConfig,
     /// Directories kept synchronously mirrored between primary and
@@ -52,8 +54,48 @@ pub struct ModuleConfig {
     pub splitbrain: Option<SplitBrainConfig>,
 }
 
-pub use holdfast_network::farm::{Balance, Protocol, Rule};
-pub use holdfast_network::garp::Mac;
+/// Transport protocol of a load-balancing rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// What the bucket of a packet is computed from (SafeKit's `filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// The client's IP address: a client always reaches the same node
+    /// (SafeKit `on_addr`).
+    ClientIp,
+    /// The client's IP address and source port: each connection on its own
+    /// (SafeKit `on_port`).
+    ClientIpPort,
+}
+
+/// A load-balancing rule: traffic to the VIP with this protocol (and
+/// destination port, or any) is split by `balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Destination port on the VIP; `None` for every port.
+    pub port: Option<u16>,
+    /// Hash input.
+    pub balance: Balance,
+}
+
+/// An Ethernet (MAC) address.
+pub type Mac = [u8; 6];
+
+/// `aa:bb:cc:dd:ee:ff`, as nft writes MAC addresses.
+pub fn format_mac(mac: &Mac) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
 
 /// `[replication]`: the secondary's listening port, when it acknowledges,
 /// and what the primary does when a live secondary does not.

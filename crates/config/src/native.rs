@@ -17,10 +17,9 @@ use toml_edit::{
     Value,
 };
 
-use holdfast_checkers::{
+use crate::checker::{
     Action as CheckerAction, CheckerConfig, CheckerKind, InterfaceTarget, TcpExchange, When,
 };
-
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
     AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
@@ -217,7 +216,7 @@ pub fn to_toml(config: &ModuleConfig) -> String {
             table.insert("interface", value(interface.as_str()));
         }
         if let Some(vmac) = &vip.vmac {
-            table.insert("vmac", value(holdfast_network::farm::format_mac(vmac)));
+            table.insert("vmac", value(crate::model::format_mac(vmac)));
         }
         doc.insert("vip", Item::Table(table));
     }

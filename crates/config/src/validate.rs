@@ -120,7 +120,7 @@ impl ModuleConfig {
                     "vip.vmac",
                     format!(
                         "{} is not a unicast MAC address (the first byte must be even, and not all zero)",
-                        holdfast_network::farm::format_mac(&mac)
+                        crate::model::format_mac(&mac)
                     ),
                 );
             }

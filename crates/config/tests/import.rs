@@ -834,9 +834,10 @@ fn vip_is_imported_and_farm_parts_are_reported() {
 }
 
 /// The sample's `<errd polltimer="10"><proc name="PROCESS_NAME" atleast="1" action="restart" class="prim"/>`.
-fn sample_process_checker() -> holdfast_checkers::CheckerConfig {
-    let mut checker = holdfast_checkers::CheckerConfig::process("PROCESS_NAME", "PROCESS_NAME");
-    checker.action = holdfast_checkers::Action::Restart;
+fn sample_process_checker() -> holdfast_config::checker::CheckerConfig {
+    let mut checker =
+        holdfast_config::checker::CheckerConfig::process("PROCESS_NAME", "PROCESS_NAME");
+    checker.action = holdfast_config::checker::Action::Restart;
     checker.interval = std::time::Duration::from_secs(10);
     checker
 }
@@ -857,9 +858,9 @@ fn checkers_are_imported_from_errd_and_check() {
     let names: Vec<String> = config.checkers.iter().map(|c| c.resource()).collect();
     assert_eq!(names, ["proc.nginx", "tcp.web", "ping.gw", "intf.lan"]);
     let nginx = &config.checkers[0];
-    assert_eq!(nginx.when, holdfast_checkers::When::Both);
+    assert_eq!(nginx.when, holdfast_config::checker::When::Both);
     assert_eq!(nginx.interval, std::time::Duration::from_secs(5));
-    let holdfast_checkers::CheckerKind::Process(p) = &nginx.kind else {
+    let holdfast_config::checker::CheckerKind::Process(p) = &nginx.kind else {
         panic!("process")
     };
     assert_eq!(
@@ -927,7 +928,7 @@ fn module_checkers_of_this_node_are_imported_remote_ones_reported() {
     let Imported { config, warnings } = imported(&userconfig("", body), CLUSTER_XML);
     let names: Vec<String> = config.checkers.iter().map(|c| c.resource()).collect();
     assert_eq!(names, ["module.mysql", "module.db"]);
-    let holdfast_checkers::CheckerKind::Module(m) = &config.checkers[1].kind else {
+    let holdfast_config::checker::CheckerKind::Module(m) = &config.checkers[1].kind else {
         panic!("module checker")
     };
     assert_eq!(m.module, "pg");

@@ -745,12 +745,12 @@ address = "198.18.0.1"
     assert_eq!(config.checkers[0].resource(), "proc.app");
     assert_eq!(
         config.checkers[0].action,
-        holdfast_checkers::Action::Restart
+        holdfast_config::checker::Action::Restart
     );
     assert_eq!(config.checkers[1].interval, Duration::from_secs(1));
     assert_eq!(
         config.checkers[2].when,
-        holdfast_checkers::When::Pre,
+        holdfast_config::checker::When::Pre,
         "ping defaults to a resource checker"
     );
     assert_eq!(parse(&to_toml(&config)).unwrap(), config);

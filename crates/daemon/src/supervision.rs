@@ -10,7 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use holdfast_checkers::{Action, CheckerConfig, CheckerEvent, ProbeContext, Runner, Verdict, When};
+use holdfast_checkers::{CheckerEvent, ProbeContext, Runner, Verdict};
+use holdfast_config::checker::{Action, CheckerConfig, When};
 use holdfast_membership::recovery::{Decision, RecoveryPolicy, Requested};
 use holdfast_membership::{Command, CommandError, LogLevel, MirrorModule, State};
 use tokio::sync::mpsc;

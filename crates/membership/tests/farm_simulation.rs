@@ -11,9 +11,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use holdfast_membership::farm::buckets::{BucketMap, Member};
 use holdfast_membership::farm::{FarmAction, FarmModule, FarmSettings, FarmStatus};
 use holdfast_membership::mirror::{Action, Command, ScriptOutcome, State};
-use holdfast_network::farm::{BucketMap, Member};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::EventQueue;

@@ -19,9 +19,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use holdfast_config::Mac;
+
 use crate::error::{NetworkError, Result};
 use crate::farm::FarmFilter;
-use crate::garp::{self, Mac};
+use crate::garp;
 use crate::netlink::Route;
 use crate::Vip;
 

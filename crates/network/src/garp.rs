@@ -18,11 +18,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
+use holdfast_config::Mac;
+
 use crate::error::{NetworkError, Result};
 use crate::netlink::Route;
-
-/// A MAC address.
-pub type Mac = [u8; 6];
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;

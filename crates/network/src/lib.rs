@@ -5,8 +5,8 @@
 //!   interface whose subnet contains it.
 //! - [`garp::announce`] (`garp.rs`): gratuitous ARP after a VIP moves here,
 //!   from an `AF_PACKET` socket.
-//! - [`farm`] (`farm.rs`, pure): bucket ownership among a farm's UP nodes
-//!   and the nftables filter keeping a node's own buckets.
+//! - [`farm`] (`farm.rs`, pure): the nftables filter keeping a node's own
+//!   buckets (which are its own is decided in `holdfast-membership`).
 //! - [`FarmNode`] (`farm_node.rs`): a farm's VIP on this node — on `lo`,
 //!   with `arp_ignore`; an ARP responder answering with the virtual MAC;
 //!   the filter programmed through `nft -f`.

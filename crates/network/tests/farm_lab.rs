@@ -8,8 +8,10 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::Stdio;
 use std::time::Duration;
 
+use holdfast_config::{Balance, Protocol, Rule};
 use holdfast_lab::{wait_until, Lab, LabSpec};
-use holdfast_network::farm::{Balance, BucketMap, FarmFilter, Member, Protocol, Rule};
+use holdfast_membership::farm::buckets::{BucketMap, Member};
+use holdfast_network::farm::FarmFilter;
 use holdfast_network::{FarmNode, Vip};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);

@@ -1,4 +1,5 @@
-//! The [`Probe`] trait and building the probe of a configured checker.
+//! The [`Probe`] trait, one module per kind of probe, and building the
+//! probe of a configured checker.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -6,15 +7,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::custom::CustomProbe;
+use holdfast_config::checker::{CheckerConfig, CheckerKind};
+use holdfast_config::InvalidChecker;
+
 use crate::error::CheckerError;
-use crate::interface::InterfaceProbe;
-use crate::model::{CheckerConfig, CheckerKind};
-use crate::module::{ModuleProbe, ModuleStates};
-use crate::ping::PingProbe;
-use crate::process::{own_netns, ProcessMatcher, ProcessProbe, ProcessScope, OWN_NETNS};
-use crate::tcp::TcpProbe;
 use crate::verdict::Verdict;
+
+pub(crate) mod custom;
+pub(crate) mod interface;
+pub(crate) mod module;
+pub(crate) mod ping;
+pub(crate) mod process;
+pub(crate) mod tcp;
+
+use custom::CustomProbe;
+use interface::InterfaceProbe;
+use module::{ModuleProbe, ModuleStates};
+use ping::PingProbe;
+use process::{own_netns, ProcessMatcher, ProcessProbe, ProcessScope, OWN_NETNS};
+use tcp::TcpProbe;
 
 /// One test of a resource. Each probe bounds itself by its checker's
 /// timeout and turns every failure into a Down verdict with its reason.
@@ -80,7 +91,7 @@ impl AnyProbe {
         let checker = config.resource();
         Ok(match &config.kind {
             CheckerKind::Process(p) => {
-                let matcher = ProcessMatcher::new(p).map_err(|e| CheckerError::Invalid {
+                let matcher = ProcessMatcher::new(p).map_err(|e| InvalidChecker {
                     checker: checker.clone(),
                     field: "command_regex".into(),
                     message: e.to_string(),

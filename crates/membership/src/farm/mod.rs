@@ -1,8 +1,8 @@
 //! The farm module state machine: **where load-balancing buckets are
 //! decided**. 2..N nodes all run the application (`start_both`) and are UP;
 //! the 256 buckets of the virtual IP's traffic are shared among the UP nodes
-//! by power (`holdfast_network::farm::BucketMap`, which every node computes
-//! alike from the same membership and which moves few buckets on a change).
+//! by power ([`BucketMap`], which every node computes alike from the same
+//! membership and which moves few buckets on a change).
 //!
 //! Pure, like the mirror machine: heartbeats from every other node say who
 //! is UP; after each input the machine asks the shell to program this node's
@@ -13,8 +13,11 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use holdfast_network::farm::{BucketMap, Member};
 use serde::{Deserialize, Serialize};
+
+pub mod buckets;
+
+use buckets::{BucketMap, Member};
 
 use crate::mirror::{
     Action, Command, CommandError, LogLevel, ModuleView, Script, ScriptAction, ScriptOutcome,

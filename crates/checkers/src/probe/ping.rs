@@ -14,7 +14,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::time::{timeout_at, Instant};
 
-use crate::probe::Probe;
+use super::Probe;
 use crate::verdict::Verdict;
 
 const ECHO_REQUEST: u8 = 8;

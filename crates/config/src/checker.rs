@@ -1,4 +1,5 @@
-//! Checker configurations as plain data, with SafeKit's defaults.
+//! Checker configurations as plain data, with SafeKit's defaults and their
+//! validation; `holdfast-checkers` runs them.
 //!
 //! One [`CheckerConfig`] per checker: what is shared by every kind (name,
 //! when it is active, what to do when it fails, timing, smoothing counts),
@@ -11,7 +12,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::error::CheckerError;
+use regex_automata::meta::{BuildError, Regex};
+
+use crate::error::InvalidChecker;
 
 /// When a checker runs, in SafeKit's terms (`when=` of the checkers,
 /// `class=` of `<proc>`). The daemon starts and stops checkers at the
@@ -330,8 +333,8 @@ impl CheckerConfig {
     }
 
     /// Checks the values make sense; the error names the checker and field.
-    pub fn validate(&self) -> Result<(), CheckerError> {
-        let invalid = |field: &str, message: String| CheckerError::Invalid {
+    pub fn validate(&self) -> Result<(), InvalidChecker> {
+        let invalid = |field: &str, message: String| InvalidChecker {
             checker: self.resource(),
             field: field.to_string(),
             message,
@@ -409,7 +412,7 @@ impl CheckerConfig {
                     ("args_regex", &p.args_regex),
                 ] {
                     if let Some(pattern) = pattern {
-                        crate::process::compile(pattern)
+                        compile_regex(pattern)
                             .map_err(|e| invalid(field, format!("{pattern:?}: {e}")))?;
                     }
                 }
@@ -459,13 +462,19 @@ impl CheckerConfig {
     }
 }
 
+/// Compiles a checker's regular expression: validation here, and the
+/// process probe that matches with it.
+pub fn compile_regex(pattern: &str) -> Result<Regex, Box<BuildError>> {
+    Regex::new(pattern).map_err(Box::new)
+}
+
 /// Validates every checker of a module and that their resources are unique.
-pub fn validate_all(checkers: &[CheckerConfig]) -> Result<(), CheckerError> {
+pub fn validate_all(checkers: &[CheckerConfig]) -> Result<(), InvalidChecker> {
     for (i, checker) in checkers.iter().enumerate() {
         checker.validate()?;
         let resource = checker.resource();
         if checkers[..i].iter().any(|c| c.resource() == resource) {
-            return Err(CheckerError::Invalid {
+            return Err(InvalidChecker {
                 checker: resource,
                 field: "name".to_string(),
                 message: "two checkers of the same kind have this name".to_string(),

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::probe::Probe;
+use super::Probe;
 use crate::verdict::Verdict;
 
 /// Most output kept per stream: only the last line goes into the reason.

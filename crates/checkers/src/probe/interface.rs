@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use nix::ifaddrs::getifaddrs;
 use nix::net::if_::InterfaceFlags;
 
-use crate::model::InterfaceTarget;
-use crate::probe::Probe;
+use super::Probe;
 use crate::verdict::Verdict;
+use holdfast_config::checker::InterfaceTarget;
 
 /// What one interface looks like to the checker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,14 +11,9 @@ use std::time::Duration;
 
 use regex_automata::meta::{BuildError, Regex};
 
-use crate::model::ProcessChecker;
-use crate::probe::Probe;
+use super::Probe;
 use crate::verdict::Verdict;
-
-/// Compiles a checker's regular expression (also used by validation).
-pub(crate) fn compile(pattern: &str) -> Result<Regex, Box<BuildError>> {
-    Regex::new(pattern).map_err(Box::new)
-}
+use holdfast_config::checker::{compile_regex, ProcessChecker};
 
 /// Which processes a process checker counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,12 +39,20 @@ impl ProcessMatcher {
     /// Fails only on a bad regular expression ([`CheckerConfig::validate`]
     /// reports those first, with the field).
     ///
-    /// [`CheckerConfig::validate`]: crate::CheckerConfig::validate
+    /// [`CheckerConfig::validate`]: holdfast_config::checker::CheckerConfig::validate
     pub fn new(checker: &ProcessChecker) -> Result<Self, Box<BuildError>> {
         Ok(Self {
             command: checker.command.clone(),
-            command_regex: checker.command_regex.as_deref().map(compile).transpose()?,
-            args_regex: checker.args_regex.as_deref().map(compile).transpose()?,
+            command_regex: checker
+                .command_regex
+                .as_deref()
+                .map(compile_regex)
+                .transpose()?,
+            args_regex: checker
+                .args_regex
+                .as_deref()
+                .map(compile_regex)
+                .transpose()?,
         })
     }
 

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::model::ModuleChecker;
-use crate::probe::Probe;
+use super::Probe;
 use crate::verdict::Verdict;
+use holdfast_config::checker::ModuleChecker;
 
 /// What the module checker needs to know of another module.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::model::{TcpChecker, TcpExchange};
-use crate::probe::Probe;
+use super::Probe;
 use crate::verdict::Verdict;
+use holdfast_config::checker::{TcpChecker, TcpExchange};
 
 /// Most bytes of an answer kept while looking for the expected ones: a
 /// server streaming forever must not grow the daemon.
