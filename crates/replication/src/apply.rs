@@ -21,7 +21,7 @@ use std::os::unix::ffi::OsStringExt;
 
 use crate::entry::EntryState;
 use crate::op::{Change, Op, Time};
-use crate::tracking::Move;
+use crate::tracking::dirty::Move;
 
 /// The replicated directory, opened before anything is mounted on it.
 #[derive(Debug)]

@@ -61,7 +61,7 @@
 //!
 //! The file system is mounted with a [`Link`] (a [`Replicator`]): it
 //! mirrors to the secondary, or tracks changes in a durable [`ChangeLog`]
-//! while ALONE (`tracking.rs`: 4 KiB blocks in memory, DRBD-style activity
+//! while ALONE (`tracking/`: 4 KiB blocks in memory, DRBD-style activity
 //! log of 4 MiB extents and directories on disk, synced before the first
 //! change it covers — announced by the file system through
 //! [`Replicator::prepare`] before applying anything), or both while a
@@ -120,6 +120,6 @@ pub use receiver::{AckMode, Receiver, ReceiverError};
 pub use resync::{resync, Peer, Progress, ProgressReport, ResyncError, Scope, Stats};
 pub use sender::TcpReplicator;
 pub use summary::{tracked, TrackedSummary};
-pub use tracking::{
-    ChangeLog, Dirty, Link, LinkMode, OnFailure, Recovery, TrackingConfig, TrackingError,
-};
+pub use tracking::change_log::{ChangeLog, Recovery, TrackingConfig, TrackingError};
+pub use tracking::dirty::Dirty;
+pub use tracking::link::{Link, LinkMode, OnFailure};

@@ -72,7 +72,9 @@ use crate::entry::{mtime_of, Entry, EntryState};
 use crate::fs::tree::Tree;
 use crate::mark::Mark;
 use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
-use crate::tracking::{Dirty, Link, Move, BLOCK};
+use crate::tracking::dirty::{Dirty, Move};
+use crate::tracking::link::Link;
+use crate::tracking::BLOCK;
 
 /// Block size of checksum comparison: 32 bytes of hash per 64 KiB keeps
 /// the exchange at 0.05% of the data compared.
@@ -150,7 +152,7 @@ pub enum ResyncError {
     #[error("resynchronisation: reading {path} on the primary: {source}")]
     Local { path: PathBuf, source: Errno },
     #[error("resynchronisation: {0}")]
-    Tracking(#[from] crate::tracking::TrackingError),
+    Tracking(#[from] crate::tracking::change_log::TrackingError),
 }
 
 /// Progress of one resynchronisation, shared with whoever displays it.

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::fs::tree::Tree;
 use crate::mark::EXTENT;
-use crate::tracking::{ChangeLog, Dirty, FileDirty, BLOCK};
+use crate::tracking::change_log::ChangeLog;
+use crate::tracking::dirty::{Dirty, FileDirty};
+use crate::tracking::BLOCK;
 
 /// The changes a returning secondary lacks, as far as the change log knows
 /// (if it returns with the copy it left with: else the resynchronisation
@@ -120,7 +122,7 @@ pub fn tracked(tree: &Tree, log: &ChangeLog) -> TrackedSummary {
 mod tests {
     use super::*;
     use crate::op::{Change, Intent, Op};
-    use crate::tracking::{Recovery, TrackingConfig};
+    use crate::tracking::change_log::{Recovery, TrackingConfig};
 
     fn data(path: &str, offset: u64, len: u64) -> Intent<'_> {
         Intent::Data {
