@@ -19,7 +19,8 @@ use holdfast_daemon::client::ApiClient;
 use holdfast_daemon::modlog::LogEntry;
 use holdfast_daemon::registry::{InstallRequest, ModuleSummary};
 use holdfast_daemon::{DaemonOptions, Paths};
-use holdfast_membership::{ClusterKey, Command, LogLevel};
+use holdfast_key::ClusterKey;
+use holdfast_membership::{Command, LogLevel};
 
 #[derive(Parser, Debug)]
 #[command(

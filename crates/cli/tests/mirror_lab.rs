@@ -7,8 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{api_log, lab, SETTLE};
+use holdfast_key::ClusterKey;
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
-use holdfast_membership::{ClusterKey, Heartbeat, PeerStatus, State};
+use holdfast_membership::{Heartbeat, PeerStatus, State};
 
 fn start_both(cluster: &MirrorLab) {
     cluster.start_module().expect("start");

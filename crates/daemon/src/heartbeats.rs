@@ -56,7 +56,7 @@ pub struct Heartbeats {
     module: String,
     node: String,
     incarnation: u64,
-    key: holdfast_membership::ClusterKey,
+    key: holdfast_key::ClusterKey,
     port: u16,
     socket: UdpSocket,
     /// Every other node with its address on each heartbeat network, in

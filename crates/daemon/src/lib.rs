@@ -35,7 +35,7 @@ pub mod witness;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use holdfast_membership::ClusterKey;
+use holdfast_key::ClusterKey;
 
 pub use paths::Paths;
 

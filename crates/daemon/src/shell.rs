@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 
 use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
 use holdfast_config::{Boot, Mode, ModuleConfig};
+use holdfast_key::ClusterKey;
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
 use holdfast_membership::lease::{LeaseReply, LeaseRequest, PeerCopy};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
-    Action, ClusterKey, Command, CommandError, LogLevel, MirrorModule, MirrorSettings,
-    ModuleStatus, ModuleView, Persistent, Script, ScriptOutcome, ScriptRun,
+    Action, Command, CommandError, LogLevel, MirrorModule, MirrorSettings, ModuleStatus,
+    ModuleView, Persistent, Script, ScriptOutcome, ScriptRun,
 };
 use holdfast_network::garp::{self, Announcement};
 use holdfast_network::Vip;

@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use holdfast_key::ClusterKey;
 use holdfast_membership::heartbeat::MAX_DATAGRAM;
 use holdfast_membership::lease::{LeaseReply, LeaseRequest, OutdatedCopy, Verdict, WitnessCore};
-use holdfast_membership::{ClusterKey, ReplayGuard};
+use holdfast_membership::ReplayGuard;
 use tokio::net::UdpSocket;
 
 use crate::paths::write_atomic;

@@ -287,7 +287,7 @@ pub fn run_floor_mount(dir: &Path, replica: Option<&Path>) -> Result<()> {
     let replicator: std::sync::Arc<dyn Replicator> = match replica {
         None => std::sync::Arc::new(Unreplicated),
         Some(replica) => {
-            let key = holdfast_membership::ClusterKey::generate();
+            let key = holdfast_key::ClusterKey::generate();
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             let addr = listener.local_addr()?;
             let receiver = Receiver::new(replica, key.clone(), AckMode::Receipt)?;

@@ -9,11 +9,9 @@
 //! sender is *replayed*. Both are rejected before anything looks at them.
 
 use std::collections::HashMap;
-use std::path::Path;
 
-use hmac::{Hmac, Mac};
+use holdfast_key::{ClusterKey, TAG_LEN};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::farm::FarmStatus;
 use crate::mirror::PeerStatus;
@@ -22,11 +20,8 @@ const MAGIC: &[u8; 4] = b"HFHB";
 /// 3: the status says which kind of module sent it (2: statuses carry
 /// clocks for the peer promise).
 const VERSION: u8 = 3;
-const TAG_LEN: usize = 32;
 /// Largest datagram we produce or accept; a heartbeat is far smaller.
 pub const MAX_DATAGRAM: usize = 1400;
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// Why a datagram was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,53 +46,6 @@ pub enum HeartbeatError {
         last_incarnation: u64,
         last_seq: u64,
     },
-    #[error("cluster key: {0}")]
-    Key(String),
-}
-
-/// The secret shared by all nodes of a cluster (32 bytes, stored as hex).
-#[derive(Clone)]
-pub struct ClusterKey([u8; 32]);
-
-impl std::fmt::Debug for ClusterKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ClusterKey(<secret>)")
-    }
-}
-
-impl ClusterKey {
-    pub fn generate() -> Self {
-        let mut key = [0u8; 32];
-        rand::Rng::fill(&mut rand::thread_rng(), &mut key);
-        Self(key)
-    }
-
-    pub fn from_hex(text: &str) -> Result<Self, HeartbeatError> {
-        let bytes = hex::decode(text.trim())
-            .map_err(|e| HeartbeatError::Key(format!("not hexadecimal: {e}")))?;
-        let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
-            HeartbeatError::Key(format!(
-                "expected 32 bytes (64 hex digits), found {}",
-                b.len()
-            ))
-        })?;
-        Ok(Self(key))
-    }
-
-    pub fn load(path: &Path) -> Result<Self, HeartbeatError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| HeartbeatError::Key(format!("{}: {e}", path.display())))?;
-        Self::from_hex(&text).map_err(|e| HeartbeatError::Key(format!("{}: {e}", path.display())))
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    fn mac(&self) -> HmacSha256 {
-        // An HMAC key may have any length, so this cannot fail.
-        <HmacSha256 as Mac>::new_from_slice(&self.0).expect("HMAC accepts any key length")
-    }
 }
 
 /// One heartbeat as sent by a node for one module.
@@ -145,9 +93,8 @@ pub(crate) fn seal<T: Serialize>(magic: &[u8; 4], body: &T, key: &ClusterKey) ->
     out.push(VERSION);
     // Serialising plain data into a Vec cannot fail.
     out.extend_from_slice(&postcard::to_allocvec(body).expect("datagram body serialises"));
-    let mut mac = key.mac();
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
+    let tag = key.tag([&out[..]]);
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -167,9 +114,9 @@ pub(crate) fn open<T: for<'de> Deserialize<'de>>(
         return Err(HeartbeatError::BadMagic);
     }
     let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
-    let mut mac = key.mac();
-    mac.update(signed);
-    mac.verify_slice(tag).map_err(|_| HeartbeatError::Forged)?;
+    if !key.verify([signed], tag) {
+        return Err(HeartbeatError::Forged);
+    }
     if signed[4] != VERSION {
         return Err(HeartbeatError::UnsupportedVersion(signed[4]));
     }
@@ -303,19 +250,5 @@ mod tests {
         hb.seq = 0;
         hb.network = 1;
         guard.check(&hb).unwrap();
-    }
-
-    #[test]
-    fn key_parsing_errors_are_clear() {
-        assert!(ClusterKey::from_hex("zz")
-            .unwrap_err()
-            .to_string()
-            .contains("not hexadecimal"));
-        assert!(ClusterKey::from_hex("abcd")
-            .unwrap_err()
-            .to_string()
-            .contains("32 bytes"));
-        let key = ClusterKey::generate();
-        assert_eq!(ClusterKey::from_hex(&key.to_hex()).unwrap().0, key.0);
     }
 }

@@ -31,9 +31,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use holdfast_key::ClusterKey;
 use serde::{Deserialize, Serialize};
 
-use crate::heartbeat::{open, seal, ClusterKey, HeartbeatError};
+use crate::heartbeat::{open, seal, HeartbeatError};
 
 // Version 2: requests carry [`PeerCopy`], verdicts may be `Outdated`.
 const REQUEST_MAGIC: &[u8; 4] = b"HFQ2";

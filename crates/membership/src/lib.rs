@@ -1,7 +1,8 @@
 //! Membership and the module state machines, sans-IO.
 //!
 //! - [`heartbeat`]: the authenticated UDP heartbeat message (encode, verify,
-//!   replay protection). Pure functions over bytes.
+//!   replay protection), sealed with the cluster key of `holdfast-key`.
+//!   Pure functions over bytes.
 //! - [`mirror`]: the mirror module state machine — **where failover is
 //!   decided**. Events in (heartbeat, command, script exit, tick), actions out
 //!   (run script, log, persist). No clocks, sockets or processes here: the
@@ -21,7 +22,7 @@ pub mod mirror;
 pub mod recovery;
 
 pub use farm::{FarmAction, FarmModule, FarmSettings, FarmStatus, FarmView};
-pub use heartbeat::{ClusterKey, Heartbeat, HeartbeatError, ModuleStatus, ReplayGuard};
+pub use heartbeat::{Heartbeat, HeartbeatError, ModuleStatus, ReplayGuard};
 pub use mirror::{
     Action, Command, CommandError, Handover, LogLevel, MirrorModule, MirrorSettings, ModuleView,
     PeerStatus, Persistent, Script, ScriptAction, ScriptOutcome, ScriptRun, State,

@@ -18,23 +18,17 @@
 //! Frame: `len: u32 BE` (of what follows) ‖ `seq: u64 BE` ‖ payload ‖ tag
 //! (32: BLAKE3 keyed with the session key, over direction ‖ seq ‖ payload).
 
-use std::io::{self, Read, Write};
-
-use hmac::{Hmac, Mac};
-use holdfast_membership::ClusterKey;
-use rand::RngCore;
-use sha2::Sha256;
-
 use std::ffi::OsString;
+use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
 use bytes::Bytes;
+use holdfast_key::{ClusterKey, SessionKey, TAG_LEN as TAG};
+use rand::RngCore;
 
 use crate::op::{Change, Op, Stamp};
 use crate::resync::{Answer, Request};
-
-type HmacSha256 = Hmac<Sha256>;
 
 const MAGIC: &[u8; 4] = b"HFRP";
 /// 2: frames carry a [`Message`] (changes and resynchronisation requests).
@@ -46,7 +40,6 @@ const MAGIC: &[u8; 4] = b"HFRP";
 /// 7: `Ensure` may make a name a hard link of another one.
 const VERSION: u8 = 7;
 const NONCE: usize = 32;
-const TAG: usize = 32;
 /// A frame's length prefix and sequence number.
 pub const HEAD: usize = 12;
 /// Larger than any change the file system produces (FUSE writes are at most
@@ -68,8 +61,6 @@ pub enum ProtocolError {
     Unauthenticated,
     #[error("the peer refused our proof of the cluster key")]
     Rejected,
-    #[error("the cluster key could not be used: {0}")]
-    Key(String),
     #[error("frame {seq}: authentication tag does not match (forged or corrupted)")]
     BadTag { seq: u64 },
     #[error("frame out of sequence: expected {expected}, got {got} (replayed or lost)")]
@@ -96,33 +87,10 @@ impl Direction {
     }
 }
 
-/// The key of one authenticated session.
-#[derive(Clone)]
-pub struct SessionKey([u8; 32]);
-
-impl std::fmt::Debug for SessionKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionKey(<secret>)")
-    }
-}
-
-fn cluster_mac(key: &ClusterKey) -> Result<HmacSha256, ProtocolError> {
-    // ClusterKey keeps its bytes private; its hex form is the public way in.
-    let bytes = hex::decode(key.to_hex()).map_err(|e| ProtocolError::Key(e.to_string()))?;
-    HmacSha256::new_from_slice(&bytes).map_err(|e| ProtocolError::Key(e.to_string()))
-}
-
-fn proof(
-    key: &ClusterKey,
-    label: &[u8],
-    primary: &[u8],
-    secondary: &[u8],
-) -> Result<[u8; 32], ProtocolError> {
-    let mut mac = cluster_mac(key)?;
-    mac.update(label);
-    mac.update(primary);
-    mac.update(secondary);
-    Ok(mac.finalize().into_bytes().into())
+/// The proof that one side holds the cluster key: its MAC over `label`
+/// and both sides' nonces.
+fn proof(key: &ClusterKey, label: &[u8], primary: &[u8], secondary: &[u8]) -> [u8; TAG] {
+    key.tag([label, primary, secondary])
 }
 
 fn check_proof(
@@ -131,12 +99,8 @@ fn check_proof(
     primary: &[u8],
     secondary: &[u8],
     tag: &[u8],
-) -> Result<bool, ProtocolError> {
-    let mut mac = cluster_mac(key)?;
-    mac.update(label);
-    mac.update(primary);
-    mac.update(secondary);
-    Ok(mac.verify_slice(tag).is_ok())
+) -> bool {
+    key.verify([label, primary, secondary], tag)
 }
 
 fn nonce() -> [u8; NONCE] {
@@ -177,16 +141,16 @@ pub fn primary_handshake<S: Read + Write>(
     let theirs = read_hello(stream)?;
     let mut their_proof = [0u8; 32];
     stream.read_exact(&mut their_proof)?;
-    if !check_proof(key, b"server", &ours, &theirs, &their_proof)? {
+    if !check_proof(key, b"server", &ours, &theirs, &their_proof) {
         return Err(ProtocolError::Unauthenticated);
     }
-    stream.write_all(&proof(key, b"client", &ours, &theirs)?)?;
+    stream.write_all(&proof(key, b"client", &ours, &theirs))?;
     let mut verdict = [0u8; 1];
     stream.read_exact(&mut verdict)?;
     if verdict[0] != 1 {
         return Err(ProtocolError::Rejected);
     }
-    Ok(SessionKey(proof(key, b"session", &ours, &theirs)?))
+    Ok(key.session([&b"session"[..], &ours, &theirs]))
 }
 
 /// The secondary's side of the handshake.
@@ -205,29 +169,28 @@ pub fn secondary_handshake<S: Read + Write>(
         Err(e) => return Err(e),
     };
     let mut out = hello(&ours);
-    out.extend_from_slice(&proof(key, b"server", &theirs, &ours)?);
+    out.extend_from_slice(&proof(key, b"server", &theirs, &ours));
     stream.write_all(&out)?;
     let mut their_proof = [0u8; 32];
     stream.read_exact(&mut their_proof)?;
-    if !check_proof(key, b"client", &theirs, &ours, &their_proof)? {
+    if !check_proof(key, b"client", &theirs, &ours, &their_proof) {
         // Best effort: tell the primary why before closing.
         let _ = stream.write_all(&[0]);
         return Err(ProtocolError::Unauthenticated);
     }
     stream.write_all(&[1])?;
-    Ok(SessionKey(proof(key, b"session", &theirs, &ours)?))
+    Ok(key.session([&b"session"[..], &theirs, &ours]))
 }
 
-/// BLAKE3 keyed with the session key: a MAC several times faster than
-/// HMAC-SHA256 on large writes (the handshake keeps HMAC-SHA256).
-fn frame_mac(key: &SessionKey, direction: Direction, seq: u64, payload: &[&[u8]]) -> blake3::Hash {
-    let mut mac = blake3::Hasher::new_keyed(&key.0);
-    mac.update(&[direction.byte()]);
-    mac.update(&seq.to_be_bytes());
-    for part in payload {
-        mac.update(part);
-    }
-    mac.finalize()
+/// What a frame's tag covers: direction ‖ seq ‖ payload.
+fn frame_parts<'a>(
+    direction: &'a [u8; 1],
+    seq: &'a [u8; 8],
+    payload: &'a [&'a [u8]],
+) -> impl Iterator<Item = &'a [u8]> {
+    [&direction[..], &seq[..]]
+        .into_iter()
+        .chain(payload.iter().copied())
 }
 
 /// Seals outgoing frames of one direction, numbering them from 0.
@@ -268,12 +231,16 @@ impl Sealer {
     pub fn seal_parts(&mut self, parts: &[&[u8]]) -> ([u8; HEAD], [u8; TAG]) {
         let seq = self.next;
         self.next += 1;
-        let tag = frame_mac(&self.key, self.direction, seq, parts);
+        let tag = self.key.tag(frame_parts(
+            &[self.direction.byte()],
+            &seq.to_be_bytes(),
+            parts,
+        ));
         let len = 8 + parts.iter().map(|p| p.len()).sum::<usize>() + TAG;
         let mut head = [0u8; HEAD];
         head[..4].copy_from_slice(&(len as u32).to_be_bytes());
         head[4..].copy_from_slice(&seq.to_be_bytes());
-        (head, *tag.as_bytes())
+        (head, tag)
     }
 }
 
@@ -323,8 +290,11 @@ impl Opener {
         }
         let mut tag = [0u8; TAG];
         stream.read_exact(&mut tag)?;
-        // Constant-time comparison (blake3::Hash's equality).
-        if frame_mac(&self.key, self.direction, seq, &[&payload]) != blake3::Hash::from_bytes(tag) {
+        let direction = [self.direction.byte()];
+        if !self.key.verify(
+            frame_parts(&direction, &seq.to_be_bytes(), &[&payload]),
+            &tag,
+        ) {
             return Err(ProtocolError::BadTag { seq });
         }
         if seq != self.expected {
@@ -413,9 +383,11 @@ mod tests {
         let key = ClusterKey::generate();
         let (p, s) = pair(&key, &key);
         let (p, s) = (p.unwrap(), s.unwrap());
-        assert_eq!(p.0, s.0);
+        // Keys are secret (no equality): the same key verifies the other's tag.
+        let same = |a: &SessionKey, b: &SessionKey| b.verify([&b"x"[..]], &a.tag([&b"x"[..]]));
+        assert!(same(&p, &s));
         let (p2, _) = pair(&key, &key);
-        assert_ne!(p.0, p2.unwrap().0, "nonces make each session key new");
+        assert!(!same(&p, &p2.unwrap()), "nonces make each session key new");
     }
 
     #[test]
@@ -506,7 +478,7 @@ mod tests {
 
     #[test]
     fn frames_detect_forgery_replay_and_reflection() {
-        let key = SessionKey([7; 32]);
+        let key = ClusterKey::generate().session([&b"session"[..]]);
         let mut sealer = Sealer::new(key.clone(), Direction::ToSecondary);
         let f0 = sealer.seal(b"zero");
         let f1 = sealer.seal(b"one");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use holdfast_membership::ClusterKey;
+use holdfast_key::ClusterKey;
 use parking_lot::Mutex;
 
 use crate::apply::Root;

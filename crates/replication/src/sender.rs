@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use holdfast_membership::ClusterKey;
+use holdfast_key::ClusterKey;
 use parking_lot::Mutex;
 
 use crate::op::{Ack, AckSender, Change, Op, ReplicationError, Replicator};

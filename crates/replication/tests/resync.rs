@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use holdfast_membership::ClusterKey;
+use holdfast_key::ClusterKey;
 use holdfast_replication::mark::EXTENT;
 use holdfast_replication::tracking::BLOCK;
 use holdfast_replication::{

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use holdfast_membership::ClusterKey;
+use holdfast_key::ClusterKey;
 use holdfast_replication::protocol::{
     primary_handshake, secondary_handshake, Direction, Message, Opener, ProtocolError, Reply,
     Sealer,

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holdfast_config::OnSecondaryFailure;
-use holdfast_membership::{ClusterKey, LogLevel};
+use holdfast_key::ClusterKey;
+use holdfast_membership::LogLevel;
 use holdfast_replication::generation::StoreError;
 use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{

@@ -34,7 +34,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use holdfast_config::{AckPolicy, ModuleConfig};
-use holdfast_membership::{ClusterKey, LogLevel, State};
+use holdfast_key::ClusterKey;
+use holdfast_membership::{LogLevel, State};
 use holdfast_replication::{AckMode, Exclusions};
 
 use self::connector::FailurePolicy;

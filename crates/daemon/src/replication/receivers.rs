@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use holdfast_membership::{ClusterKey, LogLevel};
+use holdfast_key::ClusterKey;
+use holdfast_membership::LogLevel;
 use holdfast_replication::generation::StoreError;
 use holdfast_replication::{AckMode, GenerationStore, Receiver, ReceiverError};
 use parking_lot::Mutex;

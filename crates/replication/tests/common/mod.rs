@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use holdfast_membership::ClusterKey;
+use holdfast_key::ClusterKey;
 use holdfast_replication::{
     AckMode, Exclusions, Mirror, MountGuard, Receiver, ReceiverError, TcpReplicator,
 };
