@@ -75,21 +75,21 @@ enum Record {
 
 /// What a node's activity log says, as read at start or sent to the peer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Recorded {
+pub enum Activity {
     /// The regions that may hold changes the peer lacks.
     Regions(Vec<Mark>),
     /// They cannot be known: compare the whole tree.
     Lost(String),
 }
 
-impl Recorded {
+impl Activity {
     /// The regions, if the log is usable: at most [`MAX_REGIONS`], each
     /// naming a path inside the replicated directory. The error says why
     /// not (for the log line explaining the whole-tree comparison).
     pub fn usable(&self) -> Result<&[Mark], String> {
         let regions = match self {
-            Recorded::Lost(reason) => return Err(format!("activity log lost: {reason}")),
-            Recorded::Regions(r) => r,
+            Activity::Lost(reason) => return Err(format!("activity log lost: {reason}")),
+            Activity::Regions(r) => r,
         };
         if regions.len() > MAX_REGIONS {
             return Err(format!(
@@ -136,8 +136,8 @@ fn sealed(record: &Record) -> Vec<u8> {
 }
 
 /// Decodes a whole log file. Pure.
-fn parse(data: &[u8]) -> Recorded {
-    let lost = |why: String| Recorded::Lost(why);
+fn parse(data: &[u8]) -> Activity {
+    let lost = |why: String| Activity::Lost(why);
     if data.len() < 8 || &data[..4] != MAGIC {
         return lost("not an activity log (bad header)".into());
     }
@@ -176,17 +176,17 @@ fn parse(data: &[u8]) -> Recorded {
     }
     let mut regions: Vec<Mark> = regions.into_iter().collect();
     regions.sort_by(|a, b| a.path().cmp(b.path()));
-    Recorded::Regions(regions)
+    Activity::Regions(regions)
 }
 
 /// Reads the activity log in `dir` (the change log's directory).
-pub fn load(dir: &Path) -> Recorded {
+pub fn load(dir: &Path) -> Activity {
     match std::fs::read(dir.join(FILE)) {
         Ok(bytes) => parse(&bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Recorded::Lost(format!("{FILE} is missing"))
+            Activity::Lost(format!("{FILE} is missing"))
         }
-        Err(e) => Recorded::Lost(format!("cannot read it: {e}")),
+        Err(e) => Activity::Lost(format!("cannot read it: {e}")),
     }
 }
 
@@ -229,7 +229,7 @@ impl ActivityLog {
     /// primary must send those regions too). Regions recovered stay hot.
     /// Nothing is written before [`Self::start`] (called once what it held
     /// is recorded elsewhere).
-    pub(crate) fn open(dir: &Path, capacity: usize) -> Result<(Self, Recorded), ActivityError> {
+    pub(crate) fn open(dir: &Path, capacity: usize) -> Result<(Self, Activity), ActivityError> {
         let path = dir.join(FILE);
         let err = |source| ActivityError {
             path: path.clone(),
@@ -237,13 +237,13 @@ impl ActivityLog {
         };
         let recorded = match std::fs::read(&path) {
             Ok(bytes) => parse(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Recorded::Regions(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Activity::Regions(Vec::new()),
             Err(e) => return Err(err(e)),
         };
         let kept = match &recorded {
-            Recorded::Regions(r) => r.clone(),
+            Activity::Regions(r) => r.clone(),
             // Its content is in the change log now (compared everything).
-            Recorded::Lost(_) => Vec::new(),
+            Activity::Lost(_) => Vec::new(),
         };
         let log = ActivityLog {
             dir: dir.to_path_buf(),
@@ -432,10 +432,10 @@ mod tests {
         }
     }
 
-    fn regions(r: Recorded) -> Vec<Mark> {
+    fn regions(r: Activity) -> Vec<Mark> {
         match r {
-            Recorded::Regions(r) => r,
-            Recorded::Lost(why) => panic!("lost: {why}"),
+            Activity::Regions(r) => r,
+            Activity::Lost(why) => panic!("lost: {why}"),
         }
     }
 
@@ -444,7 +444,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         {
             let (mut log, recorded) = ActivityLog::open(tmp.path(), 8).unwrap();
-            assert_eq!(recorded, Recorded::Regions(vec![]));
+            assert_eq!(recorded, Activity::Regions(vec![]));
             log.start().unwrap();
             let empty = log.len();
             log.prepare(vec![extent("f", 0)], || None).unwrap();
@@ -572,31 +572,31 @@ mod tests {
         // A damaged record followed by another: lost.
         let mut middle = good.clone();
         middle[8 + 5] ^= 0xff;
-        assert!(matches!(parse(&middle), Recorded::Lost(w) if w.contains("damaged")));
+        assert!(matches!(parse(&middle), Activity::Lost(w) if w.contains("damaged")));
         // Unknown version, foreign file, missing file: lost, and why.
         let mut version = good.clone();
         version[4] = 9;
-        assert!(matches!(parse(&version), Recorded::Lost(w) if w.contains("version 9")));
-        assert!(matches!(parse(b"garbage!"), Recorded::Lost(w) if w.contains("header")));
+        assert!(matches!(parse(&version), Activity::Lost(w) if w.contains("version 9")));
+        assert!(matches!(parse(b"garbage!"), Activity::Lost(w) if w.contains("header")));
         std::fs::remove_file(&path).unwrap();
-        assert!(matches!(load(tmp.path()), Recorded::Lost(w) if w.contains("is missing")));
+        assert!(matches!(load(tmp.path()), Activity::Lost(w) if w.contains("is missing")));
     }
 
     #[test]
     fn only_bounded_logs_inside_the_directory_are_usable() {
-        let ok = Recorded::Regions(vec![extent("a/f", 0)]);
+        let ok = Activity::Regions(vec![extent("a/f", 0)]);
         assert_eq!(ok.usable().unwrap().len(), 1);
-        let outside = Recorded::Regions(vec![extent("../etc/passwd", 0)]);
+        let outside = Activity::Regions(vec![extent("../etc/passwd", 0)]);
         assert!(outside.usable().unwrap_err().contains("outside"));
-        let huge = Recorded::Regions(
+        let huge = Activity::Regions(
             (0..MAX_REGIONS as u64 + 1)
                 .map(|i| extent("f", i))
                 .collect(),
         );
         assert!(huge.usable().unwrap_err().contains("more than"));
-        let far = Recorded::Regions(vec![extent("f", u64::MAX / 2)]);
+        let far = Activity::Regions(vec![extent("f", u64::MAX / 2)]);
         assert!(far.usable().unwrap_err().contains("beyond any file"));
-        let lost = Recorded::Lost("damaged record at byte 12".into());
+        let lost = Activity::Lost("damaged record at byte 12".into());
         assert!(lost.usable().unwrap_err().contains("damaged record"));
     }
 }

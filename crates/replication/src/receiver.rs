@@ -17,7 +17,7 @@ use crate::apply::Root;
 use crate::exclusions::Exclusions;
 use std::os::unix::ffi::OsStringExt;
 
-use crate::activity::Recorded;
+use crate::activity::Activity;
 use crate::entry::{Entry, EntryState};
 use crate::generation::{boot_id, GenerationStore, Generations, StoreError};
 use crate::op::{is_relative_inside, Change, Op};
@@ -656,9 +656,9 @@ impl Receiver {
                 let record = store.load()?.unwrap_or_default();
                 // Only a primary that stopped uncleanly needs it read.
                 let activity = match &self.activity {
-                    _ if !record.unclean => Recorded::Regions(Vec::new()),
+                    _ if !record.unclean => Activity::Regions(Vec::new()),
                     Some(dir) => crate::activity::load(dir),
-                    None => Recorded::Lost("this node keeps no activity log".into()),
+                    None => Activity::Lost("this node keeps no activity log".into()),
                 };
                 Ok(Answer::Generations {
                     kept: record.kept_applied(self.boot.as_deref()),

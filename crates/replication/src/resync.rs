@@ -135,7 +135,7 @@ pub enum Answer {
         kept: bool,
         /// Its activity log, when it was a primary that stopped uncleanly
         /// (empty otherwise).
-        activity: crate::activity::Recorded,
+        activity: crate::activity::Activity,
     },
 }
 

@@ -13,7 +13,7 @@ use fuser::{FileHandle, FileType, Generation, INodeNo, ReplyEmpty, ReplyEntry, R
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use super::replies::{Join, Pending, Written};
+use super::replies::{ChunkedWrite, Join, Pending};
 use super::{file_fd, fuse_err, kind_of, DirItem, Handle, MirrorFs, TTL};
 use crate::apply::proc_path;
 use crate::entry::mtime_of;
@@ -102,8 +102,8 @@ impl MirrorFs {
         fd: &OwnedFd,
         data: &[u8],
         offset: u64,
-    ) -> Result<(Written, Option<Change>), Errno> {
-        let mut written = Written::all(0);
+    ) -> Result<(ChunkedWrite, Option<Change>), Errno> {
+        let mut written = ChunkedWrite::all(0);
         let mut last: Option<Change> = None;
         for chunk in data.chunks(CHUNK) {
             if let Some(change) = last.take() {

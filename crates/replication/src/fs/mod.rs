@@ -69,7 +69,7 @@ struct MirrorFs {
     /// The kernel leaves dropping privileges on write and truncation to us
     /// (`FUSE_HANDLE_KILLPRIV_V2`, see [`MirrorFs::drop_privileges`]).
     drops_privileges: AtomicBool,
-    /// Where what may block is finished (see [`Served`]).
+    /// Where what may block is finished (see [`Server`]).
     waiters: Waiters,
 }
 

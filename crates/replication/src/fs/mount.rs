@@ -12,7 +12,7 @@ use rustix::fs as rfs;
 use rustix::io::Errno;
 
 use super::nodes::Nodes;
-use super::operations::Served;
+use super::operations::Server;
 use super::replies::Waiters;
 use super::tree::Tree;
 use super::MirrorFs;
@@ -92,7 +92,7 @@ impl Mirror {
             path: dir.to_path_buf(),
             source,
         };
-        let session = fuser::Session::new(Served(Arc::new(fs)), dir, &config).map_err(mount_err)?;
+        let session = fuser::Session::new(Server(Arc::new(fs)), dir, &config).map_err(mount_err)?;
         let _ = notifier.set(session.notifier());
         let session = session.spawn().map_err(mount_err)?;
         Ok(MountGuard {

@@ -18,7 +18,7 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::changes::made_stamps;
-use super::replies::Written;
+use super::replies::ChunkedWrite;
 use super::{file_fd, fuse_err, Handle, MirrorFs, TTL};
 use crate::apply::{proc_path, set_file_owner_mode, write_all_at};
 use crate::entry::{atime_of, mtime_of};
@@ -52,9 +52,9 @@ const MAX_WRITE: u32 = 1 << 20;
 /// hook) goes to [`Waiters`]. Several threads reading the same FUSE queue contend for
 /// it and are woken in turn, each on a cold cache: one reader served
 /// create + unlink three times as fast here.
-pub(super) struct Served(pub(super) Arc<MirrorFs>);
+pub(super) struct Server(pub(super) Arc<MirrorFs>);
 
-impl std::ops::Deref for Served {
+impl std::ops::Deref for Server {
     type Target = MirrorFs;
     fn deref(&self) -> &MirrorFs {
         &self.0
@@ -83,7 +83,7 @@ fn to_time(t: TimeOrNow) -> Time {
     }
 }
 
-impl Filesystem for Served {
+impl Filesystem for Server {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Keeps frames (one write = one change) at a predictable size.
         let _ = config.set_max_write(MAX_WRITE);
@@ -485,7 +485,7 @@ impl Filesystem for Served {
             let fd = file_fd(&h);
             let Some(path) = self.open_file_path(ino, fd)? else {
                 write_all_at(fd, data, offset)?;
-                return Ok((Written::all(data.len()), None));
+                return Ok((ChunkedWrite::all(data.len()), None));
             };
             self.write_chunks(&path, fd, data, offset)
         });

@@ -155,16 +155,16 @@ impl Join {
 }
 
 /// A write applied in chunks, each submitted as soon as it is applied.
-pub(super) struct Written {
+pub(super) struct ChunkedWrite {
     /// Bytes applied locally (fewer than asked: a short write).
     pub(super) bytes: usize,
     pub(super) chunks: Vec<Pending>,
 }
 
-impl Written {
+impl ChunkedWrite {
     /// `bytes` applied, nothing to replicate.
     pub(super) fn all(bytes: usize) -> Self {
-        Written {
+        ChunkedWrite {
             bytes,
             chunks: Vec::new(),
         }

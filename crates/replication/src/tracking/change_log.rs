@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use super::dirty::Dirty;
-use super::unapplied::Touched;
+use super::unapplied::Footprint;
 
 use crate::activity::{self, ActivityError, ActivityLog};
 use crate::generation::write_atomically;
@@ -151,12 +151,12 @@ impl ChangeLog {
         let (mut activity, recorded) = ActivityLog::open(dir, activity::CAPACITY)?;
         match (recorded, &mut recovery) {
             (_, Recovery::Lost { .. }) => {}
-            (activity::Recorded::Lost(reason), _) => {
+            (activity::Activity::Lost(reason), _) => {
                 recovery = Recovery::Lost {
                     reason: format!("activity log: {reason}"),
                 }
             }
-            (activity::Recorded::Regions(regions), _) if !regions.is_empty() => {
+            (activity::Activity::Regions(regions), _) if !regions.is_empty() => {
                 for region in &regions {
                     dirty.add_mark(region);
                 }
@@ -352,7 +352,7 @@ impl ChangeLog {
     /// log) before returning, tracked so that re-sending them is harmless
     /// ([`Dirty::follow_unapplied`]). If they cannot be recorded, the next
     /// resynchronisation compares everything.
-    pub(super) fn record_unapplied(&self, changes: &[Touched]) -> Result<(), TrackingError> {
+    pub(super) fn record_unapplied(&self, changes: &[Footprint]) -> Result<(), TrackingError> {
         for touched in changes {
             let recorded = touched
                 .intents()
@@ -362,7 +362,7 @@ impl ChangeLog {
                 self.inner.lock().dirty = Dirty::everything();
                 return Err(e);
             }
-            if let Touched::Change(change) = touched {
+            if let Footprint::Change(change) = touched {
                 let mut inner = self.inner.lock();
                 inner.dirty.follow_unapplied(&change.op);
                 Self::follow_pending(&mut inner, &change.op);
@@ -492,7 +492,7 @@ mod tests {
             }),
             change(Op::Fsync { path: "b".into() }),
         ];
-        let touched: Vec<Touched> = changes.iter().map(Touched::of).collect();
+        let touched: Vec<Footprint> = changes.iter().map(Footprint::of).collect();
         log.record_unapplied(&touched).unwrap();
         let d = log.dirty();
         // The write's block followed the rename; both names of the linked
@@ -632,7 +632,7 @@ mod tests {
         log.clear_activity().unwrap();
         assert_eq!(
             activity::load(tmp.path()),
-            activity::Recorded::Regions(vec![])
+            activity::Activity::Regions(vec![])
         );
         drop(log);
         // A damaged activity log: everything is compared.

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::change_log::{ChangeLog, TrackingError};
-use super::unapplied::{Touched, Unapplied};
+use super::unapplied::{Footprint, Unapplied};
 use crate::mark::Mark;
 use crate::op::{Ack, Change, Intent, ReplicationError, Replicator};
 
@@ -233,7 +233,7 @@ impl Link {
     /// Records the mirrored changes the secondary may not have applied,
     /// then `own` (a change of a replicator that does not number them);
     /// the order of the stream is kept by holding the window's lock.
-    fn record_unapplied(&self, own: Option<Touched>) -> Result<(), TrackingError> {
+    fn record_unapplied(&self, own: Option<Footprint>) -> Result<(), TrackingError> {
         // What the secondary said last, maybe after the last change sent.
         let applied = match &*self.0.mode.lock() {
             Mode::Mirror(peer) => peer.applied(),
@@ -284,7 +284,7 @@ impl Link {
         if let Some(applied) = applied {
             window.applied(applied);
         }
-        window.push(seq, Touched::of(change));
+        window.push(seq, Footprint::of(change));
     }
 }
 
@@ -315,7 +315,7 @@ impl Link {
     /// was awaited): recorded; returns the release count to wait past.
     fn record_failed(
         &self,
-        own: Option<Touched>,
+        own: Option<Footprint>,
         in_flight: Option<InFlight>,
     ) -> Result<u64, ReplicationError> {
         let recorded = self.record_unapplied(own);
@@ -430,7 +430,7 @@ impl Replicator for Link {
                             self.sent(seq, peer.applied(), change);
                             None
                         }
-                        None => Some(Touched::of(change)),
+                        None => Some(Footprint::of(change)),
                     };
                     Ok(ack.map_failure(move |e| {
                         let link = in_flight.link();
@@ -441,7 +441,7 @@ impl Replicator for Link {
                 Err(e) => {
                     // Under the ordering lock: recorded now, waited for
                     // (if at all) with the acknowledgement.
-                    let seen = self.record_failed(Some(Touched::of(change)), None)?;
+                    let seen = self.record_failed(Some(Footprint::of(change)), None)?;
                     let link = self.clone();
                     Ok(Ack::done(Ok(())).map(move |_| link.failure_outcome(e, seen)))
                 }
@@ -466,7 +466,7 @@ mod tests {
         let (log, _) = ChangeLog::open(tmp.path(), TrackingConfig::default()).unwrap();
         let link = Link::tracking(Arc::new(log));
         let regions = || match activity::load(tmp.path()) {
-            activity::Recorded::Regions(r) => r,
+            activity::Activity::Regions(r) => r,
             lost => panic!("{lost:?}"),
         };
         // ALONE: the change log covers it, the activity log has no say.

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use crate::op::{Change, Intent, Op};
 
-/// What a mirrored change touched, kept until the secondary is known to
-/// have applied it: a write's range, not its data (no copy of every write
-/// in flight).
+/// The footprint of a mirrored change: what it touched, kept until the
+/// secondary is known to have applied it: a write's range, not its data
+/// (no copy of every write in flight).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Touched {
+pub(super) enum Footprint {
     Data {
         path: PathBuf,
         offset: u64,
@@ -19,15 +19,15 @@ pub(super) enum Touched {
     Change(Change),
 }
 
-impl Touched {
+impl Footprint {
     pub(super) fn of(change: &Change) -> Self {
         match &change.op {
-            Op::Write { path, offset, data } => Touched::Data {
+            Op::Write { path, offset, data } => Footprint::Data {
                 path: path.clone(),
                 offset: *offset,
                 len: data.len() as u64,
             },
-            _ => Touched::Change(change.clone()),
+            _ => Footprint::Change(change.clone()),
         }
     }
 
@@ -36,14 +36,14 @@ impl Touched {
     /// to any end).
     pub(super) fn intents(&self) -> Vec<Intent<'_>> {
         let change = match self {
-            Touched::Data { path, offset, len } => {
+            Footprint::Data { path, offset, len } => {
                 return vec![Intent::Data {
                     path,
                     offset: *offset,
                     len: *len,
                 }]
             }
-            Touched::Change(change) => change,
+            Footprint::Change(change) => change,
         };
         match &change.op {
             Op::Write { path, offset, data } => vec![Intent::Data {
@@ -98,10 +98,10 @@ impl Touched {
 /// acknowledge yet. It applies in order, so they are those numbered from
 /// the last "applied up to" it reported. Pure.
 #[derive(Debug, Default)]
-pub(super) struct Unapplied(pub(super) VecDeque<(u64, Touched)>);
+pub(super) struct Unapplied(pub(super) VecDeque<(u64, Footprint)>);
 
 impl Unapplied {
-    pub(super) fn push(&mut self, seq: u64, touched: Touched) {
+    pub(super) fn push(&mut self, seq: u64, touched: Footprint) {
         self.0.push_back((seq, touched));
     }
 
@@ -112,7 +112,7 @@ impl Unapplied {
         }
     }
 
-    pub(super) fn take(&mut self) -> Vec<Touched> {
+    pub(super) fn take(&mut self) -> Vec<Footprint> {
         std::mem::take(&mut self.0)
             .into_iter()
             .map(|(_, t)| t)
@@ -129,7 +129,7 @@ mod tests {
     fn the_window_keeps_what_is_not_known_applied_in_stream_order() {
         let mut window = Unapplied::default();
         for (seq, offset) in [(3, 0), (4, 4096), (7, 8192)] {
-            window.push(seq, Touched::of(&write("f", offset, 10)));
+            window.push(seq, Footprint::of(&write("f", offset, 10)));
         }
         // Applied below 4: change 3 is, 4 (acknowledged on receipt) not.
         window.applied(4);
@@ -137,7 +137,7 @@ mod tests {
         let left: Vec<u64> = window.0.iter().map(|(s, _)| *s).collect();
         assert_eq!(left, vec![4, 7]);
         let taken = window.take();
-        assert_eq!(taken[0], Touched::of(&write("f", 4096, 10)));
+        assert_eq!(taken[0], Footprint::of(&write("f", 4096, 10)));
         assert_eq!(taken.len(), 2);
         assert!(window.take().is_empty(), "taken once");
     }
