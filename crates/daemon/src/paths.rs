@@ -85,12 +85,9 @@ impl ModulePaths {
     }
 }
 
-/// Write `contents` to `path` atomically (temp file, fsync, rename).
+/// Replaces `path` with `contents` durably: the old or the new content
+/// after a crash, never the old again once this returned (the directory is
+/// synced after the rename; see [`holdfast_replication::durable::replace`]).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    holdfast_replication::durable::replace(path, contents)
 }

@@ -34,6 +34,7 @@ mod mounts;
 mod netns;
 pub mod records;
 mod registry;
+pub mod syscalls;
 
 pub use cleanup::{attach, clean_stale, list_labs};
 pub use error::{LabError, Result};

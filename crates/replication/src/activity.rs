@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::generation::write_atomically;
+use crate::durable;
 use crate::mark::{Mark, EXTENT};
 use crate::op::is_relative_inside;
 
@@ -199,7 +199,7 @@ pub fn clear(dir: &Path) -> Result<(), ActivityError> {
 fn replace(dir: &Path, bytes: &[u8]) -> Result<(), ActivityError> {
     let path = dir.join(FILE);
     std::fs::create_dir_all(dir)
-        .and_then(|()| write_atomically(&path, bytes))
+        .and_then(|()| durable::replace(&path, bytes))
         .map_err(|source| ActivityError { path, source })
 }
 
@@ -282,7 +282,7 @@ impl ActivityLog {
         if !regions.is_empty() {
             bytes.extend(sealed(&Record::Regions(regions)));
         }
-        write_atomically(&self.path(), &bytes)?;
+        durable::replace(&self.path(), &bytes)?;
         self.file = OpenOptions::new().append(true).open(self.path())?;
         self.broken = false;
         Ok(())

@@ -16,10 +16,11 @@
 //! So two nodes with the same `current` hold the same data, and a node whose
 //! `current` is in the other's `bitmap`/`history` is behind it.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::durable;
 
 /// How many older generations are remembered.
 const HISTORY: usize = 8;
@@ -496,25 +497,11 @@ impl GenerationStore {
 
     pub fn save(&self, generations: &Generations) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec_pretty(generations).expect("plain data serialises");
-        write_atomically(&self.path, &bytes).map_err(|source| StoreError::Write {
+        durable::replace(&self.path, &bytes).map_err(|source| StoreError::Write {
             path: self.path.clone(),
             source,
         })
     }
-}
-
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new
-/// content, never a mix.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

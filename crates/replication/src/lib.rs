@@ -92,6 +92,7 @@
 
 pub mod activity;
 mod apply;
+pub mod durable;
 pub mod entry;
 pub mod exclusions;
 pub mod fs;

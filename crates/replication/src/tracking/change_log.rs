@@ -14,7 +14,7 @@ use super::dirty::Dirty;
 use super::unapplied::Footprint;
 
 use crate::activity::{self, ActivityError, ActivityLog};
-use crate::generation::write_atomically;
+use crate::durable;
 use crate::mark::Mark;
 use crate::op::{parent_of, Change, Intent, Op};
 
@@ -262,7 +262,7 @@ impl ChangeLog {
 
     fn write_checkpoint(inner: &mut Inner) -> std::io::Result<()> {
         let bytes = postcard::to_allocvec(&inner.dirty).expect("plain data serialises");
-        write_atomically(&inner.dir.join(SNAPSHOT), &sealed(&bytes))?;
+        durable::replace(&inner.dir.join(SNAPSHOT), &sealed(&bytes))?;
         // Only now may the marks go: the snapshot covers what they did.
         inner.log.set_len(0)?;
         inner.log.write_all(LOG_MAGIC)?;
