@@ -134,6 +134,7 @@ mod tests {
             basis: Some("tracked changes and the secondary's activity log: 3 regions".into()),
             problem: None,
             tracked: None,
+            last_resync: None,
         };
         assert_eq!(
             replicated(&dir),
@@ -168,6 +169,7 @@ mod tests {
                 rate,
                 eta_seconds: eta,
             }),
+            last_resync: None,
         })
     }
 

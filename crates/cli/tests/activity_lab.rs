@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use common::{env_number, identical, lab, logs, mirroring, replicated, sh, DATA, SETTLE};
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, ResyncLine};
+use holdfast_lab::cluster::{settled, LastResync, MirrorLab, MirrorOptions};
 use holdfast_lab::records::{Appenders, Records};
 use holdfast_lab::wait_until;
 use rand::rngs::StdRng;
@@ -110,15 +110,15 @@ fn a_primary_killed_while_mirroring_is_resynchronised_by_its_activity_log() {
         mirroring(&cluster, second);
         let after = running.acknowledged(None);
         identical(&cluster);
-        let Some(ResyncLine {
-            how,
-            sent,
-            compared,
+        let Some(LastResync {
+            basis: how,
+            bytes_sent: sent,
+            blocks_compared: compared,
             ..
         }) = cluster.last_resync(second)
         else {
             panic!(
-                "trial {trial}: no resynchronisation logged\n{}",
+                "trial {trial}: no resynchronisation reported\n{}",
                 logs(&cluster)
             );
         };
@@ -213,7 +213,7 @@ fn a_primary_back_first_after_the_pair_was_killed_sends_its_activity_log_regions
         "{} records acknowledged; resync: {resync:?}",
         acknowledged.len()
     );
-    assert_eq!(resync.how, "tracked changes", "{}", logs(&cluster));
+    assert_eq!(resync.basis, "tracked changes", "{}", logs(&cluster));
     for host in ["node1", "node2"] {
         assert_eq!(
             missing(&cluster, host, &acknowledged),

@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{identical, lab, logs, replicated, sh, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, TrackedState};
@@ -118,13 +118,23 @@ fn write_alone(cluster: &MirrorLab) {
     );
 }
 
-/// The last resynchronisation the primary logged: how it went about it
-/// and the bytes it sent.
+/// The last resynchronisation the primary reports in its state: how it
+/// went about it and the bytes it sent. It is the return just waited for
+/// (it ended moments ago), and took some time.
 fn last_resync(cluster: &MirrorLab) -> (String, u64) {
-    cluster
+    let resync = cluster
         .last_resync(PRIM)
-        .map(|r| (r.how, r.sent))
-        .unwrap_or_default()
+        .unwrap_or_else(|| panic!("the primary reports its last resync\n{}", logs(cluster)));
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64;
+    assert!(
+        resync.seconds > 0.0
+            && now_ms.saturating_sub(resync.ended_at_ms) < 2 * SETTLE.as_millis() as u64,
+        "{resync:?} at {now_ms}"
+    );
+    (resync.basis, resync.bytes_sent)
 }
 
 /// The secondary came back: mirroring, identical, and what was sent.

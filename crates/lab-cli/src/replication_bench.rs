@@ -20,7 +20,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
-use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, ResyncLine};
+use holdfast_lab::cluster::{settled, LastResync, MirrorLab, MirrorOptions};
 use holdfast_lab::records::Appenders;
 use holdfast_lab::{wait_until, Executables};
 use rand::{Rng, RngCore, SeedableRng};
@@ -571,19 +571,15 @@ struct Row {
     target: Option<f64>,
 }
 
-fn log_time(line: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339(line.split(" | ").next()?).ok()
-}
-
-/// The resynchronisation's figures, from the primary's module log.
+/// The resynchronisation's figures, as the primary reports them.
 struct Resync {
     /// From `holdfast start` on the returning node to mirroring again.
     return_seconds: f64,
     span: Span,
 }
 
-/// The last resynchronisation in a primary's module log: from its
-/// "resynchronising" line to its "resynchronised" line.
+/// A resynchronisation, from the primary's state: how long it took, what
+/// it sent and compared, and how it went about it.
 struct Span {
     seconds: f64,
     bytes_sent: u64,
@@ -591,41 +587,36 @@ struct Span {
     how: String,
 }
 
-impl Span {
-    fn last(log: &str) -> Result<Span> {
-        let line = ResyncLine::last_in(log).context("no whole resynchronisation in the log")?;
-        let begin = log
-            .lines()
-            .rfind(|l| l.contains(" to the secondary ("))
-            .context("no start of resynchronisation in the log")?;
-        let end = log
-            .lines()
-            .rfind(|l| l.contains(" resynchronised ("))
-            .context("no end of resynchronisation in the log")?;
-        let seconds = match (log_time(begin), log_time(end)) {
-            (Some(b), Some(e)) => e.duration_since(b).unwrap_or_default().as_secs_f64(),
-            _ => bail!("unreadable times in the module log: {begin} / {end}"),
-        };
-        Ok(Span {
-            seconds,
-            bytes_sent: line.sent,
-            bytes_compared: line.bytes_compared,
-            how: line.how,
-        })
+impl From<LastResync> for Span {
+    fn from(r: LastResync) -> Self {
+        Span {
+            seconds: r.seconds,
+            bytes_sent: r.bytes_sent,
+            bytes_compared: r.bytes_compared,
+            how: r.basis,
+        }
     }
 }
 
-/// Waits until `host` logged one more resynchronisation than `before`.
-fn wait_resynchronised(cluster: &MirrorLab, host: &str, before: usize) -> Result<String> {
-    let mut log = String::new();
-    let finished = wait_until(Duration::from_secs(1800), Duration::from_millis(20), || {
-        log = cluster.module_log(host);
-        log.matches(" resynchronised (").count() > before
+/// Waits until `host` reports a resynchronisation other than `before`
+/// (its last one when the wait began).
+fn wait_resynchronised(
+    cluster: &MirrorLab,
+    host: &str,
+    before: Option<LastResync>,
+) -> Result<Span> {
+    let mut last = None;
+    // Not faster: each poll is a `holdfast state` beside the workload.
+    let finished = wait_until(Duration::from_secs(1800), Duration::from_millis(50), || {
+        last = cluster
+            .last_resync(host)
+            .filter(|r| Some(r) != before.as_ref());
+        last.is_some()
     });
-    if !finished {
-        bail!("{host} did not finish resynchronising its secondary within 30 min");
+    match last {
+        Some(resync) if finished => Ok(resync.into()),
+        _ => bail!("{host} did not finish resynchronising its secondary within 30 min"),
     }
-    Ok(log)
 }
 
 /// Writers append records on `prim` while it mirrors, its host is killed
@@ -647,10 +638,7 @@ fn crash_return(
     }) {
         bail!("the writers on {prim} made no progress");
     }
-    let before = cluster
-        .module_log(second)
-        .matches(" resynchronised (")
-        .count();
+    let before = cluster.last_resync(second);
     cluster.kill(prim)?;
     drop(writers.acknowledged(None));
     cluster.wait_states(settle, |a, b| {
@@ -663,7 +651,7 @@ fn crash_return(
         std::fs::remove_file(&log).with_context(|| format!("removing {}", log.display()))?;
     }
     cluster.start_daemon(prim)?;
-    Span::last(&wait_resynchronised(cluster, second, before)?)
+    wait_resynchronised(cluster, second, before)
 }
 
 struct Rsync {
@@ -690,16 +678,13 @@ fn resync_part(
     })?;
     eprintln!("resync: {second} stopped, {prim} ALONE; modifying 1% of the tree");
     io(cluster, prim, lab_tool, DATA, "modify", (mib, 0, seed))?;
-    let done_before = cluster
-        .module_log(prim)
-        .matches(" resynchronised (")
-        .count();
+    let done_before = cluster.last_resync(prim);
     let returned = Instant::now();
     cluster.run_cli_checked(second, &["start", "-m", MODULE])?;
-    let log = wait_resynchronised(cluster, prim, done_before)?;
+    let span = wait_resynchronised(cluster, prim, done_before)?;
     let resync = Resync {
         return_seconds: returned.elapsed().as_secs_f64(),
-        span: Span::last(&log)?,
+        span,
     };
     // A primary killed while mirroring returns with its activity log
     // removed (the whole tree compared), then the other way round by its

@@ -125,6 +125,9 @@ pub struct DirState {
     /// While tracking: what the next resynchronisation will send.
     #[serde(default)]
     pub tracked: Option<TrackedState>,
+    /// The last resynchronisation it completed as primary.
+    #[serde(default)]
+    pub last_resync: Option<LastResync>,
 }
 
 /// The `tracked` part of a [`DirState`] (some of its fields).
@@ -159,44 +162,23 @@ pub fn settled(state: &Option<NodeState>, name: &str) -> bool {
         .is_some_and(|s| s.state == name && !s.transient)
 }
 
-/// What a primary logged of a resynchronisation ([`MirrorLab::last_resync`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResyncLine {
-    /// "tracked changes", "tracked changes and the secondary's activity
-    /// log: N regions", "comparing checksums: why".
-    pub how: String,
+/// The last resynchronisation a directory's primary completed, as
+/// `holdfast state --json` reports it ([`DirState::last_resync`]).
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct LastResync {
+    /// What it covered: "tracked changes", "tracked changes and the
+    /// secondary's activity log: N regions", "comparing checksums: why".
+    pub basis: String,
     /// Data bytes sent.
-    pub sent: u64,
+    pub bytes_sent: u64,
     /// Blocks compared by checksum.
-    pub compared: u64,
+    pub blocks_compared: u64,
     /// Bytes those blocks hold.
     pub bytes_compared: u64,
-}
-
-impl ResyncLine {
-    /// The last resynchronisation in a primary's module log, once ended:
-    /// how it went about it (the words in parentheses of its
-    /// "resynchronising" line), and the figures of its "resynchronised" line.
-    pub fn last_in(log: &str) -> Option<Self> {
-        let how = log
-            .lines()
-            .rev()
-            .find_map(|l| l.split(" to the secondary (").nth(1))?;
-        let how = how.strip_suffix(')').unwrap_or(how).to_string();
-        let words: Vec<u64> = log
-            .lines()
-            .rev()
-            .find_map(|l| l.split(" resynchronised (").nth(1))?
-            .split(' ')
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        Some(ResyncLine {
-            how,
-            sent: *words.first()?,
-            compared: *words.get(1)?,
-            bytes_compared: *words.get(3)?,
-        })
-    }
+    /// From its start to its end.
+    pub seconds: f64,
+    /// When it ended, Unix time in milliseconds.
+    pub ended_at_ms: u64,
 }
 
 /// Two hosts (node1, node2) and a client running a mirror module.
@@ -641,10 +623,14 @@ impl MirrorLab {
         Ok(self.lab.host_dir(host)?.join(path.trim_start_matches('/')))
     }
 
-    /// The last resynchronisation `host` logged as a primary, once ended
-    /// ([`ResyncLine::last_in`] its module log).
-    pub fn last_resync(&self, host: &str) -> Option<ResyncLine> {
-        ResyncLine::last_in(&self.module_log(host))
+    /// The last resynchronisation `host` completed as a primary (of any
+    /// replicated directory), from its daemon's state.
+    pub fn last_resync(&self, host: &str) -> Option<LastResync> {
+        self.state(host)?
+            .replication
+            .into_iter()
+            .filter_map(|d| d.last_resync)
+            .max_by_key(|r| r.ended_at_ms)
     }
 
     /// Runs `script` with `sh -c` on `host` (in its namespaces).

@@ -21,7 +21,7 @@ use holdfast_replication::{
 use parking_lot::Mutex;
 
 use super::directory::Dir;
-use super::status::{Activity, ReplicationStatus, ResyncProgress, TrackedChanges};
+use super::status::{Activity, LastResync, ReplicationStatus, ResyncProgress, TrackedChanges};
 use crate::modlog::ModuleLog;
 use crate::peer_fence::PeerFence;
 
@@ -344,6 +344,7 @@ impl Connector {
         );
         self.status.basis(self.dir.index, plan.describe());
         let finished = AtomicBool::new(false);
+        let began = std::time::Instant::now();
         let stats = std::thread::scope(|scope| {
             scope.spawn(|| self.log_progress(path, &progress, &finished));
             let result = resync(
@@ -381,8 +382,19 @@ impl Connector {
                 stats.bytes_sent, stats.blocks_compared, stats.entries, stats.bytes_compared
             ),
         );
+        let resync = LastResync {
+            basis: plan.describe(),
+            bytes_sent: stats.bytes_sent,
+            blocks_compared: stats.blocks_compared,
+            bytes_compared: stats.bytes_compared,
+            entries: stats.entries,
+            seconds: began.elapsed().as_secs_f64(),
+            ended_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
         self.status
-            .resynchronised(self.dir.index, progress.report().rate);
+            .resynchronised(self.dir.index, progress.report().rate, resync);
         // After the log line: who sees `mirroring` finds it.
         self.status.set(self.dir.index, Activity::Mirroring, None);
         self.fence.current(self.dir.index);

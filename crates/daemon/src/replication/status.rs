@@ -172,6 +172,25 @@ impl TrackedChanges {
     }
 }
 
+/// The last resynchronisation a directory's primary completed since its
+/// daemon started: the figures of the module log's "resynchronised" line,
+/// as data for programs (the lab's tests and benchmarks read these).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LastResync {
+    /// What it covered ([`DirStatus::basis`] while it ran).
+    pub basis: String,
+    pub bytes_sent: u64,
+    pub blocks_compared: u64,
+    /// Bytes those blocks hold.
+    pub bytes_compared: u64,
+    /// Entries (names, attributes) brought up to date.
+    pub entries: u64,
+    /// From its start to its end.
+    pub seconds: f64,
+    /// When it ended, Unix time in milliseconds.
+    pub ended_at_ms: u64,
+}
+
 /// One replicated directory in `holdfast state`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DirStatus {
@@ -189,6 +208,9 @@ pub struct DirStatus {
     /// While tracking or holding: what the secondary will be sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracked: Option<TrackedChanges>,
+    /// The last resynchronisation it completed as primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resync: Option<LastResync>,
 }
 
 #[derive(Debug)]
@@ -202,6 +224,7 @@ struct LiveDir {
     primary: Option<(Link, Tree)>,
     /// The last resynchronisation's rate, bytes per second.
     last_rate: Option<f64>,
+    last_resync: Option<LastResync>,
 }
 
 /// The live status of a module's replicated directories, shared with the
@@ -221,6 +244,7 @@ impl ReplicationStatus {
                     problem: None,
                     primary: None,
                     last_rate: None,
+                    last_resync: None,
                 })
                 .collect(),
         )))
@@ -262,12 +286,13 @@ impl ReplicationStatus {
     }
 
     /// A resynchronisation completed at `rate` bytes per second.
-    pub(super) fn resynchronised(&self, index: usize, rate: f64) {
+    pub(super) fn resynchronised(&self, index: usize, rate: f64, resync: LastResync) {
         if let Some(d) = self.0.lock().get_mut(index) {
             // One with nothing to examine measured nothing.
             if rate > 0.0 {
                 d.last_rate = Some(rate);
             }
+            d.last_resync = Some(resync);
         }
     }
 
@@ -284,6 +309,7 @@ impl ReplicationStatus {
                     basis: d.basis.clone(),
                     problem: d.problem.clone(),
                     tracked: None,
+                    last_resync: d.last_resync.clone(),
                 };
                 let tracking = matches!(d.activity, Activity::Tracking | Activity::Holding);
                 let primary = d.primary.clone().filter(|_| tracking);
@@ -329,5 +355,39 @@ mod tests {
         let json = serde_json::to_value(TrackedChanges::new(known, None)).unwrap();
         assert_eq!(json["bytes"], 4 << 20);
         assert!(json.get("eta_seconds").is_none());
+    }
+
+    #[test]
+    fn the_last_resynchronisation_is_reported_with_its_figures() {
+        let status = ReplicationStatus(Arc::new(Mutex::new(vec![LiveDir {
+            dir: "/srv/app/data".into(),
+            activity: Activity::Resynchronising,
+            progress: None,
+            basis: None,
+            problem: None,
+            primary: None,
+            last_rate: None,
+            last_resync: None,
+        }])));
+        let before = serde_json::to_value(status.snapshot()).unwrap();
+        assert!(before[0].get("last_resync").is_none());
+        let resync = LastResync {
+            basis: "tracked changes".into(),
+            bytes_sent: 1 << 20,
+            blocks_compared: 3,
+            bytes_compared: 3 << 12,
+            entries: 2,
+            seconds: 0.25,
+            ended_at_ms: 1_700_000_000_000,
+        };
+        status.resynchronised(0, 0.0, resync.clone());
+        status.set(0, Activity::Mirroring, None);
+        let after = serde_json::to_value(status.snapshot()).unwrap();
+        assert_eq!(after[0]["last_resync"]["bytes_sent"], 1 << 20);
+        assert_eq!(after[0]["last_resync"]["basis"], "tracked changes");
+        let back: Vec<DirStatus> = serde_json::from_value(after).unwrap();
+        assert_eq!(back[0].last_resync, Some(resync));
+        // Nothing examined: no rate measured, the figures reported all the same.
+        assert_eq!(status.last_rate(0), None);
     }
 }
