@@ -456,16 +456,15 @@ impl Drop for Writer {
     }
 }
 
+/// Set by the crash test in the environment of the child it runs (itself
+/// again): the directory of the pair.
+const CRASH_CHILD: &str = "HOLDFAST_CRASH_CHILD";
+
 /// Child side of the crash test: only the file system (the daemon's part),
-/// run when the parent sets the variable, until killed (bounded: 120 s).
-/// The application writing through it is the parent: a process writing
-/// to a FUSE mount it serves itself would hang forever when killed.
-#[test]
-fn crash_child() {
-    let Ok(dir) = std::env::var("HOLDFAST_CRASH_CHILD") else {
-        return;
-    };
-    let dir = PathBuf::from(dir);
+/// until killed (bounded: 120 s). The application writing through it is
+/// the parent: a process writing to a FUSE mount it serves itself would
+/// hang forever when killed.
+fn serve_until_killed(dir: &Path) {
     let config = TrackingConfig {
         // Never a checkpoint: after the kill only the activity log speaks.
         interval: Duration::from_secs(3600),
@@ -487,12 +486,20 @@ enum Acked {
 
 #[test]
 fn crash_of_the_lone_primary_loses_no_acknowledged_write() {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD) {
+        return serve_until_killed(Path::new(&dir));
+    }
     let mut pair = Pair::new(|d| random_file(&d.join("big"), 32 * MIB, 7));
     let dir = pair.tmp.path().to_path_buf();
     pair.primary_gen.start_tracking();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
-        .env("HOLDFAST_CRASH_CHILD", &dir)
+        .args([
+            "--exact",
+            "crash_of_the_lone_primary_loses_no_acknowledged_write",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_CHILD, &dir)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
