@@ -6,6 +6,7 @@
 //! (a pulse short of the heartbeat timeout, so a node whose daemon died
 //! stops taking clients before its peers take over), removed at stop.
 
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +22,9 @@ use tokio::sync::{mpsc, watch};
 
 use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
+use crate::paths::write_atomic;
 use crate::shell::{self, ModuleHandle, ModuleIo, ModuleMsg, NodeContext};
+use crate::worker::{Job, Worker};
 use crate::DaemonError;
 
 /// Buckets are renewed this many times within their expiry.
@@ -39,22 +42,18 @@ pub async fn spawn(
     let persistent = shell::prepare(&paths)?;
     let log = ModuleLog::new(paths.log());
     let heartbeats = Heartbeats::bind(&ctx, &config, log.clone()).await?;
-    let filter = match filter(&config) {
-        Ok(filter) => filter,
-        Err(e) => {
-            log.write(LogLevel::Error, &e);
-            None
-        }
+    let (done_tx, done) = mpsc::unbounded_channel();
+    let kernel = Kernel {
+        config: config.clone(),
+        filter: None,
+        node: None,
+        error: None,
+        log: log.clone(),
+        persistent: paths.persistent(),
     };
-    if let Some(filter) = &filter {
-        // A daemon killed while the farm ran left them behind.
-        if let Err(e) = FarmNode::clear(filter) {
-            log.write(
-                LogLevel::Error,
-                &format!("cannot clear the farm's filter: {e}"),
-            );
-        }
-    }
+    let worker = Worker::start(format!("module-{}", config.name), kernel, done_tx)
+        .map_err(|e| DaemonError::Io(format!("module {}: worker thread", config.name), e))?;
+    worker.ask(KernelJob::Setup);
     let mut core = FarmModule::new(settings, Instant::now());
     if shell::starts_at_boot(&config, at_boot, &persistent, &log) {
         // A freshly built machine is stopped, so Start cannot be refused.
@@ -71,9 +70,14 @@ pub async fn spawn(
         view_tx,
         running: persistent.running,
         shutdown: None,
-        filter,
-        node: None,
-        kernel_error: None,
+        worker,
+        done,
+        pending: VecDeque::new(),
+        waiting: false,
+        following: false,
+        follow_again: false,
+        asked: None,
+        followed: None,
         _health: health,
     };
     Ok(handle(tokio::spawn(shell.run(rx))))
@@ -110,6 +114,168 @@ fn expiry(config: &ModuleConfig) -> std::time::Duration {
     hb.timeout.saturating_sub(hb.pulse)
 }
 
+/// The kernel side of a farm module (the VIP, its filter and buckets) and
+/// its persisted state, on the module's worker thread: `nft` and netlink
+/// calls wait for other processes and the kernel.
+#[derive(Debug)]
+struct Kernel {
+    config: ModuleConfig,
+    /// What the kernel side is built from (none without a VIP: cloud mode).
+    filter: Option<FarmFilter>,
+    /// The kernel side, while the module is not stopped.
+    node: Option<FarmNode>,
+    /// The last failure of the kernel side, logged once.
+    error: Option<String>,
+    log: ModuleLog,
+    persistent: std::path::PathBuf,
+}
+
+/// What a farm module's task asks of its worker.
+#[derive(Debug)]
+enum KernelJob {
+    /// At module start: the filter, and what a killed daemon left cleared.
+    Setup,
+    /// After an event: the kernel side exists while the module is not
+    /// stopped, serving `buckets`.
+    Follow { wanted: bool, buckets: BTreeSet<u8> },
+    /// `ProgramBuckets`: serves exactly these.
+    Program(BTreeSet<u8>),
+    /// The renewal of the buckets served, well within their expiry.
+    Renew(BTreeSet<u8>),
+    /// Whether the module should run at the next daemon start.
+    Persist(bool),
+}
+
+/// What the worker did, job by job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelDone {
+    Ready,
+    Followed,
+    Programmed,
+    Renewed,
+    Persisted,
+}
+
+impl Job for KernelJob {
+    type State = Kernel;
+    type Done = KernelDone;
+
+    fn run(self, kernel: &mut Kernel) -> KernelDone {
+        match self {
+            KernelJob::Setup => {
+                kernel.setup();
+                KernelDone::Ready
+            }
+            KernelJob::Follow { wanted, buckets } => {
+                kernel.follow(wanted, &buckets);
+                KernelDone::Followed
+            }
+            KernelJob::Program(buckets) => {
+                kernel.program(&buckets);
+                KernelDone::Programmed
+            }
+            KernelJob::Renew(buckets) => {
+                kernel.program(&buckets);
+                KernelDone::Renewed
+            }
+            KernelJob::Persist(running) => {
+                kernel.persist(running);
+                KernelDone::Persisted
+            }
+        }
+    }
+}
+
+impl Kernel {
+    fn setup(&mut self) {
+        self.filter = match filter(&self.config) {
+            Ok(filter) => filter,
+            Err(e) => {
+                self.log.write(LogLevel::Error, &e);
+                None
+            }
+        };
+        if let Some(filter) = &self.filter {
+            // A daemon killed while the farm ran left them behind.
+            if let Err(e) = FarmNode::clear(filter) {
+                self.log.write(
+                    LogLevel::Error,
+                    &format!("cannot clear the farm's filter: {e}"),
+                );
+            }
+        }
+    }
+
+    /// The kernel side exists while the module is not stopped: traffic is
+    /// only ever taken by a node that runs the farm.
+    fn follow(&mut self, wanted: bool, buckets: &BTreeSet<u8>) {
+        let Some(filter) = &self.filter else { return };
+        match (wanted, self.node.take()) {
+            // Tried again after every event until it works; said once.
+            (true, None) => match FarmNode::start(filter.clone()) {
+                Ok(node) => {
+                    self.log.write(
+                        LogLevel::Info,
+                        &format!("virtual IP {} set (farm)", filter_vip(&self.config)),
+                    );
+                    self.node = Some(node);
+                    self.program(buckets);
+                }
+                Err(e) => self.error(format!(
+                    "cannot set the farm's virtual IP {}: {e}",
+                    filter_vip(&self.config)
+                )),
+            },
+            (false, Some(node)) => match node.stop() {
+                Ok(()) => self.log.write(
+                    LogLevel::Info,
+                    &format!("virtual IP {} removed (farm)", filter_vip(&self.config)),
+                ),
+                Err(e) => self.log.write(
+                    LogLevel::Error,
+                    &format!("removing the farm's virtual IP: {e}"),
+                ),
+            },
+            (_, node) => self.node = node,
+        }
+    }
+
+    /// Programs (and so renews) the buckets the machine says this node serves.
+    fn program(&mut self, buckets: &BTreeSet<u8>) {
+        let Some(node) = &mut self.node else { return };
+        match node.program(buckets) {
+            Ok(()) => self.error = None,
+            Err(e) => self.error(format!("cannot program the farm's buckets: {e}")),
+        }
+    }
+
+    /// Logs a failure of the kernel side, once until it changes or heals:
+    /// what fails is retried at every renewal.
+    fn error(&mut self, message: String) {
+        if self.error.as_ref() != Some(&message) {
+            self.log.write(LogLevel::Error, &message);
+            self.error = Some(message);
+        }
+    }
+
+    fn persist(&self, running: bool) {
+        let persistent = Persistent {
+            running,
+            ..Persistent::default()
+        };
+        let bytes = serde_json::to_vec_pretty(&persistent).expect("plain data serialises");
+        if let Err(e) = write_atomic(&self.persistent, &bytes) {
+            self.log.write(
+                LogLevel::Error,
+                &format!(
+                    "cannot persist module state to {}: {e}",
+                    self.persistent.display()
+                ),
+            );
+        }
+    }
+}
+
 struct FarmShell {
     io: ModuleIo,
     core: FarmModule,
@@ -119,12 +285,21 @@ struct FarmShell {
     running: bool,
     /// During daemon shutdown: `running` to persist once stopped.
     shutdown: Option<bool>,
-    /// What the kernel side is built from (none without a VIP: cloud mode).
-    filter: Option<FarmFilter>,
-    /// The kernel side, while the module is not stopped.
-    node: Option<FarmNode>,
-    /// The last failure of the kernel side, logged once.
-    kernel_error: Option<String>,
+    /// The kernel side and the persisted state.
+    worker: Worker<KernelJob>,
+    done: mpsc::UnboundedReceiver<KernelDone>,
+    /// Actions of the state machine not carried out yet, in order.
+    pending: VecDeque<FarmAction>,
+    /// Buckets are being programmed: the next actions wait.
+    waiting: bool,
+    /// The kernel side is following the module's state; asked again after
+    /// it if `follow_again`.
+    following: bool,
+    follow_again: bool,
+    /// Whether the kernel side was asked to exist, and what it last
+    /// followed.
+    asked: Option<bool>,
+    followed: Option<bool>,
     _health: Option<crate::health::HealthServer>,
 }
 
@@ -136,6 +311,8 @@ impl FarmShell {
         let mut next_renewal = Instant::now() + renewal;
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
+            // Its own reply asks for no new follow, unless one waits.
+            let mut followed = false;
             let wake = [self.core.next_deadline(), Some(next_renewal)]
                 .into_iter()
                 .flatten()
@@ -148,7 +325,7 @@ impl FarmShell {
                         next_pulse = now + pulse;
                     }
                     if now >= next_renewal {
-                        self.program();
+                        self.worker.ask(KernelJob::Renew(self.core.buckets()));
                         next_renewal = now + renewal;
                     }
                     self.core.tick(now);
@@ -161,13 +338,36 @@ impl FarmShell {
                     Some(msg) => self.on_message(msg),
                     None => return,
                 },
+                Some(done) = self.done.recv() => {
+                    followed = done == KernelDone::Followed;
+                    match done {
+                        KernelDone::Followed => {
+                            self.following = false;
+                            self.followed = self.asked;
+                        }
+                        KernelDone::Programmed => self.waiting = false,
+                        KernelDone::Ready | KernelDone::Renewed | KernelDone::Persisted => {}
+                    }
+                }
             }
             self.execute().await;
-            self.follow_state();
-            self.io.publish(&self.view_tx, self.core.view());
+            if !followed || self.follow_again {
+                self.follow_state();
+            }
+            if self.carried_out() {
+                self.io.publish(&self.view_tx, self.core.view());
+            }
             if let Some(running) = self.shutdown {
-                if self.core.state() == State::Stop && !self.core.transient() {
+                let idle = self.pending.is_empty() && !self.waiting && !self.following;
+                if self.core.state() == State::Stop && !self.core.transient() && idle {
                     self.persist_running(running);
+                    // The worker's jobs run in order: once persisted, the
+                    // kernel side is gone too.
+                    while let Some(done) = self.done.recv().await {
+                        if done == KernelDone::Persisted {
+                            break;
+                        }
+                    }
                     return;
                 }
             }
@@ -217,10 +417,19 @@ impl FarmShell {
             .await;
     }
 
+    /// Carries out the state machine's actions in order; programming the
+    /// buckets (on the worker) holds back those after it until done.
     async fn execute(&mut self) {
-        for action in self.core.take_actions() {
+        self.pending.extend(self.core.take_actions());
+        while !self.waiting {
+            let Some(action) = self.pending.pop_front() else {
+                return;
+            };
             match action {
-                FarmAction::ProgramBuckets(_) => self.program(),
+                FarmAction::ProgramBuckets(_) => {
+                    self.worker.ask(KernelJob::Program(self.core.buckets()));
+                    self.waiting = true;
+                }
                 FarmAction::Module(Action::RunScript(run)) => self.io.run_script(run),
                 FarmAction::Module(Action::Log { level, message }) => {
                     self.io.log.write(level, &message)
@@ -240,65 +449,37 @@ impl FarmShell {
         }
     }
 
-    /// The kernel side exists while the module is not stopped: traffic is
-    /// only ever taken by a node that runs the farm.
+    /// Lets the kernel side follow the module's state (on the worker), one
+    /// follow at a time, after the actions before it.
     fn follow_state(&mut self) {
-        let Some(filter) = &self.filter else { return };
-        let wanted = self.core.state() != State::Stop || self.core.transient();
-        match (wanted, self.node.take()) {
-            // Tried again after every event until it works; said once.
-            (true, None) => match FarmNode::start(filter.clone()) {
-                Ok(node) => {
-                    self.io.log.write(
-                        LogLevel::Info,
-                        &format!("virtual IP {} set (farm)", filter_vip(&self.io.config)),
-                    );
-                    self.node = Some(node);
-                    self.program();
-                }
-                Err(e) => self.kernel_error(format!(
-                    "cannot set the farm's virtual IP {}: {e}",
-                    filter_vip(&self.io.config)
-                )),
-            },
-            (false, Some(node)) => match node.stop() {
-                Ok(()) => self.io.log.write(
-                    LogLevel::Info,
-                    &format!("virtual IP {} removed (farm)", filter_vip(&self.io.config)),
-                ),
-                Err(e) => self.io.log.write(
-                    LogLevel::Error,
-                    &format!("removing the farm's virtual IP: {e}"),
-                ),
-            },
-            (_, node) => self.node = node,
+        if self.following || self.waiting {
+            self.follow_again = true;
+            return;
         }
+        let wanted = self.wanted();
+        self.worker.ask(KernelJob::Follow {
+            wanted,
+            buckets: self.core.buckets(),
+        });
+        self.asked = Some(wanted);
+        self.following = true;
+        self.follow_again = false;
     }
 
-    /// Programs (and so renews) the buckets the machine says this node serves.
-    fn program(&mut self) {
-        let Some(node) = &mut self.node else { return };
-        match node.program(&self.core.buckets()) {
-            Ok(()) => self.kernel_error = None,
-            Err(e) => self.kernel_error(format!("cannot program the farm's buckets: {e}")),
-        }
+    /// The kernel side exists while the module is not stopped.
+    fn wanted(&self) -> bool {
+        self.core.state() != State::Stop || self.core.transient()
     }
 
-    /// Logs a failure of the kernel side, once until it changes or heals:
-    /// what fails is retried at every renewal.
-    fn kernel_error(&mut self, message: String) {
-        if self.kernel_error.as_ref() != Some(&message) {
-            self.io.log.write(LogLevel::Error, &message);
-            self.kernel_error = Some(message);
-        }
+    /// The machine's actions are carried out, the kernel side follows its
+    /// state: what `holdfast state` may show.
+    fn carried_out(&self) -> bool {
+        self.pending.is_empty() && !self.waiting && self.followed == Some(self.wanted())
     }
 
     fn persist_running(&mut self, running: bool) {
         self.running = running;
-        self.io.persist(&Persistent {
-            running,
-            ..Persistent::default()
-        });
+        self.worker.ask(KernelJob::Persist(running));
     }
 }
 

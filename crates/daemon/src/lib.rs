@@ -27,10 +27,12 @@ pub mod paths;
 pub mod peer_fence;
 pub mod registry;
 pub mod replication;
+mod resources;
 pub mod scripts;
 pub mod shell;
 pub mod supervision;
 pub mod witness;
+mod worker;
 
 use std::path::PathBuf;
 use std::sync::Arc;

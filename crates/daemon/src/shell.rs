@@ -4,9 +4,10 @@
 //! heartbeats). Kept thin on purpose: every decision is in
 //! `holdfast_membership::mirror`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,17 +19,16 @@ use holdfast_membership::lease::{LeaseReply, LeaseRequest, PeerCopy};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
     Action, Command, CommandError, LogLevel, MirrorModule, MirrorSettings, ModuleStatus,
-    ModuleView, Persistent, Script, ScriptOutcome, ScriptRun,
+    ModuleView, Persistent, Script, ScriptOutcome, ScriptRun, State,
 };
-use holdfast_network::garp::{self, Announcement};
-use holdfast_network::Vip;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::heartbeats::{Heartbeats, Rejections};
 use crate::modlog::ModuleLog;
-use crate::paths::{write_atomic, ModulePaths, Paths};
+use crate::paths::{ModulePaths, Paths};
 use crate::peer_fence::PeerFence;
+use crate::resources::{persist, ResourceDone, ResourceJob, ResourceWorker, Resources};
 use crate::scripts::{self, ScriptJob};
 use crate::supervision::Supervisor;
 use crate::DaemonError;
@@ -137,19 +137,31 @@ pub async fn spawn(
             config.heartbeat.pulse,
         ),
     );
-    let mut replication = crate::replication::Replication::new(
+    let replication = crate::replication::Replication::new(
         &config,
         &ctx.node,
         &paths.dir,
         ctx.key.clone(),
         log.clone(),
     );
-    if let Some(replication) = &mut replication {
-        // What the records say: a copy left incomplete is never promoted.
-        let uptodate = replication.prepare();
-        core.data_state(Instant::now(), uptodate);
-    }
     let replication_status = replication.as_ref().map(|r| r.status());
+    let fence = replication.as_ref().map(|r| r.fence());
+    let peer_second = replication.as_ref().map(|r| r.peer_second());
+    let replicated = replication.is_some();
+    let (done_tx, mut done) = mpsc::unbounded_channel();
+    let resources = ResourceWorker::start(
+        format!("module-{}", config.name),
+        Resources::new(&config, replication, log.clone()),
+        done_tx.clone(),
+    )
+    .map_err(|e| DaemonError::Io(format!("module {}: worker thread", config.name), e))?;
+    if replicated {
+        // What the records say: a copy left incomplete is never promoted.
+        resources.ask(ResourceJob::Prepare);
+        if let Some(ResourceDone::Prepared(uptodate)) = done.recv().await {
+            core.data_state(Instant::now(), uptodate);
+        }
+    }
     let (io, rx) = ModuleIo::new(ctx, config, paths, log);
     let handle = io.handle(view, replication_status);
     let shell = Shell {
@@ -161,8 +173,17 @@ pub async fn spawn(
         shutdown: None,
         _health: health,
         supervisor,
-        fence: replication.as_ref().map(|r| r.fence()),
-        replication,
+        fence,
+        peer_second,
+        resources,
+        done,
+        done_tx,
+        pending: VecDeque::new(),
+        waiting: false,
+        following: false,
+        follow_again: false,
+        asked: None,
+        followed: None,
         witness,
     };
     Ok(handle(tokio::spawn(shell.run(rx, checker_rx))))
@@ -292,8 +313,25 @@ struct Shell {
     _health: Option<crate::health::HealthServer>,
     /// The module's checkers and recovery policy.
     supervisor: Supervisor,
-    /// File replication of the module's replicated directories, if any.
-    replication: Option<crate::replication::Replication>,
+    /// Tells replication's connectors whether the peer is SECOND.
+    peer_second: Option<Arc<AtomicBool>>,
+    /// The blocking side: replicated directories and the virtual IP.
+    resources: ResourceWorker,
+    /// What the worker (and the task persisting the module's state) did.
+    done: mpsc::UnboundedReceiver<ResourceDone>,
+    done_tx: mpsc::UnboundedSender<ResourceDone>,
+    /// Actions of the state machine not carried out yet, in order.
+    pending: VecDeque<Action>,
+    /// An action is being carried out off the task: the next ones wait.
+    waiting: bool,
+    /// Replication is following the module's state; asked again after it
+    /// if `follow_again`.
+    following: bool,
+    follow_again: bool,
+    /// The state replication was asked to follow, and the one it last
+    /// followed (with what that implies: receivers started or stopped).
+    asked: Option<State>,
+    followed: Option<State>,
     /// The split-brain witness, if configured.
     witness: Option<WitnessLink>,
     /// What replication says of the peer's copy (for the witness).
@@ -311,6 +349,8 @@ impl Shell {
         let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         let mut witness_buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
+            // Its own reply asks for no new follow, unless one waits.
+            let mut followed = false;
             let wake = [self.core.next_deadline(), self.supervisor.next_deadline()]
                 .into_iter()
                 .flatten()
@@ -344,25 +384,54 @@ impl Shell {
                 Some(event) = checkers.recv() => {
                     self.supervisor.on_event(&mut self.core, &self.io.log, Instant::now(), event);
                 }
+                Some(done) = self.done.recv() => {
+                    followed = matches!(done, ResourceDone::Followed(_));
+                    self.on_done(done);
+                }
             }
             self.execute().await;
             // Checkers follow the state; what they decide is carried out now.
             self.supervisor
                 .follow(&mut self.core, &self.io.log, Instant::now());
             self.execute().await;
-            self.follow_replication().await;
-            self.io.publish(&self.view_tx, self.core.view());
+            if !followed || self.follow_again {
+                self.follow_replication();
+            }
+            if self.carried_out() {
+                self.io.publish(&self.view_tx, self.core.view());
+            }
             if let Some(running) = self.shutdown {
-                if self.core.state() == holdfast_membership::State::Stop && !self.core.transient() {
+                let idle = self.pending.is_empty() && !self.waiting;
+                if self.core.state() == State::Stop && !self.core.transient() && idle {
                     let mut persistent = self.core.persistent().clone();
                     persistent.running = running;
-                    self.io.persist(&persistent);
-                    if let Some(replication) = &mut self.replication {
-                        replication.shutdown();
+                    persist(self.io.paths.persistent(), persistent, self.io.log.clone()).await;
+                    self.resources.ask(ResourceJob::Shutdown);
+                    while let Some(done) = self.done.recv().await {
+                        if done == ResourceDone::ShutDown {
+                            break;
+                        }
                     }
                     return;
                 }
             }
+        }
+    }
+
+    /// The worker (or the task persisting the state) did something.
+    fn on_done(&mut self, done: ResourceDone) {
+        match done {
+            ResourceDone::Followed(data_state) => {
+                self.following = false;
+                self.followed = self.asked;
+                if let Some(uptodate) = data_state {
+                    self.core.data_state(Instant::now(), uptodate);
+                }
+            }
+            ResourceDone::Acquired | ResourceDone::Released | ResourceDone::Persisted => {
+                self.waiting = false
+            }
+            ResourceDone::Prepared(_) | ResourceDone::DataDiscarded | ResourceDone::ShutDown => {}
         }
     }
 
@@ -379,10 +448,9 @@ impl Shell {
                     self.supervisor.admin_command(&mut self.core, now);
                     if discard_data {
                         // Accepted only from STOP: nothing is mounted or
-                        // received yet, the receivers start after this.
-                        if let Some(replication) = &mut self.replication {
-                            replication.discard_data();
-                        }
+                        // received yet, the receivers start after this
+                        // (the worker's jobs run in order).
+                        self.resources.ask(ResourceJob::DiscardData);
                     }
                 }
                 if let Err(e) = &result {
@@ -484,24 +552,27 @@ impl Shell {
             .await;
     }
 
+    /// Carries out the state machine's actions in order; one done off the
+    /// task (mounts, the VIP, persisting) holds back those after it until
+    /// it is done.
     async fn execute(&mut self) {
-        for action in self.core.take_actions() {
+        self.pending.extend(self.core.take_actions());
+        while !self.waiting {
+            let Some(action) = self.pending.pop_front() else {
+                return;
+            };
             match action {
                 Action::RunScript(run) => self.io.run_script(run),
                 Action::Log { level, message } => self.io.log.write(level, &message),
                 Action::Transition { .. } => {}
                 Action::SendHeartbeat => self.send_heartbeat().await,
                 Action::AcquirePrimaryResources => {
-                    if let Some(replication) = &mut self.replication {
-                        replication.acquire();
-                    }
-                    self.virtual_ip(true)
+                    self.resources.ask(ResourceJob::Acquire);
+                    self.waiting = true;
                 }
                 Action::ReleasePrimaryResources => {
-                    self.virtual_ip(false);
-                    if let Some(replication) = &mut self.replication {
-                        replication.release();
-                    }
+                    self.resources.ask(ResourceJob::Release);
+                    self.waiting = true;
                 }
                 Action::RequestLease {
                     id,
@@ -519,96 +590,51 @@ impl Shell {
                 }
                 Action::Persist(persistent) => {
                     if self.shutdown.is_none() {
-                        self.io.persist(&persistent);
+                        let (path, log) = (self.io.paths.persistent(), self.io.log.clone());
+                        let done = self.done_tx.clone();
+                        tokio::spawn(async move {
+                            persist(path, persistent, log).await;
+                            let _ = done.send(ResourceDone::Persisted);
+                        });
+                        self.waiting = true;
                     }
                 }
             }
         }
     }
 
-    /// Lets replication follow the module's state; a changed data state
-    /// goes to the state machine, whose actions are carried out.
-    async fn follow_replication(&mut self) {
-        let Some(replication) = &mut self.replication else {
+    /// Lets replication follow the module's state (on the worker; a
+    /// changed data state comes back as [`ResourceDone::Followed`]). One
+    /// follow at a time, after the actions before it.
+    fn follow_replication(&mut self) {
+        let Some(peer_second) = &self.peer_second else {
             return;
         };
-        let view = self.core.view();
-        if let Some(uptodate) = replication.follow(view.state, view.peer_state) {
-            self.core.data_state(Instant::now(), uptodate);
-            self.execute().await;
+        peer_second.store(
+            self.core.view().peer_state == Some(State::Second),
+            Ordering::SeqCst,
+        );
+        if self.following || self.waiting {
+            self.follow_again = true;
+            return;
         }
+        let state = self.core.state();
+        self.resources.ask(ResourceJob::Follow(state));
+        self.asked = Some(state);
+        self.following = true;
+        self.follow_again = false;
     }
 
-    /// Adds (then announces) or removes the module's virtual IP. A failure is
-    /// logged as an error: the module goes on (its application may still be
-    /// reachable on the node's own address), and the log says why clients
-    /// cannot reach the VIP.
-    fn virtual_ip(&self, up: bool) {
-        let Some(vip) = &self.io.config.vip else {
-            return;
-        };
-        let interface = match &vip.interface {
-            Some(name) => Ok(name.clone()),
-            None => Vip::interface_for(vip.address),
-        };
-        let done = interface.and_then(|interface| {
-            if up {
-                Vip::add(&interface, vip.address, vip.prefix)?;
-            } else {
-                Vip::remove(&interface, vip.address, vip.prefix)?;
-            }
-            Ok(interface)
-        });
-        match (done, up) {
-            (Ok(interface), true) => {
-                self.io.log.write(
-                    LogLevel::Info,
-                    &format!("virtual IP {} added on {interface}", vip.address),
-                );
-                // Neighbours learn the new owner; off the module task, since
-                // the announcement paces its rounds.
-                let log = self.io.log.clone();
-                let address = vip.address;
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = garp::announce(&interface, address, &Announcement::default()) {
-                        log.write(
-                            LogLevel::Error,
-                            &format!("gratuitous ARP for {address} failed: {e}"),
-                        );
-                    }
-                });
-            }
-            (Ok(interface), false) => {
-                tracing::info!(
-                    "module {}: virtual IP {} not held on {interface}",
-                    self.io.config.name,
-                    vip.address
-                )
-            }
-            (Err(e), true) => self.io.log.write(
-                LogLevel::Error,
-                &format!("cannot add virtual IP {}: {e}", vip.address),
-            ),
-            (Err(e), false) => self.io.log.write(
-                LogLevel::Error,
-                &format!("cannot remove virtual IP {}: {e}", vip.address),
-            ),
-        }
+    /// The machine's actions are carried out, replication follows its
+    /// state: what `holdfast state` may show (a command's answer, a STOP
+    /// whose mounts are gone).
+    fn carried_out(&self) -> bool {
+        let replicated = self.peer_second.is_none() || self.followed == Some(self.core.state());
+        self.pending.is_empty() && !self.waiting && replicated
     }
 }
 
 impl ModuleIo {
-    pub(crate) fn persist(&self, persistent: &Persistent) {
-        let path = self.paths.persistent();
-        let bytes = serde_json::to_vec_pretty(persistent).expect("plain data serialises");
-        if let Err(e) = write_atomic(&path, &bytes) {
-            self.log.write(
-                LogLevel::Error,
-                &format!("cannot persist module state to {}: {e}", path.display()),
-            );
-        }
-    }
-
     /// Shows `view` to `holdfast state` and to other modules' checkers.
     pub(crate) fn publish(&self, view_tx: &watch::Sender<ModuleView>, view: ModuleView) {
         self.ctx.modules.publish(&self.config.name, view.state);

@@ -6,6 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +71,10 @@ pub(super) struct Connector {
     pub(super) tree: holdfast_replication::Tree,
     pub(super) peers: Vec<IpAddr>,
     pub(super) peer_second: Arc<AtomicBool>,
-    pub(super) stop: Arc<AtomicBool>,
+    /// Disconnected when the connector must stop.
+    pub(super) stop: mpsc::Receiver<()>,
+    /// Dropped with the connector: its release learns it ended.
+    pub(super) _ending: mpsc::Sender<()>,
     pub(super) current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     pub(super) log: ModuleLog,
     pub(super) status: ReplicationStatus,
@@ -95,16 +99,21 @@ impl FailurePolicy {
 }
 
 impl Connector {
-    fn sleep(&self, d: Duration) {
-        let end = std::time::Instant::now() + d;
-        while !self.stop.load(Ordering::SeqCst) && std::time::Instant::now() < end {
-            std::thread::sleep(POLL);
-        }
+    fn stopped(&self) -> bool {
+        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
+    }
+
+    /// Waits `d`, or less if stopped; whether it was.
+    fn pause(&self, d: Duration) -> bool {
+        matches!(
+            self.stop.recv_timeout(d),
+            Err(RecvTimeoutError::Disconnected)
+        )
     }
 
     pub(super) fn run(self) {
         let mut last_error = String::new();
-        while !self.stop.load(Ordering::SeqCst) {
+        while !self.stopped() {
             if !self.peer_second.load(Ordering::SeqCst) {
                 if self.link.mode() == LinkMode::Hold {
                     // Held for a secondary now declared lost: ALONE.
@@ -117,13 +126,13 @@ impl Connector {
                         ),
                     );
                 }
-                self.sleep(POLL);
+                self.pause(POLL);
                 continue;
             }
             match self.session() {
                 Ok(()) => last_error.clear(),
                 Err(e) => {
-                    if !self.stop.load(Ordering::SeqCst) {
+                    if !self.stopped() {
                         let e = e.to_string();
                         self.status.problem(self.dir.index, Some(e.clone()));
                         if e != last_error {
@@ -137,7 +146,7 @@ impl Connector {
                             self.go_alone();
                         }
                     }
-                    self.sleep(RETRY);
+                    self.pause(RETRY);
                 }
             }
         }
@@ -167,7 +176,7 @@ impl Connector {
             peer.set_send_timeout(Some(self.policy.ack_timeout));
         }
         *self.current.lock() = Some(peer.clone());
-        if self.stop.load(Ordering::SeqCst) {
+        if self.stopped() {
             self.current.lock().take();
             peer.close();
             return Ok(());
@@ -179,7 +188,7 @@ impl Connector {
             return result;
         }
         let reason = self.watch(&peer, &path);
-        if !self.stop.load(Ordering::SeqCst) {
+        if !self.stopped() {
             self.after_failure(&path, &reason);
         }
         self.current.lock().take();
@@ -194,7 +203,7 @@ impl Connector {
         let timeout = self.policy.ack_timeout;
         let mut slow = false;
         loop {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.stopped() {
                 return "stopping".into();
             }
             if let Some(e) = peer.broken() {
@@ -237,7 +246,9 @@ impl Connector {
                 }
                 self.status.problem(self.dir.index, problem);
             }
-            std::thread::sleep(BREAK_POLL);
+            if self.pause(BREAK_POLL) {
+                return "stopping".into();
+            }
         }
     }
 
@@ -343,10 +354,11 @@ impl Connector {
             Some(progress.clone()),
         );
         self.status.basis(self.dir.index, plan.describe());
-        let finished = AtomicBool::new(false);
+        let (finishing, finished) = mpsc::channel();
+        let log = &self.log;
         let began = std::time::Instant::now();
         let stats = std::thread::scope(|scope| {
-            scope.spawn(|| self.log_progress(path, &progress, &finished));
+            scope.spawn(|| log_progress(log, path, &progress, finished));
             let result = resync(
                 &self.tree,
                 &self.link,
@@ -355,7 +367,7 @@ impl Connector {
                 &covers,
                 &progress,
             );
-            finished.store(true, Ordering::SeqCst);
+            drop(finishing);
             result
         })
         .map_err(|e| {
@@ -401,22 +413,6 @@ impl Connector {
         Ok(())
     }
 
-    /// Every [`PROGRESS_LOG`] of a resynchronisation: how far it is.
-    fn log_progress(&self, path: &str, progress: &Progress, finished: &AtomicBool) {
-        let mut next = std::time::Instant::now() + PROGRESS_LOG;
-        while !finished.load(Ordering::SeqCst) {
-            std::thread::sleep(POLL);
-            if std::time::Instant::now() >= next {
-                next += PROGRESS_LOG;
-                let report = ResyncProgress::from(progress.report());
-                self.log.write(
-                    LogLevel::Info,
-                    &format!("resynchronising {path}: {}", report.describe()),
-                );
-            }
-        }
-    }
-
     /// With a witness: holds changes until it has recorded the peer's
     /// copy outdated; false if the module stops first (held changes are
     /// then refused, see [`Replication::release`]).
@@ -442,10 +438,9 @@ impl Connector {
             ),
         );
         while !self.fence.is_fenced(epoch) {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.pause(POLL) {
                 return false;
             }
-            std::thread::sleep(POLL);
         }
         self.log.write(
             LogLevel::Info,
@@ -476,5 +471,21 @@ impl Connector {
         }
         self.link.track();
         self.status.set(self.dir.index, Activity::Tracking, None);
+    }
+}
+
+/// Every [`PROGRESS_LOG`] of a resynchronisation until `finished` is
+/// disconnected: how far it is.
+fn log_progress(log: &ModuleLog, path: &str, progress: &Progress, finished: mpsc::Receiver<()>) {
+    let mut next = std::time::Instant::now() + PROGRESS_LOG;
+    while let Err(RecvTimeoutError::Timeout) =
+        finished.recv_timeout(next.saturating_duration_since(std::time::Instant::now()))
+    {
+        next += PROGRESS_LOG;
+        let report = ResyncProgress::from(progress.report());
+        log.write(
+            LogLevel::Info,
+            &format!("resynchronising {path}: {}", report.describe()),
+        );
     }
 }

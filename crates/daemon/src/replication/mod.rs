@@ -63,7 +63,8 @@ pub struct Replication {
     synced: Vec<Arc<AtomicBool>>,
     /// What the state machine was last told of them (SECOND).
     current: bool,
-    /// Shared with connectors: the peer is SECOND.
+    /// Set by the module task after every event, read by connectors: the
+    /// peer is SECOND.
     peer_second: Arc<AtomicBool>,
     last_state: State,
     receiver_error_logged: bool,
@@ -184,6 +185,13 @@ impl Replication {
         self.status.clone()
     }
 
+    /// Where the module task says whether the peer is SECOND (at once:
+    /// a connector must learn that its secondary is lost while what
+    /// replication does next may still wait for a disk).
+    pub fn peer_second(&self) -> Arc<AtomicBool> {
+        self.peer_second.clone()
+    }
+
     /// `second --discard-data`, the module stopped: every directory's copy
     /// counts as no data, so the primary replaces it (comparing blocks:
     /// only those that differ are sent).
@@ -256,12 +264,9 @@ impl Replication {
         uptodate
     }
 
-    /// After every event: starts or stops receivers, tells connectors
-    /// whether the peer is SECOND; returns a new data state to give the
-    /// state machine, if it changed.
-    pub fn follow(&mut self, state: State, peer_state: Option<State>) -> Option<bool> {
-        self.peer_second
-            .store(peer_state == Some(State::Second), Ordering::SeqCst);
+    /// After every event: starts or stops receivers; returns a new data
+    /// state to give the state machine, if it changed.
+    pub fn follow(&mut self, state: State) -> Option<bool> {
         let mut data_state = None;
         if state == State::Second && self.last_state != State::Second {
             // Not current until the primary has resynchronised this node.
@@ -405,7 +410,7 @@ mod tests {
         let mut r =
             Replication::new(&config, "node2", &state_dir, ClusterKey::generate(), log).unwrap();
         let flags = r.synced.clone();
-        let mut follow = || r.follow(State::Second, Some(State::Prim));
+        let mut follow = || r.follow(State::Second);
         assert_eq!(follow(), Some(false), "not current on entering SECOND");
         flags[0].store(true, Ordering::SeqCst);
         assert_eq!(follow(), None, "one directory of two resynchronised");

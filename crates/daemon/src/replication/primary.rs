@@ -4,7 +4,8 @@
 //! their release.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -24,6 +25,9 @@ use super::directory::{detach_stale_mounts, Dir};
 use super::status::{Activity, ReplicationStatus};
 use crate::modlog::ModuleLog;
 use crate::peer_fence::PeerFence;
+
+/// How long a release waits for its connector to end.
+const CONNECTOR_END: Duration = Duration::from_secs(2);
 
 /// Why a replicated directory could not be mounted as primary.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,10 @@ pub(super) struct Primaries {
 pub(super) struct PrimaryDir {
     guard: Option<MountGuard>,
     link: Link,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the connector (it wakes at once).
+    stop: Option<mpsc::Sender<()>>,
+    /// Disconnected when the connector has ended.
+    ended: mpsc::Receiver<()>,
     peer: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     connector: Option<JoinHandle<()>>,
     dir: Dir,
@@ -100,7 +107,8 @@ impl PrimaryDir {
                 dir.path.display()
             ),
         );
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel();
+        let (ending, ended) = mpsc::channel();
         let peer = Arc::new(Mutex::new(None));
         let connector = Connector {
             module: with.module.clone(),
@@ -110,7 +118,8 @@ impl PrimaryDir {
             tree: guard.tree(),
             peers: with.peers.clone(),
             peer_second: with.peer_second.clone(),
-            stop: stop.clone(),
+            stop: stopped,
+            _ending: ending,
             current: peer.clone(),
             log: with.log.clone(),
             status: with.status.clone(),
@@ -124,7 +133,8 @@ impl PrimaryDir {
         Ok(PrimaryDir {
             guard: Some(guard),
             link,
-            stop,
+            stop: Some(stop),
+            ended,
             peer,
             connector,
             dir: dir.clone(),
@@ -133,85 +143,79 @@ impl PrimaryDir {
 
     /// Stops replicating and unmounts.
     pub(super) fn release(mut self, with: &Primaries) {
-        let p = &mut self;
-        {
-            p.stop.store(true, Ordering::SeqCst);
-            if let Some(peer) = p.peer.lock().as_ref() {
-                peer.close();
-            }
-            if let Some(t) = p.connector.take() {
-                // Bounded: a connector stuck connecting is left to notice
-                // the stop by itself (it checks it before using the tree).
-                let deadline = std::time::Instant::now() + Duration::from_secs(2);
-                while !t.is_finished() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if t.is_finished() {
-                    let _ = t.join();
-                } else {
-                    with.log.write(
-                        LogLevel::Error,
-                        &format!(
-                            "replication connector of {} still busy; left to end by itself",
-                            p.dir.path.display()
-                        ),
-                    );
-                }
-            }
-            if let Some(guard) = p.guard.take() {
-                {
-                    let tree = guard.tree();
-                    let _order = tree.lock();
-                    // Held changes the secondary never got, and any change
-                    // until unmounted, are not acknowledged: the secondary
-                    // may take over — unless the witness fenced it.
-                    let unfenced = with.fence.unfenced(p.dir.index);
-                    if unfenced || p.link.mode() == LinkMode::Hold {
-                        p.link.close();
-                    } else {
-                        p.link.track();
-                    }
-                }
-                let path = guard.path().display().to_string();
-                match guard.unmount() {
-                    Ok(()) => with.log.write(LogLevel::Info, &format!("{path} unmounted")),
-                    Err(e) => with
-                        .log
-                        .write(LogLevel::Error, &format!("unmounting {path}: {e}")),
-                }
-            }
-            if let Err(e) = p.link.log().checkpoint() {
-                with.log.write(LogLevel::Error, &e.to_string());
-            }
-            with.status.set(p.dir.index, Activity::Idle, None);
-            with.status.primary(p.dir.index, None);
-            with.fence.unknown(p.dir.index);
-            if p.link.refused() > 0 {
-                // They were applied here: this copy stays `unclean`, its
-                // activity log (which holds them) kept for the next
-                // resynchronisation into it.
+        drop(self.stop.take());
+        if let Some(peer) = self.peer.lock().as_ref() {
+            peer.close();
+        }
+        if let Some(t) = self.connector.take() {
+            // Bounded: a connector stuck connecting is left to notice
+            // the stop by itself (it checks it before using the tree).
+            let ended = self.ended.recv_timeout(CONNECTOR_END);
+            if ended == Err(RecvTimeoutError::Disconnected) {
+                let _ = t.join();
+            } else {
                 with.log.write(
                     LogLevel::Error,
                     &format!(
-                        "{}: {} changes the secondary lacks were refused (not acknowledged)",
-                        p.dir.path.display(),
-                        p.link.refused()
+                        "replication connector of {} still busy; left to end by itself",
+                        self.dir.path.display()
                     ),
                 );
-                return;
             }
-            let store = p.dir.store();
-            if let Ok(Some(mut g)) = store.load() {
-                g.stopped_cleanly();
-                if let Err(e) = store.save(&g) {
-                    with.log.write(LogLevel::Error, &e.to_string());
+        }
+        if let Some(guard) = self.guard.take() {
+            {
+                let tree = guard.tree();
+                let _order = tree.lock();
+                // Held changes the secondary never got, and any change
+                // until unmounted, are not acknowledged: the secondary
+                // may take over — unless the witness fenced it.
+                let unfenced = with.fence.unfenced(self.dir.index);
+                if unfenced || self.link.mode() == LinkMode::Hold {
+                    self.link.close();
+                } else {
+                    self.link.track();
                 }
             }
-            // After the record says clean: whatever was mirrored was
-            // acknowledged or is in the change log.
-            if let Err(e) = p.link.log().clear_activity() {
+            let path = guard.path().display().to_string();
+            match guard.unmount() {
+                Ok(()) => with.log.write(LogLevel::Info, &format!("{path} unmounted")),
+                Err(e) => with
+                    .log
+                    .write(LogLevel::Error, &format!("unmounting {path}: {e}")),
+            }
+        }
+        if let Err(e) = self.link.log().checkpoint() {
+            with.log.write(LogLevel::Error, &e.to_string());
+        }
+        with.status.set(self.dir.index, Activity::Idle, None);
+        with.status.primary(self.dir.index, None);
+        with.fence.unknown(self.dir.index);
+        if self.link.refused() > 0 {
+            // They were applied here: this copy stays `unclean`, its
+            // activity log (which holds them) kept for the next
+            // resynchronisation into it.
+            with.log.write(
+                LogLevel::Error,
+                &format!(
+                    "{}: {} changes the secondary lacks were refused (not acknowledged)",
+                    self.dir.path.display(),
+                    self.link.refused()
+                ),
+            );
+            return;
+        }
+        let store = self.dir.store();
+        if let Ok(Some(mut g)) = store.load() {
+            g.stopped_cleanly();
+            if let Err(e) = store.save(&g) {
                 with.log.write(LogLevel::Error, &e.to_string());
             }
+        }
+        // After the record says clean: whatever was mirrored was
+        // acknowledged or is in the change log.
+        if let Err(e) = self.link.log().clear_activity() {
+            with.log.write(LogLevel::Error, &e.to_string());
         }
     }
 

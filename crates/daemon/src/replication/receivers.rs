@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,7 +41,12 @@ pub(super) enum ReadOnlyError {
 
 pub(super) struct ReceiverTask {
     receiver: Arc<Receiver>,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the receiving loop (it wakes at once).
+    stop: Option<mpsc::Sender<()>>,
+    /// Set before the stop: a connection's error is then the stop's doing.
+    stopping: Arc<AtomicBool>,
+    /// Disconnected when the receiving loop has ended.
+    ended: mpsc::Receiver<()>,
     current: Arc<Mutex<Option<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
     /// Removed after the thread ended.
@@ -114,7 +120,9 @@ impl ReceiverTask {
         }
         let receiver = Arc::new(receiver);
         let read_only = ReadOnly::mount(dir)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel();
+        let (ending, ended) = mpsc::channel();
+        let stopping = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
         let peers = with.peer_addresses.clone();
         let log = with.log.clone();
@@ -124,14 +132,21 @@ impl ReceiverTask {
             synced: synced.clone(),
             path: dir.path.clone(),
         };
-        let (stop2, current2) = (stop.clone(), current.clone());
+        let loop_ = Loop {
+            stop: stopped,
+            stopping: stopping.clone(),
+            current: current.clone(),
+            _ending: ending,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("repl-recv-{}", dir.index))
-            .spawn(move || receive(listeners, target, peers, stop2, current2, log))
+            .spawn(move || receive(listeners, target, peers, loop_, log))
             .ok();
         Ok(ReceiverTask {
             receiver,
-            stop,
+            stop: Some(stop),
+            stopping,
+            ended,
             current,
             thread,
             read_only: Some(read_only),
@@ -141,7 +156,8 @@ impl ReceiverTask {
     /// `sync`: a clean stop (not a promotion, which must not wait for the
     /// disk): what was applied goes to disk first, recorded.
     pub(super) fn stop(mut self, log: &ModuleLog, sync: bool) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stopping.store(true, Ordering::SeqCst);
+        drop(self.stop.take());
         let stream = self.current.lock().take();
         if let Some(stream) = &stream {
             // Reading only: what was received is applied, and the primary
@@ -151,10 +167,7 @@ impl ReceiverTask {
         if let Some(t) = self.thread.take() {
             // Bounded: a primary gone without a word (its host cut off) must
             // not hold the stop in a write to it.
-            let deadline = std::time::Instant::now() + LAST_WORD;
-            while !t.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            let _ = self.ended.recv_timeout(LAST_WORD);
             if let Some(stream) = &stream {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             }
@@ -247,6 +260,31 @@ struct Target {
     path: PathBuf,
 }
 
+/// What a receiving loop shares with the [`ReceiverTask`] that stops it.
+struct Loop {
+    /// Disconnected when the loop must end.
+    stop: mpsc::Receiver<()>,
+    stopping: Arc<AtomicBool>,
+    /// The connection being served.
+    current: Arc<Mutex<Option<TcpStream>>>,
+    /// Dropped with the loop: the task learns it ended.
+    _ending: mpsc::Sender<()>,
+}
+
+impl Loop {
+    fn stopped(&self) -> bool {
+        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
+    }
+
+    /// Waits `d`, or less if stopped; whether it was.
+    fn pause(&self, d: Duration) -> bool {
+        matches!(
+            self.stop.recv_timeout(d),
+            Err(RecvTimeoutError::Disconnected)
+        )
+    }
+}
+
 /// The receiving loop of one directory. A new connection from the peer
 /// replaces the one being served: the primary connects again only once
 /// its side of the old one is dead (one whose end never reached us, when
@@ -255,10 +293,10 @@ fn receive(
     listeners: Vec<TcpListener>,
     target: Target,
     peers: Vec<IpAddr>,
-    stop: Arc<AtomicBool>,
-    current: Arc<Mutex<Option<TcpStream>>>,
+    with: Loop,
     log: ModuleLog,
 ) {
+    let current = &with.current;
     let path = target.path.clone();
     let mut serving: Option<JoinHandle<()>> = None;
     let end_current = |serving: &mut Option<JoinHandle<()>>| {
@@ -269,7 +307,7 @@ fn receive(
             let _ = t.join();
         }
     };
-    while !stop.load(Ordering::SeqCst) {
+    while !with.stopped() {
         let mut accepted = None;
         for l in &listeners {
             if let Ok((stream, from)) = l.accept() {
@@ -278,7 +316,9 @@ fn receive(
             }
         }
         let Some((stream, from)) = accepted else {
-            std::thread::sleep(POLL);
+            if with.pause(POLL) {
+                break;
+            }
             continue;
         };
         if !peers.contains(&from.ip()) {
@@ -296,14 +336,14 @@ fn receive(
             Ok(c) => *current.lock() = Some(c),
             Err(_) => continue,
         }
-        if stop.load(Ordering::SeqCst) {
+        if with.stopped() {
             break;
         }
         log.write(
             LogLevel::Info,
             &format!("receiving replication of {} from {from}", path.display()),
         );
-        let (stop, log, current) = (stop.clone(), log.clone(), current.clone());
+        let (stopping, log, current) = (with.stopping.clone(), log.clone(), current.clone());
         let Target {
             receiver,
             store,
@@ -325,7 +365,7 @@ fn receive(
                         LogLevel::Info,
                         &format!("replication of {path} from {from} ended"),
                     ),
-                    Err(e) if stop.load(Ordering::SeqCst) => {
+                    Err(e) if stopping.load(Ordering::SeqCst) => {
                         tracing::debug!("replication receiver stopped: {e}")
                     }
                     Err(e) => {
