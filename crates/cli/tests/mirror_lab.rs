@@ -247,7 +247,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         seq: 1,
         network: 0,
         config_fingerprint: [0; 8],
-        status: holdfast_membership::ModuleStatus::Mirror(PeerStatus::stopped()),
+        status: holdfast_membership::HeartbeatStatus::Mirror(PeerStatus::stopped()),
     }
     .encode(&ClusterKey::generate());
     cluster

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use holdfast_config::ModuleConfig;
-use holdfast_membership::heartbeat::MAX_DATAGRAM;
+use holdfast_membership::datagram::MAX_DATAGRAM;
 use holdfast_membership::{
-    Action, Command, FarmAction, FarmModule, FarmSettings, LogLevel, ModuleStatus, ModuleView,
+    Action, Command, FarmAction, FarmModule, FarmSettings, HeartbeatStatus, LogLevel, ModuleView,
     Persistent, State,
 };
 use holdfast_network::farm::FarmFilter;
@@ -380,7 +380,7 @@ impl FarmShell {
         };
         // A mirror's status here means the configurations differ, which the
         // fingerprint warning has said.
-        if let ModuleStatus::Farm(status) = heartbeat.status {
+        if let HeartbeatStatus::Farm(status) = heartbeat.status {
             let stamp = (heartbeat.incarnation, heartbeat.seq);
             self.core
                 .heartbeat(Instant::now(), &heartbeat.sender, stamp, status);
@@ -413,7 +413,7 @@ impl FarmShell {
 
     async fn send_heartbeat(&mut self) {
         self.heartbeats
-            .send(ModuleStatus::Farm(self.core.status()))
+            .send(HeartbeatStatus::Farm(self.core.status()))
             .await;
     }
 

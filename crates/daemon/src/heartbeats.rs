@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use holdfast_config::ModuleConfig;
-use holdfast_membership::{Heartbeat, LogLevel, ModuleStatus, ReplayGuard};
+use holdfast_membership::{Heartbeat, HeartbeatStatus, LogLevel, ReplayGuard};
 use tokio::net::UdpSocket;
 
 use crate::modlog::ModuleLog;
@@ -173,7 +173,7 @@ impl Heartbeats {
     }
 
     /// Sends `status` to every other node on every network.
-    pub async fn send(&mut self, status: ModuleStatus) {
+    pub async fn send(&mut self, status: HeartbeatStatus) {
         self.seq += 1;
         let mut heartbeat = Heartbeat {
             module: self.module.clone(),

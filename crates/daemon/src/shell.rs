@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
 use holdfast_config::{Boot, Mode, ModuleConfig};
 use holdfast_key::ClusterKey;
-use holdfast_membership::heartbeat::MAX_DATAGRAM;
+use holdfast_membership::datagram::MAX_DATAGRAM;
 use holdfast_membership::lease::{LeaseReply, LeaseRequest, PeerCopy};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
-    Action, Command, CommandError, LogLevel, MirrorModule, MirrorSettings, ModuleStatus,
+    Action, Command, CommandError, HeartbeatStatus, LogLevel, MirrorModule, MirrorSettings,
     ModuleView, Persistent, Script, ScriptOutcome, ScriptRun, State,
 };
 use tokio::net::UdpSocket;
@@ -474,7 +474,7 @@ impl Shell {
         if let Some((network, heartbeat)) = self.heartbeats.accept(datagram, from) {
             // A farm's status here means the configurations differ, which
             // the fingerprint warning has said.
-            if let ModuleStatus::Mirror(status) = heartbeat.status {
+            if let HeartbeatStatus::Mirror(status) = heartbeat.status {
                 let stamp = (heartbeat.incarnation, heartbeat.seq);
                 self.core.heartbeat(Instant::now(), network, stamp, status);
             }
@@ -485,7 +485,7 @@ impl Shell {
         match self.accept_lease_reply(datagram, from) {
             Ok(reply) => self
                 .core
-                .lease_reply(Instant::now(), reply.id, reply.verdict),
+                .lease_reply(Instant::now(), reply.id, reply.decision),
             Err(reason) => self
                 .rejected
                 .report(&self.io.log, "witness reply", from, reason),
@@ -548,7 +548,7 @@ impl Shell {
     /// Authenticates a datagram and places it on a heartbeat network.
     async fn send_heartbeat(&mut self) {
         self.heartbeats
-            .send(ModuleStatus::Mirror(self.core.status()))
+            .send(HeartbeatStatus::Mirror(self.core.status()))
             .await;
     }
 

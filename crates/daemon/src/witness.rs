@@ -9,8 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use holdfast_key::ClusterKey;
-use holdfast_membership::heartbeat::MAX_DATAGRAM;
-use holdfast_membership::lease::{LeaseReply, LeaseRequest, OutdatedCopy, Verdict, WitnessCore};
+use holdfast_membership::datagram::MAX_DATAGRAM;
+use holdfast_membership::lease::{Decision, LeaseReply, LeaseRequest, OutdatedCopy, WitnessCore};
 use holdfast_membership::ReplayGuard;
 use tokio::net::UdpSocket;
 
@@ -102,7 +102,7 @@ pub async fn serve(
         };
         let before = core.holder(now, &request.module).map(str::to_string);
         let duration = Duration::from_millis(request.duration_ms);
-        let verdict = core.request(
+        let decision = core.request(
             now,
             &request.module,
             &request.node,
@@ -142,7 +142,7 @@ pub async fn serve(
                 ),
             }
         }
-        if let Verdict::TooLong { max_ms } = &verdict {
+        if let Decision::TooLong { max_ms } = &decision {
             tracing::warn!(
                 "module {}: {} asks for a {} ms lease, more than --max-lease ({max_ms} ms): refused",
                 request.module,
@@ -155,7 +155,7 @@ pub async fn serve(
             node: request.node,
             incarnation: request.incarnation,
             id: request.id,
-            verdict,
+            decision,
         };
         if let Err(e) = socket.send_to(&reply.encode(&key), from).await {
             tracing::debug!("witness reply to {from}: {e}");

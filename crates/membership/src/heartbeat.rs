@@ -1,5 +1,5 @@
 //! The heartbeat: one UDP datagram per pulse and per network, carrying the
-//! sender's view of the module ([`ModuleStatus`]: a mirror node's
+//! sender's view of the module ([`HeartbeatStatus`]: a mirror node's
 //! [`PeerStatus`] or a farm node's [`FarmStatus`]).
 //!
 //! Wire format: `b"HFHB"`, a version byte, the postcard-encoded [`Heartbeat`],
@@ -10,43 +10,14 @@
 
 use std::collections::HashMap;
 
-use holdfast_key::{ClusterKey, TAG_LEN};
+use holdfast_key::ClusterKey;
 use serde::{Deserialize, Serialize};
 
+use crate::datagram::{open, seal, DatagramError};
 use crate::farm::FarmStatus;
 use crate::mirror::PeerStatus;
 
 const MAGIC: &[u8; 4] = b"HFHB";
-/// 3: the status says which kind of module sent it (2: statuses carry
-/// clocks for the peer promise).
-const VERSION: u8 = 3;
-/// Largest datagram we produce or accept; a heartbeat is far smaller.
-pub const MAX_DATAGRAM: usize = 1400;
-
-/// Why a datagram was rejected.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum HeartbeatError {
-    #[error("datagram of {0} bytes is too short to be a Holdfast datagram")]
-    TooShort(usize),
-    #[error("datagram of {0} bytes is larger than any Holdfast datagram")]
-    TooLong(usize),
-    #[error("not a datagram of this kind (bad magic)")]
-    BadMagic,
-    #[error("protocol version {0} is not supported (this node speaks {VERSION})")]
-    UnsupportedVersion(u8),
-    #[error("authentication failed: forged datagram or a different cluster key")]
-    Forged,
-    #[error("authenticated datagram could not be decoded: {0}")]
-    Malformed(String),
-    #[error("replayed datagram from {sender}: incarnation {incarnation} seq {seq} is not newer than incarnation {last_incarnation} seq {last_seq}")]
-    Replayed {
-        sender: String,
-        incarnation: u64,
-        seq: u64,
-        last_incarnation: u64,
-        last_seq: u64,
-    },
-}
 
 /// One heartbeat as sent by a node for one module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,12 +33,12 @@ pub struct Heartbeat {
     pub network: u8,
     /// Fingerprint of the sender's module configuration, to warn on mismatch.
     pub config_fingerprint: [u8; 8],
-    pub status: ModuleStatus,
+    pub status: HeartbeatStatus,
 }
 
 /// What the sender says of its module: the status of its kind of module.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ModuleStatus {
+pub enum HeartbeatStatus {
     Mirror(PeerStatus),
     Farm(FarmStatus),
 }
@@ -79,48 +50,9 @@ impl Heartbeat {
 
     /// Verifies the tag, then decodes. Replay is checked separately
     /// ([`ReplayGuard`]) because it needs the receiver's memory.
-    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
+    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, DatagramError> {
         open(MAGIC, datagram, key)
     }
-}
-
-/// `magic`, the version byte, the postcard body, then the HMAC-SHA256 tag
-/// over all of it: the format of every datagram between Holdfast nodes and
-/// the witness.
-pub(crate) fn seal<T: Serialize>(magic: &[u8; 4], body: &T, key: &ClusterKey) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(magic);
-    out.push(VERSION);
-    // Serialising plain data into a Vec cannot fail.
-    out.extend_from_slice(&postcard::to_allocvec(body).expect("datagram body serialises"));
-    let tag = key.tag([&out[..]]);
-    out.extend_from_slice(&tag);
-    out
-}
-
-/// Checks the size, magic and tag of a [`seal`]ed datagram, then decodes it.
-pub(crate) fn open<T: for<'de> Deserialize<'de>>(
-    magic: &[u8; 4],
-    datagram: &[u8],
-    key: &ClusterKey,
-) -> Result<T, HeartbeatError> {
-    if datagram.len() < magic.len() + 1 + TAG_LEN {
-        return Err(HeartbeatError::TooShort(datagram.len()));
-    }
-    if datagram.len() > MAX_DATAGRAM {
-        return Err(HeartbeatError::TooLong(datagram.len()));
-    }
-    if &datagram[..4] != magic {
-        return Err(HeartbeatError::BadMagic);
-    }
-    let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
-    if !key.verify([signed], tag) {
-        return Err(HeartbeatError::Forged);
-    }
-    if signed[4] != VERSION {
-        return Err(HeartbeatError::UnsupportedVersion(signed[4]));
-    }
-    postcard::from_bytes(&signed[5..]).map_err(|e| HeartbeatError::Malformed(e.to_string()))
 }
 
 /// Remembers the newest `(incarnation, seq)` accepted per sender and network.
@@ -130,7 +62,7 @@ pub struct ReplayGuard {
 }
 
 impl ReplayGuard {
-    pub fn check(&mut self, hb: &Heartbeat) -> Result<(), HeartbeatError> {
+    pub fn check(&mut self, hb: &Heartbeat) -> Result<(), DatagramError> {
         self.check_stamp(&hb.sender, hb.network, (hb.incarnation, hb.seq))
     }
 
@@ -141,10 +73,10 @@ impl ReplayGuard {
         sender: &str,
         channel: u8,
         stamp: (u64, u64),
-    ) -> Result<(), HeartbeatError> {
+    ) -> Result<(), DatagramError> {
         let key = (sender.to_string(), channel);
         match self.newest.get(&key) {
-            Some(&last) if stamp <= last => Err(HeartbeatError::Replayed {
+            Some(&last) if stamp <= last => Err(DatagramError::Replayed {
                 sender: sender.to_string(),
                 incarnation: stamp.0,
                 seq: stamp.1,
@@ -162,6 +94,7 @@ impl ReplayGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datagram::MAX_DATAGRAM;
 
     fn sample() -> Heartbeat {
         Heartbeat {
@@ -171,7 +104,7 @@ mod tests {
             seq: 1,
             network: 0,
             config_fingerprint: [1; 8],
-            status: ModuleStatus::Mirror(PeerStatus::stopped()),
+            status: HeartbeatStatus::Mirror(PeerStatus::stopped()),
         }
     }
 
@@ -181,8 +114,8 @@ mod tests {
         let hb = sample();
         assert_eq!(Heartbeat::decode(&hb.encode(&key), &key).unwrap(), hb);
         let farm = Heartbeat {
-            status: ModuleStatus::Farm(FarmStatus {
-                state: crate::State::Up,
+            status: HeartbeatStatus::Farm(FarmStatus {
+                state: crate::module::State::Up,
             }),
             ..sample()
         };
@@ -195,14 +128,14 @@ mod tests {
         let bytes = sample().encode(&key);
         assert_eq!(
             Heartbeat::decode(&bytes, &ClusterKey::generate()),
-            Err(HeartbeatError::Forged)
+            Err(DatagramError::Forged)
         );
         for i in 4..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x01;
             assert_eq!(
                 Heartbeat::decode(&bad, &key),
-                Err(HeartbeatError::Forged),
+                Err(DatagramError::Forged),
                 "byte {i}"
             );
         }
@@ -213,15 +146,15 @@ mod tests {
         let key = ClusterKey::generate();
         assert_eq!(
             Heartbeat::decode(b"hi", &key),
-            Err(HeartbeatError::TooShort(2))
+            Err(DatagramError::TooShort(2))
         );
         assert_eq!(
             Heartbeat::decode(&[0u8; 64], &key),
-            Err(HeartbeatError::BadMagic)
+            Err(DatagramError::BadMagic)
         );
         assert_eq!(
             Heartbeat::decode(&[0u8; MAX_DATAGRAM + 1], &key),
-            Err(HeartbeatError::TooLong(MAX_DATAGRAM + 1))
+            Err(DatagramError::TooLong(MAX_DATAGRAM + 1))
         );
     }
 
@@ -232,7 +165,7 @@ mod tests {
         guard.check(&hb).unwrap();
         assert!(matches!(
             guard.check(&hb),
-            Err(HeartbeatError::Replayed { .. })
+            Err(DatagramError::Replayed { .. })
         ));
         hb.seq = 2;
         guard.check(&hb).unwrap();
@@ -243,7 +176,7 @@ mod tests {
         hb.seq = 100;
         assert!(matches!(
             guard.check(&hb),
-            Err(HeartbeatError::Replayed { .. })
+            Err(DatagramError::Replayed { .. })
         ));
         // The same pulse on another network is not a replay.
         hb.incarnation = 8;

@@ -22,7 +22,7 @@
 //! primary acknowledges a change its peer does not receive (going ALONE),
 //! it tells the witness, in a lease request, that the peer's copy is
 //! outdated ([`PeerCopy::Outdated`]), and waits for the grant. From then
-//! on the witness refuses the lease to that peer ([`Verdict::Outdated`]),
+//! on the witness refuses the lease to that peer ([`Decision::Outdated`]),
 //! even after the primary's lease ends, until the primary reports the
 //! copy current again (resynchronised). Unlike leases, these marks outlive
 //! a restart of the witness (its shell stores them), since forgetting one
@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use holdfast_key::ClusterKey;
 use serde::{Deserialize, Serialize};
 
-use crate::heartbeat::{open, seal, HeartbeatError};
+use crate::datagram::{open, seal, DatagramError};
 
-// Version 2: requests carry [`PeerCopy`], verdicts may be `Outdated`.
+// Version 2: requests carry [`PeerCopy`], decisions may be `Outdated`.
 const REQUEST_MAGIC: &[u8; 4] = b"HFQ2";
 const REPLY_MAGIC: &[u8; 4] = b"HFR2";
 
@@ -189,7 +189,7 @@ impl LeaseClient {
 
 /// What the witness answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Verdict {
+pub enum Decision {
     Granted,
     /// `holder` holds the lease for `remaining_ms` more (or the witness
     /// restarted and grants nothing yet: `holder` says so).
@@ -268,31 +268,31 @@ impl WitnessCore {
         stamp: Stamp,
         duration: Duration,
         peer_copy: &PeerCopy,
-    ) -> Verdict {
+    ) -> Decision {
         if duration.is_zero() {
             if self.holders.get(module).is_some_and(|(h, _)| h == node) {
                 self.holders.remove(module);
             }
-            return Verdict::Granted;
+            return Decision::Granted;
         }
         if duration > self.max_lease {
-            return Verdict::TooLong {
+            return Decision::TooLong {
                 max_ms: self.max_lease.as_millis() as u64,
             };
         }
         if let Some(copy) = self.outdated.get(module).filter(|c| c.node == node) {
-            return Verdict::Outdated {
+            return Decision::Outdated {
                 by: copy.by.clone(),
             };
         }
         if now < self.quiet_until {
-            return Verdict::Refused {
+            return Decision::Refused {
                 holder: RESTARTED.into(),
                 remaining_ms: (self.quiet_until - now).as_millis() as u64,
             };
         }
         match self.holders.get(module) {
-            Some((holder, until)) if holder != node && now < *until => Verdict::Refused {
+            Some((holder, until)) if holder != node && now < *until => Decision::Refused {
                 holder: holder.clone(),
                 remaining_ms: (*until - now).as_millis() as u64,
             },
@@ -321,7 +321,7 @@ impl WitnessCore {
                         );
                     }
                 }
-                Verdict::Granted
+                Decision::Granted
             }
         }
     }
@@ -360,7 +360,7 @@ pub struct LeaseReply {
     pub node: String,
     pub incarnation: u64,
     pub id: u64,
-    pub verdict: Verdict,
+    pub decision: Decision,
 }
 
 impl LeaseRequest {
@@ -368,7 +368,7 @@ impl LeaseRequest {
         seal(REQUEST_MAGIC, self, key)
     }
 
-    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
+    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, DatagramError> {
         open(REQUEST_MAGIC, datagram, key)
     }
 }
@@ -378,7 +378,7 @@ impl LeaseReply {
         seal(REPLY_MAGIC, self, key)
     }
 
-    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, HeartbeatError> {
+    pub fn decode(datagram: &[u8], key: &ClusterKey) -> Result<Self, DatagramError> {
         open(REPLY_MAGIC, datagram, key)
     }
 }
@@ -434,7 +434,7 @@ mod tests {
         let after_quiet = t0 + 2000 * MS;
         assert!(matches!(
             w.request(t0, "web", "node1", (1, 0), 1000 * MS, &PeerCopy::Unknown),
-            Verdict::Refused { .. }
+            Decision::Refused { .. }
         ));
         assert_eq!(
             w.request(
@@ -445,7 +445,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Granted
+            Decision::Granted
         );
         assert_eq!(
             w.request(
@@ -456,7 +456,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Refused {
+            Decision::Refused {
                 holder: "node1".into(),
                 remaining_ms: 1
             }
@@ -471,7 +471,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Granted
+            Decision::Granted
         );
         assert_eq!(
             w.request(
@@ -482,7 +482,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Granted
+            Decision::Granted
         );
         assert_eq!(w.holder(after_quiet + 1499 * MS, "web"), Some("node1"));
         assert_eq!(
@@ -494,7 +494,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Granted
+            Decision::Granted
         );
         assert_eq!(
             w.request(
@@ -505,7 +505,7 @@ mod tests {
                 2001 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::TooLong { max_ms: 2000 }
+            Decision::TooLong { max_ms: 2000 }
         );
         // Only the holder releases.
         let later = after_quiet + 1600 * MS;
@@ -540,11 +540,11 @@ mod tests {
         // Refused requests record nothing.
         assert!(matches!(
             w.request(t0, "web", "node1", (1, 0), 500 * MS, &outdated),
-            Verdict::Refused { .. }
+            Decision::Refused { .. }
         ));
         assert_eq!(
             w.request(t, "web", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
-            Verdict::Granted
+            Decision::Granted
         );
         w.request(
             t,
@@ -556,19 +556,19 @@ mod tests {
         );
         assert_eq!(
             w.request(t, "web", "node1", (1, 1), 500 * MS, &outdated),
-            Verdict::Granted
+            Decision::Granted
         );
         // node1's lease ends (a crash, a release): node2 stays refused.
         let later = t + 2000 * MS;
         assert_eq!(w.holder(later, "web"), None);
-        let refused = Verdict::Outdated { by: "node1".into() };
+        let refused = Decision::Outdated { by: "node1".into() };
         assert_eq!(
             w.request(later, "web", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
             refused
         );
         assert_eq!(
             w.request(later, "db", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
-            Verdict::Granted,
+            Decision::Granted,
             "per module"
         );
         // A restarted witness keeps the mark, and node1 may renew without news.
@@ -594,7 +594,7 @@ mod tests {
                 500 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Granted
+            Decision::Granted
         );
         assert_eq!(
             w.request(
@@ -634,7 +634,7 @@ mod tests {
                 500 * MS,
                 &PeerCopy::Unknown
             ),
-            Verdict::Granted
+            Decision::Granted
         );
     }
 
@@ -662,7 +662,7 @@ mod tests {
                     500 * MS,
                     &PeerCopy::Current
                 ),
-                Verdict::Granted
+                Decision::Granted
             );
             w.request(restarted, "web", "node1", stale, 500 * MS, &outdated);
             assert_eq!(w.outdated()["web"].since, (3, 7), "{stale:?}");
@@ -707,12 +707,12 @@ mod tests {
         assert_eq!(LeaseRequest::decode(&bytes, &key).unwrap(), request);
         assert_eq!(
             LeaseRequest::decode(&bytes, &ClusterKey::generate()),
-            Err(HeartbeatError::Forged)
+            Err(DatagramError::Forged)
         );
         // A request is not a reply, even with the right key.
         assert_eq!(
             LeaseReply::decode(&bytes, &key),
-            Err(HeartbeatError::BadMagic)
+            Err(DatagramError::BadMagic)
         );
     }
 }

@@ -1,8 +1,12 @@
 //! Membership and the module state machines, sans-IO.
 //!
-//! - [`heartbeat`]: the authenticated UDP heartbeat message (encode, verify,
-//!   replay protection), sealed with the cluster key of `holdfast-key`.
-//!   Pure functions over bytes.
+//! - [`module`]: what every module's machine speaks with its shell, mirror
+//!   or farm: states, scripts, commands, actions; [`view`]: what `holdfast
+//!   state` shows of a module.
+//! - [`datagram`]: the sealed format of every datagram between nodes and
+//!   the witness (HMAC-SHA256 with the cluster key of `holdfast-key`).
+//! - [`heartbeat`]: the UDP heartbeat message (encode, verify, replay
+//!   protection). Pure functions over bytes.
 //! - [`mirror`]: the mirror module state machine — **where failover is
 //!   decided**. Events in (heartbeat, command, script exit, tick), actions out
 //!   (run script, log, persist). No clocks, sockets or processes here: the
@@ -15,15 +19,21 @@
 //! - [`recovery`]: the recovery policy (maxloop within loop_interval) that
 //!   turns checker failures into local restarts, failover, and a hold.
 
+pub mod datagram;
 pub mod farm;
 pub mod heartbeat;
 pub mod lease;
 pub mod mirror;
+pub mod module;
 pub mod recovery;
+pub mod view;
 
-pub use farm::{FarmAction, FarmModule, FarmSettings, FarmStatus, FarmView};
-pub use heartbeat::{Heartbeat, HeartbeatError, ModuleStatus, ReplayGuard};
-pub use mirror::{
-    Action, Command, CommandError, Handover, LogLevel, MirrorModule, MirrorSettings, ModuleView,
-    PeerStatus, Persistent, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
+pub use datagram::DatagramError;
+pub use farm::{FarmAction, FarmModule, FarmSettings, FarmStatus};
+pub use heartbeat::{Heartbeat, HeartbeatStatus, ReplayGuard};
+pub use mirror::{Handover, MirrorModule, MirrorSettings, PeerStatus};
+pub use module::{
+    Action, Command, CommandError, LogLevel, Persistent, Script, ScriptAction, ScriptOutcome,
+    ScriptRun, State,
 };
+pub use view::{FarmView, ModuleView};

@@ -55,62 +55,17 @@
 //! reason.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use holdfast_config::{DefaultPrimary, ModuleConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::lease::{LeaseClient, LeaseSettings, PeerCopy, Verdict};
-
-/// The states users see (SafeKit's names and colours).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum State {
-    Stop,
-    Wait,
-    Alone,
-    Prim,
-    Second,
-    /// A farm module running on this node.
-    Up,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Stop => "STOP",
-            State::Wait => "WAIT",
-            State::Alone => "ALONE",
-            State::Prim => "PRIM",
-            State::Second => "SECOND",
-            State::Up => "UP",
-        }
-    }
-
-    /// Exit code of `state -lq`, as in SafeKit: STOP 0, WAIT 1, ALONE 2, UP 2, PRIM 3, SECOND 4.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            State::Stop => 0,
-            State::Wait => 1,
-            State::Alone => 2,
-            State::Prim => 3,
-            State::Second => 4,
-            State::Up => 2,
-        }
-    }
-
-    /// ALONE or PRIM: this node holds the primary role.
-    pub fn is_primary(self) -> bool {
-        matches!(self, State::Alone | State::Prim)
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::lease::{Decision, LeaseClient, LeaseSettings, PeerCopy};
+use crate::module::{
+    Action, Command, CommandError, LogLevel, Persistent, Script, ScriptAction, ScriptOutcome,
+    ScriptRun, State,
+};
+use crate::view::ModuleView;
 
 /// Why a node released the primary role on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,130 +141,6 @@ impl PeerStatus {
     }
 }
 
-/// The user scripts, run by the shell from the module's script directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Script {
-    Prestart,
-    StartPrim,
-    StopPrim,
-    StartBoth,
-    StopBoth,
-    Poststop,
-    /// Run before taking over from a peer that went silent (e.g. power it
-    /// off out of band); its failure blocks the takeover.
-    Fence,
-}
-
-impl Script {
-    pub fn name(self) -> &'static str {
-        match self {
-            Script::Prestart => "prestart",
-            Script::StartPrim => "start_prim",
-            Script::StopPrim => "stop_prim",
-            Script::StartBoth => "start_both",
-            Script::StopBoth => "stop_both",
-            Script::Poststop => "poststop",
-            Script::Fence => "fence",
-        }
-    }
-
-    /// Start scripts run under the start timeout, stop scripts under the stop ones.
-    pub fn is_stop(self) -> bool {
-        matches!(self, Script::StopPrim | Script::StopBoth | Script::Poststop)
-    }
-}
-
-/// SafeKit's third script argument.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ScriptAction {
-    Start,
-    Stop,
-    StopStart,
-    /// A resource checker put the module in WAIT.
-    StopWait,
-}
-
-impl ScriptAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScriptAction::Start => "start",
-            ScriptAction::Stop => "stop",
-            ScriptAction::StopStart => "stopstart",
-            ScriptAction::StopWait => "stopwait",
-        }
-    }
-}
-
-/// A script the shell must run, then report with [`MirrorModule::script_finished`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScriptRun {
-    pub id: u64,
-    pub script: Script,
-    /// Second, forced call of a stop script (`force` as first argument).
-    pub force: bool,
-    pub current: State,
-    pub next: State,
-    pub action: ScriptAction,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScriptOutcome {
-    Success,
-    /// The module has no such script: nothing to run.
-    Missing,
-    Failed(String),
-    TimedOut(Duration),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum LogLevel {
-    Info,
-    Error,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    RunScript(ScriptRun),
-    Log {
-        level: LogLevel,
-        message: String,
-    },
-    Transition {
-        from: State,
-        to: State,
-        reason: String,
-    },
-    /// The status changed: send a heartbeat now rather than at the next pulse.
-    SendHeartbeat,
-    /// Write this to disk before acting further (survives a crash).
-    Persist(Persistent),
-    /// Bring up the resources the primary holds (the virtual IP) before its
-    /// application starts.
-    AcquirePrimaryResources,
-    /// Release them: the application is down, or the module starts here and
-    /// a previous life (a crash) may have left them.
-    ReleasePrimaryResources,
-    /// Ask the witness for the module's lease (request `id`, for
-    /// `duration`); its answer goes to [`MirrorModule::lease_reply`].
-    RequestLease {
-        id: u64,
-        duration: Duration,
-        peer_copy: PeerCopy,
-    },
-    /// The peer's copy is fenced as of `epoch` (see [`PeerData`]): the
-    /// witness granted a request saying it is outdated — or there is no
-    /// witness to tell. Changes the peer lacks may now be acknowledged.
-    PeerFenced {
-        epoch: u64,
-    },
-    /// Tell the witness the application is down here: a request `id` for
-    /// zero time, which releases the lease.
-    ReleaseLease {
-        id: u64,
-    },
-}
-
 /// What replication says of the peer's copy of the data, for the witness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PeerData {
@@ -321,64 +152,6 @@ pub enum PeerData {
     /// Replication is about to acknowledge changes the peer lacks; it
     /// waits for [`Action::PeerFenced`] with this epoch (or a later one).
     Outdated { epoch: u64 },
-}
-
-/// What a node remembers across daemon restarts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Persistent {
-    /// The module was started and not stopped (for `boot = "auto"`).
-    pub running: bool,
-    pub epoch: u64,
-    pub last_primary: bool,
-}
-
-/// Administrator commands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Command {
-    Start,
-    Stop,
-    Restart,
-    Swap,
-    Prim,
-    Second,
-    /// Stop here (the peer takes over) and start again, as SECOND: what a
-    /// checker asks for when local restarts are not enough.
-    StopStart,
-}
-
-impl Command {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Command::Start => "start",
-            Command::Stop => "stop",
-            Command::Restart => "restart",
-            Command::Swap => "swap",
-            Command::Prim => "prim",
-            Command::Second => "second",
-            Command::StopStart => "stopstart",
-        }
-    }
-}
-
-/// A refused command; the module is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CommandError {
-    #[error("the module is already started here (state {0}); stop it first")]
-    AlreadyStarted(State),
-    #[error("the module is already stopped here")]
-    AlreadyStopped,
-    #[error(
-        "swap needs a PRIM and a SECOND in contact; here the module is {local}, the peer {peer}"
-    )]
-    CannotSwap { local: State, peer: String },
-    #[error("{peer} is already primary ({state}); use swap to move the primary here")]
-    PeerIsPrimary { peer: String, state: State },
-    #[error("this node is already primary ({0})")]
-    AlreadyPrimary(State),
-    #[error("{0} does not apply to a farm module (every node runs the application)")]
-    NotInFarm(&'static str),
-    #[error("the module is in transition ({state}, running {script}); retry once it is stable, or stop it")]
-    Busy { state: State, script: String },
 }
 
 /// The static part of the state machine, from the module configuration.
@@ -423,26 +196,6 @@ impl MirrorSettings {
             splitbrain: config.splitbrain.is_some(),
         })
     }
-}
-
-/// What `holdfast state` shows for one module on one node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModuleView {
-    pub state: State,
-    pub transient: bool,
-    pub app_active: bool,
-    /// Why the module is in this state (last transition, or what it waits for).
-    pub reason: String,
-    pub peer: String,
-    /// The peer's state, when its heartbeat is fresh.
-    pub peer_state: Option<State>,
-    /// Per heartbeat network: a heartbeat arrived within the timeout.
-    pub networks_up: Vec<bool>,
-    pub epoch: u64,
-    pub running_script: Option<String>,
-    /// Farm modules: the other nodes and the buckets served here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub farm: Option<crate::farm::FarmView>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -915,20 +668,20 @@ impl MirrorModule {
     }
 
     /// The witness answered lease request `id`.
-    pub fn lease_reply(&mut self, now: Instant, id: u64, verdict: Verdict) {
+    pub fn lease_reply(&mut self, now: Instant, id: u64, decision: Decision) {
         self.input(now, |m| {
             let peer = m.settings.peer.clone();
             let Some(lease) = m.lease.as_mut() else {
                 return Ok(());
             };
-            let note = match verdict {
-                Verdict::Granted => {
+            let note = match decision {
+                Decision::Granted => {
                     if let Some(epoch) = lease.granted(id) {
                         m.outbox.push(Action::PeerFenced { epoch });
                     }
                     None
                 }
-                Verdict::Outdated { by } => {
+                Decision::Outdated { by } => {
                     // Stale data wins no election: the returning primary
                     // does not wait for this node to agree.
                     m.uptodate = false;
@@ -938,7 +691,7 @@ impl MirrorModule {
                     ))
                 })
                 }
-                Verdict::Refused {
+                Decision::Refused {
                     holder,
                     remaining_ms,
                 } => lease.refused(id, &holder).then(|| {
@@ -947,7 +700,7 @@ impl MirrorModule {
                         if holder == peer { "; not taking over" } else { "" }
                     ))
                 }),
-                Verdict::TooLong { max_ms } => lease.refused(id, "").then(|| {
+                Decision::TooLong { max_ms } => lease.refused(id, "").then(|| {
                     (LogLevel::Error, format!(
                         "the witness refuses leases longer than {max_ms} ms: raise its --max-lease or lower [witness] lease"
                     ))

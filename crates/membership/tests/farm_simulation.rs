@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use holdfast_membership::farm::buckets::{BucketMap, Member};
 use holdfast_membership::farm::{FarmAction, FarmModule, FarmSettings, FarmStatus};
-use holdfast_membership::mirror::{Action, Command, ScriptOutcome, State};
+use holdfast_membership::module::{Action, Command, ScriptOutcome, State};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::EventQueue;

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
 use holdfast_membership::lease::{LeaseSettings, PeerCopy, WitnessCore};
-use holdfast_membership::mirror::{
-    Action, Command, CommandError, MirrorModule, MirrorSettings, PeerData, Persistent, Script,
-    ScriptOutcome, State,
+use holdfast_membership::mirror::{MirrorModule, MirrorSettings, PeerData};
+use holdfast_membership::module::{
+    Action, Command, CommandError, Persistent, Script, ScriptOutcome, State,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(1);
@@ -134,12 +134,12 @@ impl Pair {
                             let node = format!("node{}", i + 1);
                             if let Some(witness) = self.witness.as_mut() {
                                 let stamp = (self.lives[i], id);
-                                let verdict =
+                                let decision =
                                     witness.request(now, "web", &node, stamp, duration, &peer_copy);
                                 self.nodes[i]
                                     .as_mut()
                                     .unwrap()
-                                    .lease_reply(now, id, verdict);
+                                    .lease_reply(now, id, decision);
                                 progressed = true;
                             }
                         }

@@ -31,11 +31,9 @@
 use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
-use holdfast_membership::lease::{LeaseSettings, PeerCopy, Verdict, WitnessCore};
-use holdfast_membership::mirror::{
-    Action, Command, MirrorModule, MirrorSettings, PeerData, PeerStatus, Persistent, Script,
-    ScriptOutcome, State,
-};
+use holdfast_membership::lease::{Decision, LeaseSettings, PeerCopy, WitnessCore};
+use holdfast_membership::mirror::{MirrorModule, MirrorSettings, PeerData, PeerStatus};
+use holdfast_membership::module::{Action, Command, Persistent, Script, ScriptOutcome, State};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::EventQueue;
@@ -97,7 +95,7 @@ enum Ev {
         node: usize,
         life: u64,
     },
-    /// A resource checker's verdict changes.
+    /// A resource checker's decision changes.
     Resource {
         node: usize,
         missing: bool,
@@ -118,7 +116,7 @@ enum Ev {
         to: usize,
         life: u64,
         id: u64,
-        verdict: Verdict,
+        decision: Decision,
     },
     WitnessCrash,
     /// The split-brain checker's addresses answer `node`'s pings, or not.
@@ -761,12 +759,12 @@ impl Sim {
                     return;
                 }
                 w.newest[from] = Some((life, id));
-                let verdict =
+                let decision =
                     core.request(now, "web", NODES[from], (life, id), duration, &peer_copy);
                 w.stored = core.outdated().clone();
                 if self.trace {
                     eprintln!(
-                        "{:>6} witness: {} asks {duration:?} ({peer_copy:?}): {verdict:?}",
+                        "{:>6} witness: {} asks {duration:?} ({peer_copy:?}): {decision:?}",
                         self.q.now(),
                         NODES[from]
                     );
@@ -779,7 +777,7 @@ impl Sim {
                             to: from,
                             life,
                             id,
-                            verdict,
+                            decision,
                         },
                     );
                 }
@@ -788,9 +786,9 @@ impl Sim {
                 to,
                 life,
                 id,
-                verdict,
+                decision,
             } if life == self.nodes[to].life => {
-                self.input(to, |m, now| m.lease_reply(now, id, verdict))
+                self.input(to, |m, now| m.lease_reply(now, id, decision))
             }
             Ev::WitnessCrash => {
                 if let Some(w) = &mut self.witness {

@@ -19,10 +19,10 @@ pub mod buckets;
 
 use buckets::{BucketMap, Member};
 
-use crate::mirror::{
-    Action, Command, CommandError, LogLevel, ModuleView, Script, ScriptAction, ScriptOutcome,
-    ScriptRun, State,
+use crate::module::{
+    Action, Command, CommandError, LogLevel, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
 };
+use crate::view::{FarmView, ModuleView};
 
 /// What the farm machine asks of its shell: what any module asks, and to
 /// program this node's buckets in its traffic filter.
@@ -68,15 +68,6 @@ impl FarmSettings {
             timeout: config.heartbeat.timeout,
         })
     }
-}
-
-/// What `holdfast state` shows of a farm beyond the state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FarmView {
-    /// The other nodes, with their state when their heartbeat is fresh.
-    pub peers: Vec<(String, Option<State>)>,
-    /// How many of the 256 buckets this node serves.
-    pub buckets: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
