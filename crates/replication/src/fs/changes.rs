@@ -143,7 +143,7 @@ impl MirrorFs {
     }
 
     /// The file's modification time for the secondary, if changes go to
-    /// one (see [`Replicator::stamps`]: reading it has a cost).
+    /// one (see [`Replicator::stamps`](crate::op::Replicator::stamps): reading it has a cost).
     pub(super) fn sent_stamp(&self, path: &Path, fd: &OwnedFd) -> Result<Option<Stamp>, Errno> {
         self.replicator
             .stamps()
@@ -216,7 +216,7 @@ impl MirrorFs {
     }
 
     /// A rename or link between what is replicated and what is not is
-    /// refused as between two file systems (see [`Exclusions`]).
+    /// refused as between two file systems (see [`Exclusions`](crate::exclusions::Exclusions)).
     pub(super) fn same_side(&self, from: &Path, to: &Path) -> Result<(), Errno> {
         if self.tree.exclusions().same_side(from, to) {
             Ok(())
@@ -225,7 +225,7 @@ impl MirrorFs {
         }
     }
 
-    /// Announces a change before it is applied (see [`Replicator::prepare`]),
+    /// Announces a change before it is applied (see [`Replicator::prepare`](crate::op::Replicator::prepare)),
     /// unless it touches only what is not replicated.
     pub(super) fn prepare(&self, intent: Intent<'_>) -> Result<(), Errno> {
         let x = self.tree.exclusions();

@@ -2,7 +2,7 @@
 //!
 //! The real directory is opened before mounting; every operation reaches the
 //! real files through that descriptor (see [`crate::apply`]). Mutations are
-//! applied locally, turned into a [`Change`] and submitted to the
+//! applied locally, turned into a [`Change`](crate::op::Change) and submitted to the
 //! [`Replicator`] under one ordering lock, so the secondary applies them in
 //! the order they happened here; the reply to the application waits for the
 //! secondary's acknowledgement, outside the lock.
@@ -69,7 +69,7 @@ struct MirrorFs {
     /// The kernel leaves dropping privileges on write and truncation to us
     /// (`FUSE_HANDLE_KILLPRIV_V2`, see [`MirrorFs::drop_privileges`]).
     drops_privileges: AtomicBool,
-    /// Where what may block is finished (see [`Server`]).
+    /// Where what may block is finished (see [`Server`](operations::Server)).
     waiters: Waiters,
 }
 
