@@ -417,12 +417,24 @@ fn writer_keeps_appending_during_resync() {
             n
         }))
     };
-    std::thread::sleep(Duration::from_millis(50));
+    // Lines in the application's log so far (read through the mount).
+    let logged = || fs::read(p.join("log")).map_or(0, |d| d.split(|&b| b == b'\n').count());
+    let wait_for = |more: usize, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while logged() < more {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    wait_for(10, "the application started writing before the resync");
     let (peer, receiver) = pair.secondary();
     let progress = Progress::default();
     let stats = pair.resync(Arc::new(peer), &progress);
     // Keep writing a little while mirrored, then stop.
-    std::thread::sleep(Duration::from_millis(100));
+    wait_for(
+        logged() + 10,
+        "the application goes on writing once mirrored",
+    );
     let lines = writer.stop();
     eprintln!(
         "writer wrote {lines} lines; resync sent {} B",
