@@ -18,11 +18,11 @@ use holdfast_membership::{
 };
 use holdfast_network::farm::FarmFilter;
 use holdfast_network::{FarmNode, Vip};
+use holdfast_replication::durable;
 use tokio::sync::{mpsc, watch};
 
 use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
-use crate::paths::write_atomic;
 use crate::shell::{self, ModuleHandle, ModuleIo, ModuleMsg, NodeContext};
 use crate::worker::{Job, Worker};
 use crate::DaemonError;
@@ -264,7 +264,7 @@ impl Kernel {
             ..Persistent::default()
         };
         let bytes = serde_json::to_vec_pretty(&persistent).expect("plain data serialises");
-        if let Err(e) = write_atomic(&self.persistent, &bytes) {
+        if let Err(e) = durable::replace(&self.persistent, &bytes) {
             self.log.write(
                 LogLevel::Error,
                 &format!(

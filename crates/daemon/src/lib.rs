@@ -182,7 +182,7 @@ fn next_incarnation(paths: &Paths) -> Result<u64, DaemonError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let incarnation = (previous + 1).max(clock);
-    paths::write_atomic(&path, incarnation.to_string().as_bytes())
+    holdfast_replication::durable::replace(&path, incarnation.to_string().as_bytes())
         .map_err(|e| DaemonError::Io(path.display().to_string(), e))?;
     Ok(incarnation)
 }

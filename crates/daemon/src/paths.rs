@@ -1,6 +1,6 @@
 //! Where the daemon keeps things on a node.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Default state directory: modules, their scripts, logs and persisted state.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/holdfast";
@@ -83,11 +83,4 @@ impl ModulePaths {
     pub fn script(&self, name: &str) -> PathBuf {
         self.bin().join(name)
     }
-}
-
-/// Replaces `path` with `contents` durably: the old or the new content
-/// after a crash, never the old again once this returned (the directory is
-/// synced after the rename; see [`holdfast_replication::durable::replace`]).
-pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    holdfast_replication::durable::replace(path, contents)
 }

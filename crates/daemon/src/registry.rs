@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use holdfast_membership::{Command, CommandError, LogLevel, ModuleView, State};
+use holdfast_replication::durable;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::modlog::{LogEntry, ModuleLog};
-use crate::paths::write_atomic;
 use crate::replication::status::DirStatus;
 use crate::shell::{self, ModuleHandle, ModuleMsg, NodeContext};
 use crate::DaemonError;
@@ -151,13 +151,13 @@ impl Registry {
         let io =
             |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
         std::fs::create_dir_all(paths.bin()).map_err(|e| io(&paths.bin(), e))?;
-        write_atomic(&paths.config(), request.config.as_bytes())
+        durable::replace(&paths.config(), request.config.as_bytes())
             .map_err(|e| io(&paths.config(), e))?;
         for name in known {
             let path = paths.script(name);
             match request.scripts.get(name) {
                 Some(content) => {
-                    write_atomic(&path, content.as_bytes()).map_err(|e| io(&path, e))?;
+                    durable::replace(&path, content.as_bytes()).map_err(|e| io(&path, e))?;
                     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                         .map_err(|e| io(&path, e))?;
                 }

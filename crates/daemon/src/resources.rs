@@ -9,9 +9,9 @@ use holdfast_config::ModuleConfig;
 use holdfast_membership::{LogLevel, Persistent, State};
 use holdfast_network::garp::{self, Announcement};
 use holdfast_network::Vip;
+use holdfast_replication::durable;
 
 use crate::modlog::ModuleLog;
-use crate::paths::write_atomic;
 use crate::replication::Replication;
 use crate::worker::{Job, Worker};
 
@@ -185,7 +185,7 @@ pub(crate) type ResourceWorker = Worker<ResourceJob>;
 pub(crate) async fn persist(path: std::path::PathBuf, persistent: Persistent, log: ModuleLog) {
     let bytes = serde_json::to_vec_pretty(&persistent).expect("plain data serialises");
     let written =
-        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes).map_err(|e| (path, e)))
+        tokio::task::spawn_blocking(move || durable::replace(&path, &bytes).map_err(|e| (path, e)))
             .await;
     match written {
         Ok(Ok(())) => {}

@@ -12,9 +12,9 @@ use holdfast_key::ClusterKey;
 use holdfast_membership::datagram::MAX_DATAGRAM;
 use holdfast_membership::lease::{Decision, LeaseReply, LeaseRequest, OutdatedCopy, WitnessCore};
 use holdfast_membership::ReplayGuard;
+use holdfast_replication::durable;
 use tokio::net::UdpSocket;
 
-use crate::paths::write_atomic;
 use crate::DaemonError;
 
 type Outdated = BTreeMap<String, OutdatedCopy>;
@@ -41,7 +41,7 @@ fn save(state: &Path, outdated: &Outdated) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let json = serde_json::to_vec_pretty(outdated).expect("plain data always encodes");
-    write_atomic(state, &json)
+    durable::replace(state, &json)
 }
 
 /// Serves lease requests on `listen` until the process ends, keeping the
