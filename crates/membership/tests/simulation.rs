@@ -1094,7 +1094,17 @@ fn random_fault_schedules_keep_the_invariants() {
         env("HOLDFAST_SIM_BASE").unwrap_or_else(|| rand::thread_rng().gen_range(0..u64::MAX / 2));
     eprintln!("simulating {schedules} schedules from seed {base} (HOLDFAST_SIM_BASE={base})");
     let with_witness = (0..schedules).filter(|i| run_schedule(base + i)).count();
+    let without_witness = schedules as usize - with_witness;
     eprintln!("{schedules} schedules passed, {with_witness} of them with a witness");
+    // Each schedule draws a witness with probability 1/2: a half below a
+    // quarter of the schedules is not chance (for any count worth running)
+    // but a draw that no longer reaches it, and that half's invariants
+    // would go unchecked.
+    let least = (schedules as usize / 4).max(1);
+    assert!(
+        with_witness >= least && without_witness >= least,
+        "{with_witness} schedules with a witness and {without_witness} without: each half must run at least {least} (HOLDFAST_SIM_BASE={base})"
+    );
 }
 
 #[test]
