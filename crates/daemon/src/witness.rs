@@ -166,7 +166,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast_lab::syscalls::{child_argument, syncs_dir_after_rename, traced};
+    use holdfast_lab::syscalls::{child_argument, replaces_durably};
 
     /// The outdated marks decide whom the witness refuses the lease: once
     /// saved, a power loss must not bring the old file back.
@@ -175,16 +175,8 @@ mod tests {
         if let Some(state) = child_argument() {
             return save(Path::new(&state), &Outdated::new()).unwrap();
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().canonicalize().unwrap();
-        let state = dir.join("witness.json");
-        std::fs::write(&state, b"{}").unwrap();
-        let trace = traced(
-            "witness::tests::outdated_marks_are_saved_durably",
-            state.as_os_str(),
-            "fsync,fdatasync,rename,renameat,renameat2",
-        )
-        .unwrap();
-        assert!(syncs_dir_after_rename(&trace, &dir), "{trace:#?}");
+        if let Err(e) = replaces_durably("witness::tests::outdated_marks_are_saved_durably") {
+            panic!("{e}");
+        }
     }
 }

@@ -23,8 +23,8 @@ pub fn child_argument() -> Option<OsString> {
 /// `calls` (strace's `-e trace=` list). Returns strace's lines, one per
 /// call, each descriptor followed by its path (`fsync(3</dir>) = 0`); an
 /// error if strace cannot run or the child fails.
-pub fn traced(test: &str, argument: &OsStr, calls: &str) -> std::io::Result<Vec<String>> {
-    let out = trace_path();
+fn traced(test: &str, argument: &OsStr, calls: &str) -> std::io::Result<Vec<String>> {
+    let out = unique_path("strace");
     let output = Command::new("strace")
         .args(["-f", "-qq", "-y", "-e", "signal=none", "-e"])
         .arg(format!("trace={calls}"))
@@ -48,19 +48,50 @@ pub fn traced(test: &str, argument: &OsStr, calls: &str) -> std::io::Result<Vec<
     Ok(trace?.lines().map(str::to_owned).collect())
 }
 
-/// Where strace writes, unique to this process and call.
-fn trace_path() -> std::path::PathBuf {
+/// Checks that the test `test`, run again as the traced child with the
+/// path of an existing file as its argument, replaces that file durably:
+/// renames into its directory, then syncs the directory. The error shows
+/// the calls seen.
+pub fn replaces_durably(test: &str) -> Result<(), String> {
+    let dir = unique_path("durable");
+    let file = dir.join("state");
+    let trace = std::fs::create_dir(&dir)
+        .and_then(|()| std::fs::write(&file, b"old"))
+        .and_then(|()| {
+            traced(
+                test,
+                file.as_os_str(),
+                "fsync,fdatasync,rename,renameat,renameat2",
+            )
+        });
+    let _ = std::fs::remove_dir_all(&dir);
+    let trace = trace.map_err(|e| e.to_string())?;
+    if syncs_dir_after_rename(&trace, &dir) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} not synced after the rename: {trace:#?}",
+            dir.display()
+        ))
+    }
+}
+
+/// A path under the temporary directory (as the kernel names it), unique
+/// to this process and call.
+fn unique_path(what: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("holdfast-strace-{}-{n}", std::process::id()))
+    let tmp = std::env::temp_dir();
+    let tmp = tmp.canonicalize().unwrap_or(tmp);
+    tmp.join(format!("holdfast-{what}-{}-{n}", std::process::id()))
 }
 
 /// Whether `trace` (from [`traced`]) renames a file into the directory
 /// `dir` and then syncs `dir` itself: only then does the rename survive a
 /// power loss (the old file may come back otherwise). `dir` as the kernel
 /// names it (canonical).
-pub fn syncs_dir_after_rename(trace: &[String], dir: &Path) -> bool {
+fn syncs_dir_after_rename(trace: &[String], dir: &Path) -> bool {
     let dir = dir.display().to_string();
     let renamed = trace.iter().position(|line| {
         let call = line.split_whitespace().nth(1).unwrap_or("");

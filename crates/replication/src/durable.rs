@@ -25,24 +25,17 @@ pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holdfast_lab::syscalls::{child_argument, syncs_dir_after_rename, traced};
+    use holdfast_lab::syscalls::{child_argument, replaces_durably};
 
     #[test]
     fn a_replace_syncs_the_directory_after_the_rename() {
         if let Some(path) = child_argument() {
             return replace(Path::new(&path), b"new").unwrap();
         }
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().canonicalize().unwrap();
-        let path = dir.join("state.json");
-        std::fs::write(&path, b"old").unwrap();
-        let trace = traced(
-            "durable::tests::a_replace_syncs_the_directory_after_the_rename",
-            path.as_os_str(),
-            "fsync,fdatasync,rename,renameat,renameat2",
-        )
-        .unwrap();
-        assert!(syncs_dir_after_rename(&trace, &dir), "{trace:#?}");
-        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        if let Err(e) =
+            replaces_durably("durable::tests::a_replace_syncs_the_directory_after_the_rename")
+        {
+            panic!("{e}");
+        }
     }
 }
