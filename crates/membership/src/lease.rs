@@ -6,7 +6,7 @@
 //! from the moment *it* granted it. The node counts its lease from the
 //! moment it *sent* the request, which is earlier: its view of the lease
 //! always ends first. A node whose application may run must have stopped it
-//! before that view ends (see `mirror.rs`, the *keep* rule), so the
+//! before that view ends (see `mirror/keep.rs`, the *keep* rule), so the
 //! other node, which starts only with a lease of its own, never overlaps it.
 //!
 //! - [`LeaseClient`]: the node side (requests, grants, the lease's end).
