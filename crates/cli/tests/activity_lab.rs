@@ -13,7 +13,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{env_number, identical, lab, logs, mirroring, replicated, sh, DATA, SETTLE};
+use common::{
+    env_number, identical, lab, logs, mirroring, replicated, sh, sh_command, DATA, SETTLE,
+};
 use holdfast_lab::cluster::{settled, LastResync, MirrorLab, MirrorOptions};
 use holdfast_lab::records::{Appenders, Records};
 use holdfast_lab::wait_until;
@@ -186,14 +188,7 @@ fn a_primary_back_first_after_the_pair_was_killed_sends_its_activity_log_regions
     cluster.lab.link_down("node1", 0).expect("link down");
     // At least one: a file created there (applied, never acknowledged).
     let late = format!("echo late > {DATA}/w/late");
-    let mut late = cluster
-        .lab
-        .command("node1", "sh")
-        .expect("host")
-        .args(["-c", &late])
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("sh");
+    let mut late = sh_command(&cluster, "node1", &late).spawn().expect("sh");
     std::thread::sleep(Duration::from_millis(200));
     cluster.kill("node1").expect("kill -9 the primary host");
     cluster.kill("node2").expect("kill -9 the secondary host");

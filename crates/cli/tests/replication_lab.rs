@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{executables, lab, replicated, started, DATA, SETTLE};
+use common::{executables, lab, replicated, sh_command, started, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::wait_until;
 
@@ -64,18 +64,32 @@ fn mounts(cluster: &MirrorLab, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Stops the module on both nodes: stopping unmounts, no FUSE mount is
+/// left on either.
+fn stopped_without_mounts(cluster: &MirrorLab) {
+    for host in ["node1", "node2"] {
+        cluster
+            .run_cli_checked(host, &["stop", "-m", "demo"])
+            .expect("stop");
+    }
+    cluster
+        .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
+        .expect("both stopped");
+    for host in ["node1", "node2"] {
+        let mounts = mounts(cluster, host);
+        assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
+    }
+}
+
 /// An application on `host` appending `line1`..`line<count>` to the
 /// replicated log, printing the number of each append that succeeded.
 fn appender(cluster: &MirrorLab, host: &str, count: u32) -> std::process::Child {
-    cluster
-        .lab
-        .command(host, "sh")
-        .expect("host")
-        .args([
-            "-c",
-            &format!("i=0; while [ $i -lt {count} ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
-        ])
-        .stdout(Stdio::piped())
+    sh_command(
+        cluster,
+        host,
+        &format!("i=0; while [ $i -lt {count} ]; do i=$((i+1)); echo line$i >> {DATA}/log && echo $i; done"),
+    )
+    .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("writer")
@@ -226,18 +240,7 @@ fn writes_are_mirrored_and_survive_failover_and_the_old_primary_is_resynchronise
     eprintln!("acknowledged lines: {acked}, resynchronisation sent {sent} bytes");
 
     // Stopping the module unmounts: no FUSE mount is left on either node.
-    for host in [prim, second] {
-        cluster
-            .run_cli_checked(host, &["stop", "-m", "demo"])
-            .expect("stop");
-    }
-    cluster
-        .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
-        .expect("both stopped");
-    for host in [prim, second] {
-        let mounts = mounts(&cluster, host);
-        assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
-    }
+    stopped_without_mounts(&cluster);
 }
 
 #[test]
@@ -310,18 +313,7 @@ fn the_primary_keeps_writing_without_its_secondary_which_catches_up_on_return() 
         }),
         "mirroring after the return"
     );
-    for host in [prim, second] {
-        cluster
-            .run_cli_checked(host, &["stop", "-m", "demo"])
-            .expect("stop");
-    }
-    cluster
-        .wait_states(SETTLE, |a, b| settled(a, "STOP") && settled(b, "STOP"))
-        .expect("both stopped");
-    for host in [prim, second] {
-        let mounts = mounts(&cluster, host);
-        assert!(!mounts.contains(DATA), "{host} left a mount: {mounts}");
-    }
+    stopped_without_mounts(&cluster);
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{identical, lab, logs, replicated, sh, DATA, SETTLE};
+use common::{identical, lab, logs, replicated, sh, sh_command, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions, TrackedState};
 use holdfast_lab::records::Appenders;
 use holdfast_lab::wait_until;
@@ -61,19 +61,15 @@ fn writers(cluster: &MirrorLab, writers: u32, count: u32) -> std::process::Child
          dd if=/dev/urandom of={DATA}/f$(( (i + $w) % {FILES} )) bs=4096 count=1 \
          seek=$(( (i * 7919 + $w * 104729) % {FILE_BLOCKS} )) conv=notrunc status=none && echo $w $i; done"
     );
-    cluster
-        .lab
-        .command(PRIM, "sh")
-        .expect("host")
-        .args([
-            "-c",
-            &format!("for w in $(seq 1 {writers}); do ( {one} ) & done; wait"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("writers")
+    sh_command(
+        cluster,
+        PRIM,
+        &format!("for w in $(seq 1 {writers}); do ( {one} ) & done; wait"),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("writers")
 }
 
 /// How many writes succeeded; the writers must have finished by `SETTLE`.

@@ -10,7 +10,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{checksums, lab, sh, DATA, SETTLE};
+use common::{checksums, lab, sh, sh_command, DATA, SETTLE};
 use holdfast_lab::cluster::{MirrorLab, MirrorOptions};
 use holdfast_lab::wait_until;
 const PRIM: &str = "node1";
@@ -85,20 +85,16 @@ fn big_write(cluster: &MirrorLab, mib: u32) -> std::process::Child {
         PRIM,
         &format!("head -c {mib}M /dev/urandom > /srv/big-source"),
     );
-    cluster
-        .lab
-        .command(PRIM, "sh")
-        .unwrap()
-        // Acknowledged at the fsync (writes may be cached until then).
-        .args([
-            "-c",
-            &format!("dd if=/srv/big-source of={DATA}/big bs=1M conv=fsync status=none"),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    // Acknowledged at the fsync (writes may be cached until then).
+    sh_command(
+        cluster,
+        PRIM,
+        &format!("dd if=/srv/big-source of={DATA}/big bs=1M conv=fsync status=none"),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 /// Waits until `host`'s module log says `text`.
@@ -245,17 +241,13 @@ fn a_secondary_that_does_not_acknowledge_is_left_behind_after_ack_timeout() {
 #[test]
 fn with_block_writes_wait_for_a_secondary_that_does_not_acknowledge() {
     let cluster = unresponsive_secondary("block");
-    let mut writer = cluster
-        .lab
-        .command(PRIM, "sh")
-        .unwrap()
-        .args([
-            "-c",
-            &format!("echo held | dd of={DATA}/held conv=fsync status=none"),
-        ])
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut writer = sh_command(
+        &cluster,
+        PRIM,
+        &format!("echo held | dd of={DATA}/held conv=fsync status=none"),
+    )
+    .spawn()
+    .unwrap();
     wait_reported(
         &cluster,
         "writes wait for it (on_secondary_failure = block)",

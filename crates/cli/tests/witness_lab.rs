@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{executables, holds_vip, ordered, replicated, DATA, SETTLE};
+use common::{executables, holds_vip, ordered, replicated, sh_command, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::CLIENT;
 use rand::rngs::StdRng;
@@ -364,15 +364,12 @@ fn with_a_witness_every_write_an_isolated_primary_acknowledged_is_on_the_node_ta
     let (cluster, prim, second) = replicated_pair(Some(Duration::from_secs(2)));
     // One descriptor on the mount: once it is gone, writes fail rather
     // than reach the directory underneath.
-    let mut writer = cluster
-        .lab
-        .command(prim, "sh")
-        .expect("host")
-        .args([
-            "-c",
-            &format!("exec 3>>{DATA}/log; i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo line$i >&3 && echo $i; done"),
-        ])
-        .stdout(std::process::Stdio::piped())
+    let mut writer = sh_command(
+        &cluster,
+        prim,
+        &format!("exec 3>>{DATA}/log; i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo line$i >&3 && echo $i; done"),
+    )
+    .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("writer");

@@ -5,7 +5,7 @@
 //! Each test file compiles this module and uses part of it.
 #![allow(dead_code)]
 
-use std::process::Output;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use holdfast_lab::cluster::{MirrorLab, MirrorOptions, NodeState};
@@ -107,4 +107,12 @@ pub fn ordered<'s>(
     } else {
         (node2, node1)
     }
+}
+
+/// `sh -c script` on `host`, its standard input closed: for a background
+/// application (set its output, then spawn it).
+pub fn sh_command(cluster: &MirrorLab, host: &str, script: &str) -> Command {
+    let mut command = cluster.lab.command(host, "sh").expect("host");
+    command.args(["-c", script]).stdin(Stdio::null());
+    command
 }
