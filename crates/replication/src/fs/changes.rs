@@ -225,8 +225,9 @@ impl MirrorFs {
         }
     }
 
-    /// Announces a change before it is applied (see [`Replicator::prepare`](crate::op::Replicator::prepare)),
-    /// unless it touches only what is not replicated.
+    /// Announces a change before it is applied (see
+    /// [`Replicator::prepare`](crate::op::Replicator::prepare)), unless it
+    /// touches only what is not replicated.
     pub(super) fn prepare(&self, intent: Intent<'_>) -> Result<(), Errno> {
         let x = self.tree.exclusions();
         let excluded = match intent {

@@ -49,9 +49,10 @@ const MAX_WRITE: u32 = 1 << 20;
 /// What the kernel talks to: one thread reads and serves every request;
 /// a request waiting for the secondary is answered by the thread that
 /// receives its acknowledgement, and only what may block (a failure's
-/// hook) goes to [`Waiters`](super::replies::Waiters). Several threads reading the same FUSE queue contend for
-/// it and are woken in turn, each on a cold cache: one reader served
-/// create + unlink three times as fast here.
+/// hook) goes to [`Waiters`](super::replies::Waiters). Several threads
+/// reading the same FUSE queue contend for it and are woken in turn, each
+/// on a cold cache: one reader served create + unlink three times as fast
+/// here.
 pub(super) struct Server(pub(super) Arc<MirrorFs>);
 
 impl std::ops::Deref for Server {

@@ -1,5 +1,5 @@
 //! Change tracking while no secondary receives the stream (ALONE), durable
-//! across a crash of the lone primary, and the [`Link`](link::Link) that switches the
+//! across a crash of the lone primary, and the [`Link`] that switches the
 //! file system between mirroring, tracking and resynchronising.
 //!
 //! # Granularity
@@ -11,11 +11,11 @@
 //!   (paths) whose existence or attributes changed, and the renames and
 //!   hard links in order, replayed first so a renamed file is not re-sent.
 //! - On disk, DRBD-style: an *activity log* of coarse marks — 4 MiB extents
-//!   of a file ([`EXTENT`](crate::mark::EXTENT)) and directories whose listing changed — each
+//!   of a file ([`EXTENT`]) and directories whose listing changed — each
 //!   appended and synced **before** the first change it covers is applied
 //!   (so before the data can reach the disk), at most once per checkpoint.
 //!   The fine state is written to a snapshot at checkpoints (every
-//!   [`TrackingConfig::interval`](change_log::TrackingConfig::interval) or [`TrackingConfig::max_marks`](change_log::TrackingConfig::max_marks) marks)
+//!   [`TrackingConfig::interval`] or [`TrackingConfig::max_marks`] marks)
 //!   and at clean shutdown, after which the log starts empty.
 //!
 //! After a crash the dirty set is the last snapshot plus every mark logged
@@ -27,7 +27,13 @@
 //! block already marked costs nothing.
 //!
 //! A state that cannot be read (damaged, foreign) is reported as lost: the
-//! caller then compares the whole tree by checksums ([`Dirty::everything`](dirty::Dirty::everything)).
+//! caller then compares the whole tree by checksums ([`Dirty::everything`]).
+//!
+//! [`Link`]: link::Link
+//! [`EXTENT`]: crate::mark::EXTENT
+//! [`TrackingConfig::interval`]: change_log::TrackingConfig::interval
+//! [`TrackingConfig::max_marks`]: change_log::TrackingConfig::max_marks
+//! [`Dirty::everything`]: dirty::Dirty::everything
 
 pub mod change_log;
 pub mod dirty;
