@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -289,26 +289,6 @@ impl Receiver {
     pub fn with_synced(mut self, flag: Arc<AtomicBool>) -> Self {
         self.synced = Some(flag);
         self
-    }
-
-    /// Accepts primaries one after the other, forever; a session that ends
-    /// in error is logged and the next connection is served.
-    pub fn serve(
-        listener: TcpListener,
-        dir: &Path,
-        key: ClusterKey,
-        mode: AckMode,
-    ) -> Result<(), ReceiverError> {
-        let receiver = Receiver::new(dir, key, mode)?;
-        loop {
-            let (stream, peer) = listener
-                .accept()
-                .map_err(|e| ReceiverError::Protocol(e.into()))?;
-            match receiver.serve_connection(stream) {
-                Ok(()) => tracing::info!("replication from {peer} ended"),
-                Err(e) => tracing::warn!("replication from {peer} failed: {e}"),
-            }
-        }
     }
 
     /// Serves one primary until it closes the connection (`Ok`) or
