@@ -251,9 +251,9 @@ pub struct Stats {
 /// Brings `peer` up to date from `tree`, then leaves `link` mirroring to it.
 ///
 /// `source` is the primary's current generation, taken by the peer at the
-/// end; `scope` what is covered besides the change log. On error the link is back to tracking (holding, with
-/// [`crate::OnFailure::Wait`]) and the log still covers everything: run
-/// again later.
+/// end; `scope` what is covered besides the change log. On error the link
+/// is back to tracking (holding, with [`crate::OnFailure::Wait`]) and the
+/// log still covers everything: run again later.
 pub fn resync<P: Peer + 'static>(
     tree: &Tree,
     link: &Link,
@@ -868,7 +868,7 @@ fn mtime_change(path: &Path, mtime: Time) -> Change {
 }
 
 /// The state of `path` in `root`, as [`Request::Ensure`] carries it.
-pub(crate) fn entry_state(root: &Root, path: &Path) -> Result<EntryState, Errno> {
+fn entry_state(root: &Root, path: &Path) -> Result<EntryState, Errno> {
     let st = match root.stat(path) {
         Ok(st) => st,
         Err(Errno::NOENT | Errno::NOTDIR) => return Ok(EntryState::Absent),
