@@ -454,7 +454,7 @@ impl Root {
 
     /// Makes `rel` what the primary has; `true` if it had to be created
     /// (so it holds none of the primary's content yet) or linked to
-    /// [`Entry::link`](crate::entry::Entry::link) (so it holds that
+    /// [`Attributes::link`](crate::entry::Attributes::link) (so it holds that
     /// name's).
     pub fn ensure(&self, rel: &Path, state: &EntryState) -> Result<bool, Errno> {
         let current = match self.stat(rel) {

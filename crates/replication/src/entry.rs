@@ -14,11 +14,13 @@ use crate::op::Time;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryState {
     Absent,
-    Present(Entry),
+    Present(Attributes),
 }
 
+/// A present entry as the primary has it: what `stat` says, its link
+/// target and extended attributes, and how the peer is to make it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
+pub struct Attributes {
     /// Type and permission bits (`st_mode`).
     pub mode: u32,
     pub uid: u32,

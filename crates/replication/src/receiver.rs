@@ -18,7 +18,7 @@ use crate::exclusions::Exclusions;
 use std::os::unix::ffi::OsStringExt;
 
 use crate::activity::Activity;
-use crate::entry::{Entry, EntryState};
+use crate::entry::{Attributes, EntryState};
 use crate::generation::{boot_id, GenerationStore, Generations, StoreError};
 use crate::op::{is_relative_inside, Change, Op};
 use crate::protocol::{
@@ -681,7 +681,7 @@ impl Receiver {
             }
             Request::Ensure { path, state } => {
                 checked(path)?;
-                if let EntryState::Present(Entry {
+                if let EntryState::Present(Attributes {
                     link: Some(first), ..
                 }) = state
                 {

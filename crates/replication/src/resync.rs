@@ -43,7 +43,7 @@
 //!    primary has (type, mode, owner, xattrs, size, mtime); a directory
 //!    the peer lacked brings its children, a file the peer lacked all its
 //!    blocks. A file with several names is made once: the names ensured
-//!    after the first become hard links of it ([`Entry::link`]; compared
+//!    after the first become hard links of it ([`Attributes::link`]; compared
 //!    by checksums, not sent again), whatever the replay managed — a link
 //!    whose first name was made alone finds nothing to link to there, and
 //!    after a crash there are no moves at all, only directories to examine.
@@ -68,7 +68,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::apply::Root;
-use crate::entry::{mtime_of, Entry, EntryState};
+use crate::entry::{mtime_of, Attributes, EntryState};
 use crate::fs::tree::Tree;
 use crate::mark::Mark;
 use crate::op::{Ack, Change, Op, ReplicationError, Replicator, Time};
@@ -122,7 +122,7 @@ pub enum Answer {
     },
     /// `created`: the entry was missing or of another kind (or had to be
     /// recreated): it holds nothing of the primary's yet — or, linked to
-    /// [`Entry::link`], only what that name holds.
+    /// [`Attributes::link`], only what that name holds.
     Ensured {
         created: bool,
     },
@@ -556,7 +556,7 @@ impl<'a, P: Peer + 'static> Pass<'a, P> {
     /// Another name of `path`'s file, ensured earlier in this pass and
     /// still naming it; `None` (and `path` becomes the name others link
     /// to) for the first, or a file with one name.
-    fn other_name(&mut self, path: &Path, e: &Entry) -> Option<PathBuf> {
+    fn other_name(&mut self, path: &Path, e: &Attributes) -> Option<PathBuf> {
         if e.nlink < 2
             || rustix::fs::FileType::from_raw_mode(e.mode) != rustix::fs::FileType::RegularFile
         {
@@ -881,7 +881,7 @@ fn entry_state(root: &Root, path: &Path) -> Result<EntryState, Errno> {
     } else {
         Vec::new()
     };
-    Ok(EntryState::Present(Entry {
+    Ok(EntryState::Present(Attributes {
         mode: st.st_mode,
         uid: st.st_uid,
         gid: st.st_gid,

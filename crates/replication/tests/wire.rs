@@ -413,13 +413,13 @@ fn live_change_during_a_resync(mode: AckMode) {
 /// clear error, and changes nothing.
 #[test]
 fn a_bad_link_in_an_ensure_is_refused_and_changes_nothing() {
-    use holdfast_replication::entry::{Entry, EntryState};
+    use holdfast_replication::entry::{Attributes, EntryState};
     use holdfast_replication::resync::{Peer, Request};
     let (tmp, dir) = dirs();
     std::fs::write(tmp.path().join("outside"), b"outside").unwrap();
     std::fs::write(dir.join("victim"), b"victim").unwrap();
     std::fs::create_dir(dir.join("d")).unwrap();
-    let file = Entry {
+    let file = Attributes {
         mode: 0o100644,
         uid: 0,
         gid: 0,
@@ -449,7 +449,7 @@ fn a_bad_link_in_an_ensure_is_refused_and_changes_nothing() {
         let key = ClusterKey::generate();
         let (addr, rx) = receiver(&dir, &key);
         let tx = TcpReplicator::connect(addr, &key).unwrap();
-        let state = EntryState::Present(Entry {
+        let state = EntryState::Present(Attributes {
             mode,
             link: Some(link.into()),
             ..file.clone()
