@@ -10,9 +10,8 @@
 //! undone by [`FarmNode::stop`] or on drop.
 
 use std::collections::BTreeSet;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use holdfast_config::Mac;
+use socket2::Socket;
 
 use crate::error::{NetworkError, Result};
 use crate::farm::FarmFilter;
@@ -189,7 +189,7 @@ impl ArpResponder {
 }
 
 fn answer(
-    socket: &OwnedFd,
+    socket: &Socket,
     index: u32,
     own: Mac,
     vip: Ipv4Addr,
@@ -199,21 +199,24 @@ fn answer(
 ) {
     let mut buf = [0u8; 128];
     while !stop.load(Ordering::Relaxed) {
-        // SAFETY: the descriptor is open for the borrow; the buffer is live
-        // and its length is passed.
-        let len = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if len < 0 {
-            let e = io::Error::last_os_error();
-            if !matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-            ) {
-                eprintln!("ARP responder for {vip} on {interface}: {e}");
-                std::thread::sleep(RESPONDER_POLL);
+        // `Read` for `&Socket`: recv(2) into the buffer, no unsafe here.
+        let mut reader = socket;
+        let len = match reader.read(&mut buf) {
+            Ok(len) => len,
+            Err(e) => {
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) {
+                    eprintln!("ARP responder for {vip} on {interface}: {e}");
+                    std::thread::sleep(RESPONDER_POLL);
+                }
+                continue;
             }
-            continue;
-        }
-        if let Some(reply) = garp::reply_to(&buf[..len as usize], own, vip, vmac) {
+        };
+        if let Some(reply) = garp::reply_to(&buf[..len], own, vip, vmac) {
             if let Err(e) = garp::send_to(socket, index, &reply) {
                 eprintln!("ARP responder for {vip} on {interface}: {e}");
             }

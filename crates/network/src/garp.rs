@@ -15,10 +15,10 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use holdfast_config::Mac;
+use socket2::{Domain, Protocol, SockAddr, SockAddrStorage, Socket, Type};
 
 use crate::error::{NetworkError, Result};
 use crate::netlink::Route;
@@ -154,66 +154,31 @@ pub(crate) fn reply_to(frame: &[u8], own: Mac, vip: Ipv4Addr, vmac: Mac) -> Opti
 }
 
 /// A raw packet socket for `protocol` (0: receives nothing, only sends).
-fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments has no memory effects; the
-    // result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(protocol.to_be()),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just returned by socket(2), is open, and nothing else
-    // owns it; OwnedFd closes it exactly once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn packet_socket(protocol: u16) -> io::Result<Socket> {
+    // socket2 sets close-on-exec on every socket it opens.
+    Socket::new(
+        Domain::PACKET,
+        Type::RAW,
+        Some(Protocol::from(i32::from(protocol.to_be()))),
+    )
 }
 
 /// A packet socket receiving the ARP frames of interface `ifindex`, whose
 /// reads give up after `poll` (so a reader can look at a stop flag).
-pub(crate) fn arp_socket(ifindex: u32, poll: Duration) -> io::Result<OwnedFd> {
+pub(crate) fn arp_socket(ifindex: u32, poll: Duration) -> io::Result<Socket> {
     let socket = packet_socket(ETH_P_ARP)?;
-    let address = link_address(ifindex, [0; 6]);
-    // SAFETY: the descriptor is open; the address points to a live
-    // sockaddr_ll of the length passed.
-    let bound = unsafe {
-        libc::bind(
-            socket.as_raw_fd(),
-            (&address as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if bound < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let timeout = libc::timeval {
-        tv_sec: poll.as_secs() as libc::time_t,
-        tv_usec: poll.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: the descriptor is open; the option value is a live timeval of
-    // the length passed.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    socket.bind(&link_address(ifindex, [0; 6]))?;
+    socket.set_read_timeout(Some(poll))?;
     Ok(socket)
 }
 
-fn link_address(ifindex: u32, destination: Mac) -> libc::sockaddr_ll {
+/// The link-layer address of `destination` on interface `ifindex`: socket2
+/// has no safe constructor for `sockaddr_ll`, so it is written into the
+/// storage here.
+fn link_address(ifindex: u32, destination: Mac) -> SockAddr {
     let mut sll_addr = [0u8; 8];
     sll_addr[..6].copy_from_slice(&destination);
-    libc::sockaddr_ll {
+    let address = libc::sockaddr_ll {
         sll_family: libc::AF_PACKET as libc::c_ushort,
         sll_protocol: ETH_P_ARP.to_be(),
         sll_ifindex: ifindex as libc::c_int,
@@ -221,36 +186,33 @@ fn link_address(ifindex: u32, destination: Mac) -> libc::sockaddr_ll {
         sll_pkttype: 0,
         sll_halen: 6,
         sll_addr,
+    };
+    let mut storage = SockAddrStorage::zeroed();
+    // SAFETY: `sockaddr_ll` is one of this platform's `sockaddr_*` types
+    // (view_as checks that it fits in the storage), and the length given to
+    // SockAddr is that of the `sockaddr_ll` written there, whose family
+    // field says AF_PACKET.
+    unsafe {
+        *storage.view_as::<libc::sockaddr_ll>() = address;
+        SockAddr::new(
+            storage,
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
     }
 }
 
 /// Sends `frame` on interface `ifindex`, to its Ethernet destination.
-pub(crate) fn send_to(socket: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+pub(crate) fn send_to(socket: &Socket, ifindex: u32, frame: &[u8]) -> io::Result<()> {
     let mut destination = [0u8; 6];
     destination.copy_from_slice(&frame[..6]);
-    let address = link_address(ifindex, destination);
-    // SAFETY: the descriptor is open for the duration of the borrow; the
-    // buffer and the address point to live memory of the lengths passed.
-    let sent = unsafe {
-        libc::sendto(
-            socket.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&address as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if sent < 0 {
-        Err(io::Error::last_os_error())
-    } else if sent as usize != frame.len() {
-        Err(io::Error::new(
+    let sent = socket.send_to(frame, &link_address(ifindex, destination))?;
+    if sent != frame.len() {
+        return Err(io::Error::new(
             io::ErrorKind::WriteZero,
             format!("sent {sent} of {} bytes", frame.len()),
-        ))
-    } else {
-        Ok(())
+        ));
     }
+    Ok(())
 }
 
 #[cfg(test)]
