@@ -128,6 +128,65 @@ pub struct ScriptRun {
     pub reason: String,
 }
 
+/// The one script a module's machine runs at a time, numbered so that the
+/// report of an earlier run is told apart from the current one's.
+#[derive(Debug)]
+pub(crate) struct ScriptSlot {
+    running: Option<(u64, Script)>,
+    next_id: u64,
+}
+
+impl Default for ScriptSlot {
+    fn default() -> Self {
+        Self {
+            running: None,
+            next_id: 1,
+        }
+    }
+}
+
+impl ScriptSlot {
+    /// The script running, if any.
+    pub(crate) fn script(&self) -> Option<Script> {
+        self.running.map(|(_, script)| script)
+    }
+
+    /// Takes the slot for `script`: the numbered run for the shell.
+    pub(crate) fn start(
+        &mut self,
+        script: Script,
+        force: bool,
+        current: State,
+        next: State,
+        action: ScriptAction,
+        reason: String,
+    ) -> ScriptRun {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.running = Some((id, script));
+        ScriptRun {
+            id,
+            script,
+            force,
+            current,
+            next,
+            action,
+            reason,
+        }
+    }
+
+    /// Frees the slot if run `id` is the one running, and says which
+    /// script it was; `None` for any other (late) report.
+    pub(crate) fn finish(&mut self, id: u64) -> Option<Script> {
+        let (running, script) = self.running?;
+        if running != id {
+            return None;
+        }
+        self.running = None;
+        Some(script)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScriptOutcome {
     Success,

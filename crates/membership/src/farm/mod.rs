@@ -20,7 +20,7 @@ pub mod buckets;
 use buckets::{BucketMap, Member};
 
 use crate::module::{
-    Action, Command, CommandError, LogLevel, Script, ScriptAction, ScriptOutcome, ScriptRun, State,
+    Action, Command, CommandError, LogLevel, Script, ScriptAction, ScriptOutcome, ScriptSlot, State,
 };
 use crate::view::{FarmView, ModuleView};
 
@@ -94,8 +94,7 @@ pub struct FarmModule {
     role: Role,
     peers: BTreeMap<String, Seen>,
     steps: VecDeque<Step>,
-    running: Option<(u64, Script)>,
-    next_script_id: u64,
+    scripts: ScriptSlot,
     /// Why the module is in its state (the last transition).
     reason: String,
     /// The buckets last programmed (None: nothing programmed yet), and the
@@ -114,8 +113,7 @@ impl FarmModule {
             role: Role::Stopped,
             peers: BTreeMap::new(),
             steps: VecDeque::new(),
-            running: None,
-            next_script_id: 1,
+            scripts: ScriptSlot::default(),
             reason: "not started".to_string(),
             programmed: None,
             computed_for: None,
@@ -144,7 +142,7 @@ impl FarmModule {
     }
 
     pub fn transient(&self) -> bool {
-        self.running.is_some() || !self.steps.is_empty()
+        self.scripts.script().is_some() || !self.steps.is_empty()
     }
 
     /// What `holdfast state` shows.
@@ -169,7 +167,7 @@ impl FarmModule {
             peer_state: None,
             networks_up: Vec::new(),
             epoch: 0,
-            running_script: self.running.map(|(_, s)| s.name().to_string()),
+            running_script: self.scripts.script().map(|s| s.name().to_string()),
             farm: Some(FarmView {
                 peers,
                 buckets: self.buckets().len(),
@@ -261,10 +259,9 @@ impl FarmModule {
 
     pub fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
         self.now = self.now.max(now);
-        if self.running.map(|(running, _)| running) != Some(id) {
+        if self.scripts.finish(id).is_none() {
             return;
         }
-        self.running = None;
         if let ScriptOutcome::Failed(why) = outcome {
             self.log(LogLevel::Error, format!("script failed: {why}"));
         }
@@ -324,28 +321,21 @@ impl FarmModule {
     fn advance(&mut self) {
         // Serving stops before anything else happens on the way down.
         self.program();
-        while self.running.is_none() {
+        while self.scripts.script().is_none() {
             match self.steps.pop_front() {
                 Some(Step::Become(role)) => self.role = role,
                 Some(Step::Run(script, force, action)) => {
-                    let id = self.next_script_id;
-                    self.next_script_id += 1;
-                    self.running = Some((id, script));
                     let next = if self.role == Role::Starting {
                         State::Up
                     } else {
                         State::Stop
                     };
-                    self.outbox
-                        .push(FarmAction::Module(Action::RunScript(ScriptRun {
-                            id,
-                            script,
-                            force,
-                            current: self.state(),
-                            next,
-                            action,
-                            reason: format!("{} of the farm module", action.as_str()),
-                        })));
+                    let current = self.state();
+                    let reason = format!("{} of the farm module", action.as_str());
+                    let run = self
+                        .scripts
+                        .start(script, force, current, next, action, reason);
+                    self.outbox.push(FarmAction::Module(Action::RunScript(run)));
                 }
                 None => break,
             }

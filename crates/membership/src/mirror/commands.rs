@@ -13,8 +13,9 @@ impl MirrorModule {
             return Err(CommandError::Busy {
                 state,
                 script: self
-                    .running
-                    .map_or("nothing yet".into(), |(_, s)| s.name().to_string()),
+                    .scripts
+                    .script()
+                    .map_or("nothing yet".into(), |s| s.name().to_string()),
             });
         }
         match command {

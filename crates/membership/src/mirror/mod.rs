@@ -65,7 +65,7 @@ use std::time::Instant;
 use crate::lease::{Decision, LeaseClient};
 use crate::module::{
     Action, Command, CommandError, LogLevel, Persistent, Script, ScriptAction, ScriptOutcome,
-    ScriptRun, State,
+    ScriptSlot, State,
 };
 use crate::view::ModuleView;
 
@@ -145,8 +145,7 @@ pub struct MirrorModule {
     peer: Option<PeerSeen>,
     waiting_since: Instant,
     steps: VecDeque<Step>,
-    running: Option<(u64, Script)>,
-    next_script_id: u64,
+    scripts: ScriptSlot,
     now: Instant,
     /// Reason to attach to the next state change.
     why: Option<String>,
@@ -189,8 +188,7 @@ impl MirrorModule {
             peer: None,
             waiting_since: now,
             steps: VecDeque::new(),
-            running: None,
-            next_script_id: 1,
+            scripts: ScriptSlot::default(),
             now,
             why: None,
             reason: "module not started".into(),
@@ -234,7 +232,7 @@ impl MirrorModule {
     }
 
     pub fn transient(&self) -> bool {
-        self.running.is_some() || !self.steps.is_empty()
+        self.scripts.script().is_some() || !self.steps.is_empty()
     }
 
     pub fn app_active(&self) -> bool {
@@ -292,7 +290,7 @@ impl MirrorModule {
             peer_state: self.live_peer().map(|p| p.state),
             networks_up,
             epoch: self.persistent.epoch,
-            running_script: self.running.map(|(_, s)| s.name().to_string()),
+            running_script: self.scripts.script().map(|s| s.name().to_string()),
             farm: None,
         }
     }
@@ -416,13 +414,9 @@ impl MirrorModule {
 
     pub fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
         self.input(now, |m| {
-            let Some((running, script)) = m.running else {
+            let Some(script) = m.scripts.finish(id) else {
                 return Ok(());
             };
-            if running != id {
-                return Ok(());
-            }
-            m.running = None;
             let failure = match outcome {
                 ScriptOutcome::Success | ScriptOutcome::Missing => None,
                 ScriptOutcome::Failed(why) => Some(format!("{} failed: {why}", script.name())),
@@ -641,7 +635,7 @@ impl MirrorModule {
         // or decides; a decision that queues nothing ends the loop. The bound
         // is a safety net against a rule oscillating within one input.
         for _ in 0..64 {
-            if self.running.is_some() {
+            if self.scripts.script().is_some() {
                 return;
             }
             match self.steps.pop_front() {
@@ -651,19 +645,12 @@ impl MirrorModule {
                     next,
                     action,
                 }) => {
-                    let id = self.next_script_id;
-                    self.next_script_id += 1;
-                    self.running = Some((id, script));
                     let reason = self.why.clone().unwrap_or_else(|| self.reason.clone());
-                    self.outbox.push(Action::RunScript(ScriptRun {
-                        id,
-                        script,
-                        force,
-                        current: self.state(),
-                        next,
-                        action,
-                        reason,
-                    }));
+                    let current = self.state();
+                    let run = self
+                        .scripts
+                        .start(script, force, current, next, action, reason);
+                    self.outbox.push(Action::RunScript(run));
                 }
                 Some(Step::AppStopped(handover)) => {
                     self.app_active = false;
