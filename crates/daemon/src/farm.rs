@@ -1,29 +1,29 @@
-//! The I/O shell around one farm module's state machine
-//! (`holdfast_membership::farm`): heartbeats to and from every other node,
-//! `start_both` / `stop_both`, and the kernel side of the VIP
+//! What a farm module brings to the shared loop ([`crate::shell`]): its
+//! state machine (`holdfast_membership::farm`), heartbeats to and from
+//! every other node, `start_both` / `stop_both`, and the kernel side of the
+//! VIP
 //! ([`FarmNode`]): set up while the module is not stopped, its buckets
 //! programmed whenever the machine asks and renewed well within their expiry
 //! (a pulse short of the heartbeat timeout, so a node whose daemon died
 //! stops taking clients before its peers take over), removed at stop.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use holdfast_config::ModuleConfig;
-use holdfast_membership::datagram::MAX_DATAGRAM;
 use holdfast_membership::{
-    Action, Command, FarmAction, FarmModule, FarmSettings, HeartbeatStatus, LogLevel, ModuleView,
-    Persistent, State,
+    Action, Command, CommandError, FarmAction, FarmModule, FarmSettings, Heartbeat,
+    HeartbeatStatus, LogLevel, ModuleView, Persistent, ScriptOutcome, State,
 };
 use holdfast_network::farm::FarmFilter;
 use holdfast_network::{FarmNode, Vip};
-use holdfast_replication::durable;
 use tokio::sync::{mpsc, watch};
 
 use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
-use crate::shell::{self, ModuleHandle, ModuleIo, ModuleMsg, NodeContext};
+use crate::node::NodeContext;
+use crate::shell::{self, Answer, Kind, ModuleHandle, ModuleIo, Shell, Step};
 use crate::worker::{Job, Worker};
 use crate::DaemonError;
 
@@ -49,7 +49,6 @@ pub async fn spawn(
         node: None,
         error: None,
         log: log.clone(),
-        persistent: paths.persistent(),
     };
     let worker = Worker::start(format!("module-{}", config.name), kernel, done_tx)
         .map_err(|e| DaemonError::Io(format!("module {}: worker thread", config.name), e))?;
@@ -61,24 +60,22 @@ pub async fn spawn(
     }
     let (view_tx, view) = watch::channel(core.view());
     let health = shell::health(&config, &view).await?;
+    let renewal = expiry(&config) / RENEWALS_PER_EXPIRY;
     let (io, rx) = ModuleIo::new(ctx, config, paths, log);
     let handle = io.handle(view, None);
-    let shell = FarmShell {
+    let shell = Shell {
         io,
-        core,
+        kind: Farm {
+            core,
+            running: persistent.running,
+            renewal,
+            next_renewal: Instant::now() + renewal,
+        },
         heartbeats,
         view_tx,
-        running: persistent.running,
-        shutdown: None,
         worker,
         done,
-        pending: VecDeque::new(),
-        waiting: false,
-        following: false,
-        follow_again: false,
-        asked: None,
-        followed: None,
-        _health: health,
+        health,
     };
     Ok(handle(tokio::spawn(shell.run(rx))))
 }
@@ -114,9 +111,9 @@ fn expiry(config: &ModuleConfig) -> std::time::Duration {
     hb.timeout.saturating_sub(hb.pulse)
 }
 
-/// The kernel side of a farm module (the VIP, its filter and buckets) and
-/// its persisted state, on the module's worker thread: `nft` and netlink
-/// calls wait for other processes and the kernel.
+/// The kernel side of a farm module (the VIP, its filter and buckets), on
+/// the module's worker thread: `nft` and netlink calls wait for other
+/// processes and the kernel.
 #[derive(Debug)]
 struct Kernel {
     config: ModuleConfig,
@@ -127,7 +124,6 @@ struct Kernel {
     /// The last failure of the kernel side, logged once.
     error: Option<String>,
     log: ModuleLog,
-    persistent: std::path::PathBuf,
 }
 
 /// What a farm module's task asks of its worker.
@@ -142,8 +138,6 @@ enum KernelJob {
     Program(BTreeSet<u8>),
     /// The renewal of the buckets served, well within their expiry.
     Renew(BTreeSet<u8>),
-    /// Whether the module should run at the next daemon start.
-    Persist(bool),
 }
 
 /// What the worker did, job by job.
@@ -153,7 +147,6 @@ enum KernelDone {
     Followed,
     Programmed,
     Renewed,
-    Persisted,
 }
 
 impl Job for KernelJob {
@@ -177,10 +170,6 @@ impl Job for KernelJob {
             KernelJob::Renew(buckets) => {
                 kernel.program(&buckets);
                 KernelDone::Renewed
-            }
-            KernelJob::Persist(running) => {
-                kernel.persist(running);
-                KernelDone::Persisted
             }
         }
     }
@@ -257,229 +246,159 @@ impl Kernel {
             self.error = Some(message);
         }
     }
-
-    fn persist(&self, running: bool) {
-        let persistent = Persistent {
-            running,
-            ..Persistent::default()
-        };
-        let bytes = serde_json::to_vec_pretty(&persistent).expect("plain data serialises");
-        if let Err(e) = durable::replace(&self.persistent, &bytes) {
-            self.log.write(
-                LogLevel::Error,
-                &format!(
-                    "cannot persist module state to {}: {e}",
-                    self.persistent.display()
-                ),
-            );
-        }
-    }
 }
 
-struct FarmShell {
-    io: ModuleIo,
+/// A farm module in the shared loop.
+struct Farm {
     core: FarmModule,
-    heartbeats: Heartbeats,
-    view_tx: watch::Sender<ModuleView>,
     /// Whether the module should run at the next daemon start (boot auto).
     running: bool,
-    /// During daemon shutdown: `running` to persist once stopped.
-    shutdown: Option<bool>,
-    /// The kernel side and the persisted state.
-    worker: Worker<KernelJob>,
-    done: mpsc::UnboundedReceiver<KernelDone>,
-    /// Actions of the state machine not carried out yet, in order.
-    pending: VecDeque<FarmAction>,
-    /// Buckets are being programmed: the next actions wait.
-    waiting: bool,
-    /// The kernel side is following the module's state; asked again after
-    /// it if `follow_again`.
-    following: bool,
-    follow_again: bool,
-    /// Whether the kernel side was asked to exist, and what it last
-    /// followed.
-    asked: Option<bool>,
-    followed: Option<bool>,
-    _health: Option<crate::health::HealthServer>,
+    /// How often the buckets served are renewed, and when next.
+    renewal: Duration,
+    next_renewal: Instant,
 }
 
-impl FarmShell {
-    async fn run(mut self, mut rx: mpsc::Receiver<ModuleMsg>) {
-        let pulse = self.io.config.heartbeat.pulse;
-        let renewal = expiry(&self.io.config) / RENEWALS_PER_EXPIRY;
-        let mut next_pulse = Instant::now();
-        let mut next_renewal = Instant::now() + renewal;
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        loop {
-            // Its own reply asks for no new follow, unless one waits.
-            let mut followed = false;
-            let wake = [self.core.next_deadline(), Some(next_renewal)]
-                .into_iter()
-                .flatten()
-                .fold(next_pulse, Instant::min);
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    if now >= next_pulse {
-                        self.send_heartbeat().await;
-                        next_pulse = now + pulse;
-                    }
-                    if now >= next_renewal {
-                        self.worker.ask(KernelJob::Renew(self.core.buckets()));
-                        next_renewal = now + renewal;
-                    }
-                    self.core.tick(now);
-                }
-                received = self.heartbeats.receive(&mut buf) => match received {
-                    Ok((len, from)) => self.on_datagram(len, &buf, from),
-                    Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.io.config.name),
-                },
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.on_message(msg),
-                    None => return,
-                },
-                Some(done) = self.done.recv() => {
-                    followed = done == KernelDone::Followed;
-                    match done {
-                        KernelDone::Followed => {
-                            self.following = false;
-                            self.followed = self.asked;
-                        }
-                        KernelDone::Programmed => self.waiting = false,
-                        KernelDone::Ready | KernelDone::Renewed | KernelDone::Persisted => {}
-                    }
-                }
-            }
-            self.execute().await;
-            if !followed || self.follow_again {
-                self.follow_state();
-            }
-            if self.carried_out() {
-                self.io.publish(&self.view_tx, self.core.view());
-            }
-            if let Some(running) = self.shutdown {
-                let idle = self.pending.is_empty() && !self.waiting && !self.following;
-                if self.core.state() == State::Stop && !self.core.transient() && idle {
-                    self.persist_running(running);
-                    // The worker's jobs run in order: once persisted, the
-                    // kernel side is gone too.
-                    while let Some(done) = self.done.recv().await {
-                        if done == KernelDone::Persisted {
-                            break;
-                        }
-                    }
-                    return;
-                }
-            }
-        }
+impl Kind for Farm {
+    type Job = KernelJob;
+    type Done = KernelDone;
+    type Action = FarmAction;
+    /// None of its own.
+    type Event = std::convert::Infallible;
+    /// Whether the kernel side exists.
+    type Following = bool;
+
+    fn status(&self) -> HeartbeatStatus {
+        HeartbeatStatus::Farm(self.core.status())
     }
 
-    fn on_datagram(&mut self, len: usize, buf: &[u8], from: std::net::SocketAddr) {
-        let Some((_, heartbeat)) = self.heartbeats.accept(&buf[..len], from) else {
-            return;
-        };
+    fn view(&self) -> ModuleView {
+        self.core.view()
+    }
+
+    fn state(&self) -> State {
+        self.core.state()
+    }
+
+    fn transient(&self) -> bool {
+        self.core.transient()
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        [self.core.next_deadline(), Some(self.next_renewal)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn tick(&mut self, now: Instant, worker: &Worker<KernelJob>) {
+        if now >= self.next_renewal {
+            worker.ask(KernelJob::Renew(self.core.buckets()));
+            self.next_renewal = now + self.renewal;
+        }
+        self.core.tick(now);
+    }
+
+    fn heartbeat(&mut self, now: Instant, _network: usize, heartbeat: Heartbeat) {
         // A mirror's status here means the configurations differ, which the
         // fingerprint warning has said.
         if let HeartbeatStatus::Farm(status) = heartbeat.status {
             let stamp = (heartbeat.incarnation, heartbeat.seq);
-            self.core
-                .heartbeat(Instant::now(), &heartbeat.sender, stamp, status);
+            self.core.heartbeat(now, &heartbeat.sender, stamp, status);
         }
     }
 
-    fn on_message(&mut self, msg: ModuleMsg) {
-        let now = Instant::now();
-        match msg {
-            // `second --discard-data` is refused with `second` itself.
-            ModuleMsg::Command { command, reply, .. } => {
-                let result = self.core.command(now, command);
-                match &result {
-                    Ok(()) => self.persist_running(command != Command::Stop),
-                    Err(e) => self.io.log.write(
-                        LogLevel::Error,
-                        &format!("action {} refused: {e}", command.as_str()),
-                    ),
-                }
-                let _ = reply.send(result);
-            }
-            ModuleMsg::Print(level, message) => self.io.log.write(level, &message),
-            ModuleMsg::ScriptDone(id, outcome) => self.core.script_finished(now, id, outcome),
-            ModuleMsg::Shutdown => {
-                self.shutdown = Some(self.running);
-                let _ = self.core.command(now, Command::Stop);
-            }
+    async fn event(&mut self) -> std::convert::Infallible {
+        std::future::pending().await
+    }
+
+    fn on_event(&mut self, _: Instant, event: std::convert::Infallible, _: &ModuleIo) {
+        match event {}
+    }
+
+    /// `second --discard-data` is refused with `second` itself.
+    fn command(
+        &mut self,
+        now: Instant,
+        command: Command,
+        _discard_data: bool,
+        _: &Worker<KernelJob>,
+    ) -> (Result<(), CommandError>, Option<Persistent>) {
+        let result = self.core.command(now, command);
+        let persist = result.is_ok().then(|| {
+            self.running = command != Command::Stop;
+            self.persistent(self.running)
+        });
+        (result, persist)
+    }
+
+    fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
+        self.core.script_finished(now, id, outcome);
+    }
+
+    fn shutdown(&mut self, now: Instant) -> bool {
+        let _ = self.core.command(now, Command::Stop);
+        self.running
+    }
+
+    fn persistent(&self, running: bool) -> Persistent {
+        Persistent {
+            running,
+            ..Persistent::default()
         }
     }
 
-    async fn send_heartbeat(&mut self) {
-        self.heartbeats
-            .send(HeartbeatStatus::Farm(self.core.status()))
-            .await;
+    fn after_event(&mut self, _: Instant, _: &ModuleIo) {}
+
+    fn take_actions(&mut self) -> Vec<FarmAction> {
+        self.core.take_actions()
     }
 
-    /// Carries out the state machine's actions in order; programming the
-    /// buckets (on the worker) holds back those after it until done.
-    async fn execute(&mut self) {
-        self.pending.extend(self.core.take_actions());
-        while !self.waiting {
-            let Some(action) = self.pending.pop_front() else {
-                return;
-            };
-            match action {
-                FarmAction::ProgramBuckets(_) => {
-                    self.worker.ask(KernelJob::Program(self.core.buckets()));
-                    self.waiting = true;
-                }
-                FarmAction::Module(Action::RunScript(run)) => self.io.run_script(run),
-                FarmAction::Module(Action::Log { level, message }) => {
-                    self.io.log.write(level, &message)
-                }
-                FarmAction::Module(Action::SendHeartbeat) => self.send_heartbeat().await,
-                // Mirror-only actions; a farm machine asks for none.
-                FarmAction::Module(
-                    Action::Transition { .. }
-                    | Action::Persist(_)
-                    | Action::AcquirePrimaryResources
-                    | Action::ReleasePrimaryResources
-                    | Action::RequestLease { .. }
-                    | Action::ReleaseLease { .. }
-                    | Action::PeerFenced { .. },
-                ) => {}
-            }
+    async fn carry_out<'a>(&'a mut self, action: FarmAction, _: &'a ModuleIo) -> Step<KernelJob> {
+        match action {
+            FarmAction::ProgramBuckets(_) => Step::Wait(KernelJob::Program(self.core.buckets())),
+            FarmAction::Module(Action::RunScript(run)) => Step::Script(run),
+            FarmAction::Module(Action::Log { level, message }) => Step::Log(level, message),
+            FarmAction::Module(Action::SendHeartbeat) => Step::SendHeartbeat,
+            // Mirror-only actions; a farm machine asks for none.
+            FarmAction::Module(
+                Action::Transition { .. }
+                | Action::Persist(_)
+                | Action::AcquirePrimaryResources
+                | Action::ReleasePrimaryResources
+                | Action::RequestLease { .. }
+                | Action::ReleaseLease { .. }
+                | Action::PeerFenced { .. },
+            ) => Step::Done,
         }
     }
 
-    /// Lets the kernel side follow the module's state (on the worker), one
-    /// follow at a time, after the actions before it.
-    fn follow_state(&mut self) {
-        if self.following || self.waiting {
-            self.follow_again = true;
-            return;
-        }
+    fn follow(&mut self) -> Option<(bool, KernelJob)> {
         let wanted = self.wanted();
-        self.worker.ask(KernelJob::Follow {
+        let job = KernelJob::Follow {
             wanted,
             buckets: self.core.buckets(),
-        });
-        self.asked = Some(wanted);
-        self.following = true;
-        self.follow_again = false;
+        };
+        Some((wanted, job))
     }
 
-    /// The kernel side exists while the module is not stopped.
+    fn following(&self) -> Option<bool> {
+        Some(self.wanted())
+    }
+
+    fn answered(&mut self, _: Instant, done: KernelDone) -> Answer {
+        match done {
+            KernelDone::Followed => Answer::Followed,
+            KernelDone::Programmed => Answer::Finished,
+            KernelDone::Ready | KernelDone::Renewed => Answer::Other,
+        }
+    }
+}
+
+impl Farm {
+    /// The kernel side exists while the module is not stopped: traffic is
+    /// only ever taken by a node that runs the farm.
     fn wanted(&self) -> bool {
         self.core.state() != State::Stop || self.core.transient()
-    }
-
-    /// The machine's actions are carried out, the kernel side follows its
-    /// state: what `holdfast state` may show.
-    fn carried_out(&self) -> bool {
-        self.pending.is_empty() && !self.waiting && self.followed == Some(self.wanted())
-    }
-
-    fn persist_running(&mut self, running: bool) {
-        self.running = running;
-        self.worker.ask(KernelJob::Persist(running));
     }
 }
 

@@ -11,7 +11,7 @@ use holdfast_membership::{Heartbeat, HeartbeatStatus, LogLevel, ReplayGuard};
 use tokio::net::UdpSocket;
 
 use crate::modlog::ModuleLog;
-use crate::shell::NodeContext;
+use crate::node::NodeContext;
 use crate::DaemonError;
 
 /// Rejected datagrams are logged, but at most once per interval, so a flood

@@ -1,10 +1,14 @@
 //! The node daemon: one process per server, running every module installed
 //! on it.
 //!
-//! - [`shell`]: the I/O shell of one mirror module (timers, scripts,
-//!   virtual IP, replication) around its sans-IO state machine;
-//! - [`farm`]: the I/O shell of one farm module (scripts, the VIP's kernel
-//!   side with its buckets);
+//! - [`shell`]: the loop of one module's task around its sans-IO state
+//!   machine (timers, heartbeats, messages, scripts, persisting), shared by
+//!   both kinds of module:
+//!   - [`mirror`]: a mirror module (checkers, witness, replicated
+//!     directories and virtual IP on its worker thread, `resources`);
+//!   - [`farm`]: a farm module (the VIP's kernel side with its buckets);
+//! - [`node`]: what every module of this node shares;
+//! - [`replication`]: a mirror module's file replication;
 //! - [`heartbeats`]: a module's authenticated heartbeat socket;
 //! - [`scripts`]: running user scripts with SafeKit's arguments/environment;
 //! - [`api`]: the HTTP API on a Unix socket (the CLI's and console's way in),
@@ -22,7 +26,9 @@ pub mod client;
 pub mod farm;
 pub mod health;
 pub mod heartbeats;
+pub mod mirror;
 pub mod modlog;
+pub mod node;
 pub mod paths;
 pub mod peer_fence;
 pub mod registry;
@@ -120,7 +126,7 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
         std::env::current_exe().map_err(|e| DaemonError::Io("current executable".into(), e))?;
     install_safekit_command(&paths, &exe)?;
     let incarnation = next_incarnation(&paths)?;
-    let ctx = Arc::new(shell::NodeContext {
+    let ctx = Arc::new(node::NodeContext {
         node: options.node,
         key,
         incarnation,

@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, Mutex};
 
 use crate::modlog::{LogEntry, ModuleLog};
+use crate::node::NodeContext;
 use crate::replication::status::DirStatus;
-use crate::shell::{self, ModuleHandle, ModuleMsg, NodeContext};
+use crate::shell::{self, ModuleHandle, ModuleMsg};
 use crate::DaemonError;
 
 /// A module as `holdfast state` and `module list` show it.
@@ -95,7 +96,7 @@ impl Registry {
             let config_path = entry.path().join("module.toml");
             let loaded = holdfast_config::load_module(&config_path).map_err(|e| e.to_string());
             let spawned = match loaded {
-                Ok(config) => shell::spawn(self.ctx.clone(), config, true)
+                Ok(config) => spawn(self.ctx.clone(), config, true)
                     .await
                     .map_err(|e| e.to_string()),
                 Err(e) => Err(e),
@@ -170,7 +171,7 @@ impl Registry {
             LogLevel::Info,
             &format!("module {} installed from {}", config.name, request.source),
         );
-        let handle = shell::spawn(self.ctx.clone(), config, false).await?;
+        let handle = spawn(self.ctx.clone(), config, false).await?;
         let summary = self.summary(&handle);
         modules.insert(summary.module.clone(), handle);
         Ok(summary)
@@ -320,4 +321,17 @@ fn lookup<'a>(
                 modules.keys().cloned().collect::<Vec<_>>().join(", ")
             },
         })
+}
+
+/// Starts the task of a module of either kind; `at_boot` applies the
+/// module's `boot` policy.
+async fn spawn(
+    ctx: Arc<NodeContext>,
+    config: holdfast_config::ModuleConfig,
+    at_boot: bool,
+) -> Result<ModuleHandle, DaemonError> {
+    match config.mode {
+        holdfast_config::Mode::Farm => crate::farm::spawn(ctx, config, at_boot).await,
+        holdfast_config::Mode::Mirror => crate::mirror::spawn(ctx, config, at_boot).await,
+    }
 }

@@ -1,19 +1,19 @@
 //! A mirror module's primary resources — its replicated directories and
-//! its virtual IP — handled on the module's [`Worker`] thread: mounting,
+//! its virtual IP — handled on the module's worker thread
+//! ([`crate::worker`]): mounting,
 //! unmounting, starting and stopping receivers wait for disks and peers
 //! (a receiver's stop up to its last word), and the VIP for netlink.
 
 use std::net::Ipv4Addr;
 
 use holdfast_config::ModuleConfig;
-use holdfast_membership::{LogLevel, Persistent, State};
+use holdfast_membership::{LogLevel, State};
 use holdfast_network::garp::{self, Announcement};
 use holdfast_network::Vip;
-use holdfast_replication::durable;
 
 use crate::modlog::ModuleLog;
 use crate::replication::Replication;
-use crate::worker::{Job, Worker};
+use crate::worker::Job;
 
 /// What the worker of a mirror module owns.
 #[derive(Debug)]
@@ -117,8 +117,6 @@ pub(crate) enum ResourceJob {
     Release,
     /// `second --discard-data`: see [`Replication::discard_data`].
     DiscardData,
-    /// The module's task ends: everything stopped.
-    Shutdown,
 }
 
 /// What the worker answers, job by job.
@@ -131,9 +129,6 @@ pub(crate) enum ResourceDone {
     Acquired,
     Released,
     DataDiscarded,
-    ShutDown,
-    /// Sent by the task persisting the module's state ([`persist`]).
-    Persisted,
 }
 
 impl Job for ResourceJob {
@@ -167,35 +162,6 @@ impl Job for ResourceJob {
                 }
                 ResourceDone::DataDiscarded
             }
-            ResourceJob::Shutdown => {
-                if let Some(r) = replication {
-                    r.shutdown();
-                }
-                ResourceDone::ShutDown
-            }
         }
-    }
-}
-
-/// A mirror module's worker.
-pub(crate) type ResourceWorker = Worker<ResourceJob>;
-
-/// Writes the module's persisted state (synced: it holds the epoch), off
-/// the runtime; logs a failure.
-pub(crate) async fn persist(path: std::path::PathBuf, persistent: Persistent, log: ModuleLog) {
-    let bytes = serde_json::to_vec_pretty(&persistent).expect("plain data serialises");
-    let written =
-        tokio::task::spawn_blocking(move || durable::replace(&path, &bytes).map_err(|e| (path, e)))
-            .await;
-    match written {
-        Ok(Ok(())) => {}
-        Ok(Err((path, e))) => log.write(
-            LogLevel::Error,
-            &format!("cannot persist module state to {}: {e}", path.display()),
-        ),
-        Err(e) => log.write(
-            LogLevel::Error,
-            &format!("cannot persist module state: {e}"),
-        ),
     }
 }

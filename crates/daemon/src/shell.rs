@@ -1,50 +1,34 @@
-//! The I/O shell around one mirror module's state machine: a tokio task that
-//! owns the [`MirrorModule`], its UDP heartbeat socket and its timers, feeds
-//! the machine, and carries out its actions (scripts, log, persistence,
-//! heartbeats). Kept thin on purpose: every decision is in
-//! `holdfast_membership::mirror`.
+//! What the I/O shells of both kinds of module share: the loop of a
+//! module's tokio task (timers, heartbeats sent and received, messages,
+//! script exits, deadlines, the worker's answers) around its sans-IO state
+//! machine, and running scripts, logging, persisting and publishing its
+//! view. What differs between a mirror ([`crate::mirror`]) and a farm
+//! ([`crate::farm`]) is behind `Kind`. Kept thin on purpose: every
+//! decision is in `holdfast_membership`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use holdfast_checkers::{CheckerEvent, ProbeContext, ProcessScope};
-use holdfast_config::{Boot, Mode, ModuleConfig};
-use holdfast_key::ClusterKey;
+use holdfast_config::{Boot, ModuleConfig};
 use holdfast_membership::datagram::MAX_DATAGRAM;
-use holdfast_membership::lease::{LeaseReply, LeaseRequest, PeerCopy};
-use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
-    Action, Command, CommandError, HeartbeatStatus, LogLevel, MirrorModule, MirrorSettings,
-    ModuleView, Persistent, Script, ScriptOutcome, ScriptRun, State,
+    Command, CommandError, Heartbeat, HeartbeatStatus, LogLevel, ModuleView, Persistent, Script,
+    ScriptOutcome, ScriptRun, State,
 };
-use tokio::net::UdpSocket;
+use holdfast_replication::durable;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::heartbeats::{Heartbeats, Rejections};
+use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
-use crate::paths::{ModulePaths, Paths};
-use crate::peer_fence::PeerFence;
-use crate::resources::{persist, ResourceDone, ResourceJob, ResourceWorker, Resources};
+use crate::node::NodeContext;
+use crate::paths::ModulePaths;
 use crate::scripts::{self, ScriptJob};
-use crate::supervision::Supervisor;
+use crate::worker::{Job, Worker};
 use crate::DaemonError;
-
-/// What every module of this node shares.
-#[derive(Debug)]
-pub struct NodeContext {
-    pub node: String,
-    pub key: ClusterKey,
-    pub incarnation: u64,
-    pub paths: Paths,
-    /// The `holdfast` executable, for scripts (`$SAFE/safekit`, PATH).
-    pub exe: PathBuf,
-    /// This node's modules' states, for module checkers.
-    pub modules: Arc<crate::board::ModuleBoard>,
-}
 
 /// Messages to a module's task.
 #[derive(Debug)]
@@ -75,118 +59,310 @@ pub struct ModuleHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the task of a module; `at_boot` applies the module's `boot` policy.
-pub async fn spawn(
-    ctx: Arc<NodeContext>,
-    config: ModuleConfig,
-    at_boot: bool,
-) -> Result<ModuleHandle, DaemonError> {
-    if config.mode == Mode::Farm {
-        return crate::farm::spawn(ctx, config, at_boot).await;
-    }
-    let mut settings = MirrorSettings::from_config(&config, &ctx.node)
-        .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
-    settings.incarnation = ctx.incarnation;
-    let paths = ctx.paths.module(&config.name);
-    let persistent = prepare(&paths)?;
-    let log = ModuleLog::new(paths.log());
-    let heartbeats = Heartbeats::bind(&ctx, &config, log.clone()).await?;
-    let witness = match &config.witness {
-        Some(witness) => Some(WitnessLink {
-            socket: UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
-                .await
-                .map_err(|e| {
-                    DaemonError::Io(format!("module {}: witness socket", config.name), e)
-                })?,
-            addresses: witness
-                .addresses
-                .iter()
-                .map(|a| SocketAddr::new(*a, witness.port))
-                .collect(),
-            first_id: crate::heartbeats::counter_start(),
-        }),
-        None => None,
-    };
-    let start = starts_at_boot(&config, at_boot, &persistent, &log);
-    let mut core = MirrorModule::new(settings, persistent, Instant::now());
-    if start {
-        // A freshly built machine is stopped, so Start cannot be refused.
-        let _ = core.command(Instant::now(), Command::Start);
-    }
-    let (view_tx, view) = watch::channel(core.view());
-    let health = health(&config, &view).await?;
-    let (checker_tx, checker_rx) = mpsc::channel(64);
-    let probes = ProbeContext {
-        bin_dir: paths.bin(),
-        script_env: module_env(&ctx, &config, &paths)
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect(),
-        modules: Some(ctx.modules.clone()),
-        // On a real server the daemon shares the applications' network
-        // namespace; in the lab, this keeps each host to its own processes.
-        process_scope: ProcessScope::CallerNetns,
-    };
-    let supervisor = Supervisor::new(
-        config.checkers.clone(),
-        RecoveryPolicy::new(config.maxloop, config.loop_interval),
-        probes,
-        checker_tx,
-        crate::supervision::splitbrain_checkers(
-            config.splitbrain.as_ref().map_or(&[][..], |s| &s.ping[..]),
-            config.heartbeat.pulse,
-        ),
-    );
-    let replication = crate::replication::Replication::new(
-        &config,
-        &ctx.node,
-        &paths.dir,
-        ctx.key.clone(),
-        log.clone(),
-    );
-    let replication_status = replication.as_ref().map(|r| r.status());
-    let fence = replication.as_ref().map(|r| r.fence());
-    let peer_second = replication.as_ref().map(|r| r.peer_second());
-    let replicated = replication.is_some();
-    let (done_tx, mut done) = mpsc::unbounded_channel();
-    let resources = ResourceWorker::start(
-        format!("module-{}", config.name),
-        Resources::new(&config, replication, log.clone()),
-        done_tx.clone(),
-    )
-    .map_err(|e| DaemonError::Io(format!("module {}: worker thread", config.name), e))?;
-    if replicated {
-        // What the records say: a copy left incomplete is never promoted.
-        resources.ask(ResourceJob::Prepare);
-        if let Some(ResourceDone::Prepared(uptodate)) = done.recv().await {
-            core.data_state(Instant::now(), uptodate);
+/// What a kind of module (mirror, farm) brings to the shared loop.
+pub(crate) trait Kind: Send + Sized + 'static {
+    /// What its worker does off the task.
+    type Job: Job<Done = Self::Done>;
+    type Done: Send + 'static;
+    /// Its state machine's actions.
+    type Action: Send + 'static;
+    /// What else it waits for (checkers, the witness, ...).
+    type Event: Send;
+    /// What its worker follows of the state (compared, to know it caught up).
+    type Following: PartialEq + Copy + Send + 'static;
+
+    fn status(&self) -> HeartbeatStatus;
+    fn view(&self) -> ModuleView;
+    fn state(&self) -> State;
+    fn transient(&self) -> bool;
+    /// When the machine (or the kind) must be woken up.
+    fn next_deadline(&self) -> Option<Instant>;
+    /// Time passed: the machine's timers, the kind's own (asking the worker).
+    fn tick(&mut self, now: Instant, worker: &Worker<Self::Job>);
+    /// An authenticated heartbeat on `network`.
+    fn heartbeat(&mut self, now: Instant, network: usize, heartbeat: Heartbeat);
+    /// The next of the kind's own events (cancel-safe); never, if none.
+    fn event(&mut self) -> impl Future<Output = Self::Event> + Send + '_;
+    fn on_event(&mut self, now: Instant, event: Self::Event, io: &ModuleIo);
+    /// An administrator's command (or a script's): accepted or refused;
+    /// what to persist once accepted.
+    fn command(
+        &mut self,
+        now: Instant,
+        command: Command,
+        discard_data: bool,
+        worker: &Worker<Self::Job>,
+    ) -> (Result<(), CommandError>, Option<Persistent>);
+    fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome);
+    /// Daemon shutdown: the machine told to stop; whether the module runs
+    /// at the next start.
+    fn shutdown(&mut self, now: Instant) -> bool;
+    /// What to persist once stopped for the daemon's shutdown.
+    fn persistent(&self, running: bool) -> Persistent;
+    /// After an event's actions: what else follows the state (checkers).
+    fn after_event(&mut self, now: Instant, io: &ModuleIo);
+    fn take_actions(&mut self) -> Vec<Self::Action>;
+    /// Carries out `action`, or says what the shell does with it.
+    fn carry_out<'a>(
+        &'a mut self,
+        action: Self::Action,
+        io: &'a ModuleIo,
+    ) -> impl Future<Output = Step<Self::Job>> + Send + 'a;
+    /// What the worker should follow now, and the job that tells it
+    /// (`None`: nothing to follow).
+    fn follow(&mut self) -> Option<(Self::Following, Self::Job)>;
+    /// What the worker follows when it caught up (`None`: nothing to follow).
+    fn following(&self) -> Option<Self::Following>;
+    /// The worker did something.
+    fn answered(&mut self, now: Instant, done: Self::Done) -> Answer;
+}
+
+/// What the shell does with an action of the machine.
+#[derive(Debug)]
+pub(crate) enum Step<J> {
+    /// Carried out by the kind.
+    Done,
+    Script(ScriptRun),
+    Log(LogLevel, String),
+    SendHeartbeat,
+    /// Asked of the worker: the next actions wait for its answer.
+    Wait(J),
+    /// Persisted (synced) before the next actions.
+    Persist(Persistent),
+}
+
+/// What a worker's answer was to the shell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// It follows the state it was last asked to.
+    Followed,
+    /// It carried out what the actions wait for ([`Step::Wait`]).
+    Finished,
+    Other,
+}
+
+/// The task of one module.
+pub(crate) struct Shell<K: Kind> {
+    pub(crate) io: ModuleIo,
+    pub(crate) kind: K,
+    pub(crate) heartbeats: Heartbeats,
+    pub(crate) view_tx: watch::Sender<ModuleView>,
+    pub(crate) worker: Worker<K::Job>,
+    pub(crate) done: mpsc::UnboundedReceiver<K::Done>,
+    /// The cloud-mode health endpoint, stopped with the module.
+    pub(crate) health: Option<crate::health::HealthServer>,
+}
+
+/// The shared loop's own state.
+struct Agenda<K: Kind> {
+    /// During daemon shutdown: whether the module runs at the next start.
+    shutdown: Option<bool>,
+    /// Actions of the state machine not carried out yet, in order.
+    pending: VecDeque<K::Action>,
+    /// An action is being carried out off the task: the next ones wait.
+    waiting: bool,
+    /// The worker is following the state; asked again after it if
+    /// `follow_again`.
+    following: bool,
+    follow_again: bool,
+    /// What the worker was asked to follow, and what it last followed.
+    asked: Option<K::Following>,
+    followed: Option<K::Following>,
+    /// Persisted state written (off the runtime).
+    persisted: (mpsc::UnboundedSender<()>, mpsc::UnboundedReceiver<()>),
+}
+
+impl<K: Kind> Shell<K> {
+    /// Runs the module until its daemon stops it (or the registry drops it).
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<ModuleMsg>) {
+        let _health = self.health.take();
+        let mut agenda = Agenda::<K> {
+            shutdown: None,
+            pending: VecDeque::new(),
+            waiting: false,
+            following: false,
+            follow_again: false,
+            asked: None,
+            followed: None,
+            persisted: mpsc::unbounded_channel(),
+        };
+        let pulse = self.io.config.heartbeat.pulse;
+        let mut next_pulse = Instant::now();
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            // Its own answer asks for no new follow, unless one waits.
+            let mut followed = false;
+            let wake = self
+                .kind
+                .next_deadline()
+                .map_or(next_pulse, |d| d.min(next_pulse));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    if now >= next_pulse {
+                        self.send_heartbeat().await;
+                        next_pulse = now + pulse;
+                    }
+                    self.kind.tick(now, &self.worker);
+                }
+                received = self.heartbeats.receive(&mut buf) => match received {
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
+                    Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.io.config.name),
+                },
+                event = self.kind.event() => self.kind.on_event(Instant::now(), event, &self.io),
+                msg = rx.recv() => match msg {
+                    Some(msg) => self.on_message(msg, &mut agenda),
+                    None => return,
+                },
+                Some(done) = self.done.recv() => match self.kind.answered(Instant::now(), done) {
+                    Answer::Followed => {
+                        followed = true;
+                        agenda.following = false;
+                        agenda.followed = agenda.asked;
+                    }
+                    Answer::Finished => agenda.waiting = false,
+                    Answer::Other => {}
+                },
+                Some(()) = agenda.persisted.1.recv() => agenda.waiting = false,
+            }
+            self.execute(&mut agenda).await;
+            // Checkers follow the state; what they decide is carried out now.
+            self.kind.after_event(Instant::now(), &self.io);
+            self.execute(&mut agenda).await;
+            if !followed || agenda.follow_again {
+                self.follow(&mut agenda);
+            }
+            let caught_up = self
+                .kind
+                .following()
+                .is_none_or(|f| agenda.followed == Some(f));
+            if agenda.pending.is_empty() && !agenda.waiting && caught_up {
+                self.io.publish(&self.view_tx, self.kind.view());
+            }
+            if let Some(running) = agenda.shutdown {
+                let idle = agenda.pending.is_empty() && !agenda.waiting;
+                if self.kind.state() == State::Stop && !self.kind.transient() && idle {
+                    let persistent = self.kind.persistent(running);
+                    persist(self.io.paths.persistent(), persistent, self.io.log.clone()).await;
+                    // After what was asked of it: everything released.
+                    self.worker.finish().await;
+                    return;
+                }
+            }
         }
     }
-    let (io, rx) = ModuleIo::new(ctx, config, paths, log);
-    let handle = io.handle(view, replication_status);
-    let shell = Shell {
-        io,
-        core,
-        heartbeats,
-        view_tx,
-        rejected: Rejections::default(),
-        shutdown: None,
-        _health: health,
-        supervisor,
-        fence,
-        peer_second,
-        resources,
-        done,
-        done_tx,
-        pending: VecDeque::new(),
-        waiting: false,
-        following: false,
-        follow_again: false,
-        asked: None,
-        followed: None,
-        witness,
-    };
-    Ok(handle(tokio::spawn(shell.run(rx, checker_rx))))
+
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        if let Some((network, heartbeat)) = self.heartbeats.accept(datagram, from) {
+            self.kind.heartbeat(Instant::now(), network, heartbeat);
+        }
+    }
+
+    fn on_message(&mut self, msg: ModuleMsg, agenda: &mut Agenda<K>) {
+        let now = Instant::now();
+        match msg {
+            ModuleMsg::Command {
+                command,
+                discard_data,
+                reply,
+            } => {
+                let (result, persistent) =
+                    self.kind.command(now, command, discard_data, &self.worker);
+                if let Err(e) = &result {
+                    self.io.log.write(
+                        LogLevel::Error,
+                        &format!("action {} refused: {e}", command.as_str()),
+                    );
+                }
+                if let Some(persistent) = persistent {
+                    self.persist(persistent, agenda);
+                }
+                let _ = reply.send(result);
+            }
+            ModuleMsg::Print(level, message) => self.io.log.write(level, &message),
+            ModuleMsg::ScriptDone(id, outcome) => self.kind.script_finished(now, id, outcome),
+            ModuleMsg::Shutdown => agenda.shutdown = Some(self.kind.shutdown(now)),
+        }
+    }
+
+    /// Authenticates a datagram and places it on every heartbeat network.
+    async fn send_heartbeat(&mut self) {
+        self.heartbeats.send(self.kind.status()).await;
+    }
+
+    /// Carries out the state machine's actions in order; one done off the
+    /// task (mounts, the VIP, buckets, persisting) holds back those after
+    /// it until it is done.
+    async fn execute(&mut self, agenda: &mut Agenda<K>) {
+        agenda.pending.extend(self.kind.take_actions());
+        while !agenda.waiting {
+            let Some(action) = agenda.pending.pop_front() else {
+                return;
+            };
+            match self.kind.carry_out(action, &self.io).await {
+                Step::Done => {}
+                Step::Script(run) => self.io.run_script(run),
+                Step::Log(level, message) => self.io.log.write(level, &message),
+                Step::SendHeartbeat => self.send_heartbeat().await,
+                Step::Wait(job) => {
+                    self.worker.ask(job);
+                    agenda.waiting = true;
+                }
+                Step::Persist(persistent) => {
+                    if agenda.shutdown.is_none() {
+                        self.persist(persistent, agenda);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `persistent` off the runtime; the next actions wait for it.
+    fn persist(&self, persistent: Persistent, agenda: &mut Agenda<K>) {
+        let (path, log) = (self.io.paths.persistent(), self.io.log.clone());
+        let done = agenda.persisted.0.clone();
+        tokio::spawn(async move {
+            persist(path, persistent, log).await;
+            let _ = done.send(());
+        });
+        agenda.waiting = true;
+    }
+
+    /// Lets the worker follow the module's state: one follow at a time,
+    /// after the actions before it.
+    fn follow(&mut self, agenda: &mut Agenda<K>) {
+        if agenda.following || agenda.waiting {
+            agenda.follow_again = true;
+            return;
+        }
+        let Some((following, job)) = self.kind.follow() else {
+            return;
+        };
+        self.worker.ask(job);
+        agenda.asked = Some(following);
+        agenda.following = true;
+        agenda.follow_again = false;
+    }
+}
+
+/// Writes a module's persisted state (synced: it holds the epoch), off
+/// the runtime; logs a failure.
+pub(crate) async fn persist(path: PathBuf, persistent: Persistent, log: ModuleLog) {
+    let bytes = serde_json::to_vec_pretty(&persistent).expect("plain data serialises");
+    let written =
+        tokio::task::spawn_blocking(move || durable::replace(&path, &bytes).map_err(|e| (path, e)))
+            .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err((path, e))) => log.write(
+            LogLevel::Error,
+            &format!("cannot persist module state to {}: {e}", path.display()),
+        ),
+        Err(e) => log.write(
+            LogLevel::Error,
+            &format!("cannot persist module state: {e}"),
+        ),
+    }
 }
 
 /// Creates the module's directories and reads its persisted state.
@@ -288,352 +464,6 @@ impl Drop for ModuleIo {
     }
 }
 
-/// Where the module asks for its lease.
-struct WitnessLink {
-    socket: UdpSocket,
-    /// The witness's address and port on each network.
-    addresses: Vec<SocketAddr>,
-    /// Added to the module's request ids on the wire, so that they keep
-    /// growing when the module is installed again (see
-    /// [`crate::heartbeats::counter_start`]): the witness takes only
-    /// requests newer than the last of each module and node.
-    first_id: u64,
-}
-
-struct Shell {
-    io: ModuleIo,
-    core: MirrorModule,
-    heartbeats: Heartbeats,
-    view_tx: watch::Sender<ModuleView>,
-    /// Rejected witness replies (heartbeats have their own).
-    rejected: Rejections,
-    /// During daemon shutdown: whether the module should run at next start.
-    shutdown: Option<bool>,
-    /// The cloud-mode health endpoint, stopped with the module.
-    _health: Option<crate::health::HealthServer>,
-    /// The module's checkers and recovery policy.
-    supervisor: Supervisor,
-    /// Tells replication's connectors whether the peer is SECOND.
-    peer_second: Option<Arc<AtomicBool>>,
-    /// The blocking side: replicated directories and the virtual IP.
-    resources: ResourceWorker,
-    /// What the worker (and the task persisting the module's state) did.
-    done: mpsc::UnboundedReceiver<ResourceDone>,
-    done_tx: mpsc::UnboundedSender<ResourceDone>,
-    /// Actions of the state machine not carried out yet, in order.
-    pending: VecDeque<Action>,
-    /// An action is being carried out off the task: the next ones wait.
-    waiting: bool,
-    /// Replication is following the module's state; asked again after it
-    /// if `follow_again`.
-    following: bool,
-    follow_again: bool,
-    /// The state replication was asked to follow, and the one it last
-    /// followed (with what that implies: receivers started or stopped).
-    asked: Option<State>,
-    followed: Option<State>,
-    /// The split-brain witness, if configured.
-    witness: Option<WitnessLink>,
-    /// What replication says of the peer's copy (for the witness).
-    fence: Option<Arc<PeerFence>>,
-}
-
-impl Shell {
-    async fn run(
-        mut self,
-        mut rx: mpsc::Receiver<ModuleMsg>,
-        mut checkers: mpsc::Receiver<CheckerEvent>,
-    ) {
-        let pulse = self.io.config.heartbeat.pulse;
-        let mut next_pulse = Instant::now();
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        let mut witness_buf = vec![0u8; MAX_DATAGRAM + 1];
-        loop {
-            // Its own reply asks for no new follow, unless one waits.
-            let mut followed = false;
-            let wake = [self.core.next_deadline(), self.supervisor.next_deadline()]
-                .into_iter()
-                .flatten()
-                .fold(next_pulse, Instant::min);
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake.into()) => {
-                    let now = Instant::now();
-                    if now >= next_pulse {
-                        self.send_heartbeat().await;
-                        next_pulse = now + pulse;
-                    }
-                    self.core.tick(now);
-                }
-                received = self.heartbeats.receive(&mut buf) => match received {
-                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
-                    Err(e) => tracing::warn!("module {}: heartbeat receive: {e}", self.io.config.name),
-                },
-                () = peer_fence_changed(&self.fence) => {
-                    if let Some(fence) = &self.fence {
-                        self.core.peer_data(Instant::now(), fence.peer_data());
-                    }
-                }
-                received = recv_witness(&self.witness, &mut witness_buf) => match received {
-                    Ok((len, from)) => self.on_lease_reply(&witness_buf[..len], from),
-                    Err(e) => tracing::warn!("module {}: witness receive: {e}", self.io.config.name),
-                },
-                msg = rx.recv() => match msg {
-                    Some(msg) => self.on_message(msg),
-                    None => return,
-                },
-                Some(event) = checkers.recv() => {
-                    self.supervisor.on_event(&mut self.core, &self.io.log, Instant::now(), event);
-                }
-                Some(done) = self.done.recv() => {
-                    followed = matches!(done, ResourceDone::Followed(_));
-                    self.on_done(done);
-                }
-            }
-            self.execute().await;
-            // Checkers follow the state; what they decide is carried out now.
-            self.supervisor
-                .follow(&mut self.core, &self.io.log, Instant::now());
-            self.execute().await;
-            if !followed || self.follow_again {
-                self.follow_replication();
-            }
-            if self.carried_out() {
-                self.io.publish(&self.view_tx, self.core.view());
-            }
-            if let Some(running) = self.shutdown {
-                let idle = self.pending.is_empty() && !self.waiting;
-                if self.core.state() == State::Stop && !self.core.transient() && idle {
-                    let mut persistent = self.core.persistent().clone();
-                    persistent.running = running;
-                    persist(self.io.paths.persistent(), persistent, self.io.log.clone()).await;
-                    self.resources.ask(ResourceJob::Shutdown);
-                    while let Some(done) = self.done.recv().await {
-                        if done == ResourceDone::ShutDown {
-                            break;
-                        }
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
-    /// The worker (or the task persisting the state) did something.
-    fn on_done(&mut self, done: ResourceDone) {
-        match done {
-            ResourceDone::Followed(data_state) => {
-                self.following = false;
-                self.followed = self.asked;
-                if let Some(uptodate) = data_state {
-                    self.core.data_state(Instant::now(), uptodate);
-                }
-            }
-            ResourceDone::Acquired | ResourceDone::Released | ResourceDone::Persisted => {
-                self.waiting = false
-            }
-            ResourceDone::Prepared(_) | ResourceDone::DataDiscarded | ResourceDone::ShutDown => {}
-        }
-    }
-
-    fn on_message(&mut self, msg: ModuleMsg) {
-        let now = Instant::now();
-        match msg {
-            ModuleMsg::Command {
-                command,
-                discard_data,
-                reply,
-            } => {
-                let result = self.core.command(now, command);
-                if result.is_ok() {
-                    self.supervisor.admin_command(&mut self.core, now);
-                    if discard_data {
-                        // Accepted only from STOP: nothing is mounted or
-                        // received yet, the receivers start after this
-                        // (the worker's jobs run in order).
-                        self.resources.ask(ResourceJob::DiscardData);
-                    }
-                }
-                if let Err(e) = &result {
-                    self.io.log.write(
-                        LogLevel::Error,
-                        &format!("action {} refused: {e}", command.as_str()),
-                    );
-                }
-                let _ = reply.send(result);
-            }
-            ModuleMsg::Print(level, message) => self.io.log.write(level, &message),
-            ModuleMsg::ScriptDone(id, outcome) => self.core.script_finished(now, id, outcome),
-            ModuleMsg::Shutdown => {
-                self.shutdown = Some(self.core.persistent().running);
-                let _ = self.core.command(now, Command::Stop);
-            }
-        }
-    }
-
-    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
-        if let Some((network, heartbeat)) = self.heartbeats.accept(datagram, from) {
-            // A farm's status here means the configurations differ, which
-            // the fingerprint warning has said.
-            if let HeartbeatStatus::Mirror(status) = heartbeat.status {
-                let stamp = (heartbeat.incarnation, heartbeat.seq);
-                self.core.heartbeat(Instant::now(), network, stamp, status);
-            }
-        }
-    }
-
-    fn on_lease_reply(&mut self, datagram: &[u8], from: SocketAddr) {
-        match self.accept_lease_reply(datagram, from) {
-            Ok(reply) => self
-                .core
-                .lease_reply(Instant::now(), reply.id, reply.decision),
-            Err(reason) => self
-                .rejected
-                .report(&self.io.log, "witness reply", from, reason),
-        }
-    }
-
-    /// The reply, its id the module's own (see [`WitnessLink::first_id`]).
-    fn accept_lease_reply(&self, datagram: &[u8], from: SocketAddr) -> Result<LeaseReply, String> {
-        let Some(witness) = self
-            .witness
-            .as_ref()
-            .filter(|w| w.addresses.contains(&from))
-        else {
-            return Err(format!("{from} is not an address of the witness"));
-        };
-        let mut reply =
-            LeaseReply::decode(datagram, &self.io.ctx.key).map_err(|e| e.to_string())?;
-        if reply.module != self.io.config.name
-            || reply.node != self.io.ctx.node
-            || reply.incarnation != self.io.ctx.incarnation
-        {
-            return Err(format!(
-                "reply for module {} node {} incarnation {}, not this one",
-                reply.module, reply.node, reply.incarnation
-            ));
-        }
-        reply.id = reply.id.checked_sub(witness.first_id).ok_or_else(|| {
-            format!(
-                "reply to request {}, of an earlier start of the module",
-                reply.id
-            )
-        })?;
-        Ok(reply)
-    }
-
-    /// Sends a lease request (`duration` zero: a release) to every address
-    /// of the witness.
-    async fn ask_witness(&self, id: u64, duration: Duration, peer_copy: PeerCopy) {
-        let Some(witness) = &self.witness else { return };
-        let bytes = LeaseRequest {
-            module: self.io.config.name.clone(),
-            node: self.io.ctx.node.clone(),
-            incarnation: self.io.ctx.incarnation,
-            id: witness.first_id + id,
-            duration_ms: duration.as_millis() as u64,
-            peer_copy,
-        }
-        .encode(&self.io.ctx.key);
-        for address in &witness.addresses {
-            // A network that is down fails here; the others carry on.
-            if let Err(e) = witness.socket.send_to(&bytes, address).await {
-                tracing::debug!(
-                    "module {}: lease request to {address}: {e}",
-                    self.io.config.name
-                );
-            }
-        }
-    }
-
-    /// Authenticates a datagram and places it on a heartbeat network.
-    async fn send_heartbeat(&mut self) {
-        self.heartbeats
-            .send(HeartbeatStatus::Mirror(self.core.status()))
-            .await;
-    }
-
-    /// Carries out the state machine's actions in order; one done off the
-    /// task (mounts, the VIP, persisting) holds back those after it until
-    /// it is done.
-    async fn execute(&mut self) {
-        self.pending.extend(self.core.take_actions());
-        while !self.waiting {
-            let Some(action) = self.pending.pop_front() else {
-                return;
-            };
-            match action {
-                Action::RunScript(run) => self.io.run_script(run),
-                Action::Log { level, message } => self.io.log.write(level, &message),
-                Action::Transition { .. } => {}
-                Action::SendHeartbeat => self.send_heartbeat().await,
-                Action::AcquirePrimaryResources => {
-                    self.resources.ask(ResourceJob::Acquire);
-                    self.waiting = true;
-                }
-                Action::ReleasePrimaryResources => {
-                    self.resources.ask(ResourceJob::Release);
-                    self.waiting = true;
-                }
-                Action::RequestLease {
-                    id,
-                    duration,
-                    peer_copy,
-                } => self.ask_witness(id, duration, peer_copy).await,
-                Action::ReleaseLease { id } => {
-                    self.ask_witness(id, Duration::ZERO, PeerCopy::Unknown)
-                        .await
-                }
-                Action::PeerFenced { epoch } => {
-                    if let Some(fence) = &self.fence {
-                        fence.fenced(epoch);
-                    }
-                }
-                Action::Persist(persistent) => {
-                    if self.shutdown.is_none() {
-                        let (path, log) = (self.io.paths.persistent(), self.io.log.clone());
-                        let done = self.done_tx.clone();
-                        tokio::spawn(async move {
-                            persist(path, persistent, log).await;
-                            let _ = done.send(ResourceDone::Persisted);
-                        });
-                        self.waiting = true;
-                    }
-                }
-            }
-        }
-    }
-
-    /// Lets replication follow the module's state (on the worker; a
-    /// changed data state comes back as [`ResourceDone::Followed`]). One
-    /// follow at a time, after the actions before it.
-    fn follow_replication(&mut self) {
-        let Some(peer_second) = &self.peer_second else {
-            return;
-        };
-        peer_second.store(
-            self.core.view().peer_state == Some(State::Second),
-            Ordering::SeqCst,
-        );
-        if self.following || self.waiting {
-            self.follow_again = true;
-            return;
-        }
-        let state = self.core.state();
-        self.resources.ask(ResourceJob::Follow(state));
-        self.asked = Some(state);
-        self.following = true;
-        self.follow_again = false;
-    }
-
-    /// The machine's actions are carried out, replication follows its
-    /// state: what `holdfast state` may show (a command's answer, a STOP
-    /// whose mounts are gone).
-    fn carried_out(&self) -> bool {
-        let replicated = self.peer_second.is_none() || self.followed == Some(self.core.state());
-        self.pending.is_empty() && !self.waiting && replicated
-    }
-}
-
 impl ModuleIo {
     /// Shows `view` to `holdfast state` and to other modules' checkers.
     pub(crate) fn publish(&self, view_tx: &watch::Sender<ModuleView>, view: ModuleView) {
@@ -694,27 +524,9 @@ impl ModuleIo {
     }
 }
 
-/// The next datagram from the witness; never, without one.
-async fn peer_fence_changed(fence: &Option<Arc<PeerFence>>) {
-    match fence {
-        Some(f) => f.changed().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn recv_witness(
-    witness: &Option<WitnessLink>,
-    buf: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr)> {
-    match witness {
-        Some(w) => w.socket.recv_from(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The environment every script and custom checker of a module gets:
 /// SafeKit's variables, Holdfast's own, and the module's `scripts.env`.
-fn module_env(
+pub(crate) fn module_env(
     ctx: &NodeContext,
     config: &ModuleConfig,
     paths: &ModulePaths,

@@ -26,6 +26,8 @@ pub(crate) trait Job: Send + 'static {
 #[derive(Debug)]
 pub(crate) struct Worker<J: Job> {
     jobs: mpsc::Sender<J>,
+    /// Closed once the thread has dropped its state.
+    ended: tokio::sync::oneshot::Receiver<()>,
 }
 
 impl<J: Job> Worker<J> {
@@ -36,18 +38,28 @@ impl<J: Job> Worker<J> {
         done: tokio_mpsc::UnboundedSender<J::Done>,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<J>();
+        let (ending, ended) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new().name(name).spawn(move || {
             for job in queue {
                 // The task may be gone (aborted): the rest is still done.
                 let _ = done.send(job.run(&mut state));
             }
+            drop(state);
+            drop(ending);
         })?;
-        Ok(Worker { jobs })
+        Ok(Worker { jobs, ended })
     }
 
     /// Queues `job` after those asked before.
     pub(crate) fn ask(&self, job: J) {
         // The thread ends only when this handle is dropped.
         let _ = self.jobs.send(job);
+    }
+
+    /// Ends the thread once the jobs asked are done, its state dropped.
+    pub(crate) async fn finish(self) {
+        let Worker { jobs, ended } = self;
+        drop(jobs);
+        let _ = ended.await;
     }
 }

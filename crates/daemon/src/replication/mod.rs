@@ -1,13 +1,13 @@
 //! The daemon's side of file replication for one mirror module: which
 //! role runs what, driven by the module task after every event.
 //!
-//! - SECOND (and WAIT, [`receivers`]): one receiving thread per replicated
+//! - SECOND (and WAIT, `receivers`): one receiving thread per replicated
 //!   directory, listening on the node's addresses at the directory's
 //!   replication port, accepting only the peer's addresses, applying into
 //!   the real directory.
-//! - Primary (`AcquirePrimaryResources`, [`primary`]): each directory is
+//! - Primary (`AcquirePrimaryResources`, `primary`): each directory is
 //!   mounted over a link that tracks changes (durable change log) until a
-//!   secondary is connected; a [`connector`] thread per directory connects
+//!   secondary is connected; a `connector` thread per directory connects
 //!   to the peer when it is SECOND, exchanges generations, decides,
 //!   resynchronises (Forward, then Mirror) and goes back to tracking when
 //!   the connection breaks. `ReleasePrimaryResources` unmounts.
@@ -19,7 +19,7 @@
 //! (`generations`, `log/`), never inside a replicated directory. Every
 //! blocking step (network, resync) runs on threads of its own; mounting and
 //! stopping threads are short and bounded.
-//! [`directory`] holds a directory's facts and records on disk, [`status`]
+//! `directory` holds a directory's facts and records on disk, [`status`]
 //! what `holdfast state` shows of it.
 
 mod connector;
@@ -378,7 +378,7 @@ impl Replication {
     }
 
     /// Module task ending: everything stopped.
-    pub fn shutdown(&mut self) {
+    fn shutdown(&mut self) {
         self.release();
         self.stop_receivers(true);
     }
