@@ -39,7 +39,7 @@ pub async fn spawn(
     let settings = FarmSettings::from_config(&config, &ctx.node)
         .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
     let paths = ctx.paths.module(&config.name);
-    let persistent = shell::prepare(&paths)?;
+    let persistent = shell::prepare(&paths).await?;
     let log = ModuleLog::new(paths.log());
     let heartbeats = Heartbeats::bind(&ctx, &config, log.clone()).await?;
     let (done_tx, done) = mpsc::unbounded_channel();

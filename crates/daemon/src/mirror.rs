@@ -40,7 +40,7 @@ pub async fn spawn(
         .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
     settings.incarnation = ctx.incarnation;
     let paths = ctx.paths.module(&config.name);
-    let persistent = shell::prepare(&paths)?;
+    let persistent = shell::prepare(&paths).await?;
     let log = ModuleLog::new(paths.log());
     let heartbeats = Heartbeats::bind(&ctx, &config, log.clone()).await?;
     let witness = match &config.witness {

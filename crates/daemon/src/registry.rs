@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, Mutex};
 
 use crate::modlog::{LogEntry, ModuleLog};
 use crate::node::NodeContext;
+use crate::paths::ModulePaths;
 use crate::replication::status::DirStatus;
 use crate::shell::{self, ModuleHandle, ModuleMsg};
 use crate::DaemonError;
@@ -149,24 +150,8 @@ impl Registry {
             let _ = old.task.await;
         }
         let paths = self.ctx.paths.module(&config.name);
-        let io =
-            |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
-        std::fs::create_dir_all(paths.bin()).map_err(|e| io(&paths.bin(), e))?;
-        durable::replace(&paths.config(), request.config.as_bytes())
-            .map_err(|e| io(&paths.config(), e))?;
-        for name in known {
-            let path = paths.script(name);
-            match request.scripts.get(name) {
-                Some(content) => {
-                    durable::replace(&path, content.as_bytes()).map_err(|e| io(&path, e))?;
-                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                        .map_err(|e| io(&path, e))?;
-                }
-                None => {
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        }
+        let (files, text, scripts) = (paths.clone(), request.config, request.scripts);
+        off_runtime(move || install_files(&files, &text, &scripts, &known)).await?;
         ModuleLog::new(paths.log()).write(
             LogLevel::Info,
             &format!("module {} installed from {}", config.name, request.source),
@@ -191,8 +176,11 @@ impl Registry {
         handle.task.abort();
         let _ = handle.task.await;
         let dir = self.ctx.paths.module(name).dir;
-        std::fs::remove_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
-        Ok(())
+        off_runtime(move || {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| DaemonError::Io(dir.display().to_string(), e).into())
+        })
+        .await
     }
 
     pub async fn command(
@@ -277,9 +265,12 @@ impl Registry {
         let modules = self.modules.lock().await;
         lookup(&modules, name)?;
         let path = self.ctx.paths.module(name).log();
-        ModuleLog::new(path.clone())
-            .tail(count)
-            .map_err(|e| DaemonError::Io(path.display().to_string(), e).into())
+        off_runtime(move || {
+            ModuleLog::new(path.clone())
+                .tail(count)
+                .map_err(|e| DaemonError::Io(path.display().to_string(), e).into())
+        })
+        .await
     }
 
     /// Stops every module (bounded by their scripts' timeouts) and ends their tasks.
@@ -333,5 +324,47 @@ async fn spawn(
     match config.mode {
         holdfast_config::Mode::Farm => crate::farm::spawn(ctx, config, at_boot).await,
         holdfast_config::Mode::Mirror => crate::mirror::spawn(ctx, config, at_boot).await,
+    }
+}
+
+/// Writes an installed module's configuration and scripts (synced), and
+/// removes the scripts it no longer has.
+fn install_files(
+    paths: &ModulePaths,
+    config: &str,
+    scripts: &BTreeMap<String, String>,
+    known: &[&str],
+) -> Result<(), RegistryError> {
+    let io = |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
+    std::fs::create_dir_all(paths.bin()).map_err(|e| io(&paths.bin(), e))?;
+    durable::replace(&paths.config(), config.as_bytes()).map_err(|e| io(&paths.config(), e))?;
+    for name in known {
+        let path = paths.script(name);
+        match scripts.get(*name) {
+            Some(content) => {
+                durable::replace(&path, content.as_bytes()).map_err(|e| io(&path, e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+                    .map_err(|e| io(&path, e))?;
+            }
+            None => {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs file system work (syncs, whole files read) off the runtime.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(e) => {
+                Err(DaemonError::Io("file system work".into(), std::io::Error::other(e)).into())
+            }
+        },
     }
 }

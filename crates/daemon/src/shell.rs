@@ -365,18 +365,25 @@ pub(crate) async fn persist(path: PathBuf, persistent: Persistent, log: ModuleLo
     }
 }
 
-/// Creates the module's directories and reads its persisted state.
-pub(crate) fn prepare(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
-    for dir in [paths.bin(), paths.var()] {
-        std::fs::create_dir_all(&dir).map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
-    }
-    let path = paths.persistent();
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| DaemonError::Corrupt(path.display().to_string(), e.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persistent::default()),
-        Err(e) => Err(DaemonError::Io(path.display().to_string(), e)),
-    }
+/// Creates the module's directories and reads its persisted state (off
+/// the runtime).
+pub(crate) async fn prepare(paths: &ModulePaths) -> Result<Persistent, DaemonError> {
+    let paths = paths.clone();
+    tokio::task::spawn_blocking(move || {
+        for dir in [paths.bin(), paths.var()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DaemonError::Io(dir.display().to_string(), e))?;
+        }
+        let path = paths.persistent();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| DaemonError::Corrupt(path.display().to_string(), e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persistent::default()),
+            Err(e) => Err(DaemonError::Io(path.display().to_string(), e)),
+        }
+    })
+    .await
+    .map_err(|e| DaemonError::Io("module directories".into(), std::io::Error::other(e)))?
 }
 
 /// Whether the module starts now, by its `boot` policy (logged if so).

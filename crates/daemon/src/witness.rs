@@ -113,7 +113,12 @@ pub async fn serve(
         if core.outdated() != &saved {
             // No grant that records a copy outdated is answered before
             // the record is durable: the node acts on it.
-            if let Err(e) = save(state, core.outdated()) {
+            let (path, outdated) = (state.to_path_buf(), core.outdated().clone());
+            // Off the runtime (it syncs), awaited: answered after.
+            let stored = tokio::task::spawn_blocking(move || save(&path, &outdated))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            if let Err(e) = stored {
                 tracing::error!(
                     "cannot store the witness state in {}: {e}; request not answered",
                     state.display()
