@@ -13,6 +13,10 @@
 //! Both paths end in the same [`ModuleConfig::validate`], and every problem is
 //! a [`ConfigError`] naming the file, line, column and field. The format is
 //! documented for users in `docs/configuration.md`.
+//!
+//! Everything here is plain data other crates read, without a runtime:
+//! [`checker`] settings (run by `holdfast-checkers`), load-balancing
+//! [`Rule`]s and [`Mac`] addresses (programmed by `holdfast-network`).
 
 pub mod checker;
 mod error;
