@@ -6,7 +6,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 
 use super::directory::Dir;
 use super::status::{Activity, LastResync, ReplicationStatus, ResyncProgress, TrackedChanges};
+use super::stop::StopSignal;
 use crate::modlog::ModuleLog;
 use crate::peer_fence::PeerFence;
 
@@ -71,10 +72,8 @@ pub(super) struct Connector {
     pub(super) tree: holdfast_replication::Tree,
     pub(super) peers: Vec<IpAddr>,
     pub(super) peer_second: Arc<AtomicBool>,
-    /// Disconnected when the connector must stop.
-    pub(super) stop: mpsc::Receiver<()>,
-    /// Dropped with the connector: its release learns it ended.
-    pub(super) _ending: mpsc::Sender<()>,
+    /// Stops the connector (its waits end at once).
+    pub(super) stop: StopSignal,
     pub(super) current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     pub(super) log: ModuleLog,
     pub(super) status: ReplicationStatus,
@@ -100,15 +99,12 @@ impl FailurePolicy {
 
 impl Connector {
     fn stopped(&self) -> bool {
-        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
+        self.stop.stopped()
     }
 
     /// Waits `d`, or less if stopped; whether it was.
     fn pause(&self, d: Duration) -> bool {
-        matches!(
-            self.stop.recv_timeout(d),
-            Err(RecvTimeoutError::Disconnected)
-        )
+        self.stop.pause(d)
     }
 
     pub(super) fn run(self) {

@@ -27,6 +27,7 @@ mod directory;
 mod primary;
 mod receivers;
 pub mod status;
+mod stop;
 
 use std::net::IpAddr;
 use std::path::Path;

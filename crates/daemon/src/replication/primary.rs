@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,6 +22,7 @@ use parking_lot::Mutex;
 use super::connector::{Connector, FailurePolicy};
 use super::directory::{detach_stale_mounts, Dir};
 use super::status::{Activity, ReplicationStatus};
+use super::stop::{stop_signal, Stopper};
 use crate::modlog::ModuleLog;
 use crate::peer_fence::PeerFence;
 
@@ -58,10 +58,8 @@ pub(super) struct Primaries {
 pub(super) struct PrimaryDir {
     guard: Option<MountGuard>,
     link: Link,
-    /// Dropped to stop the connector (it wakes at once).
-    stop: Option<mpsc::Sender<()>>,
-    /// Disconnected when the connector has ended.
-    ended: mpsc::Receiver<()>,
+    /// Stops the connector (it wakes at once).
+    stopper: Stopper,
     peer: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     connector: Option<JoinHandle<()>>,
     dir: Dir,
@@ -107,8 +105,7 @@ impl PrimaryDir {
                 dir.path.display()
             ),
         );
-        let (stop, stopped) = mpsc::channel();
-        let (ending, ended) = mpsc::channel();
+        let (stopper, signal) = stop_signal();
         let peer = Arc::new(Mutex::new(None));
         let connector = Connector {
             module: with.module.clone(),
@@ -118,8 +115,7 @@ impl PrimaryDir {
             tree: guard.tree(),
             peers: with.peers.clone(),
             peer_second: with.peer_second.clone(),
-            stop: stopped,
-            _ending: ending,
+            stop: signal,
             current: peer.clone(),
             log: with.log.clone(),
             status: with.status.clone(),
@@ -133,8 +129,7 @@ impl PrimaryDir {
         Ok(PrimaryDir {
             guard: Some(guard),
             link,
-            stop: Some(stop),
-            ended,
+            stopper,
             peer,
             connector,
             dir: dir.clone(),
@@ -143,15 +138,14 @@ impl PrimaryDir {
 
     /// Stops replicating and unmounts.
     pub(super) fn release(mut self, with: &Primaries) {
-        drop(self.stop.take());
+        self.stopper.stop();
         if let Some(peer) = self.peer.lock().as_ref() {
             peer.close();
         }
         if let Some(t) = self.connector.take() {
             // Bounded: a connector stuck connecting is left to notice
             // the stop by itself (it checks it before using the tree).
-            let ended = self.ended.recv_timeout(CONNECTOR_END);
-            if ended == Err(RecvTimeoutError::Disconnected) {
+            if self.stopper.ended_within(CONNECTOR_END) {
                 let _ = t.join();
             } else {
                 with.log.write(

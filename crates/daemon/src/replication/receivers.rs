@@ -5,7 +5,6 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use holdfast_replication::{AckMode, GenerationStore, Receiver, ReceiverError};
 use parking_lot::Mutex;
 
 use super::directory::{detach_stale_mounts, Dir};
+use super::stop::{stop_signal, StopSignal, Stopper};
 use crate::modlog::ModuleLog;
 
 /// How often an idle receiving loop looks for a connection.
@@ -41,12 +41,10 @@ pub(super) enum ReadOnlyError {
 
 pub(super) struct ReceiverTask {
     receiver: Arc<Receiver>,
-    /// Dropped to stop the receiving loop (it wakes at once).
-    stop: Option<mpsc::Sender<()>>,
+    /// Stops the receiving loop (it wakes at once).
+    stopper: Stopper,
     /// Set before the stop: a connection's error is then the stop's doing.
     stopping: Arc<AtomicBool>,
-    /// Disconnected when the receiving loop has ended.
-    ended: mpsc::Receiver<()>,
     current: Arc<Mutex<Option<TcpStream>>>,
     thread: Option<JoinHandle<()>>,
     /// Removed after the thread ended.
@@ -120,8 +118,7 @@ impl ReceiverTask {
         }
         let receiver = Arc::new(receiver);
         let read_only = ReadOnly::mount(dir)?;
-        let (stop, stopped) = mpsc::channel();
-        let (ending, ended) = mpsc::channel();
+        let (stopper, signal) = stop_signal();
         let stopping = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
         let peers = with.peer_addresses.clone();
@@ -133,10 +130,9 @@ impl ReceiverTask {
             path: dir.path.clone(),
         };
         let loop_ = Loop {
-            stop: stopped,
+            signal,
             stopping: stopping.clone(),
             current: current.clone(),
-            _ending: ending,
         };
         let thread = std::thread::Builder::new()
             .name(format!("repl-recv-{}", dir.index))
@@ -144,9 +140,8 @@ impl ReceiverTask {
             .ok();
         Ok(ReceiverTask {
             receiver,
-            stop: Some(stop),
+            stopper,
             stopping,
-            ended,
             current,
             thread,
             read_only: Some(read_only),
@@ -157,7 +152,7 @@ impl ReceiverTask {
     /// disk): what was applied goes to disk first, recorded.
     pub(super) fn stop(mut self, log: &ModuleLog, sync: bool) {
         self.stopping.store(true, Ordering::SeqCst);
-        drop(self.stop.take());
+        self.stopper.stop();
         let stream = self.current.lock().take();
         if let Some(stream) = &stream {
             // Reading only: what was received is applied, and the primary
@@ -167,7 +162,7 @@ impl ReceiverTask {
         if let Some(t) = self.thread.take() {
             // Bounded: a primary gone without a word (its host cut off) must
             // not hold the stop in a write to it.
-            let _ = self.ended.recv_timeout(LAST_WORD);
+            self.stopper.ended_within(LAST_WORD);
             if let Some(stream) = &stream {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             }
@@ -262,27 +257,10 @@ struct Target {
 
 /// What a receiving loop shares with the [`ReceiverTask`] that stops it.
 struct Loop {
-    /// Disconnected when the loop must end.
-    stop: mpsc::Receiver<()>,
+    signal: StopSignal,
     stopping: Arc<AtomicBool>,
     /// The connection being served.
     current: Arc<Mutex<Option<TcpStream>>>,
-    /// Dropped with the loop: the task learns it ended.
-    _ending: mpsc::Sender<()>,
-}
-
-impl Loop {
-    fn stopped(&self) -> bool {
-        matches!(self.stop.try_recv(), Err(TryRecvError::Disconnected))
-    }
-
-    /// Waits `d`, or less if stopped; whether it was.
-    fn pause(&self, d: Duration) -> bool {
-        matches!(
-            self.stop.recv_timeout(d),
-            Err(RecvTimeoutError::Disconnected)
-        )
-    }
 }
 
 /// The receiving loop of one directory. A new connection from the peer
@@ -307,7 +285,7 @@ fn receive(
             let _ = t.join();
         }
     };
-    while !with.stopped() {
+    while !with.signal.stopped() {
         let mut accepted = None;
         for l in &listeners {
             if let Ok((stream, from)) = l.accept() {
@@ -316,7 +294,7 @@ fn receive(
             }
         }
         let Some((stream, from)) = accepted else {
-            if with.pause(POLL) {
+            if with.signal.pause(POLL) {
                 break;
             }
             continue;
@@ -336,7 +314,7 @@ fn receive(
             Ok(c) => *current.lock() = Some(c),
             Err(_) => continue,
         }
-        if with.stopped() {
+        if with.signal.stopped() {
             break;
         }
         log.write(
