@@ -238,33 +238,13 @@ fn farm_splits_by_power_keeps_affinity_and_runs_beside_a_mirror() {
     // held by its primary only, answered by it only (the farm's
     // application listens on every address).
     let mirror_vip = Ipv4Addr::new(198, 18, 0, 52);
-    let mut mirror = format!(
-        "[module]\nname = \"mixed\"\nmode = \"mirror\"\n[heartbeat]\nport = 4820\npulse = \"100ms\"\ntimeout = \"1s\"\nnetworks = [\"net0\"]\n[vip]\naddress = \"{mirror_vip}\"\nprefix = 24\n"
+    common::start_mirror(
+        &cluster,
+        "mixed",
+        &format!(
+            "[module]\nname = \"mixed\"\nmode = \"mirror\"\n[heartbeat]\nport = 4820\npulse = \"100ms\"\ntimeout = \"1s\"\nnetworks = [\"net0\"]\n[vip]\naddress = \"{mirror_vip}\"\nprefix = 24\n"
+        ),
     );
-    for host in ["node1", "node2"] {
-        let address = cluster.lab.address(host, 0).expect("address");
-        mirror.push_str(&format!(
-            "[[node]]\nname = \"{host}\"\naddress = {{ net0 = \"{address}\" }}\n"
-        ));
-    }
-    for host in ["node1", "node2"] {
-        let dir = cluster
-            .lab
-            .host_dir(host)
-            .expect("dir")
-            .join("etc-holdfast/mixed");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(dir.join("module.toml"), &mirror).expect("write");
-        cluster
-            .run_cli_checked(
-                host,
-                &["module", "install", "/etc/holdfast/mixed/module.toml"],
-            )
-            .expect("install the mirror");
-        cluster
-            .run_cli_checked(host, &["start", "-m", "mixed"])
-            .expect("start");
-    }
     let primary = holdfast_lab::wait_until(SETTLE, Duration::from_millis(50), || {
         ["node1", "node2"].iter().any(|h| {
             cluster

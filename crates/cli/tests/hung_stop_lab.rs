@@ -99,32 +99,10 @@ impl Drop for FileSystem {
 
 /// Installs and starts [`OTHER`] on both nodes, node2 its primary.
 fn start_other(cluster: &MirrorLab) {
-    let mut config = format!(
+    let table = format!(
         "[module]\nname = \"{OTHER}\"\nmode = \"mirror\"\ndefault_primary = \"node2\"\n[heartbeat]\nport = 4820\npulse = \"100ms\"\ntimeout = \"500ms\"\nnetworks = [\"net0\"]\n"
     );
-    for host in ["node1", "node2"] {
-        let address = cluster.lab.address(host, 0).expect("address");
-        config.push_str(&format!(
-            "[[node]]\nname = \"{host}\"\naddress = {{ net0 = \"{address}\" }}\n"
-        ));
-    }
-    for host in ["node1", "node2"] {
-        let dir = cluster
-            .lab
-            .host_dir(host)
-            .expect("dir")
-            .join("etc-holdfast")
-            .join(OTHER);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(dir.join("module.toml"), &config).expect("write");
-        let file = format!("/etc/holdfast/{OTHER}/module.toml");
-        cluster
-            .run_cli_checked(host, &["module", "install", &file])
-            .expect("install the other module");
-        cluster
-            .run_cli_checked(host, &["start", "-m", OTHER])
-            .expect("start the other module");
-    }
+    common::start_mirror(cluster, OTHER, &table);
 }
 
 /// [`OTHER`]'s state on `host`.

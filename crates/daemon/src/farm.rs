@@ -275,14 +275,6 @@ impl Kind for Farm {
         self.core.view()
     }
 
-    fn state(&self) -> State {
-        self.core.state()
-    }
-
-    fn transient(&self) -> bool {
-        self.core.transient()
-    }
-
     fn next_deadline(&self) -> Option<Instant> {
         [self.core.next_deadline(), Some(self.next_renewal)]
             .into_iter()

@@ -192,14 +192,6 @@ impl Kind for Mirror {
         self.core.view()
     }
 
-    fn state(&self) -> State {
-        self.core.state()
-    }
-
-    fn transient(&self) -> bool {
-        self.core.transient()
-    }
-
     fn next_deadline(&self) -> Option<Instant> {
         [self.core.next_deadline(), self.supervisor.next_deadline()]
             .into_iter()

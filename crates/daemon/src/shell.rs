@@ -73,8 +73,6 @@ pub(crate) trait Kind: Send + Sized + 'static {
 
     fn status(&self) -> HeartbeatStatus;
     fn view(&self) -> ModuleView;
-    fn state(&self) -> State;
-    fn transient(&self) -> bool;
     /// When the machine (or the kind) must be woken up.
     fn next_deadline(&self) -> Option<Instant>;
     /// Time passed: the machine's timers, the kind's own (asking the worker).
@@ -241,7 +239,8 @@ impl<K: Kind> Shell<K> {
             }
             if let Some(running) = agenda.shutdown {
                 let idle = agenda.pending.is_empty() && !agenda.waiting;
-                if self.kind.state() == State::Stop && !self.kind.transient() && idle {
+                let view = self.kind.view();
+                if view.state == State::Stop && !view.transient && idle {
                     let persistent = self.kind.persistent(running);
                     persist(self.io.paths.persistent(), persistent, self.io.log.clone()).await;
                     // After what was asked of it: everything released.

@@ -116,3 +116,33 @@ pub fn sh_command(cluster: &MirrorLab, host: &str, script: &str) -> Command {
     command.args(["-c", script]).stdin(Stdio::null());
     command
 }
+
+/// Installs and starts a second mirror module `name` on node1 and node2
+/// beside the lab's own, on network 0: `table` is its `[module]` and
+/// `[heartbeat]` (and more), the `[[node]]` entries are added.
+pub fn start_mirror(cluster: &MirrorLab, name: &str, table: &str) {
+    let mut config = table.to_string();
+    for host in ["node1", "node2"] {
+        let address = cluster.lab.address(host, 0).expect("address");
+        config.push_str(&format!(
+            "[[node]]\nname = \"{host}\"\naddress = {{ net0 = \"{address}\" }}\n"
+        ));
+    }
+    for host in ["node1", "node2"] {
+        let dir = cluster
+            .lab
+            .host_dir(host)
+            .expect("dir")
+            .join("etc-holdfast")
+            .join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("module.toml"), &config).expect("write");
+        let file = format!("/etc/holdfast/{name}/module.toml");
+        cluster
+            .run_cli_checked(host, &["module", "install", &file])
+            .unwrap_or_else(|e| panic!("install {name} on {host}: {e}"));
+        cluster
+            .run_cli_checked(host, &["start", "-m", name])
+            .unwrap_or_else(|e| panic!("start {name} on {host}: {e}"));
+    }
+}
