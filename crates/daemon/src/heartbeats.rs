@@ -18,7 +18,7 @@ use crate::DaemonError;
 /// of forgeries cannot fill the disk.
 const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Logs rejected datagrams, rate-limited (see [`REJECTION_LOG_INTERVAL`]).
+/// Logs rejected datagrams, rate-limited (see `REJECTION_LOG_INTERVAL`).
 #[derive(Debug, Default)]
 pub struct Rejections {
     last_logged: Option<Instant>,

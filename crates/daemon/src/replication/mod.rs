@@ -1,5 +1,6 @@
 //! The daemon's side of file replication for one mirror module: which
-//! role runs what, driven by the module task after every event.
+//! role runs what, driven after every event of the module by its worker
+//! thread (`crate::resources`), never on the async runtime.
 //!
 //! - SECOND (and WAIT, `receivers`): one receiving thread per replicated
 //!   directory, listening on the node's addresses at the directory's
@@ -16,9 +17,10 @@
 //!   completes.
 //!
 //! Per directory `i`, state lives in `<module>/replication/<i>/`
-//! (`generations`, `log/`), never inside a replicated directory. Every
-//! blocking step (network, resync) runs on threads of its own; mounting and
-//! stopping threads are short and bounded.
+//! (`generations`, `log/`), never inside a replicated directory. The
+//! network and resynchronisations run on threads of their own, stopped
+//! through channels (`stop`); mounting, unmounting and stopping them (a
+//! receiver's stop waits up to its last word) take the module's worker.
 //! `directory` holds a directory's facts and records on disk, [`status`]
 //! what `holdfast state` shows of it.
 
