@@ -157,8 +157,9 @@ struct Agenda<K: Kind> {
     shutdown: Option<bool>,
     /// Actions of the state machine not carried out yet, in order.
     pending: VecDeque<K::Action>,
-    /// An action is being carried out off the task: the next ones wait.
-    waiting: bool,
+    /// Actions carried out off the task and not done yet (a worker's job,
+    /// a persisted state): the next ones wait while there is one.
+    waiting: usize,
     /// The worker is following the state; asked again after it if
     /// `follow_again`.
     following: bool,
@@ -177,7 +178,7 @@ impl<K: Kind> Shell<K> {
         let mut agenda = Agenda::<K> {
             shutdown: None,
             pending: VecDeque::new(),
-            waiting: false,
+            waiting: 0,
             following: false,
             follow_again: false,
             asked: None,
@@ -218,10 +219,10 @@ impl<K: Kind> Shell<K> {
                         agenda.following = false;
                         agenda.followed = agenda.asked;
                     }
-                    Answer::Finished => agenda.waiting = false,
+                    Answer::Finished => agenda.waiting = agenda.waiting.saturating_sub(1),
                     Answer::Other => {}
                 },
-                Some(()) = agenda.persisted.1.recv() => agenda.waiting = false,
+                Some(()) = agenda.persisted.1.recv() => agenda.waiting = agenda.waiting.saturating_sub(1),
             }
             self.execute(&mut agenda).await;
             // Checkers follow the state; what they decide is carried out now.
@@ -234,11 +235,11 @@ impl<K: Kind> Shell<K> {
                 .kind
                 .following()
                 .is_none_or(|f| agenda.followed == Some(f));
-            if agenda.pending.is_empty() && !agenda.waiting && caught_up {
+            if agenda.pending.is_empty() && agenda.waiting == 0 && caught_up {
                 self.io.publish(&self.view_tx, self.kind.view());
             }
             if let Some(running) = agenda.shutdown {
-                let idle = agenda.pending.is_empty() && !agenda.waiting;
+                let idle = agenda.pending.is_empty() && agenda.waiting == 0;
                 let view = self.kind.view();
                 if view.state == State::Stop && !view.transient && idle {
                     let persistent = self.kind.persistent(running);
@@ -294,7 +295,7 @@ impl<K: Kind> Shell<K> {
     /// it until it is done.
     async fn execute(&mut self, agenda: &mut Agenda<K>) {
         agenda.pending.extend(self.kind.take_actions());
-        while !agenda.waiting {
+        while agenda.waiting == 0 {
             let Some(action) = agenda.pending.pop_front() else {
                 return;
             };
@@ -305,7 +306,7 @@ impl<K: Kind> Shell<K> {
                 Step::SendHeartbeat => self.send_heartbeat().await,
                 Step::Wait(job) => {
                     self.worker.ask(job);
-                    agenda.waiting = true;
+                    agenda.waiting += 1;
                 }
                 Step::Persist(persistent) => {
                     if agenda.shutdown.is_none() {
@@ -324,13 +325,13 @@ impl<K: Kind> Shell<K> {
             persist(path, persistent, log).await;
             let _ = done.send(());
         });
-        agenda.waiting = true;
+        agenda.waiting += 1;
     }
 
     /// Lets the worker follow the module's state: one follow at a time,
     /// after the actions before it.
     fn follow(&mut self, agenda: &mut Agenda<K>) {
-        if agenda.following || agenda.waiting {
+        if agenda.following || agenda.waiting > 0 {
             agenda.follow_again = true;
             return;
         }
