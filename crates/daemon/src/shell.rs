@@ -213,14 +213,20 @@ impl<K: Kind> Shell<K> {
                     Some(msg) => self.on_message(msg, &mut agenda),
                     None => return,
                 },
-                Some(done) = self.done.recv() => match self.kind.answered(Instant::now(), done) {
-                    Answer::Followed => {
+                done = self.done.recv() => match done.map(|d| self.kind.answered(Instant::now(), d)) {
+                    Some(Answer::Followed) => {
                         followed = true;
                         agenda.following = false;
                         agenda.followed = agenda.asked;
                     }
-                    Answer::Finished => agenda.waiting = agenda.waiting.saturating_sub(1),
-                    Answer::Other => {}
+                    Some(Answer::Finished) => agenda.waiting = agenda.waiting.saturating_sub(1),
+                    Some(Answer::Other) => {}
+                    None => {
+                        // Only a panic ends it before the task: the task
+                        // ends too, as it did when this work was its own.
+                        self.io.log.write(LogLevel::Error, "the module's worker thread failed: module task ended");
+                        return;
+                    }
                 },
                 Some(()) = agenda.persisted.1.recv() => agenda.waiting = agenda.waiting.saturating_sub(1),
             }
