@@ -101,6 +101,7 @@ pub async fn spawn(
     let replication_status = replication.as_ref().map(|r| r.status());
     let fence = replication.as_ref().map(|r| r.fence());
     let peer_second = replication.as_ref().map(|r| r.peer_second());
+    let synced = replication.as_ref().map_or_else(Vec::new, |r| r.synced());
     let (done_tx, mut done) = mpsc::unbounded_channel();
     let worker = Worker::start(
         format!("module-{}", config.name),
@@ -125,6 +126,8 @@ pub async fn spawn(
             checkers,
             fence,
             peer_second,
+            synced,
+            settled: State::Stop,
             witness,
         },
         heartbeats,
@@ -164,6 +167,11 @@ struct Mirror {
     /// Tells replication's connectors whether the peer is SECOND (`None`:
     /// nothing replicated).
     peer_second: Option<Arc<AtomicBool>>,
+    /// Set by each directory's receiver when a resynchronisation of this
+    /// copy completes; reset here as the node becomes SECOND.
+    synced: Vec<Arc<AtomicBool>>,
+    /// The state at the last `settle`.
+    settled: State,
     /// The split-brain witness, if configured.
     witness: Option<WitnessLink>,
 }
@@ -280,6 +288,20 @@ impl Kind for Mirror {
             running,
             ..self.core.persistent().clone()
         }
+    }
+
+    fn settle(&mut self) {
+        let state = self.core.state();
+        if state == State::Second && self.settled != State::Second {
+            // Not current until a primary resynchronises this copy. Reset
+            // before any heartbeat says SECOND: a primary that hears it
+            // may connect and complete a resynchronisation before the
+            // worker follows the new state, and must not be undone.
+            for flag in &self.synced {
+                flag.store(false, Ordering::SeqCst);
+            }
+        }
+        self.settled = state;
     }
 
     fn after_event(&mut self, now: Instant, io: &ModuleIo) {

@@ -97,6 +97,9 @@ pub(crate) trait Kind: Send + Sized + 'static {
     fn shutdown(&mut self, now: Instant) -> bool;
     /// What to persist once stopped for the daemon's shutdown.
     fn persistent(&self, running: bool) -> Persistent;
+    /// Right after an input, before anything it caused is carried out or
+    /// announced (no await in between): what must follow the state at once.
+    fn settle(&mut self) {}
     /// After an event's actions: what else follows the state (checkers).
     fn after_event(&mut self, now: Instant, io: &ModuleIo);
     fn take_actions(&mut self) -> Vec<Self::Action>;
@@ -230,6 +233,7 @@ impl<K: Kind> Shell<K> {
                 },
                 Some(()) = agenda.persisted.1.recv() => agenda.waiting = agenda.waiting.saturating_sub(1),
             }
+            self.kind.settle();
             self.execute(&mut agenda).await;
             // Checkers follow the state; what they decide is carried out now.
             self.kind.after_event(Instant::now(), &self.io);

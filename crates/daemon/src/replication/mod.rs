@@ -195,6 +195,13 @@ impl Replication {
         self.peer_second.clone()
     }
 
+    /// Where each directory's receiver says a resynchronisation of this
+    /// copy completed; the module task resets them as it becomes SECOND
+    /// (see `Mirror::settle` in `crate::mirror`).
+    pub fn synced(&self) -> Vec<Arc<AtomicBool>> {
+        self.synced.clone()
+    }
+
     /// `second --discard-data`, the module stopped: every directory's copy
     /// counts as no data, so the primary replaces it (comparing blocks:
     /// only those that differ are sent).
@@ -272,10 +279,10 @@ impl Replication {
     pub fn follow(&mut self, state: State) -> Option<bool> {
         let mut data_state = None;
         if state == State::Second && self.last_state != State::Second {
-            // Not current until the primary has resynchronised this node.
-            for flag in &self.synced {
-                flag.store(false, Ordering::SeqCst);
-            }
+            // Not current until the primary has resynchronised this node:
+            // the flags were reset by the module task before it announced
+            // SECOND, so a resynchronisation that announcement brought
+            // about, done before this late follow, still counts.
             self.current = false;
             data_state = Some(false);
         }
