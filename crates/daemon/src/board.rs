@@ -3,10 +3,10 @@
 //! a generation that grows whenever it starts its application.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
 
 use holdfast_checkers::{ModuleStates, ModuleStatus};
 use holdfast_membership::State;
+use parking_lot::RwLock;
 
 #[derive(Debug, Default)]
 pub struct ModuleBoard {
@@ -15,8 +15,7 @@ pub struct ModuleBoard {
 
 impl ModuleBoard {
     fn update(&self, module: &str, change: impl FnOnce(&mut ModuleStatus)) {
-        // A panicked writer left plain data: still usable.
-        let mut modules = self.modules.write().unwrap_or_else(|e| e.into_inner());
+        let mut modules = self.modules.write();
         let status = modules
             .entry(module.to_string())
             .or_insert_with(|| ModuleStatus {
@@ -38,15 +37,13 @@ impl ModuleBoard {
 
     /// `module`'s task ended (removed, or the daemon stops).
     pub fn remove(&self, module: &str) {
-        let mut modules = self.modules.write().unwrap_or_else(|e| e.into_inner());
-        modules.remove(module);
+        self.modules.write().remove(module);
     }
 }
 
 impl ModuleStates for ModuleBoard {
     fn status(&self, module: &str) -> Option<ModuleStatus> {
-        let modules = self.modules.read().unwrap_or_else(|e| e.into_inner());
-        modules.get(module).cloned()
+        self.modules.read().get(module).cloned()
     }
 }
 

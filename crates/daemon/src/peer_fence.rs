@@ -9,9 +9,8 @@
 //! machine, which tells the witness and reports the grant
 //! ([`PeerFence::fenced`]).
 
-use std::sync::{Mutex, MutexGuard};
-
 use holdfast_membership::mirror::PeerData;
+use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 /// Shared by a module's replication threads and its task.
@@ -46,7 +45,7 @@ impl PeerFence {
     }
 
     fn state(&self) -> MutexGuard<'_, FenceState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     fn set(&self, dir: usize, data: PeerData) {

@@ -8,9 +8,11 @@ use std::io::{BufRead, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use crate::cluster::MirrorLab;
 use crate::{LabError, Result};
@@ -72,7 +74,7 @@ pub fn append(dir: &Path, writers: usize, size: usize) -> Result<()> {
                         .map_err(|e| {
                             LabError::io(format!("record {n} of {}", path.display()), e)
                         })?;
-                    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut out = out.lock();
                     writeln!(out, "{}", acknowledgement(w, n))
                         .and_then(|()| out.flush())
                         .map_err(|e| LabError::io("standard output", e))?;
@@ -129,7 +131,7 @@ impl Appenders {
             for line in std::io::BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some((w, n)) = acknowledged_record(&line) {
-                    seen_lock(&sink).push((Instant::now(), w, n));
+                    sink.lock().push((Instant::now(), w, n));
                 }
             }
         });
@@ -144,7 +146,7 @@ impl Appenders {
 
     /// Records acknowledged so far.
     pub fn count(&self) -> usize {
-        seen_lock(&self.seen).len()
+        self.seen.lock().len()
     }
 
     /// Stops the writers (if their host was not killed already): the
@@ -153,7 +155,9 @@ impl Appenders {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = self.reader.join();
-        let records = seen_lock(&self.seen)
+        let records = self
+            .seen
+            .lock()
             .iter()
             .filter(|(t, _, _)| before.is_none_or(|b| *t < b))
             .map(|&(_, w, n)| (w, n))
@@ -164,10 +168,6 @@ impl Appenders {
             records,
         }
     }
-}
-
-fn seen_lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Acknowledged records: (writer, record number), in `dir`.
