@@ -227,6 +227,22 @@ struct LiveDir {
     last_resync: Option<LastResync>,
 }
 
+impl LiveDir {
+    /// A directory nothing has happened to yet.
+    fn idle(dir: PathBuf) -> Self {
+        LiveDir {
+            dir,
+            activity: Activity::Idle,
+            progress: None,
+            basis: None,
+            problem: None,
+            primary: None,
+            last_rate: None,
+            last_resync: None,
+        }
+    }
+}
+
 /// The live status of a module's replicated directories, shared with the
 /// API (which reads it) and the replication threads (which update it).
 #[derive(Debug, Clone)]
@@ -235,18 +251,7 @@ pub struct ReplicationStatus(Arc<Mutex<Vec<LiveDir>>>);
 impl ReplicationStatus {
     pub(super) fn new(dirs: &[Dir]) -> Self {
         ReplicationStatus(Arc::new(Mutex::new(
-            dirs.iter()
-                .map(|d| LiveDir {
-                    dir: d.path.clone(),
-                    activity: Activity::Idle,
-                    progress: None,
-                    basis: None,
-                    problem: None,
-                    primary: None,
-                    last_rate: None,
-                    last_resync: None,
-                })
-                .collect(),
+            dirs.iter().map(|d| LiveDir::idle(d.path.clone())).collect(),
         )))
     }
 
@@ -359,16 +364,10 @@ mod tests {
 
     #[test]
     fn the_last_resynchronisation_is_reported_with_its_figures() {
-        let status = ReplicationStatus(Arc::new(Mutex::new(vec![LiveDir {
-            dir: "/srv/app/data".into(),
-            activity: Activity::Resynchronising,
-            progress: None,
-            basis: None,
-            problem: None,
-            primary: None,
-            last_rate: None,
-            last_resync: None,
-        }])));
+        let status = ReplicationStatus(Arc::new(Mutex::new(vec![LiveDir::idle(
+            "/srv/app/data".into(),
+        )])));
+        status.set(0, Activity::Resynchronising, None);
         let before = serde_json::to_value(status.snapshot()).unwrap();
         assert!(before[0].get("last_resync").is_none());
         let resync = LastResync {
