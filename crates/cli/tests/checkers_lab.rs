@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{api_log, executables, started, SETTLE};
+use common::{api_log, started, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 
 fn kill_app(pid: i32, signal: nix::sys::signal::Signal) {
@@ -164,10 +164,8 @@ up_after = 1
 /// back by itself.
 #[test]
 fn a_module_checker_follows_the_module_it_depends_on() {
-    let cluster = MirrorLab::create(
-        &executables(),
-        MirrorOptions {
-            tail: r#"
+    let cluster = common::lab(MirrorOptions {
+        tail: r#"
 [[checker]]
 name = "dep"
 type = "module"
@@ -175,11 +173,9 @@ module = "dep"
 expected = ["PRIM", "ALONE", "SECOND"]
 interval = "200ms"
 "#
-            .into(),
-            ..MirrorOptions::default()
-        },
-    )
-    .expect("lab");
+        .into(),
+        ..MirrorOptions::default()
+    });
     let dep = "[module]\nname = \"dep\"\nmode = \"mirror\"\n\n[heartbeat]\nport = 4802\npulse = \"100ms\"\ntimeout = \"1500ms\"\n\n[[node]]\nname = \"node1\"\naddress = { default = \"198.18.0.11\" }\n\n[[node]]\nname = \"node2\"\naddress = { default = \"198.18.0.12\" }\n";
     for host in ["node1", "node2"] {
         let path = cluster

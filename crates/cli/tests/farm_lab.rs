@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use common::{executables, SETTLE};
+use common::SETTLE;
 use holdfast_lab::cluster::{
     settled, FarmOptions, MirrorLab, MirrorOptions, APP_PORT, ECHO_PORT, HEALTH_PORT, VIP,
 };
@@ -40,20 +40,16 @@ fn farm() -> MirrorLab {
     let rules = format!(
         "\n[[load_balancing]]\nprotocol = \"tcp\"\nport = {APP_PORT}\nby = \"client_ip_port\"\n\n[[load_balancing]]\nprotocol = \"tcp\"\nport = {ECHO_PORT}\nby = \"client_ip\"\n"
     );
-    let cluster = MirrorLab::create(
-        &executables(),
-        MirrorOptions {
-            timeout: TIMEOUT,
-            vip: true,
-            health: true,
-            farm: Some(FarmOptions {
-                powers: POWERS.to_vec(),
-                rules,
-            }),
-            ..MirrorOptions::default()
-        },
-    )
-    .expect("a farm lab");
+    let cluster = common::lab(MirrorOptions {
+        timeout: TIMEOUT,
+        vip: true,
+        health: true,
+        farm: Some(FarmOptions {
+            powers: POWERS.to_vec(),
+            rules,
+        }),
+        ..MirrorOptions::default()
+    });
     let batch: String = (0..CLIENTS)
         .map(|i| format!("addr add {}/24 dev eth0\n", client_address(i.into())))
         .collect();

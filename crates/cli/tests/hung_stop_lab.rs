@@ -142,12 +142,7 @@ fn a_hung_replication_stop_stalls_neither_its_heartbeats_nor_another_pair() {
     // The copy's file system stops answering; a change arrives, and
     // node2's receiver is stuck applying it.
     disk.freeze();
-    let mut writer = cluster
-        .lab
-        .command("node1", "sh")
-        .expect("node1")
-        .args(["-c", &format!("echo two > {DATA}/two")])
-        .stdin(Stdio::null())
+    let mut writer = common::sh_command(&cluster, "node1", &format!("echo two > {DATA}/two"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -182,9 +177,9 @@ fn a_hung_replication_stop_stalls_neither_its_heartbeats_nor_another_pair() {
             }
             None => longest_silence = longest_silence.max(now - last_heard),
         }
-        let receiving = cluster
-            .state("node2")
-            .is_some_and(|s| s.replication.iter().all(|d| d.activity == "receiving"));
+        let receiving = cluster.state("node2").is_some_and(|s| {
+            !s.replication.is_empty() && s.replication.iter().all(|d| d.activity == "receiving")
+        });
         assert!(
             receiving,
             "node2's receiver still stopping {:?} after the stop (the hang this test needs)\n{}",
@@ -219,7 +214,9 @@ fn a_hung_replication_stop_stalls_neither_its_heartbeats_nor_another_pair() {
     disk.thaw();
     let stopped = wait_until(SETTLE, Duration::from_millis(50), || {
         cluster.state("node2").is_some_and(|s| {
-            settled(&Some(s.clone()), "STOP") && s.replication.iter().all(|d| d.activity == "idle")
+            settled(&Some(s.clone()), "STOP")
+                && !s.replication.is_empty()
+                && s.replication.iter().all(|d| d.activity == "idle")
         })
     });
     eprintln!(

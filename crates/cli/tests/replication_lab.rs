@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{executables, lab, replicated, sh_command, started, DATA, SETTLE};
+use common::{lab, replicated, sh_command, started, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::wait_until;
 
@@ -374,7 +374,7 @@ fn data_on_both_sides_is_refused_until_the_administrator_discards_one_copy() {
     // `holdfast progress` follows the resynchronisation to its end.
     let mut follower = cluster
         .lab
-        .command(prim, &executables().holdfast)
+        .command(prim, &cluster.executables().holdfast)
         .unwrap()
         .args(["progress", "-m", "demo"])
         .stdout(Stdio::piped())

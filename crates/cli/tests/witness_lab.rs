@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{executables, holds_vip, ordered, replicated, sh_command, DATA, SETTLE};
+use common::{holds_vip, ordered, replicated, sh_command, DATA, SETTLE};
 use holdfast_lab::cluster::{settled, MirrorLab, MirrorOptions};
 use holdfast_lab::CLIENT;
 use rand::rngs::StdRng;
@@ -78,18 +78,13 @@ fn ten_partitions_with_a_witness_never_show_two_holders() {
         .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
     eprintln!("witness lab: seed {seed} (HOLDFAST_LAB_SEED={seed})");
     let mut rng = StdRng::seed_from_u64(seed);
-    let (cluster, mut prim, mut second) = MirrorLab::started(
-        &executables(),
-        MirrorOptions {
-            pulse: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-            vip: true,
-            witness_lease: Some(Duration::from_secs(2)),
-            ..MirrorOptions::default()
-        },
-        SETTLE,
-    )
-    .expect("a running pair");
+    let (cluster, mut prim, mut second) = common::started(MirrorOptions {
+        pulse: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        vip: true,
+        witness_lease: Some(Duration::from_secs(2)),
+        ..MirrorOptions::default()
+    });
 
     let stop = AtomicBool::new(false);
     let violations = Mutex::new(Vec::<String>::new());
@@ -231,18 +226,13 @@ fn without_a_witness_a_split_brain_is_detected_at_heal_and_no_copy_is_overwritte
 #[test]
 fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
     // The client host's address on network 0 (see `LabHandle::address`).
-    let (cluster, prim, second) = MirrorLab::started(
-        &executables(),
-        MirrorOptions {
-            pulse: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-            vip: true,
-            tail: "\n[splitbrain]\nping = [\"198.18.0.100\"]\n".into(),
-            ..MirrorOptions::default()
-        },
-        SETTLE,
-    )
-    .expect("a running pair with a split-brain checker");
+    let (cluster, prim, second) = common::started(MirrorOptions {
+        pulse: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        vip: true,
+        tail: "\n[splitbrain]\nping = [\"198.18.0.100\"]\n".into(),
+        ..MirrorOptions::default()
+    });
     assert_eq!(
         cluster.lab.address(CLIENT, 0).unwrap().to_string(),
         "198.18.0.100"
@@ -266,18 +256,13 @@ fn the_splitbrain_checker_hands_a_partition_to_the_side_that_pings() {
 /// A started pair with `DATA` replicated, mirroring; a witness granting
 /// leases of `witness_lease`, if any.
 fn replicated_pair(witness_lease: Option<Duration>) -> (MirrorLab, &'static str, &'static str) {
-    let (cluster, prim, second) = MirrorLab::started(
-        &executables(),
-        MirrorOptions {
-            pulse: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-            witness_lease,
-            tail: replicated(4900),
-            ..MirrorOptions::default()
-        },
-        SETTLE,
-    )
-    .expect("a running pair");
+    let (cluster, prim, second) = common::started(MirrorOptions {
+        pulse: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        witness_lease,
+        tail: replicated(4900),
+        ..MirrorOptions::default()
+    });
     assert!(
         mirroring(&cluster, prim),
         "the pair mirrors before the partition"
@@ -444,17 +429,12 @@ fn with_a_witness_every_write_an_isolated_primary_acknowledged_is_on_the_node_ta
 /// its lease and the pair settles, with no request rejected.
 #[test]
 fn a_module_installed_again_still_gets_its_lease() {
-    let (cluster, _, _) = MirrorLab::started(
-        &executables(),
-        MirrorOptions {
-            pulse: Duration::from_millis(100),
-            timeout: Duration::from_secs(1),
-            witness_lease: Some(Duration::from_secs(2)),
-            ..MirrorOptions::default()
-        },
-        SETTLE,
-    )
-    .expect("a running pair");
+    let (cluster, _, _) = common::started(MirrorOptions {
+        pulse: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        witness_lease: Some(Duration::from_secs(2)),
+        ..MirrorOptions::default()
+    });
     let module = cluster.options.module.clone();
     let file = format!("/etc/holdfast/{module}/module.toml");
     for host in ["node1", "node2"] {

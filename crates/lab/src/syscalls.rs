@@ -12,6 +12,9 @@ use std::process::Command;
 /// Set in the traced child's environment, to what the test passes it.
 pub const CHILD: &str = "HOLDFAST_TRACED_CHILD";
 
+/// How long the traced child may run (`timeout`'s duration).
+const TRACED_LIMIT: &str = "60s";
+
 /// In the traced child, what the parent test passed it; `None` in the parent.
 pub fn child_argument() -> Option<OsString> {
     std::env::var_os(CHILD)
@@ -25,8 +28,10 @@ pub fn child_argument() -> Option<OsString> {
 /// error if strace cannot run or the child fails.
 fn traced(test: &str, argument: &OsStr, calls: &str) -> std::io::Result<Vec<String>> {
     let out = unique_path("strace");
-    let output = Command::new("strace")
-        .args(["-f", "-qq", "-y", "-e", "signal=none", "-e"])
+    // Bounded: coreutils' `timeout` ends a child that hangs.
+    let output = Command::new("timeout")
+        .arg(TRACED_LIMIT)
+        .args(["strace", "-f", "-qq", "-y", "-e", "signal=none", "-e"])
         .arg(format!("trace={calls}"))
         .arg("-o")
         .arg(&out)
