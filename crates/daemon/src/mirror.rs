@@ -302,6 +302,14 @@ impl Kind for Mirror {
             }
         }
         self.settled = state;
+        if let Some(peer_second) = &self.peer_second {
+            // At once: a connector must learn that its secondary is lost
+            // while what replication does next may still wait for a disk.
+            peer_second.store(
+                self.core.view().peer_state == Some(State::Second),
+                Ordering::SeqCst,
+            );
+        }
     }
 
     fn after_event(&mut self, now: Instant, io: &ModuleIo) {
@@ -344,13 +352,7 @@ impl Kind for Mirror {
     }
 
     fn follow(&mut self) -> Option<(State, ResourceJob)> {
-        let peer_second = self.peer_second.as_ref()?;
-        // At once: a connector must learn that its secondary is lost while
-        // what replication does next may still wait for a disk.
-        peer_second.store(
-            self.core.view().peer_state == Some(State::Second),
-            Ordering::SeqCst,
-        );
+        self.peer_second.as_ref()?;
         let state = self.core.state();
         Some((state, ResourceJob::Follow(state)))
     }

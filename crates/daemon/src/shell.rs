@@ -238,7 +238,9 @@ impl<K: Kind> Shell<K> {
             // Checkers follow the state; what they decide is carried out now.
             self.kind.after_event(Instant::now(), &self.io);
             self.execute(&mut agenda).await;
-            if !followed || agenda.follow_again {
+            // The worker's own answer may have changed the state (its
+            // data state): followed again then.
+            if !followed || agenda.follow_again || self.kind.following() != agenda.followed {
                 self.follow(&mut agenda);
             }
             let caught_up = self
