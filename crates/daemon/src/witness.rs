@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use holdfast_key::ClusterKey;
 use holdfast_membership::datagram::MAX_DATAGRAM;
-use holdfast_membership::lease::{Decision, LeaseReply, LeaseRequest, OutdatedCopy, WitnessCore};
+use holdfast_membership::lease::{
+    LeaseDecision, LeaseReply, LeaseRequest, OutdatedCopy, WitnessCore,
+};
 use holdfast_membership::ReplayGuard;
 use holdfast_replication::durable;
 use tokio::net::UdpSocket;
@@ -147,7 +149,7 @@ pub async fn serve(
                 ),
             }
         }
-        if let Decision::TooLong { max_ms } = &decision {
+        if let LeaseDecision::TooLong { max_ms } = &decision {
             tracing::warn!(
                 "module {}: {} asks for a {} ms lease, more than --max-lease ({max_ms} ms): refused",
                 request.module,

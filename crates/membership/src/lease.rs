@@ -22,7 +22,7 @@
 //! primary acknowledges a change its peer does not receive (going ALONE),
 //! it tells the witness, in a lease request, that the peer's copy is
 //! outdated ([`PeerCopy::Outdated`]), and waits for the grant. From then
-//! on the witness refuses the lease to that peer ([`Decision::Outdated`]),
+//! on the witness refuses the lease to that peer ([`LeaseDecision::Outdated`]),
 //! even after the primary's lease ends, until the primary reports the
 //! copy current again (resynchronised). Unlike leases, these marks outlive
 //! a restart of the witness (its shell stores them), since forgetting one
@@ -189,7 +189,7 @@ impl LeaseClient {
 
 /// What the witness answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Decision {
+pub enum LeaseDecision {
     Granted,
     /// `holder` holds the lease for `remaining_ms` more (or the witness
     /// restarted and grants nothing yet: `holder` says so).
@@ -268,31 +268,31 @@ impl WitnessCore {
         stamp: Stamp,
         duration: Duration,
         peer_copy: &PeerCopy,
-    ) -> Decision {
+    ) -> LeaseDecision {
         if duration.is_zero() {
             if self.holders.get(module).is_some_and(|(h, _)| h == node) {
                 self.holders.remove(module);
             }
-            return Decision::Granted;
+            return LeaseDecision::Granted;
         }
         if duration > self.max_lease {
-            return Decision::TooLong {
+            return LeaseDecision::TooLong {
                 max_ms: self.max_lease.as_millis() as u64,
             };
         }
         if let Some(copy) = self.outdated.get(module).filter(|c| c.node == node) {
-            return Decision::Outdated {
+            return LeaseDecision::Outdated {
                 by: copy.by.clone(),
             };
         }
         if now < self.quiet_until {
-            return Decision::Refused {
+            return LeaseDecision::Refused {
                 holder: RESTARTED.into(),
                 remaining_ms: (self.quiet_until - now).as_millis() as u64,
             };
         }
         match self.holders.get(module) {
-            Some((holder, until)) if holder != node && now < *until => Decision::Refused {
+            Some((holder, until)) if holder != node && now < *until => LeaseDecision::Refused {
                 holder: holder.clone(),
                 remaining_ms: (*until - now).as_millis() as u64,
             },
@@ -321,7 +321,7 @@ impl WitnessCore {
                         );
                     }
                 }
-                Decision::Granted
+                LeaseDecision::Granted
             }
         }
     }
@@ -360,7 +360,7 @@ pub struct LeaseReply {
     pub node: String,
     pub incarnation: u64,
     pub id: u64,
-    pub decision: Decision,
+    pub decision: LeaseDecision,
 }
 
 impl LeaseRequest {
@@ -434,7 +434,7 @@ mod tests {
         let after_quiet = t0 + 2000 * MS;
         assert!(matches!(
             w.request(t0, "web", "node1", (1, 0), 1000 * MS, &PeerCopy::Unknown),
-            Decision::Refused { .. }
+            LeaseDecision::Refused { .. }
         ));
         assert_eq!(
             w.request(
@@ -445,7 +445,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         assert_eq!(
             w.request(
@@ -456,7 +456,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Refused {
+            LeaseDecision::Refused {
                 holder: "node1".into(),
                 remaining_ms: 1
             }
@@ -471,7 +471,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         assert_eq!(
             w.request(
@@ -482,7 +482,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         assert_eq!(w.holder(after_quiet + 1499 * MS, "web"), Some("node1"));
         assert_eq!(
@@ -494,7 +494,7 @@ mod tests {
                 1000 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         assert_eq!(
             w.request(
@@ -505,7 +505,7 @@ mod tests {
                 2001 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::TooLong { max_ms: 2000 }
+            LeaseDecision::TooLong { max_ms: 2000 }
         );
         // Only the holder releases.
         let later = after_quiet + 1600 * MS;
@@ -540,11 +540,11 @@ mod tests {
         // Refused requests record nothing.
         assert!(matches!(
             w.request(t0, "web", "node1", (1, 0), 500 * MS, &outdated),
-            Decision::Refused { .. }
+            LeaseDecision::Refused { .. }
         ));
         assert_eq!(
             w.request(t, "web", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         w.request(
             t,
@@ -556,19 +556,19 @@ mod tests {
         );
         assert_eq!(
             w.request(t, "web", "node1", (1, 1), 500 * MS, &outdated),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         // node1's lease ends (a crash, a release): node2 stays refused.
         let later = t + 2000 * MS;
         assert_eq!(w.holder(later, "web"), None);
-        let refused = Decision::Outdated { by: "node1".into() };
+        let refused = LeaseDecision::Outdated { by: "node1".into() };
         assert_eq!(
             w.request(later, "web", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
             refused
         );
         assert_eq!(
             w.request(later, "db", "node2", (1, 0), 500 * MS, &PeerCopy::Unknown),
-            Decision::Granted,
+            LeaseDecision::Granted,
             "per module"
         );
         // A restarted witness keeps the mark, and node1 may renew without news.
@@ -594,7 +594,7 @@ mod tests {
                 500 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Granted
+            LeaseDecision::Granted
         );
         assert_eq!(
             w.request(
@@ -634,7 +634,7 @@ mod tests {
                 500 * MS,
                 &PeerCopy::Unknown
             ),
-            Decision::Granted
+            LeaseDecision::Granted
         );
     }
 
@@ -662,7 +662,7 @@ mod tests {
                     500 * MS,
                     &PeerCopy::Current
                 ),
-                Decision::Granted
+                LeaseDecision::Granted
             );
             w.request(restarted, "web", "node1", stale, 500 * MS, &outdated);
             assert_eq!(w.outdated()["web"].since, (3, 7), "{stale:?}");

@@ -31,7 +31,7 @@
 use std::time::{Duration, Instant};
 
 use holdfast_config::DefaultPrimary;
-use holdfast_membership::lease::{Decision, LeaseSettings, PeerCopy, WitnessCore};
+use holdfast_membership::lease::{LeaseDecision, LeaseSettings, PeerCopy, WitnessCore};
 use holdfast_membership::mirror::{MirrorModule, MirrorSettings, PeerData, PeerStatus};
 use holdfast_membership::module::{Action, Command, Persistent, Script, ScriptOutcome, State};
 use rand::rngs::StdRng;
@@ -116,7 +116,7 @@ enum Ev {
         to: usize,
         life: u64,
         id: u64,
-        decision: Decision,
+        decision: LeaseDecision,
     },
     WitnessCrash,
     /// The split-brain checker's addresses answer `node`'s pings, or not.
@@ -1099,8 +1099,13 @@ fn random_fault_schedules_keep_the_invariants() {
     // Each schedule draws a witness with probability 1/2: a half below a
     // quarter of the schedules is not chance (for any count worth running)
     // but a draw that no longer reaches it, and that half's invariants
-    // would go unchecked.
-    let least = (schedules as usize / 4).max(1);
+    // would go unchecked. A handful of schedules (a short run asked by
+    // hand) may fall on one side by chance: no bound then.
+    let least = if schedules >= 64 {
+        schedules as usize / 4
+    } else {
+        0
+    };
     assert!(
         with_witness >= least && without_witness >= least,
         "{with_witness} schedules with a witness and {without_witness} without: each half must run at least {least} (HOLDFAST_SIM_BASE={base})"

@@ -126,7 +126,7 @@ impl Root {
     /// The parent directory of `rel` and its last name; for `""`, the
     /// directory itself and `"."`.
     pub fn entry(&self, rel: &Path) -> Result<Entry, Errno> {
-        let parent = rel.parent().unwrap_or(Path::new(""));
+        let parent = crate::op::parent_of(rel);
         let name = match rel.file_name() {
             Some(name) => name,
             None => OsStr::new("."),

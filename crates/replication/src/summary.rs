@@ -88,7 +88,7 @@ impl TrackedSummary {
             summary.files += 1;
             // A compared directory's files are compared, not sent (the
             // secondary's may hold the same data).
-            let parent = path.parent().unwrap_or(Path::new(""));
+            let parent = crate::op::parent_of(path);
             let compare = f.compare || dirty.dirs.contains(parent);
             if compare || f.blocks.iter().any(|(s, e)| e - s >= EXTENT / BLOCK) {
                 let mut f = f.clone();

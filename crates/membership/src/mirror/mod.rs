@@ -62,7 +62,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::lease::{Decision, LeaseClient};
+use crate::lease::{LeaseClient, LeaseDecision};
 use crate::module::{
     Action, Command, CommandError, LogLevel, Persistent, Script, ScriptAction, ScriptOutcome,
     ScriptSlot, State,
@@ -464,20 +464,20 @@ impl MirrorModule {
     }
 
     /// The witness answered lease request `id`.
-    pub fn lease_reply(&mut self, now: Instant, id: u64, decision: Decision) {
+    pub fn lease_reply(&mut self, now: Instant, id: u64, decision: LeaseDecision) {
         self.input(now, |m| {
             let peer = m.settings.peer.clone();
             let Some(lease) = m.lease.as_mut() else {
                 return Ok(());
             };
             let note = match decision {
-                Decision::Granted => {
+                LeaseDecision::Granted => {
                     if let Some(epoch) = lease.granted(id) {
                         m.outbox.push(Action::PeerFenced { epoch });
                     }
                     None
                 }
-                Decision::Outdated { by } => {
+                LeaseDecision::Outdated { by } => {
                     // Stale data wins no election: the returning primary
                     // does not wait for this node to agree.
                     m.uptodate = false;
@@ -487,7 +487,7 @@ impl MirrorModule {
                     ))
                 })
                 }
-                Decision::Refused {
+                LeaseDecision::Refused {
                     holder,
                     remaining_ms,
                 } => lease.refused(id, &holder).then(|| {
@@ -496,7 +496,7 @@ impl MirrorModule {
                         if holder == peer { "; not taking over" } else { "" }
                     ))
                 }),
-                Decision::TooLong { max_ms } => lease.refused(id, "").then(|| {
+                LeaseDecision::TooLong { max_ms } => lease.refused(id, "").then(|| {
                     (LogLevel::Error, format!(
                         "the witness refuses leases longer than {max_ms} ms: raise its --max-lease or lower [witness] lease"
                     ))
