@@ -404,21 +404,31 @@ impl Drop for Replication {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_second_is_up_to_date_only_while_every_directory_is_synchronised() {
-        let tmp = tempfile::tempdir().unwrap();
+    /// node2's replication of a module with two directories under `dir`.
+    fn second(dir: &Path) -> Replication {
         let text = format!(
             "[module]\nname = \"m\"\nmode = \"mirror\"\n\n\
              [[node]]\nname = \"node1\"\naddress = {{ default = \"198.18.0.11\" }}\n\n\
              [[node]]\nname = \"node2\"\naddress = {{ default = \"198.18.0.12\" }}\n\n\
              [[replicated]]\ndir = \"{0}/a\"\n\n[[replicated]]\ndir = \"{0}/b\"\n",
-            tmp.path().display()
+            dir.display()
         );
         let config = holdfast_config::parse_module(&text, Path::new("m.toml")).unwrap();
-        let log = ModuleLog::new(tmp.path().join("module.log"));
-        let state_dir = tmp.path().join("state");
-        let mut r =
-            Replication::new(&config, "node2", &state_dir, ClusterKey::generate(), log).unwrap();
+        let log = ModuleLog::new(dir.join("module.log"));
+        Replication::new(
+            &config,
+            "node2",
+            &dir.join("state"),
+            ClusterKey::generate(),
+            log,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_second_is_up_to_date_only_while_every_directory_is_synchronised() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = second(tmp.path());
         let flags = r.synced.clone();
         let mut follow = || r.follow(State::Second);
         assert_eq!(follow(), Some(false), "not current on entering SECOND");
@@ -432,5 +442,18 @@ mod tests {
         assert_eq!(follow(), Some(false));
         flags[1].store(true, Ordering::SeqCst);
         assert_eq!(follow(), Some(true));
+    }
+
+    /// The module task resets the flags as it becomes SECOND; the primary
+    /// that hears it may resynchronise every directory before the worker
+    /// follows the new state, which must then find the copy current.
+    #[test]
+    fn a_resynchronisation_done_before_the_worker_follows_second_counts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = second(tmp.path());
+        for flag in &r.synced {
+            flag.store(true, Ordering::SeqCst);
+        }
+        assert_eq!(r.follow(State::Second), Some(true));
     }
 }
