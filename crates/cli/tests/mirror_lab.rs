@@ -259,7 +259,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         .unwrap();
     let logged =
         holdfast_lab::wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-            api_log(&cluster, prim).contains("rejected heartbeat")
+            api_log(&cluster, prim).contains("refused heartbeat")
         });
     assert!(logged, "the forged heartbeat is logged");
     assert!(api_log(&cluster, prim).contains("authentication failed"));

@@ -459,7 +459,7 @@ fn a_module_installed_again_still_gets_its_lease() {
         cluster.states()
     );
     assert!(
-        !witness_log.contains("rejected lease request"),
+        !witness_log.contains("refused lease request"),
         "the witness took every request:\n{witness_log}"
     );
 }

@@ -4,7 +4,6 @@
 //! from that node's address on the network the datagram was signed for.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
 
 use holdfast_config::ModuleConfig;
 use holdfast_membership::{Heartbeat, HeartbeatStatus, LogLevel, ReplayGuard};
@@ -12,44 +11,8 @@ use tokio::net::UdpSocket;
 
 use crate::modlog::ModuleLog;
 use crate::node::NodeContext;
+use crate::refusals::{Refusal, RefusalKind};
 use crate::DaemonError;
-
-/// Rejected datagrams are logged, but at most once per interval, so a flood
-/// of forgeries cannot fill the disk.
-const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Logs rejected datagrams, rate-limited (see `REJECTION_LOG_INTERVAL`).
-#[derive(Debug, Default)]
-pub struct Rejections {
-    last_logged: Option<Instant>,
-    suppressed: u64,
-}
-
-impl Rejections {
-    /// Logs that a `what` from `from` was rejected for `reason`, unless one
-    /// was logged within the interval (then it is counted for the next).
-    pub fn report(&mut self, log: &ModuleLog, what: &str, from: SocketAddr, reason: String) {
-        let now = Instant::now();
-        let due = self
-            .last_logged
-            .is_none_or(|t| now.duration_since(t) >= REJECTION_LOG_INTERVAL);
-        if !due {
-            self.suppressed += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        let more = if suppressed > 0 {
-            format!(" ({suppressed} more rejected since the last report)")
-        } else {
-            String::new()
-        };
-        log.write(
-            LogLevel::Error,
-            &format!("rejected {what} from {from}: {reason}{more}"),
-        );
-        self.last_logged = Some(now);
-    }
-}
 
 #[derive(Debug)]
 pub struct Heartbeats {
@@ -66,7 +29,6 @@ pub struct Heartbeats {
     seq: u64,
     replay: ReplayGuard,
     log: ModuleLog,
-    rejected: Rejections,
     fingerprint_warned: bool,
 }
 
@@ -110,7 +72,6 @@ impl Heartbeats {
             seq: counter_start(),
             replay: ReplayGuard::default(),
             log,
-            rejected: Rejections::default(),
             fingerprint_warned: false,
         })
     }
@@ -121,7 +82,7 @@ impl Heartbeats {
     }
 
     /// Authenticates a datagram and places it on a heartbeat network;
-    /// a rejection is logged (rate-limited) and gives `None`.
+    /// a refusal is logged (summarised when it repeats) and gives `None`.
     pub fn accept(&mut self, datagram: &[u8], from: SocketAddr) -> Option<(usize, Heartbeat)> {
         match self.check(datagram, from) {
             Ok((network, heartbeat)) => {
@@ -134,15 +95,28 @@ impl Heartbeats {
                 }
                 Some((network, heartbeat))
             }
-            Err(reason) => {
-                self.rejected.report(&self.log, "heartbeat", from, reason);
+            Err((why, reason)) => {
+                self.log.refused(Refusal {
+                    kind: RefusalKind {
+                        what: "heartbeat",
+                        why,
+                    },
+                    from,
+                    reason,
+                });
                 None
             }
         }
     }
 
-    fn check(&mut self, datagram: &[u8], from: SocketAddr) -> Result<(usize, Heartbeat), String> {
-        let heartbeat = Heartbeat::decode(datagram, &self.key).map_err(|e| e.to_string())?;
+    /// The heartbeat and its network, or why it is refused: (class, reason).
+    fn check(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+    ) -> Result<(usize, Heartbeat), (&'static str, String)> {
+        let refused = |e: holdfast_membership::DatagramError| (e.class(), e.to_string());
+        let heartbeat = Heartbeat::decode(datagram, &self.key).map_err(refused)?;
         let peer = self
             .peers
             .iter()
@@ -150,25 +124,36 @@ impl Heartbeats {
             .filter(|_| heartbeat.module == self.module);
         let Some((name, addresses)) = peer else {
             let names: Vec<&str> = self.peers.iter().map(|(n, _)| n.as_str()).collect();
-            return Err(format!(
-                "heartbeat of module {} from node {}, expected module {} from {}",
-                heartbeat.module,
-                heartbeat.sender,
-                self.module,
-                names.join(" or ")
+            return Err((
+                "not from a node of the module",
+                format!(
+                    "heartbeat of module {} from node {}, expected module {} from {}",
+                    heartbeat.module,
+                    heartbeat.sender,
+                    self.module,
+                    names.join(" or ")
+                ),
             ));
         };
         let network = addresses
             .iter()
             .position(|a| *a == from.ip())
-            .ok_or_else(|| format!("{} is not an address of {name}", from.ip()))?;
+            .ok_or_else(|| {
+                (
+                    "not from the node's address",
+                    format!("{} is not an address of {name}", from.ip()),
+                )
+            })?;
         if usize::from(heartbeat.network) != network {
-            return Err(format!(
-                "heartbeat signed for network {} arrived on network {network}",
-                heartbeat.network
+            return Err((
+                "on another network",
+                format!(
+                    "heartbeat signed for network {} arrived on network {network}",
+                    heartbeat.network
+                ),
             ));
         }
-        self.replay.check(&heartbeat).map_err(|e| e.to_string())?;
+        self.replay.check(&heartbeat).map_err(refused)?;
         Ok((network, heartbeat))
     }
 

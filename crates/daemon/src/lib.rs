@@ -15,6 +15,7 @@
 //!   and [`client`] to call it;
 //! - [`registry`]: installed modules, persisted under the state directory;
 //! - [`modlog`]: the module log;
+//! - [`refusals`]: refusals of nodes logged without echoing a flood;
 //! - [`health`]: the cloud-mode health endpoint of a module;
 //! - [`supervision`]: a module's checkers and recovery policy;
 //! - [`witness`]: `holdfast witness`, the split-brain witness's server;
@@ -31,6 +32,7 @@ pub mod modlog;
 pub mod node;
 pub mod paths;
 pub mod peer_fence;
+pub mod refusals;
 pub mod registry;
 pub mod replication;
 mod resources;

@@ -20,10 +20,11 @@ use holdfast_membership::{
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
-use crate::heartbeats::{Heartbeats, Rejections};
+use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
 use crate::node::NodeContext;
 use crate::peer_fence::PeerFence;
+use crate::refusals::{Refusal, RefusalKind};
 use crate::resources::{ResourceDone, ResourceJob, Resources};
 use crate::shell::{self, Answer, Kind, ModuleHandle, ModuleIo, Shell, Step};
 use crate::supervision::Supervisor;
@@ -57,7 +58,6 @@ pub async fn spawn(
                 .collect(),
             first_id: crate::heartbeats::counter_start(),
             buf: vec![0u8; MAX_DATAGRAM + 1],
-            rejected: Rejections::default(),
         }),
         None => None,
     };
@@ -151,8 +151,6 @@ struct WitnessLink {
     first_id: u64,
     /// The last datagram received.
     buf: Vec<u8>,
-    /// Rejected replies (heartbeats have their own).
-    rejected: Rejections,
 }
 
 /// A mirror module in the shared loop.
@@ -382,9 +380,14 @@ impl Mirror {
         };
         match accept_lease_reply(witness, &witness.buf[..len], from, io) {
             Ok(reply) => self.core.lease_reply(now, reply.id, reply.decision),
-            Err(reason) => witness
-                .rejected
-                .report(&io.log, "witness reply", from, reason),
+            Err((why, reason)) => io.log.refused(Refusal {
+                kind: RefusalKind {
+                    what: "witness reply",
+                    why,
+                },
+                from,
+                reason,
+            }),
         }
     }
 
@@ -410,30 +413,42 @@ impl Mirror {
     }
 }
 
-/// The reply, its id the module's own (see [`WitnessLink::first_id`]).
+/// The reply, its id the module's own (see [`WitnessLink::first_id`]), or
+/// why it is refused: (class, reason).
 fn accept_lease_reply(
     witness: &WitnessLink,
     datagram: &[u8],
     from: SocketAddr,
     io: &ModuleIo,
-) -> Result<LeaseReply, String> {
+) -> Result<LeaseReply, (&'static str, String)> {
     if !witness.addresses.contains(&from) {
-        return Err(format!("{from} is not an address of the witness"));
+        return Err((
+            "not from the witness's address",
+            format!("{from} is not an address of the witness"),
+        ));
     }
-    let mut reply = LeaseReply::decode(datagram, &io.ctx.key).map_err(|e| e.to_string())?;
+    let mut reply =
+        LeaseReply::decode(datagram, &io.ctx.key).map_err(|e| (e.class(), e.to_string()))?;
+    let stale = "not for this start of the module";
     if reply.module != io.config.name
         || reply.node != io.ctx.node
         || reply.incarnation != io.ctx.incarnation
     {
-        return Err(format!(
-            "reply for module {} node {} incarnation {}, not this one",
-            reply.module, reply.node, reply.incarnation
+        return Err((
+            stale,
+            format!(
+                "reply for module {} node {} incarnation {}, not this one",
+                reply.module, reply.node, reply.incarnation
+            ),
         ));
     }
     reply.id = reply.id.checked_sub(witness.first_id).ok_or_else(|| {
-        format!(
-            "reply to request {}, of an earlier start of the module",
-            reply.id
+        (
+            stale,
+            format!(
+                "reply to request {}, of an earlier start of the module",
+                reply.id
+            ),
         )
     })?;
     Ok(reply)

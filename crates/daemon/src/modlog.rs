@@ -1,13 +1,18 @@
 //! The module log: one line per event that matters to an administrator
-//! (transitions with their reason, script failures, rejected heartbeats,
-//! messages from scripts), like SafeKit's module log.
+//! (transitions with their reason, script failures, refused heartbeats,
+//! messages from scripts), like SafeKit's module log. Refusals of nodes
+//! are written through [`Refusals`], summarised when they repeat.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use holdfast_membership::LogLevel;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+
+use crate::refusals::{Refusal, Refusals};
 
 /// A log line as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,11 +26,36 @@ pub struct LogEntry {
 #[derive(Debug, Clone)]
 pub struct ModuleLog {
     path: PathBuf,
+    /// Shared by every clone: the module's heartbeats, witness link and
+    /// replication receivers count their refusals together.
+    refusals: Arc<Mutex<Refusals>>,
 }
 
 impl ModuleLog {
     pub fn new(path: PathBuf) -> Self {
-        Self { path }
+        Self {
+            path,
+            refusals: Arc::default(),
+        }
+    }
+
+    /// Logs a refusal of a node: at once if it is the first of its kind
+    /// from its source, else counted for a summary line (see
+    /// [`crate::refusals`]).
+    pub fn refused(&self, refusal: Refusal) {
+        let lines = self.refusals.lock().refuse(Instant::now(), refusal);
+        for line in lines {
+            self.write(LogLevel::Error, &line.to_string());
+        }
+    }
+
+    /// Writes the summaries of refusals whose window ended; called by the
+    /// module's loops as they wake.
+    pub fn flush_refusals(&self) {
+        let lines = self.refusals.lock().due(Instant::now());
+        for line in lines {
+            self.write(LogLevel::Error, &line.to_string());
+        }
     }
 
     pub fn write(&self, level: LogLevel, message: &str) {

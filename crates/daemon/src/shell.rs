@@ -233,6 +233,8 @@ impl<K: Kind> Shell<K> {
                 },
                 Some(()) = agenda.persisted.1.recv() => agenda.waiting = agenda.waiting.saturating_sub(1),
             }
+            // Woken at least every pulse: a flood's summary is not late.
+            self.io.log.flush_refusals();
             self.kind.settle();
             self.execute(&mut agenda).await;
             // Checkers follow the state; what they decide is carried out now.

@@ -17,6 +17,7 @@ use holdfast_membership::ReplayGuard;
 use holdfast_replication::durable;
 use tokio::net::UdpSocket;
 
+use crate::refusals::{Refusal, RefusalKind, Refusals};
 use crate::DaemonError;
 
 type Outdated = BTreeMap<String, OutdatedCopy>;
@@ -48,8 +49,8 @@ fn save(state: &Path, outdated: &Outdated) -> std::io::Result<()> {
 
 /// Serves lease requests on `listen` until the process ends, keeping the
 /// outdated copies in `state`. Grants, changes of holder and of outdated
-/// copies are logged (tracing, on stderr); rejected datagrams at most once
-/// per few seconds.
+/// copies are logged (tracing, on stderr); refused datagrams too, summarised
+/// when they repeat ([`Refusals`]).
 pub async fn serve(
     listen: SocketAddr,
     key: ClusterKey,
@@ -72,17 +73,28 @@ pub async fn serve(
     }
     let mut core = WitnessCore::new(max_lease, Instant::now(), saved.clone());
     let mut replay = ReplayGuard::default();
-    let mut last_rejection: Option<Instant> = None;
+    let mut refusals = Refusals::default();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
-        let (len, from) = match socket.recv_from(&mut buf).await {
-            Ok(received) => received,
-            Err(e) => {
+        let summary_due = refusals.next_due();
+        let received = tokio::select! {
+            received = socket.recv_from(&mut buf) => Some(received),
+            () = sleep_until(summary_due) => None,
+        };
+        let now = Instant::now();
+        let (len, from) = match received {
+            Some(Ok(received)) => received,
+            Some(Err(e)) => {
                 tracing::warn!("witness receive: {e}");
                 continue;
             }
+            None => {
+                for line in refusals.due(now) {
+                    tracing::warn!("{line}");
+                }
+                continue;
+            }
         };
-        let now = Instant::now();
         let request = LeaseRequest::decode(&buf[..len], &key).and_then(|r| {
             // One replay guard entry per module and node.
             replay.check_stamp(
@@ -95,9 +107,16 @@ pub async fn serve(
         let request = match request {
             Ok(request) => request,
             Err(e) => {
-                if last_rejection.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5)) {
-                    tracing::warn!("rejected lease request from {from}: {e}");
-                    last_rejection = Some(now);
+                let refusal = Refusal {
+                    kind: RefusalKind {
+                        what: "lease request",
+                        why: e.class(),
+                    },
+                    from,
+                    reason: e.to_string(),
+                };
+                for line in refusals.refuse(now, refusal) {
+                    tracing::warn!("{line}");
                 }
                 continue;
             }
@@ -167,6 +186,14 @@ pub async fn serve(
         if let Err(e) = socket.send_to(&reply.encode(&key), from).await {
             tracing::debug!("witness reply to {from}: {e}");
         }
+    }
+}
+
+/// Resolves at `deadline`; never without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -38,6 +38,21 @@ pub enum DatagramError {
     },
 }
 
+impl DatagramError {
+    /// The class of the rejection, for counting repeated ones together.
+    pub fn class(&self) -> &'static str {
+        match self {
+            DatagramError::TooShort(_)
+            | DatagramError::TooLong(_)
+            | DatagramError::BadMagic
+            | DatagramError::Malformed(_) => "malformed",
+            DatagramError::UnsupportedVersion(_) => "another protocol version",
+            DatagramError::Forged => "forged",
+            DatagramError::Replayed { .. } => "replayed",
+        }
+    }
+}
+
 /// `magic`, the version byte, the postcard body, then the HMAC-SHA256 tag
 /// over all of it: the format of every datagram between Holdfast nodes and
 /// the witness.

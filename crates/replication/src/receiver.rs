@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use holdfast_key::ClusterKey;
+use holdfast_key::{ClusterKey, SessionKey};
 use parking_lot::Mutex;
 
 use crate::apply::Root;
@@ -47,6 +47,10 @@ pub enum ReceiverError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The connection did not pass the handshake: not a primary of this
+    /// cluster (a refusal, not a failure of replication).
+    #[error(transparent)]
+    Handshake(ProtocolError),
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("change {seq} names a path outside the replicated directory: {path:?}")]
@@ -304,8 +308,21 @@ impl Receiver {
     /// [`INLINE_BYTES`]): no wake-up. Everything received is applied
     /// before this returns, whatever ended the session.
     pub fn serve_connection(&self, mut stream: TcpStream) -> Result<(), ReceiverError> {
+        let session = self.accept(&mut stream)?;
+        self.serve(stream, session)
+    }
+
+    /// The first half of [`Self::serve_connection`]: the handshake, which
+    /// tells a primary of this cluster from anything else connecting (a
+    /// [`ReceiverError::Handshake`]).
+    pub fn accept(&self, stream: &mut TcpStream) -> Result<SessionKey, ReceiverError> {
         stream.set_nodelay(true).map_err(ProtocolError::from)?;
-        let session = secondary_handshake(&mut stream, &self.key)?;
+        secondary_handshake(stream, &self.key).map_err(ReceiverError::Handshake)
+    }
+
+    /// The second half of [`Self::serve_connection`], on an accepted
+    /// connection.
+    pub fn serve(&self, stream: TcpStream, session: SessionKey) -> Result<(), ReceiverError> {
         if self.mode == AckMode::Receipt {
             // Before anything is applied unsynced: which kernel holds it.
             self.update_record(|g| g.receiving(self.boot()))?;

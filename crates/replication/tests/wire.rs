@@ -238,7 +238,7 @@ fn wrong_key_is_refused_at_connection() {
     assert!(matches!(err, ReplicationError::Connect(_)), "{err}");
     assert!(matches!(
         rx.join().unwrap(),
-        Err(ReceiverError::Protocol(
+        Err(ReceiverError::Handshake(
             ProtocolError::Unauthenticated | ProtocolError::Io(_)
         ))
     ));

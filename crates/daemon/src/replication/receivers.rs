@@ -18,6 +18,7 @@ use parking_lot::Mutex;
 use super::directory::{detach_stale_mounts, Dir};
 use super::stop::{stop_signal, StopSignal, Stopper};
 use crate::modlog::ModuleLog;
+use crate::refusals::{Refusal, RefusalKind};
 
 /// How often an idle receiving loop looks for a connection.
 const POLL: Duration = Duration::from_millis(50);
@@ -275,7 +276,6 @@ fn receive(
     log: ModuleLog,
 ) {
     let current = &with.current;
-    let path = target.path.clone();
     let mut serving: Option<JoinHandle<()>> = None;
     let end_current = |serving: &mut Option<JoinHandle<()>>| {
         if let Some(old) = current.lock().take() {
@@ -294,16 +294,21 @@ fn receive(
             }
         }
         let Some((stream, from)) = accepted else {
+            log.flush_refusals();
             if with.signal.pause(POLL) {
                 break;
             }
             continue;
         };
         if !peers.contains(&from.ip()) {
-            log.write(
-                LogLevel::Error,
-                &format!("replication connection from {from} refused: not an address of the peer"),
-            );
+            log.refused(Refusal {
+                kind: RefusalKind {
+                    what: "replication connection",
+                    why: "not from the peer's address",
+                },
+                from,
+                reason: format!("{} is not an address of the peer", from.ip()),
+            });
             continue;
         }
         if stream.set_nonblocking(false).is_err() {
@@ -317,10 +322,6 @@ fn receive(
         if with.signal.stopped() {
             break;
         }
-        log.write(
-            LogLevel::Info,
-            &format!("receiving replication of {} from {from}", path.display()),
-        );
         let (stopping, log, current) = (with.stopping.clone(), log.clone(), current.clone());
         let Target {
             receiver,
@@ -332,7 +333,17 @@ fn receive(
             .name("repl-serve".into())
             .spawn(move || {
                 let path = path.display();
-                let result = receiver.serve_connection(stream);
+                let mut stream = stream;
+                // Said once the handshake proved it is the peer: a
+                // connection failing it is a refusal, summarised if
+                // repeated.
+                let result = receiver.accept(&mut stream).and_then(|session| {
+                    log.write(
+                        LogLevel::Info,
+                        &format!("receiving replication of {path} from {from}"),
+                    );
+                    receiver.serve(stream, session)
+                });
                 // Closed at once: the primary must not wait on a connection
                 // nobody reads any more.
                 if let Some(s) = current.lock().take() {
@@ -343,6 +354,14 @@ fn receive(
                         LogLevel::Info,
                         &format!("replication of {path} from {from} ended"),
                     ),
+                    Err(ReceiverError::Handshake(e)) => log.refused(Refusal {
+                        kind: RefusalKind {
+                            what: "replication connection",
+                            why: "failed the handshake",
+                        },
+                        from,
+                        reason: format!("replication of {path}: {e}"),
+                    }),
                     Err(e) if stopping.load(Ordering::SeqCst) => {
                         tracing::debug!("replication receiver stopped: {e}")
                     }
