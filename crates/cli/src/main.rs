@@ -5,6 +5,7 @@
 //! scripts), it accepts the same commands, so SafeKit scripts calling
 //! `"$SAFE/safekit" printi "msg"` work unchanged.
 
+mod package;
 mod progress;
 mod state;
 
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 use holdfast_daemon::api::{CommandRequest, PrintRequest};
 use holdfast_daemon::client::ApiClient;
 use holdfast_daemon::modlog::LogEntry;
-use holdfast_daemon::registry::{InstallRequest, ModuleSummary};
+use holdfast_daemon::registry::{ModuleSummary, Uninstalled};
 use holdfast_daemon::{DaemonOptions, Paths};
 use holdfast_key::ClusterKey;
 use holdfast_membership::{Command, LogLevel};
@@ -163,25 +164,44 @@ enum ClusterCmd {
 
 #[derive(Subcommand, Debug)]
 enum ModuleCmd {
-    /// Install (or replace) a module from its TOML file and scripts directory.
-    Install { config: PathBuf },
-    /// Check a module configuration file without installing it.
-    Check { config: PathBuf },
-    /// Convert a SafeKit userconfig.xml (+ cluster.xml) to the native format.
+    /// Install (or replace) a module from a package: a .safe or .zip, a
+    /// directory laid out as one (module.toml or conf/userconfig.xml, and
+    /// bin/), or a TOML file with its scripts directory.
+    Install {
+        package: PathBuf,
+        #[command(flatten)]
+        import: package::ImportArgs,
+    },
+    /// Check a package (or TOML file) as install would, installing nothing:
+    /// against this node's modules too when the daemon answers.
+    Check {
+        package: PathBuf,
+        #[command(flatten)]
+        import: package::ImportArgs,
+    },
+    /// Convert a SafeKit userconfig.xml to the native format.
     Import {
         userconfig: PathBuf,
-        #[arg(long)]
-        cluster: Option<PathBuf>,
-        #[arg(long)]
-        name: String,
+        #[command(flatten)]
+        import: package::ImportArgs,
         /// Write the TOML here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Modules installed on this node.
+    /// Write an installed module as a package (to install on other nodes).
+    Export {
+        #[command(flatten)]
+        module: ModuleArg,
+        /// The package to write (default: NAME.zip).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Modules installed on this node, with their ids.
     List,
-    /// Remove a stopped module from this node.
-    Remove(ModuleArg),
+    /// Remove a stopped module from this node, keeping its package in the
+    /// daemon's backups directory.
+    #[command(visible_alias = "remove")]
+    Uninstall(ModuleArg),
 }
 
 fn main() -> ExitCode {
@@ -270,11 +290,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if quiet {
-                let Some(first) = list.first() else {
-                    bail!("no module installed on this node")
+                // The exit code is one module's state: which one must be clear.
+                let only = match list.as_slice() {
+                    [] => bail!("no module installed on this node"),
+                    [only] => only,
+                    several => bail!(
+                        "{} modules on this node ({}): name one with -m",
+                        several.len(),
+                        several
+                            .iter()
+                            .map(|m| m.module.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 };
-                println!("{}", first.view.state);
-                return Ok(ExitCode::from(first.view.state.exit_code() as u8));
+                println!("{}", only.view.state);
+                return Ok(ExitCode::from(only.view.state.exit_code() as u8));
             }
             state::print(&list);
             Ok(ExitCode::SUCCESS)
@@ -363,87 +394,126 @@ fn print(
 
 fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
     match cmd {
-        ModuleCmd::Check { config } => {
-            let parsed = holdfast_config::load_module(&config)?;
-            println!("{}: module {} is valid", config.display(), parsed.name);
+        ModuleCmd::Check {
+            package: path,
+            import,
+        } => {
+            let (ids, unreachable) = match installed_ids(client) {
+                Ok(ids) => (ids, None),
+                Err(e) => (BTreeMap::new(), Some(e)),
+            };
+            let loaded = package::load(&path, &import, &ids)?;
+            warn(&path, &loaded.warnings);
+            let name = holdfast_config::parse_module(&loaded.package.config, &path)?.name;
+            let zip = loaded.package.to_zip()?;
+            match unreachable {
+                None => {
+                    let () = block(client.post_package(&install_path(&path, true), zip))?;
+                    println!(
+                        "{}: module {name} is valid and can be installed on this node",
+                        path.display()
+                    );
+                }
+                Some(e) => println!(
+                    "{}: module {name} is valid (not checked against this node's modules: {e:#})",
+                    path.display()
+                ),
+            }
         }
-        ModuleCmd::Install { config } => {
-            let request = install_request(&config)?;
-            let summary: ModuleSummary = block(client.post("/v1/modules", &request))?;
+        ModuleCmd::Install {
+            package: path,
+            import,
+        } => {
+            let ids = installed_ids(client)?;
+            let loaded = package::load(&path, &import, &ids)?;
+            warn(&path, &loaded.warnings);
+            let zip = loaded.package.to_zip()?;
+            let summary: ModuleSummary =
+                block(client.post_package(&install_path(&path, false), zip))?;
+            let id = summary
+                .id
+                .map(|id| format!(" (id {id})"))
+                .unwrap_or_default();
             println!(
-                "module {} installed on node {}",
+                "module {}{id} installed on node {}",
                 summary.module, summary.node
             );
         }
         ModuleCmd::Import {
             userconfig,
-            cluster,
-            name,
+            import,
             out,
         } => {
-            let text = read(&userconfig)?;
-            let cluster_text = cluster.as_ref().map(|p| read(p)).transpose()?;
-            let imported = holdfast_config::import_userconfig(
-                &text,
-                &userconfig,
-                cluster_text.as_deref().zip(cluster.as_deref()),
-                &name,
-            )?;
-            for warning in &imported.warnings {
+            let Some(name) = &import.name else {
+                bail!("give the module's name with --name");
+            };
+            let ids = installed_ids(client).unwrap_or_default();
+            let text = std::fs::read_to_string(&userconfig)
+                .with_context(|| format!("reading {}", userconfig.display()))?;
+            let id = import.id.unwrap_or_else(|| package::free_id(&ids, name));
+            let (config, warnings) = package::import(&text, &userconfig, name, id, &import)?;
+            for warning in warnings {
                 eprintln!("warning: {}: {warning}", userconfig.display());
             }
-            let toml = holdfast_config::to_toml(&imported.config);
+            let toml = holdfast_config::to_toml(&config);
             match out {
                 Some(path) => std::fs::write(&path, toml)
                     .with_context(|| format!("writing {}", path.display()))?,
                 None => print!("{toml}"),
             }
         }
+        ModuleCmd::Export { module, out } => {
+            let zip = block(client.get_bytes(&format!("/v1/modules/{}/package", module.module)))?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.zip", module.module)));
+            std::fs::write(&out, zip).with_context(|| format!("writing {}", out.display()))?;
+            println!("module {} exported to {}", module.module, out.display());
+        }
         ModuleCmd::List => {
             let list: Vec<ModuleSummary> = block(client.get("/v1/modules"))?;
             for m in list {
-                println!("{}\t{}", m.module, m.view.state);
+                let id = m.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
+                println!("{}\t{id}\t{}", m.module, m.view.state);
             }
         }
-        ModuleCmd::Remove(arg) => {
-            block(client.delete(&format!("/v1/modules/{}", arg.module)))?;
-            println!("module {} removed", arg.module);
+        ModuleCmd::Uninstall(arg) => {
+            let done: Uninstalled = block(client.delete(&format!("/v1/modules/{}", arg.module)))?;
+            println!(
+                "module {} uninstalled; its package is kept in {}",
+                arg.module, done.backup
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Reads and validates the configuration, and collects the scripts.
-fn install_request(config: &Path) -> Result<InstallRequest> {
-    let text = read(config)?;
-    let parsed = holdfast_config::parse_module(&text, config)?;
-    let mut scripts = BTreeMap::new();
-    if let Some(dir) = &parsed.scripts.directory {
-        let dir = config.parent().unwrap_or(Path::new(".")).join(dir);
-        let entries = std::fs::read_dir(&dir)
-            .with_context(|| format!("scripts directory {}", dir.display()))?;
-        for entry in entries {
-            let path = entry?.path();
-            if path.is_file() {
-                let name = path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                scripts.insert(name, read(&path)?);
-            }
-        }
-    }
-    let source = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
-    Ok(InstallRequest {
-        config: text,
-        source: source.display().to_string(),
-        scripts,
-    })
+/// The ids of this node's modules, by name.
+fn installed_ids(client: &ApiClient) -> Result<BTreeMap<String, u16>> {
+    let list: Vec<ModuleSummary> = block(client.get("/v1/modules"))?;
+    Ok(list
+        .into_iter()
+        .filter_map(|m| Some((m.module, m.id?)))
+        .collect())
 }
 
-fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+fn warn(source: &Path, warnings: &[String]) {
+    for warning in warnings {
+        eprintln!("warning: {}: {warning}", source.display());
+    }
+}
+
+/// `POST /v1/modules` with the package's path as its source (percent-encoded).
+fn install_path(package: &Path, check: bool) -> String {
+    let source = std::fs::canonicalize(package).unwrap_or_else(|_| package.to_path_buf());
+    let mut encoded = String::new();
+    for byte in source.as_os_str().as_encoded_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                encoded.push(*byte as char)
+            }
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    format!("/v1/modules?source={encoded}&check={check}")
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {

@@ -26,6 +26,6 @@ mod native;
 mod validate;
 
 pub use error::{ConfigError, InvalidChecker, ValidationError};
-pub use import::{import_userconfig, ImportWarning, Imported};
+pub use import::{import_userconfig, ImportOptions, ImportWarning, Imported, NodeSource};
 pub use model::*;
 pub use native::{load_module, parse_module, to_toml};

@@ -16,6 +16,9 @@ pub struct ModuleConfig {
     /// Module name (`[a-zA-Z0-9_-]{1,32}`), unique per node.
     pub name: String,
     pub mode: Mode,
+    /// SafeKit's module id (`[module] id`): the default heartbeat and
+    /// replication ports derive from it as SafeKit's do ([`ModuleId`]).
+    pub id: Option<u16>,
     /// When the primary fails or stops, does the secondary take over by itself?
     pub failover: bool,
     /// Which node is primary when both start (SafeKit `defaultprim`).
@@ -316,6 +319,32 @@ impl Default for ScriptsConfig {
 pub const DEFAULT_PULSE: Duration = Duration::from_millis(700);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_PORT: u16 = 4800;
+/// The largest module id: its ports stay below 65536 in every mode.
+pub const MAX_MODULE_ID: u16 = 9999;
+
+/// SafeKit's module id, from which its default ports are computed (user
+/// guide §10.2.2): a mirror's heartbeat on UDP 8888 + (id-1) and its
+/// replication on TCP 5600 + (id-1)×4 (four ports per module, one per
+/// replicated directory here), a farm's membership on UDP 4803 + (id-1)×3.
+/// Modules with distinct ids on one node never share a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuleId(pub u16);
+
+impl ModuleId {
+    pub fn heartbeat_port(self, mode: Mode) -> u16 {
+        let step = self.0.saturating_sub(1);
+        match mode {
+            Mode::Mirror => 8888 + step,
+            Mode::Farm => 4803 + step * 3,
+        }
+    }
+
+    /// The first replication port of a mirror module.
+    pub fn replication_port(self) -> u16 {
+        5600 + self.0.saturating_sub(1) * 4
+    }
+}
+
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default of `module.maxloop`.
 pub const DEFAULT_MAXLOOP: u32 = 3;
@@ -360,6 +389,22 @@ impl ModuleConfig {
             .port
             .unwrap_or_else(|| self.heartbeat.port.wrapping_add(1));
         base.wrapping_add(index as u16)
+    }
+
+    /// Every port this module listens on, with what it is for: two modules
+    /// installed on one node must not share any.
+    pub fn ports(&self) -> Vec<(u16, String)> {
+        let mut ports = vec![(self.heartbeat.port, "heartbeat".to_string())];
+        for (i, r) in self.replicated.iter().enumerate() {
+            ports.push((
+                self.replication_port(i),
+                format!("replication of {}", r.dir.display()),
+            ));
+        }
+        if let Some(health) = &self.health {
+            ports.push((health.port, "health endpoint".to_string()));
+        }
+        ports
     }
 
     /// [`fingerprint`](Self::fingerprint) in lowercase hex, for logs and status output.

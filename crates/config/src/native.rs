@@ -23,10 +23,10 @@ use crate::checker::{
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
     AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
-    ModuleConfig, NodeConfig, OnSecondaryFailure, Protocol, ReplicatedDir, ReplicationConfig, Rule,
-    ScriptsConfig, SplitBrainConfig, VipConfig, WitnessConfig, DEFAULT_LOOP_INTERVAL,
-    DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_POWER, DEFAULT_PULSE,
-    DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_WITNESS_PORT,
+    ModuleConfig, ModuleId, NodeConfig, OnSecondaryFailure, Protocol, ReplicatedDir,
+    ReplicationConfig, Rule, ScriptsConfig, SplitBrainConfig, VipConfig, WitnessConfig,
+    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_POWER,
+    DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_WITNESS_PORT, MAX_MODULE_ID,
 };
 use crate::validate::format_duration;
 
@@ -78,6 +78,7 @@ const REPLICATED_KEYS: &[&str] = &["dir", "exclude", "exclude_names"];
 const MODULE_KEYS: &[&str] = &[
     "name",
     "mode",
+    "id",
     "failover",
     "default_primary",
     "swap_back",
@@ -141,6 +142,9 @@ pub fn to_toml(config: &ModuleConfig) -> String {
     let mut module = Table::new();
     module.insert("name", value(config.name.as_str()));
     module.insert("mode", value(mode_name(config.mode)));
+    if let Some(id) = config.id {
+        module.insert("id", value(i64::from(id)));
+    }
     module.insert("failover", value(config.failover));
     match &config.default_primary {
         DefaultPrimary::Alone => {
@@ -518,11 +522,22 @@ impl<'a> Reader<'a> {
         let loop_interval = self
             .opt(&module, "loop_interval", Self::duration)?
             .unwrap_or(DEFAULT_LOOP_INTERVAL);
+        let id = self.opt(&module, "id", |r, path, item| {
+            let n = r.integer(path, item)?;
+            match u16::try_from(n) {
+                Ok(id @ 1..=MAX_MODULE_ID) => Ok(ModuleId(id)),
+                _ => Err(r.error(
+                    path,
+                    format!("expected a module id between 1 and {MAX_MODULE_ID}, found {n}"),
+                )),
+            }
+        })?;
+        let default_port = id.map_or(DEFAULT_PORT, |id| id.heartbeat_port(mode));
 
         let heartbeat = match self.opt(&root, "heartbeat", Self::table)? {
-            Some(section) => self.heartbeat(&section)?,
+            Some(section) => self.heartbeat(&section, default_port)?,
             None => HeartbeatConfig {
-                port: DEFAULT_PORT,
+                port: default_port,
                 pulse: DEFAULT_PULSE,
                 timeout: DEFAULT_TIMEOUT,
                 networks: vec![DEFAULT_NETWORK.to_string()],
@@ -550,10 +565,13 @@ impl<'a> Reader<'a> {
         let checkers = self
             .opt(&root, "checker", Self::checkers)?
             .unwrap_or_default();
-        let replication = match self.opt(&root, "replication", Self::table)? {
+        let mut replication = match self.opt(&root, "replication", Self::table)? {
             Some(section) => self.replication(&section)?,
             None => ReplicationConfig::default(),
         };
+        if let (None, Some(id), Mode::Mirror) = (replication.port, id, mode) {
+            replication.port = Some(id.replication_port());
+        }
         let replicated = self
             .opt(&root, "replicated", Self::replicated)?
             .unwrap_or_default();
@@ -590,6 +608,7 @@ impl<'a> Reader<'a> {
         Ok(ModuleConfig {
             name,
             mode,
+            id: id.map(|id| id.0),
             failover,
             default_primary,
             swap_back,
@@ -974,9 +993,10 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn heartbeat(&mut self, hb: &Section<'_>) -> Converted<HeartbeatConfig> {
+    /// `[heartbeat]`; `default_port` when it gives none (from the module id).
+    fn heartbeat(&mut self, hb: &Section<'_>, default_port: u16) -> Converted<HeartbeatConfig> {
         self.check_keys(hb, HEARTBEAT_KEYS)?;
-        let port = self.opt(hb, "port", Self::port)?.unwrap_or(DEFAULT_PORT);
+        let port = self.opt(hb, "port", Self::port)?.unwrap_or(default_port);
         let pulse = self
             .opt(hb, "pulse", Self::duration)?
             .unwrap_or(DEFAULT_PULSE);

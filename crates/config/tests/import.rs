@@ -55,8 +55,11 @@ fn import(userconfig: &str, cluster: &str) -> Result<Imported, ConfigError> {
     import_userconfig(
         userconfig,
         Path::new(USERCONFIG),
-        Some((cluster, Path::new(CLUSTER))),
-        "web",
+        &ImportOptions {
+            name: "web",
+            id: ModuleId(1),
+            nodes: NodeSource::Cluster(cluster, Path::new(CLUSTER)),
+        },
     )
 }
 
@@ -102,6 +105,7 @@ fn the_safekit_sample_imports() {
     let expected = ModuleConfig {
         name: "web".into(),
         mode: Mode::Mirror,
+        id: Some(1),
         failover: true,
         default_primary: DefaultPrimary::Alone,
         swap_back: true,
@@ -109,7 +113,8 @@ fn the_safekit_sample_imports() {
         maxloop: 3,
         loop_interval: Duration::from_secs(24 * 3600),
         heartbeat: HeartbeatConfig {
-            port: DEFAULT_PORT,
+            // SafeKit's heartbeat port of module id 1.
+            port: 8888,
             pulse: Duration::from_millis(700),
             timeout: Duration::from_secs(30),
             networks: vec!["default".into()],
@@ -133,7 +138,7 @@ fn the_safekit_sample_imports() {
             },
         ],
         scripts: ScriptsConfig {
-            directory: None,
+            directory: Some("bin".into()),
             start_timeout: Duration::from_secs(300),
             stop_timeout: Duration::from_secs(300),
             force_stop_timeout: Duration::from_secs(300),
@@ -143,7 +148,10 @@ fn the_safekit_sample_imports() {
         vip: None,
         health: None,
         checkers: vec![sample_process_checker()],
-        replication: Default::default(),
+        replication: ReplicationConfig {
+            port: Some(5600),
+            ..Default::default()
+        },
         replicated: vec![
             ReplicatedDir {
                 dir: "/test1replicated".into(),
@@ -169,22 +177,18 @@ fn the_safekit_sample_imports() {
         [
             (3, "<service>"),
             (7, "<heartbeat>"),
-            (7, "<heartbeat ident>"),
-            (17, "<rfs mountover>"),
             (17, "<rfs async>"),
+            (17, "<rfs mountover>"),
             (17, "<rfs acl>"),
             (17, "<rfs nbrei>"),
-            (18, "<replicated mode>"),
-            (19, "<replicated mode>"),
         ],
         "{warnings:#?}"
     );
     assert!(warnings[0].message.contains("boot"));
     assert!(warnings[1].message.contains("typographic quotes"));
-    assert!(warnings[2].message.contains("replication"));
     assert_eq!(
         warnings[3].to_string(),
-        "line 17: <rfs mountover>: unknown or unsupported attribute; ignored"
+        "line 17: <rfs mountover>: Holdfast mounts its replication file system over the directory itself: no directory is renamed or linked; ignored"
     );
 
     // The import is a native configuration like any other.
@@ -409,10 +413,37 @@ fn farm_errors_point_into_the_files() {
 }
 
 #[test]
-fn cluster_xml_is_required() {
-    let result = import_userconfig(SAMPLE, Path::new(USERCONFIG), None, "web");
-    let e = assert_error(result, USERCONFIG, 7, "<heartbeat name>", "cluster.xml");
-    assert_eq!(e.column, 18);
+fn nodes_can_be_given_without_cluster_xml() {
+    let nodes = [
+        ("node1".to_string(), vec!["198.18.0.1".parse().unwrap()]),
+        ("node2".to_string(), vec!["198.18.0.2".parse().unwrap()]),
+    ];
+    let options = ImportOptions {
+        name: "web",
+        id: ModuleId(3),
+        nodes: NodeSource::Explicit(&nodes),
+    };
+    let Imported { config, .. } = import_userconfig(SAMPLE, Path::new(USERCONFIG), &options)
+        .unwrap_or_else(|e| panic!("import failed: {e}"));
+    let names: Vec<&str> = config.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["node1", "node2"]);
+    assert_eq!(
+        config.nodes[1].addresses.get("default"),
+        Some(&"198.18.0.2".parse().unwrap())
+    );
+    // SafeKit's ports of module id 3.
+    assert_eq!(config.heartbeat.port, 8890);
+    assert_eq!(config.replication.port, Some(5608));
+    assert_eq!(config.id, Some(3));
+
+    // One address per heartbeat network, or the error says how many.
+    let short = [("node1".to_string(), vec![])];
+    let options = ImportOptions {
+        nodes: NodeSource::Explicit(&short),
+        ..options
+    };
+    let result = import_userconfig(SAMPLE, Path::new(USERCONFIG), &options);
+    assert_error(result, USERCONFIG, 6, "<heart>", "given 0 address(es)");
 }
 
 #[test]
@@ -496,8 +527,11 @@ fn service_attributes() {
     let result = import_userconfig(
         &userconfig("", ""),
         Path::new(USERCONFIG),
-        Some((CLUSTER_XML, Path::new(CLUSTER))),
-        "web site",
+        &ImportOptions {
+            name: "web site",
+            id: ModuleId(1),
+            nodes: NodeSource::Cluster(CLUSTER_XML, Path::new(CLUSTER)),
+        },
     );
     assert_error(result, USERCONFIG, 3, "<service>", "invalid module name");
 }
@@ -534,17 +568,26 @@ fn heartbeats() {
         warnings[1].message
     );
 
-    // The port comes from <lans> when <heart> has none.
+    // <lans port> is the cluster's administration port, not the module's:
+    // the module's port comes from its id when <heart> has none.
     let lans_port = CLUSTER_XML.replace("<lans>", "<lans port=\"5000\">");
-    assert_eq!(
-        imported(&userconfig("", ""), &lans_port)
-            .config
-            .heartbeat
-            .port,
-        5000
+    let Imported { config, warnings } = imported(&userconfig("", ""), &lans_port);
+    assert_eq!(config.heartbeat.port, 8888);
+    assert!(
+        warnings.iter().any(|w| w.element == "<lans port>"),
+        "{warnings:#?}"
     );
-    // ... but <heart port> wins.
     assert_eq!(imported(text, &lans_port).config.heartbeat.port, 4900);
+
+    // The replication flow's network comes first (the connector tries the
+    // networks in order), with no warning.
+    let flow = text.replace("ident=\"private\"", "ident=\"flow\"");
+    let Imported { config, warnings } = imported(&flow, CLUSTER_XML);
+    assert_eq!(config.heartbeat.networks, ["repli", "default"]);
+    assert!(
+        warnings.iter().all(|w| w.element != "<heartbeat ident>"),
+        "{warnings:#?}"
+    );
 
     let no_heart = "<safe>\n<service mode=\"mirror\">\n</service>\n</safe>\n";
     assert_error(

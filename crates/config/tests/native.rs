@@ -1216,3 +1216,28 @@ fn splitbrain_parses_round_trips_and_is_placed() {
         "not both",
     );
 }
+
+#[test]
+fn a_module_id_gives_safekit_ports() {
+    let config = parse(&minimal_plus_module("id = 2")).expect("valid");
+    assert_eq!(config.id, Some(2));
+    assert_eq!(config.heartbeat.port, 8889);
+    assert_eq!(config.replication.port, Some(5604));
+    // Explicit ports win.
+    let text = minimal_plus_module("id = 2") + "\n[heartbeat]\nport = 4900\n";
+    assert_eq!(parse(&text).expect("valid").heartbeat.port, 4900);
+    let farm = minimal_plus_module("id = 2").replace("\"mirror\"", "\"farm\"");
+    let config = parse(&farm).expect("valid");
+    assert_eq!(config.heartbeat.port, 4806);
+    assert_eq!(config.replication.port, None);
+    assert_error(
+        &minimal_plus_module("id = 0"),
+        4,
+        6,
+        "module.id",
+        "between 1 and 9999",
+    );
+    // The id survives the canonical rendering.
+    let config = parse(&minimal_plus_module("id = 7")).expect("valid");
+    assert_eq!(parse(&to_toml(&config)).expect("valid"), config);
+}

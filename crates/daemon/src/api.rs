@@ -5,9 +5,10 @@
 //! |---|---|---|
 //! | GET | `/v1/node` | `{node, version}` |
 //! | GET | `/v1/modules` | `[ModuleSummary]` |
-//! | POST | `/v1/modules` | `InstallRequest` → `ModuleSummary` |
+//! | POST | `/v1/modules?source=S[&check=true]` | a module package (zip) → `ModuleSummary` (with `check`: validated against this node's modules, nothing installed) |
 //! | GET | `/v1/modules/{name}` | `ModuleSummary` |
-//! | DELETE | `/v1/modules/{name}` | — |
+//! | GET | `/v1/modules/{name}/package` | the installed module as a package (zip) |
+//! | DELETE | `/v1/modules/{name}` | `Uninstalled` (where its package is kept) |
 //! | POST | `/v1/modules/{name}/command` | `{command}` → `ModuleSummary` |
 //! | GET | `/v1/modules/{name}/log?count=N` | `[LogEntry]` |
 //! | POST | `/v1/modules/{name}/log` | `{level: "I"/"E", message}` |
@@ -25,7 +26,7 @@ use axum::{Json, Router};
 use holdfast_membership::{Command, LogLevel};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{InstallRequest, Registry, RegistryError};
+use crate::registry::{Registry, RegistryError};
 use crate::DaemonError;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +56,15 @@ pub struct PrintRequest {
 }
 
 #[derive(Debug, Deserialize)]
+struct InstallQuery {
+    /// Where the package came from, for messages.
+    source: String,
+    /// Only check it.
+    #[serde(default)]
+    check: bool,
+}
+
+#[derive(Debug, Deserialize)]
 struct LogQuery {
     count: Option<usize>,
 }
@@ -63,9 +73,10 @@ impl IntoResponse for RegistryError {
     fn into_response(self) -> Response {
         let status = match &self {
             RegistryError::UnknownModule { .. } => StatusCode::NOT_FOUND,
-            RegistryError::Invalid(_) | RegistryError::UnknownScript(..) => StatusCode::BAD_REQUEST,
+            RegistryError::Invalid(_) | RegistryError::Package(_) => StatusCode::BAD_REQUEST,
             RegistryError::Running { .. }
             | RegistryError::PortInUse { .. }
+            | RegistryError::IdInUse { .. }
             | RegistryError::Refused(..) => StatusCode::CONFLICT,
             RegistryError::Daemon(DaemonError::NotAMember { .. }) => StatusCode::BAD_REQUEST,
             RegistryError::Daemon(_) | RegistryError::Gone(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -85,8 +96,16 @@ type Shared = State<Arc<Registry>>;
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/node", get(node))
-        .route("/v1/modules", get(list).post(install))
-        .route("/v1/modules/{name}", get(module).delete(remove))
+        .route(
+            "/v1/modules",
+            get(list)
+                .post(install)
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    holdfast_package::MAX_PACKAGE_BYTES as usize,
+                )),
+        )
+        .route("/v1/modules/{name}", get(module).delete(uninstall))
+        .route("/v1/modules/{name}/package", get(export))
         .route("/v1/modules/{name}/command", post(command))
         .route("/v1/modules/{name}/log", get(log).post(print))
         .with_state(registry)
@@ -128,17 +147,33 @@ async fn module(
 
 async fn install(
     State(registry): Shared,
-    Json(request): Json<InstallRequest>,
-) -> Result<impl IntoResponse, RegistryError> {
-    Ok((StatusCode::CREATED, Json(registry.install(request).await?)))
+    Query(query): Query<InstallQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, RegistryError> {
+    let package = tokio::task::spawn_blocking(move || holdfast_package::Package::from_zip(&body))
+        .await
+        .map_err(|e| DaemonError::Io("reading the package".into(), std::io::Error::other(e)))??;
+    if query.check {
+        registry.check(package, &query.source).await?;
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let summary = registry.install(package, &query.source).await?;
+    Ok((StatusCode::CREATED, Json(summary)).into_response())
 }
 
-async fn remove(
+async fn export(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, RegistryError> {
-    registry.remove(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let zip = registry.export(&name).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip))
+}
+
+async fn uninstall(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+) -> Result<impl IntoResponse, RegistryError> {
+    Ok(Json(registry.uninstall(&name).await?))
 }
 
 async fn command(

@@ -14,11 +14,12 @@ use crate::api::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the holdfast daemon at {socket}: {source} (is `holdfast daemon` running on this node?)")]
+    // The cause is in the message, not a `source`: error chains would
+    // print it a second time.
+    #[error("cannot reach the holdfast daemon at {socket}: {cause} (is `holdfast daemon` running on this node?)")]
     Connect {
         socket: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The daemon refused the request; the message says why.
     #[error("{message}")]
@@ -53,7 +54,7 @@ impl ApiClient {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.call(Method::GET, path, None::<&()>).await
+        json(self.call(Method::GET, path, None).await?)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(
@@ -61,41 +62,57 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        self.call(Method::POST, path, Some(body)).await
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        json(
+            self.call(Method::POST, path, Some(("application/json", bytes)))
+                .await?,
+        )
     }
 
-    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        self.call::<(), serde::de::IgnoredAny>(Method::DELETE, path, None)
-            .await
-            .map(|_| ())
+    /// Posts a module package (a zip).
+    pub async fn post_package<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        zip: Vec<u8>,
+    ) -> Result<T, ClientError> {
+        json(
+            self.call(Method::POST, path, Some(("application/zip", zip)))
+                .await?,
+        )
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    /// The raw body of an answer (a package).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        Ok(self.call(Method::GET, path, None).await?.to_vec())
+    }
+
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        json(self.call(Method::DELETE, path, None).await?)
+    }
+
+    async fn call(
         &self,
         method: Method,
         path: &str,
-        body: Option<&B>,
-    ) -> Result<T, ClientError> {
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Bytes, ClientError> {
         let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|cause| ClientError::Connect {
                 socket: self.socket.display().to_string(),
-                source,
+                cause,
             })?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| protocol(&e))?;
         let driver = tokio::spawn(connection);
-        let bytes = match body {
-            Some(body) => serde_json::to_vec(body).map_err(|e| protocol(&e))?,
-            None => Vec::new(),
-        };
+        let (content_type, bytes) = body.unwrap_or(("application/json", Vec::new()));
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "holdfast")
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| protocol(&e))?;
         let response = sender
@@ -119,11 +136,13 @@ impl ApiClient {
                 message,
             });
         }
-        let body = if status == StatusCode::NO_CONTENT || body.is_empty() {
-            Bytes::from_static(b"null")
-        } else {
-            body
-        };
-        serde_json::from_slice(&body).map_err(|e| protocol(&e))
+        if status == StatusCode::NO_CONTENT || body.is_empty() {
+            return Ok(Bytes::from_static(b"null"));
+        }
+        Ok(body)
     }
+}
+
+fn json<T: DeserializeOwned>(body: Bytes) -> Result<T, ClientError> {
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
 }

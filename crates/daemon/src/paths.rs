@@ -45,6 +45,11 @@ impl Paths {
         }
     }
 
+    /// Packages of uninstalled and replaced modules.
+    pub fn backups(&self) -> PathBuf {
+        self.state_dir.join("backups")
+    }
+
     /// SafeKit's `$SAFE`: holds a `safekit` command for scripts.
     pub fn safe_dir(&self) -> PathBuf {
         self.state_dir.join("safe")

@@ -4,8 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use holdfast_config::ModuleConfig;
+use holdfast_package::Package;
 
 use holdfast_membership::{Command, CommandError, LogLevel, ModuleView, State};
 use holdfast_replication::durable;
@@ -16,7 +19,7 @@ use crate::modlog::{LogEntry, ModuleLog};
 use crate::node::NodeContext;
 use crate::paths::ModulePaths;
 use crate::replication::status::DirStatus;
-use crate::shell::{self, ModuleHandle, ModuleMsg};
+use crate::shell::{ModuleHandle, ModuleMsg};
 use crate::DaemonError;
 
 /// A module as `holdfast state` and `module list` show it.
@@ -24,6 +27,9 @@ use crate::DaemonError;
 pub struct ModuleSummary {
     pub module: String,
     pub node: String,
+    /// SafeKit's module id, when the module has one (its ports derive from it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u16>,
     #[serde(flatten)]
     pub view: ModuleView,
     /// Each replicated directory: what it is doing, resync progress.
@@ -31,16 +37,11 @@ pub struct ModuleSummary {
     pub replication: Vec<DirStatus>,
 }
 
-/// Body of `POST /v1/modules`.
+/// The answer to `DELETE /v1/modules/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct InstallRequest {
-    /// The native TOML configuration.
-    pub config: String,
-    /// Where it came from, for error messages (file name).
-    pub source: String,
-    /// Script name (`start_prim`, ...) to content.
-    #[serde(default)]
-    pub scripts: BTreeMap<String, String>,
+pub struct Uninstalled {
+    /// The package the module was, kept in the backups directory.
+    pub backup: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,14 +52,22 @@ pub enum RegistryError {
     Invalid(String),
     #[error("module {name} is {state} here; stop it before replacing or removing it")]
     Running { name: String, state: State },
-    #[error("heartbeat port {port} of module {name} is already used by module {other}")]
+    #[error("port {port} ({what}) of module {name} is already used by module {other} ({used_for}); give the module another id or port")]
     PortInUse {
         name: String,
         port: u16,
+        what: String,
+        other: String,
+        used_for: String,
+    },
+    #[error("module id {id} of module {name} is already module {other}'s; give it another id")]
+    IdInUse {
+        name: String,
+        id: u16,
         other: String,
     },
-    #[error("unknown script name {0:?}; a module's scripts are: {1}")]
-    UnknownScript(String, String),
+    #[error("bad package: {0}")]
+    Package(#[from] holdfast_package::PackageError),
     #[error("module {0}: {1}")]
     Refused(String, CommandError),
     #[error(transparent)]
@@ -111,58 +120,78 @@ impl Registry {
         }
     }
 
-    pub async fn install(&self, request: InstallRequest) -> Result<ModuleSummary, RegistryError> {
-        let config = holdfast_config::parse_module(&request.config, Path::new(&request.source))
-            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        let known: Vec<&str> = shell::script_names().collect();
-        if let Some(bad) = request
-            .scripts
-            .keys()
-            .find(|name| !known.contains(&name.as_str()))
-        {
-            return Err(RegistryError::UnknownScript(bad.clone(), known.join(", ")));
-        }
-        if config.node(&self.ctx.node).is_none() {
-            return Err(DaemonError::not_a_member(&config, &self.ctx.node).into());
-        }
+    /// Checks a package as [`install`](Self::install) would, changing nothing.
+    pub async fn check(&self, package: Package, source: &str) -> Result<(), RegistryError> {
+        let config = self.parse(&package, source)?;
+        let modules = self.modules.lock().await;
+        admit(&modules, &config)
+    }
+
+    /// Installs (or replaces, keeping a backup of the old one) a module
+    /// from its package.
+    pub async fn install(
+        &self,
+        package: Package,
+        source: &str,
+    ) -> Result<ModuleSummary, RegistryError> {
+        let config = self.parse(&package, source)?;
         let mut modules = self.modules.lock().await;
-        if let Some(other) = modules.values().find(|m| {
-            m.config.name != config.name && m.config.heartbeat.port == config.heartbeat.port
-        }) {
-            return Err(RegistryError::PortInUse {
-                name: config.name.clone(),
-                port: config.heartbeat.port,
-                other: other.config.name.clone(),
-            });
-        }
-        if let Some(existing) = modules.get(&config.name) {
-            let state = existing.view.borrow().state;
-            if state != State::Stop {
-                return Err(RegistryError::Running {
-                    name: config.name.clone(),
-                    state,
-                });
-            }
-        }
+        admit(&modules, &config)?;
         // Validated: now change things. The old task goes first (it holds the port).
         if let Some(old) = modules.remove(&config.name) {
             old.task.abort();
             let _ = old.task.await;
         }
         let paths = self.ctx.paths.module(&config.name);
-        let (files, text, scripts) = (paths.clone(), request.config, request.scripts);
-        off_runtime(move || install_files(&files, &text, &scripts, &known)).await?;
-        ModuleLog::new(paths.log()).write(
+        let backups = self.ctx.paths.backups();
+        let (files, name) = (paths.clone(), config.name.clone());
+        let backup = off_runtime(move || {
+            let backup = if files.config().exists() {
+                Some(back_up(&files, &backups, &name)?)
+            } else {
+                None
+            };
+            install_files(&files, &package)?;
+            Ok(backup)
+        })
+        .await?;
+        let log = ModuleLog::new(paths.log());
+        log.write(
             LogLevel::Info,
-            &format!("module {} installed from {}", config.name, request.source),
+            &format!("module {} installed from {source}", config.name),
         );
+        if let Some(backup) = backup {
+            log.write(
+                LogLevel::Info,
+                &format!("the previous version is kept in {}", backup.display()),
+            );
+        }
         let handle = spawn(self.ctx.clone(), config, false).await?;
         let summary = self.summary(&handle);
         modules.insert(summary.module.clone(), handle);
         Ok(summary)
     }
 
-    pub async fn remove(&self, name: &str) -> Result<(), RegistryError> {
+    /// The installed module as a package: its configuration and `bin/`.
+    pub async fn export(&self, name: &str) -> Result<Vec<u8>, RegistryError> {
+        let modules = self.modules.lock().await;
+        lookup(&modules, name)?;
+        let paths = self.ctx.paths.module(name);
+        off_runtime(move || Ok(installed_package(&paths)?.to_zip()?)).await
+    }
+
+    fn parse(&self, package: &Package, source: &str) -> Result<ModuleConfig, RegistryError> {
+        let config = holdfast_config::parse_module(&package.config, Path::new(source))
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        if config.node(&self.ctx.node).is_none() {
+            return Err(DaemonError::not_a_member(&config, &self.ctx.node).into());
+        }
+        Ok(config)
+    }
+
+    /// Removes a stopped module from this node, keeping its package in the
+    /// backups directory.
+    pub async fn uninstall(&self, name: &str) -> Result<Uninstalled, RegistryError> {
         let mut modules = self.modules.lock().await;
         let handle = lookup(&modules, name)?;
         let state = handle.view.borrow().state;
@@ -175,10 +204,16 @@ impl Registry {
         let handle = modules.remove(name).expect("looked up above");
         handle.task.abort();
         let _ = handle.task.await;
-        let dir = self.ctx.paths.module(name).dir;
+        let paths = self.ctx.paths.module(name);
+        let backups = self.ctx.paths.backups();
+        let name = name.to_string();
         off_runtime(move || {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| DaemonError::Io(dir.display().to_string(), e).into())
+            let backup = back_up(&paths, &backups, &name)?;
+            std::fs::remove_dir_all(&paths.dir)
+                .map_err(|e| DaemonError::Io(paths.dir.display().to_string(), e))?;
+            Ok(Uninstalled {
+                backup: backup.display().to_string(),
+            })
         })
         .await
     }
@@ -288,6 +323,7 @@ impl Registry {
         ModuleSummary {
             module: handle.config.name.clone(),
             node: self.ctx.node.clone(),
+            id: handle.config.id,
             view: handle.view.borrow().clone(),
             replication: handle
                 .replication
@@ -327,31 +363,101 @@ async fn spawn(
     }
 }
 
-/// Writes an installed module's configuration and scripts (synced), and
-/// removes the scripts it no longer has.
-fn install_files(
-    paths: &ModulePaths,
-    config: &str,
-    scripts: &BTreeMap<String, String>,
-    known: &[&str],
+/// Refuses a module that would share an id or a port with another module
+/// of this node, or replace one that runs.
+fn admit(
+    modules: &BTreeMap<String, ModuleHandle>,
+    config: &ModuleConfig,
 ) -> Result<(), RegistryError> {
-    let io = |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
-    std::fs::create_dir_all(paths.bin()).map_err(|e| io(&paths.bin(), e))?;
-    durable::replace(&paths.config(), config.as_bytes()).map_err(|e| io(&paths.config(), e))?;
-    for name in known {
-        let path = paths.script(name);
-        match scripts.get(*name) {
-            Some(content) => {
-                durable::replace(&path, content.as_bytes()).map_err(|e| io(&path, e))?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-                    .map_err(|e| io(&path, e))?;
+    let ports = config.ports();
+    for other in modules.values().filter(|m| m.config.name != config.name) {
+        if let (Some(id), Some(theirs)) = (config.id, other.config.id) {
+            if id == theirs {
+                return Err(RegistryError::IdInUse {
+                    name: config.name.clone(),
+                    id,
+                    other: other.config.name.clone(),
+                });
             }
-            None => {
-                let _ = std::fs::remove_file(&path);
+        }
+        for (theirs, used_for) in other.config.ports() {
+            if let Some((port, what)) = ports.iter().find(|(p, _)| *p == theirs) {
+                return Err(RegistryError::PortInUse {
+                    name: config.name.clone(),
+                    port: *port,
+                    what: what.clone(),
+                    other: other.config.name.clone(),
+                    used_for,
+                });
             }
         }
     }
+    if let Some(existing) = modules.get(&config.name) {
+        let state = existing.view.borrow().state;
+        if state != State::Stop {
+            return Err(RegistryError::Running {
+                name: config.name.clone(),
+                state,
+            });
+        }
+    }
     Ok(())
+}
+
+/// An installed module's configuration and `bin/` as a package.
+fn installed_package(paths: &ModulePaths) -> Result<Package, RegistryError> {
+    let contents = holdfast_package::read_dir(&paths.dir)?;
+    match contents.config {
+        holdfast_package::Config::Native(config) => Ok(Package {
+            config,
+            bin: contents.bin,
+        }),
+        holdfast_package::Config::SafeKit(_) => {
+            Err(holdfast_package::PackageError::NotNative.into())
+        }
+    }
+}
+
+/// Writes the installed module's package to `<backups>/<name>-<time>.zip`.
+fn back_up(paths: &ModulePaths, backups: &Path, name: &str) -> Result<PathBuf, RegistryError> {
+    let io = |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
+    let zip = installed_package(paths)?.to_zip()?;
+    std::fs::create_dir_all(backups).map_err(|e| io(backups, e))?;
+    let time = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let path = backups.join(format!("{name}-{time}.zip"));
+    durable::replace(&path, &zip).map_err(|e| io(&path, e))?;
+    Ok(path)
+}
+
+/// Writes an installed module's configuration and `bin/` (synced): the new
+/// `bin/` is written beside the old one, then takes its place, so files the
+/// new version no longer has are gone.
+fn install_files(paths: &ModulePaths, package: &Package) -> Result<(), RegistryError> {
+    let io = |path: &Path, e| RegistryError::Daemon(DaemonError::Io(path.display().to_string(), e));
+    let bin = paths.bin();
+    let staged = paths.dir.join("bin.new");
+    match std::fs::remove_dir_all(&staged) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&staged, e)),
+        _ => {}
+    }
+    std::fs::create_dir_all(&staged).map_err(|e| io(&staged, e))?;
+    for (name, file) in &package.bin {
+        // The package crate refused any name leaving bin/.
+        let path = staged.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        durable::replace(&path, &file.bytes).map_err(|e| io(&path, e))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))
+            .map_err(|e| io(&path, e))?;
+    }
+    durable::replace(&paths.config(), package.config.as_bytes())
+        .map_err(|e| io(&paths.config(), e))?;
+    match std::fs::remove_dir_all(&bin) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&bin, e)),
+        _ => {}
+    }
+    std::fs::rename(&staged, &bin).map_err(|e| io(&bin, e))
 }
 
 /// Runs file system work (syncs, whole files read) off the runtime.

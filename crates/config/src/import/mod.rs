@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,8 +23,9 @@ use roxmltree::Node;
 
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
-    Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, ScriptsConfig, SplitBrainConfig,
-    DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE, DEFAULT_TIMEOUT,
+    Boot, DefaultPrimary, HeartbeatConfig, Mode, ModuleConfig, ModuleId, ScriptsConfig,
+    SplitBrainConfig, DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_PORT, DEFAULT_PULSE,
+    DEFAULT_TIMEOUT,
 };
 
 mod checkers;
@@ -66,16 +68,38 @@ impl fmt::Display for ImportWarning {
     }
 }
 
-/// Converts a SafeKit mirror module into a [`ModuleConfig`] named `module_name`.
-///
-/// `cluster` is the content and path of SafeKit's `cluster.xml`, which holds
-/// the node names and addresses; without it the import fails. Paths are used
-/// in messages only.
+/// What the import needs besides `userconfig.xml`.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportOptions<'a> {
+    /// The module's name (a package does not carry it: SafeKit names a
+    /// module when it installs it).
+    pub name: &'a str,
+    /// SafeKit's module id, from which the ports derive when `<heart port>`
+    /// does not set them ([`ModuleId`]).
+    pub id: ModuleId,
+    /// Where the nodes come from.
+    pub nodes: NodeSource<'a>,
+}
+
+/// The node names and addresses of an imported module: `userconfig.xml`
+/// names the networks of its heartbeats, the nodes on them are the
+/// cluster's.
+#[derive(Debug, Clone, Copy)]
+pub enum NodeSource<'a> {
+    /// SafeKit's `cluster.xml`: its content and path (for messages).
+    Cluster(&'a str, &'a Path),
+    /// Given explicitly: each node's name and its address on each
+    /// heartbeat network, in the order of the `<heartbeat>`s.
+    Explicit(&'a [(String, Vec<IpAddr>)]),
+}
+
+/// Converts a SafeKit mirror or farm module into a [`ModuleConfig`]. Paths
+/// are used in messages only. The scripts directory is `bin`, beside the
+/// configuration, as in a SafeKit package.
 pub fn import_userconfig(
     userconfig: &str,
     userconfig_path: &Path,
-    cluster: Option<(&str, &Path)>,
-    module_name: &str,
+    options: &ImportOptions<'_>,
 ) -> Result<Imported, ConfigError> {
     let mut importer = Importer::default();
     let (text, fixed_quotes) = normalize_quotes(userconfig);
@@ -83,8 +107,9 @@ pub fn import_userconfig(
     importer.report_quotes(&user, &fixed_quotes);
 
     let mut config = ModuleConfig {
-        name: module_name.to_string(),
+        name: options.name.to_string(),
         mode: Mode::Mirror,
+        id: Some(options.id.0),
         failover: true,
         default_primary: DefaultPrimary::Alone,
         swap_back: true,
@@ -98,7 +123,10 @@ pub fn import_userconfig(
             networks: Vec::new(),
         },
         nodes: Vec::new(),
-        scripts: ScriptsConfig::default(),
+        scripts: ScriptsConfig {
+            directory: Some(PathBuf::from("bin")),
+            ..ScriptsConfig::default()
+        },
         vip: None,
         health: None,
         checkers: Vec::new(),
@@ -137,17 +165,22 @@ pub fn import_userconfig(
         return Err(user.error(safe.range().start, "<safe>", "missing <service>"));
     };
     let heart_port = importer.service(&user, service, &mut config)?;
+    if heart_port.is_none() {
+        config.heartbeat.port = options.id.heartbeat_port(config.mode);
+    }
+    if config.mode == Mode::Mirror {
+        config.replication.port = Some(options.id.replication_port());
+    }
 
-    let Some((cluster_text, cluster_path)) = cluster else {
-        let place = importer.place("heartbeat.networks[0]");
-        return Err(place.error(
-            "node names and addresses come from SafeKit's cluster.xml; it is needed to import this module",
-        ));
-    };
-    let (text, fixed_quotes) = normalize_quotes(cluster_text);
-    let cluster = XmlFile::parse(&text, cluster_path, 1)?;
-    importer.report_quotes(&cluster, &fixed_quotes);
-    importer.cluster(&cluster, &mut config, heart_port)?;
+    match options.nodes {
+        NodeSource::Cluster(cluster_text, cluster_path) => {
+            let (text, fixed_quotes) = normalize_quotes(cluster_text);
+            let cluster = XmlFile::parse(&text, cluster_path, 1)?;
+            importer.report_quotes(&cluster, &fixed_quotes);
+            importer.cluster(&cluster, &mut config)?;
+        }
+        NodeSource::Explicit(nodes) => importer.explicit_nodes(nodes, &mut config)?,
+    }
     importer.apply_powers(&mut config)?;
 
     config

@@ -46,6 +46,7 @@ impl Importer {
             );
         }
 
+        let mut flow = None;
         for beat in heart.children().filter(Node::is_element) {
             if beat.tag_name().name() != "heartbeat" {
                 self.unsupported_element(f, beat);
@@ -67,12 +68,9 @@ impl Importer {
             hb.networks.push(name.value.to_string());
             if let Some(ident) = self.attr(f, beat, "ident") {
                 if ident.value == "flow" {
-                    self.warn(
-                        f,
-                        ident.offset,
-                        &ident.field,
-                        "ident=\"flow\" puts the replication flow on this network; file replication is not supported yet, so it is ignored",
-                    );
+                    // The replication connects over the networks in order:
+                    // the flow's network first, as SafeKit puts it there.
+                    flow = Some(hb.networks.len() - 1);
                 } else if ident.value != name.value {
                     self.warn(
                         f,
@@ -110,7 +108,57 @@ impl Importer {
                 "at least one <heartbeat name=\"...\"> is needed",
             ));
         }
+        if let Some(flow) = flow {
+            let network = hb.networks.remove(flow);
+            hb.networks.insert(0, network);
+            self.move_network_places(flow);
+        }
         Ok(port_offset)
+    }
+
+    /// Keeps the places of `heartbeat.networks[i]` right when network
+    /// `from` moves to the front.
+    fn move_network_places(&mut self, from: usize) {
+        let key = |i: usize| format!("heartbeat.networks[{i}]");
+        let moved = self.places.remove(&key(from));
+        for i in (0..from).rev() {
+            if let Some(place) = self.places.remove(&key(i)) {
+                self.places.insert(key(i + 1), place);
+            }
+        }
+        if let Some(place) = moved {
+            self.places.insert(key(0), place);
+        }
+    }
+
+    /// Nodes given on the command line: a name and one address per
+    /// heartbeat network, in the order of the `<heartbeat>`s.
+    pub(super) fn explicit_nodes(
+        &mut self,
+        nodes: &[(String, Vec<IpAddr>)],
+        config: &mut ModuleConfig,
+    ) -> Result<(), ConfigError> {
+        let networks = &config.heartbeat.networks;
+        for (name, addresses) in nodes {
+            if addresses.len() != networks.len() {
+                return Err(self.place("heartbeat.networks").error(format!(
+                    "node {name:?} is given {} address(es); the module's heartbeats use {} network(s): {}",
+                    addresses.len(),
+                    networks.len(),
+                    networks.join(", ")
+                )));
+            }
+            config.nodes.push(NodeConfig {
+                name: name.clone(),
+                addresses: networks
+                    .iter()
+                    .cloned()
+                    .zip(addresses.iter().copied())
+                    .collect(),
+                power: DEFAULT_POWER,
+            });
+        }
+        Ok(())
     }
 
     /// Nodes and addresses from cluster.xml, for the module's networks.
@@ -118,7 +166,6 @@ impl Importer {
         &mut self,
         f: &XmlFile<'_>,
         config: &mut ModuleConfig,
-        heart_port: Option<usize>,
     ) -> Result<(), ConfigError> {
         let root = f.doc.root_element();
         if root.tag_name().name() != "cluster" {
@@ -148,11 +195,12 @@ impl Importer {
         };
         self.check_attributes(f, lans, &["port", "pulse", "mlost_count", "slost_count"]);
         if let Some(port) = self.attr(f, lans, "port") {
-            // <heart port> is the module's own port and wins.
-            if heart_port.is_none() {
-                self.note_attr("heartbeat.port", f, &port);
-                config.heartbeat.port = parse_port(f, &port)?;
-            }
+            self.warn(
+                f,
+                port.offset,
+                &port.field,
+                "the cluster's administration port (SafeKit's safeadmin), not a module's: the module's ports derive from its id; ignored",
+            );
         }
         for key in ["pulse", "mlost_count", "slost_count"] {
             if let Some(attr) = self.attr(f, lans, key) {

@@ -2,10 +2,39 @@
 
 use roxmltree::Node;
 
-use super::xml::XmlFile;
+use super::xml::{element_name, XmlFile};
 use super::Importer;
 use crate::error::ConfigError;
 use crate::model::ModuleConfig;
+
+/// The attributes of the guide's `<rfs>` (§13.7.2-13.7.3) that Holdfast
+/// does not map, with the reason each one cannot be.
+const RFS_NOT_MAPPED: &[(&str, &str)] = &[
+    ("mountover", "Holdfast mounts its replication file system over the directory itself: no directory is renamed or linked"),
+    ("mountoversuffix", "Holdfast mounts its replication file system over the directory itself: no directory is renamed or linked"),
+    ("acl", "extended attributes, POSIX ACLs among them, are always replicated"),
+    ("nbrei", "a resynchronisation runs one pass per replicated directory; its parallelism is not configurable"),
+    ("iotimeout", "a Windows setting"),
+    ("roflags", "a Windows setting; the secondary's copy is always read-only to local processes"),
+    ("allocthreshold", "a Windows setting"),
+    ("nfsbox_options", "a Windows setting"),
+    ("packetsize", "Holdfast's replication frames are not NFS packets; their size is not configurable"),
+    ("reipacketsize", "the resynchronisation's packet size is not configurable"),
+    ("ruzone_blocksize", "changes are tracked by 4 KiB block, durably; the block size is not configurable"),
+    ("namespacepolicy", "changes are tracked by 4 KiB block, durably, and a resynchronisation sends only what changed (compared by checksums where unknown)"),
+    ("locktimeout", "a change the secondary has not acknowledged within [replication] ack_timeout is a failure of the secondary; set ack_timeout instead"),
+    ("sendtimeout", "a change the secondary has not acknowledged within [replication] ack_timeout is a failure of the secondary; set ack_timeout instead"),
+    ("reitimeout", "a resynchronisation is bounded by the heartbeat timeout and [replication] ack_timeout, not by a timeout of its own"),
+    ("reicommit", "a resynchronisation commits each file when it is complete; intermediate commits are not configurable"),
+    ("reidetail", "each resynchronisation's figures (what it covered, bytes sent, duration) are always written to the module log"),
+    ("nbremconn", "each replicated directory has one TCP connection; the number is not configurable"),
+    ("checktime", "there is no periodic null request to the local replicated file system"),
+    ("checkintv", "there is no periodic null request to the local replicated file system"),
+    ("scripts", "the _rfs_* script callbacks are not supported"),
+    ("reiallowedbw", "a bandwidth cap for resynchronisation is not supported yet: it is not limited"),
+    ("syncdelta", "a copy that is not up to date never becomes primary by itself (only `holdfast prim` forces it)"),
+    ("syncat", "scheduled synchronisation is not supported: replication is always real-time"),
+];
 
 impl Importer {
     /// `<rfs>`: each `<replicated dir>` becomes a `[[replicated]]`
@@ -16,13 +45,40 @@ impl Importer {
         rfs: Node<'_, '_>,
         config: &mut ModuleConfig,
     ) -> Result<(), ConfigError> {
-        self.check_attributes(f, rfs, &[]);
-        for el in rfs.children().filter(Node::is_element) {
-            if el.tag_name().name() != "replicated" {
-                self.unsupported_element(f, el);
-                continue;
+        let known: Vec<&str> = RFS_NOT_MAPPED.iter().map(|(name, _)| *name).collect();
+        self.check_attributes(f, rfs, &known);
+        for (name, reason) in RFS_NOT_MAPPED {
+            if let Some(attr) = self.attr(f, rfs, name) {
+                self.warn(f, attr.offset, &attr.field, format!("{reason}; ignored"));
             }
-            self.check_attributes(f, el, &["dir"]);
+        }
+        for el in rfs.children().filter(Node::is_element) {
+            match el.tag_name().name() {
+                "replicated" => {}
+                "flow" => {
+                    self.warn(
+                        f,
+                        el.range().start,
+                        &element_name(el),
+                        "the legacy <flow>: the replication connects over the <heartbeat ident=\"flow\"> network, else the first; ignored",
+                    );
+                    continue;
+                }
+                _ => {
+                    self.unsupported_element(f, el);
+                    continue;
+                }
+            }
+            self.check_attributes(f, el, &["dir", "mode"]);
+            if let Some(mode) = self.attr(f, el, "mode") {
+                if mode.value != "read_only" {
+                    return Err(f.attr_error(
+                        &mode,
+                        format!("unknown mode {:?}; expected \"read_only\"", mode.value),
+                    ));
+                }
+                // The secondary's copy is always read-only to local processes.
+            }
             let Some(dir) = self.attr(f, el, "dir") else {
                 return Err(f.error(
                     el.range().start,
@@ -38,10 +94,15 @@ impl Importer {
                 ..Default::default()
             };
             for child in el.children().filter(Node::is_element) {
-                if child.tag_name().name() == "notreplicated" {
-                    self.notreplicated(f, child, index, &mut replicated);
-                } else {
-                    self.unsupported_element(f, child);
+                match child.tag_name().name() {
+                    "notreplicated" => self.notreplicated(f, child, index, &mut replicated),
+                    "tocheck" => self.warn(
+                        f,
+                        child.range().start,
+                        &element_name(child),
+                        "checking that a path exists before starting is not supported; add a custom checker; ignored",
+                    ),
+                    _ => self.unsupported_element(f, child),
                 }
             }
             config.replicated.push(replicated);

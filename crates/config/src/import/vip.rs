@@ -55,7 +55,17 @@ impl Importer {
                         })?);
                     }
                 }
-                "interface" => self.check_attributes(f, el, &["check", "arpreroute"]),
+                "interface" => {
+                    self.check_attributes(f, el, &["check", "arpreroute"]);
+                    if let Some(check) = self.attr(f, el, "check").filter(|c| c.value == "on") {
+                        self.warn(
+                            f,
+                            check.offset,
+                            &check.field,
+                            "SafeKit's automatic checker of the interface holding the virtual IP is not created (the interface may be named differently on each node); add a [[checker]] with type = \"interface\" and that node's interface or address",
+                        );
+                    }
+                }
                 "virtual_addr" => {
                     self.check_attributes(f, el, &["addr", "where"]);
                     let Some(addr) = self.attr(f, el, "addr") else {
