@@ -5,6 +5,7 @@
 //! scripts), it accepts the same commands, so SafeKit scripts calling
 //! `"$SAFE/safekit" printi "msg"` work unchanged.
 
+mod doctor;
 mod package;
 mod progress;
 mod state;
@@ -85,6 +86,18 @@ enum Cmd {
     /// Cluster-wide settings.
     #[command(subcommand)]
     Cluster(ClusterCmd),
+    /// Check that this host can run Holdfast and its installed modules (FUSE,
+    /// nftables, kernel, clock, ports, peers): one line per check, OK, WARN
+    /// or FAIL with the fix; exit code 1 on any FAIL.
+    Doctor {
+        /// This node's name (default: the running daemon's, else the host name).
+        #[arg(long, env = "HOLDFAST_NODE")]
+        node: Option<String>,
+        #[arg(long, default_value = holdfast_daemon::paths::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        #[arg(long, default_value = holdfast_daemon::paths::DEFAULT_CONF_DIR)]
+        conf_dir: PathBuf,
+    },
     /// Install, list, import and remove modules.
     #[command(subcommand)]
     Module(ModuleCmd),
@@ -259,6 +272,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => print!("{key}"),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Doctor {
+            node,
+            state_dir,
+            conf_dir,
+        } => {
+            let findings = doctor::run(&doctor::Options {
+                node,
+                paths: Paths::new(state_dir, conf_dir),
+                api: cli.api,
+            });
+            Ok(match doctor::print(&findings) {
+                doctor::Status::Fail => ExitCode::from(1),
+                doctor::Status::Ok | doctor::Status::Warn => ExitCode::SUCCESS,
+            })
         }
         Cmd::Module(cmd) => module(&client, cmd),
         Cmd::Start(m) => command(&client, m, Command::Start, false),

@@ -70,6 +70,19 @@ impl Vip {
             .any(|entry| entry.index == link.index && entry.addr == addr))
     }
 
+    /// Every IPv4 address of this host (of the calling thread's network
+    /// namespace), listed by netlink as the virtual IP's own calls do:
+    /// `holdfast doctor` checks both at once.
+    pub fn host_addresses() -> Result<Vec<Ipv4Addr>> {
+        let operation = "listing the host's addresses";
+        let mut route = Route::open(operation)?;
+        Ok(route
+            .ipv4_addresses(operation)?
+            .into_iter()
+            .map(|entry| entry.addr)
+            .collect())
+    }
+
     /// The interface to put `addr` on when the configuration names none: the
     /// one interface with an address of its own (not `addr` itself) whose
     /// subnet contains `addr`. None or several is an error asking for the
