@@ -5,6 +5,7 @@
 //! scripts), it accepts the same commands, so SafeKit scripts calling
 //! `"$SAFE/safekit" printi "msg"` work unchanged.
 
+mod cluster;
 mod doctor;
 mod package;
 mod progress;
@@ -39,6 +40,11 @@ struct Cli {
         default_value = "/var/lib/holdfast/api.sock"
     )]
     api: PathBuf,
+    /// Run the command on these nodes (SafeKit's -H): names separated by
+    /// commas, or '*' for every node of the cluster. This node's daemon
+    /// relays to them over mutual TLS.
+    #[arg(short = 'H', long = "hosts", global = true)]
+    hosts: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -97,6 +103,17 @@ enum Cmd {
         state_dir: PathBuf,
         #[arg(long, default_value = holdfast_daemon::paths::DEFAULT_CONF_DIR)]
         conf_dir: PathBuf,
+    },
+    /// Users of the API and their roles (admin, control, monitor).
+    #[command(subcommand)]
+    User(cluster::UserCmd),
+    /// API tokens: a role and an expiry, for scripts and monitoring.
+    #[command(subcommand)]
+    Token(cluster::TokenCmd),
+    /// This node's audit log: every command, who, from where, the result.
+    Audit {
+        #[arg(short = 's', long, default_value_t = 300)]
+        count: usize,
     },
     /// Install, list, import and remove modules.
     #[command(subcommand)]
@@ -173,6 +190,8 @@ enum ClusterCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    #[command(flatten)]
+    Membership(cluster::MembershipCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -181,6 +200,13 @@ enum ModuleCmd {
     /// directory laid out as one (module.toml or conf/userconfig.xml, and
     /// bin/), or a TOML file with its scripts directory.
     Install {
+        package: PathBuf,
+        #[command(flatten)]
+        import: package::ImportArgs,
+    },
+    /// Install a module on every node it names (its [[node]] entries),
+    /// through this node's daemon (SafeKit's `safekit config`).
+    Deploy {
         package: PathBuf,
         #[command(flatten)]
         import: package::ImportArgs,
@@ -230,6 +256,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let client = ApiClient::new(&cli.api);
+    let on = Targets::new(&client, cli.hosts.as_deref())?;
     match cli.command {
         Cmd::Daemon {
             node,
@@ -248,7 +275,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 node,
                 paths: Paths::new(state_dir, conf_dir),
             };
-            runtime()?.block_on(holdfast_daemon::run(options))?;
+            runtime()?.block_on(async {
+                let daemon = holdfast_daemon::start(options).await?;
+                holdfast_api::serve(daemon).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Witness {
@@ -288,17 +318,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 doctor::Status::Ok | doctor::Status::Warn => ExitCode::SUCCESS,
             })
         }
-        Cmd::Module(cmd) => module(&client, cmd),
-        Cmd::Start(m) => command(&client, m, Command::Start, false),
-        Cmd::Stop(m) => command(&client, m, Command::Stop, false),
-        Cmd::Restart(m) => command(&client, m, Command::Restart, false),
-        Cmd::Swap(m) => command(&client, m, Command::Swap, false),
-        Cmd::Prim(m) => command(&client, m, Command::Prim, false),
+        Cmd::Cluster(ClusterCmd::Membership(cmd)) => cluster::membership(&client, cmd),
+        Cmd::User(cmd) => cluster::user(&client, cmd),
+        Cmd::Token(cmd) => cluster::token(&client, cmd),
+        Cmd::Audit { count } => cluster::audit(&client, count),
+        Cmd::Module(cmd) => module(&client, &on, cmd),
+        Cmd::Start(m) => on.each(|p| command(&client, p, &m, Command::Start, false)),
+        Cmd::Stop(m) => on.each(|p| command(&client, p, &m, Command::Stop, false)),
+        Cmd::Restart(m) => on.each(|p| command(&client, p, &m, Command::Restart, false)),
+        Cmd::Swap(m) => on.each(|p| command(&client, p, &m, Command::Swap, false)),
+        Cmd::Prim(m) => on.each(|p| command(&client, p, &m, Command::Prim, false)),
         Cmd::Second {
             module,
             discard_data,
-        } => command(&client, module, Command::Second, discard_data),
-        Cmd::Stopstart(m) => command(&client, m, Command::StopStart, false),
+        } => on.each(|p| command(&client, p, &module, Command::Second, discard_data)),
+        Cmd::Stopstart(m) => on.each(|p| command(&client, p, &m, Command::StopStart, false)),
         Cmd::Progress { module } => {
             progress::follow(|| block(client.get(&format!("/v1/modules/{}", module.module))))?;
             Ok(ExitCode::SUCCESS)
@@ -309,6 +343,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             local: _,
             quiet,
         } => {
+            if let Some(nodes) = &on.nodes {
+                return cluster_state(&client, nodes, module.as_deref(), json);
+            }
             let list: Vec<ModuleSummary> = match &module {
                 Some(name) => vec![block(client.get(&format!("/v1/modules/{name}")))?],
                 None => block(client.get("/v1/modules"))?,
@@ -338,14 +375,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state::print(&list);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Log { module, count } => {
-            let entries: Vec<LogEntry> =
-                block(client.get(&format!("/v1/modules/{}/log?count={count}", module.module)))?;
+        Cmd::Log { module, count } => on.each(|prefix| {
+            let entries: Vec<LogEntry> = block(client.get(&format!(
+                "{prefix}/v1/modules/{}/log?count={count}",
+                module.module
+            )))?;
             for entry in entries {
                 println!("{} | {} | {}", entry.time, entry.level, entry.message);
             }
-            Ok(ExitCode::SUCCESS)
-        }
+            Ok(())
+        }),
         Cmd::Printi { module, message } => print(&client, &module, LogLevel::Info, message),
         Cmd::Printe { module, message } => print(&client, &module, LogLevel::Error, message),
     }
@@ -370,7 +409,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// Runs one API call on a small runtime.
-fn block<T>(
+pub(crate) fn block<T>(
     future: impl std::future::Future<Output = Result<T, holdfast_daemon::client::ClientError>>,
 ) -> Result<T> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -379,16 +418,101 @@ fn block<T>(
     Ok(runtime.block_on(future)?)
 }
 
+/// The nodes a command runs on: this one, or those of `-H` through the
+/// relay (`/v1/nodes/{node}/…`).
+struct Targets {
+    nodes: Option<Vec<String>>,
+}
+
+impl Targets {
+    fn new(client: &ApiClient, hosts: Option<&str>) -> Result<Self> {
+        let nodes = match hosts {
+            None => None,
+            Some("*") => {
+                let status: holdfast_api::routes::cluster::ClusterStatus =
+                    block(client.get("/v1/cluster"))?;
+                if status.nodes.is_empty() {
+                    bail!("-H '*': node {} is not a member of a cluster", status.node);
+                }
+                Some(status.nodes.into_iter().map(|n| n.name).collect())
+            }
+            Some(list) => Some(
+                list.split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect(),
+            ),
+        };
+        Ok(Self { nodes })
+    }
+
+    /// Runs `run` with the path prefix of each node; a node's failure is
+    /// printed and the others still run (exit code 1 then).
+    fn each(&self, run: impl Fn(&str) -> Result<()>) -> Result<ExitCode> {
+        let Some(nodes) = &self.nodes else {
+            run("")?;
+            return Ok(ExitCode::SUCCESS);
+        };
+        let mut failed = false;
+        for node in nodes {
+            println!("== {node}");
+            if let Err(e) = run(&format!("/v1/nodes/{node}")) {
+                eprintln!("holdfast: {node}: {e:#}");
+                failed = true;
+            }
+        }
+        Ok(if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        })
+    }
+}
+
+/// `state -H`: every node's modules, through the cluster-wide view; a
+/// node that does not answer is shown unreachable, with why.
+fn cluster_state(
+    client: &ApiClient,
+    nodes: &[String],
+    module: Option<&str>,
+    json: bool,
+) -> Result<ExitCode> {
+    use holdfast_api::routes::nodes::NodeModules;
+    let mut views: Vec<NodeModules> =
+        block(client.get(&format!("/v1/cluster/state?nodes={}", nodes.join(","))))?;
+    if let Some(module) = module {
+        for view in &mut views {
+            view.modules.retain(|m| m.module == module);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let live: Vec<ModuleSummary> = views.iter().flat_map(|v| v.modules.clone()).collect();
+    state::print(&live);
+    for view in views.iter().filter(|v| !v.reachable) {
+        println!(
+            "{:<12} {:<10} UNREACHABLE: {}",
+            "-",
+            view.node,
+            view.reason.as_deref().unwrap_or("no answer")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn command(
     client: &ApiClient,
-    arg: ModuleArg,
+    prefix: &str,
+    arg: &ModuleArg,
     command: Command,
     discard_data: bool,
-) -> Result<ExitCode> {
+) -> Result<()> {
     if let Some(who) = &arg.identity {
         let note = format!("action {} requested by {who}", command.as_str());
         let _: () = block(client.post(
-            &format!("/v1/modules/{}/log", arg.module),
+            &format!("{prefix}/v1/modules/{}/log", arg.module),
             &PrintRequest {
                 level: LogLevel::Info,
                 message: note,
@@ -396,14 +520,14 @@ fn command(
         ))?;
     }
     let summary: ModuleSummary = block(client.post(
-        &format!("/v1/modules/{}/command", arg.module),
+        &format!("{prefix}/v1/modules/{}/command", arg.module),
         &CommandRequest {
             command,
             discard_data,
         },
     ))?;
     state::print(&[summary]);
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 fn print(
@@ -420,7 +544,7 @@ fn print(
     Ok(ExitCode::SUCCESS)
 }
 
-fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
+fn module(client: &ApiClient, on: &Targets, cmd: ModuleCmd) -> Result<ExitCode> {
     match cmd {
         ModuleCmd::Check {
             package: path,
@@ -456,16 +580,20 @@ fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
             let loaded = package::load(&path, &import, &ids)?;
             warn(&path, &loaded.warnings);
             let zip = loaded.package.to_zip()?;
-            let summary: ModuleSummary =
-                block(client.post_package(&install_path(&path, false), zip))?;
-            let id = summary
-                .id
-                .map(|id| format!(" (id {id})"))
-                .unwrap_or_default();
-            println!(
-                "module {}{id} installed on node {}",
-                summary.module, summary.node
-            );
+            return on.each(|prefix| install(client, prefix, &path, zip.clone()));
+        }
+        ModuleCmd::Deploy {
+            package: path,
+            import,
+        } => {
+            let ids = installed_ids(client)?;
+            let loaded = package::load(&path, &import, &ids)?;
+            warn(&path, &loaded.warnings);
+            let config = holdfast_config::parse_module(&loaded.package.config, &path)?;
+            let zip = loaded.package.to_zip()?;
+            let nodes = config.nodes.iter().map(|n| n.name.clone()).collect();
+            return Targets { nodes: Some(nodes) }
+                .each(|prefix| install(client, prefix, &path, zip.clone()));
         }
         ModuleCmd::Import {
             userconfig,
@@ -497,11 +625,14 @@ fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
             println!("module {} exported to {}", module.module, out.display());
         }
         ModuleCmd::List => {
-            let list: Vec<ModuleSummary> = block(client.get("/v1/modules"))?;
-            for m in list {
-                let id = m.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
-                println!("{}\t{id}\t{}", m.module, m.view.state);
-            }
+            return on.each(|prefix| {
+                let list: Vec<ModuleSummary> = block(client.get(&format!("{prefix}/v1/modules")))?;
+                for m in list {
+                    let id = m.id.map(|id| id.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{}\t{id}\t{}", m.module, m.view.state);
+                }
+                Ok(())
+            });
         }
         ModuleCmd::Uninstall(arg) => {
             let done: Uninstalled = block(client.delete(&format!("/v1/modules/{}", arg.module)))?;
@@ -512,6 +643,21 @@ fn module(client: &ApiClient, cmd: ModuleCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Installs the package on the node of `prefix` (this one when empty).
+fn install(client: &ApiClient, prefix: &str, path: &Path, zip: Vec<u8>) -> Result<()> {
+    let summary: ModuleSummary =
+        block(client.post_package(&format!("{prefix}{}", install_path(path, false)), zip))?;
+    let id = summary
+        .id
+        .map(|id| format!(" (id {id})"))
+        .unwrap_or_default();
+    println!(
+        "module {}{id} installed on node {}",
+        summary.module, summary.node
+    );
+    Ok(())
 }
 
 /// The ids of this node's modules, by name.

@@ -1,5 +1,6 @@
-//! The daemon's HTTP API, served on a Unix socket in the state directory.
-//! The CLI is a client of it (and a web console will be).
+//! The daemon's own API handlers: modules and their logs. The router that
+//! serves them, on the Unix socket in the state directory and over HTTPS,
+//! with the role each needs, is `holdfast-api`'s (`crates/api/src/routes/`).
 //!
 //! | method | path | body / answer |
 //! |---|---|---|
@@ -13,7 +14,8 @@
 //! | GET | `/v1/modules/{name}/log?count=N` | `[LogEntry]` |
 //! | POST | `/v1/modules/{name}/log` | `{level: "I"/"E", message}` |
 //!
-//! Errors answer `{"error": "..."}` with a 4xx status; nothing is changed.
+//! Errors answer `{"error": "..."}` ([`ErrorBody`], the one error format of
+//! the whole API) with a 4xx status; nothing is changed.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -21,14 +23,15 @@ use std::sync::Arc;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use holdfast_membership::{Command, LogLevel};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{Registry, RegistryError};
 use crate::DaemonError;
 
+/// The one error format of the API: the message names what is wrong (the
+/// field at fault, the module, the refusal's reason).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
     pub error: String,
@@ -56,17 +59,17 @@ pub struct PrintRequest {
 }
 
 #[derive(Debug, Deserialize)]
-struct InstallQuery {
+pub struct InstallQuery {
     /// Where the package came from, for messages.
-    source: String,
+    pub source: String,
     /// Only check it.
     #[serde(default)]
-    check: bool,
+    pub check: bool,
 }
 
 #[derive(Debug, Deserialize)]
-struct LogQuery {
-    count: Option<usize>,
+pub struct LogQuery {
+    pub count: Option<usize>,
 }
 
 impl IntoResponse for RegistryError {
@@ -91,25 +94,10 @@ impl IntoResponse for RegistryError {
     }
 }
 
-type Shared = State<Arc<Registry>>;
+pub type Shared = State<Arc<Registry>>;
 
-pub fn router(registry: Arc<Registry>) -> Router {
-    Router::new()
-        .route("/v1/node", get(node))
-        .route(
-            "/v1/modules",
-            get(list)
-                .post(install)
-                .layer(axum::extract::DefaultBodyLimit::max(
-                    holdfast_package::MAX_PACKAGE_BYTES as usize,
-                )),
-        )
-        .route("/v1/modules/{name}", get(module).delete(uninstall))
-        .route("/v1/modules/{name}/package", get(export))
-        .route("/v1/modules/{name}/command", post(command))
-        .route("/v1/modules/{name}/log", get(log).post(print))
-        .with_state(registry)
-}
+/// The largest body of `POST /v1/modules` (a package).
+pub const MAX_INSTALL_BYTES: usize = holdfast_package::MAX_PACKAGE_BYTES as usize;
 
 /// Binds the socket, replacing a stale one left by a killed daemon.
 pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
@@ -127,25 +115,25 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     tokio::net::UnixListener::bind(path).map_err(err)
 }
 
-async fn node(State(registry): Shared) -> Json<NodeInfo> {
+pub async fn node(State(registry): Shared) -> Json<NodeInfo> {
     Json(NodeInfo {
         node: registry.node().to_string(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }
 
-async fn list(State(registry): Shared) -> impl IntoResponse {
+pub async fn list(State(registry): Shared) -> impl IntoResponse {
     Json(registry.list().await)
 }
 
-async fn module(
+pub async fn module(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, RegistryError> {
     Ok(Json(registry.get(&name).await?))
 }
 
-async fn install(
+pub async fn install(
     State(registry): Shared,
     Query(query): Query<InstallQuery>,
     body: axum::body::Bytes,
@@ -161,7 +149,7 @@ async fn install(
     Ok((StatusCode::CREATED, Json(summary)).into_response())
 }
 
-async fn export(
+pub async fn export(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, RegistryError> {
@@ -169,14 +157,14 @@ async fn export(
     Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip))
 }
 
-async fn uninstall(
+pub async fn uninstall(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
 ) -> Result<impl IntoResponse, RegistryError> {
     Ok(Json(registry.uninstall(&name).await?))
 }
 
-async fn command(
+pub async fn command(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
     Json(request): Json<CommandRequest>,
@@ -188,7 +176,7 @@ async fn command(
     ))
 }
 
-async fn log(
+pub async fn log(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
     Query(query): Query<LogQuery>,
@@ -196,7 +184,7 @@ async fn log(
     Ok(Json(registry.log(&name, query.count.unwrap_or(300)).await?))
 }
 
-async fn print(
+pub async fn print(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
     Json(request): Json<PrintRequest>,

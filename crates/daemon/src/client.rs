@@ -69,6 +69,18 @@ impl ApiClient {
         )
     }
 
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        json(
+            self.call(Method::PUT, path, Some(("application/json", bytes)))
+                .await?,
+        )
+    }
+
     /// Posts a module package (a zip).
     pub async fn post_package<T: DeserializeOwned>(
         &self,

@@ -11,8 +11,8 @@
 //! - [`replication`]: a mirror module's file replication;
 //! - [`heartbeats`]: a module's authenticated heartbeat socket;
 //! - [`scripts`]: running user scripts with SafeKit's arguments/environment;
-//! - [`api`]: the HTTP API on a Unix socket (the CLI's and console's way in),
-//!   and [`client`] to call it;
+//! - [`api`]: the API's module handlers (served by `holdfast-api`, on the
+//!   Unix socket and over HTTPS), and [`client`] to call it;
 //! - [`registry`]: installed modules, persisted under the state directory;
 //! - [`modlog`]: the module log;
 //! - [`refusals`]: refusals of nodes logged without echoing a flood;
@@ -108,9 +108,17 @@ pub struct DaemonOptions {
     pub paths: Paths,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT, then stops the modules (their
-/// applications hand over to the peers) and returns.
-pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+/// A started node daemon: its modules run; its API is served by the
+/// caller (`holdfast-api`), which calls [`Daemon::stop`] at the end.
+#[derive(Debug)]
+pub struct Daemon {
+    pub registry: Arc<registry::Registry>,
+    pub paths: Paths,
+    pub node: String,
+}
+
+/// Starts the daemon: state directories, the modules installed on this node.
+pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
     let paths = options.paths;
     let key_path = paths.cluster_key();
     let key = ClusterKey::load(&key_path).map_err(|e| DaemonError::ClusterKey {
@@ -129,32 +137,32 @@ pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
     install_safekit_command(&paths, &exe)?;
     let incarnation = next_incarnation(&paths)?;
     let ctx = Arc::new(node::NodeContext {
-        node: options.node,
+        node: options.node.clone(),
         key,
         incarnation,
         paths: paths.clone(),
         exe,
         modules: Default::default(),
     });
-    let registry = Arc::new(registry::Registry::new(ctx.clone()));
+    let registry = Arc::new(registry::Registry::new(ctx));
     registry.load_installed().await;
-
-    let socket = paths.api_socket();
-    let listener = api::bind(&socket)?;
-    tracing::info!("node {} serving the API on {}", ctx.node, socket.display());
-    let server = axum::serve(listener, api::router(registry.clone()))
-        .with_graceful_shutdown(shutdown_signal());
-    server.await.map_err(|e| DaemonError::Api {
-        path: socket.display().to_string(),
-        source: e,
-    })?;
-    tracing::info!("shutting down: stopping modules");
-    registry.shutdown().await;
-    let _ = std::fs::remove_file(&socket);
-    Ok(())
+    Ok(Daemon {
+        registry,
+        paths,
+        node: options.node,
+    })
 }
 
-async fn shutdown_signal() {
+impl Daemon {
+    /// Stops the modules: their applications hand over to the peers.
+    pub async fn stop(self) {
+        tracing::info!("shutting down: stopping modules");
+        self.registry.shutdown().await;
+    }
+}
+
+/// Resolves at SIGTERM or SIGINT: the daemon's end.
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -1,0 +1,520 @@
+//! The cluster's HTTPS API on three lab nodes with real daemons and real
+//! TLS: init and join with enrolment tokens, users, sessions with CSRF,
+//! API tokens (expired, revoked), roles refused and logged, bad input
+//! naming its field and changing nothing, a node certificate of another CA
+//! and a client without one refused, the relay, `-H '*' state` with a node
+//! down, and certificate rotation. The client is curl on the lab's client
+//! host, trusting the cluster's CA.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use holdfast_lab::cluster::{FarmOptions, MirrorLab, MirrorOptions};
+use holdfast_lab::{wait_until, CLIENT};
+use serde_json::{json, Value};
+
+const PORT: u16 = 9453;
+
+struct Api {
+    cluster: MirrorLab,
+    /// Files of the client host: the CA, cookie jars, certificates.
+    dir: PathBuf,
+}
+
+impl Api {
+    fn url(&self, host: &str, path: &str) -> String {
+        let address = self.cluster.lab.address(host, 0).expect("address");
+        format!("https://{address}:{PORT}{path}")
+    }
+
+    /// curl on the client host: (status, body as JSON or null).
+    fn curl(&self, args: &[&str]) -> (u16, Value) {
+        let mut command = self.cluster.lab.command(CLIENT, "curl").expect("client");
+        command
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(self.dir.join("ca.pem"))
+            .args(args);
+        let out = command.output().expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let status = status.trim().parse().unwrap_or(0);
+        let body = serde_json::from_str(body).unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// A call with an API token.
+    fn with_token(
+        &self,
+        token: &str,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let auth = format!("Authorization: Bearer {token}");
+        let url = self.url(host, path);
+        let mut args = vec!["-X", method, "-H", &auth, &url];
+        let text;
+        if let Some(body) = body {
+            text = body.to_string();
+            args.extend(["-H", "content-type: application/json", "--data", &text]);
+        }
+        self.curl(&args)
+    }
+
+    /// Logs `user` in on `host`: the cookie jar's path and the CSRF token.
+    fn login(&self, host: &str, user: &str, password: &str) -> (String, String) {
+        let jar = self
+            .dir
+            .join(format!("{user}-{host}.jar"))
+            .display()
+            .to_string();
+        let body = json!({"user": user, "password": password}).to_string();
+        let url = self.url(host, "/v1/session");
+        let (status, answer) = self.curl(&[
+            "-c",
+            &jar,
+            "-H",
+            "content-type: application/json",
+            "--data",
+            &body,
+            &url,
+        ]);
+        assert_eq!(status, 200, "login of {user} on {host}: {answer}");
+        let csrf = answer["csrf_token"]
+            .as_str()
+            .expect("csrf_token")
+            .to_string();
+        (jar, csrf)
+    }
+
+    /// A call in a session; `csrf` is sent when given.
+    fn in_session(
+        &self,
+        jar: &str,
+        csrf: Option<&str>,
+        method: &str,
+        host: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let url = self.url(host, path);
+        let header = csrf.map(|c| format!("X-CSRF-Token: {c}"));
+        let mut args = vec!["-b", jar, "-X", method, &url];
+        if let Some(header) = &header {
+            args.extend(["-H", header]);
+        }
+        let text;
+        if let Some(body) = body {
+            text = body.to_string();
+            args.extend(["-H", "content-type: application/json", "--data", &text]);
+        }
+        self.curl(&args)
+    }
+
+    fn daemon_log(&self, host: &str) -> String {
+        let path = self
+            .cluster
+            .lab
+            .host_dir(host)
+            .expect("dir")
+            .join("daemon.log");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Waits until `host`'s daemon log has a line with every word.
+    fn logged(&self, host: &str, words: &[&str]) -> bool {
+        wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+            self.daemon_log(host)
+                .lines()
+                .any(|l| words.iter().all(|w| l.contains(w)))
+        })
+    }
+
+    fn cli(&self, host: &str, args: &[&str]) -> String {
+        let out = self
+            .cluster
+            .run_cli_checked(host, args)
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn cli_json(&self, host: &str, args: &[&str]) -> Value {
+        serde_json::from_str(&self.cli(host, args)).expect("JSON")
+    }
+}
+
+/// The `holdfast cluster join …` line's token in `holdfast cluster init`
+/// or `holdfast cluster token` output.
+fn enrolment_token(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("holdfast cluster join "))
+        .unwrap_or_else(|| panic!("no join line in {output}"))
+        .to_string()
+}
+
+/// Three nodes with a farm module installed (not started), node1 the
+/// cluster's CA, node2 and node3 joined.
+fn three_nodes() -> (Api, String) {
+    let cluster = common::lab(MirrorOptions {
+        farm: Some(FarmOptions {
+            powers: vec![1, 1, 1],
+            rules: String::new(),
+        }),
+        ..MirrorOptions::default()
+    });
+    let dir = cluster
+        .lab
+        .host_dir(CLIENT)
+        .expect("client dir")
+        .join("api");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let api = Api { cluster, dir };
+    let address = |host: &str| format!("{}:{PORT}", api.cluster.lab.address(host, 0).unwrap());
+    let init = api.cli(
+        "node1",
+        &[
+            "cluster",
+            "init",
+            "--name",
+            "lab",
+            "--address",
+            &address("node1"),
+        ],
+    );
+    let password = init
+        .lines()
+        .find_map(|l| {
+            l.split_once("password: ")
+                .map(|(_, p)| p.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no password in {init}"));
+    let token = enrolment_token(&init);
+    api.cli(
+        "node2",
+        &["cluster", "join", &token, "--address", &address("node2")],
+    );
+    // The token was for one node only.
+    let again = api
+        .cluster
+        .cli(
+            "node3",
+            &["cluster", "join", &token, "--address", &address("node3")],
+        )
+        .unwrap();
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        said.contains("unknown, used or expired enrolment token"),
+        "{said}"
+    );
+    assert!(api.logged("node1", &["refused enrolment of \"node3\""]));
+    let token = enrolment_token(&api.cli("node1", &["cluster", "token"]));
+    api.cli(
+        "node3",
+        &["cluster", "join", &token, "--address", &address("node3")],
+    );
+    let ca = api
+        .cluster
+        .lab
+        .host_dir("node1")
+        .unwrap()
+        .join("etc-holdfast/pki/ca.pem");
+    std::fs::copy(ca, api.dir.join("ca.pem")).expect("the CA's certificate");
+    (api, password)
+}
+
+#[test]
+fn cluster_api_with_roles_relay_and_refusals() {
+    let (mut api, password) = three_nodes();
+
+    // Every node knows every member; node3's certificate is a year's.
+    let members = |host: &str| {
+        let status = api.cli_json(host, &["cluster", "status", "--json"]);
+        let names: Vec<String> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap().to_string())
+            .collect();
+        (names, status)
+    };
+    assert!(
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || members("node2").0.len() == 3
+        ),
+        "node2 learns of node3"
+    );
+    let (names, status) = members("node3");
+    assert_eq!(names, ["node1", "node2", "node3"]);
+    let days = status["certificate"]["days_left"].as_i64().unwrap();
+    assert!((363..=365).contains(&days), "{status}");
+
+    // No credentials: refused, and logged with the client's address.
+    let client = api.cluster.lab.address(CLIENT, 0).unwrap().to_string();
+    let (code, body) = api.curl(&[&api.url("node1", "/v1/modules")]);
+    assert_eq!(code, 401, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("no credentials"),
+        "{body}"
+    );
+    assert!(api.logged("node1", &["refused GET /v1/modules from", &client]));
+
+    // The admin logs in; reads; a change needs the CSRF token.
+    let (jar, csrf) = api.login("node1", "admin", &password);
+    let (code, modules) = api.in_session(&jar, None, "GET", "node1", "/v1/modules", None);
+    assert_eq!(code, 200);
+    assert_eq!(modules[0]["module"], "demo");
+    let watcher = json!({"name": "watcher", "role": "monitor", "password": "watching-all-day"});
+    let (code, body) = api.in_session(
+        &jar,
+        None,
+        "POST",
+        "node1",
+        "/v1/users",
+        Some(watcher.clone()),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");
+    let (code, body) = api.in_session(
+        &jar,
+        Some(&csrf),
+        "POST",
+        "node1",
+        "/v1/users",
+        Some(watcher),
+    );
+    assert_eq!(code, 201, "{body}");
+
+    // Bad input names the field and changes nothing.
+    let bad = json!({"name": "emperor", "role": "emperor", "password": "long enough password"});
+    let (code, body) = api.in_session(&jar, Some(&csrf), "POST", "node1", "/v1/users", Some(bad));
+    assert!((400..500).contains(&code), "{code} {body}");
+    assert!(body["error"].as_str().unwrap().contains("role"), "{body}");
+    let short = json!({"name": "shorty", "role": "monitor", "password": "short"});
+    let (code, body) = api.in_session(&jar, Some(&csrf), "POST", "node1", "/v1/users", Some(short));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("password:"),
+        "{body}"
+    );
+    let (_, users) = api.in_session(&jar, None, "GET", "node1", "/v1/users", None);
+    let users: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["admin", "watcher"]);
+
+    // The new user exists on node3 too, where it logs in; a monitor may
+    // read but not command, and the refusal is logged with who and where.
+    let (watch_jar, watch_csrf) = api.login("node3", "watcher", "watching-all-day");
+    let (code, _) = api.in_session(&watch_jar, None, "GET", "node3", "/v1/modules/demo", None);
+    assert_eq!(code, 200);
+    let start = json!({"command": "start"});
+    let (code, body) = api.in_session(
+        &watch_jar,
+        Some(&watch_csrf),
+        "POST",
+        "node3",
+        "/v1/modules/demo/command",
+        Some(start),
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("needs the control role"),
+        "{body}"
+    );
+    assert!(api.logged(
+        "node3",
+        &[
+            "refused POST /v1/modules/demo/command to watcher from",
+            &client
+        ]
+    ));
+
+    // API tokens: a control token commands (through the relay too); once
+    // revoked or expired it is refused.
+    let new_token = |role: &str, expires: &str| {
+        let body = json!({"name": "test", "role": role, "expires_in": expires});
+        let (code, token) =
+            api.in_session(&jar, Some(&csrf), "POST", "node1", "/v1/tokens", Some(body));
+        assert_eq!(code, 201, "{token}");
+        (
+            token["id"].as_str().unwrap().to_string(),
+            token["token"].as_str().unwrap().to_string(),
+        )
+    };
+    let (id, control) = new_token("control", "1h");
+    let note = json!({"level": "Info", "message": "written through the relay"});
+    let (code, body) = api.with_token(
+        &control,
+        "POST",
+        "node1",
+        "/v1/nodes/node2/v1/modules/demo/log",
+        Some(note),
+    );
+    assert_eq!(code, 204, "{body}");
+    let log = common::api_log(&api.cluster, "node2");
+    assert!(log.contains("written through the relay"), "{log}");
+    let (code, body) = api.with_token(&control, "GET", "node1", "/v1/nodes/node3/v1/node", None);
+    assert_eq!(
+        (code, body["node"].as_str()),
+        (200, Some("node3")),
+        "{body}"
+    );
+    let (code, _) = api.with_token(&control, "GET", "node2", "/v1/users", None);
+    assert_eq!(code, 403, "a control token does not administer");
+    let (code, _) = api.in_session(
+        &jar,
+        Some(&csrf),
+        "DELETE",
+        "node1",
+        &format!("/v1/tokens/{id}"),
+        None,
+    );
+    assert_eq!(code, 204);
+    let revoked = wait_until(Duration::from_secs(10), Duration::from_millis(100), || {
+        let (code, body) = api.with_token(&control, "GET", "node2", "/v1/modules", None);
+        code == 401
+            && body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("unknown or revoked")
+    });
+    assert!(revoked, "the revoked token is refused on every node");
+    let (_, short_lived) = new_token("monitor", "1s");
+    let expired = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        let (code, body) = api.with_token(&short_lived, "GET", "node1", "/v1/modules", None);
+        code == 401
+            && body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("expired")
+    });
+    assert!(expired, "the token is refused once expired");
+
+    // A client without a node certificate calling a node's route, and a
+    // node certificate of another CA: refused and logged.
+    let (_, admin_token) = new_token("admin", "1h");
+    let (code, body) = api.with_token(&admin_token, "GET", "node2", "/v1/cluster/record", None);
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("node certificate"),
+        "{body}"
+    );
+    assert!(api.logged(
+        "node2",
+        &["refused GET /v1/cluster/record", "from", &client]
+    ));
+    let foreign_ca = holdfast_pki::Authority::generate("foreign").unwrap();
+    let (request, key) = holdfast_pki::SigningRequest::generate("node9").unwrap();
+    let foreign = foreign_ca.sign(&request, "node9", &[]).unwrap();
+    std::fs::write(api.dir.join("foreign.pem"), foreign).unwrap();
+    std::fs::write(api.dir.join("foreign.key"), key).unwrap();
+    let (cert, key) = (
+        api.dir.join("foreign.pem").display().to_string(),
+        api.dir.join("foreign.key").display().to_string(),
+    );
+    let (code, _) = api.curl(&[
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        &api.url("node1", "/v1/cluster/record"),
+    ]);
+    assert_eq!(code, 0, "no HTTP answer: the handshake fails");
+    assert!(api.logged("node1", &["refused TLS connection from", &client]));
+
+    // The audit log names who did what from where, and the result.
+    let (code, audit) = api.in_session(&jar, None, "GET", "node1", "/v1/audit", None);
+    assert_eq!(code, 200);
+    let entries = audit.as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["who"] == "admin"
+            && e["action"] == "POST /v1/users"
+            && e["status"] == 201
+            && e["source"].as_str().unwrap().starts_with(&client)),
+        "{audit}"
+    );
+    assert!(
+        entries.iter().any(
+            |e| e["action"] == "POST /v1/nodes/node2/v1/modules/demo/log" && e["status"] == 204
+        ),
+        "{audit}"
+    );
+
+    // Rotation: node2 gets a new certificate; the relay to it still works.
+    let before = members("node2").1["certificate"]["fingerprint"].clone();
+    api.cli("node2", &["cluster", "rotate"]);
+    let after = members("node2").1["certificate"]["fingerprint"].clone();
+    assert_ne!(before, after);
+    let (code, body) = api.with_token(
+        &admin_token,
+        "GET",
+        "node1",
+        "/v1/nodes/node2/v1/node",
+        None,
+    );
+    assert_eq!(
+        (code, body["node"].as_str()),
+        (200, Some("node2")),
+        "{body}"
+    );
+
+    // `-H '*' state` shows every node; with node3's daemon killed, node3
+    // is unreachable and the others live.
+    let all = api.cli_json("node2", &["-H", "*", "state", "--json"]);
+    let reachable: Vec<(String, bool, usize)> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["node"].as_str().unwrap().to_string(),
+                v["reachable"].as_bool().unwrap(),
+                v["modules"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reachable,
+        [
+            ("node1".into(), true, 1),
+            ("node2".into(), true, 1),
+            ("node3".into(), true, 1)
+        ]
+    );
+    api.cluster.kill("node3").expect("kill node3");
+    let text = api.cli("node1", &["-H", "*", "state"]);
+    // MODULE NODE STATE ...: each node's own line.
+    let line = |node: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(node))
+            .unwrap_or_default()
+    };
+    assert!(
+        line("node1").starts_with("demo") && line("node2").starts_with("demo"),
+        "{text}"
+    );
+    assert!(
+        line("node3").contains("UNREACHABLE") && line("node3").contains("Connection refused"),
+        "{text}"
+    );
+}
