@@ -24,6 +24,49 @@ fn interrupted() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// The HTTPS API's port on the demo's nodes.
+const API_PORT: u16 = 9453;
+
+/// Makes node1 and node2 a cluster (node1 holds the CA) with the HTTPS API
+/// up; says how to reach it, with the administrator's password.
+fn https_api(cluster: &MirrorLab) -> Result<String> {
+    let address = |host: &str| -> Result<String> {
+        Ok(format!("{}:{API_PORT}", cluster.lab.address(host, 0)?))
+    };
+    let (node1, node2) = (address("node1")?, address("node2")?);
+    let init = cluster.run_cli_checked(
+        "node1",
+        &["cluster", "init", "--name", "demo", "--address", &node1],
+    )?;
+    let init = String::from_utf8_lossy(&init.stdout).into_owned();
+    let find = |prefix: &str| {
+        init.lines()
+            .find_map(|l| {
+                l.split_once(prefix)
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
+            .ok_or_else(|| anyhow::anyhow!("`holdfast cluster init` said no {prefix:?}: {init}"))
+    };
+    let password = find("password: ")?;
+    let token = find("holdfast cluster join ")?;
+    cluster.run_cli_checked("node2", &["cluster", "join", &token, "--address", &node2])?;
+    let ca = cluster
+        .lab
+        .host_dir("node1")?
+        .join("etc-holdfast/pki/ca.pem");
+    Ok(format!(
+        "The cluster's HTTPS API (any node answers for both; reachable from the lab's hosts):\n\
+         \x20 https://{node1}/v1/   and   https://{node2}/v1/\n\
+         \x20 user: admin   password: {password}\n\
+         \x20 the CA to trust: {ca}\n\
+         \x20 holdfast-lab exec client -- curl --cacert {ca} -c /tmp/demo.jar \\\n\
+         \x20     -H 'content-type: application/json' -d '{{\"user\":\"admin\",\"password\":\"{password}\"}}' https://{node1}/v1/session\n\
+         \x20 holdfast-lab exec client -- curl --cacert {ca} -b /tmp/demo.jar https://{node1}/v1/cluster/state\n\
+         \x20 holdfast-lab exec node1 -- holdfast -H '*' state\n",
+        ca = ca.display()
+    ))
+}
+
 pub fn run(exes: &Executables, seconds: Option<u64>) -> Result<()> {
     let stop = interrupted()?;
     println!("building the lab: 2 nodes and a client in network namespaces...");
@@ -36,6 +79,7 @@ pub fn run(exes: &Executables, seconds: Option<u64>) -> Result<()> {
     };
     let cluster = MirrorLab::create(exes, options)?;
     cluster.start_module()?;
+    let api = https_api(&cluster)?;
     let id = cluster.lab.id().to_string();
     println!(
         "\nlab {id} is running module `demo` on node1 and node2 (heartbeat 200 ms, timeout 3 s).\n\
@@ -56,6 +100,7 @@ pub fn run(exes: &Executables, seconds: Option<u64>) -> Result<()> {
          Ctrl-C here removes the lab.\n",
         vip = holdfast_lab::cluster::VIP
     );
+    println!("{api}");
     let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
     // Bounded by Ctrl-C, --seconds, or a day at most.
     for _ in 0..86_400 {
