@@ -40,9 +40,16 @@ pub enum MembershipCmd {
         valid_for: String,
     },
     /// Join the cluster with an enrolment token: this node receives a
-    /// certificate signed by the cluster's CA, and the users.
+    /// certificate signed by the cluster's CA, and the users. With an
+    /// operator's certificates in /etc/holdfast/pki/, `--via` a member
+    /// instead.
     Join {
-        token: String,
+        #[arg(required_unless_present = "via")]
+        token: Option<String>,
+        /// A member's API address (address:port), which this node's own
+        /// certificate (an operator's) convinces.
+        #[arg(long, conflicts_with = "token")]
+        via: Option<SocketAddr>,
         #[arg(long)]
         address: Option<SocketAddr>,
     },
@@ -117,7 +124,12 @@ pub fn membership(client: &ApiClient, cmd: MembershipCmd) -> Result<ExitCode> {
                 "(the password is shown only now; change it with `holdfast user passwd {}`)",
                 answer.admin_user
             );
-            print_enrolment(&answer.enrolment);
+            match &answer.enrolment {
+                Some(enrolment) => print_enrolment(enrolment),
+                None => println!(
+                    "the certificates are the operator's: on each other node, with its own in /etc/holdfast/pki/, run\n  holdfast cluster join --via <this node's address:port>"
+                ),
+            }
         }
         MembershipCmd::Token { valid_for } => {
             let answer: EnrolmentAnswer = block(client.post(
@@ -128,9 +140,19 @@ pub fn membership(client: &ApiClient, cmd: MembershipCmd) -> Result<ExitCode> {
             ))?;
             print_enrolment(&answer);
         }
-        MembershipCmd::Join { token, address } => {
-            let status: ClusterStatus =
-                block(client.post("/v1/cluster/join", &JoinRequest { token, address }))?;
+        MembershipCmd::Join {
+            token,
+            via,
+            address,
+        } => {
+            let status: ClusterStatus = block(client.post(
+                "/v1/cluster/join",
+                &JoinRequest {
+                    token,
+                    via,
+                    address,
+                },
+            ))?;
             println!("node {} joined cluster {}", status.node, status.cluster);
             print_status(&status);
         }

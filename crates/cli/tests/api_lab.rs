@@ -518,3 +518,93 @@ fn cluster_api_with_roles_relay_and_refusals() {
         "{text}"
     );
 }
+
+/// An operator's own CA: each node's certificate put in place by hand, no
+/// enrolment token; the second node joins by its certificate; rotation
+/// takes the replaced files, and refuses another CA's.
+#[test]
+fn operator_certificates() {
+    let mut cluster = common::lab(MirrorOptions::default());
+    let ca = holdfast_pki::Authority::generate("operator").unwrap();
+    let place = |cluster: &MirrorLab, ca: &holdfast_pki::Authority, host: &str| {
+        let address = cluster.lab.address(host, 0).unwrap();
+        let (request, key) = holdfast_pki::SigningRequest::generate(host).unwrap();
+        let certificate = ca.sign(&request, host, &[address.into()]).unwrap();
+        let pki = cluster.lab.host_dir(host).unwrap().join("etc-holdfast/pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::write(pki.join("ca.pem"), ca.certificate_pem()).unwrap();
+        std::fs::write(pki.join("node.pem"), &certificate).unwrap();
+        std::fs::write(pki.join("node.key"), key).unwrap();
+        holdfast_pki::certificate_facts(&certificate)
+            .unwrap()
+            .fingerprint
+    };
+    for host in ["node1", "node2"] {
+        place(&cluster, &ca, host);
+        cluster.terminate(host).expect("stop");
+        cluster
+            .start_daemon(host)
+            .expect("start with the operator's certificates");
+    }
+    let api = Api {
+        cluster,
+        dir: PathBuf::new(),
+    };
+    let address = |host: &str| format!("{}:{PORT}", api.cluster.lab.address(host, 0).unwrap());
+    let init = api.cli(
+        "node1",
+        &[
+            "cluster",
+            "init",
+            "--name",
+            "op",
+            "--address",
+            &address("node1"),
+        ],
+    );
+    assert!(init.contains("holdfast cluster join --via"), "{init}");
+    let refused = api.cluster.cli("node1", &["cluster", "token"]).unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("operator's"),
+        "{said}"
+    );
+    api.cli(
+        "node2",
+        &[
+            "cluster",
+            "join",
+            "--via",
+            &address("node1"),
+            "--address",
+            &address("node2"),
+        ],
+    );
+    let all = api.cli_json("node1", &["-H", "*", "state", "--json"]);
+    let reachable: Vec<bool> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["reachable"].as_bool().unwrap())
+        .collect();
+    assert_eq!(reachable, [true, true], "{all}");
+
+    let renewed = place(&api.cluster, &ca, "node2");
+    api.cli("node2", &["cluster", "rotate"]);
+    let status = api.cli_json("node2", &["cluster", "status", "--json"]);
+    assert_eq!(status["certificate"]["fingerprint"], renewed.as_str());
+    let relayed = api.cli("node1", &["-H", "node2", "module", "list"]);
+    assert!(relayed.contains("demo"), "{relayed}");
+
+    place(
+        &api.cluster,
+        &holdfast_pki::Authority::generate("another").unwrap(),
+        "node2",
+    );
+    let refused = api.cluster.cli("node2", &["cluster", "rotate"]).unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("another CA"),
+        "{said}"
+    );
+}

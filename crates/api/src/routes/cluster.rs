@@ -39,7 +39,9 @@ pub struct InitAnswer {
     /// The first administrator, and its password (shown once).
     pub admin_user: String,
     pub admin_password: String,
-    pub enrolment: EnrolmentAnswer,
+    /// None with an operator's certificates (no CA key here): the other
+    /// nodes join with `via`.
+    pub enrolment: Option<EnrolmentAnswer>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,12 +58,25 @@ pub struct EnrolmentAnswer {
     pub expires_at: u64,
 }
 
+/// Exactly one of `token` (certificates from the cluster's CA) and `via`
+/// (this node has an operator's certificate already).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JoinRequest {
     /// As printed by `holdfast cluster init` or `holdfast cluster token`.
-    pub token: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A member's API address, asked over mutual TLS with this node's
+    /// operator-provided certificate.
+    #[serde(default)]
+    pub via: Option<SocketAddr>,
     #[serde(default)]
     pub address: Option<SocketAddr>,
+}
+
+/// What a node with an operator's certificate asks a member.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberRequest {
+    pub address: SocketAddr,
 }
 
 /// What a joining node sends the CA's node.
@@ -156,8 +171,8 @@ pub async fn status(State(app): Shared) -> Json<ClusterStatus> {
 }
 
 fn not_yet_member(app: &App) -> Result<(), ApiError> {
-    if app.tls().is_some() {
-        let record = app.record();
+    let record = app.record();
+    if !record.nodes.is_empty() {
         return Err(ApiError::conflict(format!(
             "node {} is already a member of cluster {:?} (CA on {})",
             app.node, record.cluster, record.ca_node
@@ -204,26 +219,39 @@ pub async fn init(
     }
     let address = own_address(&app, request.address)?;
     let password = secrets::new_password();
+    // An operator's certificates, already in place, are used as they are.
+    let operators = app.tls().map(|tls| tls.identity);
+    if let Some(identity) = &operators {
+        own_certificate(&app, identity)?;
+    }
     let (node, pki, cluster, copy) = (
         app.node.clone(),
         app.pki.clone(),
         request.cluster.clone(),
         password.clone(),
     );
-    let (identity, fingerprint, hash) = blocking(move || {
-        let ca = holdfast_pki::Authority::generate(&cluster)?;
-        let (signing, key) = SigningRequest::generate(&node)?;
-        let certificate = ca.sign(&signing, &node, &[address.ip()])?;
-        pki.store(
-            ca.certificate_pem(),
-            Some(&ca.key_pem()),
-            &certificate,
-            &key,
-        )?;
+    let (identity, hash) = blocking(move || {
+        let identity = match operators {
+            Some(identity) => identity,
+            None => {
+                let ca = holdfast_pki::Authority::generate(&cluster)?;
+                let (signing, key) = SigningRequest::generate(&node)?;
+                let certificate = ca.sign(&signing, &node, &[address.ip()])?;
+                pki.store(
+                    ca.certificate_pem(),
+                    Some(&ca.key_pem()),
+                    &certificate,
+                    &key,
+                )?;
+                pki.identity()?
+            }
+        };
         let hash = secrets::hash_password(&copy).map_err(ApiError::internal)?;
-        Ok((pki.identity()?, ca.fingerprint(), hash))
+        Ok((identity, hash))
     })
     .await?;
+    let fingerprint = identity.ca_fingerprint();
+    let holds_ca = app.pki.ca_key().exists();
     let (node, cluster, fp) = (
         app.node.clone(),
         request.cluster.clone(),
@@ -234,7 +262,12 @@ pub async fn init(
             version: 0,
             cluster,
             ca_fingerprint: fp,
-            ca_node: node.clone(),
+            // No CA node with an operator's certificates: nobody enrols.
+            ca_node: if holds_ca {
+                node.clone()
+            } else {
+                String::new()
+            },
             nodes: [(node, Member { address })].into(),
             users: [(
                 "admin".to_string(),
@@ -250,7 +283,10 @@ pub async fn init(
     })
     .await?;
     serve_with(&app, identity).await?;
-    let enrolment = new_enrolment(&app, ENROLMENT_VALIDITY).await?;
+    let enrolment = match holds_ca {
+        true => Some(new_enrolment(&app, ENROLMENT_VALIDITY).await?),
+        false => None,
+    };
     tracing::info!("node {} created cluster {:?}", app.node, request.cluster);
     Ok((
         StatusCode::CREATED,
@@ -321,10 +357,10 @@ async fn new_enrolment(app: &App, validity: Duration) -> Result<EnrolmentAnswer,
     let record = app.record();
     let tls = app.member_tls()?;
     if !app.pki.ca_key().exists() {
-        return Err(ApiError::conflict(format!(
-            "this node does not hold the cluster's CA: ask for an enrolment token on {}",
-            record.ca_node
-        )));
+        return Err(ApiError::conflict(match record.ca_node.as_str() {
+            "" => "the cluster's certificates are the operator's: a node joins with its own (`holdfast cluster join --via <member>`)".to_string(),
+            ca_node => format!("this node does not hold the cluster's CA: ask for an enrolment token on {ca_node}"),
+        }));
     }
     let address = record
         .nodes
@@ -350,8 +386,24 @@ pub async fn join(
     Json(request): Json<JoinRequest>,
 ) -> Result<Json<ClusterStatus>, ApiError> {
     not_yet_member(&app)?;
-    let token = EnrolmentToken::parse(&request.token).map_err(|e| ApiError::field("token", e))?;
     let address = own_address(&app, request.address)?;
+    let token = match (&request.token, request.via) {
+        (Some(token), None) => token,
+        (None, Some(via)) => return join_via(&app, via, address).await,
+        _ => {
+            return Err(ApiError::field(
+                "token",
+                "give an enrolment token, or (with an operator's certificates) `via`, a member's address; not both",
+            ))
+        }
+    };
+    if app.tls().is_some() {
+        return Err(ApiError::field(
+            "token",
+            "this node has certificates already (an operator's?): join with `via` instead",
+        ));
+    }
+    let token = EnrolmentToken::parse(token).map_err(|e| ApiError::field("token", e))?;
     let node = app.node.clone();
     let (signing, key) = blocking(move || Ok(SigningRequest::generate(&node)?)).await?;
     let enrol = Enrol {
@@ -395,6 +447,89 @@ pub async fn join(
         app.record().cluster
     );
     Ok(status(State(app)).await)
+}
+
+/// The certificate names this node, or nothing works later (the others
+/// know a node by its certificate's name).
+fn own_certificate(app: &App, identity: &Identity) -> Result<(), ApiError> {
+    if identity.node != app.node {
+        return Err(ApiError::conflict(format!(
+            "{}: the certificate names node {:?}, this node is {:?}",
+            app.pki.certificate().display(),
+            identity.node,
+            app.node
+        )));
+    }
+    Ok(())
+}
+
+/// Joins with this node's operator-provided certificate: the member at
+/// `via` checks it (same CA) and adds this node by the name it carries.
+async fn join_via(
+    app: &std::sync::Arc<App>,
+    via: SocketAddr,
+    address: SocketAddr,
+) -> Result<Json<ClusterStatus>, ApiError> {
+    let tls = app.tls().ok_or_else(|| {
+        ApiError::field(
+            "via",
+            format!(
+                "joining with `via` needs this node's certificates in {} (an operator's); without them, join with an enrolment token",
+                app.pki.dir.display()
+            ),
+        )
+    })?;
+    own_certificate(app, &tls.identity)?;
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let body =
+        Bytes::from(serde_json::to_vec(&MemberRequest { address }).map_err(ApiError::internal)?);
+    let member = via.to_string();
+    let answer = peers::call(
+        tls.client,
+        via,
+        Method::POST,
+        "/v1/cluster/members",
+        headers,
+        body,
+    )
+    .await
+    .map_err(|reason| ApiError::unreachable(&member, reason))?;
+    let record: Record = peers::decode(&member, answer)?;
+    app.adopt(record).await?;
+    tracing::info!(
+        "node {} joined cluster {:?}",
+        app.node,
+        app.record().cluster
+    );
+    Ok(status(State(app.clone())).await)
+}
+
+/// A node with a certificate of the cluster's CA (an operator's) asks to
+/// be a member.
+pub async fn add_member(
+    State(app): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<MemberRequest>,
+) -> Result<Json<Record>, ApiError> {
+    let Caller::Node(node) = caller else {
+        return Err(ApiError::forbidden("only a node adds itself"));
+    };
+    if app.record().nodes.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "node {} is not a member of a cluster yet: run `holdfast cluster init` on it first",
+            app.node
+        )));
+    }
+    let address = request.address;
+    let added = node.clone();
+    app.change(move |record| {
+        record.nodes.insert(added, Member { address });
+        Ok(())
+    })
+    .await?;
+    tracing::info!("node {node} added to the cluster by its certificate");
+    Ok(Json(app.record()))
 }
 
 pub async fn enrol(
@@ -453,6 +588,22 @@ pub async fn enrol(
 
 pub async fn rotate(State(app): Shared) -> Result<Json<ClusterStatus>, ApiError> {
     let tls = app.member_tls()?;
+    if app.record().ca_node.is_empty() {
+        // The operator's certificates: the operator replaced the files,
+        // this node takes them (checked) for the next connections.
+        let pki = app.pki.clone();
+        let identity = blocking(move || Ok(pki.identity()?)).await?;
+        own_certificate(&app, &identity)?;
+        if identity.ca_fingerprint() != tls.identity.ca_fingerprint() {
+            return Err(ApiError::conflict(format!(
+                "{}: another CA than the cluster's; the nodes would refuse each other",
+                app.pki.ca().display()
+            )));
+        }
+        app.set_tls(Tls::new(identity)?);
+        tracing::info!("node {}: the operator's certificate reloaded", app.node);
+        return Ok(status(State(app)).await);
+    }
     let node = app.node.clone();
     let (signing, key) = blocking(move || Ok(SigningRequest::generate(&node)?)).await?;
     let certificate = match app.pki.authority()? {

@@ -20,9 +20,10 @@
 //! | GET | `/v1/cluster` | monitor | members, CA, this node's certificate expiry |
 //! | POST | `/v1/cluster/init` | admin | create the cluster (CA, certificate, admin user) |
 //! | POST | `/v1/cluster/tokens` | admin | a one-time enrolment token (on the CA's node) |
-//! | POST | `/v1/cluster/join` | admin | join with a token (this node asks the CA's node) |
+//! | POST | `/v1/cluster/join` | admin | join with a token (this node asks the CA's node), or `via` a member with an operator's certificate |
 //! | POST | `/v1/cluster/enrol` | public | the CA's node signs a joining node's request (the token authenticates it) |
-//! | POST | `/v1/cluster/rotate` | admin | a new certificate for this node |
+//! | POST | `/v1/cluster/members` | node | a node with an operator's certificate joins |
+//! | POST | `/v1/cluster/rotate` | admin | a new certificate for this node (an operator's: the files reloaded) |
 //! | POST | `/v1/cluster/certificate` | node | the CA's node signs a member's new request |
 //! | GET, PUT | `/v1/cluster/record` | node | the cluster's record, between nodes |
 //! | GET | `/v1/cluster/state` | monitor | every module on every node; unreachable nodes say why |
@@ -136,6 +137,10 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v1/cluster/join", allow(a, ADMIN, post(cluster::join)))
         .route("/v1/cluster/enrol", allow(a, PUBLIC, post(cluster::enrol)))
+        .route(
+            "/v1/cluster/members",
+            allow(a, NODE, post(cluster::add_member)),
+        )
         .route("/v1/cluster/rotate", allow(a, ADMIN, post(cluster::rotate)))
         .route(
             "/v1/cluster/certificate",
