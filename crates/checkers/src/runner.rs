@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::{interval, timeout, MissedTickBehavior};
+use tokio::time::{interval_at, timeout, Instant, MissedTickBehavior};
 
 use crate::error::CheckerError;
 use crate::probe::{AnyProbe, Probe, ProbeContext};
 use crate::verdict::{Smoother, Verdict};
-use holdfast_config::checker::{validate_all, CheckerConfig};
+use holdfast_config::checker::{validate_all, CheckerConfig, When};
 
 /// Margin over a checker's timeout before the runner gives up on a probe
 /// itself: probes bound their own work, this only guards against one that
@@ -87,7 +87,16 @@ async fn run_checker<P: Probe>(
 ) {
     let checker = config.resource();
     let mut smoother = Smoother::new(config.down_after, config.up_after);
-    let mut ticks = interval(config.interval);
+    // An application checker starts with its application, which needs
+    // time to come up (a process started in the background, a port not
+    // listening yet): its first probe is one interval after the start, as
+    // SafeKit's. A resource checker (`pre`) probes at once: the module must
+    // know what is missing before it starts anything.
+    let first = match config.when {
+        When::Pre => Instant::now(),
+        _ => Instant::now() + config.interval,
+    };
+    let mut ticks = interval_at(first, config.interval);
     // A probe longer than the interval delays the next one rather than
     // triggering a burst.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

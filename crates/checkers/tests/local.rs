@@ -11,7 +11,7 @@ use holdfast_checkers::{
     AnyProbe, CheckerError, CheckerEvent, ModuleStates, ModuleStatus, Probe, ProbeContext, Runner,
     Verdict,
 };
-use holdfast_config::checker::{CheckerConfig, CheckerKind, ProcessChecker};
+use holdfast_config::checker::{Action, CheckerConfig, CheckerKind, ProcessChecker, When};
 use tokio::sync::mpsc;
 
 /// Children killed and reaped even when the test fails.
@@ -406,4 +406,35 @@ async fn runner_refuses_bad_configuration_and_starts_nothing() {
     bad.interval = Duration::ZERO;
     let err = Runner::start(&[bad], &ProbeContext::default(), tx).unwrap_err();
     assert!(err.to_string().contains("proc.p: interval"), "{err}");
+}
+
+#[tokio::test]
+async fn an_application_checker_probes_one_interval_after_its_start_a_resource_checker_at_once() {
+    // Neither process exists: each checker's first probe reports it down.
+    let interval = Duration::from_millis(800);
+    let mut app = CheckerConfig::process("app", "no-such-proc-x");
+    app.interval = interval;
+    app.down_after = 1;
+    assert_ne!(app.when, When::Pre);
+    let mut resource = CheckerConfig::process("res", "no-such-proc-y");
+    resource.interval = interval;
+    resource.down_after = 1;
+    resource.when = When::Pre;
+    resource.action = Action::Wait;
+    let (tx, mut events) = mpsc::channel(16);
+    let started = Instant::now();
+    let _runner = Runner::start(&[app, resource], &ProbeContext::default(), tx).unwrap();
+    let first = next_event(&mut events).await;
+    assert_eq!(first.checker, "proc.res");
+    assert!(
+        started.elapsed() < interval,
+        "the resource checker probes at once"
+    );
+    let second = next_event(&mut events).await;
+    assert_eq!(second.checker, "proc.app");
+    assert!(
+        started.elapsed() >= interval,
+        "the application checker waited its interval: {:?}",
+        started.elapsed()
+    );
 }

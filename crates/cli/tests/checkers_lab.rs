@@ -66,6 +66,16 @@ fn a_dying_process_is_restarted_maxloop_times_then_fails_over_and_is_held_back()
     let log = api_log(&cluster, prim);
     assert_eq!(log.matches("action restart (failure").count(), 3, "{log}");
     assert!(log.contains("exceed maxloop 3"), "{log}");
+    // The checker's actions are its own, not the administrator's.
+    assert_eq!(
+        log.matches("action restart called by checker ").count(),
+        3,
+        "{log}"
+    );
+    assert!(
+        !log.contains("restart called by the administrator"),
+        "{log}"
+    );
 
     // The failing node is not given the application back: the peer dies and
     // it waits instead of taking over.

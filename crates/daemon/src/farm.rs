@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use holdfast_config::ModuleConfig;
 use holdfast_membership::{
     Action, Command, CommandError, FarmAction, FarmModule, FarmSettings, Heartbeat,
-    HeartbeatStatus, LogLevel, ModuleView, Persistent, ScriptOutcome, State,
+    HeartbeatStatus, LogLevel, ModuleView, Origin, Persistent, ScriptOutcome, State,
 };
 use holdfast_network::farm::FarmFilter;
 use holdfast_network::{FarmNode, Vip};
@@ -56,7 +56,7 @@ pub async fn spawn(
     let mut core = FarmModule::new(settings, Instant::now());
     if shell::starts_at_boot(&config, at_boot, &persistent, &log) {
         // A freshly built machine is stopped, so Start cannot be refused.
-        let _ = core.command(Instant::now(), Command::Start);
+        let _ = core.command_from(Instant::now(), Command::Start, &Origin::Boot);
     }
     let (view_tx, view) = watch::channel(core.view());
     let health = shell::health(&config, &view).await?;
@@ -328,7 +328,9 @@ impl Kind for Farm {
     }
 
     fn shutdown(&mut self, now: Instant) -> bool {
-        let _ = self.core.command(now, Command::Stop);
+        let _ = self
+            .core
+            .command_from(now, Command::Stop, &Origin::Shutdown);
         self.running
     }
 

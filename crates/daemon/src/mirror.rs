@@ -15,7 +15,7 @@ use holdfast_membership::lease::{LeaseReply, LeaseRequest, PeerCopy};
 use holdfast_membership::recovery::RecoveryPolicy;
 use holdfast_membership::{
     Action, Command, CommandError, Heartbeat, HeartbeatStatus, MirrorModule, MirrorSettings,
-    ModuleView, Persistent, ScriptOutcome, State,
+    ModuleView, Origin, Persistent, ScriptOutcome, State,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
@@ -65,7 +65,7 @@ pub async fn spawn(
     let mut core = MirrorModule::new(settings, persistent, Instant::now());
     if start {
         // A freshly built machine is stopped, so Start cannot be refused.
-        let _ = core.command(Instant::now(), Command::Start);
+        let _ = core.command_from(Instant::now(), Command::Start, &Origin::Boot);
     }
     let (view_tx, view) = watch::channel(core.view());
     let health = shell::health(&config, &view).await?;
@@ -277,7 +277,9 @@ impl Kind for Mirror {
 
     fn shutdown(&mut self, now: Instant) -> bool {
         let running = self.core.persistent().running;
-        let _ = self.core.command(now, Command::Stop);
+        let _ = self
+            .core
+            .command_from(now, Command::Stop, &Origin::Shutdown);
         running
     }
 

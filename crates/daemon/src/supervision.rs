@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use holdfast_checkers::{CheckerEvent, ProbeContext, Runner, Verdict};
 use holdfast_config::checker::{Action, CheckerConfig, When};
 use holdfast_membership::recovery::{Decision, RecoveryPolicy, Requested};
-use holdfast_membership::{Command, CommandError, LogLevel, MirrorModule, State};
+use holdfast_membership::{Command, CommandError, LogLevel, MirrorModule, Origin, State};
 use tokio::sync::mpsc;
 
 use crate::modlog::ModuleLog;
@@ -23,6 +23,14 @@ use crate::modlog::ModuleLog;
 enum RoleClass {
     Prim,
     Second,
+}
+
+/// An application failure a checker reported, and what its action asks.
+#[derive(Debug)]
+struct Failure {
+    requested: Requested,
+    checker: String,
+    why: String,
 }
 
 #[derive(Debug)]
@@ -35,7 +43,7 @@ pub struct Supervisor {
     recovery: RecoveryPolicy,
     /// A recovery the state machine refused while in transition: retried
     /// once it is stable (checkers only report changes).
-    pending: Option<(Requested, String)>,
+    pending: Option<Failure>,
     /// The split-brain checker: one ping per address, and whether each
     /// answers (until told otherwise, it does).
     splitbrain: Vec<CheckerConfig>,
@@ -121,11 +129,11 @@ impl Supervisor {
                 self.start(log, matches).map(|runner| (class, runner))
             });
         }
-        if let Some((requested, why)) = self.pending.take() {
+        if let Some(failure) = self.pending.take() {
             if !core.transient() {
-                self.recover(core, log, now, requested, why);
+                self.recover(core, log, now, failure);
             } else {
-                self.pending = Some((requested, why));
+                self.pending = Some(failure);
             }
         }
         if self.recovery.released(now) {
@@ -204,7 +212,13 @@ impl Supervisor {
                     Action::StopStart => Requested::StopStart,
                     _ => Requested::Stop,
                 };
-                self.recover(core, log, now, requested, format!("checker {name}: {why}"));
+                let why = format!("checker {name}: {why}");
+                let failure = Failure {
+                    requested,
+                    checker: name,
+                    why,
+                };
+                self.recover(core, log, now, failure);
             }
         }
     }
@@ -214,14 +228,13 @@ impl Supervisor {
         core: &mut MirrorModule,
         log: &ModuleLog,
         now: Instant,
-        requested: Requested,
-        why: String,
+        failure: Failure,
     ) {
         if core.transient() {
-            self.pending = Some((requested, why));
+            self.pending = Some(failure);
             return;
         }
-        let decision = self.recovery.failure(now, requested);
+        let decision = self.recovery.failure(now, failure.requested);
         let command = match &decision {
             Decision::Restart => Command::Restart,
             Decision::StopStart { .. } => Command::StopStart,
@@ -230,7 +243,8 @@ impl Supervisor {
         log.write(
             LogLevel::Error,
             &format!(
-                "{why}: action {} (failure {} in this loop interval)",
+                "{}: action {} (failure {} in this loop interval)",
+                failure.why,
                 command.as_str(),
                 self.recovery.count()
             ),
@@ -239,9 +253,10 @@ impl Supervisor {
             log.write(LogLevel::Error, &hold);
             core.suspend(now, Some(hold));
         }
-        match core.command(now, command) {
+        let origin = Origin::Checker(failure.checker.clone());
+        match core.command_from(now, command, &origin) {
             Ok(()) => {}
-            Err(CommandError::Busy { .. }) => self.pending = Some((requested, why)),
+            Err(CommandError::Busy { .. }) => self.pending = Some(failure),
             Err(e) => log.write(
                 LogLevel::Error,
                 &format!("action {} refused: {e}", command.as_str()),

@@ -33,7 +33,7 @@ pub use farm::{FarmAction, FarmModule, FarmSettings, FarmStatus};
 pub use heartbeat::{Heartbeat, HeartbeatStatus, ReplayGuard};
 pub use mirror::{Handover, MirrorModule, MirrorSettings, PeerStatus};
 pub use module::{
-    Action, Command, CommandError, LogLevel, Persistent, Script, ScriptAction, ScriptOutcome,
-    ScriptRun, State,
+    Action, Command, CommandError, LogLevel, Origin, Persistent, Script, ScriptAction,
+    ScriptOutcome, ScriptRun, State,
 };
 pub use view::{FarmView, ModuleView};

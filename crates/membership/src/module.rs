@@ -283,6 +283,30 @@ impl Command {
     }
 }
 
+/// Who asked for a command: the module log says it with the action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// `holdfast <command>` (the API).
+    Administrator,
+    /// A checker's action; its name.
+    Checker(String),
+    /// The module's boot policy at daemon start.
+    Boot,
+    /// The daemon shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Administrator => f.write_str("the administrator"),
+            Origin::Checker(name) => write!(f, "checker {name}"),
+            Origin::Boot => f.write_str("the boot policy"),
+            Origin::Shutdown => f.write_str("the daemon's shutdown"),
+        }
+    }
+}
+
 /// A refused command; the module is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {

@@ -553,3 +553,20 @@ fn with_a_witness_an_outdated_copy_never_takes_over() {
     pair.run(LEASE * 3);
     assert_eq!(pair.state(1), State::Alone, "node2 takes over once current");
 }
+
+#[test]
+fn a_secondary_says_what_its_primary_is_now() {
+    let mut pair = Pair::new(true, DefaultPrimary::Alone);
+    pair.command(0, Command::Start).unwrap();
+    pair.run(TIMEOUT * 2);
+    assert_eq!(pair.state(0), State::Alone);
+    pair.command(1, Command::Start).unwrap();
+    pair.run(TIMEOUT);
+    assert_eq!((pair.state(0), pair.state(1)), (State::Prim, State::Second));
+    // It joined an ALONE primary; its reason follows the primary's state.
+    let reason = pair.node(1).view().reason;
+    assert!(
+        reason.contains("(PRIM)") && !reason.contains("ALONE"),
+        "{reason}"
+    );
+}

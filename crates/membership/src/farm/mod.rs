@@ -20,7 +20,8 @@ pub mod buckets;
 use buckets::{BucketMap, Member};
 
 use crate::module::{
-    Action, Command, CommandError, LogLevel, Script, ScriptAction, ScriptOutcome, ScriptSlot, State,
+    Action, Command, CommandError, LogLevel, Origin, Script, ScriptAction, ScriptOutcome,
+    ScriptSlot, State,
 };
 use crate::view::{FarmView, ModuleView};
 
@@ -198,7 +199,18 @@ impl FarmModule {
             .min()
     }
 
+    /// An administrator's command.
     pub fn command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
+        self.command_from(now, command, &Origin::Administrator)
+    }
+
+    /// A command from `origin`, which the module log names.
+    pub fn command_from(
+        &mut self,
+        now: Instant,
+        command: Command,
+        origin: &Origin,
+    ) -> Result<(), CommandError> {
         self.now = self.now.max(now);
         let state = self.state();
         match command {
@@ -233,7 +245,7 @@ impl FarmModule {
         }
         self.log(
             LogLevel::Info,
-            format!("action {} called by the administrator", command.as_str()),
+            format!("action {} called by {origin}", command.as_str()),
         );
         self.advance();
         Ok(())

@@ -2,10 +2,14 @@
 
 use super::wait::WaitReason;
 use super::{Handover, MirrorModule, Role, Step};
-use crate::module::{Action, Command, CommandError, LogLevel, Script, ScriptAction, State};
+use crate::module::{Action, Command, CommandError, LogLevel, Origin, Script, ScriptAction, State};
 
 impl MirrorModule {
-    pub(super) fn apply_command(&mut self, command: Command) -> Result<(), CommandError> {
+    pub(super) fn apply_command(
+        &mut self,
+        command: Command,
+        origin: &Origin,
+    ) -> Result<(), CommandError> {
         let state = self.state();
         // Only stop may interrupt a transition: any other command would be
         // judged against a role that the queued steps are about to change.
@@ -115,7 +119,7 @@ impl MirrorModule {
         }
         self.log(
             LogLevel::Info,
-            format!("action {} called by the administrator", command.as_str()),
+            format!("action {} called by {origin}", command.as_str()),
         );
         Ok(())
     }

@@ -64,8 +64,8 @@ use std::time::Instant;
 
 use crate::lease::{LeaseClient, LeaseDecision};
 use crate::module::{
-    Action, Command, CommandError, LogLevel, Persistent, Script, ScriptAction, ScriptOutcome,
-    ScriptSlot, State,
+    Action, Command, CommandError, LogLevel, Origin, Persistent, Script, ScriptAction,
+    ScriptOutcome, ScriptSlot, State,
 };
 use crate::view::ModuleView;
 
@@ -284,6 +284,12 @@ impl MirrorModule {
                 ),
                 Role::Waiting(WaitReason::Suspended) => self.suspended.clone().unwrap_or_default(),
                 Role::Waiting(r) => r.describe(&self.settings.peer),
+                // A SECOND follows its primary: what the primary is now, not
+                // what it was when this node joined it (ALONE, then PRIM).
+                Role::Secondary if !self.transient() => match self.live_peer() {
+                    Some(p) => format!("secondary of {} ({})", self.settings.peer, p.state),
+                    None => self.reason.clone(),
+                },
                 _ => self.reason.clone(),
             },
             peer: self.settings.peer.clone(),
@@ -321,8 +327,19 @@ impl MirrorModule {
     }
 
     /// An administrator command. Refused commands change nothing.
+    /// An administrator's command.
     pub fn command(&mut self, now: Instant, command: Command) -> Result<(), CommandError> {
-        self.input(now, |m| m.apply_command(command))
+        self.command_from(now, command, &Origin::Administrator)
+    }
+
+    /// A command from `origin`, which the module log names.
+    pub fn command_from(
+        &mut self,
+        now: Instant,
+        command: Command,
+        origin: &Origin,
+    ) -> Result<(), CommandError> {
+        self.input(now, |m| m.apply_command(command, origin))
     }
 
     /// An authenticated heartbeat from the peer, received on `network`.
