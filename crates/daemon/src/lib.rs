@@ -31,7 +31,6 @@ pub mod mirror;
 pub mod modlog;
 pub mod node;
 pub mod paths;
-pub mod peer_fence;
 pub mod refusals;
 pub mod registry;
 pub mod replication;

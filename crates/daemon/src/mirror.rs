@@ -23,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
 use crate::node::NodeContext;
-use crate::peer_fence::PeerFence;
 use crate::refusals::{Refusal, RefusalKind};
+use crate::replication::{PeerFence, PeerSecond};
 use crate::resources::{ResourceDone, ResourceJob, Resources};
 use crate::shell::{self, Answer, Kind, ModuleHandle, ModuleIo, Shell, Step};
 use crate::supervision::Supervisor;
@@ -164,7 +164,7 @@ struct Mirror {
     fence: Option<Arc<PeerFence>>,
     /// Tells replication's connectors whether the peer is SECOND (`None`:
     /// nothing replicated).
-    peer_second: Option<Arc<AtomicBool>>,
+    peer_second: Option<Arc<PeerSecond>>,
     /// Set by each directory's receiver when a resynchronisation of this
     /// copy completes; reset here as the node becomes SECOND.
     synced: Vec<Arc<AtomicBool>>,
@@ -305,10 +305,7 @@ impl Kind for Mirror {
         if let Some(peer_second) = &self.peer_second {
             // At once: a connector must learn that its secondary is lost
             // while what replication does next may still wait for a disk.
-            peer_second.store(
-                self.core.view().peer_state == Some(State::Second),
-                Ordering::SeqCst,
-            );
+            peer_second.set(self.core.peer_state() == Some(State::Second));
         }
     }
 

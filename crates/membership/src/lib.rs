@@ -16,9 +16,14 @@
 //!   buckets are decided** among the UP nodes.
 //! - [`lease`]: split-brain protection by a witness — the node's lease, the
 //!   witness's decisions, their authenticated datagrams.
+//! - [`connector`]: the replication connector's failure policy — **what a
+//!   primary does when its secondary fails** (degrade or block, hold then
+//!   ALONE, fencing the peer's copy through the witness), per replicated
+//!   directory; the daemon's connector threads carry out its decisions.
 //! - [`recovery`]: the recovery policy (maxloop within loop_interval) that
 //!   turns checker failures into local restarts, failover, and a hold.
 
+pub mod connector;
 pub mod datagram;
 pub mod farm;
 pub mod heartbeat;

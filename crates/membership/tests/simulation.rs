@@ -16,11 +16,17 @@
 //! - every change of the displayed state comes with a Transition action that
 //!   has a reason;
 //! - with a witness, no acknowledged write is lost: a node becoming primary
-//!   (unless forced) holds every write acknowledged so far. The data layer
-//!   is modelled: a primary's application writes every pulse; a write is
-//!   acknowledged when mirrored (peer SECOND, resynchronised, connected) or,
-//!   alone, once the witness has fenced the peer's copy (`PeerData`,
-//!   `Action::PeerFenced`); a resynchronisation copies the primary's data.
+//!   (unless forced) holds every write acknowledged so far. A primary's
+//!   replicated directory follows the daemon's **real connector policy**
+//!   (`ConnectorCore`, with the daemon's `PeerFences`): the simulation
+//!   carries out its decisions on a modelled link and connection. The
+//!   application writes every pulse; a write is acknowledged as the link
+//!   the core set says — mirrored to the peer, tracked alone, held until a
+//!   resynchronisation or ALONE, refused once closed — and a change the
+//!   broken connection fails (noticed a little later) as the core's
+//!   `FailedChange` says. A resynchronisation, which takes a while and
+//!   fails if the pair is cut or the peer leaves SECOND, copies the
+//!   primary's data and makes the peer's copy up to date.
 //!
 //! And at the end of every schedule, once faults are healed and both modules
 //! started: exactly one PRIM running the application and one SECOND.
@@ -30,9 +36,12 @@
 
 use std::time::{Duration, Instant};
 
-use holdfast_config::DefaultPrimary;
+use holdfast_config::{DefaultPrimary, OnSecondaryFailure};
+use holdfast_membership::connector::{
+    ConnectorAction, ConnectorCore, ConnectorSettings, FailedChange, PeerFences,
+};
 use holdfast_membership::lease::{LeaseDecision, LeaseSettings, PeerCopy, WitnessCore};
-use holdfast_membership::mirror::{MirrorModule, MirrorSettings, PeerData, PeerStatus};
+use holdfast_membership::mirror::{MirrorModule, MirrorSettings, PeerStatus};
 use holdfast_membership::module::{Action, Command, Persistent, Script, ScriptOutcome, State};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -51,6 +60,9 @@ const FAULT_HORIZON_MS: u64 = 60_000;
 /// scripts) leaves the peer promise room within the heartbeat timeout.
 const WITNESS_SCRIPT_MAX_MS: u64 = 150;
 const LEASE_MS: u64 = 1000;
+/// The connector's `ack_timeout` (no stall is simulated: it bounds the
+/// looks at the oldest unacknowledged change).
+const ACK_TIMEOUT_MS: u64 = 1000;
 
 #[derive(Debug)]
 enum Ev {
@@ -90,8 +102,20 @@ enum Ev {
         network: usize,
         percent: u32,
     },
-    /// The data layer finished reintegrating this node's copy.
-    Reintegrated {
+    /// The connector's session (connect, resynchronise) ends.
+    SessionEnd {
+        node: usize,
+        life: u64,
+        attempt: u64,
+    },
+    /// The connector notices that its mirroring connection broke.
+    ConnectionBroken {
+        node: usize,
+        life: u64,
+        attempt: u64,
+    },
+    /// The connector core's deadline.
+    ConnectorTick {
         node: usize,
         life: u64,
     },
@@ -181,13 +205,50 @@ struct Node {
     ticks: std::collections::BTreeSet<u64>,
     /// The writes this node's copy holds (kept across crashes: on disk).
     copy: std::collections::BTreeSet<u64>,
-    /// What replication last told the module of the peer's copy.
-    peer_data: PeerData,
-    /// The newest fencing epoch the module reported fenced.
-    fenced: u64,
-    /// As primary: its peer's copy has every write (resynchronised, and
-    /// connected since).
+    /// The fence epochs of the module's (one) replicated directory, kept
+    /// for the daemon's life as its replication keeps them.
+    fences: PeerFences,
+    /// While the primary's resources are acquired: the replicated
+    /// directory.
+    primary: Option<Replicated>,
+}
+
+/// A primary's replicated directory: the connector's real policy, and the
+/// link and connection it commands, modelled.
+struct Replicated {
+    core: ConnectorCore,
+    /// What the core was last told of the peer.
+    peer_second: bool,
+    link: Link,
+    failed: FailedChange,
+    /// Writes applied here and held: acknowledged once the link tracks or
+    /// a resynchronisation brings them to the peer; refused if it closes.
+    held: Vec<u64>,
+    session: Option<Session>,
+    /// Numbers the sessions: the end of an old one is ignored.
+    attempts: u64,
+    /// Virtual times of the core's ticks scheduled.
+    ticks: std::collections::BTreeSet<u64>,
+}
+
+/// Where the link sends a write, as the core set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Track,
+    Hold,
+    /// To the peer (after a resynchronisation).
+    Send,
+    Closed,
+}
+
+/// A connection to the peer, from `Connect` to `Disconnect`.
+struct Session {
+    attempt: u64,
+    /// The peer's life it connected to.
+    peer_life: u64,
     mirroring: bool,
+    /// Its break is on the way to the connector.
+    breaking: bool,
 }
 
 struct Sim {
@@ -204,6 +265,8 @@ struct Sim {
     /// HOLDFAST_SIM_TRACE=1 prints every log line of the nodes.
     trace: bool,
     witness: Option<Witness>,
+    /// `[replication] on_secondary_failure`.
+    on_secondary_failure: OnSecondaryFailure,
     script_max: u64,
     divergence: Option<Divergence>,
     /// A node logged a split brain since both became primary.
@@ -212,7 +275,6 @@ struct Sim {
     /// The application's writes so far, and those acknowledged.
     writes: u64,
     acknowledged: std::collections::BTreeSet<u64>,
-    next_epoch: u64,
 }
 
 impl Sim {
@@ -225,6 +287,11 @@ impl Sim {
         };
         let failover = rng.gen_bool(0.8);
         let with_witness = rng.gen_bool(0.5);
+        let on_secondary_failure = if rng.gen_bool(0.5) {
+            OnSecondaryFailure::Degrade
+        } else {
+            OnSecondaryFailure::Block
+        };
         let script_max = if with_witness {
             WITNESS_SCRIPT_MAX_MS
         } else {
@@ -259,13 +326,13 @@ impl Sim {
             seed,
             trace: std::env::var_os("HOLDFAST_SIM_TRACE").is_some(),
             witness: None,
+            on_secondary_failure,
             script_max,
             divergence: None,
             split_brain_logged: false,
             excused_until: 0,
             writes: 0,
             acknowledged: Default::default(),
-            next_epoch: 1,
         };
         if with_witness {
             let core =
@@ -290,9 +357,8 @@ impl Sim {
                 suspended: false,
                 ticks: Default::default(),
                 copy: Default::default(),
-                peer_data: PeerData::Unknown,
-                fenced: 0,
-                mirroring: false,
+                fences: PeerFences::new(1, with_witness),
+                primary: None,
             });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
@@ -326,9 +392,8 @@ impl Sim {
             node.persistent.clone(),
             self.t0 + Duration::from_millis(self.q.now()),
         ));
-        node.peer_data = PeerData::Unknown;
-        node.fenced = 0;
-        node.mirroring = false;
+        node.fences = PeerFences::new(1, self.witness.is_some());
+        node.primary = None;
         let life = node.life;
         // A fresh pair (never started) has the same, empty, data.
         node.uptodate = life == 0 || node.persistent.last_primary;
@@ -454,16 +519,20 @@ impl Sim {
                 Action::Transition {
                     to: State::Second, ..
                 } => {
-                    // A reintegration begins; it ends some time later if the
-                    // pair stays connected.
+                    // Up to date once the primary's connector has
+                    // resynchronised this copy.
                     self.nodes[i].uptodate = false;
-                    let took = self.rng.gen_range(0..=2 * self.script_max);
-                    self.schedule(took, Ev::Reintegrated { node: i, life });
                     reintegration_started = true;
                 }
                 Action::Transition { .. } => {}
-                Action::AcquirePrimaryResources => self.nodes[i].vip_held = true,
-                Action::ReleasePrimaryResources => self.nodes[i].vip_held = false,
+                Action::AcquirePrimaryResources => {
+                    self.nodes[i].vip_held = true;
+                    self.mount(i);
+                }
+                Action::ReleasePrimaryResources => {
+                    self.nodes[i].vip_held = false;
+                    self.unmount(i);
+                }
                 Action::ReleaseLease { id } => {
                     self.send_to_witness(i, life, id, Duration::ZERO, PeerCopy::Unknown);
                 }
@@ -473,7 +542,10 @@ impl Sim {
                     peer_copy,
                 } => self.send_to_witness(i, life, id, duration, peer_copy),
                 Action::PeerFenced { epoch } => {
-                    self.nodes[i].fenced = self.nodes[i].fenced.max(epoch)
+                    self.nodes[i].fences.fenced(epoch);
+                    if self.nodes[i].fences.is_fenced(0) {
+                        self.connector_input(i, |c, now| c.fenced(now));
+                    }
                 }
             }
         }
@@ -719,6 +791,7 @@ impl Sim {
                     n.ticks.clear();
                     n.app_running = false;
                     n.vip_held = false;
+                    n.primary = None;
                 }
             }
             Ev::Restart(node) if self.nodes[node].module.is_none() => {
@@ -828,94 +901,300 @@ impl Sim {
                 let why = on.then(|| "maxloop reached".to_string());
                 self.input(node, |m, now| m.suspend(now, why));
             }
-            Ev::Reintegrated { node, life } if life == self.nodes[node].life => {
-                let second = self.nodes[node]
-                    .module
+            Ev::SessionEnd {
+                node,
+                life,
+                attempt,
+            } if life == self.nodes[node].life => self.session_end(node, attempt),
+            Ev::ConnectionBroken {
+                node,
+                life,
+                attempt,
+            } if life == self.nodes[node].life => {
+                let ours = self.nodes[node]
+                    .primary
                     .as_ref()
-                    .is_some_and(|m| m.state() == State::Second);
-                if second && self.connected() {
-                    self.nodes[node].uptodate = true;
-                    self.feed_data_state(node, true);
-                } else if second {
-                    // Not connected: retry later, as the data layer would.
-                    self.schedule(SCRIPT_MAX_MS, Ev::Reintegrated { node, life });
+                    .and_then(|r| r.session.as_ref())
+                    .is_some_and(|s| s.attempt == attempt);
+                if ours {
+                    self.connector_input(node, |c, now| {
+                        c.connection_lost(now, "connection reset".into())
+                    });
                 }
+            }
+            Ev::ConnectorTick { node, life } if life == self.nodes[node].life => {
+                let now = self.q.now();
+                if let Some(r) = self.nodes[node].primary.as_mut() {
+                    r.ticks.remove(&now);
+                }
+                // The secondary acknowledges every change at once (no stall
+                // is simulated): nothing is unacknowledged when it looks.
+                self.connector_input(node, |c, now| c.unacknowledged(now, None));
             }
             _ => {}
         }
     }
 
-    /// Primary node `i` (its resources up) can reach its SECOND.
-    fn reaches_second(&self, i: usize) -> bool {
+    /// The primary's resources of node `i` are acquired: its directory is
+    /// mounted with a connector, as the daemon's replication does.
+    fn mount(&mut self, i: usize) {
+        if self.nodes[i].primary.is_some() {
+            return;
+        }
+        let core = ConnectorCore::new(ConnectorSettings {
+            directory: "/srv/data".into(),
+            on_failure: self.on_secondary_failure,
+            ack_timeout: Duration::from_millis(ACK_TIMEOUT_MS),
+            witness: self.witness.is_some(),
+        });
+        let start = core.start();
+        self.nodes[i].primary = Some(Replicated {
+            core,
+            peer_second: false,
+            link: if start.held { Link::Hold } else { Link::Track },
+            failed: start.failed_changes,
+            held: Vec::new(),
+            session: None,
+            attempts: 0,
+            ticks: Default::default(),
+        });
+        if start.held {
+            self.connector_action(i, ConnectorAction::PeerOutdated);
+        }
+    }
+
+    /// The primary's resources of node `i` are released: the connector
+    /// decides what becomes of held and later changes.
+    fn unmount(&mut self, i: usize) {
+        self.connector_input(i, |c, _| c.release());
+        self.nodes[i].primary = None;
+    }
+
+    /// Feeds node `i`'s connector core and carries out its actions.
+    fn connector_input(&mut self, i: usize, f: impl FnOnce(&mut ConnectorCore, Instant)) {
+        let now = self.instant();
+        let Some(r) = self.nodes[i].primary.as_mut() else {
+            return;
+        };
+        f(&mut r.core, now);
+        let actions = r.core.take_actions();
+        for action in actions {
+            self.connector_action(i, action);
+        }
+        let life = self.nodes[i].life;
+        let Some(r) = self.nodes[i].primary.as_mut() else {
+            return;
+        };
+        if let Some(deadline) = r.core.next_deadline() {
+            let delay = deadline.saturating_duration_since(now).as_millis() as u64;
+            if r.ticks.insert(self.q.now() + delay) {
+                self.schedule(delay, Ev::ConnectorTick { node: i, life });
+            }
+        }
+    }
+
+    /// The connection of node `i`'s session still works: the pair is
+    /// connected, and the peer it reached is alive and receiving.
+    fn alive(&self, i: usize, session: &Session) -> bool {
+        let peer = &self.nodes[1 - i];
         self.connected()
-            && self.nodes[1 - i]
+            && peer.life == session.peer_life
+            && peer
                 .module
                 .as_ref()
-                .is_some_and(|m| m.state() == State::Second)
+                .is_some_and(|m| matches!(m.state(), State::Second | State::Wait))
     }
 
-    fn replicates(&self, i: usize) -> bool {
-        let n = &self.nodes[i];
-        n.vip_held && n.module.as_ref().is_some_and(|m| m.state().is_primary())
+    fn connector_action(&mut self, i: usize, action: ConnectorAction) {
+        if self.trace {
+            eprintln!("{:>6} {} connector: {action:?}", self.q.now(), NODES[i]);
+        }
+        let life = self.nodes[i].life;
+        let peer_life = self.nodes[1 - i].life;
+        let node = &mut self.nodes[i];
+        let Some(r) = node.primary.as_mut() else {
+            return;
+        };
+        let changed = match action {
+            ConnectorAction::Connect { .. } => {
+                r.attempts += 1;
+                let attempt = r.attempts;
+                r.session = Some(Session {
+                    attempt,
+                    peer_life,
+                    mirroring: false,
+                    breaking: false,
+                });
+                let took = self.rng.gen_range(0..=2 * self.script_max);
+                self.schedule(
+                    took,
+                    Ev::SessionEnd {
+                        node: i,
+                        life,
+                        attempt,
+                    },
+                );
+                false
+            }
+            ConnectorAction::Disconnect { left_behind } => {
+                let session = r.session.take();
+                if left_behind && session.is_some_and(|s| self.alive(i, &s)) {
+                    // The secondary learns that its copy is incomplete.
+                    self.nodes[1 - i].uptodate = false;
+                    self.feed_data_state(1 - i, false);
+                }
+                false
+            }
+            ConnectorAction::Hold => {
+                r.link = Link::Hold;
+                false
+            }
+            ConnectorAction::Track | ConnectorAction::TrackUntilUnmounted => {
+                r.link = Link::Track;
+                self.acknowledged.extend(r.held.drain(..));
+                false
+            }
+            ConnectorAction::Close => {
+                r.link = Link::Closed;
+                r.held.clear();
+                false
+            }
+            ConnectorAction::PeerOutdated => node.fences.outdated(0).is_some_and(|(_, c)| c),
+            ConnectorAction::PeerCurrent => node.fences.current(0),
+            ConnectorAction::PeerUnknown => node.fences.unknown(0),
+            ConnectorAction::Show(_) | ConnectorAction::Problem(_) | ConnectorAction::Log(..) => {
+                false
+            }
+        };
+        if changed {
+            let data = self.nodes[i].fences.peer_data();
+            self.input(i, |m, now| m.peer_data(now, data));
+        }
     }
 
-    /// The data layer of node `i` tells its module what it says of the
-    /// peer's copy, as the daemon's replication does.
-    fn follow_replication(&mut self, i: usize) {
-        let reaches = self.replicates(i) && self.reaches_second(i);
-        if !reaches {
-            self.nodes[i].mirroring = false;
-        } else if !self.nodes[i].mirroring {
-            // The connector resynchronises the SECOND (at once here).
+    /// Node `i`'s session ends: the peer resynchronised if the connection
+    /// held and it is SECOND, else a failure (maybe once the
+    /// resynchronisation began, and the link fell back).
+    fn session_end(&mut self, i: usize, attempt: u64) {
+        let Some(r) = self.nodes[i].primary.as_ref() else {
+            return;
+        };
+        let Some(session) = r.session.as_ref().filter(|s| s.attempt == attempt) else {
+            return;
+        };
+        let peer = 1 - i;
+        let resynchronised = self.alive(i, session)
+            && self.nodes[peer]
+                .module
+                .as_ref()
+                .is_some_and(|m| m.state() == State::Second);
+        if resynchronised {
             if self.trace {
                 eprintln!(
                     "{:>6} {} resynchronises {}",
                     self.q.now(),
                     NODES[i],
-                    NODES[1 - i]
+                    NODES[peer]
                 );
             }
-            self.nodes[1 - i].copy = self.nodes[i].copy.clone();
-            self.nodes[i].mirroring = true;
+            self.nodes[peer].copy = self.nodes[i].copy.clone();
+            let r = self.nodes[i].primary.as_mut().expect("checked above");
+            self.acknowledged.extend(r.held.drain(..));
+            r.link = Link::Send;
+            if let Some(s) = r.session.as_mut() {
+                s.mirroring = true;
+            }
+            self.connector_input(i, |c, now| c.resynchronised(now));
+            self.nodes[peer].uptodate = true;
+            self.feed_data_state(peer, true);
+            return;
         }
-        let data = match (self.replicates(i), self.nodes[i].mirroring) {
-            (false, _) => PeerData::Unknown,
-            (true, true) => PeerData::Current,
-            (true, false) => match self.nodes[i].peer_data {
-                outdated @ PeerData::Outdated { .. } => outdated,
-                _ => {
-                    let epoch = self.next_epoch;
-                    self.next_epoch += 1;
-                    PeerData::Outdated { epoch }
-                }
-            },
+        let resynchronising = self.rng.gen_bool(0.5);
+        let r = self.nodes[i].primary.as_mut().expect("checked above");
+        r.session = None;
+        if resynchronising {
+            // The link falls back by itself (`Link::fall_back`).
+            if r.failed == FailedChange::Wait {
+                r.link = Link::Hold;
+            } else {
+                r.link = Link::Track;
+                self.acknowledged.extend(r.held.drain(..));
+            }
+        }
+        self.connector_input(i, |c, now| {
+            c.session_failed(now, "the secondary is unreachable".into(), resynchronising)
+        });
+    }
+
+    /// What node `i`'s connector observes after every event: the peer's
+    /// state (as the module task tells it) and, a little later, a broken
+    /// connection.
+    fn follow_replication(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].primary.as_ref() else {
+            return;
         };
-        if data != self.nodes[i].peer_data {
-            self.nodes[i].peer_data = data;
-            self.input(i, |m, now| m.peer_data(now, data));
+        let second = self.nodes[i]
+            .module
+            .as_ref()
+            .is_some_and(|m| m.peer_state() == Some(State::Second));
+        if second != r.peer_second {
+            self.nodes[i].primary.as_mut().unwrap().peer_second = second;
+            self.connector_input(i, |c, now| c.peer_second(now, second));
+        }
+        let Some(r) = self.nodes[i].primary.as_ref() else {
+            return;
+        };
+        let Some(session) = &r.session else { return };
+        if session.mirroring && !session.breaking && !self.alive(i, session) {
+            let attempt = session.attempt;
+            let life = self.nodes[i].life;
+            if let Some(s) = self.nodes[i].primary.as_mut().unwrap().session.as_mut() {
+                s.breaking = true;
+            }
+            // Writes meanwhile fail on the broken connection.
+            let noticed = self.rng.gen_range(0..=2 * PULSE_MS);
+            self.schedule(
+                noticed,
+                Ev::ConnectionBroken {
+                    node: i,
+                    life,
+                    attempt,
+                },
+            );
         }
     }
 
-    /// The primary's application writes once: mirrored, or alone once the
-    /// peer is fenced (acknowledged); otherwise held (applied here only).
+    /// The primary's application writes once, and its replicated
+    /// directory's link says what becomes of the write.
     fn application_writes(&mut self, i: usize) {
-        if !self.replicates(i) || !self.nodes[i].app_running {
+        if !self.nodes[i].app_running || self.nodes[i].primary.is_none() {
             return;
         }
         self.writes += 1;
         let w = self.writes;
         self.nodes[i].copy.insert(w);
-        let how = if self.nodes[i].mirroring {
-            self.nodes[1 - i].copy.insert(w);
-            self.acknowledged.insert(w);
-            "mirrored"
-        } else if matches!(self.nodes[i].peer_data, PeerData::Outdated { epoch } if self.nodes[i].fenced >= epoch)
-        {
-            self.acknowledged.insert(w);
-            "alone, peer fenced"
-        } else {
-            "held"
+        let r = self.nodes[i].primary.as_ref().unwrap();
+        let mirrored = r.link == Link::Send
+            && r.session
+                .as_ref()
+                .is_some_and(|s| s.mirroring && self.alive(i, s));
+        let (how, acknowledged, held) = match (r.link, r.failed) {
+            (Link::Track, _) => ("alone", true, false),
+            (Link::Hold, _) => ("held", false, true),
+            (Link::Closed, _) => ("refused", false, false),
+            (Link::Send, _) if mirrored => ("mirrored", true, false),
+            (Link::Send, FailedChange::Succeed) => ("failed, acknowledged alone", true, false),
+            (Link::Send, FailedChange::Wait) => ("failed, held", false, true),
         };
+        if mirrored {
+            self.nodes[1 - i].copy.insert(w);
+        }
+        if acknowledged {
+            self.acknowledged.insert(w);
+        }
+        if held {
+            self.nodes[i].primary.as_mut().unwrap().held.push(w);
+        }
         if self.trace {
             eprintln!("{:>6} {} write {w}: {how}", self.q.now(), NODES[i]);
         }

@@ -115,6 +115,18 @@ struct State {
     writing: bool,
     /// Every frame numbered below it is applied by the secondary.
     applied: u64,
+    /// Called once when the connection breaks.
+    on_break: BreakHooks,
+}
+
+/// What [`TcpReplicator::on_break`] registered.
+#[derive(Default)]
+struct BreakHooks(Vec<Box<dyn FnOnce() + Send>>);
+
+impl std::fmt::Debug for BreakHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} hooks", self.0.len())
+    }
 }
 
 #[derive(Debug)]
@@ -140,10 +152,14 @@ impl Shared {
         }
         state.queue.clear();
         let pending = std::mem::take(&mut state.pending);
+        let hooks = std::mem::take(&mut state.on_break.0);
         // Outside the lock: a waiter's callback may run here.
         drop(state);
         for (_, (_, waiter)) in pending {
             waiter.fail(error.clone());
+        }
+        for hook in hooks {
+            hook();
         }
     }
 }
@@ -377,6 +393,18 @@ impl TcpReplicator {
     /// Why the connection no longer works, once it does not.
     pub fn broken(&self) -> Option<ReplicationError> {
         self.shared.state.lock().broken.clone()
+    }
+
+    /// Calls `hook` once the connection is broken (at once if it is):
+    /// whoever watches it waits for this instead of polling [`Self::broken`].
+    pub fn on_break(&self, hook: impl FnOnce() + Send + 'static) {
+        let mut state = self.shared.state.lock();
+        if state.broken.is_none() {
+            state.on_break.0.push(Box::new(hook));
+            return;
+        }
+        drop(state);
+        hook();
     }
 
     /// Since when the oldest change not yet acknowledged waits (resync

@@ -343,12 +343,27 @@ fn connection_loss_fails_every_waiter() {
         opener.read(&mut stream).unwrap().unwrap();
     });
     let tx = TcpReplicator::connect(addr, &key).unwrap();
+    let (told, broke) = std::sync::mpsc::channel();
+    let hook = told.clone();
+    tx.on_break(move || hook.send("watching").unwrap());
     let a = tx.submit(&mkdir("a")).unwrap();
     let b = tx.submit(&mkdir("b")).unwrap();
     fake.join().unwrap();
     assert!(matches!(a.wait(), Err(ReplicationError::Disconnected(_))));
     assert!(matches!(b.wait(), Err(ReplicationError::Disconnected(_))));
     assert!(tx.replicate(&mkdir("c")).is_err());
+    let timeout = std::time::Duration::from_secs(5);
+    assert_eq!(
+        broke.recv_timeout(timeout),
+        Ok("watching"),
+        "told once broken"
+    );
+    tx.on_break(move || told.send("late").unwrap());
+    assert_eq!(
+        broke.try_recv(),
+        Ok("late"),
+        "a hook registered once broken is called at once"
+    );
 }
 
 #[test]

@@ -1,35 +1,40 @@
-//! The primary's side of one replicated directory: a connector thread
-//! that connects to the peer while it is SECOND, exchanges generations,
-//! [`decide`]s, resynchronises (Forward, then Mirror), watches the
-//! mirroring and goes back to tracking (or holds writes, by the failure
-//! policy) when it breaks.
+//! The primary's side of one replicated directory: the I/O shell of its
+//! [`ConnectorCore`], where the failure policy is decided
+//! (`holdfast_membership::connector`: degrade or block, hold then ALONE,
+//! fencing through the witness).
+//!
+//! A connector thread feeds the core what it observes — the peer's state,
+//! the witness's fence, the connection broken, the oldest unacknowledged
+//! change — whenever the module's [`Bell`] rings or the core's deadline
+//! comes, and carries out its actions ([`LinkControl`]): for `Connect`,
+//! it connects, exchanges generations, [`decide`]s and resynchronises
+//! (Forward, then Mirror), then tells the core how it went; it holds,
+//! tracks or closes the link, and tells the fence and `holdfast state`.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use holdfast_config::OnSecondaryFailure;
 use holdfast_key::ClusterKey;
+use holdfast_membership::connector::{ConnectorAction, ConnectorCore, FailedChange, LinkState};
 use holdfast_membership::LogLevel;
 use holdfast_replication::generation::StoreError;
 use holdfast_replication::resync::{Answer, Request};
 use holdfast_replication::{
-    decide, plan, resync, Decision, Link, LinkMode, Peer, Plan, Progress, Refusal,
-    ReplicationError, ResyncError, Scope, TcpReplicator,
+    decide, plan, resync, Decision, Link, OnFailure, Peer, Plan, Progress, Refusal,
+    ReplicationError, ResyncError, Scope, TcpReplicator, Tree,
 };
 use parking_lot::Mutex;
 
+use super::bell::Bell;
 use super::directory::Dir;
+use super::fence::PeerFence;
 use super::status::{Activity, LastResync, ReplicationStatus, ResyncProgress, TrackedChanges};
 use super::stop::StopSignal;
+use super::PeerSecond;
 use crate::modlog::ModuleLog;
-use crate::peer_fence::PeerFence;
 
-const POLL: Duration = Duration::from_millis(50);
-const BREAK_POLL: Duration = Duration::from_millis(5);
-const RETRY: Duration = Duration::from_millis(500);
 /// How often a running resynchronisation logs its progress.
 const PROGRESS_LOG: Duration = Duration::from_secs(5);
 
@@ -52,110 +57,200 @@ enum SessionError {
     PeerNewer { path: String },
     #[error("replication of {path}: {refusal}")]
     Refused { path: String, refusal: Refusal },
-    #[error("resynchronisation of {path} failed: {source}{}", holding.map_or_else(String::new, |policy| format!(": writes wait for the secondary ({policy})")))]
-    Resync {
-        path: String,
-        source: ResyncError,
-        /// The failure policy holding writes meanwhile, if it does.
-        holding: Option<&'static str>,
-    },
+    #[error("resynchronisation of {path} failed: {source}")]
+    Resync { path: String, source: ResyncError },
     #[error(transparent)]
     Record(#[from] StoreError),
+}
+
+/// What a change the secondary fails returns, as the core decided.
+pub(super) fn on_failure(failed: FailedChange) -> OnFailure {
+    match failed {
+        FailedChange::Succeed => OnFailure::Track,
+        FailedChange::Wait => OnFailure::Wait,
+    }
+}
+
+/// One directory's link and what shows it: where its core's decisions
+/// are carried out, by the connector thread and by the release.
+#[derive(Debug, Clone)]
+pub(super) struct LinkControl {
+    pub(super) dir: Dir,
+    pub(super) link: Link,
+    pub(super) tree: Tree,
+    pub(super) core: Arc<Mutex<ConnectorCore>>,
+    /// The connection while a session is up.
+    pub(super) current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
+    pub(super) log: ModuleLog,
+    pub(super) status: ReplicationStatus,
+    pub(super) fence: Arc<PeerFence>,
+}
+
+impl LinkControl {
+    /// Feeds the core `input` and carries out its decisions; the session
+    /// it asks for (`Connect`, with its send timeout), if it does.
+    pub(super) fn feed(
+        &self,
+        input: impl FnOnce(&mut ConnectorCore, Instant),
+    ) -> Option<Option<Duration>> {
+        let actions = {
+            let mut core = self.core.lock();
+            input(&mut core, Instant::now());
+            core.take_actions()
+        };
+        let mut connect = None;
+        for action in actions {
+            connect = self.carry_out(action).or(connect);
+        }
+        connect
+    }
+
+    /// Carries out `action`, but for a session, which it returns: the
+    /// connector thread runs it.
+    fn carry_out(&self, action: ConnectorAction) -> Option<Option<Duration>> {
+        let index = self.dir.index;
+        match action {
+            ConnectorAction::Connect { send_timeout } => return Some(send_timeout),
+            ConnectorAction::Disconnect { left_behind } => {
+                if let Some(peer) = self.current.lock().take() {
+                    if left_behind {
+                        // If it reads again before the connection is gone,
+                        // it learns (as at the start of a resync) that its
+                        // copy is incomplete, and is never promoted with it.
+                        let source = self.dir.store().load().ok().flatten().unwrap_or_default();
+                        let _ = peer.tell(&Request::Begin {
+                            source: source.current,
+                        });
+                    }
+                    peer.close();
+                }
+            }
+            ConnectorAction::Hold => {
+                let _order = self.tree.lock();
+                self.link.hold();
+            }
+            ConnectorAction::Track => self.go_alone(),
+            ConnectorAction::Close => {
+                let _order = self.tree.lock();
+                self.link.close();
+            }
+            ConnectorAction::TrackUntilUnmounted => {
+                let _order = self.tree.lock();
+                self.link.track();
+            }
+            ConnectorAction::PeerOutdated => self.fence.outdated(index),
+            ConnectorAction::PeerCurrent => self.fence.current(index),
+            ConnectorAction::PeerUnknown => self.fence.unknown(index),
+            ConnectorAction::Show(state) => {
+                let activity = match state {
+                    LinkState::Tracking => Activity::Tracking,
+                    LinkState::Holding => Activity::Holding,
+                    LinkState::Mirroring => Activity::Mirroring,
+                    LinkState::Closed => Activity::Idle,
+                };
+                self.status.set(index, activity, None);
+            }
+            ConnectorAction::Problem(problem) => self.status.problem(index, problem),
+            ConnectorAction::Log(level, message) => self.log.write(level, &message),
+        }
+        None
+    }
+
+    /// The secondary is gone: a new generation before changes it misses.
+    fn go_alone(&self) {
+        let _order = self.tree.lock();
+        let store = self.dir.store();
+        match store.load() {
+            Ok(Some(mut g)) => {
+                g.start_tracking();
+                if let Err(e) = store.save(&g) {
+                    self.log.write(LogLevel::Error, &e.to_string());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => self.log.write(LogLevel::Error, &e.to_string()),
+        }
+        self.link.track();
+    }
 }
 
 /// The primary's connection to the secondary, for one directory.
 pub(super) struct Connector {
     pub(super) module: String,
     pub(super) key: ClusterKey,
-    pub(super) dir: Dir,
-    pub(super) link: Link,
-    pub(super) tree: holdfast_replication::Tree,
     pub(super) peers: Vec<IpAddr>,
-    pub(super) peer_second: Arc<AtomicBool>,
-    /// Stops the connector (its waits end at once).
+    pub(super) peer_second: Arc<PeerSecond>,
+    /// Stops the connector (with a ring of the bell).
     pub(super) stop: StopSignal,
-    pub(super) current: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
-    pub(super) log: ModuleLog,
-    pub(super) status: ReplicationStatus,
-    pub(super) policy: FailurePolicy,
-    pub(super) fence: Arc<PeerFence>,
-}
-
-/// `[replication]`'s answer to a live secondary that fails.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct FailurePolicy {
-    pub(super) on_failure: OnSecondaryFailure,
-    pub(super) ack_timeout: Duration,
-}
-
-impl FailurePolicy {
-    pub(super) fn name(&self) -> &'static str {
-        match self.on_failure {
-            OnSecondaryFailure::Degrade => "on_secondary_failure = degrade",
-            OnSecondaryFailure::Block => "on_secondary_failure = block",
-        }
-    }
+    pub(super) bell: Arc<Bell>,
+    pub(super) control: LinkControl,
 }
 
 impl Connector {
-    fn stopped(&self) -> bool {
-        self.stop.stopped()
-    }
-
-    /// Waits `d`, or less if stopped; whether it was.
-    fn pause(&self, d: Duration) -> bool {
-        self.stop.pause(d)
-    }
-
     pub(super) fn run(self) {
-        let mut last_error = String::new();
-        while !self.stopped() {
-            if !self.peer_second.load(Ordering::SeqCst) {
-                if self.link.mode() == LinkMode::Hold {
-                    // Held for a secondary now declared lost: ALONE.
-                    self.go_alone();
-                    self.log.write(
-                        LogLevel::Error,
-                        &format!(
-                            "the secondary of {} is lost: held writes go on, tracking changes",
-                            self.dir.path.display()
-                        ),
-                    );
-                }
-                self.pause(POLL);
-                continue;
+        loop {
+            let seen = self.bell.rung();
+            if self.stop.stopped() {
+                return;
             }
-            match self.session() {
-                Ok(()) => last_error.clear(),
-                Err(e) => {
-                    if !self.stopped() {
-                        let e = e.to_string();
-                        self.status.problem(self.dir.index, Some(e.clone()));
-                        if e != last_error {
-                            self.log.write(LogLevel::Error, &e);
-                            last_error = e;
-                        }
-                        // Held only for the fence: `degrade` goes on alone.
-                        if self.link.mode() == LinkMode::Hold
-                            && self.policy.on_failure == OnSecondaryFailure::Degrade
-                        {
-                            self.go_alone();
-                        }
-                    }
-                    self.pause(RETRY);
+            let mut connect = self.control.feed(|core, now| self.observe(core, now));
+            while let Some(send_timeout) = connect {
+                connect = self.session(send_timeout);
+            }
+            let deadline = self.control.core.lock().next_deadline();
+            self.bell.wait(seen, deadline);
+        }
+    }
+
+    /// Tells the core what it may not know yet.
+    fn observe(&self, core: &mut ConnectorCore, now: Instant) {
+        if let Some(peer) = self.control.current.lock().as_ref() {
+            match peer.broken() {
+                Some(e) => core.connection_lost(now, e.to_string()),
+                None => core.unacknowledged(now, peer.oldest_unacknowledged()),
+            }
+        }
+        core.peer_second(now, self.peer_second.get());
+        if self.control.fence.is_fenced(self.control.dir.index) {
+            core.fenced(now);
+        }
+    }
+
+    /// Connects, brings the peer up to date and tells the core how it
+    /// went (nothing once stopped: the release decides from what the core
+    /// knew); the session the core asks for next, if any.
+    fn session(&self, send_timeout: Option<Duration>) -> Option<Option<Duration>> {
+        let path = self.control.dir.path.display().to_string();
+        let mut resynchronising = false;
+        let result = self.bring_up(send_timeout, &path, &mut resynchronising);
+        if self.stop.stopped() {
+            return None;
+        }
+        match result {
+            Ok(()) => self.control.feed(|core, now| core.resynchronised(now)),
+            Err(e) => {
+                if let Some(peer) = self.control.current.lock().take() {
+                    peer.close();
                 }
+                self.control
+                    .feed(|core, now| core.session_failed(now, e.to_string(), resynchronising))
             }
         }
     }
 
-    /// Connects, brings the peer up to date, mirrors until the connection
-    /// breaks (`Ok`), or says why not.
-    fn session(&self) -> Result<(), SessionError> {
-        let path = self.dir.path.display().to_string();
+    /// Connects and brings the peer up to date (`resynchronising` once
+    /// the link is handed to the resynchronisation).
+    fn bring_up(
+        &self,
+        send_timeout: Option<Duration>,
+        path: &str,
+        resynchronising: &mut bool,
+    ) -> Result<(), SessionError> {
         let mut connected = None;
         let mut last = None;
+        let port = self.control.dir.port;
         for address in &self.peers {
-            match TcpReplicator::connect(SocketAddr::new(*address, self.dir.port), &self.key) {
+            match TcpReplicator::connect(SocketAddr::new(*address, port), &self.key) {
                 Ok(r) => {
                     connected = Some(r);
                     break;
@@ -164,122 +259,33 @@ impl Connector {
             }
         }
         let peer = Arc::new(connected.ok_or(SessionError::Unreachable {
-            path: path.clone(),
+            path: path.to_string(),
             last,
         })?);
-        if self.policy.on_failure == OnSecondaryFailure::Degrade {
-            // A secondary that stops reading must not hold a write forever.
-            peer.set_send_timeout(Some(self.policy.ack_timeout));
-        }
-        *self.current.lock() = Some(peer.clone());
-        if self.stopped() {
-            self.current.lock().take();
-            peer.close();
+        peer.set_send_timeout(send_timeout);
+        let bell = self.bell.clone();
+        peer.on_break(move || bell.ring());
+        *self.control.current.lock() = Some(peer.clone());
+        if self.stop.stopped() {
             return Ok(());
         }
-        let result = self.bring_up_to_date(&peer, &path);
-        if result.is_err() {
-            self.current.lock().take();
-            peer.close();
-            return result;
-        }
-        let reason = self.watch(&peer, &path);
-        if !self.stopped() {
-            self.after_failure(&path, &reason);
-        }
-        self.current.lock().take();
-        peer.close();
-        Ok(())
+        self.bring_up_to_date(&peer, path, resynchronising)
     }
 
-    /// Mirroring: watches the connection until it breaks, the secondary
-    /// is lost (heartbeat), or — with `degrade` — a change waits for its
-    /// acknowledgement longer than `ack_timeout`; says why it ended.
-    fn watch(&self, peer: &TcpReplicator, path: &str) -> String {
-        let timeout = self.policy.ack_timeout;
-        let mut slow = false;
-        loop {
-            if self.stopped() {
-                return "stopping".into();
-            }
-            if let Some(e) = peer.broken() {
-                return e.to_string();
-            }
-            if !self.peer_second.load(Ordering::SeqCst) {
-                return "the secondary is lost (no heartbeat, or it left SECOND)".into();
-            }
-            let late = peer
-                .oldest_unacknowledged()
-                .is_some_and(|sent| sent.elapsed() > timeout);
-            if late && self.policy.on_failure == OnSecondaryFailure::Degrade {
-                // Left behind: if it reads again before the connection is
-                // gone, it learns (as at the start of a resync) that its
-                // copy is incomplete, and is never promoted with it.
-                let source = self.dir.store().load().ok().flatten().unwrap_or_default();
-                let _ = peer.tell(&Request::Begin {
-                    source: source.current,
-                });
-                return format!(
-                    "no acknowledgement within ack_timeout = {}",
-                    humantime::format_duration(timeout)
-                );
-            }
-            if late != slow {
-                slow = late;
-                let problem = late.then(|| {
-                    format!(
-                        "the secondary has not acknowledged a change of {path} within ack_timeout = {}: writes wait for it ({})",
-                        humantime::format_duration(timeout),
-                        self.policy.name()
-                    )
-                });
-                match &problem {
-                    Some(p) => self.log.write(LogLevel::Error, p),
-                    None => self.log.write(
-                        LogLevel::Info,
-                        &format!("the secondary acknowledges changes of {path} again"),
-                    ),
-                }
-                self.status.problem(self.dir.index, problem);
-            }
-            if self.pause(BREAK_POLL) {
-                return "stopping".into();
-            }
-        }
-    }
-
-    /// Mirroring ended for `reason`: ALONE with tracking — unless the
-    /// secondary is alive and `block` holds changes until it is back.
-    fn after_failure(&self, path: &str, reason: &str) {
-        let alive = self.peer_second.load(Ordering::SeqCst);
-        if alive && self.policy.on_failure == OnSecondaryFailure::Block {
-            {
-                let _order = self.tree.lock();
-                self.link.hold();
-            }
-            let problem = format!(
-                "replication of {path} to the secondary failed ({reason}): writes wait until it is resynchronised ({})",
-                self.policy.name()
-            );
-            self.log.write(LogLevel::Error, &problem);
-            self.status.set(self.dir.index, Activity::Holding, None);
-            self.status.problem(self.dir.index, Some(problem));
-            return;
-        }
-        self.go_alone();
-        let problem = format!(
-            "replication of {path} to the secondary lost ({reason}): tracking changes{}",
-            if alive {
-                format!(" ({})", self.policy.name())
-            } else {
-                String::new()
-            }
-        );
-        self.log.write(LogLevel::Error, &problem);
-        self.status.problem(self.dir.index, Some(problem));
-    }
-
-    fn bring_up_to_date(&self, peer: &Arc<TcpReplicator>, path: &str) -> Result<(), SessionError> {
+    fn bring_up_to_date(
+        &self,
+        peer: &Arc<TcpReplicator>,
+        path: &str,
+        resynchronising: &mut bool,
+    ) -> Result<(), SessionError> {
+        let LinkControl {
+            dir,
+            link,
+            tree,
+            log,
+            status,
+            ..
+        } = &self.control;
         let path_of = || path.to_string();
         let (theirs, kept, activity) = match peer.ask(&Request::Generations) {
             Ok(Answer::Generations {
@@ -300,7 +306,7 @@ impl Connector {
                 })
             }
         };
-        let store = self.dir.store();
+        let store = dir.store();
         let ours = store.load()?.unwrap_or_default();
         let decided = match decide(&self.module, &ours, &theirs) {
             Ok(Decision::InSync) => None,
@@ -313,7 +319,7 @@ impl Connector {
                 })
             }
         };
-        let lost = self.link.log().lost();
+        let lost = link.log().lost();
         let regions = activity.usable();
         let plan = plan(
             &ours,
@@ -329,14 +335,14 @@ impl Connector {
             _ => Scope::Everything,
         };
         if covers != Scope::Everything {
-            let tracked = holdfast_replication::tracked(&self.tree, self.link.log());
-            let rate = self.status.last_rate(self.dir.index);
-            self.log.write(
+            let tracked = holdfast_replication::tracked(tree, link.log());
+            let rate = status.last_rate(dir.index);
+            log.write(
                 LogLevel::Info,
                 &format!("{path}: {}", TrackedChanges::new(tracked, rate).describe()),
             );
         }
-        self.log.write(
+        log.write(
             LogLevel::Info,
             &format!(
                 "resynchronising {path} to the secondary ({})",
@@ -344,46 +350,25 @@ impl Connector {
             ),
         );
         let progress = Arc::new(Progress::default());
-        self.status.set(
-            self.dir.index,
-            Activity::Resynchronising,
-            Some(progress.clone()),
-        );
-        self.status.basis(self.dir.index, plan.describe());
+        status.set(dir.index, Activity::Resynchronising, Some(progress.clone()));
+        status.basis(dir.index, plan.describe());
         let (finishing, finished) = mpsc::channel();
-        let log = &self.log;
-        let began = std::time::Instant::now();
+        let began = Instant::now();
+        *resynchronising = true;
         let stats = std::thread::scope(|scope| {
             scope.spawn(|| log_progress(log, path, &progress, finished));
-            let result = resync(
-                &self.tree,
-                &self.link,
-                peer.clone(),
-                ours.current,
-                &covers,
-                &progress,
-            );
+            let result = resync(tree, link, peer.clone(), ours.current, &covers, &progress);
             drop(finishing);
             result
         })
-        .map_err(|e| {
-            let holding = self.link.mode() == LinkMode::Hold;
-            let activity = if holding {
-                Activity::Holding
-            } else {
-                Activity::Tracking
-            };
-            self.status.set(self.dir.index, activity, None);
-            SessionError::Resync {
-                path: path_of(),
-                source: e,
-                holding: holding.then(|| self.policy.name()),
-            }
+        .map_err(|source| SessionError::Resync {
+            path: path_of(),
+            source,
         })?;
         let mut ours = store.load()?.unwrap_or_default();
         ours.peer_synced();
         store.save(&ours)?;
-        self.log.write(
+        log.write(
             LogLevel::Info,
             &format!(
                 "{path} resynchronised ({} bytes sent, {} blocks compared, {} entries, {} bytes compared): mirroring",
@@ -401,81 +386,17 @@ impl Connector {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
         };
-        self.status
-            .resynchronised(self.dir.index, progress.report().rate, resync);
-        // After the log line: who sees `mirroring` finds it.
-        self.status.set(self.dir.index, Activity::Mirroring, None);
-        self.fence.current(self.dir.index);
+        status.resynchronised(dir.index, progress.report().rate, resync);
         Ok(())
-    }
-
-    /// With a witness: holds changes until it has recorded the peer's
-    /// copy outdated; false if the module stops first (held changes are
-    /// then refused, see [`Replication::release`]).
-    fn fence_peer(&self) -> bool {
-        let Some(epoch) = self.fence.outdated(self.dir.index) else {
-            return true;
-        };
-        if self.fence.is_fenced(epoch) {
-            return true;
-        }
-        {
-            let _order = self.tree.lock();
-            if self.link.mode() != LinkMode::Hold {
-                self.link.hold();
-            }
-        }
-        self.status.set(self.dir.index, Activity::Holding, None);
-        self.log.write(
-            LogLevel::Info,
-            &format!(
-                "{}: writes wait until the witness records the secondary's copy as outdated",
-                self.dir.path.display()
-            ),
-        );
-        while !self.fence.is_fenced(epoch) {
-            if self.pause(POLL) {
-                return false;
-            }
-        }
-        self.log.write(
-            LogLevel::Info,
-            &format!(
-                "{}: the witness refuses the secondary the primary role until it is resynchronised",
-                self.dir.path.display()
-            ),
-        );
-        true
-    }
-
-    /// The secondary is gone: a new generation before changes it misses.
-    fn go_alone(&self) {
-        if !self.fence_peer() {
-            return;
-        }
-        let _order = self.tree.lock();
-        let store = self.dir.store();
-        match store.load() {
-            Ok(Some(mut g)) => {
-                g.start_tracking();
-                if let Err(e) = store.save(&g) {
-                    self.log.write(LogLevel::Error, &e.to_string());
-                }
-            }
-            Ok(None) => {}
-            Err(e) => self.log.write(LogLevel::Error, &e.to_string()),
-        }
-        self.link.track();
-        self.status.set(self.dir.index, Activity::Tracking, None);
     }
 }
 
 /// Every [`PROGRESS_LOG`] of a resynchronisation until `finished` is
 /// disconnected: how far it is.
 fn log_progress(log: &ModuleLog, path: &str, progress: &Progress, finished: mpsc::Receiver<()>) {
-    let mut next = std::time::Instant::now() + PROGRESS_LOG;
+    let mut next = Instant::now() + PROGRESS_LOG;
     while let Err(RecvTimeoutError::Timeout) =
-        finished.recv_timeout(next.saturating_duration_since(std::time::Instant::now()))
+        finished.recv_timeout(next.saturating_duration_since(Instant::now()))
     {
         next += PROGRESS_LOG;
         let report = ResyncProgress::from(progress.report());

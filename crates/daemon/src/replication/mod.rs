@@ -8,10 +8,13 @@
 //!   the real directory.
 //! - Primary (`AcquirePrimaryResources`, `primary`): each directory is
 //!   mounted over a link that tracks changes (durable change log) until a
-//!   secondary is connected; a `connector` thread per directory connects
-//!   to the peer when it is SECOND, exchanges generations, decides,
-//!   resynchronises (Forward, then Mirror) and goes back to tracking when
-//!   the connection breaks. `ReleasePrimaryResources` unmounts.
+//!   secondary is connected; a `connector` thread per directory carries out
+//!   what its sans-IO core (`holdfast_membership::connector`) decides: it
+//!   connects to the peer when it is SECOND, exchanges generations,
+//!   decides, resynchronises (Forward, then Mirror), and when mirroring
+//!   breaks holds or tracks changes, fencing the peer's copy through the
+//!   witness first (`fence`). It sleeps until its core's next deadline or
+//!   a ring of the module's `bell`. `ReleasePrimaryResources` unmounts.
 //! - Data state: whether this node may be promoted, from the generation
 //!   records at start; false on a SECOND until a resynchronisation
 //!   completes.
@@ -24,8 +27,10 @@
 //! `directory` holds a directory's facts and records on disk, [`status`]
 //! what `holdfast state` shows of it.
 
+mod bell;
 mod connector;
 mod directory;
+mod fence;
 mod primary;
 mod receivers;
 pub mod status;
@@ -41,13 +46,33 @@ use holdfast_key::ClusterKey;
 use holdfast_membership::{LogLevel, State};
 use holdfast_replication::{AckMode, Exclusions};
 
-use self::connector::FailurePolicy;
+use self::bell::Bell;
 use self::directory::{detach_stale_mounts, Dir};
+pub use self::fence::PeerFence;
 use self::primary::{Primaries, PrimaryDir};
 use self::receivers::{ReceiverTask, Receiving};
 use self::status::{Activity, ReplicationStatus};
 use crate::modlog::ModuleLog;
-use crate::peer_fence::PeerFence;
+
+/// Whether the peer is SECOND, as the module task last said: read by the
+/// connectors, whom it wakes when it changes.
+#[derive(Debug)]
+pub struct PeerSecond {
+    second: AtomicBool,
+    bell: Arc<Bell>,
+}
+
+impl PeerSecond {
+    pub fn set(&self, second: bool) {
+        if self.second.swap(second, Ordering::SeqCst) != second {
+            self.bell.ring();
+        }
+    }
+
+    fn get(&self) -> bool {
+        self.second.load(Ordering::SeqCst)
+    }
+}
 
 /// What one module's replication is doing.
 pub struct Replication {
@@ -68,7 +93,7 @@ pub struct Replication {
     current: bool,
     /// Set by the module task after every event, read by connectors: the
     /// peer is SECOND.
-    peer_second: Arc<AtomicBool>,
+    peer_second: Arc<PeerSecond>,
     last_state: State,
     receiver_error_logged: bool,
     status: ReplicationStatus,
@@ -131,10 +156,15 @@ impl Replication {
             })
             .collect();
         let status = ReplicationStatus::new(&dirs);
-        let peer_second = Arc::new(AtomicBool::new(false));
+        let bell = Arc::new(Bell::default());
+        let peer_second = Arc::new(PeerSecond {
+            second: AtomicBool::new(false),
+            bell: bell.clone(),
+        });
         let fence = Arc::new(PeerFence::new(
             config.replicated.len(),
             config.witness.is_some(),
+            bell.clone(),
         ));
         let peer_addresses = addresses(config.peer_of(node));
         Some(Replication {
@@ -159,11 +189,10 @@ impl Replication {
                 peer_second: peer_second.clone(),
                 log: log.clone(),
                 status: status.clone(),
-                policy: FailurePolicy {
-                    on_failure: config.replication.on_secondary_failure,
-                    ack_timeout: config.replication.ack_timeout,
-                },
+                on_failure: config.replication.on_secondary_failure,
+                ack_timeout: config.replication.ack_timeout,
                 fence: fence.clone(),
+                bell,
             },
             log,
             synced: (0..config.replicated.len())
@@ -191,7 +220,7 @@ impl Replication {
     /// Where the module task says whether the peer is SECOND (at once:
     /// a connector must learn that its secondary is lost while what
     /// replication does next may still wait for a disk).
-    pub fn peer_second(&self) -> Arc<AtomicBool> {
+    pub fn peer_second(&self) -> Arc<PeerSecond> {
         self.peer_second.clone()
     }
 

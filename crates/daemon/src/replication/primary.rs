@@ -4,27 +4,28 @@
 //! their release.
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use holdfast_config::OnSecondaryFailure;
 use holdfast_key::ClusterKey;
+use holdfast_membership::connector::{ConnectorCore, ConnectorSettings};
 use holdfast_membership::LogLevel;
 use holdfast_replication::generation::StoreError;
 use holdfast_replication::{
-    ChangeLog, Link, LinkMode, Mirror, MountGuard, OnFailure, Recovery, TcpReplicator,
-    TrackingConfig, TrackingError,
+    ChangeLog, Link, Mirror, MountGuard, Recovery, TrackingConfig, TrackingError,
 };
 use parking_lot::Mutex;
 
-use super::connector::{Connector, FailurePolicy};
+use super::bell::Bell;
+use super::connector::{on_failure, Connector, LinkControl};
 use super::directory::{detach_stale_mounts, Dir};
+use super::fence::PeerFence;
 use super::status::{Activity, ReplicationStatus};
 use super::stop::{stop_signal, Stopper};
+use super::PeerSecond;
 use crate::modlog::ModuleLog;
-use crate::peer_fence::PeerFence;
 
 /// How long a release waits for its connector to end.
 const CONNECTOR_END: Duration = Duration::from_secs(2);
@@ -47,22 +48,24 @@ pub(super) struct Primaries {
     pub(super) key: ClusterKey,
     pub(super) peers: Vec<IpAddr>,
     /// The peer is SECOND (set by the module task).
-    pub(super) peer_second: Arc<AtomicBool>,
+    pub(super) peer_second: Arc<PeerSecond>,
     pub(super) log: ModuleLog,
     pub(super) status: ReplicationStatus,
-    pub(super) policy: FailurePolicy,
+    /// `[replication]`'s answer to a live secondary that fails.
+    pub(super) on_failure: OnSecondaryFailure,
+    pub(super) ack_timeout: Duration,
     pub(super) fence: Arc<PeerFence>,
+    /// Wakes the connectors.
+    pub(super) bell: Arc<Bell>,
 }
 
 /// A replicated directory mounted as primary, and its connector.
 pub(super) struct PrimaryDir {
     guard: Option<MountGuard>,
-    link: Link,
-    /// Stops the connector (it wakes at once).
+    control: LinkControl,
+    /// Stops the connector (with a ring of the bell, it wakes at once).
     stopper: Stopper,
-    peer: Arc<Mutex<Option<Arc<TcpReplicator>>>>,
     connector: Option<JoinHandle<()>>,
-    dir: Dir,
 }
 
 impl PrimaryDir {
@@ -86,15 +89,18 @@ impl PrimaryDir {
         generations.become_primary();
         store.save(&generations)?;
         let link = Link::tracking(Arc::new(changelog));
-        let fencing = with.fence.outdated(dir.index).is_some();
-        // With a witness, nothing the peer lacks is acknowledged before
-        // its copy is fenced: changes wait, then the connector decides.
-        link.set_on_failure(match with.policy.on_failure {
-            OnSecondaryFailure::Degrade if !fencing => OnFailure::Track,
-            _ => OnFailure::Wait,
+        let core = ConnectorCore::new(ConnectorSettings {
+            directory: dir.path.display().to_string(),
+            on_failure: with.on_failure,
+            ack_timeout: with.ack_timeout,
+            witness: with.fence.witness(),
         });
-        if fencing {
+        // Before the first change: nothing is mounted yet.
+        let start = core.start();
+        link.set_on_failure(on_failure(start.failed_changes));
+        if start.held {
             link.hold();
+            with.fence.outdated(dir.index);
         }
         let guard =
             Mirror::mount_excluding(&dir.path, Arc::new(link.clone()), dir.exclusions.clone())?;
@@ -106,21 +112,24 @@ impl PrimaryDir {
             ),
         );
         let (stopper, signal) = stop_signal();
-        let peer = Arc::new(Mutex::new(None));
+        let control = LinkControl {
+            dir: dir.clone(),
+            link,
+            tree: guard.tree(),
+            core: Arc::new(Mutex::new(core)),
+            current: Arc::new(Mutex::new(None)),
+            log: with.log.clone(),
+            status: with.status.clone(),
+            fence: with.fence.clone(),
+        };
         let connector = Connector {
             module: with.module.clone(),
             key: with.key.clone(),
-            dir: dir.clone(),
-            link: link.clone(),
-            tree: guard.tree(),
             peers: with.peers.clone(),
             peer_second: with.peer_second.clone(),
             stop: signal,
-            current: peer.clone(),
-            log: with.log.clone(),
-            status: with.status.clone(),
-            policy: with.policy,
-            fence: with.fence.clone(),
+            bell: with.bell.clone(),
+            control: control.clone(),
         };
         let connector = std::thread::Builder::new()
             .name(format!("repl-conn-{}", dir.index))
@@ -128,18 +137,17 @@ impl PrimaryDir {
             .ok();
         Ok(PrimaryDir {
             guard: Some(guard),
-            link,
+            control,
             stopper,
-            peer,
             connector,
-            dir: dir.clone(),
         })
     }
 
     /// Stops replicating and unmounts.
     pub(super) fn release(mut self, with: &Primaries) {
         self.stopper.stop();
-        if let Some(peer) = self.peer.lock().as_ref() {
+        with.bell.ring();
+        if let Some(peer) = self.control.current.lock().as_ref() {
             peer.close();
         }
         if let Some(t) = self.connector.take() {
@@ -152,25 +160,15 @@ impl PrimaryDir {
                     LogLevel::Error,
                     &format!(
                         "replication connector of {} still busy; left to end by itself",
-                        self.dir.path.display()
+                        self.control.dir.path.display()
                     ),
                 );
             }
         }
+        // Closed or tracking until unmounted, as the core decides; the
+        // peer's copy is not reported any more.
+        self.control.feed(|core, _| core.release());
         if let Some(guard) = self.guard.take() {
-            {
-                let tree = guard.tree();
-                let _order = tree.lock();
-                // Held changes the secondary never got, and any change
-                // until unmounted, are not acknowledged: the secondary
-                // may take over — unless the witness fenced it.
-                let unfenced = with.fence.unfenced(self.dir.index);
-                if unfenced || self.link.mode() == LinkMode::Hold {
-                    self.link.close();
-                } else {
-                    self.link.track();
-                }
-            }
             let path = guard.path().display().to_string();
             match guard.unmount() {
                 Ok(()) => with.log.write(LogLevel::Info, &format!("{path} unmounted")),
@@ -179,13 +177,13 @@ impl PrimaryDir {
                     .write(LogLevel::Error, &format!("unmounting {path}: {e}")),
             }
         }
-        if let Err(e) = self.link.log().checkpoint() {
+        let LinkControl { dir, link, .. } = &self.control;
+        if let Err(e) = link.log().checkpoint() {
             with.log.write(LogLevel::Error, &e.to_string());
         }
-        with.status.set(self.dir.index, Activity::Idle, None);
-        with.status.primary(self.dir.index, None);
-        with.fence.unknown(self.dir.index);
-        if self.link.refused() > 0 {
+        with.status.set(dir.index, Activity::Idle, None);
+        with.status.primary(dir.index, None);
+        if link.refused() > 0 {
             // They were applied here: this copy stays `unclean`, its
             // activity log (which holds them) kept for the next
             // resynchronisation into it.
@@ -193,13 +191,13 @@ impl PrimaryDir {
                 LogLevel::Error,
                 &format!(
                     "{}: {} changes the secondary lacks were refused (not acknowledged)",
-                    self.dir.path.display(),
-                    self.link.refused()
+                    dir.path.display(),
+                    link.refused()
                 ),
             );
             return;
         }
-        let store = self.dir.store();
+        let store = dir.store();
         if let Ok(Some(mut g)) = store.load() {
             g.stopped_cleanly();
             if let Err(e) = store.save(&g) {
@@ -208,13 +206,15 @@ impl PrimaryDir {
         }
         // After the record says clean: whatever was mirrored was
         // acknowledged or is in the change log.
-        if let Err(e) = self.link.log().clear_activity() {
+        if let Err(e) = link.log().clear_activity() {
             with.log.write(LogLevel::Error, &e.to_string());
         }
     }
 
     /// The directory's change log and tree, for [`ReplicationStatus`].
     pub(super) fn tracked(&self) -> Option<(Link, holdfast_replication::Tree)> {
-        self.guard.as_ref().map(|g| (self.link.clone(), g.tree()))
+        self.guard
+            .as_ref()
+            .map(|g| (self.control.link.clone(), g.tree()))
     }
 }

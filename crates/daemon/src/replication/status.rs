@@ -24,8 +24,9 @@ pub enum Activity {
     Resynchronising,
     /// Primary with an up-to-date secondary: every change acknowledged by it.
     Mirroring,
-    /// Primary whose live secondary failed, `on_secondary_failure = block`:
-    /// changes wait until it is resynchronised (or declared lost).
+    /// Primary whose changes wait: its live secondary failed
+    /// (`on_secondary_failure = block`) until it is resynchronised or
+    /// declared lost, or the witness has yet to fence the secondary's copy.
     Holding,
 }
 

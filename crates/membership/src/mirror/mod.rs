@@ -293,12 +293,17 @@ impl MirrorModule {
                 _ => self.reason.clone(),
             },
             peer: self.settings.peer.clone(),
-            peer_state: self.live_peer().map(|p| p.state),
+            peer_state: self.peer_state(),
             networks_up,
             epoch: self.persistent.epoch,
             running_script: self.scripts.script().map(|s| s.name().to_string()),
             farm: None,
         }
+    }
+
+    /// The peer's state, while it is heard.
+    pub fn peer_state(&self) -> Option<State> {
+        self.live_peer().map(|p| p.state)
     }
 
     /// When the state machine must be ticked even if nothing arrives: the
