@@ -1,7 +1,8 @@
 //! Deterministic simulation of a 2-node mirror module over random fault
 //! schedules: crashes, restarts, partitions (symmetric, one-way and
 //! flapping), packet loss, per-network link cuts and administrator commands,
-//! in virtual time. Half of the schedules have a witness (a third party
+//! in virtual time, and secondaries that stop acknowledging for a while
+//! (a full disk, replication traffic dropped). Half of the schedules have a witness (a third party
 //! granting leases, see `lease.rs`), with its own one-way link cuts, crashes
 //! and restarts.
 //!
@@ -24,7 +25,9 @@
 //!   the core set says — mirrored to the peer, tracked alone, held until a
 //!   resynchronisation or ALONE, refused once closed — and a change the
 //!   broken connection fails (noticed a little later) as the core's
-//!   `FailedChange` says. A resynchronisation, which takes a while and
+//!   `FailedChange` says. A stalled secondary leaves mirrored writes
+//!   unacknowledged (the core looks at the oldest: `ack_timeout`) until it
+//!   acknowledges again or the connection ends, which fails them. A resynchronisation, which takes a while and
 //!   fails if the pair is cut or the peer leaves SECOND, copies the
 //!   primary's data and makes the peer's copy up to date.
 //!
@@ -60,8 +63,7 @@ const FAULT_HORIZON_MS: u64 = 60_000;
 /// scripts) leaves the peer promise room within the heartbeat timeout.
 const WITNESS_SCRIPT_MAX_MS: u64 = 150;
 const LEASE_MS: u64 = 1000;
-/// The connector's `ack_timeout` (no stall is simulated: it bounds the
-/// looks at the oldest unacknowledged change).
+/// The connector's `ack_timeout`.
 const ACK_TIMEOUT_MS: u64 = 1000;
 
 #[derive(Debug)]
@@ -118,6 +120,12 @@ enum Ev {
     ConnectorTick {
         node: usize,
         life: u64,
+    },
+    /// The node, as a secondary, stops acknowledging (its disk full, its
+    /// replication traffic dropped), or acknowledges again.
+    Stall {
+        node: usize,
+        on: bool,
     },
     /// A resource checker's decision changes.
     Resource {
@@ -211,6 +219,8 @@ struct Node {
     /// While the primary's resources are acquired: the replicated
     /// directory.
     primary: Option<Replicated>,
+    /// As a secondary, it acknowledges nothing (nor reads anything).
+    stalled: bool,
 }
 
 /// A primary's replicated directory: the connector's real policy, and the
@@ -224,6 +234,8 @@ struct Replicated {
     /// Writes applied here and held: acknowledged once the link tracks or
     /// a resynchronisation brings them to the peer; refused if it closes.
     held: Vec<u64>,
+    /// Writes sent to a stalled peer, with when (ms), oldest first.
+    unacknowledged: Vec<(u64, u64)>,
     session: Option<Session>,
     /// Numbers the sessions: the end of an old one is ignored.
     attempts: u64,
@@ -359,6 +371,7 @@ impl Sim {
                 copy: Default::default(),
                 fences: PeerFences::new(1, with_witness),
                 primary: None,
+                stalled: false,
             });
             sim.boot(i);
             let at = sim.rng.gen_range(0..2 * TIMEOUT_MS);
@@ -612,6 +625,15 @@ impl Sim {
     fn random_fault(&mut self) {
         let at = self.rng.gen_range(0..FAULT_HORIZON_MS);
         let node = self.rng.gen_range(0..2);
+        if self.rng.gen_bool(0.1) {
+            // A secondary stops acknowledging, for less or more than
+            // `ack_timeout`.
+            let lasts = self.rng.gen_range(0..4 * ACK_TIMEOUT_MS);
+            self.schedule(at, Ev::Stall { node, on: true });
+            let end = (at + lasts).min(FAULT_HORIZON_MS - 1);
+            self.schedule(end, Ev::Stall { node, on: false });
+            return;
+        }
         let network = self.rng.gen_range(0..NETWORKS);
         let kinds = if self.witness.is_some() || self.settings.splitbrain {
             18
@@ -927,9 +949,19 @@ impl Sim {
                 if let Some(r) = self.nodes[node].primary.as_mut() {
                     r.ticks.remove(&now);
                 }
-                // The secondary acknowledges every change at once (no stall
-                // is simulated): nothing is unacknowledged when it looks.
-                self.connector_input(node, |c, now| c.unacknowledged(now, None));
+                let t0 = self.t0;
+                let oldest = self.nodes[node]
+                    .primary
+                    .as_ref()
+                    .and_then(|r| r.unacknowledged.first())
+                    .map(|(_, sent)| t0 + Duration::from_millis(*sent));
+                self.connector_input(node, |c, now| c.unacknowledged(now, oldest));
+            }
+            Ev::Stall { node, on } => {
+                self.nodes[node].stalled = on;
+                if !on {
+                    self.acknowledges_again(1 - node);
+                }
             }
             _ => {}
         }
@@ -954,6 +986,7 @@ impl Sim {
             link: if start.held { Link::Hold } else { Link::Track },
             failed: start.failed_changes,
             held: Vec::new(),
+            unacknowledged: Vec::new(),
             session: None,
             attempts: 0,
             ticks: Default::default(),
@@ -1038,7 +1071,15 @@ impl Sim {
             }
             ConnectorAction::Disconnect { left_behind } => {
                 let session = r.session.take();
-                if left_behind && session.is_some_and(|s| self.alive(i, &s)) {
+                // The connection's end fails what the peer did not
+                // acknowledge, as the core said at the start.
+                let failed: Vec<u64> = r.unacknowledged.drain(..).map(|(w, _)| w).collect();
+                match r.failed {
+                    FailedChange::Succeed => self.acknowledged.extend(failed),
+                    FailedChange::Wait => r.held.extend(failed),
+                }
+                let reads = !self.nodes[1 - i].stalled;
+                if left_behind && reads && session.is_some_and(|s| self.alive(i, &s)) {
                     // The secondary learns that its copy is incomplete.
                     self.nodes[1 - i].uptodate = false;
                     self.feed_data_state(1 - i, false);
@@ -1084,6 +1125,7 @@ impl Sim {
         };
         let peer = 1 - i;
         let resynchronised = self.alive(i, session)
+            && !self.nodes[peer].stalled
             && self.nodes[peer]
                 .module
                 .as_ref()
@@ -1164,6 +1206,21 @@ impl Sim {
         }
     }
 
+    /// The peer of node `i` acknowledges again: what it was sent arrives
+    /// (in order), if the connection still works.
+    fn acknowledges_again(&mut self, i: usize) {
+        let Some(r) = self.nodes[i].primary.as_ref() else {
+            return;
+        };
+        if !r.session.as_ref().is_some_and(|s| self.alive(i, s)) {
+            return;
+        }
+        let r = self.nodes[i].primary.as_mut().unwrap();
+        let arrived: Vec<u64> = r.unacknowledged.drain(..).map(|(w, _)| w).collect();
+        self.nodes[1 - i].copy.extend(arrived.iter().copied());
+        self.acknowledged.extend(arrived);
+    }
+
     /// The primary's application writes once, and its replicated
     /// directory's link says what becomes of the write.
     fn application_writes(&mut self, i: usize) {
@@ -1174,20 +1231,29 @@ impl Sim {
         let w = self.writes;
         self.nodes[i].copy.insert(w);
         let r = self.nodes[i].primary.as_ref().unwrap();
-        let mirrored = r.link == Link::Send
+        let sent = r.link == Link::Send
             && r.session
                 .as_ref()
                 .is_some_and(|s| s.mirroring && self.alive(i, s));
+        // Behind the writes a stalled peer has not acknowledged yet.
+        let waits = sent && (self.nodes[1 - i].stalled || !r.unacknowledged.is_empty());
+        let mirrored = sent && !waits;
         let (how, acknowledged, held) = match (r.link, r.failed) {
             (Link::Track, _) => ("alone", true, false),
             (Link::Hold, _) => ("held", false, true),
             (Link::Closed, _) => ("refused", false, false),
+            (Link::Send, _) if waits => ("unacknowledged", false, false),
             (Link::Send, _) if mirrored => ("mirrored", true, false),
             (Link::Send, FailedChange::Succeed) => ("failed, acknowledged alone", true, false),
             (Link::Send, FailedChange::Wait) => ("failed, held", false, true),
         };
         if mirrored {
             self.nodes[1 - i].copy.insert(w);
+        }
+        if waits {
+            let now = self.q.now();
+            let r = self.nodes[i].primary.as_mut().unwrap();
+            r.unacknowledged.push((w, now));
         }
         if acknowledged {
             self.acknowledged.insert(w);
@@ -1263,6 +1329,7 @@ impl Sim {
         }
         self.schedule(0, Ev::WitnessRestart);
         for node in 0..2 {
+            self.schedule(0, Ev::Stall { node, on: false });
             self.schedule(
                 0,
                 Ev::TieBreaker {
