@@ -7,6 +7,7 @@
 
 mod cluster;
 mod doctor;
+mod operator;
 mod package;
 mod progress;
 mod state;
@@ -21,6 +22,7 @@ use holdfast_daemon::api::{CommandRequest, PrintRequest};
 use holdfast_daemon::client::ApiClient;
 use holdfast_daemon::modlog::LogEntry;
 use holdfast_daemon::registry::{ModuleSummary, Uninstalled};
+use holdfast_daemon::settings::SettingsChange;
 use holdfast_daemon::{DaemonOptions, Paths};
 use holdfast_key::ClusterKey;
 use holdfast_membership::{Command, LogLevel};
@@ -167,6 +169,68 @@ enum Cmd {
         /// Number of last entries.
         #[arg(short = 's', long, default_value_t = 300)]
         count: usize,
+    },
+    /// Wait until the module is in one of these stable states (STOP, WAIT,
+    /// ALONE, PRIM, SECOND, UP); prints it.
+    Waitstate {
+        #[command(flatten)]
+        module: ModuleArg,
+        #[arg(required = true)]
+        states: Vec<String>,
+        /// Give up after this long (default: wait as long as it takes).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Wait for the end of the module's start (a stable state other than STOP).
+    Waitstart {
+        #[command(flatten)]
+        module: ModuleArg,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Wait for the end of the module's stop (a stable STOP).
+    Waitstop {
+        #[command(flatten)]
+        module: ModuleArg,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Save the whole module log to a file.
+    Logsave {
+        #[command(flatten)]
+        module: ModuleArg,
+        file: PathBuf,
+    },
+    /// The version of Holdfast on this node.
+    Level,
+    /// Check the installed configuration of a module again and print its
+    /// fingerprint (the same on every node means the same configuration).
+    Confcheck(ModuleArg),
+    /// Start the module at daemon start, or not, whatever its configuration
+    /// says; `status`: the settings of the module (or of every module).
+    Boot {
+        what: operator::BootArg,
+        #[arg(short, long, env = "SAFEMODULE")]
+        module: Option<String>,
+    },
+    /// Turn the module's automatic failover on or off (on every node).
+    Failover {
+        switch: operator::Switch,
+        #[command(flatten)]
+        module: ModuleArg,
+    },
+    /// Turn the module's process checkers on or off.
+    Errd {
+        switch: operator::Switch,
+        #[command(flatten)]
+        module: ModuleArg,
+    },
+    /// Turn the module's other checkers (TCP, ping, interface, custom,
+    /// module) on or off.
+    Checker {
+        switch: operator::Switch,
+        #[command(flatten)]
+        module: ModuleArg,
     },
     /// Write an information message to the module log (from scripts).
     Printi {
@@ -384,6 +448,75 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{} | {} | {}", entry.time, entry.level, entry.message);
             }
             Ok(())
+        }),
+        Cmd::Waitstate {
+            module,
+            states,
+            timeout,
+        } => on.each(|p| {
+            let awaited = operator::Awaited::States(states.clone());
+            operator::wait(&client, p, &module.module, &awaited, timeout)
+        }),
+        Cmd::Waitstart { module, timeout } => on.each(|p| {
+            operator::wait(
+                &client,
+                p,
+                &module.module,
+                &operator::Awaited::Started,
+                timeout,
+            )
+        }),
+        Cmd::Waitstop { module, timeout } => on.each(|p| {
+            operator::wait(
+                &client,
+                p,
+                &module.module,
+                &operator::Awaited::Stopped,
+                timeout,
+            )
+        }),
+        Cmd::Logsave { module, file } => {
+            on.each(|p| operator::logsave(&client, p, &module.module, &file))
+        }
+        Cmd::Level => on.each(|p| operator::level(&client, p)),
+        Cmd::Confcheck(module) => on.each(|p| operator::confcheck(&client, p, &module.module)),
+        Cmd::Boot { what, module } => on.each(|p| {
+            let on = match what {
+                operator::BootArg::Status => {
+                    return operator::settings_status(&client, p, module.as_deref())
+                }
+                operator::BootArg::On => true,
+                operator::BootArg::Off => false,
+            };
+            let Some(module) = &module else {
+                bail!("boot on|off: name the module with -m");
+            };
+            let change = SettingsChange {
+                boot: Some(on),
+                ..SettingsChange::default()
+            };
+            operator::set(&client, p, module, &change)
+        }),
+        Cmd::Failover { switch, module } => on.each(|p| {
+            let change = SettingsChange {
+                failover: Some(switch.on()),
+                ..SettingsChange::default()
+            };
+            operator::set(&client, p, &module.module, &change)
+        }),
+        Cmd::Errd { switch, module } => on.each(|p| {
+            let change = SettingsChange {
+                errd: Some(switch.on()),
+                ..SettingsChange::default()
+            };
+            operator::set(&client, p, &module.module, &change)
+        }),
+        Cmd::Checker { switch, module } => on.each(|p| {
+            let change = SettingsChange {
+                checker: Some(switch.on()),
+                ..SettingsChange::default()
+            };
+            operator::set(&client, p, &module.module, &change)
         }),
         Cmd::Printi { module, message } => print(&client, &module, LogLevel::Info, message),
         Cmd::Printe { module, message } => print(&client, &module, LogLevel::Error, message),

@@ -10,6 +10,7 @@
 //! | GET | `/v1/modules/{name}` | `ModuleSummary` |
 //! | GET | `/v1/modules/{name}/package` | the installed module as a package (zip) |
 //! | DELETE | `/v1/modules/{name}` | `Uninstalled` (where its package is kept) |
+//! | POST | `/v1/modules/{name}/settings` | `SettingsChange` (`boot`, `failover`, `errd`, `checker`) → `ModuleSummary` |
 //! | POST | `/v1/modules/{name}/command` | `{command}` → `ModuleSummary` |
 //! | GET | `/v1/modules/{name}/log?count=N` | `[LogEntry]` |
 //! | POST | `/v1/modules/{name}/log` | `{level: "I"/"E", message}` |
@@ -155,6 +156,14 @@ pub async fn export(
 ) -> Result<impl IntoResponse, RegistryError> {
     let zip = registry.export(&name).await?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip))
+}
+
+pub async fn settings(
+    State(registry): Shared,
+    UrlPath(name): UrlPath<String>,
+    Json(change): Json<crate::settings::SettingsChange>,
+) -> Result<impl IntoResponse, RegistryError> {
+    Ok(Json(registry.settings(&name, change).await?))
 }
 
 pub async fn uninstall(

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
 use crate::node::NodeContext;
+use crate::settings::UserSettings;
 use crate::shell::{self, Answer, Kind, ModuleHandle, ModuleIo, Shell, Step};
 use crate::worker::{Job, Worker};
 use crate::DaemonError;
@@ -35,6 +36,7 @@ pub async fn spawn(
     ctx: Arc<NodeContext>,
     config: ModuleConfig,
     at_boot: bool,
+    user: UserSettings,
 ) -> Result<ModuleHandle, DaemonError> {
     let settings = FarmSettings::from_config(&config, &ctx.node)
         .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
@@ -62,7 +64,7 @@ pub async fn spawn(
     let health = shell::health(&config, &view).await?;
     let renewal = expiry(&config) / RENEWALS_PER_EXPIRY;
     let (io, rx) = ModuleIo::new(ctx, config, paths, log);
-    let handle = io.handle(view, None);
+    let handle = io.handle(view, None, user);
     let shell = Shell {
         io,
         kind: Farm {

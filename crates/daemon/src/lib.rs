@@ -36,6 +36,7 @@ pub mod registry;
 pub mod replication;
 mod resources;
 pub mod scripts;
+pub mod settings;
 pub mod shell;
 pub mod supervision;
 pub mod witness;

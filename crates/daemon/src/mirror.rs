@@ -26,6 +26,7 @@ use crate::node::NodeContext;
 use crate::refusals::{Refusal, RefusalKind};
 use crate::replication::{PeerFence, PeerSecond};
 use crate::resources::{ResourceDone, ResourceJob, Resources};
+use crate::settings::UserSettings;
 use crate::shell::{self, Answer, Kind, ModuleHandle, ModuleIo, Shell, Step};
 use crate::supervision::Supervisor;
 use crate::worker::Worker;
@@ -36,6 +37,7 @@ pub async fn spawn(
     ctx: Arc<NodeContext>,
     config: ModuleConfig,
     at_boot: bool,
+    user: UserSettings,
 ) -> Result<ModuleHandle, DaemonError> {
     let mut settings = MirrorSettings::from_config(&config, &ctx.node)
         .ok_or_else(|| DaemonError::not_a_member(&config, &ctx.node))?;
@@ -90,6 +92,7 @@ pub async fn spawn(
             config.splitbrain.as_ref().map_or(&[][..], |s| &s.ping[..]),
             config.heartbeat.pulse,
         ),
+        user,
     );
     let replication = crate::replication::Replication::new(
         &config,
@@ -117,7 +120,7 @@ pub async fn spawn(
         }
     }
     let (io, rx) = ModuleIo::new(ctx, config, paths, log);
-    let handle = io.handle(view, replication_status);
+    let handle = io.handle(view, replication_status, user);
     let shell = Shell {
         io,
         kind: Mirror {
@@ -273,6 +276,14 @@ impl Kind for Mirror {
 
     fn script_finished(&mut self, now: Instant, id: u64, outcome: ScriptOutcome) {
         self.core.script_finished(now, id, outcome);
+    }
+
+    fn apply_settings(&mut self, now: Instant, settings: UserSettings, io: &ModuleIo) {
+        if let Some(failover) = settings.failover {
+            self.core.set_failover(now, failover);
+        }
+        self.supervisor
+            .set_settings(settings, &mut self.core, &io.log, now);
     }
 
     fn shutdown(&mut self, now: Instant) -> bool {

@@ -74,6 +74,10 @@ impl ModulePaths {
     pub fn var(&self) -> PathBuf {
         self.dir.join("var")
     }
+    /// The administrator's settings ([`UserSettings`](crate::settings::UserSettings)).
+    pub fn settings(&self) -> PathBuf {
+        self.dir.join("settings.json")
+    }
     pub fn persistent(&self) -> PathBuf {
         self.dir.join("state.json")
     }

@@ -19,6 +19,7 @@ use crate::modlog::{LogEntry, ModuleLog};
 use crate::node::NodeContext;
 use crate::paths::ModulePaths;
 use crate::replication::status::DirStatus;
+use crate::settings::{SettingsChange, UserSettings};
 use crate::shell::{ModuleHandle, ModuleMsg};
 use crate::DaemonError;
 
@@ -32,6 +33,9 @@ pub struct ModuleSummary {
     pub id: Option<u16>,
     #[serde(flatten)]
     pub view: ModuleView,
+    /// The administrator's settings (`boot`, `failover`, `errd`, `checker`).
+    #[serde(default)]
+    pub settings: UserSettings,
     /// Each replicated directory: what it is doing, resync progress.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replication: Vec<DirStatus>,
@@ -267,6 +271,40 @@ impl Registry {
         Ok(summary)
     }
 
+    /// Changes the administrator's settings of a module (saved, then
+    /// followed by the running module).
+    pub async fn settings(
+        &self,
+        name: &str,
+        change: SettingsChange,
+    ) -> Result<ModuleSummary, RegistryError> {
+        let mut modules = self.modules.lock().await;
+        if !modules.contains_key(name) {
+            return Err(unknown_among(&modules, name));
+        }
+        let handle = modules.get_mut(name).expect("checked above");
+        if change.failover.is_some() && handle.config.mode == holdfast_config::Mode::Farm {
+            return Err(RegistryError::Invalid(format!(
+                "module {name} is a farm module: every node runs the application, there is no failover to turn on or off"
+            )));
+        }
+        let settings = handle.settings.changed(&change);
+        let path = self.ctx.paths.module(name).settings();
+        off_runtime(move || Ok(settings.save(&path)?)).await?;
+        handle.settings = settings;
+        let message = format!(
+            "settings changed by the administrator: {}",
+            serde_json::to_string(&change).unwrap_or_default()
+        );
+        ModuleLog::new(self.ctx.paths.module(name).log()).write(LogLevel::Info, &message);
+        handle
+            .tx
+            .send(ModuleMsg::Settings(settings))
+            .await
+            .map_err(|_| RegistryError::Gone(name.into()))?;
+        Ok(self.summary(handle))
+    }
+
     pub async fn print(
         &self,
         name: &str,
@@ -324,6 +362,7 @@ impl Registry {
             module: handle.config.name.clone(),
             node: self.ctx.node.clone(),
             id: handle.config.id,
+            settings: handle.settings,
             view: handle.view.borrow().clone(),
             replication: handle
                 .replication
@@ -340,26 +379,36 @@ fn lookup<'a>(
 ) -> Result<&'a ModuleHandle, RegistryError> {
     modules
         .get(name)
-        .ok_or_else(|| RegistryError::UnknownModule {
-            name: name.into(),
-            known: if modules.is_empty() {
-                "none".into()
-            } else {
-                modules.keys().cloned().collect::<Vec<_>>().join(", ")
-            },
-        })
+        .ok_or_else(|| unknown_among(modules, name))
+}
+
+fn unknown_among(modules: &BTreeMap<String, ModuleHandle>, name: &str) -> RegistryError {
+    RegistryError::UnknownModule {
+        name: name.into(),
+        known: if modules.is_empty() {
+            "none".into()
+        } else {
+            modules.keys().cloned().collect::<Vec<_>>().join(", ")
+        },
+    }
 }
 
 /// Starts the task of a module of either kind; `at_boot` applies the
 /// module's `boot` policy.
+/// The module runs with its administrator's settings over its configuration.
 async fn spawn(
     ctx: Arc<NodeContext>,
     config: holdfast_config::ModuleConfig,
     at_boot: bool,
 ) -> Result<ModuleHandle, DaemonError> {
+    let path = ctx.paths.module(&config.name).settings();
+    let settings = tokio::task::spawn_blocking(move || UserSettings::load(&path))
+        .await
+        .map_err(|e| DaemonError::Io("module settings".into(), std::io::Error::other(e)))??;
+    let config = settings.apply(config);
     match config.mode {
-        holdfast_config::Mode::Farm => crate::farm::spawn(ctx, config, at_boot).await,
-        holdfast_config::Mode::Mirror => crate::mirror::spawn(ctx, config, at_boot).await,
+        holdfast_config::Mode::Farm => crate::farm::spawn(ctx, config, at_boot, settings).await,
+        holdfast_config::Mode::Mirror => crate::mirror::spawn(ctx, config, at_boot, settings).await,
     }
 }
 

@@ -27,6 +27,7 @@ use crate::modlog::ModuleLog;
 use crate::node::NodeContext;
 use crate::paths::ModulePaths;
 use crate::scripts::{self, ScriptJob};
+use crate::settings::UserSettings;
 use crate::worker::{Job, Worker};
 use crate::DaemonError;
 
@@ -42,6 +43,8 @@ pub enum ModuleMsg {
     },
     /// A `printi`/`printe` line from a script or an administrator.
     Print(LogLevel, String),
+    /// The administrator's settings changed (saved already).
+    Settings(UserSettings),
     ScriptDone(u64, ScriptOutcome),
     /// Daemon shutdown: stop the module (keeping whether it should run at
     /// the next start), then end the task.
@@ -56,6 +59,8 @@ pub struct ModuleHandle {
     pub view: watch::Receiver<ModuleView>,
     /// The replicated directories' status, for a module that has some.
     pub replication: Option<crate::replication::status::ReplicationStatus>,
+    /// The administrator's settings in force.
+    pub settings: UserSettings,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -97,6 +102,8 @@ pub(crate) trait Kind: Send + Sized + 'static {
     fn shutdown(&mut self, now: Instant) -> bool;
     /// What to persist once stopped for the daemon's shutdown.
     fn persistent(&self, running: bool) -> Persistent;
+    /// The administrator's settings changed: follow them while running.
+    fn apply_settings(&mut self, _now: Instant, _settings: UserSettings, _io: &ModuleIo) {}
     /// Right after an input, before anything it caused is carried out or
     /// announced (no await in between): what must follow the state at once.
     fn settle(&mut self) {}
@@ -294,6 +301,7 @@ impl<K: Kind> Shell<K> {
                 let _ = reply.send(result);
             }
             ModuleMsg::Print(level, message) => self.io.log.write(level, &message),
+            ModuleMsg::Settings(settings) => self.kind.apply_settings(now, settings, &self.io),
             ModuleMsg::ScriptDone(id, outcome) => self.kind.script_finished(now, id, outcome),
             ModuleMsg::Shutdown => agenda.shutdown = Some(self.kind.shutdown(now)),
         }
@@ -465,6 +473,7 @@ impl ModuleIo {
         &self,
         view: watch::Receiver<ModuleView>,
         replication: Option<crate::replication::status::ReplicationStatus>,
+        settings: UserSettings,
     ) -> impl FnOnce(tokio::task::JoinHandle<()>) -> ModuleHandle {
         let (config, tx) = (self.config.clone(), self.tx.clone());
         move |task| ModuleHandle {
@@ -472,6 +481,7 @@ impl ModuleIo {
             tx,
             view,
             replication,
+            settings,
             task,
         }
     }

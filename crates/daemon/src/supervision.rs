@@ -17,6 +17,7 @@ use holdfast_membership::{Command, CommandError, LogLevel, MirrorModule, Origin,
 use tokio::sync::mpsc;
 
 use crate::modlog::ModuleLog;
+use crate::settings::UserSettings;
 
 /// The role whose checkers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +50,8 @@ pub struct Supervisor {
     splitbrain: Vec<CheckerConfig>,
     splitbrain_up: BTreeMap<String, bool>,
     splitbrain_runner: Option<Runner>,
+    /// Which checkers the administrator lets run (`errd`, `checker`).
+    settings: UserSettings,
 }
 
 /// The split-brain checker's pings of `addresses`, one per pulse: whether a
@@ -75,6 +78,7 @@ impl Supervisor {
         context: ProbeContext,
         events: mpsc::Sender<CheckerEvent>,
         splitbrain: Vec<CheckerConfig>,
+        settings: UserSettings,
     ) -> Self {
         Self {
             checkers,
@@ -87,7 +91,40 @@ impl Supervisor {
             splitbrain_up: splitbrain.iter().map(|c| (c.resource(), true)).collect(),
             splitbrain,
             splitbrain_runner: None,
+            settings,
         }
+    }
+
+    /// `errd|checker on|off`: the checkers run again as the new settings
+    /// allow; a resource a checker now off said was missing is no longer
+    /// waited for, and a failure it reported is forgotten.
+    pub fn set_settings(
+        &mut self,
+        settings: UserSettings,
+        core: &mut MirrorModule,
+        log: &ModuleLog,
+        now: Instant,
+    ) {
+        if settings.errd == self.settings.errd && settings.checker == self.settings.checker {
+            return;
+        }
+        self.settings = settings;
+        let word = |on: bool| if on { "on" } else { "off" };
+        log.write(
+            LogLevel::Info,
+            &format!(
+                "process checkers (errd) {}, other checkers {}, set by the administrator",
+                word(settings.errd),
+                word(settings.checker)
+            ),
+        );
+        self.pre = None;
+        self.role = None;
+        self.pending = None;
+        for checker in self.checkers.iter().filter(|c| !settings.runs(&c.kind)) {
+            core.resource(now, &checker.resource(), None);
+        }
+        self.follow(core, log, now);
     }
 
     /// Starts and stops checkers to match the module's state.
@@ -149,7 +186,7 @@ impl Supervisor {
         let selected: Vec<CheckerConfig> = self
             .checkers
             .iter()
-            .filter(|c| class(c.when))
+            .filter(|c| class(c.when) && self.settings.runs(&c.kind))
             .cloned()
             .collect();
         self.run(&selected, log, "checkers")

@@ -101,6 +101,10 @@ pub fn router(app: Arc<App>) -> Router {
             allow(a, CONTROL, post(modules::command)),
         )
         .route(
+            "/v1/modules/{name}/settings",
+            allow(a, CONTROL, post(modules::settings)),
+        )
+        .route(
             "/v1/modules/{name}/log",
             allow(a, MONITOR, get(modules::log)).merge(allow(a, CONTROL, post(modules::print))),
         )

@@ -337,6 +337,23 @@ impl MirrorModule {
         self.command_from(now, command, &Origin::Administrator)
     }
 
+    /// The administrator turns automatic failover on or off (SafeKit's
+    /// `failover on|off`). A node already waiting because failover was off
+    /// goes on waiting for `prim`.
+    pub fn set_failover(&mut self, now: Instant, on: bool) {
+        let _ = self.input(now, |m| {
+            if m.settings.failover != on {
+                m.settings.failover = on;
+                let word = if on { "on" } else { "off" };
+                m.log(
+                    LogLevel::Info,
+                    format!("failover {word}, set by the administrator"),
+                );
+            }
+            Ok(())
+        });
+    }
+
     /// A command from `origin`, which the module log names.
     pub fn command_from(
         &mut self,
