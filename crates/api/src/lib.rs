@@ -7,7 +7,8 @@
 //! users, API tokens), enrolment and certificate rotation
 //! (`routes/cluster.rs`), the calls between nodes over mutual TLS
 //! (`peers.rs`), the relay to another node and the cluster-wide view
-//! (`routes/nodes.rs`).
+//! (`routes/nodes.rs`), and the OpenAPI document generated from them all
+//! (`routes/openapi.rs`).
 //!
 //! Depends on the daemon (whose module handlers it serves) and on
 //! `holdfast-pki` (certificates and TLS settings).

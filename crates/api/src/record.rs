@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::Role;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Record {
     pub version: u64,
     /// The cluster's name (in the CA's name).
@@ -29,20 +29,21 @@ pub struct Record {
     pub tokens: BTreeMap<String, ApiToken>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Member {
     /// Where the node's HTTPS API answers.
+    #[schema(value_type = String)]
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct User {
     pub role: Role,
     /// argon2id, PHC string.
     pub password_hash: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ApiToken {
     /// What it is for, as its creator said.
     pub name: String,

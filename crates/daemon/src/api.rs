@@ -28,24 +28,26 @@ use axum::Json;
 use holdfast_membership::{Command, LogLevel};
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{Registry, RegistryError};
+use crate::modlog::LogEntry;
+use crate::registry::{ModuleSummary, Registry, RegistryError, Uninstalled};
 use crate::DaemonError;
 
 /// The one error format of the API: the message names what is wrong (the
 /// field at fault, the module, the refusal's reason).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub node: String,
     pub version: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CommandRequest {
+    #[schema(value_type = String, pattern = "^(Start|Stop|Restart|Swap|Prim|Second|StopStart)$")]
     pub command: Command,
     /// With `second`: this node's replicated data is replaced by the
     /// peer's (the administrator's answer to a refusal).
@@ -53,8 +55,9 @@ pub struct CommandRequest {
     pub discard_data: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PrintRequest {
+    #[schema(value_type = String, pattern = "^(Info|Error)$")]
     pub level: LogLevel,
     pub message: String,
 }
@@ -116,6 +119,9 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     tokio::net::UnixListener::bind(path).map_err(err)
 }
 
+#[utoipa::path(get, path = "/v1/node", tag = "modules",
+    description = "This node's name and version. Role: monitor.",
+    responses((status = 200, body = NodeInfo), (status = "4XX", body = ErrorBody)))]
 pub async fn node(State(registry): Shared) -> Json<NodeInfo> {
     Json(NodeInfo {
         node: registry.node().to_string(),
@@ -123,10 +129,17 @@ pub async fn node(State(registry): Shared) -> Json<NodeInfo> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/modules", tag = "modules",
+    description = "The modules of this node. Role: monitor.",
+    responses((status = 200, body = Vec<ModuleSummary>), (status = "4XX", body = ErrorBody)))]
 pub async fn list(State(registry): Shared) -> impl IntoResponse {
     Json(registry.list().await)
 }
 
+#[utoipa::path(get, path = "/v1/modules/{name}", tag = "modules",
+    description = "One module. Role: monitor.",
+    params(("name" = String, Path, description = "the module")),
+    responses((status = 200, body = ModuleSummary), (status = "4XX", body = ErrorBody)))]
 pub async fn module(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
@@ -134,6 +147,14 @@ pub async fn module(
     Ok(Json(registry.get(&name).await?))
 }
 
+#[utoipa::path(post, path = "/v1/modules", tag = "modules",
+    description = "Install (or replace) a module from its package, or only check it. Role: admin.",
+    params(
+        ("source" = String, Query, description = "where the package came from, for messages"),
+        ("check" = Option<bool>, Query, description = "only check it"),
+    ),
+    request_body(content = String, content_type = "application/octet-stream", description = "the module package (a zip)"),
+    responses((status = 201, body = ModuleSummary), (status = 204, description = "checked"), (status = "4XX", body = ErrorBody)))]
 pub async fn install(
     State(registry): Shared,
     Query(query): Query<InstallQuery>,
@@ -150,6 +171,10 @@ pub async fn install(
     Ok((StatusCode::CREATED, Json(summary)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/modules/{name}/package", tag = "modules",
+    description = "The installed module as a package (zip). Role: admin.",
+    params(("name" = String, Path, description = "the module")),
+    responses((status = 200, content_type = "application/zip", body = String), (status = "4XX", body = ErrorBody)))]
 pub async fn export(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
@@ -158,6 +183,11 @@ pub async fn export(
     Ok(([(axum::http::header::CONTENT_TYPE, "application/zip")], zip))
 }
 
+#[utoipa::path(post, path = "/v1/modules/{name}/settings", tag = "modules",
+    description = "Switch the module's boot start, failover, checkers or errd here. Role: control.",
+    params(("name" = String, Path, description = "the module")),
+    request_body = crate::settings::SettingsChange,
+    responses((status = 200, body = ModuleSummary), (status = "4XX", body = ErrorBody)))]
 pub async fn settings(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
@@ -166,6 +196,10 @@ pub async fn settings(
     Ok(Json(registry.settings(&name, change).await?))
 }
 
+#[utoipa::path(delete, path = "/v1/modules/{name}", tag = "modules",
+    description = "Uninstall a stopped module (its package kept as a backup). Role: admin.",
+    params(("name" = String, Path, description = "the module")),
+    responses((status = 200, body = Uninstalled), (status = "4XX", body = ErrorBody)))]
 pub async fn uninstall(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
@@ -173,6 +207,11 @@ pub async fn uninstall(
     Ok(Json(registry.uninstall(&name).await?))
 }
 
+#[utoipa::path(post, path = "/v1/modules/{name}/command", tag = "modules",
+    description = "Run a command on the module here: Start, Stop, Restart, Swap, Prim, Second, StopStart. Role: control.",
+    params(("name" = String, Path, description = "the module")),
+    request_body = CommandRequest,
+    responses((status = 200, body = ModuleSummary), (status = "4XX", body = ErrorBody)))]
 pub async fn command(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
@@ -185,6 +224,10 @@ pub async fn command(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/modules/{name}/log", tag = "modules",
+    description = "The module log's last entries. Role: monitor.",
+    params(("name" = String, Path, description = "the module"), ("count" = Option<usize>, Query, description = "how many (default 300)")),
+    responses((status = 200, body = Vec<LogEntry>), (status = "4XX", body = ErrorBody)))]
 pub async fn log(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,
@@ -193,6 +236,11 @@ pub async fn log(
     Ok(Json(registry.log(&name, query.count.unwrap_or(300)).await?))
 }
 
+#[utoipa::path(post, path = "/v1/modules/{name}/log", tag = "modules",
+    description = "Write to the module log (printi/printe). Role: control.",
+    params(("name" = String, Path, description = "the module")),
+    request_body = PrintRequest,
+    responses((status = 204, description = "written"), (status = "4XX", body = ErrorBody)))]
 pub async fn print(
     State(registry): Shared,
     UrlPath(name): UrlPath<String>,

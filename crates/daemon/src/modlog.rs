@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::refusals::{Refusal, Refusals};
 
 /// A log line as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub time: String,
     /// `I` (information) or `E` (error), as in SafeKit.

@@ -42,7 +42,7 @@ pub struct ModuleSummary {
 }
 
 /// The answer to `DELETE /v1/modules/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Uninstalled {
     /// The package the module was, kept in the backups directory.
     pub backup: String,
@@ -523,3 +523,30 @@ async fn off_runtime<T: Send + 'static>(
         },
     }
 }
+
+/// The API document's view of a module: its names and state; the rest
+/// (the state machine's view, replication) is described in
+/// docs/operations.md and may grow.
+impl utoipa::PartialSchema for ModuleSummary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let text = || ObjectBuilder::new().schema_type(Type::String);
+        ObjectBuilder::new()
+            .property("module", text())
+            .property("node", text())
+            .property(
+                "state",
+                text().description(Some("STOP, WAIT, ALONE, PRIM, SECOND or UP")),
+            )
+            .property("reason", text())
+            .required("module")
+            .required("node")
+            .required("state")
+            .additional_properties(Some(
+                utoipa::openapi::schema::AdditionalProperties::FreeForm(true),
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ModuleSummary {}

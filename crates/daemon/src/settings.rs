@@ -47,7 +47,7 @@ impl Default for UserSettings {
 }
 
 /// Body of `POST /v1/modules/{name}/settings`: what to change.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SettingsChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<bool>,

@@ -20,7 +20,9 @@ use serde::{Deserialize, Serialize};
 
 /// A user's or token's role, SafeKit's three: each allows what the one
 /// before it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Reads state, logs, the cluster view.

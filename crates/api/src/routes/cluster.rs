@@ -23,16 +23,17 @@ use crate::{peers, ApiError, App, Shared};
 /// How long an enrolment token is valid unless asked otherwise.
 const ENROLMENT_VALIDITY: Duration = Duration::from_secs(3600);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InitRequest {
     /// The cluster's name.
     pub cluster: String,
     /// Where other nodes reach this node's API (default: the settings').
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub address: Option<SocketAddr>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InitAnswer {
     pub cluster: String,
     pub ca_fingerprint: String,
@@ -44,14 +45,14 @@ pub struct InitAnswer {
     pub enrolment: Option<EnrolmentAnswer>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrolmentRequest {
     /// How long the token is valid, e.g. "1h" (the default).
     #[serde(default)]
     pub valid_for: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrolmentAnswer {
     pub token: String,
     /// Unix seconds.
@@ -60,7 +61,7 @@ pub struct EnrolmentAnswer {
 
 /// Exactly one of `token` (certificates from the cluster's CA) and `via`
 /// (this node has an operator's certificate already).
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JoinRequest {
     /// As printed by `holdfast cluster init` or `holdfast cluster token`.
     #[serde(default)]
@@ -68,45 +69,49 @@ pub struct JoinRequest {
     /// A member's API address, asked over mutual TLS with this node's
     /// operator-provided certificate.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub via: Option<SocketAddr>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub address: Option<SocketAddr>,
 }
 
 /// What a node with an operator's certificate asks a member.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberRequest {
+    #[schema(value_type = String)]
     pub address: SocketAddr,
 }
 
 /// What a joining node sends the CA's node.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Enrol {
     pub secret: String,
     pub node: String,
+    #[schema(value_type = String)]
     pub address: SocketAddr,
     /// PEM certificate request; the key stays on the joining node.
     pub request: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Enrolled {
     pub certificate: String,
     pub ca: String,
     pub record: Record,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertificateRequest {
     pub request: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertificateAnswer {
     pub certificate: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertificateView {
     /// Unix seconds.
     pub not_after: i64,
@@ -114,13 +119,14 @@ pub struct CertificateView {
     pub fingerprint: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     pub name: String,
+    #[schema(value_type = String)]
     pub address: SocketAddr,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub node: String,
     /// Empty until the node is a member.
@@ -144,6 +150,9 @@ fn certificate_view(pem: &str) -> Option<CertificateView> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    description = "Members, CA, this node's certificate expiry. Role: monitor.",
+    responses((status = 200, body = ClusterStatus), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn status(State(app): Shared) -> Json<ClusterStatus> {
     let record = app.record();
     let tls = app.tls();
@@ -206,6 +215,10 @@ async fn serve_with(app: &App, identity: Identity) -> Result<(), ApiError> {
     app.become_member(Tls::new(identity)?).await
 }
 
+#[utoipa::path(post, path = "/v1/cluster/init", tag = "cluster",
+    description = "Create the cluster on this node. Role: admin.",
+    request_body = InitRequest,
+    responses((status = 201, body = InitAnswer), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn init(
     State(app): Shared,
     Json(request): Json<InitRequest>,
@@ -300,6 +313,10 @@ pub async fn init(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/cluster/tokens", tag = "cluster",
+    description = "A one-time enrolment token (on the CA's node). Role: admin.",
+    request_body = EnrolmentRequest,
+    responses((status = 200, body = EnrolmentAnswer), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn enrolment_token(
     State(app): Shared,
     Json(request): Json<EnrolmentRequest>,
@@ -381,6 +398,10 @@ async fn new_enrolment(app: &App, validity: Duration) -> Result<EnrolmentAnswer,
     })
 }
 
+#[utoipa::path(post, path = "/v1/cluster/join", tag = "cluster",
+    description = "Join a cluster with an enrolment token, or via a member with an operator's certificate. Role: admin.",
+    request_body = JoinRequest,
+    responses((status = 200, body = ClusterStatus), (status = 502, description = "another node did not answer", body = holdfast_daemon::api::ErrorBody), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn join(
     State(app): Shared,
     Json(request): Json<JoinRequest>,
@@ -507,6 +528,10 @@ async fn join_via(
 
 /// A node with a certificate of the cluster's CA (an operator's) asks to
 /// be a member.
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster",
+    description = "A node with an operator's certificate joins. Node certificate only.",
+    request_body = MemberRequest,
+    responses((status = 200, body = Record), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn add_member(
     State(app): Shared,
     Extension(caller): Extension<Caller>,
@@ -532,6 +557,10 @@ pub async fn add_member(
     Ok(Json(app.record()))
 }
 
+#[utoipa::path(post, path = "/v1/cluster/enrol", tag = "cluster",
+    description = "The CA's node signs a joining node's request; the token's secret authenticates it. Public.",
+    request_body = Enrol,
+    responses((status = 200, body = Enrolled), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn enrol(
     State(app): Shared,
     Extension(connection): Extension<Connection>,
@@ -586,6 +615,9 @@ pub async fn enrol(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/cluster/rotate", tag = "cluster",
+    description = "A new certificate for this node (an operator's: the files reloaded). Role: admin.",
+    responses((status = 200, body = ClusterStatus), (status = 502, description = "another node did not answer", body = holdfast_daemon::api::ErrorBody), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn rotate(State(app): Shared) -> Result<Json<ClusterStatus>, ApiError> {
     let tls = app.member_tls()?;
     if app.record().ca_node.is_empty() {
@@ -650,6 +682,10 @@ fn sign_for_member(
     Ok(authority.sign(request, node, &[address.ip()])?)
 }
 
+#[utoipa::path(post, path = "/v1/cluster/certificate", tag = "cluster",
+    description = "The CA's node signs a member's new request. Node certificate only.",
+    request_body = CertificateRequest,
+    responses((status = 200, body = CertificateAnswer), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn certificate(
     State(app): Shared,
     Extension(caller): Extension<Caller>,
@@ -670,10 +706,17 @@ pub async fn certificate(
     Ok(Json(CertificateAnswer { certificate }))
 }
 
+#[utoipa::path(get, path = "/v1/cluster/record", tag = "cluster",
+    description = "The cluster's record. Node certificate only.",
+    responses((status = 200, body = Record), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn record(State(app): Shared) -> Json<Record> {
     Json(app.record())
 }
 
+#[utoipa::path(put, path = "/v1/cluster/record", tag = "cluster",
+    description = "A newer record from another node. Node certificate only.",
+    request_body = Record,
+    responses((status = 204, description = "taken, or older than this node's"), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn take_record(
     State(app): Shared,
     Extension(caller): Extension<Caller>,

@@ -1,10 +1,12 @@
 //! The API's routes, in one table: each declares the [`Access`] it needs
 //! with [`allow`], and the guard (`access/guard.rs`) enforces it, logs the
 //! refusals and audits the commands. A new route is one line here: its
-//! path, `allow(&app, <access>, <method>(<handler>))`.
+//! path, `allow(&app, <access>, <method>(<handler>))`, and its handler in
+//! the `paths` of `routes/openapi.rs` (with a `#[utoipa::path]` saying its role).
 //!
 //! | method | path | access | what |
 //! |---|---|---|---|
+//! | GET | `/v1/openapi.json` | public | the OpenAPI document (`routes/openapi.rs`), every route below |
 //! | GET | `/v1/node` | monitor | this node's name and version |
 //! | GET, POST | `/v1/modules` | monitor, admin | modules on this node; install a package (zip) |
 //! | GET, DELETE | `/v1/modules/{name}` | monitor, admin | one module; uninstall it (its package kept) |
@@ -35,6 +37,7 @@
 
 pub mod cluster;
 pub mod nodes;
+pub mod openapi;
 pub mod session;
 pub mod users;
 
@@ -158,6 +161,7 @@ pub fn router(app: Arc<App>) -> Router {
             "/v1/cluster/state",
             allow(a, MONITOR, get(nodes::cluster_state)),
         )
+        .route("/v1/openapi.json", allow(a, PUBLIC, get(openapi::document)))
         .route(
             "/v1/nodes/{node}/{*path}",
             allow(a, MONITOR, on(relayed(), nodes::relay)),

@@ -19,6 +19,10 @@ use crate::{peers, ApiError, Shared};
 /// The largest body relayed: a module's package.
 const RELAYED_BODY_LIMIT: usize = holdfast_daemon::api::MAX_INSTALL_BYTES;
 
+#[utoipa::path(method(get, post, put, delete), path = "/v1/nodes/{node}/{path}", tag = "nodes",
+    description = "Runs path on node, relayed over mutual TLS; the node checks the route's role. Role: monitor, then the path's own.",
+    params(("node" = String, Path), ("path" = String, Path, description = "the path on that node, without its leading /")),
+    responses((status = 200, description = "the node's answer"), (status = 502, description = "another node did not answer", body = holdfast_daemon::api::ErrorBody), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn relay(
     State(app): Shared,
     Path((node, path)): Path<(String, String)>,
@@ -63,9 +67,16 @@ pub async fn relay(
     forwarded.insert(RELAYED_WHO, text(caller.who())?);
     forwarded.insert(RELAYED_ROLE, HeaderValue::from_static(role.as_str()));
     forwarded.insert(RELAYED_SOURCE, text(connection.source())?);
+    // The path as it came, still percent-encoded (the extracted one is
+    // decoded, and may not form a URI again).
+    let raw = uri
+        .path()
+        .strip_prefix("/v1/nodes/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path.as_str(), |(_, rest)| rest);
     let target = match uri.query() {
-        Some(query) => format!("/{path}?{query}"),
-        None => format!("/{path}"),
+        Some(query) => format!("/{raw}?{query}"),
+        None => format!("/{raw}"),
     };
     let answer = peers::call(tls.client, address, method, &target, forwarded, body)
         .await
@@ -78,7 +89,7 @@ pub async fn relay(
 }
 
 /// One node's part of the cluster-wide view.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeModules {
     pub node: String,
     pub reachable: bool,
@@ -95,6 +106,10 @@ pub struct StateQuery {
     pub nodes: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/cluster/state", tag = "nodes",
+    description = "Every module on every node; a node that does not answer is unreachable, with why. Role: monitor.",
+    params(("nodes" = Option<String>, Query, description = "node names, comma-separated (default: every member)")),
+    responses((status = 200, body = Vec<NodeModules>), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn cluster_state(
     State(app): Shared,
     Query(query): Query<StateQuery>,

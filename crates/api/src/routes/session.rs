@@ -10,7 +10,7 @@ use crate::access::sessions::cookie;
 use crate::access::{secrets, Caller, Connection, Role};
 use crate::{ApiError, Shared};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Login {
     pub user: String,
     pub password: String,
@@ -18,7 +18,7 @@ pub struct Login {
 
 /// Who the caller is; at login, with the CSRF token to send back in
 /// `X-CSRF-Token` with every change.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Whoami {
     pub who: String,
     pub role: Option<Role>,
@@ -26,6 +26,10 @@ pub struct Whoami {
     pub csrf_token: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/session", tag = "session",
+    description = "Log in: sets the session cookie and answers the CSRF token to send back in X-CSRF-Token with every change. Public.",
+    request_body = Login,
+    responses((status = 200, body = Whoami), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn login(
     axum::extract::State(app): Shared,
     Extension(connection): Extension<Connection>,
@@ -66,6 +70,9 @@ pub async fn login(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/session", tag = "session",
+    description = "Who the caller is. Role: monitor.",
+    responses((status = 200, body = Whoami), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
     Json(Whoami {
         who: caller.who(),
@@ -74,6 +81,9 @@ pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
     })
 }
 
+#[utoipa::path(delete, path = "/v1/session", tag = "session",
+    description = "Log out (ends the session). Role: monitor.",
+    responses((status = 204, description = "logged out"), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn logout(
     axum::extract::State(app): Shared,
     Extension(caller): Extension<Caller>,

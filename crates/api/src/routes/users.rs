@@ -11,20 +11,20 @@ use crate::access::{secrets, Caller, Role};
 use crate::record::{ApiToken, User};
 use crate::{ApiError, Shared};
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserView {
     pub name: String,
     pub role: Role,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewUser {
     pub name: String,
     pub role: Role,
     pub password: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserChange {
     #[serde(default)]
     pub role: Option<Role>,
@@ -32,6 +32,9 @@ pub struct UserChange {
     pub password: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/users", tag = "users",
+    description = "Users and their roles. Role: admin.",
+    responses((status = 200, body = Vec<UserView>), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn list(State(app): Shared) -> Json<Vec<UserView>> {
     Json(
         app.record()
@@ -76,6 +79,10 @@ async fn hash(password: String) -> Result<String, ApiError> {
         .map_err(ApiError::internal)
 }
 
+#[utoipa::path(post, path = "/v1/users", tag = "users",
+    description = "Add a user (on every node). Role: admin.",
+    request_body = NewUser,
+    responses((status = 201, body = UserView), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn add(
     State(app): Shared,
     Json(new): Json<NewUser>,
@@ -109,6 +116,10 @@ pub async fn add(
     ))
 }
 
+#[utoipa::path(put, path = "/v1/users/{name}", tag = "users",
+    description = "Change a user's role or password (their sessions end). Role: admin.",
+    params(("name" = String, Path)), request_body = UserChange,
+    responses((status = 200, body = UserView), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn change(
     State(app): Shared,
     Path(name): Path<String>,
@@ -140,6 +151,10 @@ pub async fn change(
     Ok(Json(UserView { name, role }))
 }
 
+#[utoipa::path(delete, path = "/v1/users/{name}", tag = "users",
+    description = "Remove a user. Role: admin.",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "removed"), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn remove(State(app): Shared, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
     app.change(|record| {
         record
@@ -153,7 +168,7 @@ pub async fn remove(State(app): Shared, Path(name): Path<String>) -> Result<Stat
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// What it is for (a monitoring system, a script).
     pub name: String,
@@ -162,7 +177,7 @@ pub struct NewToken {
     pub expires_in: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenView {
     pub id: String,
     pub name: String,
@@ -186,6 +201,9 @@ fn view(id: String, t: ApiToken, token: Option<String>) -> TokenView {
     }
 }
 
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens",
+    description = "API tokens (never their secrets). Role: admin.",
+    responses((status = 200, body = Vec<TokenView>), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn tokens(State(app): Shared) -> Json<Vec<TokenView>> {
     Json(
         app.record()
@@ -196,6 +214,10 @@ pub async fn tokens(State(app): Shared) -> Json<Vec<TokenView>> {
     )
 }
 
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens",
+    description = "Create an API token: the answer holds it, shown once. Role: admin.",
+    request_body = NewToken,
+    responses((status = 201, body = TokenView), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn create_token(
     State(app): Shared,
     Extension(caller): Extension<Caller>,
@@ -227,6 +249,10 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(view(id, entry, Some(token)))))
 }
 
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens",
+    description = "Revoke an API token. Role: admin.",
+    params(("id" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn revoke_token(
     State(app): Shared,
     Path(id): Path<String>,
@@ -247,6 +273,10 @@ pub struct AuditQuery {
     pub count: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    description = "This node's audit log: every command, who, from where, the result. Role: admin.",
+    params(("count" = Option<usize>, Query)),
+    responses((status = 200, body = Vec<AuditEntry>), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
 pub async fn audit(
     State(app): Shared,
     Query(query): Query<AuditQuery>,
