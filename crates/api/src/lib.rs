@@ -15,6 +15,7 @@
 
 pub mod access;
 pub mod app;
+mod body;
 pub mod error;
 pub mod https;
 pub mod peers;

@@ -168,10 +168,11 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .with_state(app.clone());
     let v1 = daemon.merge(own).layer(from_fn(crate::error::one_format));
-    match app.settings.base_path.as_str() {
+    let served = match app.settings.base_path.as_str() {
         "" => v1,
         base => Router::new()
             .nest(base, v1)
             .layer(from_fn(crate::error::one_format)),
-    }
+    };
+    served.layer(from_fn(crate::body::read_first))
 }
