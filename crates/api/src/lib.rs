@@ -49,7 +49,8 @@ pub async fn serve(daemon: Daemon) -> Result<(), ServeError> {
     let listener = holdfast_daemon::api::bind(&socket)?;
     let app = App::new(&daemon, settings)?;
     let router = routes::router(app.clone());
-    let https = tokio::spawn(https::run(app.clone(), router.clone()));
+    let under_base = routes::under_base_path(router.clone(), &app.settings.base_path);
+    let https = tokio::spawn(https::run(app.clone(), under_base));
     tracing::info!(
         "node {} serving the API on {}",
         daemon.node,

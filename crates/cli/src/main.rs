@@ -437,6 +437,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(only.view.state.exit_code() as u8));
             }
             state::print(&list);
+            // A member's certificate expiry, so that it is seen before it
+            // ends (`holdfast cluster rotate` renews it).
+            if let Ok(status) =
+                block(client.get::<holdfast_api::routes::cluster::ClusterStatus>("/v1/cluster"))
+            {
+                if let Some(certificate) = &status.certificate {
+                    println!(
+                        "certificate of {}: {} days left (holdfast cluster status)",
+                        status.node, certificate.days_left
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Log { module, count } => on.each(|prefix| {

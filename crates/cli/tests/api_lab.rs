@@ -261,6 +261,8 @@ fn cluster_api_with_roles_relay_and_refusals() {
     assert_eq!(names, ["node1", "node2", "node3"]);
     let days = status["certificate"]["days_left"].as_i64().unwrap();
     assert!((363..=365).contains(&days), "{status}");
+    let state = api.cli("node3", &["state"]);
+    assert!(state.contains("certificate of node3: 36"), "{state}");
 
     // No credentials: refused, and logged with the client's address.
     let client = api.cluster.lab.address(CLIENT, 0).unwrap().to_string();
@@ -606,5 +608,70 @@ fn operator_certificates() {
     assert!(
         !refused.status.success() && said.contains("another CA"),
         "{said}"
+    );
+}
+
+/// Behind a reverse proxy: every route under `base_path` (and at the root,
+/// for the other nodes), the document naming it as its server, the session
+/// cookie scoped to it.
+#[test]
+fn served_under_a_base_path() {
+    let mut cluster = common::lab(MirrorOptions::default());
+    let etc = cluster.lab.host_dir("node1").unwrap().join("etc-holdfast");
+    std::fs::write(etc.join("api.toml"), "base_path = \"/holdfast\"\n").unwrap();
+    cluster.terminate("node1").expect("stop");
+    cluster.start_daemon("node1").expect("start with api.toml");
+    let dir = cluster.lab.host_dir(CLIENT).unwrap().join("api");
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = Api { cluster, dir };
+    let address = format!("{}:{PORT}", api.cluster.lab.address("node1", 0).unwrap());
+    let init = api.cli("node1", &["cluster", "init", "--address", &address]);
+    let password = init
+        .lines()
+        .find_map(|l| {
+            l.split_once("password: ")
+                .map(|(_, p)| p.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no password in {init}"));
+    std::fs::copy(etc.join("pki/ca.pem"), api.dir.join("ca.pem")).unwrap();
+
+    let (code, document) = api.curl(&[&api.url("node1", "/holdfast/v1/openapi.json")]);
+    assert_eq!(code, 200);
+    assert_eq!(
+        document["servers"][0]["url"], "/holdfast",
+        "{}",
+        document["servers"]
+    );
+    let (code, body) = api.curl(&[&api.url("node1", "/elsewhere/v1/openapi.json")]);
+    assert_eq!(code, 404, "not under another path");
+    assert!(body["error"].is_string(), "{body}");
+
+    let jar = api.dir.join("admin.jar").display().to_string();
+    let login = json!({"user": "admin", "password": password}).to_string();
+    let url = api.url("node1", "/holdfast/v1/session");
+    let (code, _) = api.curl(&[
+        "-c",
+        &jar,
+        "-H",
+        "content-type: application/json",
+        "--data",
+        &login,
+        &url,
+    ]);
+    assert_eq!(code, 200);
+    let cookies = std::fs::read_to_string(&jar).unwrap();
+    let line = cookies
+        .lines()
+        .find(|l| l.contains("holdfast_session"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("\t/holdfast\t") && line.starts_with("#HttpOnly_"),
+        "{cookies}"
+    );
+    let (code, modules) = api.curl(&["-b", &jar, &api.url("node1", "/holdfast/v1/modules")]);
+    assert_eq!(
+        (code, modules[0]["module"].as_str()),
+        (200, Some("demo")),
+        "{modules}"
     );
 }

@@ -31,7 +31,8 @@
 //! | GET | `/v1/cluster/state` | monitor | every module on every node; unreachable nodes say why |
 //! | GET, POST, PUT, DELETE | `/v1/nodes/{node}/{*path}` | monitor, then the path's own | relayed to `node` over mutual TLS |
 //!
-//! Everything is served under the settings' `base_path`. Events, metrics
+//! HTTPS serves everything under the settings' `base_path` as well as at
+//! the root (where nodes call each other); the Unix socket at the root. Events, metrics
 //! and the support bundle will be routes here too, each in its own file
 //! beside these.
 
@@ -167,12 +168,22 @@ pub fn router(app: Arc<App>) -> Router {
             allow(a, MONITOR, on(relayed(), nodes::relay)),
         )
         .with_state(app.clone());
-    let v1 = daemon.merge(own).layer(from_fn(crate::error::one_format));
-    let served = match app.settings.base_path.as_str() {
-        "" => v1,
+    daemon
+        .merge(own)
+        .layer(from_fn(crate::error::one_format))
+        .layer(from_fn(crate::body::read_first))
+}
+
+/// `router` as HTTPS serves it: under the settings' base path too (for a
+/// reverse proxy in front), and at the root, where the other nodes call
+/// it (they do not know this node's base path). The Unix socket serves it
+/// as it is.
+pub fn under_base_path(router: Router, base_path: &str) -> Router {
+    match base_path {
+        "" => router,
         base => Router::new()
-            .nest(base, v1)
+            .nest(base, router.clone())
+            .merge(router)
             .layer(from_fn(crate::error::one_format)),
-    };
-    served.layer(from_fn(crate::body::read_first))
+    }
 }
