@@ -146,7 +146,6 @@ impl LinkControl {
                     LinkState::Tracking => Activity::Tracking,
                     LinkState::Holding => Activity::Holding,
                     LinkState::Mirroring => Activity::Mirroring,
-                    LinkState::Closed => Activity::Idle,
                 };
                 self.status.set(index, activity, None);
             }

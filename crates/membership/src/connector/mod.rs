@@ -99,7 +99,8 @@ pub enum FailedChange {
     Wait,
 }
 
-/// What the directory's link does with changes, as the core set it.
+/// What the directory's link does with changes while primary, as the core
+/// set it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkState {
     /// ALONE: recorded and acknowledged.
@@ -109,8 +110,6 @@ pub enum LinkState {
     /// Sent to the secondary, acknowledged by it (after a
     /// resynchronisation).
     Mirroring,
-    /// The primary role ended: refused.
-    Closed,
 }
 
 /// How a directory's link starts, before it is mounted.
@@ -246,12 +245,6 @@ impl ConnectorCore {
 
     pub fn take_actions(&mut self) -> Vec<ConnectorAction> {
         std::mem::take(&mut self.actions)
-    }
-
-    /// What the link does with changes now (a session in progress leaves
-    /// it as it was until it mirrors or falls back).
-    pub fn link(&self) -> LinkState {
-        self.link
     }
 
     /// A session ([`ConnectorAction::Connect`]) is in progress.
@@ -394,16 +387,14 @@ impl ConnectorCore {
             || (self.session == Session::Connecting
                 && self.settings.failed_change() == FailedChange::Wait);
         let unfenced = self.settings.witness && self.fence != Fence::Granted;
-        self.link = if holds || unfenced {
-            self.actions.push(ConnectorAction::Close);
-            LinkState::Closed
-        } else {
-            self.actions.push(ConnectorAction::TrackUntilUnmounted);
-            LinkState::Tracking
-        };
-        self.session = Session::None;
-        self.alone = None;
-        self.actions.push(ConnectorAction::PeerUnknown);
+        self.actions.extend([
+            if holds || unfenced {
+                ConnectorAction::Close
+            } else {
+                ConnectorAction::TrackUntilUnmounted
+            },
+            ConnectorAction::PeerUnknown,
+        ]);
     }
 
     /// What follows from the inputs so far.
