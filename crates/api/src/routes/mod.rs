@@ -7,6 +7,8 @@
 //! | method | path | access | what |
 //! |---|---|---|---|
 //! | GET | `/v1/openapi.json` | public | the OpenAPI document (`routes/openapi.rs`), every route below |
+//! | GET | `/` | public | the web console's page (`routes/console.rs`) |
+//! | GET | `/console/{file}` | public | the console's scripts and style sheet |
 //! | GET | `/v1/node` | monitor | this node's name and version |
 //! | GET, POST | `/v1/modules` | monitor, admin | modules on this node; install a package (zip) |
 //! | GET, DELETE | `/v1/modules/{name}` | monitor, admin | one module; uninstall it (its package kept) |
@@ -37,6 +39,7 @@
 //! beside these.
 
 pub mod cluster;
+pub mod console;
 pub mod nodes;
 pub mod openapi;
 pub mod session;
@@ -114,6 +117,8 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .with_state(app.registry.clone());
     let own = Router::new()
+        .route("/", allow(a, PUBLIC, get(console::page)))
+        .route("/console/{file}", allow(a, PUBLIC, get(console::file)))
         .route(
             "/v1/session",
             allow(a, PUBLIC, post(session::login))
