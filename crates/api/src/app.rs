@@ -26,6 +26,8 @@ pub struct App {
     pub pki: PkiFiles,
     pub sessions: Sessions,
     pub audit: Arc<AuditLog>,
+    /// The cluster's timeline (this node's events and those relayed).
+    pub events: Arc<holdfast_daemon::events::EventBus>,
     record: RwLock<Record>,
     /// This node's TLS, once it is a member; `https.rs` serves with it.
     tls: watch::Sender<Option<Tls>>,
@@ -89,6 +91,7 @@ impl App {
         };
         Ok(Arc::new(Self {
             registry: daemon.registry.clone(),
+            events: daemon.events.clone(),
             node: daemon.node.clone(),
             paths: daemon.paths.clone(),
             sessions: Sessions::new(settings.session_idle),

@@ -7,8 +7,9 @@
 //! users, API tokens), enrolment and certificate rotation
 //! (`routes/cluster.rs`), the calls between nodes over mutual TLS
 //! (`peers.rs`), the relay to another node and the cluster-wide view
-//! (`routes/nodes.rs`), and the OpenAPI document generated from them all
-//! (`routes/openapi.rs`).
+//! (`routes/nodes.rs`), the cluster's timeline (`routes/events.rs`, every
+//! node's events relayed by `event_relay.rs`), and the OpenAPI document
+//! generated from them all (`routes/openapi.rs`).
 //!
 //! Depends on the daemon (whose module handlers it serves) and on
 //! `holdfast-pki` (certificates and TLS settings).
@@ -17,6 +18,7 @@ pub mod access;
 pub mod app;
 mod body;
 pub mod error;
+pub mod event_relay;
 pub mod https;
 pub mod peers;
 pub mod record;
@@ -51,6 +53,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), ServeError> {
     let router = routes::router(app.clone());
     let under_base = routes::under_base_path(router.clone(), &app.settings.base_path);
     let https = tokio::spawn(https::run(app.clone(), under_base));
+    let relay = tokio::spawn(event_relay::run(app.clone()));
     tracing::info!(
         "node {} serving the API on {}",
         daemon.node,
@@ -61,6 +64,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), ServeError> {
         .with_graceful_shutdown(holdfast_daemon::shutdown_signal())
         .await;
     https.abort();
+    relay.abort();
     daemon.stop().await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|source| {

@@ -55,18 +55,10 @@ async fn call_unbounded(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Answer, String> {
-    let tcp = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("connecting to {address}: {e}"))?;
-    let name = ServerName::IpAddress(address.ip().into());
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS with {address}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .map_err(|e| format!("HTTP with {address}: {e}"))?;
-    let driver = tokio::spawn(connection);
+    let Connection {
+        request: mut sender,
+        driver,
+    } = connect(config, address).await?;
     let mut request = hyper::Request::builder()
         .method(method)
         .uri(path)
@@ -91,6 +83,77 @@ async fn call_unbounded(
         status,
         headers,
         body,
+    })
+}
+
+/// An answer whose body is read as it comes (an event stream); the
+/// connection lives as long as it.
+#[derive(Debug)]
+pub struct Streaming {
+    pub status: StatusCode,
+    pub body: hyper::body::Incoming,
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// A GET to `address` whose answer's headers come within
+/// [`CALL_TIMEOUT`]; its body is the caller's to read.
+pub async fn open(
+    config: Arc<ClientConfig>,
+    address: SocketAddr,
+    path: &str,
+) -> Result<Streaming, String> {
+    tokio::time::timeout(CALL_TIMEOUT, async {
+        let mut sender = connect(config, address).await?;
+        let request = hyper::Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", address.to_string())
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .request
+            .send_request(request)
+            .await
+            .map_err(|e| format!("request to {address}: {e}"))?;
+        Ok(Streaming {
+            status: response.status(),
+            body: response.into_body(),
+            driver: sender.driver,
+        })
+    })
+    .await
+    .map_err(|_| format!("no answer from {address} within {CALL_TIMEOUT:?}"))?
+}
+
+/// An HTTP connection over mutual TLS, and the task driving it.
+#[derive(Debug)]
+struct Connection {
+    request: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+async fn connect(config: Arc<ClientConfig>, address: SocketAddr) -> Result<Connection, String> {
+    let tcp = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| format!("connecting to {address}: {e}"))?;
+    let name = ServerName::IpAddress(address.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("TLS with {address}: {e}"))?;
+    let (request, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("HTTP with {address}: {e}"))?;
+    Ok(Connection {
+        request,
+        driver: tokio::spawn(connection),
     })
 }
 

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod doctor;
+mod events;
 mod operator;
 mod package;
 mod progress;
@@ -116,6 +117,19 @@ enum Cmd {
     Audit {
         #[arg(short = 's', long, default_value_t = 300)]
         count: usize,
+    },
+    /// The cluster's timeline: every node's state changes with their
+    /// cause chain (checker, decision, scripts, resources, result).
+    Events {
+        /// Keep following new events (after the recent ones).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events since this long ago (e.g. 10m, 2h).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// One JSON object per line (the stream's schema, docs/events.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Install, list, import and remove modules.
     #[command(subcommand)]
@@ -386,6 +400,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::User(cmd) => cluster::user(&client, cmd),
         Cmd::Token(cmd) => cluster::token(&client, cmd),
         Cmd::Audit { count } => cluster::audit(&client, count),
+        Cmd::Events {
+            follow,
+            since,
+            json,
+        } => events::run(&client, follow, since, json),
         Cmd::Module(cmd) => module(&client, &on, cmd),
         Cmd::Start(m) => on.each(|p| command(&client, p, &m, Command::Start, false)),
         Cmd::Stop(m) => on.each(|p| command(&client, p, &m, Command::Stop, false)),

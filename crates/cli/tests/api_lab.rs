@@ -675,3 +675,171 @@ fn served_under_a_base_path() {
         "{modules}"
     );
 }
+
+/// Events: any node streams every node's, each state change with its
+/// cause chain; a client catches up with `since` or `Last-Event-ID`; a
+/// node whose daemon dies is an event on the others; `holdfast events`
+/// follows the stream.
+#[test]
+fn cluster_events_from_any_node() {
+    let (mut api, password) = three_nodes();
+    let (jar, csrf) = api.login("node1", "admin", &password);
+    let body = json!({"name": "console", "role": "monitor", "expires_in": "1h"});
+    let (code, token) =
+        api.in_session(&jar, Some(&csrf), "POST", "node1", "/v1/tokens", Some(body));
+    assert_eq!(code, 201, "{token}");
+    let monitor = token["token"].as_str().unwrap().to_string();
+    let (code, _) = api.curl(&[&api.url("node2", "/v1/events/recent")]);
+    assert_eq!(code, 401, "events need a role");
+
+    // `holdfast events --follow` on node1, started before anything happens.
+    let mut follow = api
+        .cluster
+        .lab
+        .command("node1", &api.cluster.executables().holdfast)
+        .expect("node1");
+    follow
+        .args(["events", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut follower = follow.spawn().expect("holdfast events --follow");
+
+    for host in ["node1", "node2", "node3"] {
+        api.cli(host, &["start", "-m", "demo"]);
+    }
+    // node3 shows every node's settled start, each with its chain.
+    let transitions = |host: &str, token: &str| -> Vec<Value> {
+        let (code, events) = api.with_token(token, "GET", host, "/v1/events/recent", None);
+        assert_eq!(code, 200, "{events}");
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "transition" && e["module"] == "demo")
+            .cloned()
+            .collect()
+    };
+    let up_on = |events: &[Value], node: &str| {
+        events
+            .iter()
+            .any(|e| e["node"] == node && e["from"] == "STOP" && e["to"] == "UP")
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+            let seen = transitions("node3", &monitor);
+            ["node1", "node2", "node3"].iter().all(|n| up_on(&seen, n))
+        }),
+        "node3 relays every node's start: {:?}",
+        transitions("node3", &monitor)
+    );
+    let seen = transitions("node3", &monitor);
+    let start = seen
+        .iter()
+        .find(|e| e["node"] == "node2" && e["to"] == "UP")
+        .unwrap();
+    let steps: Vec<&str> = start["cause"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.first(), Some(&"command"), "{start}");
+    assert!(steps.contains(&"decision"), "{start}");
+    assert_eq!(steps.last(), Some(&"result"), "{start}");
+    assert_eq!(start["result"], "ok", "{start}");
+    assert!(start["duration_ms"].is_u64(), "{start}");
+    let id = start["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("node2-"), "{id}");
+
+    // The stream: since a time, then after an id (what a reconnecting
+    // client sends), with nothing repeated.
+    let stream = |extra: &[&str], query: &str| -> Vec<Value> {
+        let auth = format!("Authorization: Bearer {monitor}");
+        let url = api.url("node1", &format!("/v1/events{query}"));
+        let mut command = api.cluster.lab.command(CLIENT, "curl").expect("client");
+        command
+            .args(["-sN", "--max-time", "3", "--cacert"])
+            .arg(api.dir.join("ca.pem"))
+            .args(["-H", &auth])
+            .args(extra)
+            .arg(&url);
+        let out = command.output().expect("curl");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("an event is JSON"))
+            .collect()
+    };
+    let all = stream(&[], "?since=0");
+    let position = all.iter().position(|e| e["id"] == id.as_str()).unwrap();
+    let header = format!("Last-Event-ID: {id}");
+    let after = stream(&["-H", &header], "");
+    let expected: Vec<&Value> = all[position + 1..].iter().collect();
+    assert_eq!(after.iter().collect::<Vec<_>>(), expected);
+    let mut ids: Vec<&str> = all.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "no event twice");
+
+    // node2's stop reaches node1's follower, chain included.
+    api.cli("node2", &["stop", "-m", "demo"]);
+    let stopped = read_until(&mut follower, Duration::from_secs(30), |e| {
+        e["node"] == "node2" && e["kind"] == "transition" && e["to"] == "STOP"
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let stopped = stopped.expect("node1's `holdfast events --follow` shows node2's stop");
+    assert!(
+        stopped["cause"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["step"] == "script"),
+        "{stopped}"
+    );
+
+    // node3's daemon dies: node1 says so in its timeline.
+    api.cluster.kill("node3").expect("kill node3");
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            let (_, events) = api.with_token(&monitor, "GET", "node1", "/v1/events/recent", None);
+            events.as_array().is_some_and(|a| {
+                a.iter().any(|e| {
+                    e["kind"] == "node_unreachable"
+                        && e["reason"].as_str().unwrap_or_default().contains("node3")
+                })
+            })
+        }),
+        "node3's death is an event on node1"
+    );
+    // The human form names the chain.
+    let text = api.cli("node1", &["events"]);
+    assert!(text.contains("node_unreachable"), "{text}");
+    assert!(text.contains("decision:"), "{text}");
+}
+
+/// Reads JSON lines of `child`'s output until one matches, within `limit`
+/// (the reading is on a thread: the wait stays bounded).
+fn read_until(
+    child: &mut std::process::Child,
+    limit: Duration,
+    wanted: impl Fn(&Value) -> bool + Send + 'static,
+) -> Option<Value> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                if wanted(&event) {
+                    let _ = tx.send(event);
+                    return;
+                }
+            }
+        }
+    });
+    rx.recv_timeout(limit).ok()
+}

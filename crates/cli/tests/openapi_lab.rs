@@ -90,6 +90,8 @@ fn the_served_document_holds_for_generated_requests() {
         // revocation is api_lab's.
         .args(["--generation-with-security-parameters", "false"])
         .args(["--exclude-path", "/v1/tokens/{id}"])
+        // An endless stream has no end to check; api_lab reads it.
+        .args(["--exclude-path", "/v1/events"])
         .env("NO_COLOR", "1");
     let out = command.output().unwrap_or_else(|e| {
         panic!("schemathesis ({st}) does not run: {e}; install it (`pip install schemathesis`, as .ci/run does) and set HOLDFAST_SCHEMATHESIS to its `st`")

@@ -98,6 +98,66 @@ impl ApiClient {
         Ok(self.call(Method::GET, path, None).await?.to_vec())
     }
 
+    /// A streamed answer (`/v1/events`): `each` gets its bytes as they
+    /// come, until it says stop or the daemon ends the stream.
+    pub async fn stream(
+        &self,
+        path: &str,
+        mut each: impl FnMut(&[u8]) -> bool,
+    ) -> Result<(), ClientError> {
+        let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
+        let (mut sender, driver) = self.connect().await?;
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header("host", "holdfast")
+            .header("accept", "text/event-stream")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| protocol(&e))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| protocol(&e))?;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let body = body.collect().await.map_err(|e| protocol(&e))?.to_bytes();
+            driver.abort();
+            return Err(refused(status, &body));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| protocol(&e))?;
+            if let Ok(data) = frame.into_data() {
+                if !each(&data) {
+                    break;
+                }
+            }
+        }
+        driver.abort();
+        Ok(())
+    }
+
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            tokio::task::JoinHandle<Result<(), hyper::Error>>,
+        ),
+        ClientError,
+    > {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|cause| ClientError::Connect {
+                socket: self.socket.display().to_string(),
+                cause,
+            })?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok((sender, tokio::spawn(connection)))
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         json(self.call(Method::DELETE, path, None).await?)
     }
@@ -109,16 +169,7 @@ impl ApiClient {
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Bytes, ClientError> {
         let protocol = |e: &dyn std::fmt::Display| ClientError::Protocol(e.to_string());
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|cause| ClientError::Connect {
-                socket: self.socket.display().to_string(),
-                cause,
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| protocol(&e))?;
-        let driver = tokio::spawn(connection);
+        let (mut sender, driver) = self.connect().await?;
         let (content_type, bytes) = body.unwrap_or(("application/json", Vec::new()));
         let request = Request::builder()
             .method(method)
@@ -140,13 +191,7 @@ impl ApiClient {
             .to_bytes();
         driver.abort();
         if !status.is_success() {
-            let message = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(ClientError::Refused {
-                status: status.as_u16(),
-                message,
-            });
+            return Err(refused(status, &body));
         }
         if status == StatusCode::NO_CONTENT || body.is_empty() {
             return Ok(Bytes::from_static(b"null"));
@@ -157,4 +202,15 @@ impl ApiClient {
 
 fn json<T: DeserializeOwned>(body: Bytes) -> Result<T, ClientError> {
     serde_json::from_slice(&body).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The daemon's refusal, as it said it.
+fn refused(status: StatusCode, body: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned());
+    ClientError::Refused {
+        status: status.as_u16(),
+        message,
+    }
 }

@@ -349,16 +349,23 @@ impl Kind for Farm {
         self.core.take_actions()
     }
 
-    async fn carry_out<'a>(&'a mut self, action: FarmAction, _: &'a ModuleIo) -> Step<KernelJob> {
+    async fn carry_out<'a>(&'a mut self, action: FarmAction, io: &'a ModuleIo) -> Step<KernelJob> {
         match action {
-            FarmAction::ProgramBuckets(_) => Step::Wait(KernelJob::Program(self.core.buckets())),
+            FarmAction::ProgramBuckets(_) => {
+                let buckets = self.core.buckets();
+                io.timeline
+                    .work_started(format!("serve {} of 256 buckets", buckets.len()));
+                Step::Wait(KernelJob::Program(buckets))
+            }
+            FarmAction::Module(Action::Transition { from, to, reason }) => {
+                Step::Transition { from, to, reason }
+            }
             FarmAction::Module(Action::RunScript(run)) => Step::Script(run),
             FarmAction::Module(Action::Log { level, message }) => Step::Log(level, message),
             FarmAction::Module(Action::SendHeartbeat) => Step::SendHeartbeat,
             // Mirror-only actions; a farm machine asks for none.
             FarmAction::Module(
-                Action::Transition { .. }
-                | Action::Persist(_)
+                Action::Persist(_)
                 | Action::AcquirePrimaryResources
                 | Action::ReleasePrimaryResources
                 | Action::RequestLease { .. }

@@ -15,6 +15,8 @@
 //!   Unix socket and over HTTPS), and [`client`] to call it;
 //! - [`registry`]: installed modules, persisted under the state directory;
 //! - [`modlog`]: the module log;
+//! - [`events`]: the cluster's timeline (state changes with their cause
+//!   chain), for the API's event stream;
 //! - [`refusals`]: refusals of nodes logged without echoing a flood;
 //! - [`health`]: the cloud-mode health endpoint of a module;
 //! - [`supervision`]: a module's checkers and recovery policy;
@@ -24,6 +26,7 @@
 pub mod api;
 pub mod board;
 pub mod client;
+pub mod events;
 pub mod farm;
 pub mod health;
 pub mod heartbeats;
@@ -113,6 +116,8 @@ pub struct DaemonOptions {
 #[derive(Debug)]
 pub struct Daemon {
     pub registry: Arc<registry::Registry>,
+    /// The cluster's timeline as this node sees it.
+    pub events: Arc<events::EventBus>,
     pub paths: Paths,
     pub node: String,
 }
@@ -143,11 +148,14 @@ pub async fn start(options: DaemonOptions) -> Result<Daemon, DaemonError> {
         paths: paths.clone(),
         exe,
         modules: Default::default(),
+        events: Arc::new(events::EventBus::new(&options.node, incarnation)),
     });
+    let events = ctx.events.clone();
     let registry = Arc::new(registry::Registry::new(ctx));
     registry.load_installed().await;
     Ok(Daemon {
         registry,
+        events,
         paths,
         node: options.node,
     })

@@ -247,6 +247,11 @@ impl Kind for Mirror {
                 tracing::warn!("module {}: witness receive: {e}", io.config.name)
             }
             MirrorEvent::Checker(event) => {
+                let verdict = match &event.verdict {
+                    holdfast_checkers::Verdict::Up => "up".to_string(),
+                    holdfast_checkers::Verdict::Down(why) => format!("down: {why}"),
+                };
+                io.timeline.verdict(&event.checker, &verdict);
                 self.supervisor
                     .on_event(&mut self.core, &io.log, now, event)
             }
@@ -332,10 +337,18 @@ impl Kind for Mirror {
         match action {
             Action::RunScript(run) => Step::Script(run),
             Action::Log { level, message } => Step::Log(level, message),
-            Action::Transition { .. } => Step::Done,
+            Action::Transition { from, to, reason } => Step::Transition { from, to, reason },
             Action::SendHeartbeat => Step::SendHeartbeat,
-            Action::AcquirePrimaryResources => Step::Wait(ResourceJob::Acquire),
-            Action::ReleasePrimaryResources => Step::Wait(ResourceJob::Release),
+            Action::AcquirePrimaryResources => {
+                io.timeline
+                    .work_started(resources_named("acquire", &io.config));
+                Step::Wait(ResourceJob::Acquire)
+            }
+            Action::ReleasePrimaryResources => {
+                io.timeline
+                    .work_started(resources_named("release", &io.config));
+                Step::Wait(ResourceJob::Release)
+            }
             Action::RequestLease {
                 id,
                 duration,
@@ -479,5 +492,23 @@ async fn recv_witness(witness: &mut Option<WitnessLink>) -> std::io::Result<(usi
     match witness {
         Some(w) => w.socket.recv_from(&mut w.buf).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The primary resources `verb`ed, in a sentence for the timeline.
+fn resources_named(verb: &str, config: &ModuleConfig) -> String {
+    let mut what = Vec::new();
+    if !config.replicated.is_empty() {
+        what.push(format!(
+            "{} replicated directories",
+            config.replicated.len()
+        ));
+    }
+    if let Some(vip) = &config.vip {
+        what.push(format!("virtual IP {}", vip.address));
+    }
+    match what.is_empty() {
+        true => format!("{verb} primary resources (none configured)"),
+        false => format!("{verb} primary resources: {}", what.join(", ")),
     }
 }

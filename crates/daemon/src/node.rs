@@ -18,4 +18,6 @@ pub struct NodeContext {
     pub exe: PathBuf,
     /// This node's modules' states, for module checkers.
     pub modules: Arc<crate::board::ModuleBoard>,
+    /// This node's events (and the other nodes' the API relays).
+    pub events: Arc<crate::events::EventBus>,
 }

@@ -22,6 +22,7 @@ use holdfast_membership::{
 use holdfast_replication::durable;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::events::Timeline;
 use crate::heartbeats::Heartbeats;
 use crate::modlog::ModuleLog;
 use crate::node::NodeContext;
@@ -137,6 +138,12 @@ pub(crate) enum Step<J> {
     Wait(J),
     /// Persisted (synced) before the next actions.
     Persist(Persistent),
+    /// The displayed state changed (for the timeline).
+    Transition {
+        from: State,
+        to: State,
+        reason: String,
+    },
 }
 
 /// What a worker's answer was to the shell.
@@ -229,7 +236,10 @@ impl<K: Kind> Shell<K> {
                         agenda.following = false;
                         agenda.followed = agenda.asked;
                     }
-                    Some(Answer::Finished) => agenda.waiting = agenda.waiting.saturating_sub(1),
+                    Some(Answer::Finished) => {
+                        self.io.timeline.work_done(true);
+                        agenda.waiting = agenda.waiting.saturating_sub(1);
+                    }
                     Some(Answer::Other) => {}
                     None => {
                         // Only a panic ends it before the task: the task
@@ -257,7 +267,11 @@ impl<K: Kind> Shell<K> {
                 .following()
                 .is_none_or(|f| agenda.followed == Some(f));
             if agenda.pending.is_empty() && agenda.waiting == 0 && caught_up {
-                self.io.publish(&self.view_tx, self.kind.view());
+                let view = self.kind.view();
+                if !view.transient && view.running_script.is_none() {
+                    self.io.timeline.settled(view.state, &view.reason);
+                }
+                self.io.publish(&self.view_tx, view);
             }
             if let Some(running) = agenda.shutdown {
                 let idle = agenda.pending.is_empty() && agenda.waiting == 0;
@@ -289,11 +303,12 @@ impl<K: Kind> Shell<K> {
             } => {
                 let (result, persistent) =
                     self.kind.command(now, command, discard_data, &self.worker);
-                if let Err(e) = &result {
-                    self.io.log.write(
+                match &result {
+                    Ok(()) => self.io.timeline.command(command.as_str()),
+                    Err(e) => self.io.log.write(
                         LogLevel::Error,
                         &format!("action {} refused: {e}", command.as_str()),
-                    );
+                    ),
                 }
                 if let Some(persistent) = persistent {
                     self.persist(persistent, agenda);
@@ -302,7 +317,10 @@ impl<K: Kind> Shell<K> {
             }
             ModuleMsg::Print(level, message) => self.io.log.write(level, &message),
             ModuleMsg::Settings(settings) => self.kind.apply_settings(now, settings, &self.io),
-            ModuleMsg::ScriptDone(id, outcome) => self.kind.script_finished(now, id, outcome),
+            ModuleMsg::ScriptDone(id, outcome) => {
+                self.io.timeline.script_done(id, &outcome);
+                self.kind.script_finished(now, id, outcome);
+            }
             ModuleMsg::Shutdown => agenda.shutdown = Some(self.kind.shutdown(now)),
         }
     }
@@ -334,6 +352,9 @@ impl<K: Kind> Shell<K> {
                     if agenda.shutdown.is_none() {
                         self.persist(persistent, agenda);
                     }
+                }
+                Step::Transition { from, to, reason } => {
+                    self.io.timeline.transition(from, to, &reason)
                 }
             }
         }
@@ -445,6 +466,8 @@ pub(crate) struct ModuleIo {
     pub config: Arc<ModuleConfig>,
     pub paths: ModulePaths,
     pub log: ModuleLog,
+    /// The cause chain of the module's state changes, for the events.
+    pub timeline: Timeline,
     pub tx: mpsc::Sender<ModuleMsg>,
 }
 
@@ -458,6 +481,7 @@ impl ModuleIo {
     ) -> (Self, mpsc::Receiver<ModuleMsg>) {
         let (tx, rx) = mpsc::channel(64);
         let io = ModuleIo {
+            timeline: Timeline::new(ctx.events.clone(), &config.name),
             ctx,
             config: Arc::new(config),
             paths,
@@ -519,6 +543,7 @@ impl ModuleIo {
             output: scripts.logging.then(|| self.paths.application_log()),
             run,
         };
+        self.timeline.script_started(&job.run, &job.args());
         let tx = self.tx.clone();
         let log = self.log.clone();
         tokio::spawn(async move {

@@ -32,14 +32,17 @@
 //! | GET, PUT | `/v1/cluster/record` | node | the cluster's record, between nodes |
 //! | GET | `/v1/cluster/state` | monitor | every module on every node; unreachable nodes say why |
 //! | GET, POST, PUT, DELETE | `/v1/nodes/{node}/{*path}` | monitor, then the path's own | relayed to `node` over mutual TLS |
+//! | GET | `/v1/events` | monitor | the cluster's events, as server-sent events (`?since=`, `Last-Event-ID`) |
+//! | GET | `/v1/events/recent` | monitor | the recent events, as JSON (`?since=`) |
 //!
 //! HTTPS serves everything under the settings' `base_path` as well as at
-//! the root (where nodes call each other); the Unix socket at the root. Events, metrics
-//! and the support bundle will be routes here too, each in its own file
-//! beside these.
+//! the root (where nodes call each other); the Unix socket at the root.
+//! Metrics and the support bundle will be routes here too, each in its
+//! own file beside these.
 
 pub mod cluster;
 pub mod console;
+pub mod events;
 pub mod nodes;
 pub mod openapi;
 pub mod session;
@@ -168,6 +171,8 @@ pub fn router(app: Arc<App>) -> Router {
             allow(a, MONITOR, get(nodes::cluster_state)),
         )
         .route("/v1/openapi.json", allow(a, PUBLIC, get(openapi::document)))
+        .route("/v1/events", allow(a, MONITOR, get(events::stream)))
+        .route("/v1/events/recent", allow(a, MONITOR, get(events::recent)))
         .route(
             "/v1/nodes/{node}/{*path}",
             allow(a, MONITOR, on(relayed(), nodes::relay)),
