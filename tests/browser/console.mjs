@@ -127,6 +127,10 @@ try {
   const survivor = 'node1';
   const dead = 'node2';
   expect(secondary === dead, `after the swap ${dead} is primary`);
+  // Not before the new SECOND knows its copy is whole: killed earlier, it
+  // rightly waits (WAIT) instead of going on ALONE.
+  await page.waitForSelector(`#cell-demo-${survivor} .badge.uptodate`, { timeout: WAIT });
+  await ask(`uptodate ${survivor}`);
   await ask(`kill ${dead}`);
   await waitStates({ [survivor]: 'ALONE' }, 'survivor alone');
   await page.waitForFunction((d) => document.querySelector(`#cell-demo-${d}`)?.dataset.state === 'UNREACHABLE', dead, { timeout: WAIT });
@@ -184,6 +188,21 @@ try {
   });
   expect(forged[0] === 403 && forged[1].includes('control'), `forged stop: ${forged}`);
   step('monitor-refused');
+
+  // The node the admin's console talks to dies: it goes on through the
+  // other one by itself, still logged in.
+  const before = Date.now();
+  await ask('kill node1');
+  await page.waitForFunction(() => document.querySelector('#connection').textContent === 'connected to node2', null, { timeout: WAIT });
+  const took = (Date.now() - before) / 1000;
+  await page.waitForFunction(() => document.querySelector('#cell-demo-node1')?.dataset.state === 'UNREACHABLE', null, { timeout: WAIT });
+  await waitStates({ node2: 'ALONE' }, 'node2 alone after node1 died');
+  expect(await page.isHidden('#login'), 'the login form is not shown again');
+  expect(await page.evaluate(() => window.neverReloaded === true), 'the page was reloaded');
+  expect(took < 15, `the console went on through node2 after ${took} s`);
+  await page.click('#open-log-demo');
+  await page.waitForFunction(() => document.querySelector('#log-title').textContent.includes('node2'), null, { timeout: WAIT });
+  step(`through node2 after ${took.toFixed(1)} s`);
 
   expect(violations.length === 0, `policy violations: ${violations.join('; ')}`);
   step('done');

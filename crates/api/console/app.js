@@ -60,7 +60,13 @@ async function enter(me) {
   show('login', false);
   for (const s of ['monitor', 'replication', 'timeline']) show(s, true);
   await client.thisNode();
+  await client.learnMembers();
+  client.switched = (from, to, why) => {
+    addEvent(Date.now(), '(console)', to, `now through ${to}`, `${from} did not answer (${why})`);
+  };
   $('connection').textContent = `connected to ${client.node}`;
+  // The session token lasts the idle time: renewed while the console is open.
+  setInterval(() => client.whoami().catch(() => {}), 60_000);
   await refresh();
   watch();
   // A slow look as well: the stream says what changed, this catches what it cannot (a node that stopped answering).

@@ -10,17 +10,40 @@ export class ApiError extends Error {
   }
 }
 
+/** How long a call may take before the node counts as not answering. */
+const CALL_TIMEOUT_MS = 8000;
+
 export class Client {
   /** `base`: the API's URL prefix (this page's base path). */
   constructor(base) {
     this.base = base;
+    this.origin = location.origin;
     this.csrf = sessionStorage.getItem('holdfast.csrf') || '';
+    // Accepted by every member: the console goes on through another node.
+    this.token = sessionStorage.getItem('holdfast.token') || '';
+    this.members = JSON.parse(sessionStorage.getItem('holdfast.members') || '[]');
     this.node = null;
+    this.switched = () => {};
   }
 
+  /** A call to the node in use; when it does not answer, to another member. */
   async call(method, path, body) {
+    const tried = new Set();
+    for (;;) {
+      try {
+        return await this.callOn(this.origin, method, path, body);
+      } catch (e) {
+        if (e.status !== 0) throw e;
+        tried.add(this.origin);
+        if (!(await this.failover(tried, e.message))) throw e;
+      }
+    }
+  }
+
+  async callOn(origin, method, path, body, timeout = CALL_TIMEOUT_MS) {
     const headers = {};
-    if (method !== 'GET') headers['x-csrf-token'] = this.csrf;
+    if (method !== 'GET' && this.csrf && origin === location.origin) headers['x-csrf-token'] = this.csrf;
+    if (this.token) headers['x-holdfast-session'] = this.token;
     let payload;
     if (body !== undefined) {
       headers['content-type'] = 'application/json';
@@ -28,11 +51,17 @@ export class Client {
     }
     let response;
     try {
-      response = await fetch(this.base + path, {
-        method, headers, body: payload, credentials: 'same-origin', cache: 'no-store',
+      response = await fetch(origin + this.base + path, {
+        method,
+        headers,
+        body: payload,
+        // Cookies only to the page's own node; other members get the token.
+        credentials: origin === location.origin ? 'same-origin' : 'omit',
+        cache: 'no-store',
+        signal: AbortSignal.timeout(timeout),
       });
     } catch (e) {
-      throw new ApiError(0, `no answer from ${location.host}: ${e.message}`);
+      throw new ApiError(0, `no answer from ${new URL(origin).host}: ${e.message}`);
     }
     const text = await response.text();
     let json = null;
@@ -43,21 +72,62 @@ export class Client {
     return json;
   }
 
+  /** Moves to the first other member that answers; false if none does. */
+  async failover(tried, why) {
+    for (const member of this.members) {
+      const origin = `https://${member.address}`;
+      if (tried.has(origin)) continue;
+      tried.add(origin);
+      try {
+        const answer = await this.callOn(origin, 'GET', '/v1/node', undefined, 4000);
+        const from = this.node;
+        this.origin = origin;
+        this.node = answer.node;
+        this.switched(from, this.node, why);
+        return true;
+      } catch {
+        // Not this one either.
+      }
+    }
+    return false;
+  }
+
   async login(user, password) {
     const answer = await this.call('POST', '/v1/session', { user, password });
     this.csrf = answer.csrf_token;
     sessionStorage.setItem('holdfast.csrf', this.csrf);
+    this.keep(answer);
     return answer;
+  }
+
+  /** Keeps the session token an answer brings. */
+  keep(answer) {
+    if (answer && answer.session_token) {
+      this.token = answer.session_token;
+      sessionStorage.setItem('holdfast.token', this.token);
+    }
+  }
+
+  /** The members' API addresses, to go on through one of them later. */
+  async learnMembers() {
+    const cluster = await this.call('GET', '/v1/cluster');
+    this.members = cluster.nodes || [];
+    sessionStorage.setItem('holdfast.members', JSON.stringify(this.members));
   }
 
   async logout() {
     try { await this.call('DELETE', '/v1/session'); } finally {
-      sessionStorage.removeItem('holdfast.csrf');
+      for (const key of ['holdfast.csrf', 'holdfast.token', 'holdfast.members']) sessionStorage.removeItem(key);
       this.csrf = '';
+      this.token = '';
     }
   }
 
-  whoami() { return this.call('GET', '/v1/session'); }
+  async whoami() {
+    const answer = await this.call('GET', '/v1/session');
+    this.keep(answer);
+    return answer;
+  }
 
   async thisNode() {
     this.node = (await this.call('GET', '/v1/node')).node;
@@ -89,7 +159,7 @@ export class Client {
    * breaks, after which the console looks on its own until it is back.
    */
   events(changed, lost) {
-    const source = new EventSource(`${this.base}/v1/events`, { withCredentials: true });
+    const source = new EventSource(`${this.origin}${this.base}/v1/events`, { withCredentials: true });
     source.onmessage = (message) => changed(message);
     source.addEventListener('error', () => lost(source));
     for (const kind of ['state', 'transition', 'log', 'replication', 'node']) {

@@ -27,6 +27,10 @@ pub struct Record {
     pub nodes: BTreeMap<String, Member>,
     pub users: BTreeMap<String, User>,
     pub tokens: BTreeMap<String, ApiToken>,
+    /// Signs the session tokens every member accepts (`access/signed.rs`),
+    /// hex; empty in records made before it, which sign none.
+    #[serde(default)]
+    pub session_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]

@@ -1,7 +1,9 @@
 //! The web console in a real browser: Debian's chromium, headless, driven
 //! by playwright-core (`tests/browser/console.mjs`) from the lab's client
 //! host, against two real daemons serving the console over HTTPS. The
-//! script asks for the faults (`@ask kill node2`) and this test does them.
+//! script asks for the faults (`@ask kill node2`) and this test does them;
+//! at the end the node the browser talks to is killed, and the console
+//! goes on through the other one without a new login.
 //! Screenshots go to `docs/` (the README shows them).
 
 mod common;
@@ -99,6 +101,21 @@ fn console_in_a_browser_start_swap_failover_and_roles() {
         };
         let done = match what.split_once(' ') {
             Some(("kill", host)) => cluster.kill(host).map_err(|e| e.to_string()),
+            // Until `host`, SECOND, has logged its copy up to date.
+            Some(("uptodate", host)) => {
+                let whole = holdfast_lab::wait_until(
+                    common::SETTLE,
+                    std::time::Duration::from_millis(100),
+                    || {
+                        cluster
+                            .module_log(host)
+                            .contains("this node's data is up to date")
+                    },
+                );
+                whole
+                    .then_some(())
+                    .ok_or_else(|| format!("{host}'s copy never up to date"))
+            }
             Some(("revive", host)) => cluster.start_daemon(host).map_err(|e| e.to_string()),
             // MiB written on `host` while alone: a resynchronisation long
             // enough for the browser to see its progress.
@@ -148,6 +165,11 @@ fn console_in_a_browser_start_swap_failover_and_roles() {
         common::logs(&cluster)
     );
     assert_eq!(steps.last().map(String::as_str), Some("done"), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.starts_with("through node2 after")),
+        "the console went on through node2: {steps:?}"
+    );
+    println!("steps: {steps:?}");
     assert!(
         daemon_log
             .lines()

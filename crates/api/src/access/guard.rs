@@ -136,6 +136,21 @@ fn identify(
         })?;
         return token_caller(app, token.trim());
     }
+    if let Some(token) = header_text(headers, super::signed::HEADER) {
+        let record = app.record();
+        let keys = super::signed::Keys {
+            session_key: &record.session_key,
+            password_hash: |user: &str| record.users.get(user).map(|u| u.password_hash.as_str()),
+        };
+        let user = super::signed::verify(keys, token, now_ms() / 1000)
+            .map_err(|why| ApiError::unauthorized(format!("{}: {why}", super::signed::HEADER)))?;
+        let role = record.users[&user].role;
+        return Ok(Caller::Session {
+            user,
+            role,
+            id: String::new(),
+        });
+    }
     if let Some(id) =
         header_text(headers, header::COOKIE.as_str()).and_then(sessions::from_cookie_header)
     {

@@ -6,13 +6,17 @@
 //! - [`Caller`]: root on the Unix socket, a user's session, an API token, a
 //!   node (its certificate), or a user relayed by a node;
 //! - `sessions.rs`: login sessions (cookie, CSRF token, idle expiry);
+//! - `signed.rs`: session tokens every member accepts (the console's);
+//! - `cors.rs`: pages of the other members' consoles may call this node;
 //! - `secrets.rs`: argon2id passwords, API token secrets;
 //! - `audit.rs`: every command and its result, with who and from where.
 
 pub mod audit;
+pub mod cors;
 pub mod guard;
 pub mod secrets;
 pub mod sessions;
+pub mod signed;
 
 pub use guard::{guard, now_ms, Connection};
 

@@ -291,6 +291,7 @@ pub async fn init(
             )]
             .into(),
             tokens: Default::default(),
+            session_key: crate::access::signed::new_key(),
         };
         Ok(())
     })

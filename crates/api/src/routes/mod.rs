@@ -182,6 +182,7 @@ pub fn router(app: Arc<App>) -> Router {
         .merge(own)
         .layer(from_fn(crate::error::one_format))
         .layer(from_fn(crate::body::read_first))
+        .layer(from_fn_with_state(app.clone(), crate::access::cors::cors))
 }
 
 /// `router` as HTTPS serves it: under the settings' base path too (for a

@@ -24,6 +24,12 @@ pub struct Whoami {
     pub role: Option<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub csrf_token: Option<String>,
+    /// A session token every member of the cluster accepts in
+    /// `X-Holdfast-Session` (no CSRF token needed), valid for the idle
+    /// time; answered at login and renewed by every `GET /v1/session` of a
+    /// session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/session", tag = "session",
@@ -63,6 +69,7 @@ pub async fn login(
             cookie(&id, &app.settings.base_path, app.settings.session_idle),
         )],
         Json(Whoami {
+            session_token: signed_token(&app, &login.user),
             who: login.user,
             role: Some(user.role),
             csrf_token: Some(csrf),
@@ -73,12 +80,31 @@ pub async fn login(
 #[utoipa::path(get, path = "/v1/session", tag = "session",
     description = "Who the caller is. Role: monitor.",
     responses((status = 200, body = Whoami), (status = "4XX", body = holdfast_daemon::api::ErrorBody)))]
-pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<Whoami> {
+pub async fn whoami(
+    axum::extract::State(app): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Json<Whoami> {
+    let session_token = match &caller {
+        Caller::Session { user, .. } => signed_token(&app, user),
+        _ => None,
+    };
     Json(Whoami {
         who: caller.who(),
         role: caller.role(),
         csrf_token: None,
+        session_token,
     })
+}
+
+/// A token for `user` valid on every member for the idle time.
+fn signed_token(app: &crate::App, user: &str) -> Option<String> {
+    let expires = crate::access::now_ms() / 1000 + app.settings.session_idle.as_secs();
+    let record = app.record();
+    let keys = crate::access::signed::Keys {
+        session_key: &record.session_key,
+        password_hash: |user: &str| record.users.get(user).map(|u| u.password_hash.as_str()),
+    };
+    crate::access::signed::issue(keys, user, expires)
 }
 
 #[utoipa::path(delete, path = "/v1/session", tag = "session",
