@@ -28,6 +28,8 @@ pub struct App {
     pub audit: Arc<AuditLog>,
     /// The cluster's timeline (this node's events and those relayed).
     pub events: Arc<holdfast_daemon::events::EventBus>,
+    /// The metrics counted between scrapes.
+    pub counters: Arc<crate::counters::Counters>,
     record: RwLock<Record>,
     /// This node's TLS, once it is a member; `https.rs` serves with it.
     tls: watch::Sender<Option<Tls>>,
@@ -92,6 +94,7 @@ impl App {
         Ok(Arc::new(Self {
             registry: daemon.registry.clone(),
             events: daemon.events.clone(),
+            counters: Arc::default(),
             node: daemon.node.clone(),
             paths: daemon.paths.clone(),
             sessions: Sessions::new(settings.session_idle),

@@ -17,6 +17,7 @@
 pub mod access;
 pub mod app;
 mod body;
+pub mod counters;
 pub mod error;
 pub mod event_relay;
 pub mod https;
@@ -54,6 +55,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), ServeError> {
     let under_base = routes::under_base_path(router.clone(), &app.settings.base_path);
     let https = tokio::spawn(https::run(app.clone(), under_base));
     let relay = tokio::spawn(event_relay::run(app.clone()));
+    let counters = tokio::spawn(app.counters.clone().follow(app.events.clone()));
     tracing::info!(
         "node {} serving the API on {}",
         daemon.node,
@@ -65,6 +67,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), ServeError> {
         .await;
     https.abort();
     relay.abort();
+    counters.abort();
     daemon.stop().await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|source| {

@@ -749,6 +749,30 @@ fn cluster_events_from_any_node() {
     assert_eq!(start["result"], "ok", "{start}");
     assert!(start["duration_ms"].is_u64(), "{start}");
     let id = start["id"].as_str().unwrap().to_string();
+    // node2's metrics: the UP series is 1, the others 0; one transition.
+    let (code, _) = api.with_token(&monitor, "GET", "node2", "/metrics", None);
+    assert_eq!(code, 200);
+    let metrics = |host: &str| {
+        let auth = format!("Authorization: Bearer {monitor}");
+        let mut command = api.cluster.lab.command(CLIENT, "curl").expect("client");
+        command
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(api.dir.join("ca.pem"))
+            .args(["-H", &auth, &api.url(host, "/metrics")]);
+        String::from_utf8_lossy(&command.output().expect("curl").stdout).into_owned()
+    };
+    let text = metrics("node2");
+    for line in [
+        "holdfast_module_state{module=\"demo\",node=\"node2\",state=\"UP\"} 1",
+        "holdfast_module_state{module=\"demo\",node=\"node2\",state=\"STOP\"} 0",
+        "holdfast_module_transitions_total{module=\"demo\",from=\"STOP\",to=\"UP\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in {text}");
+    }
+    assert!(
+        text.contains("holdfast_certificate_expiry_timestamp_seconds "),
+        "{text}"
+    );
     assert!(id.starts_with("node2-"), "{id}");
 
     // The stream: since a time, then after an id (what a reconnecting

@@ -34,6 +34,7 @@
 //! | GET, POST, PUT, DELETE | `/v1/nodes/{node}/{*path}` | monitor, then the path's own | relayed to `node` over mutual TLS |
 //! | GET | `/v1/events` | monitor | the cluster's events, as server-sent events (`?since=`, `Last-Event-ID`) |
 //! | GET | `/v1/events/recent` | monitor | the recent events, as JSON (`?since=`) |
+//! | GET | `/metrics` | monitor | this node's metrics, Prometheus text format (`routes/metrics.rs`) |
 //!
 //! HTTPS serves everything under the settings' `base_path` as well as at
 //! the root (where nodes call each other); the Unix socket at the root.
@@ -43,6 +44,7 @@
 pub mod cluster;
 pub mod console;
 pub mod events;
+pub mod metrics;
 pub mod nodes;
 pub mod openapi;
 pub mod session;
@@ -173,6 +175,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/openapi.json", allow(a, PUBLIC, get(openapi::document)))
         .route("/v1/events", allow(a, MONITOR, get(events::stream)))
         .route("/v1/events/recent", allow(a, MONITOR, get(events::recent)))
+        .route("/metrics", allow(a, MONITOR, get(metrics::metrics)))
         .route(
             "/v1/nodes/{node}/{*path}",
             allow(a, MONITOR, on(relayed(), nodes::relay)),

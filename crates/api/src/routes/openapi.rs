@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::OpenApi;
 
-use super::{cluster, console, events, nodes, session, users};
+use super::{cluster, console, events, metrics, nodes, session, users};
 use crate::Shared;
 use holdfast_daemon::api as modules;
 
@@ -22,7 +22,7 @@ use holdfast_daemon::api as modules;
         users::tokens, users::create_token, users::revoke_token, users::audit,
         cluster::status, cluster::init, cluster::enrolment_token, cluster::join, cluster::enrol,
         cluster::add_member, cluster::rotate, cluster::certificate, cluster::record, cluster::take_record,
-        nodes::cluster_state, nodes::relay, events::stream, events::recent, document, console::page, console::file,
+        nodes::cluster_state, nodes::relay, events::stream, events::recent, metrics::metrics, document, console::page, console::file,
     ),
     modifiers(&Security),
     security(("token" = []), ("session" = []))
