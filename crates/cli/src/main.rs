@@ -154,6 +154,9 @@ enum Cmd {
         #[arg(long)]
         discard_data: bool,
     },
+    /// Stop the module at once when a stop has no effect: the script
+    /// running now (a start or stop that hangs) is killed first.
+    Forcestop(ModuleArg),
     /// Stop the module here (the peer takes over) and start it again.
     Stopstart(ModuleArg),
     /// State of the modules on this node.
@@ -406,16 +409,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
         } => events::run(&client, follow, since, json),
         Cmd::Module(cmd) => module(&client, &on, cmd),
-        Cmd::Start(m) => on.each(|p| command(&client, p, &m, Command::Start, false)),
-        Cmd::Stop(m) => on.each(|p| command(&client, p, &m, Command::Stop, false)),
-        Cmd::Restart(m) => on.each(|p| command(&client, p, &m, Command::Restart, false)),
-        Cmd::Swap(m) => on.each(|p| command(&client, p, &m, Command::Swap, false)),
-        Cmd::Prim(m) => on.each(|p| command(&client, p, &m, Command::Prim, false)),
+        Cmd::Start(m) => on.each(|p| command(&client, p, &m, CommandRequest::new(Command::Start))),
+        Cmd::Stop(m) => on.each(|p| command(&client, p, &m, CommandRequest::new(Command::Stop))),
+        Cmd::Restart(m) => {
+            on.each(|p| command(&client, p, &m, CommandRequest::new(Command::Restart)))
+        }
+        Cmd::Swap(m) => on.each(|p| command(&client, p, &m, CommandRequest::new(Command::Swap))),
+        Cmd::Prim(m) => on.each(|p| command(&client, p, &m, CommandRequest::new(Command::Prim))),
         Cmd::Second {
             module,
             discard_data,
-        } => on.each(|p| command(&client, p, &module, Command::Second, discard_data)),
-        Cmd::Stopstart(m) => on.each(|p| command(&client, p, &m, Command::StopStart, false)),
+        } => on.each(|p| {
+            let request = CommandRequest {
+                discard_data,
+                ..CommandRequest::new(Command::Second)
+            };
+            command(&client, p, &module, request)
+        }),
+        Cmd::Forcestop(m) => on.each(|p| {
+            let request = CommandRequest {
+                force: true,
+                ..CommandRequest::new(Command::Stop)
+            };
+            command(&client, p, &m, request)
+        }),
+        Cmd::Stopstart(m) => {
+            on.each(|p| command(&client, p, &m, CommandRequest::new(Command::StopStart)))
+        }
         Cmd::Progress { module } => {
             progress::follow(|| block(client.get(&format!("/v1/modules/{}", module.module))))?;
             Ok(ExitCode::SUCCESS)
@@ -670,11 +690,10 @@ fn command(
     client: &ApiClient,
     prefix: &str,
     arg: &ModuleArg,
-    command: Command,
-    discard_data: bool,
+    request: CommandRequest,
 ) -> Result<()> {
     if let Some(who) = &arg.identity {
-        let note = format!("action {} requested by {who}", command.as_str());
+        let note = format!("action {} requested by {who}", request.command.as_str());
         let _: () = block(client.post(
             &format!("{prefix}/v1/modules/{}/log", arg.module),
             &PrintRequest {
@@ -685,10 +704,7 @@ fn command(
     }
     let summary: ModuleSummary = block(client.post(
         &format!("{prefix}/v1/modules/{}/command", arg.module),
-        &CommandRequest {
-            command,
-            discard_data,
-        },
+        &request,
     ))?;
     state::print(&[summary]);
     Ok(())

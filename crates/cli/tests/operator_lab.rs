@@ -2,7 +2,8 @@
 //! `waitstop`, `level`, `confcheck`, `logsave`, and the administrator's
 //! settings — `errd off` keeps a dead application from being restarted
 //! (on again, it is), `failover off` keeps the secondary from taking over
-//! (it waits for `prim`), `boot off` is kept on disk.
+//! (it waits for `prim`), `boot off` is kept on disk; `forcestop` ends a
+//! stop that hangs.
 
 mod common;
 
@@ -162,11 +163,32 @@ fn operator_commands_wait_report_and_set_what_the_module_may_do() {
         saved.contains("failover off, set by the administrator"),
         "{saved}"
     );
+
+    // A stop that hangs (its graceful stop_prim never ends): forcestop
+    // kills it, the forced phase runs, and the module stops long before
+    // the stop timeout (10 s here).
+    let stop_prim = cluster
+        .lab
+        .host_dir(second)
+        .unwrap()
+        .join("var-lib-holdfast/modules/demo/bin/stop_prim");
+    let original = std::fs::read_to_string(&stop_prim).unwrap();
+    let hanging = original.replacen('\n', "\n[ \"$1\" = force ] || exec sleep 600\n", 1);
+    std::fs::write(&stop_prim, hanging).unwrap();
     cluster
         .run_cli_checked(second, &["stop", "-m", "demo"])
         .unwrap();
     let out = cluster
-        .run_cli_checked(second, &["waitstop", "-m", "demo", "--timeout", "30s"])
+        .cli(second, &["waitstop", "-m", "demo", "--timeout", "2s"])
+        .unwrap();
+    assert!(!out.status.success(), "the stop hangs: {}", text(&out));
+    cluster
+        .run_cli_checked(second, &["forcestop", "-m", "demo"])
+        .unwrap();
+    let out = cluster
+        .run_cli_checked(second, &["waitstop", "-m", "demo", "--timeout", "5s"])
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "STOP");
+    let log = api_log(&cluster, second);
+    assert!(log.contains("killed by forcestop"), "{log}");
 }

@@ -53,6 +53,21 @@ pub struct CommandRequest {
     /// peer's (the administrator's answer to a refusal).
     #[serde(default)]
     pub discard_data: bool,
+    /// With `stop`: SafeKit's `forcestop`, the script running now (a start
+    /// or stop that hangs) is killed first.
+    #[serde(default)]
+    pub force: bool,
+}
+
+impl CommandRequest {
+    /// The command alone (no `discard_data`, no `force`).
+    pub fn new(command: Command) -> Self {
+        Self {
+            command,
+            discard_data: false,
+            force: false,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -219,7 +234,7 @@ pub async fn command(
 ) -> Result<impl IntoResponse, RegistryError> {
     Ok(Json(
         registry
-            .command(&name, request.command, request.discard_data)
+            .command(&name, request.command, request.discard_data, request.force)
             .await?,
     ))
 }

@@ -227,11 +227,18 @@ impl Registry {
         name: &str,
         command: Command,
         discard_data: bool,
+        force: bool,
     ) -> Result<ModuleSummary, RegistryError> {
         let (reply, answer) = oneshot::channel();
         let mut view = {
             let modules = self.modules.lock().await;
             let handle = lookup(&modules, name)?;
+            if force && command != Command::Stop {
+                return Err(RegistryError::Invalid(format!(
+                    "force goes with stop (forcestop), not {}",
+                    command.as_str()
+                )));
+            }
             if discard_data && command != Command::Second {
                 return Err(RegistryError::Invalid(format!(
                     "--discard-data goes with second, not {}",
@@ -252,6 +259,7 @@ impl Registry {
                 .send(ModuleMsg::Command {
                     command,
                     discard_data,
+                    force,
                     reply,
                 })
                 .await

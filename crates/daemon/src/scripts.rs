@@ -45,8 +45,9 @@ impl ScriptJob {
     }
 }
 
-/// Runs the script to completion (or kills it at its timeout).
-pub async fn run(job: ScriptJob) -> ScriptOutcome {
+/// Runs the script to completion, or kills it at its timeout or when
+/// `kill` fires (`forcestop`).
+pub async fn run(job: ScriptJob, kill: tokio::sync::oneshot::Receiver<()>) -> ScriptOutcome {
     let meta = match std::fs::metadata(&job.path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ScriptOutcome::Missing,
@@ -83,23 +84,39 @@ pub async fn run(job: ScriptJob) -> ScriptOutcome {
         Err(e) => return ScriptOutcome::Failed(format!("cannot run {}: {e}", job.path.display())),
     };
     let pid = child.id();
-    match tokio::time::timeout(job.timeout, child.wait()).await {
-        Ok(Ok(status)) if status.success() => ScriptOutcome::Success,
-        Ok(Ok(status)) => ScriptOutcome::Failed(match status.code() {
-            Some(code) => format!("exit code {code}"),
-            None => format!("ended by {status}"),
-        }),
-        Ok(Err(e)) => ScriptOutcome::Failed(format!("wait: {e}")),
-        Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // The group may already be gone; nothing else to do then.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+    let kill_group = || {
+        if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+            // The group may already be gone; nothing else to do then.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    // A dropped sender (the module gone) is not a kill: only a sent one is.
+    let killed = async {
+        if kill.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        waited = tokio::time::timeout(job.timeout, child.wait()) => match waited {
+            Ok(Ok(status)) if status.success() => ScriptOutcome::Success,
+            Ok(Ok(status)) => ScriptOutcome::Failed(match status.code() {
+                Some(code) => format!("exit code {code}"),
+                None => format!("ended by {status}"),
+            }),
+            Ok(Err(e)) => ScriptOutcome::Failed(format!("wait: {e}")),
+            Err(_) => {
+                kill_group();
+                let _ = child.wait().await;
+                ScriptOutcome::TimedOut(job.timeout)
             }
+        },
+        () = killed => {
+            kill_group();
             let _ = child.wait().await;
-            ScriptOutcome::TimedOut(job.timeout)
+            ScriptOutcome::Failed("killed by forcestop".into())
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum ModuleMsg {
         /// `second --discard-data`: once accepted, this node's replicated
         /// data is marked for replacement before it receives anything.
         discard_data: bool,
+        /// `forcestop` (with stop): the running script is killed first.
+        force: bool,
         reply: oneshot::Sender<Result<(), CommandError>>,
     },
     /// A `printi`/`printe` line from a script or an administrator.
@@ -299,8 +301,12 @@ impl<K: Kind> Shell<K> {
             ModuleMsg::Command {
                 command,
                 discard_data,
+                force,
                 reply,
             } => {
+                if force {
+                    self.io.kill_script();
+                }
                 let (result, persistent) =
                     self.kind.command(now, command, discard_data, &self.worker);
                 match &result {
@@ -469,6 +475,8 @@ pub(crate) struct ModuleIo {
     /// The cause chain of the module's state changes, for the events.
     pub timeline: Timeline,
     pub tx: mpsc::Sender<ModuleMsg>,
+    /// Kills the script running now, if any (`forcestop`).
+    kill_script: parking_lot::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl ModuleIo {
@@ -487,6 +495,7 @@ impl ModuleIo {
             paths,
             log,
             tx,
+            kill_script: parking_lot::Mutex::new(None),
         };
         (io, rx)
     }
@@ -526,6 +535,17 @@ impl ModuleIo {
         view_tx.send_replace(view);
     }
 
+    /// Kills the script running now (its whole process group), if any; it
+    /// ends as failed, and the module goes on from there.
+    pub(crate) fn kill_script(&self) {
+        if let Some(kill) = self.kill_script.lock().take() {
+            if kill.send(()).is_ok() {
+                self.log
+                    .write(LogLevel::Error, "forcestop: the running script is killed");
+            }
+        }
+    }
+
     pub(crate) fn run_script(&self, run: ScriptRun) {
         if matches!(run.script, Script::StartPrim | Script::StartBoth) {
             self.ctx.modules.started(&self.config.name);
@@ -546,6 +566,8 @@ impl ModuleIo {
         self.timeline.script_started(&job.run, &job.args());
         let tx = self.tx.clone();
         let log = self.log.clone();
+        let (kill, killed) = oneshot::channel();
+        *self.kill_script.lock() = Some(kill);
         tokio::spawn(async move {
             let id = job.run.id;
             let announce = job.path.exists();
@@ -555,7 +577,7 @@ impl ModuleIo {
                     &format!("script {} {}", job.run.script.name(), job.args().join(" ")),
                 );
             }
-            let outcome = scripts::run(job).await;
+            let outcome = scripts::run(job, killed).await;
             // The module task may be gone (module removed): nothing to tell.
             let _ = tx.send(ModuleMsg::ScriptDone(id, outcome)).await;
         });

@@ -222,10 +222,18 @@ impl FarmModule {
                 self.start_steps(ScriptAction::Start);
             }
             Command::Stop => {
-                if matches!(self.role, Role::Stopped | Role::Stopping) {
-                    return Err(CommandError::AlreadyStopped);
+                match self.role {
+                    Role::Stopped => return Err(CommandError::AlreadyStopped),
+                    // A stop under way goes on (see the mirror's).
+                    Role::Stopping => {
+                        self.log(
+                            LogLevel::Info,
+                            "stop: the module is already stopping".into(),
+                        );
+                        return Ok(());
+                    }
+                    _ => self.stop(ScriptAction::Stop),
                 }
-                self.stop(ScriptAction::Stop);
             }
             Command::Restart | Command::StopStart => {
                 if self.role != Role::Up || self.transient() {

@@ -77,6 +77,19 @@ impl MirrorModule {
                 if self.role == Role::Stopped {
                     return Err(CommandError::AlreadyStopped);
                 }
+                // A stop under way goes on: queued again, its scripts would
+                // run again (a hung one too, which `forcestop` just killed).
+                let stopping = self
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, Step::Enter(Role::Stopped, _)));
+                if stopping {
+                    self.log(
+                        LogLevel::Info,
+                        "stop: the module is already stopping".into(),
+                    );
+                    return Ok(());
+                }
                 self.persistent.running = false;
                 self.persist();
                 self.steps.clear();
