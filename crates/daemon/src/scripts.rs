@@ -164,6 +164,42 @@ mod tests {
         }
     }
 
+    /// A kill that never comes: its sender is dropped at once.
+    fn not_killed() -> tokio::sync::oneshot::Receiver<()> {
+        tokio::sync::oneshot::channel().1
+    }
+
+    #[tokio::test]
+    async fn a_kill_ends_the_script_and_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("child.pid");
+        let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        let j = job(dir.path(), &script, Duration::from_secs(30), false);
+        let (kill, killed) = tokio::sync::oneshot::channel();
+        let running = tokio::spawn(run(j, killed));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !marker.exists() {
+            assert!(std::time::Instant::now() < deadline, "the script started");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        kill.send(()).unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("killed well before its timeout")
+            .unwrap();
+        assert_eq!(outcome, ScriptOutcome::Failed("killed by forcestop".into()));
+        let child: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // Its background child went with its process group.
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), None).is_err()
+            || std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|s| s.contains(") Z "));
+        assert!(gone, "the script's child {child} was killed");
+    }
+
     #[tokio::test]
     async fn passes_safekit_arguments_and_environment() {
         let dir = tempfile::tempdir().unwrap();
@@ -173,7 +209,7 @@ mod tests {
             Duration::from_secs(10),
             true,
         );
-        assert_eq!(run(j).await, ScriptOutcome::Success);
+        assert_eq!(run(j, not_killed()).await, ScriptOutcome::Success);
         let log = std::fs::read_to_string(dir.path().join("app.log")).unwrap();
         assert!(
             log.contains("args=force WAIT ALONE start module=web"),
@@ -185,14 +221,17 @@ mod tests {
     async fn failure_timeout_and_missing_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let j = job(dir.path(), "exit 3", Duration::from_secs(10), false);
-        assert_eq!(run(j).await, ScriptOutcome::Failed("exit code 3".into()));
+        assert_eq!(
+            run(j, not_killed()).await,
+            ScriptOutcome::Failed("exit code 3".into())
+        );
         let j = job(dir.path(), "sleep 30", Duration::from_millis(200), false);
         assert_eq!(
-            run(j).await,
+            run(j, not_killed()).await,
             ScriptOutcome::TimedOut(Duration::from_millis(200))
         );
         let mut j = job(dir.path(), "true", Duration::from_secs(1), false);
         j.path = dir.path().join("absent");
-        assert_eq!(run(j).await, ScriptOutcome::Missing);
+        assert_eq!(run(j, not_killed()).await, ScriptOutcome::Missing);
     }
 }
