@@ -135,6 +135,7 @@ mod tests {
             problem: None,
             tracked: None,
             last_resync: None,
+            unacknowledged: None,
         };
         assert_eq!(
             replicated(&dir),
@@ -170,6 +171,7 @@ mod tests {
                 eta_seconds: eta,
             }),
             last_resync: None,
+            unacknowledged: None,
         })
     }
 

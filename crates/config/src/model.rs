@@ -112,6 +112,13 @@ pub struct ReplicationConfig {
     /// refused: disk full) is a failure of the secondary.
     pub ack_timeout: Duration,
     pub on_secondary_failure: OnSecondaryFailure,
+    pub durability: DurabilityPolicy,
+    /// Bytes of data written and not yet acknowledged by the secondary
+    /// beyond which calls that change something wait.
+    pub max_unacked_bytes: u64,
+    /// Age of the oldest change not yet acknowledged beyond which calls
+    /// that change something wait.
+    pub max_unacked_age: Duration,
 }
 
 impl Default for ReplicationConfig {
@@ -121,8 +128,25 @@ impl Default for ReplicationConfig {
             ack: AckPolicy::default(),
             ack_timeout: Duration::from_secs(5),
             on_secondary_failure: OnSecondaryFailure::default(),
+            durability: DurabilityPolicy::default(),
+            // Chosen by measurement (docs/BENCHMARKS.md).
+            max_unacked_bytes: 64 << 20,
+            max_unacked_age: Duration::from_secs(1),
         }
     }
+}
+
+/// Which calls on a replicated directory wait for the secondary's
+/// acknowledgement (invariant 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DurabilityPolicy {
+    /// Those that promise durability: fsync, fdatasync, writes on
+    /// O_SYNC/O_DSYNC descriptors, directory fsync, and the close of a
+    /// file written through that descriptor (NFS's close-to-open).
+    #[default]
+    SyncCalls,
+    /// Every call that changes something (strict, synchronous).
+    EveryCall,
 }
 
 /// What the primary does when its secondary, still alive (heartbeats),

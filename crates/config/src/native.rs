@@ -22,8 +22,8 @@ use crate::checker::{
 };
 use crate::error::{ConfigError, ValidationError};
 use crate::model::{
-    AckPolicy, Balance, Boot, DefaultPrimary, HealthConfig, HeartbeatConfig, Mac, Mode,
-    ModuleConfig, ModuleId, NodeConfig, OnSecondaryFailure, Protocol, ReplicatedDir,
+    AckPolicy, Balance, Boot, DefaultPrimary, DurabilityPolicy, HealthConfig, HeartbeatConfig, Mac,
+    Mode, ModuleConfig, ModuleId, NodeConfig, OnSecondaryFailure, Protocol, ReplicatedDir,
     ReplicationConfig, Rule, ScriptsConfig, SplitBrainConfig, VipConfig, WitnessConfig,
     DEFAULT_LOOP_INTERVAL, DEFAULT_MAXLOOP, DEFAULT_NETWORK, DEFAULT_PORT, DEFAULT_POWER,
     DEFAULT_PULSE, DEFAULT_SCRIPT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_WITNESS_PORT, MAX_MODULE_ID,
@@ -73,7 +73,15 @@ const CHECKER_KEYS: &[&str] = &[
 ];
 const VIP_KEYS: &[&str] = &["address", "prefix", "interface", "vmac"];
 const HEALTH_KEYS: &[&str] = &["port"];
-const REPLICATION_KEYS: &[&str] = &["port", "ack", "ack_timeout", "on_secondary_failure"];
+const REPLICATION_KEYS: &[&str] = &[
+    "port",
+    "ack",
+    "ack_timeout",
+    "on_secondary_failure",
+    "durability",
+    "max_unacked_bytes",
+    "max_unacked_age",
+];
 const REPLICATED_KEYS: &[&str] = &["dir", "exclude", "exclude_names"];
 const MODULE_KEYS: &[&str] = &[
     "name",
@@ -282,6 +290,19 @@ pub fn to_toml(config: &ModuleConfig) -> String {
             OnSecondaryFailure::Block => "block",
         };
         table.insert("on_secondary_failure", value(on_failure));
+        let durability = match config.replication.durability {
+            DurabilityPolicy::SyncCalls => "sync_calls",
+            DurabilityPolicy::EveryCall => "every_call",
+        };
+        table.insert("durability", value(durability));
+        table.insert(
+            "max_unacked_bytes",
+            value(config.replication.max_unacked_bytes as i64),
+        );
+        table.insert(
+            "max_unacked_age",
+            value(format_duration(config.replication.max_unacked_age)),
+        );
         doc.insert("replication", Item::Table(table));
     }
     if !config.replicated.is_empty() {
@@ -733,11 +754,38 @@ impl<'a> Reader<'a> {
                 }
             })?
             .unwrap_or_default();
+        let durability = self
+            .opt(section, "durability", |r, path, item| {
+                match r.string(path, item)?.as_str() {
+                    "sync_calls" => Ok(DurabilityPolicy::SyncCalls),
+                    "every_call" => Ok(DurabilityPolicy::EveryCall),
+                    other => Err(r.error(
+                        path,
+                        format!("unknown durability {other:?}; expected \"sync_calls\" or \"every_call\""),
+                    )),
+                }
+            })?
+            .unwrap_or_default();
+        let max_unacked_bytes = self
+            .opt(section, "max_unacked_bytes", Self::size)?
+            .unwrap_or(defaults.max_unacked_bytes);
+        let max_unacked_age = self
+            .opt(section, "max_unacked_age", |r, path, item| {
+                let d = r.duration(path, item)?;
+                if d.is_zero() {
+                    return Err(r.error(path, "must be more than 0".to_string()));
+                }
+                Ok(d)
+            })?
+            .unwrap_or(defaults.max_unacked_age);
         Ok(ReplicationConfig {
             port,
             ack,
             ack_timeout,
             on_secondary_failure,
+            durability,
+            max_unacked_bytes,
+            max_unacked_age,
         })
     }
 
@@ -1224,6 +1272,25 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A size in bytes: an integer, or a string with a binary unit
+    /// ("64MiB", "512 KiB"); more than 0.
+    fn size(&mut self, path: &str, item: &Item) -> Converted<u64> {
+        let expected = "expected a size in bytes, like 67108864 or \"64MiB\" (B, KiB, MiB, GiB)";
+        let bytes = match (item.as_integer(), item.as_str()) {
+            (Some(n), _) => u64::try_from(n).ok(),
+            (_, Some(text)) => parse_size(text),
+            _ => None,
+        };
+        match bytes {
+            Some(0) => Err(self.error(path, "must be more than 0".to_string())),
+            Some(n) => Ok(n),
+            None => {
+                let found = self.found(item);
+                Err(self.error(path, format!("{expected}, found {found}")))
+            }
+        }
+    }
+
     fn duration(&mut self, path: &str, item: &Item) -> Converted<Duration> {
         let expected = "expected a duration with a unit, like \"700ms\"";
         let Some(text) = item.as_str() else {
@@ -1317,4 +1384,21 @@ fn join(parent: &str, key: &str) -> String {
     } else {
         format!("{parent}.{key}")
     }
+}
+
+/// "64MiB", "512 KiB", "4096" (bytes): the number of bytes, if it is one.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        _ => return None,
+    };
+    number.parse::<u64>().ok()?.checked_mul(1 << shift)
 }

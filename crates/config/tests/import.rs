@@ -177,19 +177,22 @@ fn the_safekit_sample_imports() {
         [
             (3, "<service>"),
             (7, "<heartbeat>"),
-            (17, "<rfs async>"),
+            (17, "<rfs>"),
             (17, "<rfs mountover>"),
             (17, "<rfs acl>"),
             (17, "<rfs nbrei>"),
+            (17, "<rfs async>"),
         ],
         "{warnings:#?}"
     );
     assert!(warnings[0].message.contains("boot"));
     assert!(warnings[1].message.contains("typographic quotes"));
+    assert!(warnings[2].message.contains("durability = \"sync_calls\""));
     assert_eq!(
         warnings[3].to_string(),
         "line 17: <rfs mountover>: Holdfast mounts its replication file system over the directory itself: no directory is renamed or linked; ignored"
     );
+    assert!(warnings[6].message.contains("ack = \"receipt\""));
 
     // The import is a native configuration like any other.
     let back = parse_module(&to_toml(&config), Path::new("web.toml")).expect("valid");
@@ -1012,4 +1015,40 @@ fn notreplicated_entries_become_exclusions() {
     assert!(!reported.contains(&"<notreplicated>"), "{warnings:#?}");
     let rendered = holdfast_config::to_toml(&config);
     assert!(rendered.contains("exclude = [\"logs\"]"), "{rendered}");
+}
+
+#[test]
+fn rfs_async_maps_onto_the_acknowledgement_and_the_durability_is_said() {
+    let rfs = |attrs: &str| {
+        userconfig(
+            "",
+            &format!("<rfs{attrs}>\n<replicated dir=\"/srv/data\"/>\n</rfs>\n"),
+        )
+    };
+    let durable = imported(&rfs(" async=\"none\""), CLUSTER_XML);
+    assert_eq!(durable.config.replication.ack, AckPolicy::Durable);
+    assert_eq!(
+        durable.config.replication.durability,
+        DurabilityPolicy::SyncCalls
+    );
+    let said = |w: &[ImportWarning], element: &str, text: &str| {
+        w.iter()
+            .any(|w| w.element == element && w.message.contains(text))
+    };
+    assert!(said(&durable.warnings, "<rfs async>", "ack = \"durable\""));
+    assert!(said(
+        &durable.warnings,
+        "<rfs>",
+        "durability = \"sync_calls\""
+    ));
+    let receipt = imported(&rfs(""), CLUSTER_XML);
+    assert_eq!(receipt.config.replication.ack, AckPolicy::Receipt);
+    assert!(said(&receipt.warnings, "<rfs>", "every_call"));
+    assert_error(
+        import(&rfs(" async=\"always\""), CLUSTER_XML),
+        USERCONFIG,
+        8,
+        "<rfs async>",
+        "\"second\" or \"none\"",
+    );
 }

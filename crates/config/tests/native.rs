@@ -826,6 +826,23 @@ fn replication_parses_round_trips_and_defaults() {
         OnSecondaryFailure::Block
     );
     assert_eq!(parse(&to_toml(&blocking)).unwrap(), blocking);
+    assert_eq!(config.replication.durability, DurabilityPolicy::SyncCalls);
+    let strict = parse(&minimal_plus(
+        "[replication]\ndurability = \"every_call\"\nmax_unacked_bytes = \"8 MiB\"\nmax_unacked_age = \"250ms\"\n\n[[replicated]]\ndir = \"/srv/a\"\n",
+    ))
+    .unwrap();
+    assert_eq!(strict.replication.durability, DurabilityPolicy::EveryCall);
+    assert_eq!(strict.replication.max_unacked_bytes, 8 << 20);
+    assert_eq!(
+        strict.replication.max_unacked_age,
+        Duration::from_millis(250)
+    );
+    assert_eq!(parse(&to_toml(&strict)).unwrap(), strict);
+    let bytes = parse(&minimal_plus(
+        "[replication]\nmax_unacked_bytes = 4096\n\n[[replicated]]\ndir = \"/srv/a\"\n",
+    ))
+    .unwrap();
+    assert_eq!(bytes.replication.max_unacked_bytes, 4096);
     let minimal = parse(MINIMAL).unwrap();
     assert!(minimal.replicated.is_empty());
     assert_eq!(minimal.replication, ReplicationConfig::default());
@@ -916,6 +933,33 @@ fn replication_errors_are_placed() {
         24,
         "replication.on_secondary_failure",
         "\"degrade\" or \"block\"",
+    );
+    assert_error(
+        &minimal_plus("[replication]\ndurability = \"always\"\n"),
+        13,
+        14,
+        "replication.durability",
+        "\"sync_calls\" or \"every_call\"",
+    );
+    for bad in ["\"64MB\"", "0", "-1", "\"lots\""] {
+        assert_error(
+            &minimal_plus(&format!("[replication]\nmax_unacked_bytes = {bad}\n")),
+            13,
+            21,
+            "replication.max_unacked_bytes",
+            if bad == "0" {
+                "more than 0"
+            } else {
+                "size in bytes"
+            },
+        );
+    }
+    assert_error(
+        &minimal_plus("[replication]\nmax_unacked_age = \"0s\"\n"),
+        13,
+        19,
+        "replication.max_unacked_age",
+        "more than 0",
     );
     assert_error(
         &minimal_plus("[replication]\nack_timeout = \"0s\"\n"),

@@ -1,4 +1,4 @@
-//! Synchronous real-time replication of a mirror module's directories.
+//! Real-time replication of a mirror module's directories.
 //!
 //! This crate owns the FUSE file system mounted over each replicated
 //! directory on the primary, the replication wire, and the secondary's
@@ -10,13 +10,15 @@
 //! ```text
 //!  application ── write(2) ──▶ kernel VFS ──▶ FUSE (/dev/fuse)
 //!       ▲                                          │
-//!       │ reply (only after the ack)               ▼
+//!       │ reply (fsync, close: after the ack)      ▼
 //!       │                         fs/: MirrorFs ── ordering lock ────────────┐
 //!       │                          1. apply locally, through the directory   │
 //!       │                             fd opened before mounting (apply.rs)   │
 //!       │                          2. describe it as a Change (op.rs)        │
 //!       │                          3. submit to the Replicator ──────────────┘
-//!       │                          4. reply once acknowledged (no lock)
+//!       │                          4. reply (no lock): at once, or once
+//!       │                             the tail (fs/tail.rs) is acknowledged
+//!       │                             up to it, for a durability call
 //!       │                                          │
 //!       │            sender.rs: TcpReplicator — seq numbers, a sender
 //!       │            thread writing queued frames together (pipelined);
@@ -34,12 +36,17 @@
 //! The secondary's directory is read-only to its local processes: the
 //! daemon binds it read-only over itself after the [`Receiver`] opened it.
 //!
-//! The promise: an operation the application saw succeed was acknowledged
-//! by the secondary. If the secondary refuses or the connection fails, a
-//! bare replicator's operation returns `EIO`; a [`Link`]'s [`OnFailure`]
-//! records the change durably and then fails it, lets it succeed (the
-//! primary goes on alone) or holds it until a resynchronisation brought it
-//! to the secondary.
+//! The promise (invariant 1): every change is submitted at once, in
+//! order, after its local apply, so the secondary holds a prefix; a call
+//! that promises durability (fsync, fdatasync, an `O_SYNC`/`O_DSYNC`
+//! write, a directory fsync, the close of a file written through that
+//! descriptor) returns only once the secondary acknowledged it and
+//! everything before it — every call with [`Durability::EveryCall`]. The
+//! rest, the unacknowledged [`Tail`], is bounded ([`TailLimits`]). If the
+//! secondary refuses or the connection fails, a bare replicator's waiting
+//! calls return `EIO`; a [`Link`]'s [`OnFailure`] records the change
+//! durably and then fails it, lets it succeed (the primary goes on alone)
+//! or holds it until a resynchronisation brought it to the secondary.
 //!
 //! # What is replicated
 //!
@@ -107,7 +114,8 @@ pub mod summary;
 pub mod tracking;
 
 pub use exclusions::{ExclusionError, Exclusions};
-pub use fs::mount::{Mirror, MountError, MountGuard};
+pub use fs::mount::{Mirror, MountError, MountGuard, MountOptions};
+pub use fs::tail::{Durability, Tail, TailLimits, Unacknowledged};
 pub use fs::tree::{Ordered, Tree};
 pub use generation::{
     boot_id, compare_reason, decide, plan, Basis, Decision, GenerationStore, Generations, Plan,

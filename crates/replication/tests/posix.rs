@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::Fixture;
-use holdfast_replication::{Ack, AckMode, AckSender, Change, Mirror, ReplicationError, Replicator};
+use holdfast_replication::{
+    Ack, AckMode, AckSender, Change, Durability, Mirror, MountOptions, ReplicationError,
+    Replicator, TailLimits,
+};
 use rustix::fs::{
     self as rfs, FallocateFlags, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags, CWD,
 };
@@ -993,7 +996,8 @@ fn a_change_held_for_the_secondary_does_not_hold_other_requests() {
         // As with `on_secondary_failure = "block"`: changes wait for a resync.
         link.hold();
     }
-    let held = std::thread::spawn(move || file.write_all(b"held"));
+    // Returns once applied; its fsync waits for the secondary.
+    let held = std::thread::spawn(move || file.write_all(b"held").and_then(|()| file.sync_data()));
     let written =
         std::path::PathBuf::from(format!("/proc/self/fd/{}", backing.as_raw_fd())).join("held");
     let applied = || fs::read(&written).is_ok_and(|d| d == b"held");
@@ -1040,7 +1044,7 @@ fn writes_after_unlink_reach_a_link_never_looked_up() {
 }
 
 #[test]
-fn failed_replication_is_an_io_error_for_the_application() {
+fn failed_replication_is_an_io_error_for_a_call_that_waits() {
     #[derive(Debug)]
     struct Failing;
     impl Replicator for Failing {
@@ -1050,18 +1054,32 @@ fn failed_replication_is_an_io_error_for_the_application() {
             ))))
         }
     }
-    let tmp = tempfile::tempdir().unwrap();
-    let guard = Mirror::mount(tmp.path(), Arc::new(Failing)).unwrap();
-    let err = fs::create_dir(tmp.path().join("d")).unwrap_err();
-    assert_eq!(
-        err.raw_os_error(),
-        Some(rustix::io::Errno::IO.raw_os_error())
-    );
-    // Reads do not need the secondary.
-    assert!(list(tmp.path()).is_ok());
-    guard.unmount().unwrap();
-    let mounted = fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounted.contains(tmp.path().to_str().unwrap()));
+    let eio = Some(rustix::io::Errno::IO.raw_os_error());
+    for durability in [Durability::EveryCall, Durability::SyncCalls] {
+        let tmp = tempfile::tempdir().unwrap();
+        let options = MountOptions {
+            durability,
+            ..MountOptions::default()
+        };
+        let guard = Mirror::mount_with(tmp.path(), Arc::new(Failing), options).unwrap();
+        let made = fs::create_dir(tmp.path().join("d"));
+        if durability == Durability::EveryCall {
+            assert_eq!(made.unwrap_err().raw_os_error(), eio);
+        } else {
+            // Applied and queued: only a call promising durability learns.
+            made.unwrap();
+            let dir = File::open(tmp.path()).unwrap();
+            assert_eq!(dir.sync_all().unwrap_err().raw_os_error(), eio);
+            let mut f = File::create(tmp.path().join("f")).unwrap();
+            f.write_all(b"x").unwrap();
+            assert_eq!(f.sync_data().unwrap_err().raw_os_error(), eio);
+        }
+        // Reads do not need the secondary.
+        assert!(list(tmp.path()).is_ok());
+        guard.unmount().unwrap();
+        let mounted = fs::read_to_string("/proc/mounts").unwrap();
+        assert!(!mounted.contains(tmp.path().to_str().unwrap()));
+    }
 }
 
 #[test]
@@ -1139,4 +1157,180 @@ fn a_panicking_test_leaves_no_mount_behind() {
     assert!(result.is_err());
     let mounts = fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(mount_point.unwrap().to_str().unwrap()));
+}
+
+/// Acknowledges only when the test releases: what each call waits for.
+/// Opened for good by its [`Opened`] guard, so a failing test does not
+/// leave a close waiting for it forever (the mount could not go).
+#[derive(Default)]
+struct Gate(std::sync::Mutex<(Vec<AckSender>, bool)>);
+
+impl Replicator for Gate {
+    fn submit(&self, _: &Change) -> Result<Ack, ReplicationError> {
+        let mut gate = self.0.lock().unwrap();
+        if gate.1 {
+            return Ok(Ack::done(Ok(())));
+        }
+        let (tx, ack) = Ack::channel();
+        gate.0.push(tx);
+        Ok(ack)
+    }
+}
+
+/// Declared after the mount's guard: dropped before it.
+struct Opened(Arc<Gate>);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0 .0.lock().unwrap().1 = true;
+        self.0.release();
+    }
+}
+
+impl Gate {
+    fn release(&self) {
+        let senders: Vec<_> = self.0.lock().unwrap().0.drain(..).collect();
+        for tx in senders {
+            tx.send(Ok(()));
+        }
+    }
+
+    /// Runs `call` on a thread: whether it returned within a while
+    /// without acknowledgements; then acknowledges everything until it
+    /// returned.
+    fn waits<T: Send + 'static>(
+        &self,
+        call: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> bool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(call().map(drop).map_err(|e| e.to_string())));
+        // A call that does not wait returns within this; one that waits
+        // is released below, so the bound only decides how long a wrong
+        // answer takes to show.
+        let returned = rx.recv_timeout(Duration::from_millis(300));
+        if let Ok(r) = returned {
+            r.unwrap();
+            return false;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            self.release();
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(r) => {
+                    r.unwrap();
+                    return true;
+                }
+                Err(_) => assert!(std::time::Instant::now() < deadline, "never returned"),
+            }
+        }
+    }
+}
+
+#[test]
+fn only_calls_that_promise_durability_wait_for_the_secondary() {
+    use std::os::unix::fs::OpenOptionsExt;
+    for durability in [Durability::SyncCalls, Durability::EveryCall] {
+        let every = durability == Durability::EveryCall;
+        let tmp = tempfile::tempdir().unwrap();
+        let gate = Arc::new(Gate::default());
+        let options = MountOptions {
+            durability,
+            ..MountOptions::default()
+        };
+        let dir = tmp.path().to_path_buf();
+        let p = dir.join("f");
+        // Before mounting: with every call waiting, a create would too.
+        File::create(&p).unwrap();
+        let guard = Mirror::mount_with(tmp.path(), gate.clone(), options).unwrap();
+        let _opened = Opened(gate.clone());
+        let f = Arc::new(OpenOptions::new().write(true).open(&p).unwrap());
+        let write = |f: &Arc<File>| {
+            let f = f.clone();
+            move || f.write_at(b"data", 0)
+        };
+        assert_eq!(gate.waits(write(&f)), every, "a write ({durability:?})");
+        let g = f.clone();
+        assert!(gate.waits(move || g.sync_data()), "fdatasync");
+        let g = f.clone();
+        gate.waits(write(&g));
+        assert!(gate.waits(move || g.sync_all()), "fsync");
+        let d = dir.clone();
+        assert_eq!(
+            gate.waits(move || fs::create_dir(d.join("sub"))),
+            every,
+            "mkdir"
+        );
+        let d = dir.clone();
+        assert!(
+            gate.waits(move || File::open(&d)?.sync_all()),
+            "directory fsync"
+        );
+        let synced = Arc::new(
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::DSYNC.bits() as i32)
+                .open(&p)
+                .unwrap(),
+        );
+        gate.release();
+        assert!(
+            gate.waits(write(&synced)),
+            "a write on an O_DSYNC descriptor"
+        );
+        // Close-to-open: the close of a file written through it waits
+        // (unless the write did), of one not written through it, not.
+        let written = Arc::new(OpenOptions::new().write(true).open(&p).unwrap());
+        gate.release();
+        gate.waits(write(&written));
+        // The write's thread let its reference go before it answered.
+        let written = Arc::try_unwrap(written).unwrap();
+        assert_eq!(
+            gate.waits(move || {
+                drop(written);
+                Ok(())
+            }),
+            !every,
+            "close after a write"
+        );
+        let untouched = OpenOptions::new().write(true).open(&p).unwrap();
+        assert!(
+            !gate.waits(move || {
+                drop(untouched);
+                Ok(())
+            }),
+            "close without a write"
+        );
+        drop((f, synced));
+        gate.release();
+        guard.unmount().unwrap();
+    }
+}
+
+#[test]
+fn calls_beyond_the_unacknowledged_limits_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new(Gate::default());
+    let options = MountOptions {
+        limits: TailLimits {
+            bytes: 100,
+            age: Duration::from_secs(3600),
+        },
+        ..MountOptions::default()
+    };
+    File::create(tmp.path().join("f")).unwrap();
+    let guard = Mirror::mount_with(tmp.path(), gate.clone(), options).unwrap();
+    let _opened = Opened(gate.clone());
+    let f = Arc::new(
+        OpenOptions::new()
+            .write(true)
+            .open(tmp.path().join("f"))
+            .unwrap(),
+    );
+    let g = f.clone();
+    assert!(!gate.waits(move || g.write_at(&[1u8; 100], 0)), "within");
+    let g = f.clone();
+    assert!(gate.waits(move || g.write_at(&[2u8; 1], 100)), "beyond");
+    assert_eq!(guard.tail().unacknowledged().changes, 0);
+    drop(f);
+    guard.unmount().unwrap();
 }

@@ -23,8 +23,8 @@ use holdfast_replication::mark::EXTENT;
 use holdfast_replication::tracking::BLOCK;
 use holdfast_replication::{
     resync, AckMode, ChangeLog, Exclusions, GenerationStore, Generations, Link, LinkMode, Mark,
-    Mirror, MountGuard, Peer, Progress, Receiver, ReceiverError, Recovery, Scope, TcpReplicator,
-    TrackingConfig,
+    Mirror, MountGuard, MountOptions, Peer, Progress, Receiver, ReceiverError, Recovery, Scope,
+    TcpReplicator, TrackingConfig,
 };
 use rand::{Rng, SeedableRng};
 
@@ -87,7 +87,11 @@ impl Pair {
         self.primary_gen.start_tracking();
         let (log, recovery) = ChangeLog::open(&self.state(), config).unwrap();
         let link = Link::tracking(Arc::new(log));
-        let mount = Mirror::mount_excluding(&self.primary, Arc::new(link.clone()), exclusions);
+        let options = MountOptions {
+            exclusions,
+            ..MountOptions::default()
+        };
+        let mount = Mirror::mount_with(&self.primary, Arc::new(link.clone()), options);
         self.mount = Some(mount.unwrap());
         self.link = Some(link);
         recovery

@@ -5,7 +5,7 @@ use roxmltree::Node;
 use super::xml::{element_name, XmlFile};
 use super::Importer;
 use crate::error::ConfigError;
-use crate::model::ModuleConfig;
+use crate::model::{AckPolicy, ModuleConfig};
 
 /// The attributes of the guide's `<rfs>` (§13.7.2-13.7.3) that Holdfast
 /// does not map, with the reason each one cannot be.
@@ -45,12 +45,42 @@ impl Importer {
         rfs: Node<'_, '_>,
         config: &mut ModuleConfig,
     ) -> Result<(), ConfigError> {
-        let known: Vec<&str> = RFS_NOT_MAPPED.iter().map(|(name, _)| *name).collect();
+        self.warn(
+            f,
+            rfs.range().start,
+            "<rfs>",
+            "replication.durability = \"sync_calls\" chosen, as SafeKit's capture on Linux (an NFS mount: close-to-open): fsync, O_SYNC/O_DSYNC writes and the close of a file written through it wait for the secondary, other calls return once applied and queued (at most replication.max_unacked_bytes and max_unacked_age unacknowledged); set durability = \"every_call\" to make every call wait",
+        );
+        let mut known: Vec<&str> = RFS_NOT_MAPPED.iter().map(|(name, _)| *name).collect();
+        known.push("async");
         self.check_attributes(f, rfs, &known);
         for (name, reason) in RFS_NOT_MAPPED {
             if let Some(attr) = self.attr(f, rfs, name) {
                 self.warn(f, attr.offset, &attr.field, format!("{reason}; ignored"));
             }
+        }
+        if let Some(mode) = self.attr(f, rfs, "async") {
+            let (ack, chosen) = match mode.value {
+                "second" => (AckPolicy::Receipt, "receipt"),
+                "none" => (AckPolicy::Durable, "durable"),
+                other => {
+                    return Err(f.attr_error(
+                        &mode,
+                        format!("unknown mode {other:?}; expected \"second\" or \"none\""),
+                    ))
+                }
+            };
+            config.replication.ack = ack;
+            self.note_attr("replication.ack", f, &mode);
+            let message = format!(
+                "replication.ack = \"{chosen}\": the secondary acknowledges {}",
+                if ack == AckPolicy::Durable {
+                    "once the change is on its disk"
+                } else {
+                    "on receipt, before its disk has the change"
+                }
+            );
+            self.warn(f, mode.offset, &mode.field, message);
         }
         for el in rfs.children().filter(Node::is_element) {
             match el.tag_name().name() {

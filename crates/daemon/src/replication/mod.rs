@@ -41,10 +41,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use holdfast_config::{AckPolicy, ModuleConfig};
+use holdfast_config::{AckPolicy, DurabilityPolicy, ModuleConfig};
 use holdfast_key::ClusterKey;
 use holdfast_membership::{LogLevel, State};
-use holdfast_replication::{AckMode, Exclusions};
+use holdfast_replication::{AckMode, Durability, Exclusions, TailLimits};
 
 use self::bell::Bell;
 use self::directory::{detach_stale_mounts, Dir};
@@ -193,6 +193,14 @@ impl Replication {
                 ack_timeout: config.replication.ack_timeout,
                 fence: fence.clone(),
                 bell,
+                durability: match config.replication.durability {
+                    DurabilityPolicy::SyncCalls => Durability::SyncCalls,
+                    DurabilityPolicy::EveryCall => Durability::EveryCall,
+                },
+                limits: TailLimits {
+                    bytes: config.replication.max_unacked_bytes,
+                    age: config.replication.max_unacked_age,
+                },
             },
             log,
             synced: (0..config.replicated.len())
@@ -484,5 +492,15 @@ mod tests {
             flag.store(true, Ordering::SeqCst);
         }
         assert_eq!(r.follow(State::Second), Some(true));
+    }
+
+    /// The configuration's defaults are the library's, which the
+    /// benchmarks measured.
+    #[test]
+    fn the_default_limits_of_the_unacknowledged_tail_are_the_librarys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = second(tmp.path());
+        assert_eq!(r.primaries.limits, TailLimits::default());
+        assert_eq!(r.primaries.durability, Durability::SyncCalls);
     }
 }

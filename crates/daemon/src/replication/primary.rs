@@ -14,7 +14,8 @@ use holdfast_membership::connector::{ConnectorCore, ConnectorSettings};
 use holdfast_membership::LogLevel;
 use holdfast_replication::generation::StoreError;
 use holdfast_replication::{
-    ChangeLog, Link, Mirror, MountGuard, Recovery, TrackingConfig, TrackingError,
+    ChangeLog, Durability, Link, Mirror, MountGuard, MountOptions, Recovery, Tail, TailLimits,
+    TrackingConfig, TrackingError,
 };
 use parking_lot::Mutex;
 
@@ -57,6 +58,8 @@ pub(super) struct Primaries {
     pub(super) fence: Arc<PeerFence>,
     /// Wakes the connectors.
     pub(super) bell: Arc<Bell>,
+    pub(super) durability: Durability,
+    pub(super) limits: TailLimits,
 }
 
 /// A replicated directory mounted as primary, and its connector.
@@ -102,8 +105,12 @@ impl PrimaryDir {
             link.hold();
             with.fence.outdated(dir.index);
         }
-        let guard =
-            Mirror::mount_excluding(&dir.path, Arc::new(link.clone()), dir.exclusions.clone())?;
+        let options = MountOptions {
+            exclusions: dir.exclusions.clone(),
+            durability: with.durability,
+            limits: with.limits,
+        };
+        let guard = Mirror::mount_with(&dir.path, Arc::new(link.clone()), options)?;
         with.log.write(
             LogLevel::Info,
             &format!(
@@ -211,10 +218,11 @@ impl PrimaryDir {
         }
     }
 
-    /// The directory's change log and tree, for [`ReplicationStatus`].
-    pub(super) fn tracked(&self) -> Option<(Link, holdfast_replication::Tree)> {
+    /// The directory's change log, tree and unacknowledged tail, for
+    /// [`ReplicationStatus`].
+    pub(super) fn tracked(&self) -> Option<(Link, holdfast_replication::Tree, Tail)> {
         self.guard
             .as_ref()
-            .map(|g| (self.control.link.clone(), g.tree()))
+            .map(|g| (self.control.link.clone(), g.tree(), g.tail()))
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use holdfast_replication::{Link, Progress, TrackedSummary, Tree};
+use holdfast_replication::{Link, Progress, Tail, TrackedSummary, Tree};
 use parking_lot::Mutex;
 
 use super::directory::Dir;
@@ -192,6 +192,28 @@ pub struct LastResync {
     pub ended_at_ms: u64,
 }
 
+/// While primary: what the secondary has not acknowledged yet — what a
+/// hard crash of this node now would lose (invariant 1; bounded by
+/// `max_unacked_bytes` and `max_unacked_age`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Unacknowledged {
+    pub changes: u64,
+    /// Bytes of data written among them.
+    pub bytes: u64,
+    /// Age of the oldest of them (0 when there is none).
+    pub oldest_seconds: f64,
+}
+
+impl From<holdfast_replication::Unacknowledged> for Unacknowledged {
+    fn from(u: holdfast_replication::Unacknowledged) -> Self {
+        Unacknowledged {
+            changes: u.changes,
+            bytes: u.bytes,
+            oldest_seconds: u.oldest.map_or(0.0, |d| d.as_secs_f64()),
+        }
+    }
+}
+
 /// One replicated directory in `holdfast state`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DirStatus {
@@ -212,6 +234,9 @@ pub struct DirStatus {
     /// The last resynchronisation it completed as primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resync: Option<LastResync>,
+    /// While primary: what the secondary has not acknowledged yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacknowledged: Option<Unacknowledged>,
 }
 
 #[derive(Debug)]
@@ -221,8 +246,9 @@ struct LiveDir {
     progress: Option<Arc<Progress>>,
     basis: Option<String>,
     problem: Option<String>,
-    /// While primary: its change log and directory, for [`TrackedChanges`].
-    primary: Option<(Link, Tree)>,
+    /// While primary: its change log and directory, for [`TrackedChanges`],
+    /// and its unacknowledged tail.
+    primary: Option<(Link, Tree, Tail)>,
     /// The last resynchronisation's rate, bytes per second.
     last_rate: Option<f64>,
     last_resync: Option<LastResync>,
@@ -281,7 +307,7 @@ impl ReplicationStatus {
     }
 
     /// The directory is mounted as primary (`None`: no longer).
-    pub(super) fn primary(&self, index: usize, primary: Option<(Link, Tree)>) {
+    pub(super) fn primary(&self, index: usize, primary: Option<(Link, Tree, Tail)>) {
         if let Some(d) = self.0.lock().get_mut(index) {
             d.primary = primary;
         }
@@ -316,6 +342,10 @@ impl ReplicationStatus {
                     problem: d.problem.clone(),
                     tracked: None,
                     last_resync: d.last_resync.clone(),
+                    unacknowledged: d
+                        .primary
+                        .as_ref()
+                        .map(|(_, _, tail)| tail.unacknowledged().into()),
                 };
                 let tracking = matches!(d.activity, Activity::Tracking | Activity::Holding);
                 let primary = d.primary.clone().filter(|_| tracking);
@@ -325,7 +355,7 @@ impl ReplicationStatus {
         // Outside the lock: the change log's counts (and a few sizes).
         read.into_iter()
             .map(|(mut status, primary, rate)| {
-                status.tracked = primary.map(|(link, tree)| {
+                status.tracked = primary.map(|(link, tree, _)| {
                     TrackedChanges::new(holdfast_replication::tracked(&tree, link.log()), rate)
                 });
                 status

@@ -13,11 +13,12 @@ use fuser::{FileHandle, FileType, Generation, INodeNo, ReplyEmpty, ReplyEntry, R
 use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, Stat};
 use rustix::io::Errno;
 
-use super::replies::{ChunkedWrite, Join, Pending};
-use super::{file_fd, fuse_err, kind_of, DirItem, Handle, MirrorFs, TTL};
+use super::replies::Join;
+use super::tail::Durability;
+use super::{file_fd, fuse_err, kind_of, open_file, DirItem, Handle, MirrorFs, TTL};
 use crate::apply::proc_path;
 use crate::entry::mtime_of;
-use crate::op::{parent_of, Change, Intent, Op, Stamp};
+use crate::op::{parent_of, Change, Intent, Op, ReplicationError, Stamp};
 
 /// A large write is applied and replicated in chunks of this size, so the
 /// secondary receives and checks one while the next is written here.
@@ -50,9 +51,8 @@ impl MirrorFs {
     }
 
     /// Runs `apply` (the local change) under the ordering lock, submits the
-    /// change it describes, and calls `done` once the secondary
-    /// acknowledged (see [`Pending::then`]), this thread serving other
-    /// requests meanwhile. A failed replication is EIO for the application.
+    /// change it describes, and calls `done` when the call may return (see
+    /// [`Self::answer`]), this thread serving other requests meanwhile.
     pub(super) fn mutate_then<T: Send + 'static>(
         &self,
         apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
@@ -60,34 +60,100 @@ impl MirrorFs {
     ) {
         match self.ordered(apply) {
             Err(e) => done(Err(e)),
-            Ok((value, pending)) => {
-                pending.then(&self.waiters, move |r| done(r.map(|()| value)));
+            Ok((value, end)) => self.answer(end, false, move |r| done(r.map(|()| value))),
+        }
+    }
+
+    /// [`Self::mutate_then`] for a call made through an open file
+    /// (`handle`), whose close then waits for the change.
+    pub(super) fn mutate_through<T: Send + 'static>(
+        &self,
+        handle: Option<Arc<Handle>>,
+        apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
+        done: impl FnOnce(Result<T, fuser::Errno>) + Send + 'static,
+    ) {
+        match self.ordered(apply) {
+            Err(e) => done(Err(e)),
+            Ok((value, end)) => {
+                if let Some(h) = &handle {
+                    open_file(h).wrote(end);
+                }
+                self.answer(end, false, move |r| done(r.map(|()| value)))
             }
         }
     }
 
-    /// The first half of [`Self::mutate_then`]: applied and submitted in
-    /// order, not yet acknowledged.
+    /// Applied and submitted in order: the value, and the end of what the
+    /// call submitted in the [`Tail`](super::tail::Tail) (`None`: nothing,
+    /// the change was excluded or its file has no name left).
     pub(super) fn ordered<T>(
         &self,
         apply: impl FnOnce() -> Result<(T, Option<Change>), Errno>,
-    ) -> Result<(T, Pending), fuser::Errno> {
+    ) -> Result<(T, Option<u64>), fuser::Errno> {
         let _order = self.tree.lock();
+        let before = self.tail.end();
         let (value, change) = apply().map_err(fuse_err)?;
-        Ok((value, self.submit(change)))
+        self.submit(change);
+        let end = self.tail.end();
+        Ok((value, (end > before).then_some(end)))
     }
 
-    /// Submits `change` unless it touches only what is not replicated.
-    pub(super) fn submit(&self, change: Option<Change>) -> Pending {
+    /// When a call that submitted the changes ending at `end` returns:
+    /// once the secondary acknowledged them and everything before if it
+    /// promises durability (`durable`) or [`Durability::EveryCall`] makes
+    /// every call wait; otherwise now, or once the tail is back within its
+    /// limits. A failed replication is EIO for a call that waits.
+    pub(super) fn answer(
+        &self,
+        end: Option<u64>,
+        durable: bool,
+        done: impl FnOnce(Result<(), fuser::Errno>) + Send + 'static,
+    ) {
+        let every_call = self.durability == Durability::EveryCall;
+        match end {
+            _ if durable => self
+                .tail
+                .barrier(end.unwrap_or_else(|| self.tail.end()), done),
+            Some(end) if every_call => self.tail.barrier(end, done),
+            Some(_) => self.tail.relief(done),
+            None => done(Ok(())),
+        }
+    }
+
+    /// Submits `change` unless it touches only what is not replicated: it
+    /// joins the tail, which its acknowledgement leaves — handled on the
+    /// thread that receives it, or on a waiter if a hook may block there
+    /// (a failure to record, a change held). Under the ordering lock.
+    pub(super) fn submit(&self, change: Option<Change>) {
         let excluded = |c: &Change| {
             let x = self.tree.exclusions();
             !x.is_empty() && c.op.paths().iter().all(|p| x.excludes(p))
         };
-        Pending(
-            change
-                .filter(|c| !excluded(c))
-                .map(|c| (self.replicator.submit(&c), c)),
-        )
+        let Some(change) = change.filter(|c| !excluded(c)) else {
+            return;
+        };
+        let bytes = match &change.op {
+            Op::Write { data, .. } => data.len() as u64,
+            _ => 0,
+        };
+        let ack = self.replicator.submit(&change);
+        let n = self.tail.enter(bytes);
+        let tail = self.tail.clone();
+        match ack {
+            Err(e) => tail.settle(n, outcome(&change, Err(e))),
+            Ok(ack) => {
+                let waiters = self.waiters.clone();
+                ack.then(move |ack| {
+                    let known = ack.is_done();
+                    let finish = move || tail.settle(n, outcome(&change, ack.wait()));
+                    if known {
+                        finish()
+                    } else {
+                        waiters.run(finish)
+                    }
+                });
+            }
+        }
     }
 
     /// Under the ordering lock: applies `data` in chunks of [`CHUNK`] and
@@ -102,17 +168,17 @@ impl MirrorFs {
         fd: &OwnedFd,
         data: &[u8],
         offset: u64,
-    ) -> Result<(ChunkedWrite, Option<Change>), Errno> {
-        let mut written = ChunkedWrite::all(0);
+    ) -> Result<(usize, Option<Change>), Errno> {
+        let mut written = 0;
         let mut last: Option<Change> = None;
         for chunk in data.chunks(CHUNK) {
             if let Some(change) = last.take() {
-                written.chunks.push(self.submit(Some(change)));
+                self.submit(Some(change));
             }
-            let at = offset + written.bytes as u64;
+            let at = offset + written as u64;
             let (applied, failed) = self.write_chunk(path, fd, chunk, at);
             if applied > 0 {
-                written.bytes += applied;
+                written += applied;
                 let op = Op::Write {
                     path: path.to_path_buf(),
                     offset: at,
@@ -121,7 +187,7 @@ impl MirrorFs {
                 last = Some(Change { op, stamps: vec![] });
             }
             if let Some(e) = failed {
-                if written.bytes == 0 {
+                if written == 0 {
                     return Err(e);
                 }
                 tracing::debug!("short write of {}: {e}", path.display());
@@ -189,8 +255,9 @@ impl MirrorFs {
     /// flush runs here while the secondary's does — outside the ordering
     /// lock, since a flush changes nothing. Here, not on a waiter: the
     /// hand-over cost more than other requests lose waiting (a database
-    /// commits one flush at a time anyway). `done` gets the outcome, from
-    /// whichever of this thread and the acknowledgement's finishes last.
+    /// commits one flush at a time anyway). `done` gets the outcome once
+    /// both the local flush and the secondary's acknowledgement of every
+    /// change up to it are in, from whichever thread comes last.
     pub(super) fn flush_both(
         &self,
         path: impl FnOnce() -> Result<Option<PathBuf>, Errno>,
@@ -207,9 +274,9 @@ impl MirrorFs {
         });
         match ordered {
             Err(e) => done(Err(e)),
-            Ok((path, pending)) => {
+            Ok((path, end)) => {
                 let join = Join::new(2, done);
-                pending.then(&self.waiters, join.part());
+                self.answer(end, true, join.part());
                 join.part()(local(path.as_deref()).map_err(fuse_err));
             }
         }
@@ -411,9 +478,9 @@ impl MirrorFs {
                 return Ok(());
             }
         }
-        // Rare (an unprivileged write to a set-user-ID file): waited for
-        // here, before the write it must precede.
-        let (dropped, pending) = self.ordered(|| {
+        // Rare (an unprivileged write to a set-user-ID file). Not waited
+        // for: the write it precedes follows it in the stream.
+        let (dropped, _) = self.ordered(|| {
             let path = match fd {
                 Some(fd) => self.open_file_path(ino, fd)?,
                 None => Some(self.path(ino)?),
@@ -450,7 +517,6 @@ impl MirrorFs {
             });
             Ok((true, change))
         })?;
-        pending.acknowledged()?;
         // The kernel did not ask for this change: its cached mode is stale.
         if dropped {
             if let Some(notifier) = self.notifier.get() {
@@ -533,5 +599,16 @@ fn stamp(path: &Path, fd: &OwnedFd) -> Result<Stamp, Errno> {
     Ok(Stamp {
         path: path.to_path_buf(),
         mtime: mtime_of(&rfs::fstat(fd)?),
+    })
+}
+
+/// A failed replication is EIO for a call that waits for it.
+fn outcome(
+    change: &Change,
+    acknowledged: Result<(), ReplicationError>,
+) -> Result<(), fuser::Errno> {
+    acknowledged.map_err(|e| {
+        tracing::error!("replication of {:?} failed: {e}", change.op.paths());
+        fuser::Errno::EIO
     })
 }

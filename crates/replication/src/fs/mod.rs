@@ -4,8 +4,9 @@
 //! real files through that descriptor (see [`crate::apply`]). Mutations are
 //! applied locally, turned into a [`Change`](crate::op::Change) and submitted to the
 //! [`Replicator`] under one ordering lock, so the secondary applies them in
-//! the order they happened here; the reply to the application waits for the
-//! secondary's acknowledgement, outside the lock.
+//! the order they happened here. Every change joins the unacknowledged
+//! [`Tail`] until the secondary acknowledged it; only calls that promise
+//! durability wait for it (see [`Durability`]), outside the lock.
 //!
 //! Inode numbers are the real files' own (the directory itself is FUSE's
 //! root, 1), so hard links share one inode and `st_ino` stays meaningful to
@@ -27,6 +28,7 @@ pub mod mount;
 mod nodes;
 mod operations;
 mod replies;
+pub mod tail;
 pub mod tree;
 
 use parking_lot::{Mutex, RwLock};
@@ -46,6 +48,7 @@ use crate::apply::Root;
 use crate::op::{Replicator, Time};
 use nodes::Nodes;
 use replies::Waiters;
+use tail::{Durability, Tail};
 use tree::Tree;
 
 /// How long the kernel keeps names and attributes. Only a program writing
@@ -71,13 +74,41 @@ struct MirrorFs {
     drops_privileges: AtomicBool,
     /// Where what may block is finished (see [`Server`](operations::Server)).
     waiters: Waiters,
+    durability: Durability,
+    /// What the secondary has not acknowledged yet.
+    tail: Tail,
 }
 
 #[derive(Debug)]
 enum Handle {
-    File(OwnedFd),
+    File(OpenFile),
     /// A snapshot of the entries, taken when reading from offset 0.
     Dir(Mutex<Vec<DirItem>>),
+}
+
+/// A file opened through the mount.
+#[derive(Debug)]
+struct OpenFile {
+    fd: OwnedFd,
+    /// The end of the changes made through this descriptor in the
+    /// [`Tail`] (0: none): its close waits for them (close-to-open).
+    written: AtomicU64,
+}
+
+impl OpenFile {
+    fn new(fd: OwnedFd) -> Self {
+        OpenFile {
+            fd,
+            written: AtomicU64::new(0),
+        }
+    }
+
+    /// A change made through this descriptor ended at `end`.
+    fn wrote(&self, end: Option<u64>) {
+        if let Some(end) = end {
+            self.written.fetch_max(end, Ordering::Relaxed);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -165,8 +196,12 @@ impl MirrorFs {
 }
 
 fn file_fd(h: &Handle) -> &OwnedFd {
+    &open_file(h).fd
+}
+
+fn open_file(h: &Handle) -> &OpenFile {
     match h {
-        Handle::File(fd) => fd,
+        Handle::File(file) => file,
         Handle::Dir(_) => unreachable!("checked by MirrorFs::file"),
     }
 }

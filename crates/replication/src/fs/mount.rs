@@ -14,6 +14,7 @@ use rustix::io::Errno;
 use super::nodes::Nodes;
 use super::operations::Server;
 use super::replies::Waiters;
+use super::tail::{Durability, Tail, TailLimits};
 use super::tree::Tree;
 use super::MirrorFs;
 use crate::apply::Root;
@@ -46,18 +47,29 @@ pub enum MountError {
 #[derive(Debug)]
 pub struct Mirror;
 
+/// How a mirror is mounted, beyond its directory and replicator.
+#[derive(Debug, Clone, Default)]
+pub struct MountOptions {
+    /// What is applied here only, never replicated.
+    pub exclusions: Exclusions,
+    /// Which calls wait for the secondary.
+    pub durability: Durability,
+    /// How far the unacknowledged tail may grow.
+    pub limits: TailLimits,
+}
+
 impl Mirror {
     /// Opens `dir`, then mounts the mirror file system on the same path:
     /// from then on every operation on `dir` passes through `replicator`.
     pub fn mount(dir: &Path, replicator: Arc<dyn Replicator>) -> Result<MountGuard, MountError> {
-        Self::mount_excluding(dir, replicator, Exclusions::default())
+        Self::mount_with(dir, replicator, MountOptions::default())
     }
 
-    /// [`Mirror::mount`], with what `exclusions` excludes applied here only.
-    pub fn mount_excluding(
+    /// [`Mirror::mount`] with `options`.
+    pub fn mount_with(
         dir: &Path,
         replicator: Arc<dyn Replicator>,
-        exclusions: Exclusions,
+        options: MountOptions,
     ) -> Result<MountGuard, MountError> {
         let open_err = |source| MountError::Open {
             path: dir.to_path_buf(),
@@ -66,7 +78,8 @@ impl Mirror {
         let root = Root::new(dir).map_err(open_err)?;
         let st = rfs::fstat(root.fd()).map_err(|e| open_err(e.into()))?;
         let notifier = Arc::new(OnceLock::new());
-        let tree = Tree::new(root, exclusions);
+        let tree = Tree::new(root, options.exclusions);
+        let tail = Tail::new(options.limits);
         let fs = MirrorFs {
             tree: tree.clone(),
             root_ino: st.st_ino as u64,
@@ -77,6 +90,8 @@ impl Mirror {
             notifier: notifier.clone(),
             drops_privileges: AtomicBool::new(false),
             waiters: Waiters::new(WAITERS).map_err(open_err)?,
+            durability: options.durability,
+            tail: tail.clone(),
         };
         let mut config = Config::default();
         config.mount_options = vec![
@@ -99,6 +114,7 @@ impl Mirror {
             dir: dir.to_path_buf(),
             session: Some(session),
             tree,
+            tail,
         })
     }
 }
@@ -109,6 +125,7 @@ pub struct MountGuard {
     dir: PathBuf,
     session: Option<BackgroundSession>,
     tree: Tree,
+    tail: Tail,
 }
 
 impl MountGuard {
@@ -120,6 +137,11 @@ impl MountGuard {
     /// changes: what a resynchronisation reads from while the mount serves.
     pub fn tree(&self) -> Tree {
         self.tree.clone()
+    }
+
+    /// What the secondary has not acknowledged yet.
+    pub fn tail(&self) -> Tail {
+        self.tail.clone()
     }
 
     /// Unmounts now, reporting failure; a busy mount is detached (lazy

@@ -18,29 +18,29 @@ use rustix::fs::{self as rfs, AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::changes::made_stamps;
-use super::replies::ChunkedWrite;
-use super::{file_fd, fuse_err, Handle, MirrorFs, TTL};
+use super::tail::Durability;
+use super::{file_fd, fuse_err, open_file, Handle, MirrorFs, OpenFile, TTL};
 use crate::apply::{proc_path, set_file_owner_mode, write_all_at};
 use crate::entry::{atime_of, mtime_of};
 use crate::op::{parent_of, Change, Intent, Op, Time};
 
-/// How open files are served: with no flush request at each close (every
-/// write was applied and acknowledged before it returned: nothing to
-/// flush), one round trip fewer per open file; and keeping the kernel's
-/// cached data across opens: every write passes through the mount and
-/// through that cache (write-through), so it never holds stale data.
-const OPENED: FopenFlags = FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_KEEP_CACHE);
-
-/// How an open file is served: write-only opens skip the kernel's page
-/// cache (`FOPEN_DIRECT_IO`): nothing reads through them, and the kernel
-/// then hands the writer's pages to the request instead of copying them
-/// into the cache first (one copy fewer per write).
-fn opened(access: OFlags) -> FopenFlags {
+/// How open files are served: keeping the kernel's cached data across
+/// opens (every write passes through the mount and through that cache,
+/// write-through, so it never holds stale data); write-only opens skip
+/// the page cache (`FOPEN_DIRECT_IO`): nothing reads through them, and the
+/// kernel then hands the writer's pages to the request instead of copying
+/// them into the cache first (one copy fewer per write). No flush request
+/// at close (one round trip fewer) where the close has nothing to wait
+/// for: an open that cannot write, or any open when every call waits.
+fn opened(access: OFlags, durability: Durability) -> FopenFlags {
+    let mut how = FopenFlags::FOPEN_KEEP_CACHE;
     if access == OFlags::WRONLY {
-        OPENED.union(FopenFlags::FOPEN_DIRECT_IO)
-    } else {
-        OPENED
+        how |= FopenFlags::FOPEN_DIRECT_IO;
     }
+    if access == OFlags::RDONLY || durability == Durability::EveryCall {
+        how |= FopenFlags::FOPEN_NOFLUSH;
+    }
+    how
 }
 
 /// Largest write the kernel sends in one request (and so one change).
@@ -157,12 +157,14 @@ impl Filesystem for Server {
                 return reply.error(e);
             }
         }
-        self.mutate_then(
+        // The kernel passes the handle of an open directory too (fchmod).
+        let handle = fh
+            .and_then(|fh| self.handle(fh).ok())
+            .filter(|h| matches!(**h, Handle::File(_)));
+        let through = handle.clone();
+        self.mutate_through(
+            through,
             || {
-                // The kernel passes the handle of an open directory too (fchmod).
-                let handle = fh
-                    .and_then(|fh| self.handle(fh).ok())
-                    .filter(|h| matches!(**h, Handle::File(_)));
                 let fd = handle.as_deref().map(file_fd);
                 let path = match fd {
                     Some(fd) => self.open_file_path(ino, fd)?,
@@ -424,10 +426,13 @@ impl Filesystem for Server {
             // Only the access mode: appending, truncating and creating are
             // done by the kernel through explicit offsets and setattr.
             let access = OFlags::from_bits_retain((flags.0 & libc_accmode()) as u32);
-            Ok((self.root().open(&path, access)?, opened(access)))
+            Ok((
+                self.root().open(&path, access)?,
+                opened(access, self.durability),
+            ))
         });
         match result {
-            Ok((fd, how)) => reply.opened(self.add_handle(Handle::File(fd)), how),
+            Ok((fd, how)) => reply.opened(self.add_handle(Handle::File(OpenFile::new(fd))), how),
             Err(e) => reply.error(e),
         }
     }
@@ -472,7 +477,7 @@ impl Filesystem for Server {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
@@ -481,37 +486,53 @@ impl Filesystem for Server {
                 return reply.error(e);
             }
         }
+        let h = match self.file(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(fuse_err(e)),
+        };
         let written = self.ordered(|| {
-            let h = self.file(fh)?;
             let fd = file_fd(&h);
             let Some(path) = self.open_file_path(ino, fd)? else {
                 write_all_at(fd, data, offset)?;
-                return Ok((ChunkedWrite::all(data.len()), None));
+                return Ok((data.len(), None));
             };
             self.write_chunks(&path, fd, data, offset)
         });
         match written {
             Err(e) => reply.error(e),
-            Ok((mut written, last)) => {
-                written.chunks.push(last);
-                written.then(&self.waiters, move |r| match r {
-                    Ok(n) => reply.written(n),
+            Ok((bytes, end)) => {
+                open_file(&h).wrote(end);
+                // O_DSYNC is set for O_SYNC and RWF_SYNC/RWF_DSYNC too.
+                let sync = OFlags::from_bits_retain(flags.0 as u32).contains(OFlags::DSYNC);
+                self.answer(end, sync, move |r| match r {
+                    Ok(()) => reply.written(bytes as u32),
                     Err(e) => reply.error(e),
                 });
             }
         }
     }
 
+    /// A close (of each duplicate of the descriptor): a file written
+    /// through it is on the secondary when it returns (close-to-open).
     fn flush(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Only from kernels that ignore FOPEN_NOFLUSH (see `OPENED`).
-        reply.ok();
+        let written = match self.file(fh) {
+            Ok(h) => open_file(&h).written.load(Ordering::Relaxed),
+            Err(e) => return reply.error(fuse_err(e)),
+        };
+        if written == 0 {
+            return reply.ok();
+        }
+        self.tail.barrier(written, move |r| match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        });
     }
 
     fn release(
@@ -784,13 +805,14 @@ impl Filesystem for Server {
                     uid: node.uid,
                     gid: node.gid,
                 };
-                Ok(((fd, st, path, opened(access)), Some(Change { op, stamps })))
+                let how = opened(access, self.durability);
+                Ok(((fd, st, path, how), Some(Change { op, stamps })))
             },
             move |result| match result {
                 Ok((fd, st, path, how)) => {
                     let attr = fs.attr(&st);
                     fs.nodes.lock().remember(attr.ino.0, &path);
-                    let fh = fs.add_handle(Handle::File(fd));
+                    let fh = fs.add_handle(Handle::File(OpenFile::new(fd)));
                     reply.created(&TTL, &attr, Generation(0), fh, how);
                 }
                 Err(e) => reply.error(e),
@@ -808,9 +830,13 @@ impl Filesystem for Server {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.mutate_then(
+        let h = match self.file(fh) {
+            Ok(h) => h,
+            Err(e) => return reply.error(fuse_err(e)),
+        };
+        self.mutate_through(
+            Some(h.clone()),
             || {
-                let h = self.file(fh)?;
                 let fd = file_fd(&h);
                 let flags = rfs::FallocateFlags::from_bits_retain(mode as u32);
                 let Some(path) = self.open_file_path(ino, fd)? else {

@@ -1,12 +1,13 @@
-//! Replies sent once the secondary acknowledged: on the thread that
-//! receives the acknowledgement, or on a waiter when they may block.
+//! Where acknowledgements are handled: on the thread that receives them,
+//! or on a waiter when a hook may block; and replies awaiting several
+//! outcomes.
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::tail::Done;
 use super::MirrorFs;
-use crate::op::{Ack, Change};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -60,55 +61,6 @@ impl Drop for MirrorFs {
     }
 }
 
-/// A change submitted to the replicator, its acknowledgement not yet awaited.
-pub(super) struct Pending(pub(super) Option<(Result<Ack, crate::op::ReplicationError>, Change)>);
-
-impl Pending {
-    /// Waits for the secondary; a failed replication is EIO.
-    pub(super) fn acknowledged(self) -> Result<(), fuser::Errno> {
-        match self.0 {
-            Some((ack, change)) => outcome(&change, ack.and_then(Ack::wait)),
-            None => Ok(()),
-        }
-    }
-
-    /// Calls `done` with what [`Self::acknowledged`] returns, once known:
-    /// here if it is, else on the thread that receives the secondary's
-    /// answer (no hand-over to another thread), or on a waiter if a hook
-    /// may block there (a failure to record, a change held).
-    pub(super) fn then(
-        self,
-        waiters: &Waiters,
-        done: impl FnOnce(Result<(), fuser::Errno>) + Send + 'static,
-    ) {
-        let (ack, change) = match self.0 {
-            Some((Ok(ack), change)) => (ack, change),
-            unknown => return done(Pending(unknown).acknowledged()),
-        };
-        let waiters = waiters.clone();
-        ack.then(move |ack| {
-            let known = ack.is_done();
-            let finish = move || done(outcome(&change, ack.wait()));
-            if known {
-                finish()
-            } else {
-                waiters.run(finish)
-            }
-        });
-    }
-}
-
-/// A failed replication is EIO for the application.
-fn outcome(
-    change: &Change,
-    acknowledged: Result<(), crate::op::ReplicationError>,
-) -> Result<(), fuser::Errno> {
-    acknowledged.map_err(|e| {
-        tracing::error!("replication of {:?} failed: {e}", change.op.paths());
-        fuser::Errno::EIO
-    })
-}
-
 /// Several outcomes awaited together: `done` gets the first error, or
 /// success, once the last part reported (from whichever thread).
 pub(super) struct Join(Arc<Mutex<Parts>>);
@@ -118,9 +70,6 @@ struct Parts {
     result: Result<(), fuser::Errno>,
     done: Option<Done>,
 }
-
-/// What a request does once its outcome is known.
-type Done = Box<dyn FnOnce(Result<(), fuser::Errno>) + Send>;
 
 impl Join {
     pub(super) fn new(
@@ -150,43 +99,6 @@ impl Join {
                     done(result);
                 }
             }
-        }
-    }
-}
-
-/// A write applied in chunks, each submitted as soon as it is applied.
-pub(super) struct ChunkedWrite {
-    /// Bytes applied locally (fewer than asked: a short write).
-    pub(super) bytes: usize,
-    pub(super) chunks: Vec<Pending>,
-}
-
-impl ChunkedWrite {
-    /// `bytes` applied, nothing to replicate.
-    pub(super) fn all(bytes: usize) -> Self {
-        ChunkedWrite {
-            bytes,
-            chunks: Vec::new(),
-        }
-    }
-
-    /// Calls `done` once every chunk is acknowledged (each one's failure
-    /// is recorded when waited for, see [`Ack::map_failure`]): bytes
-    /// written, or EIO if any chunk failed.
-    pub(super) fn then(
-        self,
-        waiters: &Waiters,
-        done: impl FnOnce(Result<u32, fuser::Errno>) + Send + 'static,
-    ) {
-        let bytes = self.bytes as u32;
-        let done = move |r: Result<(), fuser::Errno>| done(r.map(|()| bytes));
-        let mut chunks = self.chunks;
-        if chunks.len() == 1 {
-            return chunks.pop().expect("one").then(waiters, done);
-        }
-        let join = Join::new(chunks.len(), done);
-        for chunk in chunks {
-            chunk.then(waiters, join.part());
         }
     }
 }

@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use holdfast_key::ClusterKey;
 use holdfast_replication::{
-    AckMode, Exclusions, Mirror, MountGuard, Receiver, ReceiverError, TcpReplicator,
+    AckMode, Exclusions, Mirror, MountGuard, MountOptions, Receiver, ReceiverError, TcpReplicator,
 };
 
 pub struct Fixture {
@@ -77,7 +77,11 @@ impl Fixture {
             receiver.serve_connection(stream)
         });
         let replicator = TcpReplicator::connect(addr, &key).unwrap();
-        let mount = Mirror::mount_excluding(&primary, Arc::new(replicator), exclusions).unwrap();
+        let options = MountOptions {
+            exclusions,
+            ..MountOptions::default()
+        };
+        let mount = Mirror::mount_with(&primary, Arc::new(replicator), options).unwrap();
         Fixture {
             _tmp: tmp,
             primary,
@@ -95,8 +99,28 @@ impl Fixture {
         PathBuf::from(format!("/proc/self/fd/{}", self.backing.as_raw_fd()))
     }
 
-    /// Asserts the primary's real tree and the secondary's are identical.
+    /// Waits (bounded) until the secondary acknowledged every change: calls
+    /// that promise no durability return before.
+    pub fn acknowledged(&self) {
+        let tail = self.mount.as_ref().expect("mounted").tail();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while tail.unacknowledged().changes > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the secondary never acknowledged: {:?}",
+                tail.unacknowledged()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Asserts the primary's real tree and the secondary's are identical,
+    /// once the secondary acknowledged everything (with
+    /// [`AckMode::Durable`], an acknowledged change is applied).
     pub fn assert_replicated(&self) {
+        if self.mount.is_some() {
+            self.acknowledged();
+        }
         let (p, s) = (snapshot(&self.backing()), snapshot(&self.secondary));
         if p != s {
             for (path, entry) in &p {
