@@ -185,6 +185,19 @@ impl Root {
         rfs::utimensat(&e.dir, &e.name, &times, AtFlags::SYMLINK_NOFOLLOW)
     }
 
+    /// [`Root::set_times`] of an open file.
+    pub fn set_file_times(
+        fd: &OwnedFd,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+    ) -> Result<(), Errno> {
+        let times = Timestamps {
+            last_access: timespec(atime),
+            last_modification: timespec(mtime),
+        };
+        rfs::futimens(fd, &times)
+    }
+
     pub fn truncate(&self, rel: &Path, size: u64) -> Result<(), Errno> {
         rfs::ftruncate(self.open(rel, OFlags::WRONLY)?, size)
     }

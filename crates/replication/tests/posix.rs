@@ -20,7 +20,8 @@ use holdfast_replication::{
     Replicator, TailLimits,
 };
 use rustix::fs::{
-    self as rfs, FallocateFlags, FileType, Mode, RenameFlags, Timespec, Timestamps, XattrFlags, CWD,
+    self as rfs, AtFlags, FallocateFlags, FileType, Mode, RenameFlags, Timespec, Timestamps,
+    XattrFlags, CWD,
 };
 
 /// One line of a case's log: what a call returned (errno on failure).
@@ -741,6 +742,102 @@ const CASES: &[(&str, Case)] = &[
         );
         drop(f);
         log(o, "read", fs::read(&p));
+    }),
+    // A program's temporary file: every call through a descriptor works
+    // as on a local directory once the file's last name is gone.
+    ("unlinked_open_file", |d, o| {
+        let p = d.join("f");
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        f.write_all_at(b"before unlink", 0).unwrap();
+        fs::remove_file(&p).unwrap();
+        let fstat = |f: &File| {
+            f.metadata().map(|md| {
+                format!(
+                    "mode={:o} nlink={} size={} mtime={}",
+                    md.mode(),
+                    md.nlink(),
+                    md.size(),
+                    md.mtime()
+                )
+            })
+        };
+        let owner = f.metadata().unwrap();
+        log(
+            o,
+            "fstat",
+            fstat(&f).map(|s| s.split(" mtime").next().unwrap().to_string()),
+        );
+        log(o, "write", f.write_at(b"after", 100));
+        let mut buf = [0u8; 6];
+        log(
+            o,
+            "pread",
+            f.read_at(&mut buf, 0).map(|n| buf[..n].to_vec()),
+        );
+        log(
+            o,
+            "fchmod",
+            errno(rfs::fchmod(&f, Mode::from_raw_mode(0o600))),
+        );
+        log(
+            o,
+            "fchown",
+            errno(rfs::fchown(
+                &f,
+                Some(rfs::Uid::from_raw(owner.uid())),
+                Some(rfs::Gid::from_raw(owner.gid())),
+            )),
+        );
+        let at = |sec| Timespec {
+            tv_sec: sec,
+            tv_nsec: 0,
+        };
+        let times = Timestamps {
+            last_access: at(1_000_000),
+            last_modification: at(2_000_000),
+        };
+        log(o, "futimens", errno(rfs::futimens(&f, &times)));
+        log(o, "fstat", fstat(&f));
+        log(
+            o,
+            "fsetxattr",
+            errno(rfs::fsetxattr(&f, "user.k", b"v", XattrFlags::CREATE)),
+        );
+        let mut value = [0u8; 8];
+        log(
+            o,
+            "fgetxattr",
+            errno(rfs::fgetxattr(&f, "user.k", &mut value[..])).map(|n| value[..n].to_vec()),
+        );
+        let mut names = [0u8; 64];
+        log(
+            o,
+            "flistxattr",
+            errno(rfs::flistxattr(&f, &mut names[..])).map(|n| names[..n].to_vec()),
+        );
+        log(o, "fremovexattr", errno(rfs::fremovexattr(&f, "user.k")));
+        log(
+            o,
+            "fallocate",
+            errno(rfs::fallocate(&f, FallocateFlags::KEEP_SIZE, 0, 8192)),
+        );
+        log(o, "ftruncate", f.set_len(50));
+        log(o, "fstatfs", errno(rfs::fstatfs(&f)).map(drop));
+        log(o, "fsync", f.sync_all());
+        log(o, "fdatasync", f.sync_data());
+        log(o, "fstat", fstat(&f));
+        log(
+            o,
+            "linkat by descriptor",
+            errno(rfs::linkat(&f, "", CWD, d.join("g"), AtFlags::EMPTY_PATH)),
+        );
+        log(o, "list", list(d));
     }),
     ("fsync", |d, o| {
         let mut f = File::create(d.join("f")).unwrap();

@@ -35,7 +35,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -90,15 +90,19 @@ enum Handle {
 #[derive(Debug)]
 struct OpenFile {
     fd: OwnedFd,
+    /// Its inode (FUSE's number): a file whose last name was unlinked is
+    /// reached through it, by calls the kernel sends without the handle.
+    ino: u64,
     /// The end of the changes made through this descriptor in the
     /// [`Tail`] (0: none): its close waits for them (close-to-open).
     written: AtomicU64,
 }
 
 impl OpenFile {
-    fn new(fd: OwnedFd) -> Self {
+    fn new(fd: OwnedFd, ino: u64) -> Self {
         OpenFile {
             fd,
+            ino,
             written: AtomicU64::new(0),
         }
     }
@@ -107,6 +111,37 @@ impl OpenFile {
     fn wrote(&self, end: Option<u64>) {
         if let Some(end) = end {
             self.written.fetch_max(end, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a call names: a path in the tree, or an open file whose names
+/// are all unlinked (nothing of it is replicated: nobody can reach it).
+enum Target {
+    Name(PathBuf),
+    Unlinked(Arc<Handle>),
+}
+
+impl Target {
+    /// A descriptor for calls through /proc (xattrs): `opened` keeps the
+    /// one opened for a name.
+    fn object<'a>(
+        &'a self,
+        fs: &MirrorFs,
+        opened: &'a mut Option<OwnedFd>,
+    ) -> Result<&'a OwnedFd, Errno> {
+        match self {
+            Target::Name(path) => {
+                Ok(opened.insert(fs.root().open(path, rustix::fs::OFlags::PATH)?))
+            }
+            Target::Unlinked(h) => Ok(file_fd(h)),
+        }
+    }
+
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Target::Name(path) => Some(path),
+            Target::Unlinked(_) => None,
         }
     }
 }
@@ -177,6 +212,25 @@ impl MirrorFs {
     fn handle(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
         let handles = self.handles.read();
         handles.get(&fh.0).cloned().ok_or(Errno::BADF)
+    }
+
+    /// An open file of inode `ino`, for a call on a file that may have no
+    /// name left (fstat, fchmod, fgetxattr... come without a handle).
+    fn open_file_of(&self, ino: INodeNo) -> Option<Arc<Handle>> {
+        let handles = self.handles.read();
+        let mut files = handles.values();
+        files
+            .find(|h| matches!(&***h, Handle::File(f) if f.ino == ino.0))
+            .cloned()
+    }
+
+    /// What a call without a handle on inode `ino` acts on: its name, or
+    /// an open file of it if it has none left (its error otherwise).
+    fn name_or_open_file(&self, ino: INodeNo) -> Result<Target, Errno> {
+        match self.path(ino) {
+            Ok(path) => Ok(Target::Name(path)),
+            Err(e) => self.open_file_of(ino).map(Target::Unlinked).ok_or(e),
+        }
     }
 
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {

@@ -19,8 +19,8 @@ use rustix::io::Errno;
 
 use super::changes::made_stamps;
 use super::tail::Durability;
-use super::{file_fd, fuse_err, open_file, Handle, MirrorFs, OpenFile, TTL};
-use crate::apply::{proc_path, set_file_owner_mode, write_all_at};
+use super::{file_fd, fuse_err, open_file, Handle, MirrorFs, OpenFile, Target, TTL};
+use crate::apply::{proc_path, set_file_owner_mode, write_all_at, Root};
 use crate::entry::{atime_of, mtime_of};
 use crate::op::{parent_of, Change, Intent, Op, Time};
 
@@ -122,7 +122,10 @@ impl Filesystem for Server {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.inspect(|| match fh.map(|fh| self.handle(fh)) {
             Some(Ok(h)) if matches!(*h, Handle::File(_)) => rfs::fstat(file_fd(&h)),
-            _ => self.root().stat(&self.path(ino)?),
+            _ => match self.name_or_open_file(ino)? {
+                Target::Name(path) => self.root().stat(&path),
+                Target::Unlinked(h) => rfs::fstat(file_fd(&h)),
+            },
         });
         match result {
             Ok(st) => reply.attr(&TTL, &self.attr(&st)),
@@ -157,11 +160,19 @@ impl Filesystem for Server {
                 return reply.error(e);
             }
         }
-        // The kernel passes the handle of an open directory too (fchmod).
+        // The kernel passes the handle of an open directory too; none for
+        // fchmod, fchown, futimens: a file with no name left is reached
+        // through one of its open files.
         let handle = fh
             .and_then(|fh| self.handle(fh).ok())
-            .filter(|h| matches!(**h, Handle::File(_)));
-        let through = handle.clone();
+            .filter(|h| matches!(**h, Handle::File(_)))
+            .or_else(|| {
+                self.path(ino)
+                    .is_err()
+                    .then(|| self.open_file_of(ino))
+                    .flatten()
+            });
+        let through = fh.and(handle.clone());
         self.mutate_through(
             through,
             || {
@@ -181,6 +192,9 @@ impl Filesystem for Server {
                     }
                     if let Some(mode) = mode {
                         rfs::fchmod(fd, Mode::from_raw_mode(mode))?;
+                    }
+                    if atime.is_some() || mtime.is_some() {
+                        Root::set_file_times(fd, atime.map(to_time), mtime.map(to_time))?;
                     }
                     return Ok((self.attr(&rfs::fstat(fd)?), None));
                 };
@@ -432,7 +446,10 @@ impl Filesystem for Server {
             ))
         });
         match result {
-            Ok((fd, how)) => reply.opened(self.add_handle(Handle::File(OpenFile::new(fd))), how),
+            Ok((fd, how)) => {
+                let file = OpenFile::new(fd, ino.0);
+                reply.opened(self.add_handle(Handle::File(file)), how)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -684,22 +701,28 @@ impl Filesystem for Server {
     ) {
         self.mutate_then(
             || {
-                let path = self.path(ino)?;
-                let obj = self.root().open(&path, OFlags::PATH)?;
-                self.prepare(Intent::Entry { path: &path })?;
+                let target = self.name_or_open_file(ino)?;
+                let mut opened = None;
+                let obj = target.object(self, &mut opened)?;
+                if let Some(path) = target.path() {
+                    self.prepare(Intent::Entry { path })?;
+                }
                 rfs::setxattr(
-                    proc_path(&obj),
+                    proc_path(obj),
                     name,
                     value,
                     rfs::XattrFlags::from_bits_retain(flags as u32),
                 )?;
-                let op = Op::SetXattr {
-                    path,
-                    name: name.as_bytes().to_vec(),
-                    value: value.to_vec(),
-                    flags,
-                };
-                Ok(((), Some(Change { op, stamps: vec![] })))
+                let change = target.path().map(|path| Change {
+                    op: Op::SetXattr {
+                        path: path.to_path_buf(),
+                        name: name.as_bytes().to_vec(),
+                        value: value.to_vec(),
+                        flags,
+                    },
+                    stamps: vec![],
+                });
+                Ok(((), change))
             },
             move |result| match result {
                 Ok(()) => reply.ok(),
@@ -710,12 +733,14 @@ impl Filesystem for Server {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let result = self.inspect(|| {
-            let obj = self.root().open(&self.path(ino)?, OFlags::PATH)?;
+            let target = self.name_or_open_file(ino)?;
+            let mut opened = None;
+            let obj = target.object(self, &mut opened)?;
             if size == 0 {
-                return rfs::getxattr_query(proc_path(&obj), name).map(XattrAnswer::Size);
+                return rfs::getxattr_query(proc_path(obj), name).map(XattrAnswer::Size);
             }
             let mut buf = vec![0u8; size as usize];
-            let n = rfs::getxattr(proc_path(&obj), name, &mut buf[..])?;
+            let n = rfs::getxattr(proc_path(obj), name, &mut buf[..])?;
             buf.truncate(n);
             Ok(XattrAnswer::Data(buf))
         });
@@ -724,12 +749,14 @@ impl Filesystem for Server {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let result = self.inspect(|| {
-            let obj = self.root().open(&self.path(ino)?, OFlags::PATH)?;
+            let target = self.name_or_open_file(ino)?;
+            let mut opened = None;
+            let obj = target.object(self, &mut opened)?;
             if size == 0 {
-                return rfs::listxattr_query(proc_path(&obj)).map(XattrAnswer::Size);
+                return rfs::listxattr_query(proc_path(obj)).map(XattrAnswer::Size);
             }
             let mut buf = vec![0u8; size as usize];
-            let n = rfs::listxattr(proc_path(&obj), &mut buf[..])?;
+            let n = rfs::listxattr(proc_path(obj), &mut buf[..])?;
             buf.truncate(n);
             Ok(XattrAnswer::Data(buf))
         });
@@ -739,15 +766,21 @@ impl Filesystem for Server {
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.mutate_then(
             || {
-                let path = self.path(ino)?;
-                let obj = self.root().open(&path, OFlags::PATH)?;
-                self.prepare(Intent::Entry { path: &path })?;
-                rfs::removexattr(proc_path(&obj), name)?;
-                let op = Op::RemoveXattr {
-                    path,
-                    name: name.as_bytes().to_vec(),
-                };
-                Ok(((), Some(Change { op, stamps: vec![] })))
+                let target = self.name_or_open_file(ino)?;
+                let mut opened = None;
+                let obj = target.object(self, &mut opened)?;
+                if let Some(path) = target.path() {
+                    self.prepare(Intent::Entry { path })?;
+                }
+                rfs::removexattr(proc_path(obj), name)?;
+                let change = target.path().map(|path| Change {
+                    op: Op::RemoveXattr {
+                        path: path.to_path_buf(),
+                        name: name.as_bytes().to_vec(),
+                    },
+                    stamps: vec![],
+                });
+                Ok(((), change))
             },
             move |result| match result {
                 Ok(()) => reply.ok(),
@@ -812,7 +845,7 @@ impl Filesystem for Server {
                 Ok((fd, st, path, how)) => {
                     let attr = fs.attr(&st);
                     fs.nodes.lock().remember(attr.ino.0, &path);
-                    let fh = fs.add_handle(Handle::File(OpenFile::new(fd)));
+                    let fh = fs.add_handle(Handle::File(OpenFile::new(fd, attr.ino.0)));
                     reply.created(&TTL, &attr, Generation(0), fh, how);
                 }
                 Err(e) => reply.error(e),
