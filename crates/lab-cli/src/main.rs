@@ -123,7 +123,10 @@ enum LabCmd {
     },
     /// The application of the lost-write tests: `writers` threads append
     /// fixed-size records with fsync to <dir>/records-<n>, printing
-    /// `<writer> <record>` for each acknowledged one. Runs until killed.
+    /// `synced <writer> <record>` for each durable one; with `--mixed`,
+    /// each record also goes to <dir>/stream-<n>, never synced
+    /// (`streamed ...`), and every 8 records a whole file is written and
+    /// closed without fsync (`closed <writer> <file>`). Runs until killed.
     #[command(hide = true)]
     AppendRecords {
         #[arg(long)]
@@ -132,6 +135,8 @@ enum LabCmd {
         writers: usize,
         #[arg(long, default_value_t = 64)]
         size: usize,
+        #[arg(long)]
+        mixed: bool,
     },
     /// Benchmark: client-visible outage through the virtual IP when the
     /// primary crashes, beside keepalived (VRRPv3) at the same detection time.
@@ -309,8 +314,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             port,
             echo_port,
         } => sample_app::run(&dir, &node, port, echo_port)?,
-        LabCmd::AppendRecords { dir, writers, size } => {
-            holdfast_lab::records::append(&dir, writers, size)?
+        LabCmd::AppendRecords {
+            dir,
+            writers,
+            size,
+            mixed,
+        } => {
+            use holdfast_lab::records::{append, Workload};
+            let workload = if mixed {
+                Workload::Mixed
+            } else {
+                Workload::Synced
+            };
+            append(&dir, writers, size, workload)?
         }
         LabCmd::BenchOutage { trials } => outage::bench(&exes()?, trials)?,
         LabCmd::BenchFarm { settings } => farm_bench::bench(&exes()?, &settings)?,
