@@ -129,7 +129,7 @@ impl Default for ReplicationConfig {
             ack_timeout: Duration::from_secs(5),
             on_secondary_failure: OnSecondaryFailure::default(),
             durability: DurabilityPolicy::default(),
-            // Chosen by measurement (docs/BENCHMARKS.md).
+            // Provisional, as holdfast_replication::TailLimits::default().
             max_unacked_bytes: 64 << 20,
             max_unacked_age: Duration::from_secs(1),
         }

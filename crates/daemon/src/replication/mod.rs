@@ -494,8 +494,8 @@ mod tests {
         assert_eq!(r.follow(State::Second), Some(true));
     }
 
-    /// The configuration's defaults are the library's, which the
-    /// benchmarks measured.
+    /// The configuration's defaults are the library's (one place to
+    /// change them once measured).
     #[test]
     fn the_default_limits_of_the_unacknowledged_tail_are_the_librarys() {
         let tmp = tempfile::tempdir().unwrap();

@@ -34,8 +34,8 @@ pub struct TailLimits {
 }
 
 impl Default for TailLimits {
-    /// Chosen by measurement (docs/BENCHMARKS.md): the sequential write
-    /// reaches its best throughput well within them.
+    /// Provisional, not yet measured: far above what a fast link keeps
+    /// in flight, small beside a page cache (the benchmark is to choose).
     fn default() -> Self {
         TailLimits {
             bytes: 64 << 20,
