@@ -35,6 +35,9 @@ fn console_in_a_browser_start_swap_failover_and_roles() {
     let mut cluster = common::lab(MirrorOptions {
         vip: true,
         tail: common::replicated(4960),
+        // Heartbeats also on a second network, so the first one can be
+        // slowed for the resynchronisation without the pair losing sight.
+        networks: 2,
         ..MirrorOptions::default()
     });
     let address = |host: &str| cluster.lab.address(host, 0).expect("address");
@@ -117,12 +120,16 @@ fn console_in_a_browser_start_swap_failover_and_roles() {
                     .ok_or_else(|| format!("{host}'s copy never up to date"))
             }
             Some(("revive", host)) => cluster.start_daemon(host).map_err(|e| e.to_string()),
-            // MiB written on `host` while alone: a resynchronisation long
-            // enough for the browser to see its progress.
+            // MiB written on `host` while alone, then its first network
+            // (the replication's) slowed to 300 Mbit/s: the
+            // resynchronisation lasts seconds on any machine, long enough
+            // for the browser to see its progress (unslowed, 400 MiB took
+            // 1 s on an idle machine and the test missed it).
             Some(("write", rest)) => {
                 let (host, mib) = rest.split_once(' ').unwrap_or((rest, "100"));
                 let script = format!(
-                    "head -c {mib}M /dev/urandom > {}/written-while-alone && sync",
+                    "head -c {mib}M /dev/urandom > {}/written-while-alone && sync && \
+                     tc qdisc replace dev eth0 root tbf rate 300mbit burst 256kb latency 400ms",
                     common::DATA
                 );
                 common::sh(&cluster, host, &script);
