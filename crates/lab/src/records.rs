@@ -99,9 +99,12 @@ impl Done {
 
     fn parse(line: &str) -> Option<(Done, usize, u64)> {
         let mut words = line.split(' ');
+        // The first word once: comparing each kind with `words.next()`
+        // read a new word per kind, so only "synced" lines parsed.
+        let first = words.next()?;
         let kind = [Done::Synced, Done::Streamed, Done::Closed]
             .into_iter()
-            .find(|k| Some(k.word()) == words.next())?;
+            .find(|k| k.word() == first)?;
         Some((
             kind,
             words.next()?.parse().ok()?,
