@@ -62,11 +62,7 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        json(
-            self.call(Method::POST, path, Some(("application/json", bytes)))
-                .await?,
-        )
+        self.send_json(Method::POST, path, body).await
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(
@@ -74,9 +70,19 @@ impl ApiClient {
         path: &str,
         body: &B,
     ) -> Result<T, ClientError> {
+        self.send_json(Method::PUT, path, body).await
+    }
+
+    /// `body` as JSON with `method`, the answer read as JSON.
+    async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
         let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         json(
-            self.call(Method::PUT, path, Some(("application/json", bytes)))
+            self.call(method, path, Some(("application/json", bytes)))
                 .await?,
         )
     }
